@@ -1,0 +1,38 @@
+// The tessera executable: one binary, one subcommand per job.
+#include <cstdio>
+#include <cstring>
+
+#include "launch/commands.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  int (*run)(int, char**);
+  const char* help;
+};
+
+constexpr Subcommand kSubcommands[] = {
+    {"run", tessera::RunCommand, "generate tokens from a prompt of token ids (offline)"},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out, "usage: tessera <command> [flags]\n\ncommands:\n");
+  for (const auto& sub : kSubcommands) std::fprintf(out, "  %-16s %s\n", sub.name, sub.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    PrintUsage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& sub : kSubcommands) {
+    if (!std::strcmp(argv[1], sub.name)) return sub.run(argc, argv);
+  }
+  std::fprintf(stderr, "tessera: unknown command '%s'\n", argv[1]);
+  PrintUsage(stderr);
+  return 2;
+}
