@@ -1,0 +1,65 @@
+// Qwen3's byte-level BPE tokenizer, exactly compatible with Hugging Face `tokenizers`.
+//
+// Reads DIR/tokenizer.json (vocab, merges, added_tokens, NFC normalizer, Split-regex + ByteLevel
+// pre-tokenizer), or the older trio DIR/vocab.json + DIR/merges.txt + DIR/tokenizer_config.json
+// (added_tokens_decoder). Errors name the file and the field.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace tessera {
+
+class Tokenizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& dir);
+  virtual ~Tokenizer() = default;
+
+  struct EncodeOptions {
+    // true (the default, as transformers does): special/added tokens written in the text are
+    // recognised as single ids. false: they are encoded as plain text (llama.cpp's test vectors).
+    bool parse_special = true;
+  };
+  // Invalid UTF-8 is an InvalidArgument error naming the byte offset.
+  virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
+                                                      const EncodeOptions& options) const = 0;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const {
+    return Encode(text, EncodeOptions{});
+  }
+  // Ids outside [0, vocab_size()) are an InvalidArgument error. The result may hold invalid UTF-8
+  // only where the ids themselves spell partial characters; it is replaced by U+FFFD as HF does.
+  virtual absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
+                                             bool skip_special_tokens) const = 0;
+
+  // Number of ids with a token (regular + added), i.e. max id + 1.
+  virtual int32_t vocab_size() const = 0;
+  virtual std::optional<int32_t> TokenToId(std::string_view token) const = 0;
+  virtual bool IsSpecial(int32_t id) const = 0;
+  // The raw bytes that one token stands for (byte-level decoded); for added tokens, their content.
+  virtual absl::StatusOr<std::string> TokenBytes(int32_t id) const = 0;
+};
+
+// Turns a stream of token ids into text, emitting only whole UTF-8 characters: a character split
+// across tokens is held back until it is complete, and the output is always valid UTF-8.
+class StreamingDetokenizer {
+ public:
+  StreamingDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens);
+  // Returns the newly completed text (possibly empty).
+  absl::StatusOr<std::string> Push(int32_t id);
+  // End of stream: bytes still pending that never completed a character come out as U+FFFD.
+  std::string Flush();
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_tokens_;
+  std::string pending_;
+};
+
+}  // namespace tessera
