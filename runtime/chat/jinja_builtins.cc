@@ -896,7 +896,10 @@ absl::StatusOr<Value> FilterInt(Renderer&, const Value& v, const CallArgs& args)
   if (v.is_integral()) return Value::Int(v.integral_value());
   if (v.is_float()) {
     const double f = v.float_value();
-    if (std::isnan(f) || std::isinf(f) || std::fabs(f) >= 9.2e18) return dflt;
+    if (std::isnan(f) || std::isinf(f)) return dflt;
+    if (std::fabs(f) >= 9.2e18) {
+      return Error("int: value too large (Python ints are unbounded; tessera uses int64)");
+    }
     return Value::Int(static_cast<int64_t>(f));
   }
   if (v.is_string()) {
