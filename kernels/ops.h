@@ -140,6 +140,9 @@ class Backend {
   // out A[m, I] = silu(gate_up[:, :I]) * gate_up[:, I:], gate_up A[m, 2I].
   virtual void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) = 0;
 
+  // out A[r, dim] = x A[n, dim][rows[i]] (rows: int32 [r] on the device).
+  virtual void GatherRows(const void* x, const int32_t* rows, int r, int64_t dim, void* out) = 0;
+
   // out A[n] = a + b (out may alias a).
   virtual void Add(const void* a, const void* b, int64_t n, void* out) = 0;
 

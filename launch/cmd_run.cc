@@ -1,12 +1,155 @@
+// tessera run: offline generation from a prompt of token ids.
+//
+//   tessera run [--model DIR] [--device cpu] --prompt-ids 1,2,3 --max-new-tokens N
+//               [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]
+//               [--prompt-logits-out FILE.npy] [--json] [--ignore-eos] [--prefill-chunk C]
+//
+// Without --model it runs the embedded default (a tiny random-weight Qwen3 written on first use).
+// With --json it prints one object: {"prompt_tokens": [...], "tokens": [...], ...}.
+// --max-new-tokens 0 with --prompt-logits-out scores the prompt: a float32 .npy of shape
+// [n_prompt, vocab] whose row i holds the logits after token i.
 #include <cstdio>
+#include <fstream>
+#include <string>
 
+#include "absl/strings/str_cat.h"
+#include "kernels/base/status_macros.h"
+#include "kernels/ops.h"
 #include "launch/commands.h"
+#include "launch/flags.h"
+#include "nlohmann/json.hpp"
+#include "runtime/generate.h"
+#include "runtime/model_config.h"
+#include "runtime/npy.h"
+#include "runtime/qwen3.h"
+#include "runtime/safetensors.h"
+#include "runtime/tiny_model.h"
 
 namespace tessera {
+namespace {
 
-int RunCommand(int, char**) {
-  std::fprintf(stderr, "tessera run: not built yet\n");
-  return 1;
+// Sampling defaults from DIR/generation_config.json when present (as vLLM does); greedy otherwise.
+void ReadGenerationConfig(const std::string& dir, SamplingParams* params,
+                          std::vector<int32_t>* eos) {
+  std::ifstream in(dir + "/generation_config.json");
+  if (!in) return;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (!j.is_object()) return;
+  if (j.value("do_sample", false)) {
+    if (j.contains("temperature") && j["temperature"].is_number()) params->temperature = j["temperature"];
+    if (j.contains("top_k") && j["top_k"].is_number_integer()) params->top_k = j["top_k"];
+    if (j.contains("top_p") && j["top_p"].is_number()) params->top_p = j["top_p"];
+    if (j.contains("min_p") && j["min_p"].is_number()) params->min_p = j["min_p"];
+  }
+  if (j.contains("eos_token_id")) {
+    const auto& e = j["eos_token_id"];
+    if (e.is_number_integer()) eos->push_back(e.get<int32_t>());
+    if (e.is_array())
+      for (const auto& v : e)
+        if (v.is_number_integer()) eos->push_back(v.get<int32_t>());
+  }
+}
+
+absl::Status Run(int argc, char** argv) {
+  Flags flags({"model", "device", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p",
+               "min-p", "seed", "prompt-logits-out", "prefill-chunk", "repetition-penalty",
+               "presence-penalty", "frequency-penalty"},
+              {"json", "ignore-eos"});
+  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+  if (!flags.positional().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", flags.positional()[0], "'"));
+  }
+  const std::string device = flags.GetString("device").value_or("cpu");
+  if (device != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--device ", device, ": this build has only the cpu backend"));
+  }
+  std::string model_dir;
+  if (auto dir = flags.GetString("model")) {
+    model_dir = *dir;
+  } else {
+    ASSIGN_OR_RETURN(model_dir, EmbeddedDefaultModelDir());
+  }
+  ASSIGN_OR_RETURN(std::vector<int64_t> prompt64, flags.GetIntList("prompt-ids"));
+  if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required");
+  ASSIGN_OR_RETURN(int64_t max_new, flags.GetInt("max-new-tokens", 16));
+  if (max_new < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
+
+  GenerateOptions options;
+  std::vector<int32_t> eos;
+  ReadGenerationConfig(model_dir, &options.sampling, &eos);
+  if (!flags.Has("temperature") && !std::ifstream(model_dir + "/generation_config.json")) {
+    options.sampling.temperature = 0.0f;
+  }
+  ASSIGN_OR_RETURN(double temperature, flags.GetDouble("temperature", options.sampling.temperature));
+  ASSIGN_OR_RETURN(int64_t top_k, flags.GetInt("top-k", options.sampling.top_k));
+  ASSIGN_OR_RETURN(double top_p, flags.GetDouble("top-p", options.sampling.top_p));
+  ASSIGN_OR_RETURN(double min_p, flags.GetDouble("min-p", options.sampling.min_p));
+  ASSIGN_OR_RETURN(double rep, flags.GetDouble("repetition-penalty", 1.0));
+  ASSIGN_OR_RETURN(double presence, flags.GetDouble("presence-penalty", 0.0));
+  ASSIGN_OR_RETURN(double frequency, flags.GetDouble("frequency-penalty", 0.0));
+  ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
+  ASSIGN_OR_RETURN(int64_t chunk, flags.GetInt("prefill-chunk", 0));
+  options.sampling.temperature = static_cast<float>(temperature);
+  options.sampling.top_k = static_cast<int>(top_k);
+  options.sampling.top_p = static_cast<float>(top_p);
+  options.sampling.min_p = static_cast<float>(min_p);
+  options.sampling.repetition_penalty = static_cast<float>(rep);
+  options.sampling.presence_penalty = static_cast<float>(presence);
+  options.sampling.frequency_penalty = static_cast<float>(frequency);
+  options.sampling.seed = static_cast<uint64_t>(seed);
+  RETURN_IF_ERROR(ValidateSamplingParams(options.sampling));
+  options.max_new_tokens = static_cast<int>(max_new);
+  options.prefill_chunk = static_cast<int>(chunk);
+  const auto logits_out = flags.GetString("prompt-logits-out");
+  options.want_prompt_logits = logits_out.has_value();
+
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  for (int64_t id : config.eos_token_ids) eos.push_back(static_cast<int32_t>(id));
+  if (!flags.GetBool("ignore-eos")) options.stop_token_ids = eos;
+  // Validate the request before reading any weight.
+  RETURN_IF_ERROR(ValidatePrompt(config, prompt64, max_new));
+
+  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model_dir));
+  std::unique_ptr<Backend> backend = MakeCpuBackend();
+  ASSIGN_OR_RETURN(std::unique_ptr<Qwen3Model> model,
+                   Qwen3Model::Load(config, *checkpoint, *backend, ShardSpec{}));
+  std::vector<int32_t> prompt(prompt64.begin(), prompt64.end());
+  ASSIGN_OR_RETURN(GenerateResult result, Generate(*model, *backend, prompt, options));
+
+  if (logits_out) {
+    RETURN_IF_ERROR(WriteNpyFloat32(*logits_out,
+                                    {static_cast<int64_t>(prompt.size()), config.vocab_size},
+                                    result.prompt_logits.data()));
+  }
+  if (flags.GetBool("json")) {
+    nlohmann::json out = {{"prompt_tokens", prompt},
+                          {"tokens", result.tokens},
+                          {"finish_reason", result.finish_reason},
+                          {"usage",
+                           {{"prompt_tokens", prompt.size()},
+                            {"completion_tokens", result.tokens.size()}}},
+                          {"model", model_dir}};
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::string line;
+    for (size_t i = 0; i < result.tokens.size(); ++i) {
+      absl::StrAppend(&line, i ? " " : "", result.tokens[i]);
+    }
+    std::printf("%s\n", line.c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunCommand(int argc, char** argv) {
+  absl::Status status = Run(argc, argv);
+  if (!status.ok()) {
+    std::fprintf(stderr, "tessera run: %s\n", std::string(status.message()).c_str());
+    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return 0;
 }
 
 }  // namespace tessera

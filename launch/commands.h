@@ -4,6 +4,7 @@
 
 namespace tessera {
 
-int RunCommand(int argc, char** argv);           // tessera run        (cmd_run.cc)
+int RunCommand(int argc, char** argv);            // tessera run             (cmd_run.cc)
+int MakeTinyModelCommand(int argc, char** argv);  // tessera make-tiny-model (cmd_make_tiny_model.cc)
 
 }  // namespace tessera

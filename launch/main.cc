@@ -14,6 +14,8 @@ struct Subcommand {
 
 constexpr Subcommand kSubcommands[] = {
     {"run", tessera::RunCommand, "generate tokens from a prompt of token ids (offline)"},
+    {"make-tiny-model", tessera::MakeTinyModelCommand,
+     "write a tiny random-weight Qwen3 checkpoint (config.json + safetensors)"},
 };
 
 void PrintUsage(FILE* out) {

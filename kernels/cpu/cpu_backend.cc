@@ -76,6 +76,9 @@ class CpuBackend final : public Backend {
   void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) override {
     cpu::SiluMul(F(gate_up), m, intermediate, F(out));
   }
+  void GatherRows(const void* x, const int32_t* rows, int r, int64_t dim, void* out) override {
+    cpu::GatherRows(F(x), rows, r, dim, F(out));
+  }
   void Add(const void* a, const void* b, int64_t n, void* out) override {
     cpu::Add(F(a), F(b), n, F(out));
   }

@@ -1,4 +1,4 @@
-// Embedding lookup, SwiGLU activation and addition.
+// Embedding lookup, SwiGLU activation, row gather and addition.
 #include <cmath>
 #include <cstring>
 
@@ -29,6 +29,10 @@ void SiluMul(const float* gate_up, int64_t m, int64_t intermediate, float* out) 
       o[i] = g / (1.0f + std::exp(-g)) * up[i];
     }
   }
+}
+
+void GatherRows(const float* x, const int32_t* rows, int r, int64_t dim, float* out) {
+  for (int i = 0; i < r; ++i) std::memcpy(out + i * dim, x + rows[i] * dim, dim * sizeof(float));
 }
 
 void Add(const float* a, const float* b, int64_t n, float* out) {

@@ -23,6 +23,7 @@ void Attention(const float* q, int64_t q_row_stride, const float* k_cache, const
                const int32_t* block_tables, int max_blocks_per_seq, int block_size, int q_heads,
                int kv_heads, int head_dim, float scale, float* out);
 void SiluMul(const float* gate_up, int64_t m, int64_t intermediate, float* out);
+void GatherRows(const float* x, const int32_t* rows, int r, int64_t dim, float* out);
 void Add(const float* a, const float* b, int64_t n, float* out);
 void RouterTopK(const float* logits, int n, int num_experts, int top_k, bool normalize,
                 int32_t* ids, float* weights);

@@ -38,6 +38,14 @@ TEST(SiluMulTest, MatchesFloat64) {
   testing::ExpectClose(out, ref, 1e-6, 1e-5);
 }
 
+TEST(GatherRowsTest, PicksRowsInOrder) {
+  std::vector<float> x = {0, 1, 10, 11, 20, 21};
+  std::vector<int32_t> rows = {2, 0, 2};
+  std::vector<float> out(6, NAN);
+  cpu::GatherRows(x.data(), rows.data(), 3, 2, out.data());
+  EXPECT_EQ(out, (std::vector<float>{20, 21, 0, 1, 20, 21}));
+}
+
 TEST(AddTest, InPlace) {
   std::vector<float> a = {1, 2, 3}, b = {0.5f, -2, 4};
   cpu::Add(a.data(), b.data(), 3, a.data());
