@@ -48,7 +48,7 @@ absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
       {"rms_norm_eps", 1e-6},
       {"rope_theta", 1000000.0},
       {"rope_scaling", nullptr},
-      {"tie_word_embeddings", true},
+      {"tie_word_embeddings", false},
       {"attention_bias", false},
       {"use_sliding_window", false},
       {"bos_token_id", 151643},
@@ -97,7 +97,10 @@ absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
   };
   auto norm = [&](const std::string& name, int64_t n) { add(name, {n}, 0.1f, 1.0f); };
   add("model.embed_tokens.weight", {o.vocab_size, H}, 1.0f);
-  // Qwen3's ids >= 151669 are embedding padding: zero rows (tied, so zero logits) as unused rows
+  // NOTE: untied: with a random tied embedding the logit of the input token (|e|^2) dominates and
+  // the model only copies its input.
+  add("lm_head.weight", {o.vocab_size, H}, 1.0f / std::sqrt(H));
+  // Qwen3's ids >= 151669 are embedding padding: zero lm_head rows (zero logits), as unused rows
   // are in real checkpoints.
   if (o.vocab_size > kQwen3TokenizerVocab) {
     auto& bytes = tensors.back().bytes;
@@ -141,9 +144,9 @@ absl::StatusOr<std::string> EmbeddedDefaultModelDir() {
     base = "/tmp";
   }
   // The version suffix changes whenever WriteTinyModel's output does.
-  const fs::path dir = fs::path(base) / "tessera" / "tiny-qwen3-v2";
+  const fs::path dir = fs::path(base) / "tessera" / "tiny-qwen3-v3";
   if (fs::exists(dir / "model.safetensors")) return dir.string();
-  const fs::path staging = fs::path(base) / "tessera" / absl::StrCat(".tiny-qwen3-v2.", getpid());
+  const fs::path staging = fs::path(base) / "tessera" / absl::StrCat(".tiny-qwen3-v3.", getpid());
   RETURN_IF_ERROR(WriteTinyModel(staging.string(), TinyModelOptions{}));
   std::error_code ec;
   fs::rename(staging, dir, ec);  // another process may have won the race: then use its copy
