@@ -1,14 +1,20 @@
 // tessera run: offline generation from a prompt of token ids.
 //
-//   tessera run [--model DIR] [--device cpu] --prompt-ids 1,2,3 --max-new-tokens N
-//               [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]
-//               [--prompt-logits-out FILE.npy] [--json] [--ignore-eos] [--prefill-chunk C]
+//   [mpirun -np N] tessera run [--model DIR] [--device cpu] --prompt-ids 1,2,3
+//               --max-new-tokens N [--temperature T] [--top-k K] [--top-p P] [--min-p P]
+//               [--seed S] [--prompt-logits-out FILE.npy] [--json] [--ignore-eos]
+//               [--prefill-chunk C] [--tp T] [--pp P] [--ep E] [--dp D]
+//               [--collective-timeout SECONDS]
 //
 // Without --model it runs the embedded default (a tiny random-weight Qwen3 written on first use).
+// Under mpirun every rank loads its shard; rank 0 coordinates and alone prints results.
 // With --json it prints one object: {"prompt_tokens": [...], "tokens": [...], ...}.
 // --max-new-tokens 0 with --prompt-logits-out scores the prompt: a float32 .npy of shape
 // [n_prompt, vocab] whose row i holds the logits after token i.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -17,7 +23,9 @@
 #include "kernels/ops.h"
 #include "launch/commands.h"
 #include "launch/flags.h"
+#include "launch/mpi_session.h"
 #include "nlohmann/json.hpp"
+#include "runtime/executor.h"
 #include "runtime/generate.h"
 #include "runtime/model_config.h"
 #include "runtime/npy.h"
@@ -50,10 +58,13 @@ void ReadGenerationConfig(const std::string& dir, SamplingParams* params,
   }
 }
 
-absl::Status Run(int argc, char** argv) {
+// Errors before loading are the same on every rank (same flags, same files): rank 0 reports them.
+// Errors while loading are per rank: each failing rank reports its own, tagged with its rank.
+absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   Flags flags({"model", "device", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p",
                "min-p", "seed", "prompt-logits-out", "prefill-chunk", "repetition-penalty",
-               "presence-penalty", "frequency-penalty"},
+               "presence-penalty", "frequency-penalty", "tp", "pp", "ep", "dp",
+               "collective-timeout", "kv-blocks", "block-size"},
               {"json", "ignore-eos"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   if (!flags.positional().empty()) {
@@ -104,18 +115,57 @@ absl::Status Run(int argc, char** argv) {
   const auto logits_out = flags.GetString("prompt-logits-out");
   options.want_prompt_logits = logits_out.has_value();
 
+  ASSIGN_OR_RETURN(int64_t tp, flags.GetInt("tp", 1));
+  ASSIGN_OR_RETURN(int64_t pp, flags.GetInt("pp", 1));
+  ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
+  ASSIGN_OR_RETURN(int64_t dp, flags.GetInt("dp", 0));
+  ASSIGN_OR_RETURN(double timeout, flags.GetDouble("collective-timeout", CollectiveTimeoutSeconds()));
+  CollectiveTimeoutSeconds() = timeout;
+
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   for (int64_t id : config.eos_token_ids) eos.push_back(static_cast<int32_t>(id));
   if (!flags.GetBool("ignore-eos")) options.stop_token_ids = eos;
-  // Validate the request before reading any weight.
+  // Validate the layout and the request before reading any weight.
+  ASSIGN_OR_RETURN(ParallelConfig parallel,
+                   ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp),
+                                          static_cast<int>(pp), static_cast<int>(ep),
+                                          static_cast<int>(dp), ModelDimsOf(config)));
   RETURN_IF_ERROR(ValidatePrompt(config, prompt64, max_new));
+  ASSIGN_OR_RETURN(int64_t block_size, flags.GetInt("block-size", 16));
+  if (block_size < 1) return absl::InvalidArgumentError("--block-size must be >= 1");
+  const int64_t needed_blocks = (static_cast<int64_t>(prompt64.size()) + max_new + block_size - 1) / block_size;
+  ASSIGN_OR_RETURN(int64_t kv_blocks, flags.GetInt("kv-blocks", needed_blocks));
 
-  ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model_dir));
+  // Communicators first (collective, on every rank), then this rank's shard; every rank learns
+  // whether any rank failed before the first step.
   std::unique_ptr<Backend> backend = MakeCpuBackend();
-  ASSIGN_OR_RETURN(std::unique_ptr<Qwen3Model> model,
-                   Qwen3Model::Load(config, *checkpoint, *backend, ShardSpec{}));
+  auto executor = std::make_unique<Executor>(config, parallel, &mpi.world());
+  absl::Status loaded = [&]() -> absl::Status {
+    if (FaultInjected("crash-load", mpi.rank())) std::abort();
+    if (FaultInjected("fail-load", mpi.rank())) {
+      return absl::InternalError("injected load failure (TESSERA_FAULT)");
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model_dir));
+    return executor->Load(*checkpoint, *backend, static_cast<int>(kv_blocks),
+                          static_cast<int>(block_size));
+  }();
+  if (mpi.AnyFailed(loaded.ok())) {
+    *per_rank_error = true;
+    if (!loaded.ok()) return loaded;
+    return absl::AbortedError("another rank failed to load its shard");
+  }
+  if (FaultInjected("hang-step", mpi.rank())) {
+    for (;;) pause();
+  }
+  if (mpi.rank() != 0) {
+    executor->RunWorker();
+    return absl::OkStatus();
+  }
   std::vector<int32_t> prompt(prompt64.begin(), prompt64.end());
-  ASSIGN_OR_RETURN(GenerateResult result, Generate(*model, *backend, prompt, options));
+  absl::StatusOr<GenerateResult> generated = Generate(*executor, prompt, options);
+  executor->Shutdown();
+  if (!generated.ok()) return generated.status();
+  GenerateResult& result = *generated;
 
   if (logits_out) {
     RETURN_IF_ERROR(WriteNpyFloat32(*logits_out,
@@ -144,12 +194,18 @@ absl::Status Run(int argc, char** argv) {
 }  // namespace
 
 int RunCommand(int argc, char** argv) {
-  absl::Status status = Run(argc, argv);
-  if (!status.ok()) {
+  MpiSession mpi(&argc, &argv);
+  bool per_rank = false;
+  absl::Status status = Run(mpi, argc, argv, &per_rank);
+  if (status.ok()) return 0;
+  if (per_rank) {
+    if (status.code() != absl::StatusCode::kAborted || mpi.rank() == 0) {
+      std::fprintf(stderr, "tessera run: [rank %d] %s\n", mpi.rank(), std::string(status.message()).c_str());
+    }
+  } else if (mpi.rank() == 0) {
     std::fprintf(stderr, "tessera run: %s\n", std::string(status.message()).c_str());
-    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
-  return 0;
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
 }  // namespace tessera

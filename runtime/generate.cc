@@ -32,24 +32,23 @@ absl::Status ValidatePrompt(const ModelConfig& config, const std::vector<int64_t
   return absl::OkStatus();
 }
 
-absl::StatusOr<GenerateResult> Generate(Qwen3Model& model, Backend& backend,
-                                        const std::vector<int32_t>& prompt,
+absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<int32_t>& prompt,
                                         const GenerateOptions& options) {
-  const ModelConfig& config = model.config();
+  const ModelConfig& config = executor.config();
   RETURN_IF_ERROR(ValidatePrompt(config, std::vector<int64_t>(prompt.begin(), prompt.end()),
                                  options.max_new_tokens));
   RETURN_IF_ERROR(ValidateSamplingParams(options.sampling));
 
   const int n_prompt = static_cast<int>(prompt.size());
   const int total = n_prompt + options.max_new_tokens;
-  const int bs = options.block_size;
+  const int bs = executor.block_size();
   const int num_blocks = (total + bs - 1) / bs;
-  BlockAllocator allocator(num_blocks);
-  KvCache kv(backend, static_cast<int>(config.num_hidden_layers), num_blocks, bs,
-             model.kv_heads_local(), static_cast<int>(config.head_dim));
+  BlockAllocator allocator(executor.num_kv_blocks());
   std::vector<int32_t> table;
   if (!allocator.Allocate(num_blocks, &table)) {
-    return absl::ResourceExhaustedError("KV cache blocks exhausted");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the sequence needs ", num_blocks, " KV blocks of ", bs, " tokens; the cache has ",
+        executor.num_kv_blocks()));
   }
 
   const int64_t vocab = config.vocab_size;
@@ -57,12 +56,11 @@ absl::StatusOr<GenerateResult> Generate(Qwen3Model& model, Backend& backend,
   Sampler sampler(options.sampling, options.default_seed);
   GenerateResult result;
   result.finish_reason = "length";
-  if (options.want_prompt_logits) result.prompt_logits.reserve(static_cast<size_t>(n_prompt) * vocab);
 
-  // Runs positions [begin, end) of `sequence` through the model; returns the last row's logits.
+  // A micro-batch of positions [begin, end) of `sequence`.
   std::vector<int32_t> sequence = prompt;
-  std::vector<float> logits;
-  auto step = [&](int begin, int end, bool all_logits) {
+  const int dp = executor.parallel().dp;
+  auto micro_batch = [&](int begin, int end, bool all_logits, bool last_logit) {
     StepBatch batch;
     batch.num_seqs = 1;
     batch.max_blocks_per_seq = num_blocks;
@@ -72,19 +70,38 @@ absl::StatusOr<GenerateResult> Generate(Qwen3Model& model, Backend& backend,
       batch.positions.push_back(p);
       batch.token_seq.push_back(0);
       batch.slot_mapping.push_back(table[p / bs] * bs + p % bs);
-      if (all_logits || p == end - 1) batch.logit_tokens.push_back(p - begin);
+      if (all_logits || (last_logit && p == end - 1)) batch.logit_tokens.push_back(p - begin);
     }
-    model.Forward(batch, kv, &logits);
+    return batch;
+  };
+  // One step of `batches` as micro-batches of replica 0; the other replicas idle (empty
+  // micro-batches) but still meet in the collectives.
+  auto step = [&](std::vector<StepBatch> batches) {
+    StepPlan plan;
+    plan.replicas.resize(dp, std::vector<StepBatch>(batches.size()));
+    plan.replicas[0] = std::move(batches);
+    return executor.Execute(plan);
   };
 
+  // Prefill, whole or in chunks. With pipeline stages, the chunks are micro-batches of one step,
+  // so stage s works on chunk c while stage s + 1 works on chunk c - 1 (each stage writes its own
+  // layers' KV in chunk order, which is all a later chunk needs).
+  std::vector<float> logits;
   const int chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n_prompt;
+  std::vector<StepBatch> chunks;
   for (int begin = 0; begin < n_prompt; begin += chunk) {
     const int end = std::min(n_prompt, begin + chunk);
-    step(begin, end, options.want_prompt_logits);
-    if (options.want_prompt_logits) {
-      result.prompt_logits.insert(result.prompt_logits.end(), logits.begin(), logits.end());
+    chunks.push_back(micro_batch(begin, end, options.want_prompt_logits, end == n_prompt));
+  }
+  if (executor.parallel().pp > 1) {
+    logits = step(std::move(chunks));
+  } else {
+    for (StepBatch& batch : chunks) {
+      std::vector<float> rows = step({std::move(batch)});
+      logits.insert(logits.end(), rows.begin(), rows.end());
     }
   }
+  if (options.want_prompt_logits) result.prompt_logits = logits;
   std::vector<float> last(logits.end() - vocab, logits.end());
   for (int i = 0; i < options.max_new_tokens; ++i) {
     const int32_t token = sampler.Sample(last, sampleable, sequence, result.tokens);
@@ -97,8 +114,7 @@ absl::StatusOr<GenerateResult> Generate(Qwen3Model& model, Backend& backend,
     }
     if (i + 1 == options.max_new_tokens) break;
     const int p = static_cast<int>(sequence.size()) - 1;
-    step(p, p + 1, false);
-    last.assign(logits.begin(), logits.end());
+    last = step({micro_batch(p, p + 1, false, true)});
   }
   return result;
 }

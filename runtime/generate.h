@@ -10,8 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "kernels/ops.h"
-#include "runtime/qwen3.h"
+#include "runtime/executor.h"
 #include "runtime/sampler.h"
 
 namespace tessera {
@@ -23,7 +22,6 @@ struct GenerateOptions {
   bool want_prompt_logits = false;  // fills GenerateResult::prompt_logits
   std::vector<int32_t> stop_token_ids;  // generation ends after emitting one of these
   int64_t sampleable_vocab = -1;        // ids >= this are never sampled; -1 = the whole vocab
-  int block_size = 16;
   int prefill_chunk = 0;  // > 0: prefill in chunks of this many tokens (chunked prefill)
 };
 
@@ -38,8 +36,9 @@ struct GenerateResult {
 absl::Status ValidatePrompt(const ModelConfig& config, const std::vector<int64_t>& prompt,
                             int64_t max_new_tokens);
 
-absl::StatusOr<GenerateResult> Generate(Qwen3Model& model, Backend& backend,
-                                        const std::vector<int32_t>& prompt,
+// Rank 0 only (the coordinator): runs the sequence on attention-DP replica 0 through
+// executor.Execute; the other ranks must be in Executor::RunWorker. Uses the executor's KV blocks.
+absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<int32_t>& prompt,
                                         const GenerateOptions& options);
 
 }  // namespace tessera

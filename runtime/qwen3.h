@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
+#include "parallel/communicator.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model_config.h"
 #include "runtime/rope.h"
@@ -34,12 +35,20 @@ struct TensorSpec {
   ShardRule rule;
 };
 
-// Which part of the model this rank holds. The default is the whole model on one rank.
+// Which part of the model this rank holds, and the communicators its forward uses. The default
+// is the whole model on one rank (no communicators).
 struct ShardSpec {
   int tp_rank = 0;
   int tp_size = 1;
   int ep_rank = 0;  // experts [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size)
   int ep_size = 1;
+  int64_t first_layer = 0;  // this pipeline stage's layers [first_layer, last_layer)
+  int64_t last_layer = -1;  // -1 = through the last layer
+  Communicator* tp = nullptr;  // this rank's TP group (size tp_size); null when tp_size == 1
+  Communicator* ep = nullptr;  // the ranks of this stage (size ep_size); null when ep_size == 1
+  Communicator* pp = nullptr;  // any communicator holding both neighbouring stages' ranks
+  int pp_prev = -1;            // rank in `pp` of the previous stage's counterpart; -1 = first stage
+  int pp_next = -1;            // rank in `pp` of the next stage's counterpart; -1 = last stage
 };
 
 // One engine step, on the host. Tokens of a sequence are contiguous and in position order.
@@ -70,8 +79,15 @@ class Qwen3Model {
   // Per-rank KV heads (replicated when tp > num_key_value_heads).
   int kv_heads_local() const { return static_cast<int>(kv_heads_local_); }
 
-  // Runs the step and writes logits [batch.logit_tokens.size(), vocab_size] (float32) to
-  // `logits` on the host.
+  bool first_stage() const { return shard_.pp_prev < 0; }
+  bool last_stage() const { return shard_.pp_next < 0; }
+  int64_t num_local_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+  // Runs this stage's layers over the batch (one micro-batch). A stage after the first receives
+  // the hidden states from the previous stage; a stage before the last sends them on. On the last
+  // stage, writes the full-vocabulary logits [batch.logit_tokens.size(), vocab_size] (float32) to
+  // `logits` on the host (gathered across TP ranks); elsewhere leaves `logits` empty. An empty
+  // batch (no tokens) still takes part in the collectives its peers make (expert all-to-alls).
   void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits);
 
  private:
@@ -91,6 +107,11 @@ class Qwen3Model {
   Qwen3Model(const ModelConfig& config, Backend& backend, const ShardSpec& shard);
   absl::Status LoadWeights(const Checkpoint& checkpoint);
   void EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, int max_blocks);
+  void TpAllReduce(void* buf, int64_t count);
+  // MoE layer with experts spread over the stage (ep_size > 1): route this rank's share of the
+  // tokens, dispatch rows to expert owners by all-to-all(v), compute, combine back, and gather the
+  // TP group's shares. hidden_ -> proj_.
+  void ExpertParallelMoe(const Layer& layer, int n);
 
   ModelConfig config_;
   Backend& backend_;
@@ -118,6 +139,10 @@ class Qwen3Model {
   DeviceBuffer ids_, positions_, token_seq_, slots_, tables_, logit_rows_;
   DeviceBuffer residual_, hidden_, qkv_buf_, attn_, proj_, gate_up_buf_, act_;
   DeviceBuffer router_logits_, topk_ids_, topk_weights_, selected_, logits_buf_;
+  std::vector<float> host_logits_;
+  // Expert-parallel staging: rows received for this rank's experts and their results.
+  int64_t ep_capacity_ = 0;
+  DeviceBuffer ep_x_, ep_y_, ep_ids_, ep_weights_;
 };
 
 }  // namespace tessera

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "nlohmann/json.hpp"
+#include "runtime/executor.h"
 #include "runtime/generate.h"
 #include "runtime/npy.h"
 #include "runtime/qwen3.h"
@@ -24,11 +25,11 @@ struct Fixture {
   ModelConfig config;
   std::unique_ptr<Checkpoint> checkpoint;
   std::unique_ptr<Backend> backend;
-  std::unique_ptr<Qwen3Model> model;
+  std::unique_ptr<Executor> executor;
   std::vector<int32_t> prompt;
 };
 
-std::unique_ptr<Fixture> LoadFixture(const std::string& name) {
+std::unique_ptr<Fixture> LoadFixture(const std::string& name, int block_size = 16) {
   auto f = std::make_unique<Fixture>();
   f->dir = std::string(TESSERA_SOURCE_DIR) + "/tests/golden/fixtures/" + name;
   std::ifstream in(f->dir + "/expected.json");
@@ -41,9 +42,12 @@ std::unique_ptr<Fixture> LoadFixture(const std::string& name) {
   EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
   f->checkpoint = std::move(*checkpoint);
   f->backend = MakeCpuBackend();
-  auto model = Qwen3Model::Load(f->config, *f->checkpoint, *f->backend, ShardSpec{});
-  EXPECT_TRUE(model.ok()) << model.status();
-  f->model = std::move(*model);
+  auto parallel = ParallelConfig::Create(1, 0, 1, 1, 1, 1, ModelDimsOf(f->config));
+  EXPECT_TRUE(parallel.ok()) << parallel.status();
+  auto executor = Executor::Create(f->config, *f->checkpoint, *f->backend, *parallel, nullptr,
+                                   /*num_kv_blocks=*/(512 + block_size - 1) / block_size, block_size);
+  EXPECT_TRUE(executor.ok()) << executor.status();
+  f->executor = std::move(*executor);
   f->prompt = f->expected["prompt_ids"].get<std::vector<int32_t>>();
   return f;
 }
@@ -86,7 +90,7 @@ TEST_P(GoldenTest, PromptLogitsAndGreedyTokensMatch) {
   options.max_new_tokens = static_cast<int>(greedy.size());
   options.sampling.temperature = 0.0f;
   options.want_prompt_logits = true;
-  auto result = Generate(*f->model, *f->backend, f->prompt, options);
+  auto result = Generate(*f->executor, f->prompt, options);
   ASSERT_TRUE(result.ok()) << result.status();
   const double err = MaxRowRelativeL2(result->prompt_logits, want->data, f->config.vocab_size);
   std::printf("[golden] %s: max row relative L2 %.3e (min HF top-2 margin %.3e)\n", GetParam().c_str(),
@@ -101,11 +105,11 @@ TEST_P(GoldenTest, ChunkedPrefillMatchesWholePrefill) {
   options.max_new_tokens = 4;
   options.sampling.temperature = 0.0f;
   options.want_prompt_logits = true;
-  auto whole = Generate(*f->model, *f->backend, f->prompt, options);
+  auto whole = Generate(*f->executor, f->prompt, options);
   ASSERT_TRUE(whole.ok()) << whole.status();
   options.prefill_chunk = 7;
-  options.block_size = 5;  // blocks that do not align with chunks
-  auto chunked = Generate(*f->model, *f->backend, f->prompt, options);
+  auto g = LoadFixture(GetParam(), /*block_size=*/5);  // blocks that do not align with chunks
+  auto chunked = Generate(*g->executor, g->prompt, options);
   ASSERT_TRUE(chunked.ok()) << chunked.status();
   EXPECT_LE(MaxRowRelativeL2(chunked->prompt_logits, whole->prompt_logits, f->config.vocab_size), 1e-5);
   EXPECT_EQ(chunked->tokens, whole->tokens);
