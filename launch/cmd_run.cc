@@ -23,6 +23,7 @@
 #include "kernels/ops.h"
 #include "launch/commands.h"
 #include "launch/flags.h"
+#include "launch/model_dir.h"
 #include "launch/mpi_session.h"
 #include "nlohmann/json.hpp"
 #include "runtime/executor.h"
@@ -36,34 +37,12 @@
 namespace tessera {
 namespace {
 
-// Sampling defaults from DIR/generation_config.json when present (as vLLM does); greedy otherwise.
-void ReadGenerationConfig(const std::string& dir, SamplingParams* params,
-                          std::vector<int32_t>* eos) {
-  std::ifstream in(dir + "/generation_config.json");
-  if (!in) return;
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (!j.is_object()) return;
-  if (j.value("do_sample", false)) {
-    if (j.contains("temperature") && j["temperature"].is_number()) params->temperature = j["temperature"];
-    if (j.contains("top_k") && j["top_k"].is_number_integer()) params->top_k = j["top_k"];
-    if (j.contains("top_p") && j["top_p"].is_number()) params->top_p = j["top_p"];
-    if (j.contains("min_p") && j["min_p"].is_number()) params->min_p = j["min_p"];
-  }
-  if (j.contains("eos_token_id")) {
-    const auto& e = j["eos_token_id"];
-    if (e.is_number_integer()) eos->push_back(e.get<int32_t>());
-    if (e.is_array())
-      for (const auto& v : e)
-        if (v.is_number_integer()) eos->push_back(v.get<int32_t>());
-  }
-}
-
 // Errors before loading are the same on every rank (same flags, same files): rank 0 reports them.
 // Errors while loading are per rank: each failing rank reports its own, tagged with its rank.
 absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   Flags flags({"model", "device", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p",
                "min-p", "seed", "prompt-logits-out", "prefill-chunk", "repetition-penalty",
-               "presence-penalty", "frequency-penalty", "tp", "pp", "ep", "dp",
+               "presence-penalty", "frequency-penalty", "prompt", "tp", "pp", "ep", "dp",
                "collective-timeout", "kv-blocks", "block-size"},
               {"json", "ignore-eos"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
@@ -75,28 +54,32 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--device ", device, ": this build has only the cpu backend"));
   }
-  std::string model_dir;
-  if (auto dir = flags.GetString("model")) {
-    model_dir = *dir;
+  ASSIGN_OR_RETURN(ModelDirectory model, ResolveModelDirectory(flags.GetString("model")));
+  const std::string& model_dir = model.dir;
+  const ModelConfig& config = model.config;
+  std::vector<int64_t> prompt64;
+  if (auto text = flags.GetString("prompt")) {
+    if (flags.Has("prompt-ids")) return absl::InvalidArgumentError("give --prompt or --prompt-ids, not both");
+    if (!model.tokenizer) {
+      return absl::InvalidArgumentError(absl::StrCat(model_dir, " has no tokenizer: use --prompt-ids"));
+    }
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(*text));
+    prompt64.assign(ids.begin(), ids.end());
   } else {
-    ASSIGN_OR_RETURN(model_dir, EmbeddedDefaultModelDir());
+    if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids (or --prompt) is required");
+    ASSIGN_OR_RETURN(prompt64, flags.GetIntList("prompt-ids"));
   }
-  ASSIGN_OR_RETURN(std::vector<int64_t> prompt64, flags.GetIntList("prompt-ids"));
-  if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids is required");
   ASSIGN_OR_RETURN(int64_t max_new, flags.GetInt("max-new-tokens", 16));
   if (max_new < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
 
   GenerateOptions options;
-  std::vector<int32_t> eos;
-  ReadGenerationConfig(model_dir, &options.sampling, &eos);
-  if (!flags.Has("temperature") && !std::ifstream(model_dir + "/generation_config.json")) {
-    options.sampling.temperature = 0.0f;
-  }
+  options.sampling = model.default_sampling;
+  options.sampleable_vocab = model.sampleable_vocab;
   ASSIGN_OR_RETURN(double temperature, flags.GetDouble("temperature", options.sampling.temperature));
   ASSIGN_OR_RETURN(int64_t top_k, flags.GetInt("top-k", options.sampling.top_k));
   ASSIGN_OR_RETURN(double top_p, flags.GetDouble("top-p", options.sampling.top_p));
   ASSIGN_OR_RETURN(double min_p, flags.GetDouble("min-p", options.sampling.min_p));
-  ASSIGN_OR_RETURN(double rep, flags.GetDouble("repetition-penalty", 1.0));
+  ASSIGN_OR_RETURN(double rep, flags.GetDouble("repetition-penalty", options.sampling.repetition_penalty));
   ASSIGN_OR_RETURN(double presence, flags.GetDouble("presence-penalty", 0.0));
   ASSIGN_OR_RETURN(double frequency, flags.GetDouble("frequency-penalty", 0.0));
   ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
@@ -122,9 +105,7 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   ASSIGN_OR_RETURN(double timeout, flags.GetDouble("collective-timeout", CollectiveTimeoutSeconds()));
   CollectiveTimeoutSeconds() = timeout;
 
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
-  for (int64_t id : config.eos_token_ids) eos.push_back(static_cast<int32_t>(id));
-  if (!flags.GetBool("ignore-eos")) options.stop_token_ids = eos;
+  if (!flags.GetBool("ignore-eos")) options.stop_token_ids = model.eos_token_ids;
   // Validate the layout and the request before reading any weight.
   ASSIGN_OR_RETURN(ParallelConfig parallel,
                    ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp),
@@ -180,7 +161,14 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
                            {{"prompt_tokens", prompt.size()},
                             {"completion_tokens", result.tokens.size()}}},
                           {"model", model_dir}};
-    std::printf("%s\n", out.dump().c_str());
+    if (model.tokenizer) {
+      absl::StatusOr<std::string> text = model.tokenizer->Decode(result.tokens, true);
+      if (text.ok()) out["text"] = *text;
+    }
+    std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else if (model.tokenizer) {
+    absl::StatusOr<std::string> text = model.tokenizer->Decode(result.tokens, true);
+    std::printf("%s\n", text.ok() ? text->c_str() : "");
   } else {
     std::string line;
     for (size_t i = 0; i < result.tokens.size(); ++i) {

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,10 @@ class Communicator {
   // A sub-communicator of the ranks passing the same `color`, ordered by `key`. Collective.
   virtual std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) = 0;
 };
+
+// Called by the watchdog (on its own thread) just before it ends the process, e.g. to fail the
+// requests in flight with UNAVAILABLE and turn health NOT_SERVING. Must return promptly.
+void SetWatchdogFatalHook(std::function<void()> hook);
 
 // Seconds a rank may spend in one collective before the watchdog ends the job; 0 disables it.
 // Default 300 (TESSERA_COLLECTIVE_TIMEOUT overrides; --collective-timeout sets it per job).

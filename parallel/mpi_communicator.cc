@@ -30,6 +30,24 @@ double& CollectiveTimeoutSeconds() {
 
 namespace {
 
+std::mutex& HookMutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::function<void()>& FatalHook() {
+  static std::function<void()> hook;
+  return hook;
+}
+
+}  // namespace
+
+void SetWatchdogFatalHook(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(HookMutex());
+  FatalHook() = std::move(hook);
+}
+
+namespace {
+
 // One watchdog thread per process: it ends the process when the operation in flight overstays.
 class Watchdog {
  public:
@@ -68,6 +86,10 @@ class Watchdog {
                      "for %.1f s (limit %.1f s); ending the job\n",
                      ProcessRank(), op_, comm_.c_str(), count_, waited, limit);
         std::fflush(stderr);
+        {
+          std::lock_guard<std::mutex> hook_lock(HookMutex());
+          if (FatalHook()) FatalHook()();
+        }
         std::_Exit(3);  // mpirun sees a non-zero exit and tears the job down
       }
     }

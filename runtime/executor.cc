@@ -131,6 +131,15 @@ void Executor::Shutdown() {
   world_->BroadcastBytes(&bytes, 0);
 }
 
+void Executor::Heartbeat() {
+  TESSERA_CHECK_EQ(parallel_.rank, 0);
+  if (world_ == nullptr || parallel_.world_size == 1) return;
+  StepPlan plan;
+  plan.kind = StepPlan::Kind::kHeartbeat;
+  std::vector<uint8_t> bytes = SerializeStepPlan(plan);
+  world_->BroadcastBytes(&bytes, 0);
+}
+
 void Executor::RunWorker() {
   TESSERA_CHECK(parallel_.rank != 0);
   for (;;) {
@@ -139,6 +148,7 @@ void Executor::RunWorker() {
     absl::StatusOr<StepPlan> plan = DeserializeStepPlan(bytes);
     TESSERA_CHECK(plan.ok()) << plan.status();
     if (plan->kind == StepPlan::Kind::kShutdown) return;
+    if (plan->kind == StepPlan::Kind::kHeartbeat) continue;
     std::vector<float> unused;
     Run(*plan, &unused);
   }

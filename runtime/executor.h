@@ -52,6 +52,8 @@ class Executor {
   std::vector<float> Execute(const StepPlan& plan);
   // Rank 0 only: tells the workers to return from RunWorker().
   void Shutdown();
+  // Rank 0 only: an empty plan that keeps idle workers' watchdogs quiet.
+  void Heartbeat();
   // Ranks other than 0: executes broadcast plans until shutdown.
   void RunWorker();
 

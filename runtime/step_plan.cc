@@ -69,7 +69,7 @@ absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes) 
   StepPlan plan;
   uint32_t kind, replicas;
   const auto corrupt = absl::DataLossError("corrupt step plan");
-  if (!r.U32(&kind) || kind > 1 || !r.U32(&replicas) || replicas > bytes.size()) return corrupt;
+  if (!r.U32(&kind) || kind > 2 || !r.U32(&replicas) || replicas > bytes.size()) return corrupt;
   plan.kind = static_cast<StepPlan::Kind>(kind);
   plan.replicas.resize(replicas);
   for (auto& micro_batches : plan.replicas) {

@@ -12,7 +12,9 @@
 namespace tessera {
 
 struct StepPlan {
-  enum class Kind : uint8_t { kForward = 0, kShutdown = 1 };
+  // kHeartbeat: nothing to run; sent while idle so that a worker waiting for the next plan is
+  // never mistaken for a hung rank by its watchdog.
+  enum class Kind : uint8_t { kForward = 0, kShutdown = 1, kHeartbeat = 2 };
   Kind kind = Kind::kForward;
   // replicas[d] = the micro-batches of attention data-parallel replica d. Every replica has the
   // same number of micro-batches (padded with empty ones), because the ranks of a stage meet in

@@ -134,7 +134,7 @@ absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
   return WriteSafetensors((fs::path(dir) / "model.safetensors").string(), tensors);
 }
 
-absl::StatusOr<std::string> EmbeddedDefaultModelDir() {
+absl::StatusOr<std::string> EmbeddedDefaultModelDir(const std::string& tokenizer_dir) {
   std::string base;
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
     base = xdg;
@@ -144,11 +144,20 @@ absl::StatusOr<std::string> EmbeddedDefaultModelDir() {
     base = "/tmp";
   }
   // The version suffix changes whenever WriteTinyModel's output does.
-  const fs::path dir = fs::path(base) / "tessera" / "tiny-qwen3-v3";
+  const std::string name = tokenizer_dir.empty() ? "tiny-qwen3-v3" : "tiny-qwen3-v3-tok";
+  const fs::path dir = fs::path(base) / "tessera" / name;
   if (fs::exists(dir / "model.safetensors")) return dir.string();
-  const fs::path staging = fs::path(base) / "tessera" / absl::StrCat(".tiny-qwen3-v3.", getpid());
+  const fs::path staging = fs::path(base) / "tessera" / absl::StrCat(".", name, ".", getpid());
   RETURN_IF_ERROR(WriteTinyModel(staging.string(), TinyModelOptions{}));
   std::error_code ec;
+  if (!tokenizer_dir.empty()) {
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
+      fs::copy_file(fs::path(tokenizer_dir) / file, staging / file, ec);
+      if (ec) {
+        return absl::InternalError(absl::StrCat("cannot copy ", tokenizer_dir, "/", file, ": ", ec.message()));
+      }
+    }
+  }
   fs::rename(staging, dir, ec);  // another process may have won the race: then use its copy
   if (ec) fs::remove_all(staging, ec);
   if (!fs::exists(dir / "model.safetensors")) {

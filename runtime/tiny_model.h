@@ -25,7 +25,9 @@ struct TinyModelOptions {
 absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& options);
 
 // The embedded default: a tiny dense model under $XDG_CACHE_HOME/tessera (or ~/.cache/tessera),
-// written on first use (atomically: concurrent ranks may call this) and reused afterwards.
-absl::StatusOr<std::string> EmbeddedDefaultModelDir();
+// written on first use (atomically: concurrent ranks may call this) and reused afterwards. When
+// `tokenizer_dir` is given, its tokenizer.json and tokenizer_config.json (Qwen3's real tokenizer
+// and chat template) are copied in, so text and chat requests work.
+absl::StatusOr<std::string> EmbeddedDefaultModelDir(const std::string& tokenizer_dir);
 
 }  // namespace tessera
