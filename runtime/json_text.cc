@@ -1,5 +1,6 @@
 #include "runtime/json_text.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,32 @@ class SyntaxErrorRecorder {
   std::string message_;
 };
 
+// The deepest nesting of arrays and objects in `text`, counting brackets outside strings. Stops
+// counting once past `limit`.
+int NestingDepth(std::string_view text, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (deepest > limit) break;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 }  // namespace
 
 absl::StatusOr<json> ParseJsonText(std::string_view text, std::string_view source,
@@ -44,6 +71,13 @@ absl::StatusOr<json> ParseJsonText(std::string_view text, std::string_view sourc
   if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
     return absl::Status(code,
                         absl::StrCat(AsAbsl(source), ": invalid JSON: NUL byte at offset ", nul));
+  }
+  // NOTE: the DOM of a hostile, deeply nested document costs far more memory than its text; the
+  // files read here nest 3 or 4 levels. serde_json (behind the reference safetensors) stops at 128.
+  constexpr int kMaxDepth = 128;
+  if (NestingDepth(text, kMaxDepth) > kMaxDepth) {
+    return absl::Status(code, absl::StrCat(AsAbsl(source), ": invalid JSON: nested deeper than ",
+                                           kMaxDepth, " levels"));
   }
   json value = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (!value.is_discarded()) return value;

@@ -21,7 +21,7 @@ inline absl::string_view AsAbsl(std::string_view s) {
 
 // Parses `text` with exceptions disabled. Invalid JSON becomes a status of `code` whose message is
 // "<source>: invalid JSON: <parser message with line and column>". A NUL byte anywhere is
-// invalid (nlohmann alone would stop reading at it).
+// invalid (nlohmann alone would stop reading at it), and so is nesting deeper than 128 levels.
 absl::StatusOr<nlohmann::json> ParseJsonText(std::string_view text, std::string_view source,
                                              absl::StatusCode code);
 

@@ -537,10 +537,17 @@ TEST(ModelConfigTest, NotJsonOrNotAnObject) {
     EXPECT_THAT(Msg(c.status()),
                 StartsWith("config.json: the top level must be a JSON object, got "));
   }
-  // Deep nesting and long strings are reported without echoing them in full.
-  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  // Nested arrays are reported without echoing them; deep nesting is refused before parsing.
+  const std::string deep = std::string(127, '[') + std::string(127, ']');
   auto c = ParseModelConfig("{\"model_type\": " + deep + "}", "config.json");
   EXPECT_EQ(Msg(c.status()), "config.json: \"model_type\" must be a string, got an array");
+  const std::string deeper = std::string(1000000, '[') + std::string(1000000, ']');
+  c = ParseModelConfig("{\"model_type\": " + deeper + "}", "config.json");
+  EXPECT_EQ(Msg(c.status()), "config.json: invalid JSON: nested deeper than 128 levels");
+  // Brackets inside strings do not count.
+  c = ParseModelConfig("{\"model_type\": \"" + std::string(1000, '[') + "\\\"\"}", "config.json");
+  EXPECT_THAT(Msg(c.status()), HasSubstr("\"model_type\" must be \"qwen3\" or \"qwen3_moe\""));
+  // Long strings are cut in messages.
   c = ParseModelConfig("{\"model_type\": \"" + std::string(1000, 'x') + "\"}", "config.json");
   EXPECT_LT(c.status().message().size(), 200u);
 }

@@ -249,6 +249,13 @@ TEST(SafetensorsImageTest, LengthPrefixIsCheckedBeforeAnythingElse) {
   EXPECT_THAT(Msg(past), HasSubstr("header length 1000 runs past the end of the file (50 bytes"));
 }
 
+TEST(SafetensorsImageTest, DeepNestingIsRefusedBeforeParsing) {
+  const std::string deep = "{\"w\": " + std::string(500000, '[') + std::string(500000, ']') + "}";
+  const absl::Status status = ParseImage(Image(deep, ""));
+  EXPECT_EQ(status.code(), kDataLoss);
+  EXPECT_EQ(Msg(status), "bad.safetensors: invalid JSON: nested deeper than 128 levels");
+}
+
 TEST(SafetensorsImageTest, AcceptsWhatTheReferenceAccepts) {
   // Empty header, zero-sized tensors at the edges, a 0-d tensor, extra keys, metadata null,
   // huge dimensions multiplied by zero, whitespace around the header.
