@@ -229,8 +229,11 @@ bool IsPlainFileName(const std::string& name) {
 }  // namespace
 
 int64_t TensorInfo::num_elements() const {
+  // The header parser guarantees the product fits in int64 unless a dimension is 0, in which
+  // case the dimensions before the 0 may still overflow: check for it first.
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   int64_t count = 1;
-  for (int64_t d : shape) count *= d;  // validated against overflow when the header was parsed
+  for (int64_t d : shape) count *= d;
   return count;
 }
 
@@ -448,7 +451,7 @@ absl::StatusOr<const SafetensorsFile*> Checkpoint::FileFor(std::string_view name
 absl::StatusOr<Checkpoint::Entry> Checkpoint::Find(std::string_view name) const {
   ASSIGN_OR_RETURN(const SafetensorsFile* file, FileFor(name));
   const TensorInfo* info = file->Find(name);
-  if (info == nullptr) {  // only for directories without an index, which cannot disagree
+  if (info == nullptr) {  // unreachable: FileFor checked the shard against the index
     return absl::NotFoundError(
         absl::StrCat(file->path(), ": has no tensor \"", AsAbsl(name), "\""));
   }
@@ -492,7 +495,9 @@ absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start
                        " (size ", extent, ")");
   }
   // Row-major: the slice is `outer` runs of `length * inner` contiguous elements, the runs
-  // `extent * inner` apart. Products cannot overflow: they are at most num_elements().
+  // `extent * inner` apart. With no element there is nothing to read (and the products below
+  // could overflow); otherwise they are at most num_elements().
+  if (info.num_elements() == 0) return absl::OkStatus();
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < dim; ++i) outer *= shape[i];
   for (int i = dim + 1; i < rank; ++i) inner *= shape[i];

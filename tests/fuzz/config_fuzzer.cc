@@ -29,9 +29,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const tessera::ModelConfig& c = *config;
   constexpr int64_t kMax = INT32_MAX;
-  for (int64_t v : {c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
-                    c.num_attention_heads, c.num_key_value_heads, c.head_dim,
-                    c.max_position_embeddings}) {
+  for (int64_t v :
+       {c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+        c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.max_position_embeddings}) {
     Require(v >= 1 && v <= kMax);
   }
   Require(c.model_type == "qwen3" || c.model_type == "qwen3_moe");
