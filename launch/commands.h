@@ -4,6 +4,8 @@
 
 namespace tessera {
 
-int RunCommand(int argc, char** argv);           // tessera run        (cmd_run.cc)
+int RunCommand(int argc, char** argv);         // tessera run        (cmd_run.cc)
+int TokenizeCommand(int argc, char** argv);    // tessera tokenize   (cmd_tokenize.cc)
+int DetokenizeCommand(int argc, char** argv);  // tessera detokenize (cmd_tokenize.cc)
 
 }  // namespace tessera

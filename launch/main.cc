@@ -14,6 +14,8 @@ struct Subcommand {
 
 constexpr Subcommand kSubcommands[] = {
     {"run", tessera::RunCommand, "generate tokens from a prompt of token ids (offline)"},
+    {"tokenize", tessera::TokenizeCommand, "text -> token ids with a model's tokenizer"},
+    {"detokenize", tessera::DetokenizeCommand, "token ids -> text with a model's tokenizer"},
 };
 
 void PrintUsage(FILE* out) {

@@ -1,0 +1,87 @@
+// The byte-level BPE model: turns one pre-tokenized piece (raw bytes) into token ids by applying
+// merges in rank order, as Hugging Face's BPE model does.
+//
+// Everything works on ids, never on strings: a piece starts as one id per byte (the token for the
+// byte's alphabet character), and each merge (left id, right id) -> (rank, merged id) is looked up
+// in a flat hash map keyed by the pair packed into 64 bits.
+//
+// Merging follows Hugging Face exactly: repeatedly take the adjacent pair with the lowest rank,
+// the leftmost one among equals, and replace it by its merged token, until no pair has a merge.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+
+namespace tessera::tokenizer_internal {
+
+// Pieces already encoded, shared by all threads. Lookups and inserts only *try* to take the lock:
+// under contention a caller simply encodes the piece itself, so the cache never makes anyone wait.
+class PieceCache {
+ public:
+  // NOTE: bounded like Hugging Face's BPE cache: long pieces are rare and would crowd it out, and
+  // once full it keeps what it has (the most frequent pieces come early in practice).
+  static constexpr size_t kCapacity = 1 << 16;
+  static constexpr size_t kMaxPieceBytes = 64;
+
+  bool Lookup(std::string_view piece, std::vector<int32_t>* out) const;
+  void Insert(std::string_view piece, const int32_t* ids, size_t count);
+
+ private:
+  mutable std::shared_mutex mu_;
+  absl::flat_hash_map<std::string, std::vector<int32_t>> map_;  // guarded by mu_
+};
+
+struct BpeMerge {
+  int32_t left;
+  int32_t right;
+};
+
+class BpeModel {
+ public:
+  struct Options {
+    std::optional<int32_t> unk_id;  // emitted for bytes missing from the vocabulary
+    bool fuse_unk = false;          // consecutive unknown bytes make one unk
+    bool ignore_merges = false;     // a piece that is itself a token is emitted whole
+  };
+
+  // `vocab` maps each token's bytes (already decoded from the byte-level alphabet) to its id.
+  // `merges` are in rank order; `merged[i]` is the id of merges[i].left + merges[i].right.
+  // A pair listed twice keeps its last rank, as in Hugging Face.
+  BpeModel(const absl::flat_hash_map<std::string, int32_t>& vocab,
+           const std::vector<BpeMerge>& merges, const std::vector<int32_t>& merged,
+           Options options);
+
+  // Appends the ids of `piece` to `out`.
+  void Encode(std::string_view piece, std::vector<int32_t>* out) const;
+
+ private:
+  struct MergeTarget {
+    uint32_t rank;
+    int32_t id;
+  };
+  static uint64_t PairKey(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
+           static_cast<uint32_t>(right);
+  }
+  const MergeTarget* FindMerge(int32_t left, int32_t right) const {
+    auto it = merges_.find(PairKey(left, right));
+    return it == merges_.end() ? nullptr : &it->second;
+  }
+  void Merge(std::string_view piece, std::vector<int32_t>* out) const;
+
+  int32_t byte_id_[256];  // id of each single-byte token, -1 when the vocabulary lacks it
+  absl::flat_hash_map<uint64_t, MergeTarget> merges_;
+  absl::flat_hash_map<std::string, int32_t> whole_;  // for ignore_merges only
+  Options options_;
+  mutable PieceCache cache_;
+};
+
+}  // namespace tessera::tokenizer_internal
