@@ -24,20 +24,16 @@ void PieceCache::Insert(std::string_view piece, const int32_t* ids, size_t count
   map_.try_emplace(AbslView(piece), ids, ids + count);
 }
 
-BpeModel::BpeModel(const absl::flat_hash_map<std::string, int32_t>& vocab,
+BpeModel::BpeModel(const std::array<int32_t, 256>& byte_ids,
+                   absl::flat_hash_map<std::string, int32_t> whole,
                    const std::vector<BpeMerge>& merges, const std::vector<int32_t>& merged,
                    Options options)
-    : options_(options) {
-  for (int b = 0; b < 256; ++b) {
-    auto it = vocab.find(absl::string_view(reinterpret_cast<const char*>(&b), 1));
-    byte_id_[b] = it == vocab.end() ? -1 : it->second;
-  }
+    : byte_id_(byte_ids), whole_(std::move(whole)), options_(options) {
   merges_.reserve(merges.size());
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     merges_.insert_or_assign(PairKey(merges[rank].left, merges[rank].right),
                              MergeTarget{static_cast<uint32_t>(rank), merged[rank]});
   }
-  if (options_.ignore_merges) whole_ = vocab;
 }
 
 void BpeModel::Encode(std::string_view piece, std::vector<int32_t>* out) const {

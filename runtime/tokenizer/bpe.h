@@ -9,6 +9,7 @@
 // the leftmost one among equals, and replace it by its merged token, until no pair has a merge.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -52,12 +53,13 @@ class BpeModel {
     bool ignore_merges = false;     // a piece that is itself a token is emitted whole
   };
 
-  // `vocab` maps each token's bytes (already decoded from the byte-level alphabet) to its id.
-  // `merges` are in rank order; `merged[i]` is the id of merges[i].left + merges[i].right.
-  // A pair listed twice keeps its last rank, as in Hugging Face.
-  BpeModel(const absl::flat_hash_map<std::string, int32_t>& vocab,
-           const std::vector<BpeMerge>& merges, const std::vector<int32_t>& merged,
-           Options options);
+  // `byte_ids[b]` is the token of the single byte b (-1 when the vocabulary lacks it); `whole`
+  // maps token bytes to ids and is needed only with ignore_merges. `merges` are in rank order;
+  // `merged[i]` is the id of merges[i].left + merges[i].right. A pair listed twice keeps its
+  // last rank, as in Hugging Face.
+  BpeModel(const std::array<int32_t, 256>& byte_ids,
+           absl::flat_hash_map<std::string, int32_t> whole, const std::vector<BpeMerge>& merges,
+           const std::vector<int32_t>& merged, Options options);
 
   // Appends the ids of `piece` to `out`.
   void Encode(std::string_view piece, std::vector<int32_t>* out) const;
@@ -77,7 +79,7 @@ class BpeModel {
   }
   void Merge(std::string_view piece, std::vector<int32_t>* out) const;
 
-  int32_t byte_id_[256];  // id of each single-byte token, -1 when the vocabulary lacks it
+  std::array<int32_t, 256> byte_id_;  // id of each single-byte token, -1 when missing
   absl::flat_hash_map<uint64_t, MergeTarget> merges_;
   absl::flat_hash_map<std::string, int32_t> whole_;  // for ignore_merges only
   Options options_;

@@ -2,6 +2,7 @@
 #include "runtime/tokenizer/bpe_tokenizer.h"
 
 #include <algorithm>
+#include <array>
 #include <limits>
 
 #include "absl/status/status.h"
@@ -44,9 +45,10 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
   }
   t->kind_.assign(max_id + 1, Kind::kNone);
   std::vector<std::string> token_bytes(max_id + 1);
-  absl::flat_hash_map<std::string, int32_t> by_bytes;  // decoded bytes -> id, for the BPE model
+  std::array<int32_t, 256> byte_ids;  // the token of each single byte, -1 when missing
+  byte_ids.fill(-1);
+  absl::flat_hash_map<std::string, int32_t> whole;  // bytes -> id, for ignore_merges only
   t->vocab_.reserve(spec.vocab.size());
-  by_bytes.reserve(spec.vocab.size());
   for (const auto& [token, id] : spec.vocab) {
     if (t->kind_[id] != Kind::kNone) {
       return absl::InvalidArgumentError(absl::StrCat(spec.vocab_where, "[\"", token, "\"]: id ", id,
@@ -56,7 +58,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
     t->vocab_.emplace(token, id);
     std::string bytes;
     if (alphabet.DecodeToken(token, &bytes)) {
-      by_bytes.emplace(bytes, id);
+      if (bytes.size() == 1) byte_ids[static_cast<uint8_t>(bytes[0])] = id;
+      if (spec.ignore_merges) whole.emplace(bytes, id);
       token_bytes[id] = std::move(bytes);
     } else {
       // As Hugging Face's ByteLevel decoder: a token outside the alphabet decodes to its own text.
@@ -67,18 +70,20 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
   // Merges, resolved to ids by their text as Hugging Face does.
   std::vector<BpeMerge> merges(spec.merges.size());
   std::vector<int32_t> merged(spec.merges.size());
+  std::string joined;
   for (size_t i = 0; i < spec.merges.size(); ++i) {
     const auto& [left, right] = spec.merges[i];
     auto l = t->vocab_.find(left);
     auto r = t->vocab_.find(right);
-    const std::string joined = left + right;
+    joined.assign(left).append(right);
     auto j = t->vocab_.find(joined);
-    for (const auto& [it, text] :
-         {std::pair{l, &left}, std::pair{r, &right}, std::pair{j, &joined}}) {
-      if (it == t->vocab_.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(spec.merge_where[i], ": token \"", *text,
-                                                       "\" is not in ", spec.vocab_where));
-      }
+    const std::string* missing = l == t->vocab_.end()   ? &left
+                                 : r == t->vocab_.end() ? &right
+                                 : j == t->vocab_.end() ? &joined
+                                                        : nullptr;
+    if (missing != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(spec.merge_where[i], ": token \"", *missing,
+                                                     "\" is not in ", spec.vocab_where));
     }
     merges[i] = BpeMerge{l->second, r->second};
     merged[i] = j->second;
@@ -95,7 +100,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
     }
     options.unk_id = it->second;
   }
-  t->bpe_ = std::make_unique<BpeModel>(by_bytes, merges, merged, options);
+  t->bpe_ = std::make_unique<BpeModel>(byte_ids, std::move(whole), merges, merged, options);
 
   // Added tokens. Hugging Face ignores the ids in the file and gives each token, in order, its
   // vocabulary id if it has one, else the next free id after the vocabulary; a file whose ids
@@ -127,7 +132,6 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
           absl::StrCat(spec.added_where[i], ": id ", token.id, " is given twice"));
     }
     t->kind_[token.id] = token.special ? Kind::kSpecial : Kind::kAdded;
-    token_bytes[token.id] = token.content;
     t->added_ids_.emplace(token.content, token.id);
     t->added_.push_back(token);
   }
@@ -135,6 +139,17 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
   if (spec.nfc) {
     ASSIGN_OR_RETURN(NfcNormalizer nfc, NfcNormalizer::Create());
     t->nfc_.emplace(nfc);
+  }
+  for (const AddedToken& token : t->added_) {
+    // Hugging Face decodes an added token like any other: its text (NFC'd when the token is
+    // normalized) goes through the byte-level decoder, and only when some character is outside
+    // the alphabet is the text used as is. ASCII content comes out unchanged either way; other
+    // content can come out as bytes that are not UTF-8 (then U+FFFD), as it does in HF.
+    std::string storage;
+    const std::string_view text =
+        token.normalized && t->nfc_ ? t->nfc_->Normalize(token.content, &storage) : token.content;
+    std::string bytes;
+    token_bytes[token.id] = alphabet.DecodeToken(text, &bytes) ? bytes : std::string(text);
   }
   for (size_t i = 0; i < t->added_.size(); ++i) {
     const AddedToken& token = t->added_[i];

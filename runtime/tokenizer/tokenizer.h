@@ -59,7 +59,8 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   virtual std::optional<int32_t> TokenToId(std::string_view token) const = 0;
   virtual bool IsSpecial(int32_t id) const = 0;
-  // The raw bytes that one token stands for (byte-level decoded); for added tokens, their content.
+  // The raw bytes that one token stands for (byte-level decoded); for added tokens, their content
+  // (decoded the way Hugging Face does, which leaves ASCII content such as <|im_end|> unchanged).
   virtual absl::StatusOr<std::string> TokenBytes(int32_t id) const = 0;
 };
 
