@@ -1,11 +1,14 @@
-// NFC through ICU's UTF-8 entry points (see normalizer.h).
+// NFC through ICU's UTF-8 entry points, limited to Unicode 9.0 as in HF (see normalizer.h).
 #include "runtime/tokenizer/normalizer.h"
 
 #include <unicode/bytestream.h>
 #include <unicode/normalizer2.h>
 #include <unicode/stringpiece.h>
+#include <unicode/uniset.h>
+#include <unicode/unistr.h>
 
 #include <cstring>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -29,12 +32,27 @@ bool IsAscii(std::string_view s) {
 }  // namespace
 
 absl::StatusOr<NfcNormalizer> NfcNormalizer::Create() {
-  UErrorCode error = U_ZERO_ERROR;
-  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(error);
-  if (U_FAILURE(error) || nfc == nullptr) {
-    return absl::InternalError(absl::StrCat("ICU: cannot load the NFC data: ", u_errorName(error)));
+  // Built once: ICU's NFC restricted to the characters of HF's Unicode version (see the header).
+  struct Filtered {
+    UErrorCode error = U_ZERO_ERROR;
+    icu::UnicodeSet set;
+    std::unique_ptr<icu::FilteredNormalizer2> nfc;
+    Filtered() {
+      const icu::Normalizer2* nfc_all = icu::Normalizer2::getNFCInstance(error);
+      set.applyPattern(icu::UnicodeString::fromUTF8(
+                           absl::StrCat("[:age=", kHfNormalizationUnicodeVersion, ":]")),
+                       error);
+      if (U_FAILURE(error)) return;
+      set.freeze();
+      nfc = std::make_unique<icu::FilteredNormalizer2>(*nfc_all, set);
+    }
+  };
+  static const Filtered* filtered = new Filtered();
+  if (U_FAILURE(filtered->error) || filtered->nfc == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("ICU: cannot set up NFC normalisation: ", u_errorName(filtered->error)));
   }
-  return NfcNormalizer(nfc);
+  return NfcNormalizer(filtered->nfc.get());
 }
 
 std::string_view NfcNormalizer::Normalize(std::string_view text, std::string* storage) const {

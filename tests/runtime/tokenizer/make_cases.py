@@ -144,6 +144,12 @@ TEXTS = {
         "\u0958 \u0915\u093c",
         "\u0301 leading combining mark",
         "n\u0303 n\u0303\u0303",
+        # HF's NFC data is Unicode 9.0: a Unicode 13 mark (U+10EAC, class 230) is not reordered
+        # after U+032A (class 220), and Dives Akuru (Unicode 13) does not compose.
+        "a\U00010eac\u032a",
+        "\U00011935\U00011930",
+        "a\u0334\U0001e130\u0301",
+        "\u1100\u1161\U00016ff0",
     ],
     "edge": [
         "",
