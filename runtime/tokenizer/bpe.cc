@@ -2,26 +2,67 @@
 #include "runtime/tokenizer/bpe.h"
 
 #include <algorithm>
-#include <mutex>
+#include <atomic>
 
 #include "runtime/tokenizer/utf8.h"
 
 namespace tessera::tokenizer_internal {
 
+// One thread's entries for one PieceCache. Ids live in one pool; the map holds (offset, count).
+struct PieceCache::Local {
+  uint64_t owner = 0;
+  absl::flat_hash_map<std::string, std::pair<uint32_t, uint32_t>> map;
+  std::vector<int32_t> pool;
+};
+
+namespace {
+std::atomic<uint64_t> next_cache_owner{1};
+}  // namespace
+
+PieceCache::PieceCache() : owner_(next_cache_owner.fetch_add(1)) {}
+
+PieceCache::Local& PieceCache::ThisThread() const {
+  // A few caches per thread, for the few tokenizers a process uses; the least recently used one
+  // is recycled when another tokenizer comes along.
+  constexpr size_t kSlots = 4;
+  thread_local std::array<Local, kSlots> slots;
+  thread_local std::array<uint64_t, kSlots> last_use{};
+  thread_local uint64_t clock = 0;
+  size_t victim = 0;
+  for (size_t i = 0; i < kSlots; ++i) {
+    if (slots[i].owner == owner_) {
+      last_use[i] = ++clock;
+      return slots[i];
+    }
+    if (last_use[i] < last_use[victim]) victim = i;
+  }
+  Local& local = slots[victim];
+  local.owner = owner_;
+  local.map.clear();
+  local.pool.clear();
+  last_use[victim] = ++clock;
+  return local;
+}
+
 bool PieceCache::Lookup(std::string_view piece, std::vector<int32_t>* out) const {
-  std::shared_lock<std::shared_mutex> lock(mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return false;
-  auto it = map_.find(AbslView(piece));
-  if (it == map_.end()) return false;
-  out->insert(out->end(), it->second.begin(), it->second.end());
+  const Local& local = ThisThread();
+  auto it = local.map.find(AbslView(piece));
+  if (it == local.map.end()) return false;
+  const int32_t* ids = local.pool.data() + it->second.first;
+  out->insert(out->end(), ids, ids + it->second.second);
   return true;
 }
 
-void PieceCache::Insert(std::string_view piece, const int32_t* ids, size_t count) {
+void PieceCache::Insert(std::string_view piece, const int32_t* ids, size_t count) const {
   if (piece.size() > kMaxPieceBytes) return;
-  std::unique_lock<std::shared_mutex> lock(mu_, std::try_to_lock);
-  if (!lock.owns_lock() || map_.size() >= kCapacity) return;
-  map_.try_emplace(AbslView(piece), ids, ids + count);
+  Local& local = ThisThread();
+  if (local.map.size() >= kCapacity) return;
+  if (local.map
+          .try_emplace(AbslView(piece), static_cast<uint32_t>(local.pool.size()),
+                       static_cast<uint32_t>(count))
+          .second) {
+    local.pool.insert(local.pool.end(), ids, ids + count);
+  }
 }
 
 BpeModel::BpeModel(const std::array<int32_t, 256>& byte_ids,

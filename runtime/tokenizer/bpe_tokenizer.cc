@@ -82,8 +82,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
                                  : j == t->vocab_.end() ? &joined
                                                         : nullptr;
     if (missing != nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(spec.merge_where[i], ": token \"", *missing,
-                                                     "\" is not in ", spec.vocab_where));
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec.merge_where_prefix, spec.merge_position[i], spec.merge_where_suffix,
+                       ": token \"", *missing, "\" is not in ", spec.vocab_where));
     }
     merges[i] = BpeMerge{l->second, r->second};
     merged[i] = j->second;

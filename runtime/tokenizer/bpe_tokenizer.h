@@ -31,8 +31,11 @@ struct TokenizerSpec {
   std::string vocab_where;  // e.g. "/m/tokenizer.json: model.vocab"
   // Merges in rank order, as pairs of tokens written in the alphabet.
   std::vector<std::pair<std::string, std::string>> merges;
-  // Error location of merges[i], e.g. "/m/merges.txt: line 7".
-  std::vector<std::string> merge_where;
+  // Where merges[i] is: merge_where_prefix + merge_position[i] + merge_where_suffix, e.g.
+  // "/m/tokenizer.json: model.merges[" 7 "]" or "/m/merges.txt: line " 8 "".
+  std::vector<uint32_t> merge_position;
+  std::string merge_where_prefix;
+  std::string merge_where_suffix;
   // In the order Hugging Face adds them (the file's order).
   std::vector<AddedToken> added;
   std::vector<std::string> added_where;

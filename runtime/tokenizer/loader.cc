@@ -379,7 +379,7 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
   }
   void AddMerge(std::pair<std::string, std::string> pair) {
     spec_->merges.push_back(std::move(pair));
-    spec_->merge_where.push_back(Where(path_, MergeField()));
+    spec_->merge_position.push_back(static_cast<uint32_t>(index_));
   }
   bool BadTableEntry() {
     if (table_ == Table::kVocab) {
@@ -488,6 +488,8 @@ absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   TokenizerSpec spec;
   TokenizerJsonReader reader(path, &spec);
+  spec.merge_where_prefix = Where(path, "model.merges[");
+  spec.merge_where_suffix = "]";
   RETURN_IF_ERROR(reader.Parse(text));
   const json& root = reader.root();
   if (!root.is_object()) return FieldError(path, "(top level)", "must be a JSON object");
@@ -616,6 +618,7 @@ absl::StatusOr<TokenizerSpec> ReadVocabMerges(const std::string& dir) {
   ASSIGN_OR_RETURN(std::string merges, ReadFile(merges_path));
   // Lines as Rust's BufRead::lines gives them to Hugging Face: split at '\n', a "\r" before the
   // '\n' dropped, and no empty last line after a final newline.
+  spec.merge_where_prefix = Where(merges_path, "line ");
   std::vector<absl::string_view> lines = absl::StrSplit(merges, '\n');
   const bool final_newline = !lines.empty() && lines.back().empty();
   if (final_newline) lines.pop_back();
@@ -624,15 +627,14 @@ absl::StatusOr<TokenizerSpec> ReadVocabMerges(const std::string& dir) {
     const bool terminated = i + 1 < lines.size() || final_newline;
     if (terminated && absl::EndsWith(line, "\r")) line.remove_suffix(1);
     if (absl::StartsWith(line, "#version")) continue;
-    const std::string where = absl::StrCat("line ", i + 1);
     std::pair<std::string, std::string> pair;
     if (!SplitMergeLine(std::string(line), &pair)) {
-      return FieldError(merges_path, where,
+      return FieldError(merges_path, absl::StrCat("line ", i + 1),
                         "expected \"left right\" (two tokens, one space), not " +
                             Quoted(std::string(line.substr(0, 60))));
     }
     spec.merges.push_back(std::move(pair));
-    spec.merge_where.push_back(Where(merges_path, where));
+    spec.merge_position.push_back(static_cast<uint32_t>(i + 1));
   }
   if (IsFile(config_path)) RETURN_IF_ERROR(ReadTokenizerConfig(config_path, &spec));
   spec.nfc = true;
