@@ -18,6 +18,8 @@ constexpr Subcommand kSubcommands[] = {
     {"client", tessera::ClientCommand, "talk to a running server: generate, chat, tokenize, health, info"},
     {"make-tiny-model", tessera::MakeTinyModelCommand,
      "write a tiny random-weight Qwen3 checkpoint (config.json + safetensors)"},
+    {"tokenize", tessera::TokenizeCommand, "text -> token ids with a model's tokenizer"},
+    {"detokenize", tessera::DetokenizeCommand, "token ids -> text with a model's tokenizer"},
 };
 
 void PrintUsage(FILE* out) {
