@@ -4,7 +4,17 @@
 //   - the Hub's:                 "rope_theta", "rope_scaling": {...}, "num_experts"
 //   - recent transformers (v5):  "rope_parameters": {"rope_type", "rope_theta", ...},
 //                                "num_local_experts"
-// Every value is validated; an error names the file and the field.
+// Every value is validated; an error (InvalidArgument; NotFound for a missing config.json) names
+// the file and the field, e.g.
+//   config.json: "num_attention_heads" must be a positive integer, got "abc"
+// Rules: model_type is "qwen3" or "qwen3_moe"; vocab_size, hidden_size, intermediate_size,
+// num_hidden_layers, num_attention_heads, num_key_value_heads (null = num_attention_heads) and
+// max_position_embeddings are required JSON integers in [1, 2^31 - 1] (floats such as 128.0 are
+// rejected); num_attention_heads % num_key_value_heads == 0; head_dim is even; rms_norm_eps > 0;
+// hidden_act is "silu"; attention_bias and use_sliding_window are false if present. MoE
+// (qwen3_moe): num_experts >= 1, num_experts_per_tok in [1, num_experts],
+// moe_intermediate_size >= 1, decoder_sparse_step >= 1, mlp_only_layers within
+// [0, num_hidden_layers). Optional fields may be absent or null; unknown fields are ignored.
 #pragma once
 
 #include <cstdint>
@@ -18,18 +28,43 @@ namespace tessera {
 
 enum class RopeType { kDefault, kYarn };
 
+// Rotary embedding parameters, resolved exactly as transformers 5.23 resolves them
+// (PreTrainedConfig.standardize_rope_params and modeling_rope_utils._compute_yarn_parameters).
+//
+// Which dict: "rope_scaling" when it is a non-empty object, else "rope_parameters" when present,
+// else none (default RoPE). Type: its "rope_type", else its "type", else "default"; any type other
+// than "default" and "yarn" is an error. theta: the dict's "rope_theta", else the top-level
+// "rope_theta", else 10000.
+//
+// YaRN (every value below is already resolved by the parser; nothing is left "absent"):
+//   dim = head_dim (the whole head rotates: "partial_rotary_factor", if given, must be 1)
+//   original_max_position_embeddings: the dict's value, else max_position_embeddings
+//   factor: the dict's "factor" (the key is required); null means
+//           max_position_embeddings / original_max_position_embeddings. Must be >= 1.
+//   attention_factor: the dict's value; else, when "mscale" and "mscale_all_dim" are both
+//           non-zero, m(factor, mscale) / m(factor, mscale_all_dim); else m(factor, 1), where
+//           m(s, k) = s <= 1 ? 1 : 0.1 * k * ln(s) + 1. It multiplies cos and sin.
+//   beta_fast / beta_slow: the dict's values; null or 0 means 32 / 1.
+//   truncate: the dict's value, else true.
+//   inv_freq[i] (i < dim / 2), with pos = theta^(2i / dim):
+//     low  = (dim * ln(orig / (beta_fast * 2 * pi))) / (2 * ln(theta)), floored if truncate
+//     high = (dim * ln(orig / (beta_slow * 2 * pi))) / (2 * ln(theta)), ceiled if truncate
+//     low = max(low, 0); high = min(high, dim - 1); if low == high, high += 0.001
+//     ramp = clamp((i - low) / (high - low), 0, 1); extrapolation weight w = 1 - ramp
+//     inv_freq[i] = (1 / (factor * pos)) * (1 - w) + (1 / pos) * w
+// Default RoPE: inv_freq[i] = 1 / theta^(2i / dim), attention factor 1.
 struct RopeConfig {
   RopeType type = RopeType::kDefault;
-  double theta = 10000.0;  // "rope_theta"
-  // YaRN only (rope_type "yarn"); unset optionals are < 0 / absent as noted.
-  double factor = 1.0;                        // "factor"
-  int64_t original_max_position_embeddings = 0;  // 0 = absent (falls back to max_position_embeddings)
-  double attention_factor = -1.0;             // "attention_factor"; < 0 = absent
-  double beta_fast = 32.0;                    // "beta_fast"
-  double beta_slow = 1.0;                     // "beta_slow"
-  double mscale = 0.0;                        // "mscale"; 0 = absent
-  double mscale_all_dim = 0.0;                // "mscale_all_dim"; 0 = absent
-  bool truncate = true;                       // "truncate"
+  double theta = 10000.0;  // "rope_theta", > 0
+  // YaRN only; left at these values for default RoPE, except attention_factor.
+  double factor = 1.0;                           // "factor", >= 1
+  int64_t original_max_position_embeddings = 0;  // > 0 for YaRN
+  double attention_factor = 1.0;  // multiplies cos and sin: 1 for default RoPE, > 0 for YaRN
+  double beta_fast = 32.0;        // "beta_fast"
+  double beta_slow = 1.0;         // "beta_slow"
+  double mscale = 0.0;            // "mscale"; 0 = absent (already folded in above)
+  double mscale_all_dim = 0.0;    // "mscale_all_dim"; 0 = absent (likewise)
+  bool truncate = true;           // "truncate"
 };
 
 struct ModelConfig {
@@ -44,7 +79,7 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // must be false for Qwen3 (rejected otherwise)
+  bool attention_bias = false;      // must be false for Qwen3 (rejected otherwise)
   std::string hidden_act = "silu";  // only "silu" is accepted
   std::string torch_dtype;          // "bfloat16", ... ("dtype" in transformers v5); informational
   RopeConfig rope;

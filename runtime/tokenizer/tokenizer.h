@@ -3,6 +3,12 @@
 // Reads DIR/tokenizer.json (vocab, merges, added_tokens, NFC normalizer, Split-regex + ByteLevel
 // pre-tokenizer), or the older trio DIR/vocab.json + DIR/merges.txt + DIR/tokenizer_config.json
 // (added_tokens_decoder). Errors name the file and the field.
+//
+// Encoding: added tokens are cut out of the raw text first; the rest is NFC-normalised (ICU), cut
+// by the file's Split regex (PCRE2 with Unicode properties), and each piece is BPE-merged on its
+// bytes. Unicode classes follow the libraries' Unicode tables (PCRE2 10.42: Unicode 14; ICU 72:
+// Unicode 15); docs/perf/tokenizer.md and the tests record where that differs from Hugging Face.
+// All methods are const and thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -19,13 +25,24 @@ namespace tessera {
 
 class Tokenizer {
  public:
+  // DIR/tokenizer.json when it exists, else the trio. DIR may also name a tokenizer.json file.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& dir);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::string& path);
+  // DIR/vocab.json + DIR/merges.txt, and DIR/tokenizer_config.json when it exists, with the split
+  // regex of Hugging Face's Qwen2Tokenizer.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadVocabMerges(const std::string& dir);
   virtual ~Tokenizer() = default;
 
   struct EncodeOptions {
     // true (the default, as transformers does): special/added tokens written in the text are
-    // recognised as single ids. false: they are encoded as plain text (llama.cpp's test vectors).
+    // recognised as single ids. false: they are encoded as plain text (llama.cpp's test vectors;
+    // transformers' apply_chat_template(sanitize_control_tokens=True) for marked user text).
     bool parse_special = true;
+    // Only with parse_special = false: keep recognising the added tokens that are not marked
+    // special (<think>, <tool_call>, <|fim_prefix|>, ...), so that only the special ones become
+    // text. This is HF tokenizers' encode_special_tokens = true, i.e. transformers'
+    // split_special_tokens = true.
+    bool keep_non_special = false;
   };
   // Invalid UTF-8 is an InvalidArgument error naming the byte offset.
   virtual absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text,
@@ -42,7 +59,8 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   virtual std::optional<int32_t> TokenToId(std::string_view token) const = 0;
   virtual bool IsSpecial(int32_t id) const = 0;
-  // The raw bytes that one token stands for (byte-level decoded); for added tokens, their content.
+  // The raw bytes that one token stands for (byte-level decoded); for added tokens, their content
+  // (decoded the way Hugging Face does, which leaves ASCII content such as <|im_end|> unchanged).
   virtual absl::StatusOr<std::string> TokenBytes(int32_t id) const = 0;
 };
 

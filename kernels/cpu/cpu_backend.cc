@@ -1,0 +1,101 @@
+// The CPU backend: float32 activations and weights in host memory, ops from reference.h.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "kernels/base/check.h"
+#include "kernels/cpu/reference.h"
+#include "kernels/ops.h"
+
+namespace tessera {
+namespace {
+
+void FreeAligned(void* p) { std::free(p); }
+
+inline const float* F(const void* p) { return static_cast<const float*>(p); }
+inline float* F(void* p) { return static_cast<float*>(p); }
+
+class CpuBackend final : public Backend {
+ public:
+  DeviceKind kind() const override { return DeviceKind::kCpu; }
+  DType activation_dtype() const override { return DType::kF32; }
+  DType weight_dtype() const override { return DType::kF32; }
+
+  DeviceBuffer Allocate(size_t bytes) override {
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    TESSERA_CHECK(p != nullptr) << "out of host memory allocating " << bytes << " bytes";
+    return DeviceBuffer(p, bytes, FreeAligned);
+  }
+  void CopyToDevice(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void UploadFloat(void* dst, DType dtype, const float* src, size_t count) override {
+    TESSERA_CHECK(dtype == DType::kF32) << "the CPU backend stores float32 only";
+    std::memcpy(dst, src, count * sizeof(float));
+  }
+  void DownloadFloat(float* dst, const void* src, DType dtype, size_t count) override {
+    TESSERA_CHECK(dtype == DType::kF32) << "the CPU backend stores float32 only";
+    std::memcpy(dst, src, count * sizeof(float));
+  }
+  void Synchronize() override {}
+
+  void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
+                 const int32_t* ids, int n, void* out) override {
+    cpu::Embedding(F(table), vocab_start, vocab_end, hidden, ids, n, F(out));
+  }
+  void RmsNorm(const void* x, const void* weight, int64_t rows, int64_t dim, float eps,
+               void* out) override {
+    cpu::RmsNorm(F(x), F(weight), rows, dim, eps, F(out));
+  }
+  void AddRmsNorm(void* residual, const void* x, const void* weight, int64_t rows, int64_t dim,
+                  float eps, void* out) override {
+    cpu::AddRmsNorm(F(residual), F(x), F(weight), rows, dim, eps, F(out));
+  }
+  void Linear(const void* x, const void* w, int64_t m, int64_t n, int64_t k, void* y) override {
+    cpu::Linear(F(x), F(w), m, n, k, F(y));
+  }
+  void HeadNormRope(void* x, int64_t row_stride, int n, int heads, int head_dim,
+                    const void* norm_weight, float eps, const int32_t* positions,
+                    const float* inv_freq, float attention_scaling) override {
+    cpu::HeadNormRope(F(x), row_stride, n, heads, head_dim, F(norm_weight), eps, positions,
+                      inv_freq, attention_scaling);
+  }
+  void WriteKvCache(const void* k, const void* v, int64_t row_stride, int n, int kv_heads,
+                    int head_dim, const int32_t* slot_mapping, void* k_cache,
+                    void* v_cache) override {
+    cpu::WriteKvCache(F(k), F(v), row_stride, n, kv_heads, head_dim, slot_mapping, F(k_cache),
+                      F(v_cache));
+  }
+  void Attention(const void* q, int64_t q_row_stride, const void* k_cache, const void* v_cache,
+                 const AttentionBatch& batch, int q_heads, int kv_heads, int head_dim, float scale,
+                 void* out) override {
+    cpu::Attention(F(q), q_row_stride, F(k_cache), F(v_cache), batch.num_tokens, batch.positions,
+                   batch.token_seq, batch.block_tables, batch.max_blocks_per_seq, batch.block_size,
+                   q_heads, kv_heads, head_dim, scale, F(out));
+  }
+  void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) override {
+    cpu::SiluMul(F(gate_up), m, intermediate, F(out));
+  }
+  void GatherRows(const void* x, const int32_t* rows, int r, int64_t dim, void* out) override {
+    cpu::GatherRows(F(x), rows, r, dim, F(out));
+  }
+  void Add(const void* a, const void* b, int64_t n, void* out) override {
+    cpu::Add(F(a), F(b), n, F(out));
+  }
+  void RouterTopK(const void* logits, int n, int num_experts, int top_k, bool normalize,
+                  int32_t* ids, float* weights) override {
+    cpu::RouterTopK(F(logits), n, num_experts, top_k, normalize, ids, weights);
+  }
+  void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                  const ExpertWeights& experts, void* out) override {
+    cpu::MoeExperts(F(x), n, ids, weights, top_k, experts.first_expert, experts.num_local_experts,
+                    experts.hidden, experts.intermediate, F(experts.gate_up), F(experts.down),
+                    F(out));
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace tessera

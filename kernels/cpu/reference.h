@@ -1,0 +1,34 @@
+// The float32 CPU reference kernels: plain, obviously correct loops (OpenMP across rows).
+// Every other implementation (the CUDA backend) is tested against these on random inputs.
+// Each function's contract is the one of the op of the same name in kernels/ops.h.
+#pragma once
+
+#include <cstdint>
+
+namespace tessera::cpu {
+
+void Embedding(const float* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
+               const int32_t* ids, int n, float* out);
+void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out);
+void AddRmsNorm(float* residual, const float* x, const float* weight, int64_t rows, int64_t dim,
+                float eps, float* out);
+void Linear(const float* x, const float* w, int64_t m, int64_t n, int64_t k, float* y);
+void HeadNormRope(float* x, int64_t row_stride, int n, int heads, int head_dim,
+                  const float* norm_weight, float eps, const int32_t* positions,
+                  const float* inv_freq, float attention_scaling);
+void WriteKvCache(const float* k, const float* v, int64_t row_stride, int n, int kv_heads,
+                  int head_dim, const int32_t* slot_mapping, float* k_cache, float* v_cache);
+void Attention(const float* q, int64_t q_row_stride, const float* k_cache, const float* v_cache,
+               int num_tokens, const int32_t* positions, const int32_t* token_seq,
+               const int32_t* block_tables, int max_blocks_per_seq, int block_size, int q_heads,
+               int kv_heads, int head_dim, float scale, float* out);
+void SiluMul(const float* gate_up, int64_t m, int64_t intermediate, float* out);
+void GatherRows(const float* x, const int32_t* rows, int r, int64_t dim, float* out);
+void Add(const float* a, const float* b, int64_t n, float* out);
+void RouterTopK(const float* logits, int n, int num_experts, int top_k, bool normalize,
+                int32_t* ids, float* weights);
+void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
+                int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
+                const float* gate_up, const float* down, float* out);
+
+}  // namespace tessera::cpu

@@ -1,0 +1,163 @@
+// The op table: every op the Qwen3 forward needs, implemented once per backend.
+//
+// The CPU backend (kernels/cpu/) computes in float32 and is the reference every other backend is
+// tested against. The CUDA backend (kernels/cuda/) computes in bf16 with fp32 accumulation.
+// The model (runtime/qwen3.cc) is written once against this interface.
+//
+// Conventions:
+//   - Tensors are dense, row-major, on the backend's device. Activations ("A") are in
+//     activation_dtype(), weights ("W") in weight_dtype(); index arrays are int32.
+//   - Shapes are written [rows, cols]; per-shard shapes say so.
+//   - Ops never allocate device memory: callers pass every output and workspace buffer.
+//   - Ops are asynchronous with respect to the host on devices that can be; Synchronize() waits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "kernels/base/dtype.h"
+
+namespace tessera {
+
+enum class DeviceKind { kCpu, kCuda };
+
+// Owning device allocation. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(void* data, size_t bytes, void (*free_fn)(void*)) : data_(data), bytes_(bytes), free_(free_fn) {}
+  ~DeviceBuffer() { Reset(); }
+  DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      data_ = other.data_;
+      bytes_ = other.bytes_;
+      free_ = other.free_;
+      other.data_ = nullptr;
+      other.bytes_ = 0;
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+  size_t bytes() const { return bytes_; }
+  void Reset() {
+    if (data_ && free_) free_(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  void (*free_)(void*) = nullptr;
+};
+
+// Where each token of a step sits: which sequence, which position, which KV-cache slot.
+// All arrays are on the device. The KV cache is paged: slot = block * block_size + offset.
+struct AttentionBatch {
+  int num_tokens = 0;
+  int num_seqs = 0;
+  const int32_t* positions = nullptr;     // [num_tokens] position of each token in its sequence
+  const int32_t* token_seq = nullptr;     // [num_tokens] index of each token's sequence
+  const int32_t* slot_mapping = nullptr;  // [num_tokens] cache slot written for each token
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] physical block ids
+  int max_blocks_per_seq = 0;
+  int block_size = 0;
+};
+
+// Which experts of a MoE layer this rank holds, and their weights.
+struct ExpertWeights {
+  int first_expert = 0;      // global id of local expert 0
+  int num_local_experts = 0;
+  int64_t hidden = 0;        // H
+  int64_t intermediate = 0;  // I (per shard when experts are TP-split)
+  const void* gate_up = nullptr;  // W [num_local_experts, 2*I, H]: gate rows then up rows
+  const void* down = nullptr;     // W [num_local_experts, H, I]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual DeviceKind kind() const = 0;
+  virtual DType activation_dtype() const = 0;
+  virtual DType weight_dtype() const = 0;
+
+  // Memory.
+  virtual DeviceBuffer Allocate(size_t bytes) = 0;
+  virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  // Uploads float32 host values as `dtype` (weight_dtype() or activation_dtype()).
+  virtual void UploadFloat(void* dst, DType dtype, const float* host_src, size_t count) = 0;
+  // Downloads `count` values of `dtype` as float32.
+  virtual void DownloadFloat(float* host_dst, const void* src, DType dtype, size_t count) = 0;
+  virtual void Synchronize() = 0;
+
+  // out A[n, H] = table W[vocab_end - vocab_start, H][ids[t] - vocab_start], or 0 when the id is
+  // outside [vocab_start, vocab_end) (vocab-parallel embedding: the shards are then summed).
+  virtual void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
+                         const int32_t* ids, int n, void* out) = 0;
+
+  // out A[rows, dim] = x / sqrt(mean(x^2) + eps) * weight W[dim], in fp32.
+  virtual void RmsNorm(const void* x, const void* weight, int64_t rows, int64_t dim, float eps,
+                       void* out) = 0;
+
+  // residual A[rows, dim] += x; out = RmsNorm(residual).
+  virtual void AddRmsNorm(void* residual, const void* x, const void* weight, int64_t rows,
+                          int64_t dim, float eps, void* out) = 0;
+
+  // y A[m, n] = x A[m, k] @ w W[n, k]^T (PyTorch's F.linear without bias).
+  virtual void Linear(const void* x, const void* w, int64_t m, int64_t n, int64_t k, void* y) = 0;
+
+  // In place on x A[n, heads, head_dim] (rows may be strided by `row_stride` elements):
+  // per-head RMSNorm with weight W[head_dim] (Qwen3's q_norm / k_norm), then NeoX rotate-half
+  // RoPE with angle positions[t] * inv_freq[i] (inv_freq: fp32 [head_dim/2], on the device) and
+  // cos/sin multiplied by attention_scaling.
+  virtual void HeadNormRope(void* x, int64_t row_stride, int n, int heads, int head_dim,
+                            const void* norm_weight, float eps, const int32_t* positions,
+                            const float* inv_freq, float attention_scaling) = 0;
+
+  // Writes k and v A[n, kv_heads, head_dim] (rows strided by row_stride) into the paged caches
+  // A[num_slots, kv_heads, head_dim] at slot_mapping.
+  virtual void WriteKvCache(const void* k, const void* v, int64_t row_stride, int n, int kv_heads,
+                            int head_dim, const int32_t* slot_mapping, void* k_cache,
+                            void* v_cache) = 0;
+
+  // Causal GQA attention over the paged cache: token t (sequence token_seq[t], position p)
+  // attends to its sequence's cached positions 0..p. q A[n, q_heads, head_dim] strided by
+  // q_row_stride; out A[n, q_heads, head_dim] dense. Softmax in fp32.
+  virtual void Attention(const void* q, int64_t q_row_stride, const void* k_cache,
+                         const void* v_cache, const AttentionBatch& batch, int q_heads,
+                         int kv_heads, int head_dim, float scale, void* out) = 0;
+
+  // out A[m, I] = silu(gate_up[:, :I]) * gate_up[:, I:], gate_up A[m, 2I].
+  virtual void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) = 0;
+
+  // out A[r, dim] = x A[n, dim][rows[i]] (rows: int32 [r] on the device).
+  virtual void GatherRows(const void* x, const int32_t* rows, int r, int64_t dim, void* out) = 0;
+
+  // out A[n] = a + b (out may alias a).
+  virtual void Add(const void* a, const void* b, int64_t n, void* out) = 0;
+
+  // Router: probs = softmax(logits A[n, E]) in fp32; the top_k largest per row (ties to the lower
+  // expert id) into ids int32[n, top_k] and weights fp32[n, top_k], renormalised to sum 1 when
+  // `normalize`.
+  virtual void RouterTopK(const void* logits, int n, int num_experts, int top_k, bool normalize,
+                          int32_t* ids, float* weights) = 0;
+
+  // out A[n, H] = sum over k of weights[t, k] * Expert_{ids[t, k]}(x[t]) for the experts this
+  // rank holds (others contribute 0), Expert(x) = down @ (silu(gate @ x) * (up @ x)).
+  virtual void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights,
+                          int top_k, const ExpertWeights& experts, void* out) = 0;
+};
+
+std::unique_ptr<Backend> MakeCpuBackend();
+
+}  // namespace tessera

@@ -1,0 +1,274 @@
+// tessera serve: the gRPC coordinator on rank 0, the other ranks executing its step plans.
+//
+//   [mpirun -np N] tessera serve [--model DIR] [--host H] [--port P] [--metrics-port M]
+//       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu] [--max-num-seqs N]
+//       [--max-num-batched-tokens N] [--kv-cache-memory BYTES | --num-kv-blocks N]
+//       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
+//       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
+//
+// Without --model it serves the embedded tiny model (with Qwen3's real tokenizer and template).
+// SIGTERM/SIGINT drain: health turns NOT_SERVING at once, new requests get UNAVAILABLE, requests
+// in flight finish within --drain-timeout, then the job exits 0 (1 if some had to be cut off).
+// A rank that dies or hangs past the collective watchdog fails the requests in flight with
+// UNAVAILABLE, turns health NOT_SERVING and ends the job non-zero.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/base/status_macros.h"
+#include "launch/commands.h"
+#include "launch/flags.h"
+#include "launch/model_dir.h"
+#include "launch/mpi_session.h"
+#include "rpc/http_endpoint.h"
+#include "rpc/server.h"
+#include "runtime/engine.h"
+#include "runtime/executor.h"
+#include "runtime/tiny_model.h"
+
+namespace tessera {
+namespace {
+
+// "1073741824", "512MiB", "2GiB", "1.5GB".
+absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
+  static const struct {
+    const char* suffix;
+    double scale;
+  } kUnits[] = {{"GiB", 1024.0 * 1024 * 1024}, {"MiB", 1024.0 * 1024}, {"KiB", 1024.0},
+                {"GB", 1e9},  {"MB", 1e6}, {"KB", 1e3}, {"B", 1.0}, {"", 1.0}};
+  for (const auto& unit : kUnits) {
+    const std::string suffix = unit.suffix;
+    if (text.size() < suffix.size() || text.compare(text.size() - suffix.size(), suffix.size(), suffix)) continue;
+    double value;
+    if (absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &value) && value > 0) {
+      return static_cast<int64_t>(value * unit.scale);
+    }
+    break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory: cannot read '", text, "' as a size"));
+}
+
+int ServeMain(MpiSession& mpi, int argc, char** argv) {
+  Flags flags({"model", "host", "port", "metrics-port", "tp", "pp", "ep", "dp", "device",
+               "max-num-seqs", "max-num-batched-tokens", "kv-cache-memory", "num-kv-blocks",
+               "block-size", "max-queue", "api-key", "tls-cert", "tls-key", "drain-timeout",
+               "collective-timeout", "port-file", "seed"},
+              {"no-prefix-caching"});
+  // Errors every rank sees alike are reported by rank 0 only.
+  auto fail = [&](const absl::Status& status) {
+    if (mpi.rank() == 0) std::fprintf(stderr, "tessera serve: %s\n", std::string(status.message()).c_str());
+    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  };
+  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return fail(s);
+  if (!flags.positional().empty()) {
+    return fail(absl::InvalidArgumentError(absl::StrCat("unexpected argument '", flags.positional()[0], "'")));
+  }
+  const std::string device = flags.GetString("device").value_or("cpu");
+  if (device != "cpu") {
+    return fail(absl::InvalidArgumentError(absl::StrCat("--device ", device, ": this build has only the cpu backend")));
+  }
+  absl::StatusOr<ModelDirectory> model = ResolveModelDirectory(flags.GetString("model"));
+  if (!model.ok()) return fail(model.status());
+  auto int_flag = [&](const char* name, int64_t fallback) { return flags.GetInt(name, fallback); };
+  absl::StatusOr<int64_t> tp = int_flag("tp", 1), pp = int_flag("pp", 1), ep = int_flag("ep", 1),
+                          dp = int_flag("dp", 0), port = int_flag("port", 50051),
+                          metrics_port = int_flag("metrics-port", 9400),
+                          max_seqs = int_flag("max-num-seqs", 256),
+                          max_tokens = int_flag("max-num-batched-tokens", 2048),
+                          block_size = int_flag("block-size", 16), max_queue = int_flag("max-queue", 4096),
+                          seed = int_flag("seed", 0);
+  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &max_seqs, &max_tokens, &block_size, &max_queue, &seed}) {
+    if (!v->ok()) return fail(v->status());
+  }
+  absl::StatusOr<double> drain_timeout = flags.GetDouble("drain-timeout", 30.0);
+  absl::StatusOr<double> timeout = flags.GetDouble("collective-timeout", 60.0);
+  if (!drain_timeout.ok()) return fail(drain_timeout.status());
+  if (!timeout.ok()) return fail(timeout.status());
+  CollectiveTimeoutSeconds() = *timeout;
+  if (*block_size < 1 || *max_seqs < 1 || *max_tokens < 1 || *max_queue < 1) {
+    return fail(absl::InvalidArgumentError(
+        "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1"));
+  }
+
+  absl::StatusOr<ParallelConfig> parallel =
+      ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(*tp), static_cast<int>(*pp),
+                             static_cast<int>(*ep), static_cast<int>(*dp), ModelDimsOf(model->config));
+  if (!parallel.ok()) return fail(parallel.status());
+
+  // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
+  std::unique_ptr<Backend> backend = MakeCpuBackend();
+  Executor executor(model->config, *parallel, &mpi.world());
+  const ModelConfig& c = model->config;
+  // KV blocks: the same count on every rank (block tables are shared), from the tightest rank.
+  int64_t num_blocks = 0;
+  if (auto n = flags.GetString("num-kv-blocks")) {
+    if (!absl::SimpleAtoi(*n, &num_blocks) || num_blocks < 1) {
+      return fail(absl::InvalidArgumentError("--num-kv-blocks must be a positive integer"));
+    }
+  } else {
+    absl::StatusOr<int64_t> bytes = ParseBytes(flags.GetString("kv-cache-memory").value_or("256MiB"));
+    if (!bytes.ok()) return fail(bytes.status());
+    const int64_t layers = parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
+    const int64_t kv_heads = std::max<int64_t>(1, c.num_key_value_heads / parallel->tp);
+    const int64_t per_block = 2 * layers * *block_size * kv_heads * c.head_dim *
+                              static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
+    int64_t mine = *bytes / per_block;
+    std::vector<int64_t> all(mpi.size());
+    mpi.world().AllGather(&mine, all.data(), 1, DType::kI64);
+    num_blocks = *std::min_element(all.begin(), all.end());
+    if (num_blocks < 1) {
+      return fail(absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory ", *bytes,
+                                                          " bytes holds no KV block of ", per_block, " bytes")));
+    }
+  }
+  absl::Status loaded = [&]() -> absl::Status {
+    if (FaultInjected("crash-load", mpi.rank())) std::abort();
+    if (FaultInjected("fail-load", mpi.rank())) return absl::InternalError("injected load failure (TESSERA_FAULT)");
+    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model->dir));
+    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks), static_cast<int>(*block_size));
+  }();
+  if (mpi.AnyFailed(loaded.ok())) {
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "tessera serve: [rank %d] %s\n", mpi.rank(), std::string(loaded.message()).c_str());
+    }
+    return 1;
+  }
+  if (mpi.rank() != 0) {
+    if (FaultInjected("hang-step", mpi.rank())) {
+      for (;;) pause();
+    }
+    executor.RunWorker();
+    return 0;
+  }
+
+  // Rank 0: the coordinator.
+  Frontend frontend;
+  frontend.tokenizer = model->tokenizer.get();
+  frontend.chat_template = model->chat_template ? &*model->chat_template : nullptr;
+  frontend.default_sampling = model->default_sampling;
+  EngineOptions engine_options;
+  engine_options.max_num_seqs = static_cast<int>(*max_seqs);
+  engine_options.max_num_batched_tokens = static_cast<int>(*max_tokens);
+  engine_options.max_queue = static_cast<int>(*max_queue);
+  engine_options.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
+  engine_options.sampleable_vocab = model->sampleable_vocab;
+  engine_options.eos_token_ids = model->eos_token_ids;
+  engine_options.seed = static_cast<uint64_t>(*seed);
+  Metrics metrics;
+  Engine engine(executor, model->tokenizer.get(), &metrics, engine_options);
+
+  ServerOptions server_options;
+  server_options.host = flags.GetString("host").value_or("0.0.0.0");
+  server_options.port = static_cast<int>(*port);
+  server_options.api_key = flags.GetString("api-key").value_or("");
+  server_options.tls_cert = flags.GetString("tls-cert").value_or("");
+  server_options.tls_key = flags.GetString("tls-key").value_or("");
+  server_options.max_threads = static_cast<int>(std::min<int64_t>(*max_queue + 64, 100000));
+  ModelDescription description{model->dir, "cpu"};
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
+      CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
+  if (!server.ok()) {
+    executor.Shutdown();
+    return fail(server.status());
+  }
+  std::atomic<bool> serving{true};
+  std::unique_ptr<HttpEndpoint> http;
+  if (*metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint = HttpEndpoint::Start(
+        server_options.host, static_cast<int>(*metrics_port), [&metrics] { return metrics.Render(); },
+        [&serving] { return serving.load(); });
+    if (!endpoint.ok()) {
+      (*server)->Shutdown(std::chrono::milliseconds(0));
+      executor.Shutdown();
+      return fail(endpoint.status());
+    }
+    http = std::move(*endpoint);
+  }
+  std::fprintf(stderr, "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %lld per replica\n",
+               "listening", server_options.host.c_str(), (*server)->port(),
+               http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str() : "off",
+               model->dir.c_str(), parallel->ToString().c_str(), static_cast<long long>(num_blocks),
+               static_cast<long long>(*block_size));
+  if (auto file = flags.GetString("port-file")) {
+    std::ofstream out(*file + ".tmp");
+    out << (*server)->port() << " " << (http ? http->port() : -1) << "\n";
+    out.close();
+    std::rename((*file + ".tmp").c_str(), file->c_str());
+  }
+
+  // A rank stuck in a collective (dead or hung peer): fail everything in flight, then exit.
+  CoordinatorServer* server_ptr = server->get();
+  SetWatchdogFatalHook([&engine, &serving, server_ptr] {
+    serving = false;
+    server_ptr->SetNotServing();
+    engine.FailAll(absl::UnavailableError("a rank failed (collective watchdog); the job is ending"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let handlers send the status
+  });
+
+  // Drain on SIGTERM / SIGINT (blocked in every thread; this one waits for them).
+  std::atomic<bool> finished{false};
+  std::atomic<int> exit_code{0};
+  std::thread signals([&] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    timespec tick{0, 200 * 1000 * 1000};
+    int sig = -1;
+    while (!finished && (sig = sigtimedwait(&set, nullptr, &tick)) < 0) {
+    }
+    if (finished) return;
+    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig, *drain_timeout);
+    serving = false;
+    server_ptr->SetNotServing();
+    engine.BeginDrain();
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::duration<double>(*drain_timeout);
+    while (engine.in_flight() > 0 && std::chrono::steady_clock::now() < limit) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (engine.in_flight() > 0) {
+      std::fprintf(stderr, "tessera serve: drain timeout: %lld requests cut off\n",
+                   static_cast<long long>(engine.in_flight()));
+      engine.FailAll(absl::UnavailableError("the server shut down before the request finished"));
+      exit_code = 1;
+    }
+    engine.Stop();
+    // If the step loop is stuck (a dead peer), it never returns: leave anyway.
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    if (!finished) {
+      std::fprintf(stderr, "tessera serve: the engine did not stop; exiting\n");
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
+  });
+
+  engine.Run();  // on the MPI thread until Stop()
+  finished = true;
+  signals.join();
+  (*server)->Shutdown(std::chrono::milliseconds(1000));
+  http.reset();
+  std::fprintf(stderr, "tessera serve: stopped\n");
+  return exit_code;
+}
+
+}  // namespace
+
+int ServeCommand(int argc, char** argv) {
+  // Block the drain signals before any thread starts, so only the signal thread receives them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  MpiSession mpi(&argc, &argv);
+  return ServeMain(mpi, argc, argv);
+}
+
+}  // namespace tessera

@@ -1,0 +1,263 @@
+// tessera tokenize / tessera detokenize: the tokenizer from the command line.
+//
+//   tessera tokenize --tokenizer DIR (--text T | --text-file F) [--json] [--no-special]
+//                    [--split-special-tokens] [--jsonl]
+//   tessera detokenize --tokenizer DIR (--ids 1,2,3 | --ids-file F) [--json]
+//                      [--skip-special-tokens] [--stream] [--jsonl]
+//
+// DIR is a model or tokenizer directory (tokenizer.json, or vocab.json + merges.txt +
+// tokenizer_config.json). --jsonl batches many inputs in one process: each line of the file is a
+// JSON string (tokenize) or a JSON array of ids (detokenize), and each gives one JSON line out,
+// {"ids": [...]} / {"text": "..."}, or {"error": "..."} for that line alone.
+// Exit codes: 0 ok, 1 error (bad tokenizer files, invalid UTF-8, unknown ids), 2 usage.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "launch/commands.h"
+#include "launch/flags.h"
+#include "runtime/tokenizer/tokenizer.h"
+
+namespace tessera {
+namespace {
+
+using json = nlohmann::json;
+
+int UsageError(const char* command, const std::string& message, const char* usage) {
+  std::fprintf(stderr, "tessera %s: %s\nusage: %s\n", command, message.c_str(), usage);
+  return 2;
+}
+
+int Error(const char* command, const std::string& message) {
+  std::fprintf(stderr, "tessera %s: %s\n", command, message.c_str());
+  return 1;
+}
+
+std::string Dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+bool ReadWholeFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  *out = std::move(buffer).str();
+  return !in.bad();
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  if (!lines.empty() && lines.back().empty()) lines.pop_back();
+  return lines;
+}
+
+constexpr char kTokenizeUsage[] =
+    "tessera tokenize --tokenizer DIR (--text T | --text-file F) [--json] [--no-special] "
+    "[--split-special-tokens] [--jsonl]";
+constexpr char kDetokenizeUsage[] =
+    "tessera detokenize --tokenizer DIR (--ids 1,2,3 | --ids-file F) [--json] "
+    "[--skip-special-tokens] [--stream] [--jsonl]";
+
+}  // namespace
+
+int TokenizeCommand(int argc, char** argv) {
+  constexpr const char* kName = "tokenize";
+  Flags flags({"tokenizer", "text", "text-file"},
+              {"json", "jsonl", "no-special", "split-special-tokens"});
+  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
+    return UsageError(kName, std::string(s.message()), kTokenizeUsage);
+  }
+  if (!flags.positional().empty()) {
+    return UsageError(kName, "unexpected argument '" + flags.positional()[0] + "'", kTokenizeUsage);
+  }
+  if (!flags.Has("tokenizer")) return UsageError(kName, "--tokenizer is required", kTokenizeUsage);
+  if (flags.Has("text") == flags.Has("text-file")) {
+    return UsageError(kName, "give exactly one of --text and --text-file", kTokenizeUsage);
+  }
+  if (flags.Has("jsonl") && !flags.Has("text-file")) {
+    return UsageError(kName, "--jsonl needs --text-file", kTokenizeUsage);
+  }
+  if (flags.Has("no-special") && flags.Has("split-special-tokens")) {
+    return UsageError(kName, "--no-special and --split-special-tokens exclude each other",
+                      kTokenizeUsage);
+  }
+  Tokenizer::EncodeOptions options;
+  options.parse_special = !flags.Has("no-special") && !flags.Has("split-special-tokens");
+  options.keep_non_special = flags.Has("split-special-tokens");
+
+  std::string input;
+  if (flags.Has("text")) {
+    input = *flags.GetString("text");
+  } else if (!ReadWholeFile(*flags.GetString("text-file"), &input)) {
+    return Error(kName, *flags.GetString("text-file") + ": cannot read");
+  }
+  auto tokenizer = Tokenizer::Load(*flags.GetString("tokenizer"));
+  if (!tokenizer.ok()) return Error(kName, std::string(tokenizer.status().message()));
+
+  if (flags.Has("jsonl")) {
+    int rc = 0;
+    std::string out;
+    const std::vector<std::string> lines = Lines(input);
+    for (size_t i = 0; i < lines.size(); ++i) {
+      json result;
+      json line = json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
+      if (!line.is_string()) {
+        result["error"] = absl::StrCat("line ", i + 1, ": expected a JSON string");
+      } else if (auto ids = (*tokenizer)->Encode(line.get<std::string>(), options); ids.ok()) {
+        result["ids"] = *ids;
+      } else {
+        result["error"] = absl::StrCat("line ", i + 1, ": ", ids.status().message());
+      }
+      if (result.contains("error")) rc = 1;
+      absl::StrAppend(&out, Dump(result), "\n");
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return rc;
+  }
+  auto ids = (*tokenizer)->Encode(input, options);
+  if (!ids.ok()) return Error(kName, std::string(ids.status().message()));
+  if (flags.Has("json")) {
+    std::printf("%s\n", Dump(json{{"ids", *ids}}).c_str());
+  } else {
+    std::printf("%s\n", absl::StrJoin(*ids, " ").c_str());
+  }
+  return 0;
+}
+
+int DetokenizeCommand(int argc, char** argv) {
+  constexpr const char* kName = "detokenize";
+  Flags flags({"tokenizer", "ids", "ids-file"}, {"json", "jsonl", "skip-special-tokens", "stream"});
+  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
+    return UsageError(kName, std::string(s.message()), kDetokenizeUsage);
+  }
+  if (!flags.positional().empty()) {
+    return UsageError(kName, "unexpected argument '" + flags.positional()[0] + "'",
+                      kDetokenizeUsage);
+  }
+  if (!flags.Has("tokenizer")) {
+    return UsageError(kName, "--tokenizer is required", kDetokenizeUsage);
+  }
+  if (flags.Has("ids") == flags.Has("ids-file")) {
+    return UsageError(kName, "give exactly one of --ids and --ids-file", kDetokenizeUsage);
+  }
+  if (flags.Has("jsonl") && !flags.Has("ids-file")) {
+    return UsageError(kName, "--jsonl needs --ids-file", kDetokenizeUsage);
+  }
+  const bool skip_special = flags.Has("skip-special-tokens");
+  const bool stream = flags.Has("stream");
+
+  // The id lists to decode: one from --ids or a plain --ids-file, or one per --jsonl line.
+  std::vector<std::vector<int64_t>> batches;
+  std::vector<std::string> batch_errors;
+  if (flags.Has("ids")) {
+    auto ids = flags.GetIntList("ids");
+    if (!ids.ok()) return UsageError(kName, std::string(ids.status().message()), kDetokenizeUsage);
+    batches.push_back(*ids);
+  } else {
+    std::string text;
+    if (!ReadWholeFile(*flags.GetString("ids-file"), &text)) {
+      return Error(kName, *flags.GetString("ids-file") + ": cannot read");
+    }
+    if (flags.Has("jsonl")) {
+      const std::vector<std::string> lines = Lines(text);
+      for (size_t i = 0; i < lines.size(); ++i) {
+        json line = json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
+        std::vector<int64_t> ids;
+        bool ok = line.is_array();
+        for (const json& v : line) {
+          if (!ok) break;
+          ok = v.is_number_integer();
+          if (ok) ids.push_back(v.get<int64_t>());
+        }
+        batches.push_back(std::move(ids));
+        batch_errors.push_back(
+            ok ? "" : absl::StrCat("line ", i + 1, ": expected a JSON array of integer ids"));
+      }
+    } else {
+      std::vector<int64_t> ids;
+      for (absl::string_view piece :
+           absl::StrSplit(text, absl::ByAnyChar(", \t\r\n"), absl::SkipEmpty())) {
+        int64_t v;
+        if (!absl::SimpleAtoi(piece, &v)) {
+          return Error(kName, absl::StrCat(*flags.GetString("ids-file"), ": '", piece,
+                                           "' is not an integer"));
+        }
+        ids.push_back(v);
+      }
+      batches.push_back(std::move(ids));
+    }
+  }
+  batch_errors.resize(batches.size());
+
+  auto tokenizer = Tokenizer::Load(*flags.GetString("tokenizer"));
+  if (!tokenizer.ok()) return Error(kName, std::string(tokenizer.status().message()));
+
+  // Decodes one id list; `chunks` gets the streaming detokenizer's outputs when --stream.
+  auto decode = [&](const std::vector<int64_t>& ids64,
+                    json* chunks) -> absl::StatusOr<std::string> {
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < ids64.size(); ++i) {
+      if (ids64[i] < INT32_MIN || ids64[i] > INT32_MAX) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("id ", ids64[i], " at position ", i, " is not a token"));
+      }
+      ids.push_back(static_cast<int32_t>(ids64[i]));
+    }
+    if (!stream) return (*tokenizer)->Decode(ids, skip_special);
+    StreamingDetokenizer detok(**tokenizer, skip_special);
+    std::string text;
+    *chunks = json::array();
+    for (int32_t id : ids) {
+      auto piece = detok.Push(id);
+      if (!piece.ok()) return piece.status();
+      chunks->push_back(*piece);
+      text += *piece;
+    }
+    const std::string tail = detok.Flush();
+    chunks->push_back(tail);
+    return text + tail;
+  };
+
+  if (flags.Has("jsonl")) {
+    int rc = 0;
+    std::string out;
+    for (size_t i = 0; i < batches.size(); ++i) {
+      json result;
+      json chunks;
+      if (!batch_errors[i].empty()) {
+        result["error"] = batch_errors[i];
+      } else if (auto text = decode(batches[i], &chunks); text.ok()) {
+        result["text"] = *text;
+        if (stream) result["chunks"] = chunks;
+      } else {
+        result["error"] = absl::StrCat("line ", i + 1, ": ", text.status().message());
+      }
+      if (result.contains("error")) rc = 1;
+      absl::StrAppend(&out, Dump(result), "\n");
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return rc;
+  }
+  json chunks;
+  auto text = decode(batches[0], &chunks);
+  if (!text.ok()) return Error(kName, std::string(text.status().message()));
+  if (flags.Has("json")) {
+    json result{{"text", *text}};
+    if (stream) result["chunks"] = chunks;
+    std::printf("%s\n", Dump(result).c_str());
+  } else {
+    std::fwrite(text->data(), 1, text->size(), stdout);
+  }
+  return 0;
+}
+
+}  // namespace tessera

@@ -1,0 +1,59 @@
+#include "launch/mpi_session.h"
+
+#include <mpi.h>
+#include <omp.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "kernels/base/check.h"
+#include "parallel/mpi_communicator.h"
+
+namespace tessera {
+namespace {
+
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : fallback;
+}
+
+}  // namespace
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int provided = 0;
+  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  ProcessRank() = size_ > 1 ? rank_ : -1;
+  // Open MPI, MPICH and Slurm each name the node-local rank differently.
+  local_rank_ = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", EnvInt("MPI_LOCALRANKID", EnvInt("SLURM_LOCALID", 0)));
+  local_size_ = EnvInt("OMPI_COMM_WORLD_LOCAL_SIZE", EnvInt("MPI_LOCALNRANKS", size_));
+  if (std::getenv("OMP_NUM_THREADS") == nullptr) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    omp_set_num_threads(std::max(1, cores / std::max(1, local_size_)));
+  }
+  world_ = MakeMpiCommunicator(MPI_COMM_WORLD, "world");
+}
+
+MpiSession::~MpiSession() {
+  world_.reset();
+  MPI_Finalize();
+}
+
+bool MpiSession::AnyFailed(bool ok) {
+  int32_t failed = ok ? 0 : 1;
+  world_->AllReduceSum(&failed, 1, DType::kI32);
+  return failed > 0;
+}
+
+bool FaultInjected(const char* kind, int rank) {
+  const char* spec = std::getenv("TESSERA_FAULT");
+  if (spec == nullptr) return false;
+  const std::string s(spec);
+  const size_t at = s.find('@');
+  if (at == std::string::npos) return false;
+  return s.substr(0, at) == kind && std::atoi(s.c_str() + at + 1) == rank;
+}
+
+}  // namespace tessera

@@ -1,0 +1,44 @@
+// MPI start-up and shutdown for the multi-rank subcommands (run, serve).
+//
+// Works with and without mpirun (a lone process is a world of one). Sets the rank used in fatal
+// messages, splits the CPU cores between the ranks of one node for OpenMP (unless
+// OMP_NUM_THREADS is set), and records the local rank, which picks the GPU on GPU nodes.
+#pragma once
+
+#include <memory>
+
+#include "parallel/communicator.h"
+
+namespace tessera {
+
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();  // MPI_Finalize
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int local_rank() const { return local_rank_; }
+  int local_size() const { return local_size_; }
+  Communicator& world() { return *world_; }
+
+  // True on every rank when `ok` is false on any rank (a collective over the world).
+  bool AnyFailed(bool ok);
+
+ private:
+  int rank_ = 0;
+  int size_ = 1;
+  int local_rank_ = 0;
+  int local_size_ = 1;
+  std::unique_ptr<Communicator> world_;
+};
+
+// Test-only fault injection, from TESSERA_FAULT="KIND@RANK" (e.g. "crash-load@1"):
+//   fail-load   the rank's model load returns an error
+//   crash-load  the rank aborts while loading (an unexpected crash or exception)
+//   hang-step   the rank stops responding in its first step (exercises the watchdog)
+bool FaultInjected(const char* kind, int rank);
+
+}  // namespace tessera

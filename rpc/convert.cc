@@ -1,0 +1,146 @@
+#include "rpc/convert.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/base/status_macros.h"
+
+namespace tessera {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // absl and gRPC share the canonical code numbers.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::StatusOr<ChatRequest> ToChatRequest(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+    const std::string& tools_json, const std::optional<bool>& enable_thinking,
+    bool add_generation_prompt) {
+  using json = nlohmann::ordered_json;
+  ChatRequest chat;
+  for (int i = 0; i < messages.size(); ++i) {
+    const v1::ChatMessage& m = messages[i];
+    if (m.role().empty()) return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role is empty"));
+    json msg = {{"role", m.role()}, {"content", m.content()}};
+    if (!m.reasoning_content().empty()) msg["reasoning_content"] = m.reasoning_content();
+    if (m.tool_calls_size() > 0) {
+      json calls = json::array();
+      for (int j = 0; j < m.tool_calls_size(); ++j) {
+        const v1::ToolCall& call = m.tool_calls(j);
+        if (call.name().empty()) {
+          return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
+        }
+        // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
+        json arguments = json::parse(call.arguments().empty() ? "{}" : call.arguments(), nullptr, false);
+        if (arguments.is_discarded()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("messages[", i, "].tool_calls[", j, "].arguments is not valid JSON"));
+        }
+        json entry = {{"type", "function"}, {"function", {{"name", call.name()}, {"arguments", arguments}}}};
+        if (!call.id().empty()) entry["id"] = call.id();
+        calls.push_back(std::move(entry));
+      }
+      msg["tool_calls"] = std::move(calls);
+    }
+    if (!m.tool_call_id().empty()) msg["tool_call_id"] = m.tool_call_id();
+    if (!m.name().empty()) msg["name"] = m.name();
+    chat.messages.push_back(std::move(msg));
+  }
+  if (!tools_json.empty()) {
+    chat.tools = json::parse(tools_json, nullptr, false);
+    if (chat.tools.is_discarded() || !chat.tools.is_array()) {
+      return absl::InvalidArgumentError("tools_json must be a JSON array of tool definitions");
+    }
+  }
+  if (enable_thinking) chat.enable_thinking = json(*enable_thinking);
+  chat.add_generation_prompt = add_generation_prompt;
+  return chat;
+}
+
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r, const Frontend& frontend,
+                                              const std::string& request_id) {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  EngineRequest e;
+  e.request_id = request_id;
+  const int inputs = (r.prompt_token_ids_size() > 0) + !r.prompt().empty() + (r.messages_size() > 0);
+  if (inputs == 0) return bad("the prompt is empty: give prompt_token_ids, prompt or messages");
+  if (inputs > 1) return bad("give exactly one of prompt_token_ids, prompt and messages");
+  if (r.prompt_token_ids_size() > 0) {
+    e.prompt.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
+  } else if (!r.prompt().empty()) {
+    if (frontend.tokenizer == nullptr) return bad("this model has no tokenizer: send prompt_token_ids");
+    ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(r.prompt()));
+  } else {
+    if (frontend.tokenizer == nullptr || frontend.chat_template == nullptr) {
+      return bad("this model has no chat template: send prompt or prompt_token_ids");
+    }
+    std::optional<bool> thinking;
+    if (r.has_enable_thinking()) thinking = r.enable_thinking();
+    ASSIGN_OR_RETURN(ChatRequest chat, ToChatRequest(r.messages(), r.tools_json(), thinking, true));
+    ASSIGN_OR_RETURN(std::string text, frontend.chat_template->Render(chat));
+    ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(text));
+    e.parse_chat = ChatOutputParser::OptionsForPrompt(text, frontend.chat_template->knows_think_tags());
+    e.parse_chat->tool_calls = !r.tools_json().empty();
+  }
+  if (r.max_tokens() == 0) return bad("max_tokens must be >= 1");
+  if (r.max_tokens() > static_cast<uint32_t>(INT32_MAX)) return bad("max_tokens is too large");
+  e.max_tokens = static_cast<int>(r.max_tokens());
+
+  e.sampling = frontend.default_sampling;
+  const v1::SamplingParams& s = r.sampling();
+  if (s.has_temperature()) e.sampling.temperature = s.temperature();
+  if (s.has_top_p()) e.sampling.top_p = s.top_p();
+  if (s.has_top_k()) e.sampling.top_k = s.top_k();
+  if (s.has_min_p()) e.sampling.min_p = s.min_p();
+  if (s.has_repetition_penalty()) e.sampling.repetition_penalty = s.repetition_penalty();
+  if (s.has_presence_penalty()) e.sampling.presence_penalty = s.presence_penalty();
+  if (s.has_frequency_penalty()) e.sampling.frequency_penalty = s.frequency_penalty();
+  if (s.has_seed()) e.sampling.seed = s.seed();
+
+  e.stop.assign(r.stop().begin(), r.stop().end());
+  e.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  e.ignore_eos = r.ignore_eos();
+  if (r.has_logprobs()) e.top_logprobs = static_cast<int>(std::min<uint32_t>(r.logprobs(), 1000));
+  e.skip_special_tokens = r.has_skip_special_tokens() ? r.skip_special_tokens() : true;
+  e.priority = r.priority();
+  return e;
+}
+
+v1::GenerateResponse ToResponse(const EngineOutput& o, const std::string& request_id) {
+  v1::GenerateResponse r;
+  r.set_request_id(request_id);
+  for (int32_t id : o.token_ids) r.add_token_ids(id);
+  r.set_text(o.text);
+  r.set_reasoning_text(o.reasoning);
+  for (const ToolCall& call : o.tool_calls) {
+    v1::ToolCall* c = r.add_tool_calls();
+    c->set_name(call.name);
+    c->set_arguments(call.arguments);
+  }
+  for (const TokenLogprobs& lp : o.logprobs) {
+    v1::TokenLogprobs* l = r.add_logprobs();
+    l->set_token_id(lp.chosen.id);
+    l->set_logprob(lp.chosen.logprob);
+    for (const TokenLogprob& t : lp.top) {
+      v1::TopLogprob* top = l->add_top();
+      top->set_token_id(t.id);
+      top->set_logprob(t.logprob);
+    }
+  }
+  if (o.finished) {
+    switch (o.finish_reason) {
+      case FinishReason::kStop: r.set_finish_reason(v1::FINISH_REASON_STOP); break;
+      case FinishReason::kLength: r.set_finish_reason(v1::FINISH_REASON_LENGTH); break;
+      case FinishReason::kCancelled: r.set_finish_reason(v1::FINISH_REASON_CANCELLED); break;
+      case FinishReason::kError: r.set_finish_reason(v1::FINISH_REASON_ERROR); break;
+      case FinishReason::kNone: break;
+    }
+    r.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(o.prompt_tokens));
+    r.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(o.completion_tokens));
+    r.mutable_usage()->set_cached_tokens(static_cast<uint32_t>(o.cached_tokens));
+  }
+  return r;
+}
+
+}  // namespace tessera

@@ -1,0 +1,40 @@
+// Protocol <-> runtime: tessera.v1 messages to engine requests and back, absl::Status to
+// grpc::Status. Every check here answers INVALID_ARGUMENT with the reason.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "runtime/chat/chat_template.h"
+#include "runtime/engine.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "tessera/v1/generation.pb.h"
+
+namespace tessera {
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// What the model directory provides to turn text and chat into ids.
+struct Frontend {
+  const Tokenizer* tokenizer = nullptr;         // null: only prompt_token_ids requests work
+  const ChatTemplate* chat_template = nullptr;  // null: chat requests are refused
+  SamplingParams default_sampling;              // generation_config.json's, or the plain defaults
+};
+
+// Builds the chat template's input from the protocol's messages, tools and switches.
+absl::StatusOr<ChatRequest> ToChatRequest(const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+                                          const std::string& tools_json,
+                                          const std::optional<bool>& enable_thinking,
+                                          bool add_generation_prompt);
+
+// Validates a GenerateRequest and turns it into an engine request (tokenizing the text or
+// rendering the chat). `request_id` is the id to use (the request's, or one made by the server).
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request,
+                                              const Frontend& frontend,
+                                              const std::string& request_id);
+
+v1::GenerateResponse ToResponse(const EngineOutput& output, const std::string& request_id);
+
+}  // namespace tessera

@@ -1,0 +1,33 @@
+// Internal helpers shared by the model-input parsers (config.json, safetensors headers, shard
+// indexes): JSON parsing that never throws, and short descriptions of JSON values for errors.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace tessera {
+
+// Debian's abseil keeps its own string_view type (ABSL_OPTION_USE_STD_STRING_VIEW 0), so
+// std::string_view values pass through this on their way into absl::StrCat.
+inline absl::string_view AsAbsl(std::string_view s) {
+  return absl::string_view(s.data(), s.size());
+}
+
+// Parses `text` with exceptions disabled. Invalid JSON becomes a status of `code` whose message is
+// "<source>: invalid JSON: <parser message with line and column>". A NUL byte anywhere is
+// invalid (nlohmann alone would stop reading at it), and so is nesting deeper than 128 levels.
+absl::StatusOr<nlohmann::json> ParseJsonText(std::string_view text, std::string_view source,
+                                             absl::StatusCode code);
+
+// A short, printable rendering of a value for error messages: scalars as JSON (long strings cut
+// to 64 characters), lists of up to 4 scalars as JSON, other containers as "an object" /
+// "an array". Never recurses into nested values, so hostile input cannot exhaust the stack.
+std::string DescribeJson(const nlohmann::json& value);
+
+}  // namespace tessera

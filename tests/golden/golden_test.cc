@@ -1,0 +1,124 @@
+// The whole model against Hugging Face transformers: logits (relative L2 per row <= 1e-4) and
+// greedy continuations (token for token) for every fixture in tests/golden/fixtures
+// (made by tests/golden/make_fixtures.py), plus RoPE tables bit for bit and chunked prefill.
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "nlohmann/json.hpp"
+#include "runtime/executor.h"
+#include "runtime/generate.h"
+#include "runtime/npy.h"
+#include "runtime/qwen3.h"
+#include "runtime/rope.h"
+
+namespace tessera {
+namespace {
+
+constexpr double kLogitTolerance = 1e-4;
+
+struct Fixture {
+  std::string dir;
+  nlohmann::json expected;
+  ModelConfig config;
+  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Executor> executor;
+  std::vector<int32_t> prompt;
+};
+
+std::unique_ptr<Fixture> LoadFixture(const std::string& name, int block_size = 16) {
+  auto f = std::make_unique<Fixture>();
+  f->dir = std::string(TESSERA_SOURCE_DIR) + "/tests/golden/fixtures/" + name;
+  std::ifstream in(f->dir + "/expected.json");
+  EXPECT_TRUE(in) << f->dir;
+  f->expected = nlohmann::json::parse(in);
+  auto config = LoadModelConfig(f->dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  f->config = *config;
+  auto checkpoint = Checkpoint::Open(f->dir);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  f->checkpoint = std::move(*checkpoint);
+  f->backend = MakeCpuBackend();
+  auto parallel = ParallelConfig::Create(1, 0, 1, 1, 1, 1, ModelDimsOf(f->config));
+  EXPECT_TRUE(parallel.ok()) << parallel.status();
+  auto executor = Executor::Create(f->config, *f->checkpoint, *f->backend, *parallel, nullptr,
+                                   /*num_kv_blocks=*/(512 + block_size - 1) / block_size, block_size);
+  EXPECT_TRUE(executor.ok()) << executor.status();
+  f->executor = std::move(*executor);
+  f->prompt = f->expected["prompt_ids"].get<std::vector<int32_t>>();
+  return f;
+}
+
+double MaxRowRelativeL2(const std::vector<float>& got, const std::vector<float>& want, int64_t cols) {
+  double worst = 0;
+  for (size_t r = 0; r * cols < want.size(); ++r) {
+    double diff = 0, norm = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double g = got[r * cols + c], w = want[r * cols + c];
+      diff += (g - w) * (g - w);
+      norm += w * w;
+    }
+    worst = std::max(worst, std::sqrt(diff / norm));
+  }
+  return worst;
+}
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenTest, RopeTablesMatchTransformersBitForBit) {
+  auto f = LoadFixture(GetParam());
+  const RopeTables tables = ComputeRopeTables(f->config);
+  const auto want = f->expected["inv_freq"].get<std::vector<double>>();
+  ASSERT_EQ(tables.inv_freq.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(tables.inv_freq[i], static_cast<float>(want[i])) << "inv_freq[" << i << "]";
+  }
+  EXPECT_NEAR(tables.attention_scaling, f->expected["attention_scaling"].get<double>(), 1e-7);
+}
+
+TEST_P(GoldenTest, PromptLogitsAndGreedyTokensMatch) {
+  auto f = LoadFixture(GetParam());
+  auto want = ReadNpyFloat32(f->dir + "/prompt_logits.npy");
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_EQ(want->shape, (std::vector<int64_t>{static_cast<int64_t>(f->prompt.size()), f->config.vocab_size}));
+  const auto greedy = f->expected["greedy_tokens"].get<std::vector<int32_t>>();
+
+  GenerateOptions options;
+  options.max_new_tokens = static_cast<int>(greedy.size());
+  options.sampling.temperature = 0.0f;
+  options.want_prompt_logits = true;
+  auto result = Generate(*f->executor, f->prompt, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const double err = MaxRowRelativeL2(result->prompt_logits, want->data, f->config.vocab_size);
+  std::printf("[golden] %s: max row relative L2 %.3e (min HF top-2 margin %.3e)\n", GetParam().c_str(),
+              err, f->expected["min_margin"].get<double>());
+  EXPECT_LE(err, kLogitTolerance);
+  EXPECT_EQ(result->tokens, greedy);
+}
+
+TEST_P(GoldenTest, ChunkedPrefillMatchesWholePrefill) {
+  auto f = LoadFixture(GetParam());
+  GenerateOptions options;
+  options.max_new_tokens = 4;
+  options.sampling.temperature = 0.0f;
+  options.want_prompt_logits = true;
+  auto whole = Generate(*f->executor, f->prompt, options);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  options.prefill_chunk = 7;
+  auto g = LoadFixture(GetParam(), /*block_size=*/5);  // blocks that do not align with chunks
+  auto chunked = Generate(*g->executor, g->prompt, options);
+  ASSERT_TRUE(chunked.ok()) << chunked.status();
+  EXPECT_LE(MaxRowRelativeL2(chunked->prompt_logits, whole->prompt_logits, f->config.vocab_size), 1e-5);
+  EXPECT_EQ(chunked->tokens, whole->tokens);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest,
+                         ::testing::Values("dense_gqa", "dense_mha_tied", "dense_gqa_kv2",
+                                           "dense_yarn", "dense_yarn_v5", "moe_norm_topk",
+                                           "moe_no_norm", "moe_mixed_layers"));
+
+}  // namespace
+}  // namespace tessera
