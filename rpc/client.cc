@@ -1,6 +1,8 @@
 #include "rpc/client.h"
 
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "grpcpp/generic/generic_stub.h"

@@ -26,11 +26,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <mutex>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -52,8 +51,8 @@ struct SafetensorsHeader {
   std::map<std::string, std::string> metadata;
 };
 
-// The largest header accepted, as in the reference implementation. Real headers are well under
-// a megabyte (a Qwen3-235B shard's is ~100 KB).
+// The largest header accepted, as in the reference implementation. Real headers take on the
+// order of 100 bytes per tensor. JSON nested deeper than 128 levels is refused as well.
 inline constexpr uint64_t kMaxSafetensorsHeaderSize = 100'000'000;
 
 // Parses the JSON header. `data_size` is the size of the data region (file size - 8 - N).
