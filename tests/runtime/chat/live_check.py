@@ -5,11 +5,14 @@ Each run draws fresh random conversations (roles in any order, tool calls with d
 arguments, reasoning fields, null and non-string content, unicode, floats of every magnitude) and
 renders them with transformers' apply_chat_template and with chat_template_driver, for Qwen3's
 current template and the original Qwen3, Qwen2.5 and QwQ ones; it also renders Jinja expressions
-over random values (str(), repr, tojson, filters). Any difference fails the check and prints the
-seed and the input. Reproduce with --seed.
+over random values (str(), repr, tojson, filters). With --tessera it also runs
+`tessera chat-template --json` on some of the requests and compares text and ids with
+apply_chat_template(..., tokenize=True). Any difference fails the check and prints the seed and the
+input. Reproduce with --seed.
 
     live_check.py --driver build/tests/runtime/chat/chat_template_driver \
-                  --data tests/data/qwen3 [--seed N] [--conversations 400] [--values 400]
+                  --data tests/data/qwen3 [--tessera build/tessera] [--seed N]
+                  [--conversations 400] [--values 400] [--commands 12]
 """
 
 import argparse
@@ -18,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -161,6 +165,39 @@ VALUE_TEMPLATES = [
 ]
 
 
+def check_command(tessera, tokenizer_dir, tokenizer, rng, count, seed):
+    """`tessera chat-template --json` against apply_chat_template(tokenize=True)."""
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "request.json")
+        for _ in range(count):
+            request = rand_request(rng)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(request, f, ensure_ascii=False)
+            want = hf_reference.render(tokenizer, request)
+            run = subprocess.run([tessera, "chat-template", "--tokenizer", tokenizer_dir,
+                                  "--request-file", path, "--json"], capture_output=True)
+            if "text" in want:
+                kwargs = dict(request.get("chat_template_kwargs") or {})
+                if "enable_thinking" in request:
+                    kwargs["enable_thinking"] = request["enable_thinking"]
+                ids = tokenizer.apply_chat_template(
+                    request["messages"], tools=request.get("tools"), tokenize=True,
+                    return_dict=False, add_generation_prompt=request["add_generation_prompt"],
+                    **kwargs)
+                got = json.loads(run.stdout.decode("utf-8")) if run.returncode == 0 else None
+                ok = got == {"text": want["text"], "ids": ids}
+            else:
+                ok = run.returncode == 1 and want["error"] in run.stderr.decode("utf-8")
+            if not ok:
+                failures += 1
+                print(f"COMMAND MISMATCH, seed {seed}\n  request: "
+                      f"{json.dumps(request, ensure_ascii=False)}\n  transformers: {want!r}\n"
+                      f"  tessera (rc {run.returncode}): {run.stdout[:2000]!r} {run.stderr!r}")
+    print(f"live_check: tessera chat-template: {count - failures}/{count} identical")
+    return failures
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--driver", required=True)
@@ -168,6 +205,8 @@ def main():
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--conversations", type=int, default=400)
     parser.add_argument("--values", type=int, default=400)
+    parser.add_argument("--tessera", default=None, help="the tessera executable")
+    parser.add_argument("--commands", type=int, default=12)
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int(time.time())
     rng = random.Random(seed)
@@ -216,6 +255,8 @@ def main():
                 print(f"MISMATCH ({label}), seed {seed}\n  input: "
                       f"{json.dumps(given.get('request', given.get('vars')), ensure_ascii=False)}\n"
                       f"  transformers: {want!r}\n  tessera:      {got!r}")
+    if args.tessera:
+        failures += check_command(args.tessera, tokenizer_dir, tokenizer, rng, args.commands, seed)
     errors = sum(1 for e in expected if "error" in e)
     print(f"live_check: {len(inputs) - failures}/{len(inputs)} identical "
           f"({errors} where transformers raised), seed {seed}")
