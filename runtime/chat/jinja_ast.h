@@ -103,6 +103,11 @@ struct Stmt {
   std::string name;
   std::vector<std::string> params;
   std::vector<ExprPtr> defaults;  // for the last defaults.size() params
+  // kMacro / kCallBlock: whether the body reads these names; a macro that does not refuses extra
+  // positional arguments, unknown keywords and a caller, as jinja2 does.
+  bool uses_varargs = false;
+  bool uses_kwargs = false;
+  bool uses_caller = false;
   std::vector<Target> with_targets;
   std::vector<ExprPtr> with_values;
 

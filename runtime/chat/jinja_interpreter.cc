@@ -929,6 +929,9 @@ absl::StatusOr<Value> Renderer::CallMacro(const Stmt& def, const std::string& na
   const size_t n = def.params.size();
   std::vector<bool> bound(n, false);
   std::vector<Value> varargs;
+  if (args.positional.size() > n && !def.uses_varargs) {
+    return Error(Concat("macro '", name, "' takes not more than ", n, " argument(s)"));
+  }
   for (size_t i = 0; i < args.positional.size(); ++i) {
     if (i < n) {
       scope->Set(def.params[i], std::move(args.positional[i]));
@@ -947,10 +950,16 @@ absl::StatusOr<Value> Renderer::CallMacro(const Stmt& def, const std::string& na
       }
       scope->Set(key, std::move(value));
       bound[p] = true;
-    } else if (key == "caller") {
+    } else if (key == "caller" && def.uses_caller) {
       scope->Set("caller", std::move(value));
-    } else {
+    } else if (key != "caller" && def.uses_kwargs) {
       kwargs.SetString(key, std::move(value));
+    } else if (key == "caller") {
+      return Error(Concat("macro '", name,
+                          "' was invoked with two values for the special caller argument. This is "
+                          "most likely a bug."));
+    } else {
+      return Error(Concat("macro '", name, "' takes no keyword argument '", key, "'"));
     }
   }
   const size_t first_default = n - def.defaults.size();

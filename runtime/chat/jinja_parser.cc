@@ -581,6 +581,8 @@ class Lexer {
 
 // --- Parser
 
+void NoteSpecialNames(Stmt* def);
+
 std::string Describe(const Token& t) {
   switch (t.type) {
     case Token::Type::kText:
@@ -946,6 +948,7 @@ class Parser {
     absl::StatusOr<Body> body = ParseFunctionBody("endmacro");
     if (!body.ok()) return body.status();
     stmt->body = std::move(*body);
+    NoteSpecialNames(stmt.get());
     return stmt;
   }
 
@@ -963,6 +966,7 @@ class Parser {
     absl::StatusOr<Body> body = ParseFunctionBody("endcall");
     if (!body.ok()) return body.status();
     stmt->body = std::move(*body);
+    NoteSpecialNames(stmt.get());
     return stmt;
   }
 
@@ -1657,6 +1661,45 @@ class Parser {
   std::vector<std::string> tag_stack_;
   std::vector<std::vector<std::string>> end_stack_;
 };
+
+// Names an expression tree reads (not descending into nested macros, which have their own).
+void CollectNames(const Expr* e, std::vector<std::string>* names);
+
+void CollectNames(const Body& body, std::vector<std::string>* names) {
+  for (const StmtPtr& stmt : body) {
+    if (stmt->kind == Stmt::Kind::kMacro) continue;
+    CollectNames(stmt->expr.get(), names);
+    CollectNames(stmt->filter.get(), names);
+    for (const auto& [cond, branch] : stmt->branches) {
+      CollectNames(cond.get(), names);
+      CollectNames(branch, names);
+    }
+    for (const ExprPtr& d : stmt->defaults) CollectNames(d.get(), names);
+    for (const ExprPtr& v : stmt->with_values) CollectNames(v.get(), names);
+    CollectNames(stmt->body, names);
+    CollectNames(stmt->else_body, names);
+  }
+}
+
+void CollectNames(const Expr* e, std::vector<std::string>* names) {
+  if (e == nullptr) return;
+  if (e->kind == Expr::Kind::kName) names->push_back(e->name);
+  for (const ExprPtr& child : e->children) CollectNames(child.get(), names);
+  for (const auto& [unused, kw] : e->keywords) CollectNames(kw.get(), names);
+  CollectNames(e->dyn_args.get(), names);
+  CollectNames(e->dyn_kwargs.get(), names);
+}
+
+void NoteSpecialNames(Stmt* def) {
+  std::vector<std::string> names;
+  CollectNames(def->body, &names);
+  for (const ExprPtr& d : def->defaults) CollectNames(d.get(), &names);
+  for (const std::string& n : names) {
+    def->uses_varargs |= n == "varargs";
+    def->uses_kwargs |= n == "kwargs";
+    def->uses_caller |= n == "caller";
+  }
+}
 
 // jinja2 splits on \r\n, \r and \n, joins with \n and drops one trailing empty line.
 std::string NormalizeNewlines(std::string_view source) {

@@ -321,6 +321,9 @@ JINJA = [
     ("{{ 1 +* 2 }}", {}),
     ("{{ 'unterminated }}", {}),
     ("{% macro m(a=1, b) %}{% endmacro %}", {}),
+    ("{% macro m() %}{% endmacro %}{{ m(1) }}", {}),
+    ("{% macro m() %}{% endmacro %}{{ m(a=1) }}", {}),
+    ("{% macro m() %}{% endmacro %}{% call m() %}x{% endcall %}", {}),
     ("{% for x in 1 %}{% endfor %}", {}),
     ("{{ range(10, 0, 0) }}", {}),
 ]
