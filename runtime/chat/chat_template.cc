@@ -74,6 +74,11 @@ Value PrepareMessage(const Json& message) {
 
 absl::StatusOr<ChatRequest> ParseChatRequest(const Json& json) {
   if (!json.is_object()) return absl::InvalidArgumentError("chat request: not a JSON object");
+  // Checked before anything is copied: copying and converting JSON recurse.
+  if (jinja::JsonDeeperThan(json, jinja::kMaxJsonDepth)) {
+    return absl::InvalidArgumentError(
+        Concat("chat request: nests deeper than ", jinja::kMaxJsonDepth, " levels"));
+  }
   ChatRequest request;
   if (!json.contains("messages") || !json["messages"].is_array()) {
     return absl::InvalidArgumentError("chat request: \"messages\" must be an array");
@@ -251,6 +256,13 @@ absl::StatusOr<std::string> ChatTemplate::Render(const ChatRequest& request) con
   if (!request.messages.is_array() || request.messages.empty()) {
     return absl::InvalidArgumentError(
         "Cannot apply chat template to an empty conversation. Provide at least one message.");
+  }
+  for (const Json* part :
+       {&request.messages, &request.tools, &request.documents, &request.template_kwargs}) {
+    if (jinja::JsonDeeperThan(*part, jinja::kMaxJsonDepth)) {
+      return absl::InvalidArgumentError(
+          Concat("chat request: nests deeper than ", jinja::kMaxJsonDepth, " levels"));
+    }
   }
   const Named* chosen = &templates_[0];
   if (named_set_) {

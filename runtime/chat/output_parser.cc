@@ -197,6 +197,8 @@ void ChatOutputParser::HandleToolCall(std::string_view body, bool closed,
       error = "tool call has no string \"name\"";
     } else if (!call.contains("arguments")) {
       error = "tool call has no \"arguments\"";
+    } else if (jinja::JsonDeeperThan(call, jinja::kMaxJsonDepth)) {
+      error = "tool call JSON nests too deeply";
     }
   }
   if (error.empty()) {

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "runtime/chat/concat.h"
 #include "runtime/chat/py_text.h"
@@ -228,6 +230,18 @@ absl::StatusOr<std::string> PyJsonDumps(const Value& value, const JsonDumpsOptio
   std::string out;
   if (absl::Status s = encoder.Encode(value, 0, &out); !s.ok()) return s;
   return out;
+}
+
+bool JsonDeeperThan(const nlohmann::ordered_json& json, int limit) {
+  std::vector<std::pair<const nlohmann::ordered_json*, int>> stack = {{&json, 1}};
+  while (!stack.empty()) {
+    const auto [node, depth] = stack.back();
+    stack.pop_back();
+    if (!node->is_structured()) continue;
+    if (depth > limit) return true;
+    for (const auto& child : *node) stack.emplace_back(&child, depth + 1);
+  }
+  return false;
 }
 
 Value FromJson(const nlohmann::ordered_json& json) {

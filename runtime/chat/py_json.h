@@ -30,6 +30,11 @@ struct JsonDumpsOptions {
 // of the wrong type are errors with Python's messages.
 absl::StatusOr<std::string> PyJsonDumps(const Value& value, const JsonDumpsOptions& options);
 
+// Values nest at most this deep (converting and destroying them recurses).
+inline constexpr int kMaxJsonDepth = 256;
+// Whether `json` nests deeper than `limit` levels; iterative, so any document is safe to check.
+bool JsonDeeperThan(const nlohmann::ordered_json& json, int limit);
+
 // JSON document -> value: objects become dicts in document order, integers beyond int64 become
 // floats.
 Value FromJson(const nlohmann::ordered_json& json);

@@ -263,6 +263,25 @@ TEST(ChatRequest, BadRequests) {
   EXPECT_NE(std::string(text.status().message()).find("empty conversation"), std::string::npos);
 }
 
+TEST(ChatRequest, DeepNestingIsRefusedNotACrash) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const Json request = Json::parse(R"({"messages": [{"role": "user", "content": )" + deep + "}]}");
+  absl::StatusOr<ChatRequest> r = ParseChatRequest(request);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("deeper than 256"), std::string::npos);
+  // Built directly, the request is checked when rendered.
+  ChatRequest direct;
+  direct.messages = Json::array({{{"role", "user"}}});
+  Json* inner = &direct.messages[0]["content"];
+  for (int i = 0; i < 300; ++i) {
+    *inner = Json::array({nullptr});
+    inner = &(*inner)[0];
+  }
+  absl::StatusOr<ChatTemplate> t = ChatTemplate::FromString("{{ messages }}");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->Render(direct).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ChatRequest, TemplateErrorsNameTheTemplateAndPosition) {
   absl::StatusOr<ChatTemplate> t = ChatTemplate::FromString(
       "{%- for m in messages %}\n  {%- if m.role != 'user' %}\n    {{- raise_exception('only "

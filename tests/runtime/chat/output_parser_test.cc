@@ -305,6 +305,15 @@ TEST(OutputParser, ErrorsCarryTheReason) {
       << cut.errors[0];
 }
 
+TEST(OutputParser, DeeplyNestedArgumentsAreAnError) {
+  const std::string deep = std::string(50000, '[') + std::string(50000, ']');
+  const ParsedOutput out = ParseChatOutput(
+      "<tool_call>{\"name\": \"f\", \"arguments\": " + deep + "}</tool_call>", kNoThinking);
+  EXPECT_TRUE(out.tool_calls.empty());
+  ASSERT_EQ(out.errors.size(), 1u);
+  EXPECT_EQ(out.errors[0], "tool call JSON nests too deeply");
+}
+
 TEST(OutputParser, OptionsFromRenderedPrompts) {
   const std::string data = std::string(TESSERA_SOURCE_DIR) + "/tests/data/qwen3";
   absl::StatusOr<ChatTemplate> qwen3 = ChatTemplate::Load(data + "/tokenizer-qwen3-0.6b");
