@@ -471,17 +471,16 @@ class Lexer {
       }
       if (balance.empty()) {
         const Token::Type end_type = block ? Token::Type::kBlockEnd : Token::Type::kVariableEnd;
-        const char close = block ? '%' : '}';
+        const std::string_view close = block ? "%}" : "}}";
         if (block && StartsWith(p, "+%}")) {
           Emit(end_type, "", p);
           return p + 3;
         }
-        if (src_[p] == '-' && p + 2 < n + 1 &&
-            src_.compare(p + 1, 2, std::string{close, '}'}) == 0) {
+        if (src_[p] == '-' && StartsWith(p + 1, close)) {
           Emit(end_type, "", p);
           return SkipSpace(src_, p + 3);
         }
-        if (src_[p] == close && p + 1 < n && src_[p + 1] == '}') {
+        if (StartsWith(p, close)) {
           Emit(end_type, "", p);
           size_t end = p + 2;
           if (block && end < n && src_[end] == '\n') ++end;
@@ -726,7 +725,7 @@ class Parser {
       } else if (tok.type == Token::Type::kVariableBegin) {
         Advance();
         auto stmt = std::make_unique<Stmt>(Stmt::Kind::kOutput, Pos());
-        absl::StatusOr<ExprPtr> e = ParseTuple(false, true, {}, false);
+        absl::StatusOr<ExprPtr> e = ParseTuple(true, {}, false);
         if (!e.ok()) return e.status();
         stmt->expr = std::move(*e);
         if (absl::Status s = ExpectType(Token::Type::kVariableEnd, "end of print statement");
@@ -839,7 +838,7 @@ class Parser {
     if (!target.ok()) return target.status();
     stmt->target = std::move(*target);
     if (absl::Status s = ExpectName("in"); !s.ok()) return s;
-    absl::StatusOr<ExprPtr> iter = ParseTuple(false, false, {"recursive"}, false);
+    absl::StatusOr<ExprPtr> iter = ParseTuple(false, {"recursive"}, false);
     if (!iter.ok()) return iter.status();
     stmt->expr = std::move(*iter);
     if (SkipName("if")) {
@@ -867,7 +866,7 @@ class Parser {
     auto stmt = std::make_unique<Stmt>(Stmt::Kind::kIf, Pos());
     Advance();
     while (true) {
-      absl::StatusOr<ExprPtr> cond = ParseTuple(false, false, {}, false);
+      absl::StatusOr<ExprPtr> cond = ParseTuple(false, {}, false);
       if (!cond.ok()) return cond.status();
       absl::StatusOr<Body> body = ParseStatements({"elif", "else", "endif"}, false);
       if (!body.ok()) return body.status();
@@ -893,7 +892,7 @@ class Parser {
     if (SkipOp("=")) {
       auto stmt = std::make_unique<Stmt>(Stmt::Kind::kSet, pos);
       stmt->target = std::move(*target);
-      absl::StatusOr<ExprPtr> value = ParseTuple(false, true, {}, false);
+      absl::StatusOr<ExprPtr> value = ParseTuple(true, {}, false);
       if (!value.ok()) return value.status();
       stmt->expr = std::move(*value);
       return stmt;
@@ -1338,7 +1337,7 @@ class Parser {
       case Token::Type::kOperator:
         if (t.value == "(") {
           Advance();
-          absl::StatusOr<ExprPtr> inner = ParseTuple(false, true, {}, true);
+          absl::StatusOr<ExprPtr> inner = ParseTuple(true, {}, true);
           if (!inner.ok()) return inner;
           if (absl::Status s = ExpectOp(")"); !s.ok()) return s;
           return inner;
@@ -1352,8 +1351,9 @@ class Parser {
     return Fail(Concat("unexpected '", Describe(t), "'"));
   }
 
-  // `simplified` is unused by expressions (targets have their own parser); kept for parity.
-  absl::StatusOr<ExprPtr> ParseTuple(bool /*simplified*/, bool with_condexpr,
+  // Expressions separated by commas make a tuple (jinja2's parse_tuple; assignment targets have
+  // their own parser).
+  absl::StatusOr<ExprPtr> ParseTuple(bool with_condexpr,
                                      const std::vector<std::string>& extra_end_names,
                                      bool explicit_parentheses) {
     const SourcePos pos = Pos();
