@@ -1896,8 +1896,9 @@ void AddGlobals(Scope& scope) {
     if (absl::Status s = FillDict(args, "dict", &d); !s.ok()) return s;
     return Value::FromDict(std::move(d));
   });
-  add("namespace", [](Renderer&, CallArgs args) -> absl::StatusOr<Value> {
+  add("namespace", [](Renderer& r, CallArgs args) -> absl::StatusOr<Value> {
     auto ns = std::make_shared<Namespace>();
+    r.Track(ns);
     if (absl::Status s = FillDict(args, "namespace", &ns->attrs()); !s.ok()) return s;
     for (const auto& [k, unused] : ns->attrs().items()) {
       if (k.is_string() && !k.string_value().empty() && k.string_value()[0] == '_') {

@@ -50,6 +50,7 @@ class MacroObject : public Object {
     return std::nullopt;
   }
   std::string Repr() const override { return Concat("<Macro '", name_, "'>"); }
+  void BreakCycles() override { closure_.reset(); }
 
  private:
   const Stmt& def_;
@@ -138,6 +139,11 @@ class LoopObject : public Object {
 
   std::string Repr() const override {
     return Concat("<LoopContext ", index_ + 1, "/", state_->items.size(), ">");
+  }
+  void BreakCycles() override {
+    state_->scope.reset();
+    state_->items.clear();
+    state_->last_changed.reset();
   }
 
  private:
@@ -398,6 +404,8 @@ const Value* Scope::Find(std::string_view name) const {
 absl::StatusOr<std::string> Renderer::Render(const Body& body, const ScopePtr& scope) {
   std::string out;
   absl::StatusOr<Flow> flow = Exec(body, scope, &out);
+  for (const std::shared_ptr<Object>& object : created_) object->BreakCycles();
+  created_.clear();
   if (!flow.ok()) return flow.status();
   return out;
 }
@@ -465,18 +473,21 @@ absl::StatusOr<Flow> Renderer::ExecOne(const Stmt& stmt, const ScopePtr& scope, 
       if (absl::Status s = Assign(stmt.target, v, scope); !s.ok()) return s;
       return Flow::kNormal;
     }
-    case Stmt::Kind::kMacro:
-      scope->Set(stmt.name,
-                 Value::FromObject(std::make_shared<MacroObject>(stmt, stmt.name, scope)));
+    case Stmt::Kind::kMacro: {
+      auto macro = std::make_shared<MacroObject>(stmt, stmt.name, scope);
+      Track(macro);
+      scope->Set(stmt.name, Value::FromObject(std::move(macro)));
       return Flow::kNormal;
+    }
     case Stmt::Kind::kCallBlock: {
       const Expr& call = *stmt.expr;
       absl::StatusOr<Value> callee = Eval(*call.children[0], scope);
       if (!callee.ok()) return callee.status();
       absl::StatusOr<CallArgs> args = EvalArgs(call, 1, scope);
       if (!args.ok()) return args.status();
-      args->keyword.emplace_back(
-          "caller", Value::FromObject(std::make_shared<MacroObject>(stmt, "caller", scope)));
+      auto caller = std::make_shared<MacroObject>(stmt, "caller", scope);
+      Track(caller);
+      args->keyword.emplace_back("caller", Value::FromObject(std::move(caller)));
       absl::StatusOr<Value> result = CallValue(*callee, std::move(*args));
       if (!result.ok()) return WithPosition(result.status(), call.pos);
       out->append(ToStr(*result));
@@ -534,7 +545,9 @@ absl::StatusOr<Flow> Renderer::RunLoop(const Stmt& loop, std::vector<Value> item
     if (absl::Status s = Assign(loop.target, state->items[i], iteration); !s.ok()) {
       return WithPosition(s, loop.target.pos);
     }
-    iteration->Set("loop", Value::FromObject(std::make_shared<LoopObject>(state, i)));
+    auto loop_object = std::make_shared<LoopObject>(state, i);
+    if (i == 0) Track(loop_object);  // they share `state`, which holds the references
+    iteration->Set("loop", Value::FromObject(std::move(loop_object)));
     absl::StatusOr<Flow> flow = Exec(loop.body, iteration, out);
     if (!flow.ok()) return flow;
     if (*flow == Flow::kBreak) break;

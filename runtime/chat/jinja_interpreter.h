@@ -35,8 +35,13 @@ enum class Flow { kNormal, kBreak, kContinue };
 
 class Renderer {
  public:
-  // Renders `body` with `scope` as the template's top-level scope.
+  // Renders `body` with `scope` as the template's top-level scope. Once done (successfully or
+  // not), the objects the render created are stripped of their references (BreakCycles).
   absl::StatusOr<std::string> Render(const Body& body, const ScopePtr& scope);
+
+  // Objects that can be part of a reference cycle (macros, namespaces, loop contexts) are tracked
+  // by the render that created them.
+  void Track(std::shared_ptr<Object> object) { created_.push_back(std::move(object)); }
 
   absl::StatusOr<Flow> Exec(const Body& body, const ScopePtr& scope, std::string* out);
   absl::StatusOr<Value> Eval(const Expr& expr, const ScopePtr& scope);
@@ -70,6 +75,7 @@ class Renderer {
                                          const ScopePtr& scope);
 
   int call_depth_ = 0;
+  std::vector<std::shared_ptr<Object>> created_;
 };
 
 // Adds "line L, column C: " to an error that has no position yet.

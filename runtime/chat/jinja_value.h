@@ -159,6 +159,10 @@ class Object {
   virtual bool IsCallable() const { return false; }
   virtual absl::StatusOr<Value> Call(Renderer& renderer, CallArgs args) const;
   virtual std::string Repr() const;
+  // Drops the references this object holds to scopes and values. A render calls it on every
+  // object it created once it is done: macros hold the scope that holds them, and namespaces can
+  // hold themselves, so reference counting alone would leak them.
+  virtual void BreakCycles() {}
 };
 
 // jinja2's Namespace: attributes set with `{% set ns.name = value %}`.
@@ -167,6 +171,7 @@ class Namespace : public Object {
   std::string TypeName() const override { return "Namespace"; }
   std::optional<Value> GetAttr(std::string_view name) const override;
   std::string Repr() const override;
+  void BreakCycles() override { attrs_ = Dict(); }
   Dict& attrs() { return attrs_; }
   const Dict& attrs() const { return attrs_; }
 
