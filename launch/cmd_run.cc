@@ -120,7 +120,7 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   // Communicators first (collective, on every rank), then this rank's shard; every rank learns
   // whether any rank failed before the first step.
   std::unique_ptr<Backend> backend = MakeCpuBackend();
-  auto executor = std::make_unique<Executor>(config, parallel, &mpi.world());
+  auto executor = std::make_unique<Executor>(config, parallel, mpi.world());
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank())) {

@@ -6,6 +6,9 @@
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
 //
+// --port 0 and --metrics-port 0 pick free ports; --port-file F then receives
+// "GRPC_PORT METRICS_PORT RANK0_PID" once the server is up (for scripts and tests).
+//
 // Without --model it serves the embedded tiny model (with Qwen3's real tokenizer and template).
 // SIGTERM/SIGINT drain: health turns NOT_SERVING at once, new requests get UNAVAILABLE, requests
 // in flight finish within --drain-timeout, then the job exits 0 (1 if some had to be cut off).
@@ -104,7 +107,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
 
   // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
   std::unique_ptr<Backend> backend = MakeCpuBackend();
-  Executor executor(model->config, *parallel, &mpi.world());
+  Executor executor(model->config, *parallel, mpi.world());
   const ModelConfig& c = model->config;
   // KV blocks: the same count on every rank (block tables are shared), from the tightest rank.
   int64_t num_blocks = 0;
@@ -121,7 +124,11 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                               static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
     int64_t mine = *bytes / per_block;
     std::vector<int64_t> all(mpi.size());
-    mpi.world().AllGather(&mine, all.data(), 1, DType::kI64);
+    if (mpi.world()) {
+      mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
+    } else {
+      all[0] = mine;
+    }
     num_blocks = *std::min_element(all.begin(), all.end());
     if (num_blocks < 1) {
       return fail(absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory ", *bytes,
@@ -198,7 +205,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                static_cast<long long>(*block_size));
   if (auto file = flags.GetString("port-file")) {
     std::ofstream out(*file + ".tmp");
-    out << (*server)->port() << " " << (http ? http->port() : -1) << "\n";
+    out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << "\n";
     out.close();
     std::rename((*file + ".tmp").c_str(), file->c_str());
   }

@@ -23,6 +23,9 @@ struct Frontend {
   SamplingParams default_sampling;              // generation_config.json's, or the plain defaults
 };
 
+// UTF-8 validity of a request text field: InvalidArgument naming `field` and the byte offset.
+absl::Status CheckUtf8(const std::string& field, const std::string& text);
+
 // Builds the chat template's input from the protocol's messages, tools and switches.
 absl::StatusOr<ChatRequest> ToChatRequest(const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
                                           const std::string& tools_json,

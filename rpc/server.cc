@@ -80,6 +80,7 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
       return Fail(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
     }
     std::string text = request->text();
+    if (absl::Status s = CheckUtf8("text", text); !s.ok()) return Fail(ToGrpcStatus(s));
     if (request->messages_size() > 0) {
       if (frontend_.chat_template == nullptr) {
         return Fail(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no chat template"));

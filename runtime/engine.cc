@@ -96,6 +96,7 @@ Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
   }
   total_blocks_ = static_cast<int64_t>(executor_.num_kv_blocks()) * executor_.parallel().dp;
   free_blocks_ = total_blocks_.load();
+  UpdateGauges();  // scrapes before the first request see the idle state
 }
 
 Engine::~Engine() = default;
