@@ -588,12 +588,12 @@ absl::Status ReadTokenizerConfig(const std::string& path, TokenizerSpec* spec) {
       if (name) named.emplace_back(*name, field);
     }
   }
-  for (const auto& [content, field] : named) {
+  for (const auto& name : named) {
     auto token = std::find_if(spec->added.begin(), spec->added.end(),
-                              [&](const AddedToken& t) { return t.content == content; });
+                              [&](const AddedToken& t) { return t.content == name.first; });
     if (token == spec->added.end()) {
-      return Unsupported(path, field,
-                         absl::StrCat(Quoted(content),
+      return Unsupported(path, name.second,
+                         absl::StrCat(Quoted(name.first),
                                       " is not in added_tokens_decoder; special "
                                       "tokens must be listed there"));
     }
