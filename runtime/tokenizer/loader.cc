@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/base/status_macros.h"
 #include "runtime/tokenizer/bpe_tokenizer.h"
+#include "runtime/tokenizer/loader.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace tessera {
@@ -484,8 +485,8 @@ absl::Status ReadBpeModel(const TokenizerJsonReader& reader, const std::string& 
   return absl::OkStatus();
 }
 
-absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+absl::StatusOr<TokenizerSpec> ReadTokenizerJsonText(const std::string& text,
+                                                    const std::string& path) {
   TokenizerSpec spec;
   TokenizerJsonReader reader(path, &spec);
   spec.merge_where_prefix = Where(path, "model.merges[");
@@ -516,6 +517,11 @@ absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
     }
   }
   return spec;
+}
+
+absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return ReadTokenizerJsonText(text, path);
 }
 
 // A token named in tokenizer_config.json: a string, {"content": ...}, or null.
@@ -650,6 +656,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Build(absl::StatusOr<TokenizerSpec> s
 }
 
 }  // namespace
+
+namespace tokenizer_internal {
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJsonText(const std::string& text,
+                                                                 const std::string& path) {
+  return Build(ReadTokenizerJsonText(text, path));
+}
+
+}  // namespace tokenizer_internal
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadTokenizerJson(const std::string& path) {
   return Build(ReadTokenizerJson(path));

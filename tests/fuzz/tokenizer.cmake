@@ -29,3 +29,12 @@ target_link_options(tokenizer_fuzzer PRIVATE ${_tessera_fuzz_flags} -fsanitize=f
 target_compile_definitions(tokenizer_fuzzer PRIVATE
   TESSERA_FUZZ_TOKENIZER_DIR="${PROJECT_SOURCE_DIR}/tests/data/qwen3/tokenizer-qwen3-0.6b")
 tessera_target_defaults(tokenizer_fuzzer)
+
+# Arbitrary bytes as a tokenizer.json: errors that name the file, or a tokenizer that works.
+# Run:  build/tests/fuzz/tokenizer_files_fuzzer -max_total_time=60 CORPUS_DIR
+#       (seed CORPUS_DIR with tests/runtime/tokenizer/flags_tokenizer.json)
+add_executable(tokenizer_files_fuzzer ${CMAKE_CURRENT_LIST_DIR}/tokenizer_files_fuzzer.cc)
+target_link_libraries(tokenizer_files_fuzzer PRIVATE tessera_tokenizer_fuzz)
+target_compile_options(tokenizer_files_fuzzer PRIVATE ${_tessera_fuzz_flags} -fsanitize=fuzzer)
+target_link_options(tokenizer_files_fuzzer PRIVATE ${_tessera_fuzz_flags} -fsanitize=fuzzer)
+tessera_target_defaults(tokenizer_files_fuzzer)
