@@ -7,11 +7,19 @@
 set(_tessera_fuzz_flags -fsanitize=address,undefined -fno-sanitize-recover=undefined
                         -fno-omit-frame-pointer)
 
+# The tokenizer's sources, as listed in runtime/CMakeLists.txt (relative there, or absolute).
 get_target_property(_tessera_runtime_sources tessera_runtime SOURCES)
-list(FILTER _tessera_runtime_sources INCLUDE REGEX "^tokenizer/")
-list(TRANSFORM _tessera_runtime_sources PREPEND "${PROJECT_SOURCE_DIR}/runtime/")
+set(_tessera_tokenizer_sources)
+foreach(_src IN LISTS _tessera_runtime_sources)
+  if(_src MATCHES "(^|/)tokenizer/[^/]+\\.cc$")
+    if(NOT IS_ABSOLUTE "${_src}")
+      set(_src "${PROJECT_SOURCE_DIR}/runtime/${_src}")
+    endif()
+    list(APPEND _tessera_tokenizer_sources "${_src}")
+  endif()
+endforeach()
 add_library(tessera_tokenizer_fuzz STATIC
-  ${_tessera_runtime_sources}
+  ${_tessera_tokenizer_sources}
   ${PROJECT_SOURCE_DIR}/kernels/base/check.cc
 )
 target_include_directories(tessera_tokenizer_fuzz PUBLIC ${PROJECT_SOURCE_DIR})
