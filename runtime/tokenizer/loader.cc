@@ -72,6 +72,8 @@ absl::StatusOr<json> ReadJson(const std::string& path) {
   } catch (const json::parse_error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": not valid JSON (byte ", e.byte, "): ", e.what()));
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON: ", e.what()));
   }
 }
 
@@ -267,7 +269,12 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
 
   // Parses `text`; on success root() holds the document without the two tables.
   absl::Status Parse(const std::string& text) {
-    const bool ok = json::sax_parse(text, this);
+    bool ok = false;
+    try {
+      ok = json::sax_parse(text, this);
+    } catch (const json::exception& e) {
+      if (status_.ok()) status_ = FieldError(path_, "(document)", e.what());
+    }
     if (!status_.ok()) return status_;
     if (!ok) return absl::InvalidArgumentError(absl::StrCat(path_, ": not valid JSON"));
     return absl::OkStatus();
