@@ -10,5 +10,6 @@ int ClientCommand(int argc, char** argv);         // tessera client          (cm
 int MakeTinyModelCommand(int argc, char** argv);  // tessera make-tiny-model (cmd_make_tiny_model.cc)
 int TokenizeCommand(int argc, char** argv);       // tessera tokenize        (cmd_tokenize.cc)
 int DetokenizeCommand(int argc, char** argv);     // tessera detokenize      (cmd_tokenize.cc)
+int ChatTemplateCommand(int argc, char** argv);   // tessera chat-template   (cmd_chat_template.cc)
 
 }  // namespace tessera

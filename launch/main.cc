@@ -20,6 +20,8 @@ constexpr Subcommand kSubcommands[] = {
      "write a tiny random-weight Qwen3 checkpoint (config.json + safetensors)"},
     {"tokenize", tessera::TokenizeCommand, "text -> token ids with a model's tokenizer"},
     {"detokenize", tessera::DetokenizeCommand, "token ids -> text with a model's tokenizer"},
+    {"chat-template", tessera::ChatTemplateCommand,
+     "render a chat request with a model's chat template (text, or text and ids)"},
 };
 
 void PrintUsage(FILE* out) {

@@ -136,6 +136,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromString(
   }
   ChatTemplate t;
   t.templates_.push_back({"default", std::move(*compiled)});
+  t.knows_think_tags_ = source.find("</think>") != std::string_view::npos;
   t.special_tokens_ = std::move(special_tokens);
   t.origin_ = "chat template";
   return t;
@@ -219,6 +220,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
                                                "': ", jinja::StdView(compiled.status().message())));
     }
     t.templates_.push_back({sources[i].first, std::move(*compiled)});
+    t.knows_think_tags_ |= sources[i].second.find("</think>") != std::string::npos;
   }
   t.origin_ = origins.size() == 1 ? origins[0] : Concat(dir, " (chat templates)");
 

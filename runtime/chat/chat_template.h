@@ -59,6 +59,9 @@ class ChatTemplate {
 
   // Where the template came from, for messages ("DIR/tokenizer_config.json").
   const std::string& origin() const { return origin_; }
+  // Whether the template knows think blocks (mentions "</think>"): the model reasons, and its
+  // output goes through the reasoning parser (see ChatOutputParser::OptionsForPrompt).
+  bool knows_think_tags() const { return knows_think_tags_; }
   // The named special tokens the template sees, in tokenizer_config.json order.
   const std::vector<std::pair<std::string, std::string>>& special_tokens() const {
     return special_tokens_;
@@ -70,7 +73,8 @@ class ChatTemplate {
     jinja::Template compiled;
   };
   std::vector<Named> templates_;
-  bool named_set_ = false;  // several templates chosen by name (or one non-"default" name)
+  bool named_set_ = false;
+  bool knows_think_tags_ = false;  // several templates chosen by name (or one non-"default" name)
   std::vector<std::pair<std::string, std::string>> special_tokens_;
   std::string origin_;
 };

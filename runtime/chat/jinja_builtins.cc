@@ -302,10 +302,15 @@ absl::StatusOr<std::string> FormatWithSpec(const Value& v, std::string_view spec
   return FormatNumber(v, *spec);
 }
 
+bool IsIndex(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 // str.format(*args, **kwargs) with field names, attribute/index access, !r/!s and specs.
 absl::StatusOr<std::string> StrFormat(Renderer& r, std::string_view fmt, const CallArgs& args) {
   std::string out;
   size_t auto_index = 0;
+  enum class Numbering { kNone, kAuto, kManual } numbering = Numbering::kNone;
   for (size_t i = 0; i < fmt.size(); ++i) {
     const char c = fmt[i];
     if (c == '}') {
@@ -343,16 +348,24 @@ absl::StatusOr<std::string> StrFormat(Renderer& r, std::string_view fmt, const C
     size_t name_end = field.find_first_of(".[");
     std::string_view head = field.substr(0, name_end);
     Value v;
+    if (head.empty() ? numbering == Numbering::kManual
+                     : numbering == Numbering::kAuto && IsIndex(head)) {
+      return Error(head.empty() ? "cannot switch from manual field specification to automatic "
+                                  "field numbering"
+                                : "cannot switch from automatic field numbering to manual field "
+                                  "specification");
+    }
     if (head.empty()) {
+      numbering = Numbering::kAuto;
       if (auto_index >= args.positional.size()) {
-        return Error(Concat("Replacement index ", auto_index, " out of range"));
+        return Error("tuple index out of range");
       }
       v = args.positional[auto_index++];
-    } else if (std::all_of(head.begin(), head.end(),
-                           [](char ch) { return ch >= '0' && ch <= '9'; })) {
+    } else if (IsIndex(head)) {
+      numbering = Numbering::kManual;
       const size_t idx = static_cast<size_t>(std::atoll(std::string(head).c_str()));
       if (idx >= args.positional.size()) {
-        return Error(Concat("Replacement index ", idx, " out of range"));
+        return Error("tuple index out of range");
       }
       v = args.positional[idx];
     } else {
@@ -883,7 +896,10 @@ absl::StatusOr<Value> FilterInt(Renderer&, const Value& v, const CallArgs& args)
   if (v.is_integral()) return Value::Int(v.integral_value());
   if (v.is_float()) {
     const double f = v.float_value();
-    if (std::isnan(f) || std::isinf(f) || std::fabs(f) >= 9.2e18) return dflt;
+    if (std::isnan(f) || std::isinf(f)) return dflt;
+    if (std::fabs(f) >= 9.2e18) {
+      return Error("int: value too large (Python ints are unbounded; tessera uses int64)");
+    }
     return Value::Int(static_cast<int64_t>(f));
   }
   if (v.is_string()) {

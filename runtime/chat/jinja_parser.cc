@@ -1,5 +1,6 @@
 #include "runtime/chat/jinja_parser.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <limits>
@@ -7,7 +8,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_join.h"
 #include "runtime/chat/concat.h"
 #include "runtime/chat/py_text.h"
 
@@ -451,6 +451,15 @@ class Lexer {
     return p;
   }
 
+  // jinja2's message: the character's repr and its offset in code points.
+  absl::Status UnexpectedChar(size_t p) const {
+    size_t len;
+    SpaceAt(src_, p, &len);
+    return SyntaxError(map_.At(p),
+                       Concat("unexpected char ", PyReprString(src_.substr(p, len)), " at ",
+                              CodePointCount(std::string_view(src_).substr(0, p))));
+  }
+
   absl::StatusOr<size_t> LexTag(size_t p, bool block, size_t tag_start) {
     std::vector<char> balance;
     const size_t n = src_.size();
@@ -525,10 +534,7 @@ class Lexer {
         const char quote = src_[p];
         size_t i = p + 1;
         while (i < n && src_[i] != quote) i += src_[i] == '\\' ? 2 : 1;
-        if (i >= n) {
-          return SyntaxError(map_.At(p), Concat("unexpected char '", std::string(1, quote),
-                                                "' (unterminated string)"));
-        }
+        if (i >= n) return UnexpectedChar(p);
         absl::StatusOr<std::string> decoded =
             DecodeStringLiteral(std::string_view(src_).substr(p + 1, i - p - 1));
         if (!decoded.ok()) return SyntaxError(map_.At(p), StdView(decoded.status().message()));
@@ -549,9 +555,7 @@ class Lexer {
       if (matched) continue;
       const char c = src_[p];
       if (std::string_view("+-/*%~[](){}><=.:|,;").find(c) == std::string_view::npos) {
-        size_t len;
-        SpaceAt(src_, p, &len);
-        return SyntaxError(map_.At(p), Concat("unexpected char '", src_.substr(p, len), "'"));
+        return UnexpectedChar(p);
       }
       if (c == '(' || c == '[' || c == '{') {
         balance.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');
@@ -674,8 +678,41 @@ class Parser {
   // --- statements
 
   // Parses until a block tag whose name is in `end_names` (left as the current token) or the end.
+  // jinja2's message for an unknown tag (`name`) or a premature end of the template (null).
+  absl::Status FailUnknownTagOrEof(const std::string* name) const {
+    std::vector<std::string> expected;
+    for (const auto& names : end_stack_)
+      expected.insert(expected.end(), names.begin(), names.end());
+    std::string looking;
+    if (!end_stack_.empty()) {
+      for (const std::string& e : end_stack_.back()) {
+        looking += Concat(looking.empty() ? "" : " or ", "'", e, "'");
+      }
+    }
+    std::string message =
+        name ? Concat("Encountered unknown tag '", *name, "'.") : "Unexpected end of template.";
+    if (!looking.empty()) {
+      if (name && std::find(expected.begin(), expected.end(), *name) != expected.end()) {
+        AppendTo(&message,
+                 " You probably made a nesting mistake. Jinja is expecting this tag, "
+                 "but currently looking for ",
+                 looking, ".");
+      } else {
+        AppendTo(&message, " Jinja was looking for the following tags: ", looking, ".");
+      }
+    }
+    // For an unknown tag, the tag itself is on the stack: the block to close is the one before.
+    const size_t depth = tag_stack_.size() - (name ? 1 : 0);
+    if (depth > 0 && depth <= tag_stack_.size()) {
+      AppendTo(&message, " The innermost block that needs to be closed is '", tag_stack_[depth - 1],
+               "'.");
+    }
+    return Fail(message);
+  }
+
   absl::StatusOr<Body> Subparse(const std::vector<std::string>& end_names) {
     if (++nesting_ > kMaxNesting) return Fail("statements nested too deeply");
+    if (!end_names.empty()) end_stack_.push_back(end_names);
     Body body;
     while (Cur().type != Token::Type::kEof) {
       const Token& tok = Cur();
@@ -701,6 +738,7 @@ class Parser {
           for (const std::string& end : end_names) {
             if (Cur().value == end) {
               --nesting_;
+              end_stack_.pop_back();
               return body;
             }
           }
@@ -716,19 +754,7 @@ class Parser {
         return Fail(Concat("unexpected '", Describe(tok), "'"));
       }
     }
-    if (!end_names.empty()) {
-      std::vector<std::string> quoted;
-      for (const std::string& e : end_names) quoted.push_back(Concat("'", e, "'"));
-      std::string message = Concat(
-          "Unexpected end of template. Jinja was looking for the "
-          "following tags: ",
-          absl::StrJoin(quoted, " or "), ".");
-      if (!tag_stack_.empty()) {
-        AppendTo(&message, " The innermost block that needs to be closed is '", tag_stack_.back(),
-                 "'.");
-      }
-      return Fail(message);
-    }
+    if (!end_names.empty()) return FailUnknownTagOrEof(nullptr);
     --nesting_;
     return body;
   }
@@ -801,12 +827,7 @@ class Parser {
         tag == "autoescape") {
       return Fail(Concat("the '", tag, "' tag is not supported in chat templates"));
     }
-    std::string message = Concat("Encountered unknown tag '", tag, "'.");
-    if (!tag_stack_.empty() && tag_stack_.size() > 1) {
-      AppendTo(&message, " The innermost block that needs to be closed is '",
-               tag_stack_[tag_stack_.size() - 2], "'.");
-    }
-    return Fail(message);
+    return FailUnknownTagOrEof(&tag);
   }
 
   absl::StatusOr<StmtPtr> ParseFor() {
@@ -1429,7 +1450,7 @@ class Parser {
   }
 
   absl::StatusOr<ExprPtr> ParseSubscript(ExprPtr node) {
-    const SourcePos pos = Pos();
+    const SourcePos pos = node->pos;
     if (SkipOp(".")) {
       const Token& attr = Cur();
       if (attr.type == Token::Type::kName) {
@@ -1558,8 +1579,9 @@ class Parser {
     return ExpectOp(")");
   }
 
+  // Calls, attributes and subscripts are positioned at the start of what they apply to.
   absl::StatusOr<ExprPtr> ParseCall(ExprPtr callee) {
-    ExprPtr node = Make(Expr::Kind::kCall, Pos());
+    ExprPtr node = Make(Expr::Kind::kCall, callee->pos);
     node->children.push_back(std::move(callee));
     if (absl::Status s = ParseCallArgs(node.get()); !s.ok()) return s;
     return node;
@@ -1633,6 +1655,7 @@ class Parser {
   int expr_depth_ = 0;
   int loop_depth_ = 0;
   std::vector<std::string> tag_stack_;
+  std::vector<std::vector<std::string>> end_stack_;
 };
 
 // jinja2 splits on \r\n, \r and \n, joins with \n and drops one trailing empty line.
