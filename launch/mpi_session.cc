@@ -38,7 +38,8 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   }
   ProcessRank() = size_ > 1 ? rank_ : -1;
   // Open MPI, MPICH and Slurm each name the node-local rank differently.
-  local_rank_ = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", EnvInt("MPI_LOCALRANKID", EnvInt("SLURM_LOCALID", 0)));
+  local_rank_ =
+      EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", EnvInt("MPI_LOCALRANKID", EnvInt("SLURM_LOCALID", 0)));
   local_size_ = EnvInt("OMPI_COMM_WORLD_LOCAL_SIZE", EnvInt("MPI_LOCALNRANKS", size_));
   if (std::getenv("OMP_NUM_THREADS") == nullptr) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());

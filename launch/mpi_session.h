@@ -1,8 +1,8 @@
 // MPI start-up and shutdown for the multi-rank subcommands (run, serve).
 //
 // Works with and without mpirun: a process no MPI launcher started is a world of one and does not
-// initialise MPI at all (no singleton start-up cost, no MPI runtime needed). Sets the rank used in fatal
-// messages, splits the CPU cores between the ranks of one node for OpenMP (unless
+// initialise MPI at all (no singleton start-up cost, no MPI runtime needed). Sets the rank used in
+// fatal messages, splits the CPU cores between the ranks of one node for OpenMP (unless
 // OMP_NUM_THREADS is set), and records the local rank, which picks the GPU on GPU nodes.
 #pragma once
 

@@ -39,7 +39,8 @@ int64_t InvalidUtf8Offset(const std::string& text) {
       cp = (cp << 6) | (p[i + k] & 0x3F);
     }
     static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return static_cast<int64_t>(i);
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return static_cast<int64_t>(i);
     i += len;
   }
   return -1;
@@ -55,7 +56,8 @@ absl::Status CheckUtf8(const std::string& field, const std::string& text) {
 
 namespace {
 
-absl::Status CheckMessagesUtf8(const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages) {
+absl::Status CheckMessagesUtf8(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages) {
   for (int i = 0; i < messages.size(); ++i) {
     const v1::ChatMessage& m = messages[i];
     const std::string at = absl::StrCat("messages[", i, "].");
@@ -92,7 +94,8 @@ absl::StatusOr<ChatRequest> ToChatRequest(
   ChatRequest chat;
   for (int i = 0; i < messages.size(); ++i) {
     const v1::ChatMessage& m = messages[i];
-    if (m.role().empty()) return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role is empty"));
+    if (m.role().empty())
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role is empty"));
     json msg = {{"role", m.role()}, {"content", m.content()}};
     if (!m.reasoning_content().empty()) msg["reasoning_content"] = m.reasoning_content();
     if (m.tool_calls_size() > 0) {
@@ -100,15 +103,18 @@ absl::StatusOr<ChatRequest> ToChatRequest(
       for (int j = 0; j < m.tool_calls_size(); ++j) {
         const v1::ToolCall& call = m.tool_calls(j);
         if (call.name().empty()) {
-          return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
         }
         // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
-        json arguments = json::parse(call.arguments().empty() ? "{}" : call.arguments(), nullptr, false);
+        json arguments =
+            json::parse(call.arguments().empty() ? "{}" : call.arguments(), nullptr, false);
         if (arguments.is_discarded()) {
           return absl::InvalidArgumentError(
               absl::StrCat("messages[", i, "].tool_calls[", j, "].arguments is not valid JSON"));
         }
-        json entry = {{"type", "function"}, {"function", {{"name", call.name()}, {"arguments", arguments}}}};
+        json entry = {{"type", "function"},
+                      {"function", {{"name", call.name()}, {"arguments", arguments}}}};
         if (!call.id().empty()) entry["id"] = call.id();
         calls.push_back(std::move(entry));
       }
@@ -129,21 +135,25 @@ absl::StatusOr<ChatRequest> ToChatRequest(
   return chat;
 }
 
-absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r, const Frontend& frontend,
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
+                                              const Frontend& frontend,
                                               const std::string& request_id) {
   auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   EngineRequest e;
   e.request_id = request_id;
   RETURN_IF_ERROR(CheckUtf8("request_id", r.request_id()));
   RETURN_IF_ERROR(CheckUtf8("prompt", r.prompt()));
-  for (int i = 0; i < r.stop_size(); ++i) RETURN_IF_ERROR(CheckUtf8(absl::StrCat("stop[", i, "]"), r.stop(i)));
-  const int inputs = (r.prompt_token_ids_size() > 0) + !r.prompt().empty() + (r.messages_size() > 0);
+  for (int i = 0; i < r.stop_size(); ++i)
+    RETURN_IF_ERROR(CheckUtf8(absl::StrCat("stop[", i, "]"), r.stop(i)));
+  const int inputs =
+      (r.prompt_token_ids_size() > 0) + !r.prompt().empty() + (r.messages_size() > 0);
   if (inputs == 0) return bad("the prompt is empty: give prompt_token_ids, prompt or messages");
   if (inputs > 1) return bad("give exactly one of prompt_token_ids, prompt and messages");
   if (r.prompt_token_ids_size() > 0) {
     e.prompt.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
   } else if (!r.prompt().empty()) {
-    if (frontend.tokenizer == nullptr) return bad("this model has no tokenizer: send prompt_token_ids");
+    if (frontend.tokenizer == nullptr)
+      return bad("this model has no tokenizer: send prompt_token_ids");
     ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(r.prompt()));
   } else {
     if (frontend.tokenizer == nullptr || frontend.chat_template == nullptr) {
@@ -154,7 +164,8 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r, cons
     ASSIGN_OR_RETURN(ChatRequest chat, ToChatRequest(r.messages(), r.tools_json(), thinking, true));
     ASSIGN_OR_RETURN(std::string text, frontend.chat_template->Render(chat));
     ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(text));
-    e.parse_chat = ChatOutputParser::OptionsForPrompt(text, frontend.chat_template->knows_think_tags());
+    e.parse_chat =
+        ChatOutputParser::OptionsForPrompt(text, frontend.chat_template->knows_think_tags());
     e.parse_chat->tool_calls = !r.tools_json().empty();
   }
   if (r.max_tokens() == 0) return bad("max_tokens must be >= 1");
@@ -204,11 +215,20 @@ v1::GenerateResponse ToResponse(const EngineOutput& o, const std::string& reques
   }
   if (o.finished) {
     switch (o.finish_reason) {
-      case FinishReason::kStop: r.set_finish_reason(v1::FINISH_REASON_STOP); break;
-      case FinishReason::kLength: r.set_finish_reason(v1::FINISH_REASON_LENGTH); break;
-      case FinishReason::kCancelled: r.set_finish_reason(v1::FINISH_REASON_CANCELLED); break;
-      case FinishReason::kError: r.set_finish_reason(v1::FINISH_REASON_ERROR); break;
-      case FinishReason::kNone: break;
+      case FinishReason::kStop:
+        r.set_finish_reason(v1::FINISH_REASON_STOP);
+        break;
+      case FinishReason::kLength:
+        r.set_finish_reason(v1::FINISH_REASON_LENGTH);
+        break;
+      case FinishReason::kCancelled:
+        r.set_finish_reason(v1::FINISH_REASON_CANCELLED);
+        break;
+      case FinishReason::kError:
+        r.set_finish_reason(v1::FINISH_REASON_ERROR);
+        break;
+      case FinishReason::kNone:
+        break;
     }
     r.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(o.prompt_tokens));
     r.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(o.completion_tokens));

@@ -51,9 +51,9 @@ Result Generate(Client& client, const v1::GenerateRequest& request) {
 std::vector<int32_t> RunOffline(const std::vector<int32_t>& prompt, int max_tokens) {
   std::string ids;
   for (size_t i = 0; i < prompt.size(); ++i) ids += (i ? "," : "") + std::to_string(prompt[i]);
-  const std::string cmd = std::string(TESSERA_BINARY) + " run --model " + kFixture + " --prompt-ids " +
-                          ids + " --max-new-tokens " + std::to_string(max_tokens) +
-                          " --temperature 0 --json";
+  const std::string cmd = std::string(TESSERA_BINARY) + " run --model " + kFixture +
+                          " --prompt-ids " + ids + " --max-new-tokens " +
+                          std::to_string(max_tokens) + " --temperature 0 --json";
   FILE* pipe = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -104,10 +104,14 @@ TEST(ServeTest, PrefixCacheReusesBlocksAndGivesTheSameTokens) {
   std::vector<v1::GenerateResponse> last(2);
   std::vector<std::vector<int32_t>> tokens(2);
   for (int i = 0; i < 2; ++i) {
-    ASSERT_TRUE(client->Generate(Greedy(prompt, 8), [&](const v1::GenerateResponse& r) {
-      tokens[i].insert(tokens[i].end(), r.token_ids().begin(), r.token_ids().end());
-      last[i] = r;
-    }).ok());
+    ASSERT_TRUE(client
+                    ->Generate(Greedy(prompt, 8),
+                               [&](const v1::GenerateResponse& r) {
+                                 tokens[i].insert(tokens[i].end(), r.token_ids().begin(),
+                                                  r.token_ids().end());
+                                 last[i] = r;
+                               })
+                    .ok());
   }
   EXPECT_EQ(last[0].usage().cached_tokens(), 0u);
   EXPECT_EQ(last[1].usage().cached_tokens(), 64u);
@@ -133,9 +137,13 @@ TEST(ServeTest, StopTokensAndLogprobs) {
   v1::GenerateRequest lp = Greedy(prompt, 3);
   lp.set_logprobs(5);
   std::vector<v1::TokenLogprobs> seen;
-  ASSERT_TRUE(client->Generate(lp, [&](const v1::GenerateResponse& resp) {
-    seen.insert(seen.end(), resp.logprobs().begin(), resp.logprobs().end());
-  }).ok());
+  ASSERT_TRUE(client
+                  ->Generate(lp,
+                             [&](const v1::GenerateResponse& resp) {
+                               seen.insert(seen.end(), resp.logprobs().begin(),
+                                           resp.logprobs().end());
+                             })
+                  .ok());
   ASSERT_EQ(seen.size(), 3u);
   for (size_t i = 0; i < seen.size(); ++i) {
     EXPECT_EQ(seen[i].token_id(), full[i]);
@@ -165,8 +173,10 @@ TEST(ServeTest, TextAndChatWithTheRealTokenizer) {
   ASSERT_TRUE(client->Tokenize(tok, &ids).ok());
   EXPECT_GT(ids.token_ids_size(), 3);
   std::string detok_cmd = std::string(TESSERA_BINARY) + " detokenize --tokenizer " +
-                          std::string(TESSERA_SOURCE_DIR) + "/tests/data/qwen3/tokenizer-qwen3-0.6b --json --ids ";
-  for (size_t i = 0; i < res.tokens.size(); ++i) detok_cmd += (i ? "," : "") + std::to_string(res.tokens[i]);
+                          std::string(TESSERA_SOURCE_DIR) +
+                          "/tests/data/qwen3/tokenizer-qwen3-0.6b --json --ids ";
+  for (size_t i = 0; i < res.tokens.size(); ++i)
+    detok_cmd += (i ? "," : "") + std::to_string(res.tokens[i]);
   FILE* pipe = popen(detok_cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -188,7 +198,8 @@ TEST(ServeTest, TextAndChatWithTheRealTokenizer) {
   bad_utf8.set_prompt(std::string("caf\xc3", 4));
   bad_utf8.set_max_tokens(2);
   Result bad = Generate(*client, bad_utf8);
-  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad.status.error_message();
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << bad.status.error_message();
   EXPECT_EQ(bad.status.error_message(), "prompt is not valid UTF-8 (at byte 3)");
 }
 
@@ -198,7 +209,8 @@ TEST(ServeTest, ValidationErrorsSayWhy) {
   auto expect = [&](v1::GenerateRequest r, const std::string& needle) {
     Result res = Generate(*client, r);
     EXPECT_EQ(res.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
-    EXPECT_NE(res.status.error_message().find(needle), std::string::npos) << res.status.error_message();
+    EXPECT_NE(res.status.error_message().find(needle), std::string::npos)
+        << res.status.error_message();
   };
   v1::GenerateRequest empty;
   empty.set_max_tokens(4);
@@ -265,7 +277,8 @@ TEST(ServeTest, DeadlineExceeded) {
   r.set_ignore_eos(true);
   // Long enough that it cannot finish in 300 ms on the CPU backend: 500 tokens, 2 ranks.
   Result res = Generate(client, r);
-  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << res.status.error_message();
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << res.status.error_message();
   // The server is fine afterwards, and the KV is back.
   auto fresh = job.MakeClient();
   EXPECT_TRUE(Generate(*fresh, Greedy({1, 2}, 2)).status.ok());
@@ -274,9 +287,11 @@ TEST(ServeTest, DeadlineExceeded) {
 TEST(ServeTest, ApiKey) {
   ServerJob job(2, {"--model", kFixture, "--api-key", "s3cret"});
   auto anonymous = job.MakeClient();
-  EXPECT_EQ(Generate(*anonymous, Greedy({1, 2}, 2)).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Generate(*anonymous, Greedy({1, 2}, 2)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
   auto wrong = job.MakeClient("nope");
-  EXPECT_EQ(Generate(*wrong, Greedy({1, 2}, 2)).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Generate(*wrong, Greedy({1, 2}, 2)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
   v1::ModelInfo info;
   EXPECT_EQ(anonymous->GetModelInfo(&info).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   auto good = job.MakeClient("s3cret");
@@ -301,8 +316,10 @@ TEST(ServeTest, SigtermDrainsLiveStreamsThenExitsZero) {
       r.set_ignore_eos(true);
       results[i].status = client->Generate(r, [&](const v1::GenerateResponse& resp) {
         if (results[i].tokens.empty()) ++started;
-        results[i].tokens.insert(results[i].tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
-        if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) results[i].finish = resp.finish_reason();
+        results[i].tokens.insert(results[i].tokens.end(), resp.token_ids().begin(),
+                                 resp.token_ids().end());
+        if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+          results[i].finish = resp.finish_reason();
       });
     });
   }
@@ -358,7 +375,8 @@ TEST(ServeTest, KillingOneRankFailsStreamsWithUnavailableAndEndsTheJob) {
   ASSERT_EQ(kill(rank1, SIGKILL), 0);
   for (auto& t : threads) t.join();
   for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE) << results[i].status.error_message();
+    EXPECT_EQ(results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << results[i].status.error_message();
   }
   const int code = job.Wait(std::chrono::seconds(30));
   EXPECT_NE(code, 0);
@@ -369,7 +387,8 @@ TEST(ServeTest, KillingOneRankFailsStreamsWithUnavailableAndEndsTheJob) {
 TEST(ServeTest, LoadTestZeroErrorsKvBackToIdleMemoryFlat) {
   // 40 blocks of 16 per replica: 16 clients' requests (up to 144 tokens each) do not all fit, so
   // the scheduler must preempt and recompute.
-  ServerJob job(2, {"--model", kFixture, "--num-kv-blocks", "40", "--max-num-batched-tokens", "256"});
+  ServerJob job(2,
+                {"--model", kFixture, "--num-kv-blocks", "40", "--max-num-batched-tokens", "256"});
   const double idle = job.Metric("tessera:kv_cache_free_blocks");
   auto run_wave = [&](int requests, int seed) {
     std::atomic<int> next{0}, errors{0};
@@ -396,10 +415,12 @@ TEST(ServeTest, LoadTestZeroErrorsKvBackToIdleMemoryFlat) {
   const long rss_before = job.Rss();
   const auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(run_wave(300, 2), 0);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const long rss_after = job.Rss();
-  std::printf("[load] 300 requests in %.2f s (%.1f req/s); rank 0 RSS %ld -> %ld KiB; preemptions %g\n",
-              seconds, 300 / seconds, rss_before, rss_after, job.Metric("tessera:num_preemptions_total"));
+  std::printf(
+      "[load] 300 requests in %.2f s (%.1f req/s); rank 0 RSS %ld -> %ld KiB; preemptions %g\n",
+      seconds, 300 / seconds, rss_before, rss_after, job.Metric("tessera:num_preemptions_total"));
   double free = -1;
   for (int i = 0; i < 100 && free != idle; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -408,7 +429,8 @@ TEST(ServeTest, LoadTestZeroErrorsKvBackToIdleMemoryFlat) {
   EXPECT_EQ(free, idle);
   EXPECT_EQ(job.Metric("tessera:num_requests_running"), 0);
   EXPECT_GT(job.Metric("tessera:num_preemptions_total"), 0);
-  EXPECT_LT(rss_after - rss_before, 32 * 1024) << "rank 0 grew by " << (rss_after - rss_before) << " KiB";
+  EXPECT_LT(rss_after - rss_before, 32 * 1024)
+      << "rank 0 grew by " << (rss_after - rss_before) << " KiB";
 }
 
 }  // namespace

@@ -29,15 +29,29 @@ class ServerJob {
  public:
   // `args` follow `tessera serve`; ports and the port file are added here.
   ServerJob(int ranks, std::vector<std::string> args) {
-    dir_ = ::testing::TempDir() + "/serve-" + std::to_string(getpid()) + "-" + std::to_string(counter()++);
+    dir_ = ::testing::TempDir() + "/serve-" + std::to_string(getpid()) + "-" +
+           std::to_string(counter()++);
     std::string mkdir = "mkdir -p " + dir_;
     EXPECT_EQ(std::system(mkdir.c_str()), 0);
     port_file_ = dir_ + "/port";
     log_ = dir_ + "/serve.log";
-    std::vector<std::string> argv = {TESSERA_MPIRUN, "--oversubscribe", "--allow-run-as-root",
-                                     "--bind-to", "none", "-np", std::to_string(ranks),
-                                     TESSERA_BINARY, "serve", "--host", "127.0.0.1", "--port", "0",
-                                     "--metrics-port", "0", "--port-file", port_file_};
+    std::vector<std::string> argv = {TESSERA_MPIRUN,
+                                     "--oversubscribe",
+                                     "--allow-run-as-root",
+                                     "--bind-to",
+                                     "none",
+                                     "-np",
+                                     std::to_string(ranks),
+                                     TESSERA_BINARY,
+                                     "serve",
+                                     "--host",
+                                     "127.0.0.1",
+                                     "--port",
+                                     "0",
+                                     "--metrics-port",
+                                     "0",
+                                     "--port-file",
+                                     port_file_};
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
@@ -53,7 +67,8 @@ class ServerJob {
     EXPECT_EQ(posix_spawnp(&mpirun_pid_, cargv[0], &actions, &attr, cargv.data(), environ), 0);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
-    for (int i = 0; i < 600 && !ready(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    for (int i = 0; i < 600 && !ready(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     EXPECT_TRUE(ready()) << "server did not start:\n" << Log();
   }
   ~ServerJob() {
@@ -99,7 +114,8 @@ class ServerJob {
   }
   // GET /metrics; the value of one unlabelled sample (or -1).
   double Metric(const std::string& name) const {
-    const std::string cmd = "curl -s http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics";
+    const std::string cmd =
+        "curl -s http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics";
     FILE* pipe = popen(cmd.c_str(), "r");
     if (!pipe) return -1;
     char line[4096];
