@@ -26,7 +26,8 @@ enum class DeviceKind { kCpu, kCuda };
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(void* data, size_t bytes, void (*free_fn)(void*)) : data_(data), bytes_(bytes), free_(free_fn) {}
+  DeviceBuffer(void* data, size_t bytes, void (*free_fn)(void*))
+      : data_(data), bytes_(bytes), free_(free_fn) {}
   ~DeviceBuffer() { Reset(); }
   DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
@@ -45,7 +46,9 @@ class DeviceBuffer {
 
   void* data() const { return data_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(data_); }
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
   size_t bytes() const { return bytes_; }
   void Reset() {
     if (data_ && free_) free_(data_);
@@ -74,10 +77,10 @@ struct AttentionBatch {
 
 // Which experts of a MoE layer this rank holds, and their weights.
 struct ExpertWeights {
-  int first_expert = 0;      // global id of local expert 0
+  int first_expert = 0;  // global id of local expert 0
   int num_local_experts = 0;
-  int64_t hidden = 0;        // H
-  int64_t intermediate = 0;  // I (per shard when experts are TP-split)
+  int64_t hidden = 0;             // H
+  int64_t intermediate = 0;       // I (per shard when experts are TP-split)
   const void* gate_up = nullptr;  // W [num_local_experts, 2*I, H]: gate rows then up rows
   const void* down = nullptr;     // W [num_local_experts, H, I]
 };
@@ -154,8 +157,8 @@ class Backend {
 
   // out A[n, H] = sum over k of weights[t, k] * Expert_{ids[t, k]}(x[t]) for the experts this
   // rank holds (others contribute 0), Expert(x) = down @ (silu(gate @ x) * (up @ x)).
-  virtual void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights,
-                          int top_k, const ExpertWeights& experts, void* out) = 0;
+  virtual void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                          const ExpertWeights& experts, void* out) = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

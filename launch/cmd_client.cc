@@ -31,11 +31,16 @@ using json = nlohmann::json;
 
 const char* FinishName(v1::FinishReason reason) {
   switch (reason) {
-    case v1::FINISH_REASON_STOP: return "stop";
-    case v1::FINISH_REASON_LENGTH: return "length";
-    case v1::FINISH_REASON_CANCELLED: return "cancelled";
-    case v1::FINISH_REASON_ERROR: return "error";
-    default: return "";
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_CANCELLED:
+      return "cancelled";
+    case v1::FINISH_REASON_ERROR:
+      return "error";
+    default:
+      return "";
   }
 }
 
@@ -44,20 +49,39 @@ absl::Status FillSampling(const Flags& flags, v1::GenerateRequest* request) {
   if (max_tokens < 0) return absl::InvalidArgumentError("--max-tokens must be >= 0");
   request->set_max_tokens(static_cast<uint32_t>(max_tokens));
   v1::SamplingParams* s = request->mutable_sampling();
-  if (flags.Has("temperature")) { ASSIGN_OR_RETURN(double v, flags.GetDouble("temperature", 0)); s->set_temperature(static_cast<float>(v)); }
-  if (flags.Has("top-p")) { ASSIGN_OR_RETURN(double v, flags.GetDouble("top-p", 1)); s->set_top_p(static_cast<float>(v)); }
-  if (flags.Has("min-p")) { ASSIGN_OR_RETURN(double v, flags.GetDouble("min-p", 0)); s->set_min_p(static_cast<float>(v)); }
-  if (flags.Has("top-k")) { ASSIGN_OR_RETURN(int64_t v, flags.GetInt("top-k", 0)); s->set_top_k(static_cast<int32_t>(v)); }
-  if (flags.Has("seed")) { ASSIGN_OR_RETURN(int64_t v, flags.GetInt("seed", 0)); s->set_seed(static_cast<uint64_t>(v)); }
+  if (flags.Has("temperature")) {
+    ASSIGN_OR_RETURN(double v, flags.GetDouble("temperature", 0));
+    s->set_temperature(static_cast<float>(v));
+  }
+  if (flags.Has("top-p")) {
+    ASSIGN_OR_RETURN(double v, flags.GetDouble("top-p", 1));
+    s->set_top_p(static_cast<float>(v));
+  }
+  if (flags.Has("min-p")) {
+    ASSIGN_OR_RETURN(double v, flags.GetDouble("min-p", 0));
+    s->set_min_p(static_cast<float>(v));
+  }
+  if (flags.Has("top-k")) {
+    ASSIGN_OR_RETURN(int64_t v, flags.GetInt("top-k", 0));
+    s->set_top_k(static_cast<int32_t>(v));
+  }
+  if (flags.Has("seed")) {
+    ASSIGN_OR_RETURN(int64_t v, flags.GetInt("seed", 0));
+    s->set_seed(static_cast<uint64_t>(v));
+  }
   if (auto stop = flags.GetString("stop")) request->add_stop(*stop);
-  if (flags.Has("logprobs")) { ASSIGN_OR_RETURN(int64_t v, flags.GetInt("logprobs", 0)); request->set_logprobs(static_cast<uint32_t>(v)); }
+  if (flags.Has("logprobs")) {
+    ASSIGN_OR_RETURN(int64_t v, flags.GetInt("logprobs", 0));
+    request->set_logprobs(static_cast<uint32_t>(v));
+  }
   if (auto id = flags.GetString("request-id")) request->set_request_id(*id);
   if (flags.GetBool("ignore-eos")) request->set_ignore_eos(true);
   return absl::OkStatus();
 }
 
 int Stream(Client& client, const v1::GenerateRequest& request, bool as_json) {
-  json result = {{"text", ""}, {"reasoning", ""}, {"token_ids", json::array()}, {"tool_calls", json::array()}};
+  json result = {
+      {"text", ""}, {"reasoning", ""}, {"token_ids", json::array()}, {"tool_calls", json::array()}};
   bool in_reasoning = false;
   grpc::Status status = client.Generate(request, [&](const v1::GenerateResponse& r) {
     for (int32_t id : r.token_ids()) result["token_ids"].push_back(id);
@@ -65,7 +89,9 @@ int Stream(Client& client, const v1::GenerateRequest& request, bool as_json) {
     result["reasoning"] = result["reasoning"].get<std::string>() + r.reasoning_text();
     for (const auto& call : r.tool_calls()) {
       result["tool_calls"].push_back({{"name", call.name()}, {"arguments", call.arguments()}});
-      if (!as_json) std::fprintf(stderr, "\n[tool call] %s %s\n", call.name().c_str(), call.arguments().c_str());
+      if (!as_json)
+        std::fprintf(stderr, "\n[tool call] %s %s\n", call.name().c_str(),
+                     call.arguments().c_str());
     }
     if (!as_json) {
       if (!r.reasoning_text().empty()) {
@@ -88,7 +114,8 @@ int Stream(Client& client, const v1::GenerateRequest& request, bool as_json) {
     }
   });
   if (as_json) {
-    if (status.ok()) std::printf("%s\n", result.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    if (status.ok())
+      std::printf("%s\n", result.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
   } else {
     std::printf("\n");
     if (result.contains("finish_reason")) {
@@ -99,19 +126,21 @@ int Stream(Client& client, const v1::GenerateRequest& request, bool as_json) {
     }
   }
   if (!status.ok()) {
-    std::fprintf(stderr, "tessera client: %s: %s\n",
-                 absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
-                 status.error_message().c_str());
+    std::fprintf(
+        stderr, "tessera client: %s: %s\n",
+        absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
+        status.error_message().c_str());
     return 1;
   }
   return 0;
 }
 
 absl::StatusOr<int> ClientMain(int argc, char** argv) {
-  Flags flags({"address", "api-key", "tls-ca", "timeout", "prompt", "prompt-ids", "max-tokens",
-               "temperature", "top-p", "top-k", "min-p", "seed", "stop", "logprobs", "user",
-               "system", "request-file", "text", "service", "request-id"},
-              {"json", "no-thinking", "ignore-eos"});
+  Flags flags(
+      {"address",     "api-key", "tls-ca",       "timeout", "prompt",  "prompt-ids", "max-tokens",
+       "temperature", "top-p",   "top-k",        "min-p",   "seed",    "stop",       "logprobs",
+       "user",        "system",  "request-file", "text",    "service", "request-id"},
+      {"json", "no-thinking", "ignore-eos"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   if (flags.positional().size() != 1) {
     return absl::InvalidArgumentError("give one command: generate, chat, tokenize, health or info");
@@ -143,16 +172,19 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
       if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", *file));
       json j = json::parse(in, nullptr, false);
       if (!j.is_object() || !j.contains("messages") || !j["messages"].is_array()) {
-        return absl::InvalidArgumentError(absl::StrCat(*file, ": expected {\"messages\": [...], ...}"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(*file, ": expected {\"messages\": [...], ...}"));
       }
       for (const auto& m : j["messages"]) {
         v1::ChatMessage* msg = request.add_messages();
         msg->set_role(m.value("role", ""));
-        if (m.contains("content") && m["content"].is_string()) msg->set_content(m["content"].get<std::string>());
+        if (m.contains("content") && m["content"].is_string())
+          msg->set_content(m["content"].get<std::string>());
         if (m.contains("reasoning_content") && m["reasoning_content"].is_string()) {
           msg->set_reasoning_content(m["reasoning_content"].get<std::string>());
         }
-        if (m.contains("tool_call_id") && m["tool_call_id"].is_string()) msg->set_tool_call_id(m["tool_call_id"].get<std::string>());
+        if (m.contains("tool_call_id") && m["tool_call_id"].is_string())
+          msg->set_tool_call_id(m["tool_call_id"].get<std::string>());
         if (m.contains("tool_calls") && m["tool_calls"].is_array()) {
           for (const auto& c : m["tool_calls"]) {
             const json& f = c.contains("function") ? c["function"] : c;
@@ -188,7 +220,9 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
     request.set_text(text);
     v1::TokenizeResponse response;
     grpc::Status status = client.Tokenize(request, &response);
-    if (!status.ok()) return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+    if (!status.ok())
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          status.error_message());
     json ids = json::array();
     for (int32_t id : response.token_ids()) ids.push_back(id);
     std::printf("%s\n", json{{"ids", ids}}.dump().c_str());
@@ -197,14 +231,18 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
   if (command == "health") {
     std::string state;
     grpc::Status status = client.Health(flags.GetString("service").value_or(""), &state);
-    if (!status.ok()) return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+    if (!status.ok())
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          status.error_message());
     std::printf("%s\n", state.c_str());
     return state == "SERVING" ? 0 : 1;
   }
   if (command == "info") {
     v1::ModelInfo info;
     grpc::Status status = client.GetModelInfo(&info);
-    if (!status.ok()) return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+    if (!status.ok())
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          status.error_message());
     std::printf("%s\n", info.DebugString().c_str());
     return 0;
   }

@@ -40,33 +40,55 @@ namespace {
 // Errors before loading are the same on every rank (same flags, same files): rank 0 reports them.
 // Errors while loading are per rank: each failing rank reports its own, tagged with its rank.
 absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
-  Flags flags({"model", "device", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p",
-               "min-p", "seed", "prompt-logits-out", "prefill-chunk", "repetition-penalty",
-               "presence-penalty", "frequency-penalty", "prompt", "tp", "pp", "ep", "dp",
-               "collective-timeout", "kv-blocks", "block-size"},
+  Flags flags({"model",
+               "device",
+               "prompt-ids",
+               "max-new-tokens",
+               "temperature",
+               "top-k",
+               "top-p",
+               "min-p",
+               "seed",
+               "prompt-logits-out",
+               "prefill-chunk",
+               "repetition-penalty",
+               "presence-penalty",
+               "frequency-penalty",
+               "prompt",
+               "tp",
+               "pp",
+               "ep",
+               "dp",
+               "collective-timeout",
+               "kv-blocks",
+               "block-size"},
               {"json", "ignore-eos"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   if (!flags.positional().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", flags.positional()[0], "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument '", flags.positional()[0], "'"));
   }
   const std::string device = flags.GetString("device").value_or("cpu");
   if (device != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--device ", device, ": this build has only the cpu backend"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", device, ": this build has only the cpu backend"));
   }
   ASSIGN_OR_RETURN(ModelDirectory model, ResolveModelDirectory(flags.GetString("model")));
   const std::string& model_dir = model.dir;
   const ModelConfig& config = model.config;
   std::vector<int64_t> prompt64;
   if (auto text = flags.GetString("prompt")) {
-    if (flags.Has("prompt-ids")) return absl::InvalidArgumentError("give --prompt or --prompt-ids, not both");
+    if (flags.Has("prompt-ids"))
+      return absl::InvalidArgumentError("give --prompt or --prompt-ids, not both");
     if (!model.tokenizer) {
-      return absl::InvalidArgumentError(absl::StrCat(model_dir, " has no tokenizer: use --prompt-ids"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(model_dir, " has no tokenizer: use --prompt-ids"));
     }
     ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(*text));
     prompt64.assign(ids.begin(), ids.end());
   } else {
-    if (!flags.Has("prompt-ids")) return absl::InvalidArgumentError("--prompt-ids (or --prompt) is required");
+    if (!flags.Has("prompt-ids"))
+      return absl::InvalidArgumentError("--prompt-ids (or --prompt) is required");
     ASSIGN_OR_RETURN(prompt64, flags.GetIntList("prompt-ids"));
   }
   ASSIGN_OR_RETURN(int64_t max_new, flags.GetInt("max-new-tokens", 16));
@@ -75,11 +97,13 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   GenerateOptions options;
   options.sampling = model.default_sampling;
   options.sampleable_vocab = model.sampleable_vocab;
-  ASSIGN_OR_RETURN(double temperature, flags.GetDouble("temperature", options.sampling.temperature));
+  ASSIGN_OR_RETURN(double temperature,
+                   flags.GetDouble("temperature", options.sampling.temperature));
   ASSIGN_OR_RETURN(int64_t top_k, flags.GetInt("top-k", options.sampling.top_k));
   ASSIGN_OR_RETURN(double top_p, flags.GetDouble("top-p", options.sampling.top_p));
   ASSIGN_OR_RETURN(double min_p, flags.GetDouble("min-p", options.sampling.min_p));
-  ASSIGN_OR_RETURN(double rep, flags.GetDouble("repetition-penalty", options.sampling.repetition_penalty));
+  ASSIGN_OR_RETURN(double rep,
+                   flags.GetDouble("repetition-penalty", options.sampling.repetition_penalty));
   ASSIGN_OR_RETURN(double presence, flags.GetDouble("presence-penalty", 0.0));
   ASSIGN_OR_RETURN(double frequency, flags.GetDouble("frequency-penalty", 0.0));
   ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
@@ -102,25 +126,27 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   ASSIGN_OR_RETURN(int64_t pp, flags.GetInt("pp", 1));
   ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
   ASSIGN_OR_RETURN(int64_t dp, flags.GetInt("dp", 0));
-  ASSIGN_OR_RETURN(double timeout, flags.GetDouble("collective-timeout", CollectiveTimeoutSeconds()));
+  ASSIGN_OR_RETURN(double timeout,
+                   flags.GetDouble("collective-timeout", CollectiveTimeoutSeconds()));
   CollectiveTimeoutSeconds() = timeout;
 
   if (!flags.GetBool("ignore-eos")) options.stop_token_ids = model.eos_token_ids;
   // Validate the layout and the request before reading any weight.
-  ASSIGN_OR_RETURN(ParallelConfig parallel,
-                   ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp),
-                                          static_cast<int>(pp), static_cast<int>(ep),
-                                          static_cast<int>(dp), ModelDimsOf(config)));
+  ASSIGN_OR_RETURN(
+      ParallelConfig parallel,
+      ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp), static_cast<int>(pp),
+                             static_cast<int>(ep), static_cast<int>(dp), ModelDimsOf(config)));
   RETURN_IF_ERROR(ValidatePrompt(config, prompt64, max_new));
   ASSIGN_OR_RETURN(int64_t block_size, flags.GetInt("block-size", 16));
   if (block_size < 1) return absl::InvalidArgumentError("--block-size must be >= 1");
-  const int64_t needed_blocks = (static_cast<int64_t>(prompt64.size()) + max_new + block_size - 1) / block_size;
+  const int64_t needed_blocks =
+      (static_cast<int64_t>(prompt64.size()) + max_new + block_size - 1) / block_size;
   ASSIGN_OR_RETURN(int64_t kv_blocks, flags.GetInt("kv-blocks", needed_blocks));
 
   // Communicators first (collective, on every rank), then this rank's shard; every rank learns
   // whether any rank failed before the first step.
   std::unique_ptr<Backend> backend = MakeCpuBackend();
-  auto executor = std::make_unique<Executor>(config, parallel, &mpi.world());
+  auto executor = std::make_unique<Executor>(config, parallel, mpi.world());
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank())) {
@@ -154,13 +180,12 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
                                     result.prompt_logits.data()));
   }
   if (flags.GetBool("json")) {
-    nlohmann::json out = {{"prompt_tokens", prompt},
-                          {"tokens", result.tokens},
-                          {"finish_reason", result.finish_reason},
-                          {"usage",
-                           {{"prompt_tokens", prompt.size()},
-                            {"completion_tokens", result.tokens.size()}}},
-                          {"model", model_dir}};
+    nlohmann::json out = {
+        {"prompt_tokens", prompt},
+        {"tokens", result.tokens},
+        {"finish_reason", result.finish_reason},
+        {"usage", {{"prompt_tokens", prompt.size()}, {"completion_tokens", result.tokens.size()}}},
+        {"model", model_dir}};
     if (model.tokenizer) {
       absl::StatusOr<std::string> text = model.tokenizer->Decode(result.tokens, true);
       if (text.ok()) out["text"] = *text;
@@ -188,7 +213,8 @@ int RunCommand(int argc, char** argv) {
   if (status.ok()) return 0;
   if (per_rank) {
     if (status.code() != absl::StatusCode::kAborted || mpi.rank() == 0) {
-      std::fprintf(stderr, "tessera run: [rank %d] %s\n", mpi.rank(), std::string(status.message()).c_str());
+      std::fprintf(stderr, "tessera run: [rank %d] %s\n", mpi.rank(),
+                   std::string(status.message()).c_str());
     }
   } else if (mpi.rank() == 0) {
     std::fprintf(stderr, "tessera run: %s\n", std::string(status.message()).c_str());

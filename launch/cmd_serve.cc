@@ -6,6 +6,9 @@
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
 //
+// --port 0 and --metrics-port 0 pick free ports; --port-file F then receives
+// "GRPC_PORT METRICS_PORT RANK0_PID" once the server is up (for scripts and tests).
+//
 // Without --model it serves the embedded tiny model (with Qwen3's real tokenizer and template).
 // SIGTERM/SIGINT drain: health turns NOT_SERVING at once, new requests get UNAVAILABLE, requests
 // in flight finish within --drain-timeout, then the job exits 0 (1 if some had to be cut off).
@@ -41,38 +44,68 @@ absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
   static const struct {
     const char* suffix;
     double scale;
-  } kUnits[] = {{"GiB", 1024.0 * 1024 * 1024}, {"MiB", 1024.0 * 1024}, {"KiB", 1024.0},
-                {"GB", 1e9},  {"MB", 1e6}, {"KB", 1e3}, {"B", 1.0}, {"", 1.0}};
+  } kUnits[] = {{"GiB", 1024.0 * 1024 * 1024},
+                {"MiB", 1024.0 * 1024},
+                {"KiB", 1024.0},
+                {"GB", 1e9},
+                {"MB", 1e6},
+                {"KB", 1e3},
+                {"B", 1.0},
+                {"", 1.0}};
   for (const auto& unit : kUnits) {
     const std::string suffix = unit.suffix;
-    if (text.size() < suffix.size() || text.compare(text.size() - suffix.size(), suffix.size(), suffix)) continue;
+    if (text.size() < suffix.size() ||
+        text.compare(text.size() - suffix.size(), suffix.size(), suffix))
+      continue;
     double value;
     if (absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &value) && value > 0) {
       return static_cast<int64_t>(value * unit.scale);
     }
     break;
   }
-  return absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory: cannot read '", text, "' as a size"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--kv-cache-memory: cannot read '", text, "' as a size"));
 }
 
 int ServeMain(MpiSession& mpi, int argc, char** argv) {
-  Flags flags({"model", "host", "port", "metrics-port", "tp", "pp", "ep", "dp", "device",
-               "max-num-seqs", "max-num-batched-tokens", "kv-cache-memory", "num-kv-blocks",
-               "block-size", "max-queue", "api-key", "tls-cert", "tls-key", "drain-timeout",
-               "collective-timeout", "port-file", "seed"},
+  Flags flags({"model",
+               "host",
+               "port",
+               "metrics-port",
+               "tp",
+               "pp",
+               "ep",
+               "dp",
+               "device",
+               "max-num-seqs",
+               "max-num-batched-tokens",
+               "kv-cache-memory",
+               "num-kv-blocks",
+               "block-size",
+               "max-queue",
+               "api-key",
+               "tls-cert",
+               "tls-key",
+               "drain-timeout",
+               "collective-timeout",
+               "port-file",
+               "seed"},
               {"no-prefix-caching"});
   // Errors every rank sees alike are reported by rank 0 only.
   auto fail = [&](const absl::Status& status) {
-    if (mpi.rank() == 0) std::fprintf(stderr, "tessera serve: %s\n", std::string(status.message()).c_str());
+    if (mpi.rank() == 0)
+      std::fprintf(stderr, "tessera serve: %s\n", std::string(status.message()).c_str());
     return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   };
   if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return fail(s);
   if (!flags.positional().empty()) {
-    return fail(absl::InvalidArgumentError(absl::StrCat("unexpected argument '", flags.positional()[0], "'")));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("unexpected argument '", flags.positional()[0], "'")));
   }
   const std::string device = flags.GetString("device").value_or("cpu");
   if (device != "cpu") {
-    return fail(absl::InvalidArgumentError(absl::StrCat("--device ", device, ": this build has only the cpu backend")));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("--device ", device, ": this build has only the cpu backend")));
   }
   absl::StatusOr<ModelDirectory> model = ResolveModelDirectory(flags.GetString("model"));
   if (!model.ok()) return fail(model.status());
@@ -82,9 +115,10 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                           metrics_port = int_flag("metrics-port", 9400),
                           max_seqs = int_flag("max-num-seqs", 256),
                           max_tokens = int_flag("max-num-batched-tokens", 2048),
-                          block_size = int_flag("block-size", 16), max_queue = int_flag("max-queue", 4096),
-                          seed = int_flag("seed", 0);
-  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &max_seqs, &max_tokens, &block_size, &max_queue, &seed}) {
+                          block_size = int_flag("block-size", 16),
+                          max_queue = int_flag("max-queue", 4096), seed = int_flag("seed", 0);
+  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &max_seqs, &max_tokens,
+                        &block_size, &max_queue, &seed}) {
     if (!v->ok()) return fail(v->status());
   }
   absl::StatusOr<double> drain_timeout = flags.GetDouble("drain-timeout", 30.0);
@@ -97,14 +131,14 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
         "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1"));
   }
 
-  absl::StatusOr<ParallelConfig> parallel =
-      ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(*tp), static_cast<int>(*pp),
-                             static_cast<int>(*ep), static_cast<int>(*dp), ModelDimsOf(model->config));
+  absl::StatusOr<ParallelConfig> parallel = ParallelConfig::Create(
+      mpi.size(), mpi.rank(), static_cast<int>(*tp), static_cast<int>(*pp), static_cast<int>(*ep),
+      static_cast<int>(*dp), ModelDimsOf(model->config));
   if (!parallel.ok()) return fail(parallel.status());
 
   // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
   std::unique_ptr<Backend> backend = MakeCpuBackend();
-  Executor executor(model->config, *parallel, &mpi.world());
+  Executor executor(model->config, *parallel, mpi.world());
   const ModelConfig& c = model->config;
   // KV blocks: the same count on every rank (block tables are shared), from the tightest rank.
   int64_t num_blocks = 0;
@@ -113,30 +147,39 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
       return fail(absl::InvalidArgumentError("--num-kv-blocks must be a positive integer"));
     }
   } else {
-    absl::StatusOr<int64_t> bytes = ParseBytes(flags.GetString("kv-cache-memory").value_or("256MiB"));
+    absl::StatusOr<int64_t> bytes =
+        ParseBytes(flags.GetString("kv-cache-memory").value_or("256MiB"));
     if (!bytes.ok()) return fail(bytes.status());
-    const int64_t layers = parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
+    const int64_t layers =
+        parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
     const int64_t kv_heads = std::max<int64_t>(1, c.num_key_value_heads / parallel->tp);
     const int64_t per_block = 2 * layers * *block_size * kv_heads * c.head_dim *
                               static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
     int64_t mine = *bytes / per_block;
     std::vector<int64_t> all(mpi.size());
-    mpi.world().AllGather(&mine, all.data(), 1, DType::kI64);
+    if (mpi.world()) {
+      mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
+    } else {
+      all[0] = mine;
+    }
     num_blocks = *std::min_element(all.begin(), all.end());
     if (num_blocks < 1) {
-      return fail(absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory ", *bytes,
-                                                          " bytes holds no KV block of ", per_block, " bytes")));
+      return fail(absl::InvalidArgumentError(absl::StrCat(
+          "--kv-cache-memory ", *bytes, " bytes holds no KV block of ", per_block, " bytes")));
     }
   }
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
-    if (FaultInjected("fail-load", mpi.rank())) return absl::InternalError("injected load failure (TESSERA_FAULT)");
+    if (FaultInjected("fail-load", mpi.rank()))
+      return absl::InternalError("injected load failure (TESSERA_FAULT)");
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model->dir));
-    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks), static_cast<int>(*block_size));
+    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
+                         static_cast<int>(*block_size));
   }();
   if (mpi.AnyFailed(loaded.ok())) {
     if (!loaded.ok()) {
-      std::fprintf(stderr, "tessera serve: [rank %d] %s\n", mpi.rank(), std::string(loaded.message()).c_str());
+      std::fprintf(stderr, "tessera serve: [rank %d] %s\n", mpi.rank(),
+                   std::string(loaded.message()).c_str());
     }
     return 1;
   }
@@ -182,8 +225,8 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   std::unique_ptr<HttpEndpoint> http;
   if (*metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint = HttpEndpoint::Start(
-        server_options.host, static_cast<int>(*metrics_port), [&metrics] { return metrics.Render(); },
-        [&serving] { return serving.load(); });
+        server_options.host, static_cast<int>(*metrics_port),
+        [&metrics] { return metrics.Render(); }, [&serving] { return serving.load(); });
     if (!endpoint.ok()) {
       (*server)->Shutdown(std::chrono::milliseconds(0));
       executor.Shutdown();
@@ -191,14 +234,17 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     }
     http = std::move(*endpoint);
   }
-  std::fprintf(stderr, "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %lld per replica\n",
-               "listening", server_options.host.c_str(), (*server)->port(),
-               http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str() : "off",
-               model->dir.c_str(), parallel->ToString().c_str(), static_cast<long long>(num_blocks),
-               static_cast<long long>(*block_size));
+  std::fprintf(
+      stderr,
+      "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %lld per replica\n",
+      "listening", server_options.host.c_str(), (*server)->port(),
+      http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str()
+           : "off",
+      model->dir.c_str(), parallel->ToString().c_str(), static_cast<long long>(num_blocks),
+      static_cast<long long>(*block_size));
   if (auto file = flags.GetString("port-file")) {
     std::ofstream out(*file + ".tmp");
-    out << (*server)->port() << " " << (http ? http->port() : -1) << "\n";
+    out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << "\n";
     out.close();
     std::rename((*file + ".tmp").c_str(), file->c_str());
   }
@@ -208,7 +254,8 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   SetWatchdogFatalHook([&engine, &serving, server_ptr] {
     serving = false;
     server_ptr->SetNotServing();
-    engine.FailAll(absl::UnavailableError("a rank failed (collective watchdog); the job is ending"));
+    engine.FailAll(
+        absl::UnavailableError("a rank failed (collective watchdog); the job is ending"));
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let handlers send the status
   });
 
@@ -225,11 +272,13 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     while (!finished && (sig = sigtimedwait(&set, nullptr, &tick)) < 0) {
     }
     if (finished) return;
-    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig, *drain_timeout);
+    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig,
+                 *drain_timeout);
     serving = false;
     server_ptr->SetNotServing();
     engine.BeginDrain();
-    const auto limit = std::chrono::steady_clock::now() + std::chrono::duration<double>(*drain_timeout);
+    const auto limit =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(*drain_timeout);
     while (engine.in_flight() > 0 && std::chrono::steady_clock::now() < limit) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }

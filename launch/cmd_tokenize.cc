@@ -41,8 +41,10 @@ int Error(const char* command, const std::string& message) {
   return 1;
 }
 
+// NOTE: ASCII-only JSON (\uXXXX escapes, as Python's json.dumps writes): a line of --jsonl
+// output then never holds U+2028, U+0085 and the like, which some line splitters cut at.
 std::string Dump(const json& value) {
-  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+  return value.dump(-1, ' ', /*ensure_ascii=*/true, json::error_handler_t::replace);
 }
 
 bool ReadWholeFile(const std::string& path, std::string* out) {

@@ -4,12 +4,13 @@
 
 namespace tessera {
 
-int RunCommand(int argc, char** argv);            // tessera run             (cmd_run.cc)
-int ServeCommand(int argc, char** argv);          // tessera serve           (cmd_serve.cc)
-int ClientCommand(int argc, char** argv);         // tessera client          (cmd_client.cc)
-int MakeTinyModelCommand(int argc, char** argv);  // tessera make-tiny-model (cmd_make_tiny_model.cc)
-int TokenizeCommand(int argc, char** argv);       // tessera tokenize        (cmd_tokenize.cc)
-int DetokenizeCommand(int argc, char** argv);     // tessera detokenize      (cmd_tokenize.cc)
-int ChatTemplateCommand(int argc, char** argv);   // tessera chat-template   (cmd_chat_template.cc)
+int RunCommand(int argc, char** argv);     // tessera run             (cmd_run.cc)
+int ServeCommand(int argc, char** argv);   // tessera serve           (cmd_serve.cc)
+int ClientCommand(int argc, char** argv);  // tessera client          (cmd_client.cc)
+int MakeTinyModelCommand(int argc,
+                         char** argv);           // tessera make-tiny-model (cmd_make_tiny_model.cc)
+int TokenizeCommand(int argc, char** argv);      // tessera tokenize        (cmd_tokenize.cc)
+int DetokenizeCommand(int argc, char** argv);    // tessera detokenize      (cmd_tokenize.cc)
+int ChatTemplateCommand(int argc, char** argv);  // tessera chat-template   (cmd_chat_template.cc)
 
 }  // namespace tessera

@@ -33,7 +33,8 @@ absl::Status Flags::Parse(int argc, char** argv, int first) {
       values_[name] = "true";
     } else if (value_flags_.count(name)) {
       if (!value) {
-        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        if (i + 1 >= argc)
+          return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
         value = argv[++i];
       }
       values_[name] = *value;

@@ -1,7 +1,8 @@
 // A small command-line parser for the tessera subcommands.
 //
 // Accepts `--name value`, `--name=value` and boolean `--name`. Unknown flags, missing values and
-// malformed numbers are errors that name the flag, so a typo never silently falls back to a default.
+// malformed numbers are errors that name the flag, so a typo never silently falls back to a
+// default.
 #pragma once
 
 #include <cstdint>

@@ -14,8 +14,10 @@ struct Subcommand {
 
 constexpr Subcommand kSubcommands[] = {
     {"run", tessera::RunCommand, "generate tokens from a prompt of token ids (offline)"},
-    {"serve", tessera::ServeCommand, "serve the model over gRPC (rank 0 coordinates; run under mpirun)"},
-    {"client", tessera::ClientCommand, "talk to a running server: generate, chat, tokenize, health, info"},
+    {"serve", tessera::ServeCommand,
+     "serve the model over gRPC (rank 0 coordinates; run under mpirun)"},
+    {"client", tessera::ClientCommand,
+     "talk to a running server: generate, chat, tokenize, health, info"},
     {"make-tiny-model", tessera::MakeTinyModelCommand,
      "write a tiny random-weight Qwen3 checkpoint (config.json + safetensors)"},
     {"tokenize", tessera::TokenizeCommand, "text -> token ids with a model's tokenizer"},

@@ -58,7 +58,8 @@ std::string DataDirectory() {
   if (n <= 0) return "";
   exe[n] = '\0';
   const fs::path bin = fs::path(exe).parent_path();
-  for (const fs::path& candidate : {bin / "share" / "tessera", bin.parent_path() / "share" / "tessera"}) {
+  for (const fs::path& candidate :
+       {bin / "share" / "tessera", bin.parent_path() / "share" / "tessera"}) {
     if (fs::exists(candidate / "qwen3-tokenizer" / "tokenizer.json")) return candidate.string();
   }
   return "";
@@ -75,11 +76,12 @@ absl::StatusOr<ModelDirectory> ResolveModelDirectory(const std::optional<std::st
   ASSIGN_OR_RETURN(m.config, LoadModelConfig(m.dir));
   for (int64_t id : m.config.eos_token_ids) m.eos_token_ids.push_back(static_cast<int32_t>(id));
   ReadGenerationConfig(m.dir, &m);
-  const bool has_tokenizer = fs::exists(m.dir + "/tokenizer.json") || fs::exists(m.dir + "/vocab.json");
+  const bool has_tokenizer =
+      fs::exists(m.dir + "/tokenizer.json") || fs::exists(m.dir + "/vocab.json");
   if (has_tokenizer) {
     ASSIGN_OR_RETURN(m.tokenizer, Tokenizer::Load(m.dir));
-    const bool has_template = fs::exists(m.dir + "/chat_template.jinja") ||
-                              fs::exists(m.dir + "/tokenizer_config.json");
+    const bool has_template =
+        fs::exists(m.dir + "/chat_template.jinja") || fs::exists(m.dir + "/tokenizer_config.json");
     if (has_template) {
       absl::StatusOr<ChatTemplate> chat = ChatTemplate::Load(m.dir);
       if (chat.ok()) {

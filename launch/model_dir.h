@@ -26,8 +26,8 @@ struct ModelDirectory {
   std::optional<ChatTemplate> chat_template;  // absent when the directory has none
   SamplingParams default_sampling;            // generation_config.json (do_sample), else greedy
   bool has_generation_config = false;
-  std::vector<int32_t> eos_token_ids;         // config.json and generation_config.json
-  int64_t sampleable_vocab = 0;               // the tokenizer's size, else vocab_size
+  std::vector<int32_t> eos_token_ids;  // config.json and generation_config.json
+  int64_t sampleable_vocab = 0;        // the tokenizer's size, else vocab_size
 };
 
 // Errors name the file. A tokenizer or template that exists but is malformed is an error.

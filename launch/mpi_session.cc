@@ -20,28 +20,41 @@ int EnvInt(const char* name, int fallback) {
 
 }  // namespace
 
+// True when an MPI launcher (Open MPI, MPICH/Hydra, PMIx, Slurm's srun) started this process.
+bool LaunchedByMpi() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"}) {
+    if (std::getenv(name) != nullptr) return true;
+  }
+  return false;
+}
+
 MpiSession::MpiSession(int* argc, char*** argv) {
-  int provided = 0;
-  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  if (LaunchedByMpi()) {
+    int provided = 0;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    initialized_ = true;
+  }
   ProcessRank() = size_ > 1 ? rank_ : -1;
   // Open MPI, MPICH and Slurm each name the node-local rank differently.
-  local_rank_ = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", EnvInt("MPI_LOCALRANKID", EnvInt("SLURM_LOCALID", 0)));
+  local_rank_ =
+      EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", EnvInt("MPI_LOCALRANKID", EnvInt("SLURM_LOCALID", 0)));
   local_size_ = EnvInt("OMPI_COMM_WORLD_LOCAL_SIZE", EnvInt("MPI_LOCALNRANKS", size_));
   if (std::getenv("OMP_NUM_THREADS") == nullptr) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     omp_set_num_threads(std::max(1, cores / std::max(1, local_size_)));
   }
-  world_ = MakeMpiCommunicator(MPI_COMM_WORLD, "world");
+  if (initialized_) world_ = MakeMpiCommunicator(MPI_COMM_WORLD, "world");
 }
 
 MpiSession::~MpiSession() {
   world_.reset();
-  MPI_Finalize();
+  if (initialized_) MPI_Finalize();
 }
 
 bool MpiSession::AnyFailed(bool ok) {
+  if (!world_) return !ok;
   int32_t failed = ok ? 0 : 1;
   world_->AllReduceSum(&failed, 1, DType::kI32);
   return failed > 0;

@@ -1,7 +1,8 @@
 // MPI start-up and shutdown for the multi-rank subcommands (run, serve).
 //
-// Works with and without mpirun (a lone process is a world of one). Sets the rank used in fatal
-// messages, splits the CPU cores between the ranks of one node for OpenMP (unless
+// Works with and without mpirun: a process no MPI launcher started is a world of one and does not
+// initialise MPI at all (no singleton start-up cost, no MPI runtime needed). Sets the rank used in
+// fatal messages, splits the CPU cores between the ranks of one node for OpenMP (unless
 // OMP_NUM_THREADS is set), and records the local rank, which picks the GPU on GPU nodes.
 #pragma once
 
@@ -22,7 +23,8 @@ class MpiSession {
   int size() const { return size_; }
   int local_rank() const { return local_rank_; }
   int local_size() const { return local_size_; }
-  Communicator& world() { return *world_; }
+  // The world communicator; null in a world of one started without mpirun.
+  Communicator* world() { return world_.get(); }
 
   // True on every rank when `ok` is false on any rank (a collective over the world).
   bool AnyFailed(bool ok);
@@ -32,6 +34,7 @@ class MpiSession {
   int size_ = 1;
   int local_rank_ = 0;
   int local_size_ = 1;
+  bool initialized_ = false;
   std::unique_ptr<Communicator> world_;
 };
 

@@ -12,9 +12,9 @@
 
 #include "kernels/base/check.h"
 
-#define MPI_CHECK(call)                                                           \
-  do {                                                                            \
-    const int mpi_result_ = (call);                                               \
+#define MPI_CHECK(call)                                                                \
+  do {                                                                                 \
+    const int mpi_result_ = (call);                                                    \
     TESSERA_CHECK(mpi_result_ == MPI_SUCCESS) << #call << " returned " << mpi_result_; \
   } while (0)
 
@@ -112,12 +112,17 @@ class Guard {
 
 MPI_Datatype MpiType(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return MPI_FLOAT;
-    case DType::kI32: return MPI_INT32_T;
-    case DType::kI64: return MPI_INT64_T;
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kI32:
+      return MPI_INT32_T;
+    case DType::kI64:
+      return MPI_INT64_T;
     case DType::kBF16:
-    case DType::kF16: return MPI_UINT16_T;  // moved, never reduced, over MPI
-    case DType::kF8E4M3: return MPI_UINT8_T;
+    case DType::kF16:
+      return MPI_UINT16_T;  // moved, never reduced, over MPI
+    case DType::kF8E4M3:
+      return MPI_UINT8_T;
   }
   return MPI_BYTE;
 }
@@ -151,7 +156,8 @@ class MpiCommunicator final : public Communicator {
     TESSERA_CHECK(dtype == DType::kF32 || dtype == DType::kI32 || dtype == DType::kI64)
         << "MPI sums float32 and integers only";
     Guard guard(name_, "all_reduce", count);
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(count), MpiType(dtype), MPI_SUM, comm_));
+    MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(count), MpiType(dtype), MPI_SUM, comm_));
   }
   void AllGather(const void* send, void* recv, size_t count, DType dtype) override {
     Guard guard(name_, "all_gather", count);
@@ -168,7 +174,8 @@ class MpiCommunicator final : public Communicator {
   void ReduceScatterSum(const void* send, void* recv, size_t count, DType dtype) override {
     TESSERA_CHECK(dtype == DType::kF32) << "MPI reduce-scatter sums float32 only";
     Guard guard(name_, "reduce_scatter", count);
-    MPI_CHECK(MPI_Reduce_scatter_block(send, recv, static_cast<int>(count), MpiType(dtype), MPI_SUM, comm_));
+    MPI_CHECK(MPI_Reduce_scatter_block(send, recv, static_cast<int>(count), MpiType(dtype), MPI_SUM,
+                                       comm_));
   }
   void AllToAllV(const void* send, const std::vector<size_t>& send_counts,
                  const std::vector<size_t>& send_displs, void* recv,
@@ -194,7 +201,8 @@ class MpiCommunicator final : public Communicator {
   }
   void Recv(void* buf, size_t count, DType dtype, int peer) override {
     Guard guard(name_, "recv", count);
-    MPI_CHECK(MPI_Recv(buf, static_cast<int>(count), MpiType(dtype), peer, 0, comm_, MPI_STATUS_IGNORE));
+    MPI_CHECK(
+        MPI_Recv(buf, static_cast<int>(count), MpiType(dtype), peer, 0, comm_, MPI_STATUS_IGNORE));
   }
   void Broadcast(void* buf, size_t count, DType dtype, int root) override {
     Guard guard(name_, "broadcast", count);

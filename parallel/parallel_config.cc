@@ -64,7 +64,8 @@ absl::StatusOr<ParallelConfig> ParallelConfig::Create(int world_size, int rank, 
   if (pp > m.num_layers) {
     return err("--pp ", pp, " exceeds the number of layers (", m.num_layers, ")");
   }
-  if (rank < 0 || rank >= world_size) return err("rank ", rank, " outside the world of ", world_size);
+  if (rank < 0 || rank >= world_size)
+    return err("rank ", rank, " outside the world of ", world_size);
   ParallelConfig c;
   c.world_size = world_size;
   c.rank = rank;

@@ -26,7 +26,8 @@ Client::Client(const ClientOptions& options) : options_(options) {
 }
 
 void Client::Prepare(grpc::ClientContext* context) const {
-  if (!options_.api_key.empty()) context->AddMetadata("authorization", "Bearer " + options_.api_key);
+  if (!options_.api_key.empty())
+    context->AddMetadata("authorization", "Bearer " + options_.api_key);
   if (options_.timeout) context->set_deadline(std::chrono::system_clock::now() + *options_.timeout);
 }
 
@@ -34,7 +35,8 @@ grpc::Status Client::Generate(const v1::GenerateRequest& request,
                               const std::function<void(const v1::GenerateResponse&)>& on_chunk) {
   grpc::ClientContext context;
   Prepare(&context);
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&context, request);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      stub_->Generate(&context, request);
   v1::GenerateResponse response;
   while (reader->Read(&response)) on_chunk(response);
   return reader->Finish();

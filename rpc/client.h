@@ -15,7 +15,7 @@ namespace tessera {
 struct ClientOptions {
   std::string address = "localhost:50051";
   std::string api_key;
-  std::string tls_ca;  // PEM file: use TLS and trust this CA
+  std::string tls_ca;                                // PEM file: use TLS and trust this CA
   std::optional<std::chrono::milliseconds> timeout;  // per call
 };
 

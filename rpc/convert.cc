@@ -7,6 +7,77 @@
 
 namespace tessera {
 
+namespace {
+
+// Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points past
+// U+10FFFF included), or -1 when `text` is valid.
+int64_t InvalidUtf8Offset(const std::string& text) {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return static_cast<int64_t>(i);
+    }
+    if (i + len > n) return static_cast<int64_t>(i);
+    for (size_t k = 1; k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) return static_cast<int64_t>(i);
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return static_cast<int64_t>(i);
+    i += len;
+  }
+  return -1;
+}
+
+}  // namespace
+
+absl::Status CheckUtf8(const std::string& field, const std::string& text) {
+  const int64_t at = InvalidUtf8Offset(text);
+  if (at < 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, " is not valid UTF-8 (at byte ", at, ")"));
+}
+
+namespace {
+
+absl::Status CheckMessagesUtf8(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages) {
+  for (int i = 0; i < messages.size(); ++i) {
+    const v1::ChatMessage& m = messages[i];
+    const std::string at = absl::StrCat("messages[", i, "].");
+    RETURN_IF_ERROR(CheckUtf8(at + "role", m.role()));
+    RETURN_IF_ERROR(CheckUtf8(at + "content", m.content()));
+    RETURN_IF_ERROR(CheckUtf8(at + "reasoning_content", m.reasoning_content()));
+    RETURN_IF_ERROR(CheckUtf8(at + "tool_call_id", m.tool_call_id()));
+    RETURN_IF_ERROR(CheckUtf8(at + "name", m.name()));
+    for (int j = 0; j < m.tool_calls_size(); ++j) {
+      const std::string call = absl::StrCat(at, "tool_calls[", j, "].");
+      RETURN_IF_ERROR(CheckUtf8(call + "id", m.tool_calls(j).id()));
+      RETURN_IF_ERROR(CheckUtf8(call + "name", m.tool_calls(j).name()));
+      RETURN_IF_ERROR(CheckUtf8(call + "arguments", m.tool_calls(j).arguments()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   // absl and gRPC share the canonical code numbers.
@@ -18,10 +89,13 @@ absl::StatusOr<ChatRequest> ToChatRequest(
     const std::string& tools_json, const std::optional<bool>& enable_thinking,
     bool add_generation_prompt) {
   using json = nlohmann::ordered_json;
+  RETURN_IF_ERROR(CheckMessagesUtf8(messages));
+  RETURN_IF_ERROR(CheckUtf8("tools_json", tools_json));
   ChatRequest chat;
   for (int i = 0; i < messages.size(); ++i) {
     const v1::ChatMessage& m = messages[i];
-    if (m.role().empty()) return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role is empty"));
+    if (m.role().empty())
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].role is empty"));
     json msg = {{"role", m.role()}, {"content", m.content()}};
     if (!m.reasoning_content().empty()) msg["reasoning_content"] = m.reasoning_content();
     if (m.tool_calls_size() > 0) {
@@ -29,15 +103,18 @@ absl::StatusOr<ChatRequest> ToChatRequest(
       for (int j = 0; j < m.tool_calls_size(); ++j) {
         const v1::ToolCall& call = m.tool_calls(j);
         if (call.name().empty()) {
-          return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
         }
         // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
-        json arguments = json::parse(call.arguments().empty() ? "{}" : call.arguments(), nullptr, false);
+        json arguments =
+            json::parse(call.arguments().empty() ? "{}" : call.arguments(), nullptr, false);
         if (arguments.is_discarded()) {
           return absl::InvalidArgumentError(
               absl::StrCat("messages[", i, "].tool_calls[", j, "].arguments is not valid JSON"));
         }
-        json entry = {{"type", "function"}, {"function", {{"name", call.name()}, {"arguments", arguments}}}};
+        json entry = {{"type", "function"},
+                      {"function", {{"name", call.name()}, {"arguments", arguments}}}};
         if (!call.id().empty()) entry["id"] = call.id();
         calls.push_back(std::move(entry));
       }
@@ -58,18 +135,25 @@ absl::StatusOr<ChatRequest> ToChatRequest(
   return chat;
 }
 
-absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r, const Frontend& frontend,
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
+                                              const Frontend& frontend,
                                               const std::string& request_id) {
   auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   EngineRequest e;
   e.request_id = request_id;
-  const int inputs = (r.prompt_token_ids_size() > 0) + !r.prompt().empty() + (r.messages_size() > 0);
+  RETURN_IF_ERROR(CheckUtf8("request_id", r.request_id()));
+  RETURN_IF_ERROR(CheckUtf8("prompt", r.prompt()));
+  for (int i = 0; i < r.stop_size(); ++i)
+    RETURN_IF_ERROR(CheckUtf8(absl::StrCat("stop[", i, "]"), r.stop(i)));
+  const int inputs =
+      (r.prompt_token_ids_size() > 0) + !r.prompt().empty() + (r.messages_size() > 0);
   if (inputs == 0) return bad("the prompt is empty: give prompt_token_ids, prompt or messages");
   if (inputs > 1) return bad("give exactly one of prompt_token_ids, prompt and messages");
   if (r.prompt_token_ids_size() > 0) {
     e.prompt.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
   } else if (!r.prompt().empty()) {
-    if (frontend.tokenizer == nullptr) return bad("this model has no tokenizer: send prompt_token_ids");
+    if (frontend.tokenizer == nullptr)
+      return bad("this model has no tokenizer: send prompt_token_ids");
     ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(r.prompt()));
   } else {
     if (frontend.tokenizer == nullptr || frontend.chat_template == nullptr) {
@@ -80,7 +164,8 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r, cons
     ASSIGN_OR_RETURN(ChatRequest chat, ToChatRequest(r.messages(), r.tools_json(), thinking, true));
     ASSIGN_OR_RETURN(std::string text, frontend.chat_template->Render(chat));
     ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(text));
-    e.parse_chat = ChatOutputParser::OptionsForPrompt(text, frontend.chat_template->knows_think_tags());
+    e.parse_chat =
+        ChatOutputParser::OptionsForPrompt(text, frontend.chat_template->knows_think_tags());
     e.parse_chat->tool_calls = !r.tools_json().empty();
   }
   if (r.max_tokens() == 0) return bad("max_tokens must be >= 1");
@@ -130,11 +215,20 @@ v1::GenerateResponse ToResponse(const EngineOutput& o, const std::string& reques
   }
   if (o.finished) {
     switch (o.finish_reason) {
-      case FinishReason::kStop: r.set_finish_reason(v1::FINISH_REASON_STOP); break;
-      case FinishReason::kLength: r.set_finish_reason(v1::FINISH_REASON_LENGTH); break;
-      case FinishReason::kCancelled: r.set_finish_reason(v1::FINISH_REASON_CANCELLED); break;
-      case FinishReason::kError: r.set_finish_reason(v1::FINISH_REASON_ERROR); break;
-      case FinishReason::kNone: break;
+      case FinishReason::kStop:
+        r.set_finish_reason(v1::FINISH_REASON_STOP);
+        break;
+      case FinishReason::kLength:
+        r.set_finish_reason(v1::FINISH_REASON_LENGTH);
+        break;
+      case FinishReason::kCancelled:
+        r.set_finish_reason(v1::FINISH_REASON_CANCELLED);
+        break;
+      case FinishReason::kError:
+        r.set_finish_reason(v1::FINISH_REASON_ERROR);
+        break;
+      case FinishReason::kNone:
+        break;
     }
     r.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(o.prompt_tokens));
     r.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(o.completion_tokens));

@@ -23,11 +23,14 @@ struct Frontend {
   SamplingParams default_sampling;              // generation_config.json's, or the plain defaults
 };
 
+// UTF-8 validity of a request text field: InvalidArgument naming `field` and the byte offset.
+absl::Status CheckUtf8(const std::string& field, const std::string& text);
+
 // Builds the chat template's input from the protocol's messages, tools and switches.
-absl::StatusOr<ChatRequest> ToChatRequest(const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
-                                          const std::string& tools_json,
-                                          const std::optional<bool>& enable_thinking,
-                                          bool add_generation_prompt);
+absl::StatusOr<ChatRequest> ToChatRequest(
+    const google::protobuf::RepeatedPtrField<v1::ChatMessage>& messages,
+    const std::string& tools_json, const std::optional<bool>& enable_thinking,
+    bool add_generation_prompt);
 
 // Validates a GenerateRequest and turns it into an engine request (tokenizing the text or
 // rendering the chat). `request_id` is the id to use (the request's, or one made by the server).

@@ -29,9 +29,9 @@ std::string Response(int code, const char* reason, const char* type, const std::
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::string& host, int port,
-                                                                  std::function<std::string()> metrics,
-                                                                  std::function<bool()> healthy) {
+absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
+    const std::string& host, int port, std::function<std::string()> metrics,
+    std::function<bool()> healthy) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -44,20 +44,22 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(const std::str
   const int fd = ::socket(result->ai_family, result->ai_socktype, result->ai_protocol);
   int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  const bool bound = fd >= 0 && ::bind(fd, result->ai_addr, result->ai_addrlen) == 0 && ::listen(fd, 16) == 0;
+  const bool bound =
+      fd >= 0 && ::bind(fd, result->ai_addr, result->ai_addrlen) == 0 && ::listen(fd, 16) == 0;
   freeaddrinfo(result);
   if (!bound) {
     if (fd >= 0) ::close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot listen for metrics on ", host, ":", port, ": ",
-                                               std::strerror(errno)));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for metrics on ", host, ":", port, ": ", std::strerror(errno)));
   }
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   std::unique_ptr<HttpEndpoint> endpoint(new HttpEndpoint());
   endpoint->fd_ = fd;
-  endpoint->port_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
-                                                     : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  endpoint->port_ =
+      ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                       : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
   endpoint->metrics_ = std::move(metrics);
   endpoint->healthy_ = std::move(healthy);
   endpoint->thread_ = std::thread([e = endpoint.get()] { e->Serve(); });

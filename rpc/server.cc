@@ -28,8 +28,12 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
  public:
   Service(Engine& engine, const Frontend& frontend, Metrics& metrics, const Executor& executor,
           const ModelDescription& model, std::string api_key)
-      : engine_(engine), frontend_(frontend), metrics_(metrics), executor_(executor),
-        model_(model), api_key_(std::move(api_key)) {}
+      : engine_(engine),
+        frontend_(frontend),
+        metrics_(metrics),
+        executor_(executor),
+        model_(model),
+        api_key_(std::move(api_key)) {}
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
@@ -77,18 +81,21 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
                         v1::TokenizeResponse* response) override {
     if (grpc::Status auth = Authenticate(*context); !auth.ok()) return Fail(auth);
     if (frontend_.tokenizer == nullptr) {
-      return Fail(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
+      return Fail(
+          grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
     }
     std::string text = request->text();
+    if (absl::Status s = CheckUtf8("text", text); !s.ok()) return Fail(ToGrpcStatus(s));
     if (request->messages_size() > 0) {
       if (frontend_.chat_template == nullptr) {
-        return Fail(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no chat template"));
+        return Fail(
+            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no chat template"));
       }
       std::optional<bool> thinking;
       if (request->has_enable_thinking()) thinking = request->enable_thinking();
-      absl::StatusOr<ChatRequest> chat =
-          ToChatRequest(request->messages(), request->tools_json(), thinking,
-                        request->has_add_generation_prompt() ? request->add_generation_prompt() : true);
+      absl::StatusOr<ChatRequest> chat = ToChatRequest(
+          request->messages(), request->tools_json(), thinking,
+          request->has_add_generation_prompt() ? request->add_generation_prompt() : true);
       if (!chat.ok()) return Fail(ToGrpcStatus(chat.status()));
       absl::StatusOr<std::string> rendered = frontend_.chat_template->Render(*chat);
       if (!rendered.ok()) return Fail(ToGrpcStatus(rendered.status()));
@@ -129,7 +136,8 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
     if (api_key_.empty()) return grpc::Status::OK;
     const auto& md = context.client_metadata();
     auto it = md.find("authorization");
-    if (it != md.end() && std::string(it->second.data(), it->second.size()) == "Bearer " + api_key_) {
+    if (it != md.end() &&
+        std::string(it->second.data(), it->second.size()) == "Bearer " + api_key_) {
       return grpc::Status::OK;
     }
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
@@ -163,13 +171,16 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
     pair.cert_chain = ReadFile(options.tls_cert, &ok_cert);
     pair.private_key = ReadFile(options.tls_key, &ok_key);
-    if (!ok_cert) return absl::NotFoundError(absl::StrCat("cannot read --tls-cert ", options.tls_cert));
-    if (!ok_key) return absl::NotFoundError(absl::StrCat("cannot read --tls-key ", options.tls_key));
+    if (!ok_cert)
+      return absl::NotFoundError(absl::StrCat("cannot read --tls-cert ", options.tls_cert));
+    if (!ok_key)
+      return absl::NotFoundError(absl::StrCat("cannot read --tls-key ", options.tls_key));
     ssl.pem_key_cert_pairs.push_back(std::move(pair));
     credentials = grpc::SslServerCredentials(ssl);
   }
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer());
-  server->service_ = std::make_unique<Service>(engine, frontend, metrics, executor, model, options.api_key);
+  server->service_ =
+      std::make_unique<Service>(engine, frontend, metrics, executor, model, options.api_key);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -7,7 +7,9 @@
 namespace tessera {
 
 BlockManager::BlockManager(int num_blocks, int block_size, bool prefix_caching)
-    : num_blocks_(num_blocks), block_size_(block_size), prefix_caching_(prefix_caching),
+    : num_blocks_(num_blocks),
+      block_size_(block_size),
+      prefix_caching_(prefix_caching),
       blocks_(num_blocks) {
   free_.reserve(num_blocks);
   for (int b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
@@ -86,7 +88,8 @@ int32_t BlockManager::TakeFree() {
 }
 
 bool BlockManager::Reserve(std::vector<int32_t>* blocks, int num_tokens) {
-  const int needed = (num_tokens + block_size_ - 1) / block_size_ - static_cast<int>(blocks->size());
+  const int needed =
+      (num_tokens + block_size_ - 1) / block_size_ - static_cast<int>(blocks->size());
   if (needed <= 0) return true;
   if (needed > num_free()) return false;
   for (int i = 0; i < needed; ++i) {

@@ -33,7 +33,8 @@ class BlockManager {
   // `min_uncached` tokens uncached (a prompt's last token must be computed for its logits).
   // Appends those blocks to `blocks` (taking a reference on each) and returns the tokens they
   // cover. Requires `blocks` empty.
-  int MatchPrefix(const std::vector<int32_t>& tokens, int min_uncached, std::vector<int32_t>* blocks);
+  int MatchPrefix(const std::vector<int32_t>& tokens, int min_uncached,
+                  std::vector<int32_t>* blocks);
 
   // Makes `blocks` cover `num_tokens` tokens, allocating what is missing (evicting cached blocks
   // if needed). All or nothing: false, with `blocks` unchanged, when too few blocks are free.
@@ -53,8 +54,8 @@ class BlockManager {
     int refs = 0;
     bool registered = false;
     uint64_t hash = 0;
-    int32_t parent = -1;           // previous block of the prefix (-1 for the first)
-    std::vector<int32_t> tokens;   // this block's tokens, for verification
+    int32_t parent = -1;               // previous block of the prefix (-1 for the first)
+    std::vector<int32_t> tokens;       // this block's tokens, for verification
     std::list<int32_t>::iterator lru;  // position in evictable_ when refs == 0 and registered
   };
   int32_t TakeFree();
@@ -64,8 +65,8 @@ class BlockManager {
   int block_size_;
   bool prefix_caching_;
   std::vector<Block> blocks_;
-  std::vector<int32_t> free_;        // never-registered free blocks (a stack: low ids first)
-  std::list<int32_t> evictable_;     // registered, unreferenced; front = evict first
+  std::vector<int32_t> free_;     // never-registered free blocks (a stack: low ids first)
+  std::list<int32_t> evictable_;  // registered, unreferenced; front = evict first
   std::unordered_multimap<uint64_t, int32_t> by_hash_;
 };
 

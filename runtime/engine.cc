@@ -26,11 +26,16 @@ size_t CharBoundary(const std::string& text, size_t limit) {
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNone: return "none";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kCancelled: return "cancelled";
-    case FinishReason::kError: return "error";
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
   }
   return "?";
 }
@@ -78,7 +83,8 @@ struct Engine::Sequence {
 };
 
 struct Engine::Replica {
-  explicit Replica(int blocks, int block_size, bool caching) : manager(blocks, block_size, caching) {}
+  explicit Replica(int blocks, int block_size, bool caching)
+      : manager(blocks, block_size, caching) {}
   BlockManager manager;
   std::vector<std::unique_ptr<Sequence>> running;  // in scheduling order
   std::vector<std::unique_ptr<Sequence>> waiting;  // in scheduling order
@@ -88,14 +94,17 @@ Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
                EngineOptions options)
     : executor_(executor), tokenizer_(tokenizer), metrics_(metrics), options_(std::move(options)) {
   vocab_ = executor_.config().vocab_size;
-  if (options_.max_model_len <= 0) options_.max_model_len = executor_.config().max_position_embeddings;
-  if (options_.sampleable_vocab <= 0 || options_.sampleable_vocab > vocab_) options_.sampleable_vocab = vocab_;
+  if (options_.max_model_len <= 0)
+    options_.max_model_len = executor_.config().max_position_embeddings;
+  if (options_.sampleable_vocab <= 0 || options_.sampleable_vocab > vocab_)
+    options_.sampleable_vocab = vocab_;
   for (int d = 0; d < executor_.parallel().dp; ++d) {
     replicas_.push_back(std::make_unique<Replica>(executor_.num_kv_blocks(), executor_.block_size(),
                                                   options_.enable_prefix_caching));
   }
   total_blocks_ = static_cast<int64_t>(executor_.num_kv_blocks()) * executor_.parallel().dp;
   free_blocks_ = total_blocks_.load();
+  UpdateGauges();  // scrapes before the first request see the idle state
 }
 
 Engine::~Engine() = default;
@@ -105,7 +114,8 @@ absl::Status Engine::Validate(const EngineRequest& r) const {
   if (r.prompt.empty()) return bad("the prompt is empty");
   for (size_t i = 0; i < r.prompt.size(); ++i) {
     if (r.prompt[i] < 0 || r.prompt[i] >= vocab_) {
-      return bad("prompt token ", i, " has id ", r.prompt[i], ", outside the vocabulary [0, ", vocab_, ")");
+      return bad("prompt token ", i, " has id ", r.prompt[i], ", outside the vocabulary [0, ",
+                 vocab_, ")");
     }
   }
   if (r.max_tokens < 1) return bad("max_tokens must be >= 1, got ", r.max_tokens);
@@ -120,7 +130,8 @@ absl::Status Engine::Validate(const EngineRequest& r) const {
                capacity, " tokens)");
   }
   if (absl::Status s = ValidateSamplingParams(r.sampling); !s.ok()) return s;
-  if (r.top_logprobs > kMaxTopLogprobs) return bad("logprobs must be <= ", kMaxTopLogprobs, ", got ", r.top_logprobs);
+  if (r.top_logprobs > kMaxTopLogprobs)
+    return bad("logprobs must be <= ", kMaxTopLogprobs, ", got ", r.top_logprobs);
   for (const std::string& s : r.stop) {
     if (s.empty()) return bad("stop strings must not be empty");
   }
@@ -139,12 +150,15 @@ absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest requ
   std::shared_ptr<RequestStream> stream = seq->stream;
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_ || failed_) return absl::UnavailableError("the server is shutting down");
-  if (draining_) return absl::UnavailableError("the server is draining and accepts no new requests");
+  if (draining_)
+    return absl::UnavailableError("the server is draining and accepts no new requests");
   if (static_cast<int64_t>(live_.size()) >= options_.max_queue) {
-    return absl::ResourceExhaustedError(absl::StrCat("the request queue is full (", options_.max_queue, " requests)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request queue is full (", options_.max_queue, " requests)"));
   }
   if (live_.count(seq->req.request_id)) {
-    return absl::AlreadyExistsError(absl::StrCat("request id '", seq->req.request_id, "' is already in flight"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("request id '", seq->req.request_id, "' is already in flight"));
   }
   live_[seq->req.request_id] = stream;
   incoming_.push_back(std::move(seq));
@@ -220,7 +234,9 @@ void Engine::Intake() {
     // Attention-DP: the replica with the fewest sequences owns it.
     int best = 0;
     for (int d = 1; d < static_cast<int>(replicas_.size()); ++d) {
-      const auto load = [&](int i) { return replicas_[i]->running.size() + replicas_[i]->waiting.size(); };
+      const auto load = [&](int i) {
+        return replicas_[i]->running.size() + replicas_[i]->waiting.size();
+      };
       if (load(d) < load(best)) best = d;
     }
     s.replica = best;
@@ -236,11 +252,12 @@ void Engine::Intake() {
       for (auto& seq : *list) {
         if (cancelled.count(seq->req.request_id)) {
           EngineOutput out;
-          Finish(seq.get(), FinishReason::kCancelled, absl::CancelledError("cancelled by the client"), std::move(out));
+          Finish(seq.get(), FinishReason::kCancelled,
+                 absl::CancelledError("cancelled by the client"), std::move(out));
         } else if (seq->req.deadline && now >= *seq->req.deadline) {
           EngineOutput out;
-          Finish(seq.get(), FinishReason::kError, absl::DeadlineExceededError("the request's deadline passed"),
-                 std::move(out));
+          Finish(seq.get(), FinishReason::kError,
+                 absl::DeadlineExceededError("the request's deadline passed"), std::move(out));
         }
       }
       list->erase(std::remove_if(list->begin(), list->end(), [](const auto& s) { return s->done; }),
@@ -328,7 +345,8 @@ void Engine::Step() {
   // Micro-batches: with pipeline stages, split each replica's sequences into up to `pp` groups
   // of similar token counts; every replica gets the same number of micro-batches.
   int micro = 1;
-  for (int d = 0; d < dp; ++d) micro = std::max(micro, std::min<int>(pp, static_cast<int>(scheduled[d].size())));
+  for (int d = 0; d < dp; ++d)
+    micro = std::max(micro, std::min<int>(pp, static_cast<int>(scheduled[d].size())));
   StepPlan plan;
   plan.replicas.assign(dp, std::vector<StepBatch>(micro));
   // row_owner[k] = the sequence whose logits are row k of the result.
@@ -381,7 +399,8 @@ void Engine::Step() {
   int64_t prompt_tokens = 0;
   for (int d = 0; d < dp; ++d) {
     for (const auto& [s, n] : scheduled[d]) {
-      if (s->num_computed < s->prompt_len) prompt_tokens += std::min(n, s->prompt_len - s->num_computed);
+      if (s->num_computed < s->prompt_len)
+        prompt_tokens += std::min(n, s->prompt_len - s->num_computed);
       s->num_computed += n;
       replicas_[d]->manager.Register(s->tokens, s->blocks, s->num_computed, &s->num_registered);
     }
@@ -391,14 +410,15 @@ void Engine::Step() {
     Sequence* s = row_owner[k];
     const float* row = logits.data() + k * vocab_;
     const std::vector<int32_t> generated(s->tokens.begin() + s->prompt_len, s->tokens.end());
-    const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_), options_.sampleable_vocab,
-                                             s->tokens, generated);
+    const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_),
+                                             options_.sampleable_vocab, s->tokens, generated);
     Emit(s, token, row);
   }
   for (auto& replica : replicas_) {
     auto& running = replica->running;
-    running.erase(std::remove_if(running.begin(), running.end(), [](const auto& s) { return s->done; }),
-                  running.end());
+    running.erase(
+        std::remove_if(running.begin(), running.end(), [](const auto& s) { return s->done; }),
+        running.end());
   }
   UpdateGauges();
 }
@@ -419,7 +439,8 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
     // Log-probabilities of the model's own distribution (before penalties and temperature).
     const float mx = *std::max_element(logits, logits + options_.sampleable_vocab);
     double sum = 0;
-    for (int64_t i = 0; i < options_.sampleable_vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
+    for (int64_t i = 0; i < options_.sampleable_vocab; ++i)
+      sum += std::exp(static_cast<double>(logits[i] - mx));
     const float log_sum = static_cast<float>(std::log(sum)) + mx;
     TokenLogprobs lp;
     lp.chosen = {token, logits[token] - log_sum};
@@ -437,9 +458,10 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
 
   // Why this token ends the request, if it does.
   FinishReason finish = FinishReason::kNone;
-  const bool eos = !s->req.ignore_eos && std::count(options_.eos_token_ids.begin(),
-                                                    options_.eos_token_ids.end(), token);
-  const bool stop_id = std::count(s->req.stop_token_ids.begin(), s->req.stop_token_ids.end(), token);
+  const bool eos = !s->req.ignore_eos &&
+                   std::count(options_.eos_token_ids.begin(), options_.eos_token_ids.end(), token);
+  const bool stop_id =
+      std::count(s->req.stop_token_ids.begin(), s->req.stop_token_ids.end(), token);
   if (eos || stop_id) finish = FinishReason::kStop;
 
   // Text: whole characters only; hold back what could start a stop string.
@@ -471,7 +493,8 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
     emit.swap(s->held);
   }
   if (finish == FinishReason::kNone &&
-      (s->generated() >= s->req.max_tokens || static_cast<int64_t>(s->tokens.size()) >= options_.max_model_len)) {
+      (s->generated() >= s->req.max_tokens ||
+       static_cast<int64_t>(s->tokens.size()) >= options_.max_model_len)) {
     finish = FinishReason::kLength;
   }
   if (finish != FinishReason::kNone && finish != FinishReason::kStop) {
@@ -489,10 +512,17 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
     }
     for (OutputEvent& e : events) {
       switch (e.kind) {
-        case OutputEvent::Kind::kReasoning: out.reasoning += e.text; break;
-        case OutputEvent::Kind::kContent: out.text += e.text; break;
-        case OutputEvent::Kind::kToolCall: out.tool_calls.push_back(std::move(e.tool_call)); break;
-        case OutputEvent::Kind::kError: break;  // the block's text came back as content
+        case OutputEvent::Kind::kReasoning:
+          out.reasoning += e.text;
+          break;
+        case OutputEvent::Kind::kContent:
+          out.text += e.text;
+          break;
+        case OutputEvent::Kind::kToolCall:
+          out.tool_calls.push_back(std::move(e.tool_call));
+          break;
+        case OutputEvent::Kind::kError:
+          break;  // the block's text came back as content
       }
     }
   } else {
@@ -521,7 +551,8 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
     const auto now = Clock::now();
     metrics_->ObserveEndToEnd(Seconds(now - s->arrived));
     if (s->generated() > 1) {
-      metrics_->ObserveTimePerOutputToken(Seconds(s->last_token - s->first_token) / (s->generated() - 1));
+      metrics_->ObserveTimePerOutputToken(Seconds(s->last_token - s->first_token) /
+                                          (s->generated() - 1));
     }
   }
   s->stream->Push(std::move(out));
@@ -580,8 +611,8 @@ void Engine::Run() {
   for (auto& replica : replicas_) {
     for (auto* list : {&replica->running, &replica->waiting}) {
       for (auto& seq : *list) {
-        Finish(seq.get(), FinishReason::kError, absl::UnavailableError("the server is shutting down"),
-               EngineOutput{});
+        Finish(seq.get(), FinishReason::kError,
+               absl::UnavailableError("the server is shutting down"), EngineOutput{});
       }
       list->clear();
     }

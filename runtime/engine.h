@@ -36,7 +36,7 @@ struct EngineRequest {
   std::vector<int32_t> prompt;
   int max_tokens = 16;
   SamplingParams sampling;
-  std::vector<std::string> stop;       // stop strings (not included in the output)
+  std::vector<std::string> stop;        // stop strings (not included in the output)
   std::vector<int32_t> stop_token_ids;  // stop ids (included in token_ids, not in text)
   bool ignore_eos = false;
   int top_logprobs = -1;  // < 0: none; 0: the chosen token's; n: and the n most likely
@@ -87,14 +87,14 @@ class RequestStream {
 };
 
 struct EngineOptions {
-  int max_num_seqs = 256;              // sequences in the running batch, per replica
-  int max_num_batched_tokens = 2048;   // tokens per step, per replica (chunked prefill)
-  int max_queue = 4096;                // requests admitted but not finished
+  int max_num_seqs = 256;             // sequences in the running batch, per replica
+  int max_num_batched_tokens = 2048;  // tokens per step, per replica (chunked prefill)
+  int max_queue = 4096;               // requests admitted but not finished
   bool enable_prefix_caching = true;
-  int64_t max_model_len = 0;           // prompt + max_tokens limit; 0 = max_position_embeddings
-  int64_t sampleable_vocab = 0;        // ids >= this are never sampled; 0 = the whole vocabulary
+  int64_t max_model_len = 0;     // prompt + max_tokens limit; 0 = max_position_embeddings
+  int64_t sampleable_vocab = 0;  // ids >= this are never sampled; 0 = the whole vocabulary
   std::vector<int32_t> eos_token_ids;
-  uint64_t seed = 0;                   // for requests without a seed
+  uint64_t seed = 0;  // for requests without a seed
 };
 
 struct EngineStats {

@@ -57,12 +57,9 @@ absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int 
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(const ModelConfig& config,
-                                                           const Checkpoint& checkpoint,
-                                                           Backend& backend,
-                                                           const ParallelConfig& p,
-                                                           Communicator* world, int num_kv_blocks,
-                                                           int block_size) {
+absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
+    const ModelConfig& config, const Checkpoint& checkpoint, Backend& backend,
+    const ParallelConfig& p, Communicator* world, int num_kv_blocks, int block_size) {
   auto e = std::make_unique<Executor>(config, p, world);
   RETURN_IF_ERROR(e->Load(checkpoint, backend, num_kv_blocks, block_size));
   return e;

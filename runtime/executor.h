@@ -35,12 +35,9 @@ class Executor {
                     int block_size);
 
   // Both steps, for a single rank (tests).
-  static absl::StatusOr<std::unique_ptr<Executor>> Create(const ModelConfig& config,
-                                                          const Checkpoint& checkpoint,
-                                                          Backend& backend,
-                                                          const ParallelConfig& parallel,
-                                                          Communicator* world, int num_kv_blocks,
-                                                          int block_size);
+  static absl::StatusOr<std::unique_ptr<Executor>> Create(
+      const ModelConfig& config, const Checkpoint& checkpoint, Backend& backend,
+      const ParallelConfig& parallel, Communicator* world, int num_kv_blocks, int block_size);
 
   const ParallelConfig& parallel() const { return parallel_; }
   const ModelConfig& config() const { return config_; }

@@ -25,9 +25,9 @@ absl::Status ValidatePrompt(const ModelConfig& config, const std::vector<int64_t
                                                    limit, ")"));
   }
   if (static_cast<int64_t>(prompt.size()) + max_new_tokens > limit) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt (", prompt.size(), " tokens) + max new tokens (", max_new_tokens,
-        ") exceeds max_position_embeddings (", limit, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", prompt.size(), " tokens) + max new tokens (", max_new_tokens,
+                     ") exceeds max_position_embeddings (", limit, ")"));
   }
   return absl::OkStatus();
 }
@@ -46,9 +46,9 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
   BlockAllocator allocator(executor.num_kv_blocks());
   std::vector<int32_t> table;
   if (!allocator.Allocate(num_blocks, &table)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the sequence needs ", num_blocks, " KV blocks of ", bs, " tokens; the cache has ",
-        executor.num_kv_blocks()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the sequence needs ", num_blocks, " KV blocks of ", bs,
+                     " tokens; the cache has ", executor.num_kv_blocks()));
   }
 
   const int64_t vocab = config.vocab_size;

@@ -19,14 +19,14 @@ struct GenerateOptions {
   int max_new_tokens = 16;
   SamplingParams sampling;
   uint64_t default_seed = 0;
-  bool want_prompt_logits = false;  // fills GenerateResult::prompt_logits
+  bool want_prompt_logits = false;      // fills GenerateResult::prompt_logits
   std::vector<int32_t> stop_token_ids;  // generation ends after emitting one of these
   int64_t sampleable_vocab = -1;        // ids >= this are never sampled; -1 = the whole vocab
   int prefill_chunk = 0;  // > 0: prefill in chunks of this many tokens (chunked prefill)
 };
 
 struct GenerateResult {
-  std::vector<int32_t> tokens;      // generated ids
+  std::vector<int32_t> tokens;       // generated ids
   std::vector<float> prompt_logits;  // [n_prompt, vocab] when asked
   std::string finish_reason;         // "length" or "stop"
 };

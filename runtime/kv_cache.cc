@@ -6,7 +6,8 @@
 
 namespace tessera {
 
-BlockAllocator::BlockAllocator(int num_blocks) : num_blocks_(num_blocks), in_use_(num_blocks, false) {
+BlockAllocator::BlockAllocator(int num_blocks)
+    : num_blocks_(num_blocks), in_use_(num_blocks, false) {
   free_.reserve(num_blocks);
   for (int b = num_blocks - 1; b >= 0; --b) free_.push_back(b);
 }

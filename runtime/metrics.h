@@ -22,7 +22,10 @@ class Metrics {
   void SetRunning(int64_t n) { running_ = n; }
   void SetWaiting(int64_t n) { waiting_ = n; }
   void SetKvUsage(double fraction) { kv_usage_bits_ = Bits(fraction); }
-  void SetKvBlocks(int64_t free, int64_t total) { kv_free_ = free; kv_total_ = total; }
+  void SetKvBlocks(int64_t free, int64_t total) {
+    kv_free_ = free;
+    kv_total_ = total;
+  }
 
   // Per request.
   void ObserveTimeToFirstToken(double seconds) { Observe(&ttft_, seconds); }
@@ -48,17 +51,17 @@ class Metrics {
   };
   static uint64_t Bits(double v);
   void Observe(Histogram* h, double v);
-  static void RenderHistogram(const std::string& name, const std::string& help,
-                              const Histogram& h, std::string* out);
+  static void RenderHistogram(const std::string& name, const std::string& help, const Histogram& h,
+                              std::string* out);
 
   mutable std::mutex mu_;
   std::atomic<int64_t> running_{0}, waiting_{0}, kv_free_{0}, kv_total_{0};
   std::atomic<uint64_t> kv_usage_bits_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generation_tokens_{0}, prefix_hit_tokens_{0},
       preemptions_{0};
-  Histogram ttft_, tpot_, e2e_;                  // guarded by mu_
-  std::map<std::string, int64_t> finished_;     // guarded by mu_
-  std::map<std::string, int64_t> errors_;       // guarded by mu_
+  Histogram ttft_, tpot_, e2e_;              // guarded by mu_
+  std::map<std::string, int64_t> finished_;  // guarded by mu_
+  std::map<std::string, int64_t> errors_;    // guarded by mu_
 };
 
 }  // namespace tessera

@@ -38,7 +38,8 @@ absl::Status WriteNpyFloat32(const std::string& path, const std::vector<int64_t>
                                       static_cast<unsigned char>(header_len >> 8)};
   out.write(reinterpret_cast<const char*>(len_bytes), 2);
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * sizeof(float)));
+  out.write(reinterpret_cast<const char*>(data),
+            static_cast<std::streamsize>(count * sizeof(float)));
   if (!out) return absl::DataLossError(absl::StrCat("failed writing ", path));
   return absl::OkStatus();
 }
@@ -60,7 +61,8 @@ absl::StatusOr<NpyArray> ReadNpyFloat32(const std::string& path) {
   } else {
     if (bytes.size() < 12) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated"));
     header_len = 0;
-    for (int i = 0; i < 4; ++i) header_len |= size_t{static_cast<unsigned char>(bytes[8 + i])} << (8 * i);
+    for (int i = 0; i < 4; ++i)
+      header_len |= size_t{static_cast<unsigned char>(bytes[8 + i])} << (8 * i);
     header_start = 12;
   }
   if (header_start + header_len > bytes.size()) {

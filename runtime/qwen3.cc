@@ -35,10 +35,17 @@ std::vector<TensorSpec> Qwen3Model::TensorTable(const ModelConfig& c) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     t.push_back({LayerName(l, "input_layernorm.weight"), {H}, ShardRule::kReplicated});
     t.push_back({LayerName(l, "post_attention_layernorm.weight"), {H}, ShardRule::kReplicated});
-    t.push_back({LayerName(l, "self_attn.q_proj.weight"), {c.num_attention_heads * D, H}, ShardRule::kColumn});
-    t.push_back({LayerName(l, "self_attn.k_proj.weight"), {c.num_key_value_heads * D, H}, ShardRule::kColumn});
-    t.push_back({LayerName(l, "self_attn.v_proj.weight"), {c.num_key_value_heads * D, H}, ShardRule::kColumn});
-    t.push_back({LayerName(l, "self_attn.o_proj.weight"), {H, c.num_attention_heads * D}, ShardRule::kRow});
+    t.push_back({LayerName(l, "self_attn.q_proj.weight"),
+                 {c.num_attention_heads * D, H},
+                 ShardRule::kColumn});
+    t.push_back({LayerName(l, "self_attn.k_proj.weight"),
+                 {c.num_key_value_heads * D, H},
+                 ShardRule::kColumn});
+    t.push_back({LayerName(l, "self_attn.v_proj.weight"),
+                 {c.num_key_value_heads * D, H},
+                 ShardRule::kColumn});
+    t.push_back(
+        {LayerName(l, "self_attn.o_proj.weight"), {H, c.num_attention_heads * D}, ShardRule::kRow});
     t.push_back({LayerName(l, "self_attn.q_norm.weight"), {D}, ShardRule::kReplicated});
     t.push_back({LayerName(l, "self_attn.k_norm.weight"), {D}, ShardRule::kReplicated});
     if (c.IsMoeLayer(l)) {
@@ -95,9 +102,9 @@ absl::StatusOr<std::unique_ptr<Qwen3Model>> Qwen3Model::Load(const ModelConfig& 
                                               spec.name, " (", entry.status().message(), ")"));
     }
     if (entry->info->shape != spec.shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          entry->file->path(), ": tensor ", spec.name, " has shape ",
-          ShapeString(entry->info->shape), ", expected ", ShapeString(spec.shape)));
+      return absl::InvalidArgumentError(absl::StrCat(entry->file->path(), ": tensor ", spec.name,
+                                                     " has shape ", ShapeString(entry->info->shape),
+                                                     ", expected ", ShapeString(spec.shape)));
     }
   }
   for (const std::string& name : checkpoint.TensorNames()) {
@@ -152,7 +159,8 @@ absl::Status Qwen3Model::LoadWeights(const Checkpoint& ckpt) {
     RETURN_IF_ERROR(load_whole("model.norm.weight", H, &final_norm_));
   }
   inv_freq_ = backend_.Allocate(rope_.inv_freq.size() * sizeof(float));
-  backend_.CopyToDevice(inv_freq_.data(), rope_.inv_freq.data(), rope_.inv_freq.size() * sizeof(float));
+  backend_.CopyToDevice(inv_freq_.data(), rope_.inv_freq.data(),
+                        rope_.inv_freq.size() * sizeof(float));
 
   const int64_t q_start = shard_.tp_rank * q_heads_local_;
   // With tp > kv heads, consecutive ranks share (replicate) one KV head.
@@ -163,7 +171,8 @@ absl::Status Qwen3Model::LoadWeights(const Checkpoint& ckpt) {
   for (int64_t l = shard_.first_layer; l < shard_.last_layer; ++l) {
     Layer& layer = layers_[l - shard_.first_layer];
     RETURN_IF_ERROR(load_whole(LayerName(l, "input_layernorm.weight"), H, &layer.input_norm));
-    RETURN_IF_ERROR(load_whole(LayerName(l, "post_attention_layernorm.weight"), H, &layer.post_norm));
+    RETURN_IF_ERROR(
+        load_whole(LayerName(l, "post_attention_layernorm.weight"), H, &layer.post_norm));
     RETURN_IF_ERROR(load_whole(LayerName(l, "self_attn.q_norm.weight"), D, &layer.q_norm));
     RETURN_IF_ERROR(load_whole(LayerName(l, "self_attn.k_norm.weight"), D, &layer.k_norm));
 
@@ -171,7 +180,8 @@ absl::Status Qwen3Model::LoadWeights(const Checkpoint& ckpt) {
     const int64_t q_rows = q_heads_local_ * D, kv_rows = kv_heads_local_ * D;
     host.resize((q_rows + 2 * kv_rows) * H);
     RETURN_IF_ERROR(read(LayerName(l, "self_attn.q_proj.weight"), 0, q_start * D, q_rows, 0));
-    RETURN_IF_ERROR(read(LayerName(l, "self_attn.k_proj.weight"), 0, kv_start * D, kv_rows, q_rows * H));
+    RETURN_IF_ERROR(
+        read(LayerName(l, "self_attn.k_proj.weight"), 0, kv_start * D, kv_rows, q_rows * H));
     RETURN_IF_ERROR(read(LayerName(l, "self_attn.v_proj.weight"), 0, kv_start * D, kv_rows,
                          (q_rows + kv_rows) * H));
     layer.qkv = upload(host.size());
@@ -190,7 +200,8 @@ absl::Status Qwen3Model::LoadWeights(const Checkpoint& ckpt) {
       RETURN_IF_ERROR(read(LayerName(l, "mlp.down_proj.weight"), 1, start, I, 0));
       layer.down = upload(host.size());
     } else {
-      RETURN_IF_ERROR(load_whole(LayerName(l, "mlp.gate.weight"), c.num_experts * H, &layer.router));
+      RETURN_IF_ERROR(
+          load_whole(LayerName(l, "mlp.gate.weight"), c.num_experts * H, &layer.router));
       const int64_t I = moe_intermediate_local_;
       const int64_t start = shard_.ep_size > 1 ? 0 : shard_.tp_rank * I;
       host.resize(num_local_experts_ * 2 * I * H);
@@ -202,7 +213,8 @@ absl::Status Qwen3Model::LoadWeights(const Checkpoint& ckpt) {
       layer.gate_up = upload(host.size());
       host.resize(num_local_experts_ * H * I);
       for (int64_t e = 0; e < num_local_experts_; ++e) {
-        RETURN_IF_ERROR(read(ExpertName(l, first_expert_ + e, "down_proj"), 1, start, I, e * H * I));
+        RETURN_IF_ERROR(
+            read(ExpertName(l, first_expert_ + e, "down_proj"), 1, start, I, e * H * I));
       }
       layer.down = upload(host.size());
     }
@@ -522,7 +534,8 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
   if (r == 0) return;
 
   // Final norm and lm_head only for the rows whose logits are wanted; vocabulary shards gathered.
-  for (int t : batch.logit_tokens) TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
+  for (int t : batch.logit_tokens)
+    TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
   backend_.CopyToDevice(logit_rows_.data(), batch.logit_tokens.data(), r * sizeof(int32_t));
   backend_.GatherRows(residual_.data(), logit_rows_.as<int32_t>(), r, H, selected_.data());
   backend_.RmsNorm(selected_.data(), final_norm_.data(), r, H, eps, hidden_.data());

@@ -42,8 +42,8 @@ struct ShardSpec {
   int tp_size = 1;
   int ep_rank = 0;  // experts [ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size)
   int ep_size = 1;
-  int64_t first_layer = 0;  // this pipeline stage's layers [first_layer, last_layer)
-  int64_t last_layer = -1;  // -1 = through the last layer
+  int64_t first_layer = 0;     // this pipeline stage's layers [first_layer, last_layer)
+  int64_t last_layer = -1;     // -1 = through the last layer
   Communicator* tp = nullptr;  // this rank's TP group (size tp_size); null when tp_size == 1
   Communicator* ep = nullptr;  // the ranks of this stage (size ep_size); null when ep_size == 1
   Communicator* pp = nullptr;  // any communicator holding both neighbouring stages' ranks
@@ -92,16 +92,16 @@ class Qwen3Model {
 
  private:
   struct Layer {
-    DeviceBuffer input_norm;     // W [H]
-    DeviceBuffer qkv;            // W [(q_heads_local + 2 * kv_heads_local) * D, H]
-    DeviceBuffer q_norm;         // W [D]
-    DeviceBuffer k_norm;         // W [D]
-    DeviceBuffer o_proj;         // W [H, q_heads_local * D]
-    DeviceBuffer post_norm;      // W [H]
+    DeviceBuffer input_norm;  // W [H]
+    DeviceBuffer qkv;         // W [(q_heads_local + 2 * kv_heads_local) * D, H]
+    DeviceBuffer q_norm;      // W [D]
+    DeviceBuffer k_norm;      // W [D]
+    DeviceBuffer o_proj;      // W [H, q_heads_local * D]
+    DeviceBuffer post_norm;   // W [H]
     bool moe = false;
-    DeviceBuffer gate_up;        // dense: W [2 * I_local, H]; MoE: W [E_local, 2 * I_moe_local, H]
-    DeviceBuffer down;           // dense: W [H, I_local];     MoE: W [E_local, H, I_moe_local]
-    DeviceBuffer router;         // MoE: W [E, H] (replicated)
+    DeviceBuffer gate_up;  // dense: W [2 * I_local, H]; MoE: W [E_local, 2 * I_moe_local, H]
+    DeviceBuffer down;     // dense: W [H, I_local];     MoE: W [E_local, H, I_moe_local]
+    DeviceBuffer router;   // MoE: W [E, H] (replicated)
   };
 
   Qwen3Model(const ModelConfig& config, Backend& backend, const ShardSpec& shard);

@@ -37,15 +37,17 @@ RopeTables ComputeRopeTables(const ModelConfig& config) {
 
   // YaRN.
   const double original_max = rope.original_max_position_embeddings > 0
-                                   ? static_cast<double>(rope.original_max_position_embeddings)
-                                   : static_cast<double>(config.max_position_embeddings);
-  const double factor = rope.factor > 0 ? rope.factor
-                                        : static_cast<double>(config.max_position_embeddings) / original_max;
+                                  ? static_cast<double>(rope.original_max_position_embeddings)
+                                  : static_cast<double>(config.max_position_embeddings);
+  const double factor = rope.factor > 0
+                            ? rope.factor
+                            : static_cast<double>(config.max_position_embeddings) / original_max;
   double attention_factor = rope.attention_factor;
   if (attention_factor < 0) {
-    attention_factor = (rope.mscale != 0 && rope.mscale_all_dim != 0)
-                           ? YarnMscale(factor, rope.mscale) / YarnMscale(factor, rope.mscale_all_dim)
-                           : YarnMscale(factor, 1.0);
+    attention_factor =
+        (rope.mscale != 0 && rope.mscale_all_dim != 0)
+            ? YarnMscale(factor, rope.mscale) / YarnMscale(factor, rope.mscale_all_dim)
+            : YarnMscale(factor, 1.0);
   }
   const double beta_fast = rope.beta_fast != 0 ? rope.beta_fast : 32.0;
   const double beta_slow = rope.beta_slow != 0 ? rope.beta_slow : 1.0;

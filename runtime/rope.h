@@ -9,7 +9,7 @@
 namespace tessera {
 
 struct RopeTables {
-  std::vector<float> inv_freq;   // [head_dim / 2]
+  std::vector<float> inv_freq;     // [head_dim / 2]
   float attention_scaling = 1.0f;  // multiplies cos and sin (YaRN's attention_factor)
 };
 

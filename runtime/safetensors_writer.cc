@@ -28,7 +28,8 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   out.write(reinterpret_cast<const char*>(prefix), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   for (const TensorToWrite& t : tensors) {
-    out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
+    out.write(reinterpret_cast<const char*>(t.bytes.data()),
+              static_cast<std::streamsize>(t.bytes.size()));
   }
   if (!out) return absl::DataLossError(absl::StrCat("failed writing ", path));
   return absl::OkStatus();

@@ -19,7 +19,8 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (std::isnan(p.top_p) || p.top_p <= 0 || p.top_p > 1) return bad("top_p", p.top_p, "in (0, 1]");
   if (std::isnan(p.min_p) || p.min_p < 0 || p.min_p > 1) return bad("min_p", p.min_p, "in [0, 1]");
   if (p.top_k < 0) return bad("top_k", p.top_k, ">= 0 (0 disables it)");
-  if (std::isnan(p.repetition_penalty) || p.repetition_penalty <= 0 || std::isinf(p.repetition_penalty))
+  if (std::isnan(p.repetition_penalty) || p.repetition_penalty <= 0 ||
+      std::isinf(p.repetition_penalty))
     return bad("repetition_penalty", p.repetition_penalty, "a finite number > 0");
   if (std::isnan(p.presence_penalty) || p.presence_penalty < -2 || p.presence_penalty > 2)
     return bad("presence_penalty", p.presence_penalty, "in [-2, 2]");
@@ -42,7 +43,8 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int64_t sampleable_vocab
       if (id < 0 || id >= vocab) continue;
       float& l = work_[id];
       // NOTE: idempotent per id (HF gathers unique ids), so repeated ids are penalised once.
-      l = logits[id] > 0 ? logits[id] / params_.repetition_penalty : logits[id] * params_.repetition_penalty;
+      l = logits[id] > 0 ? logits[id] / params_.repetition_penalty
+                         : logits[id] * params_.repetition_penalty;
     }
   }
   if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
@@ -55,7 +57,8 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int64_t sampleable_vocab
   }
 
   if (params_.temperature == 0.0f) {
-    const int32_t best = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
+    const int32_t best =
+        static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
     logprobs_.resize(vocab);
     const float mx = work_[best];
     double sum = 0;
@@ -95,7 +98,8 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int64_t sampleable_vocab
   std::vector<double> probs(keep);
   const float mx = work_[order_[0]];
   double sum = 0;
-  for (int64_t i = 0; i < keep; ++i) sum += (probs[i] = std::exp(static_cast<double>(work_[order_[i]] - mx)));
+  for (int64_t i = 0; i < keep; ++i)
+    sum += (probs[i] = std::exp(static_cast<double>(work_[order_[i]] - mx)));
   for (double& p : probs) p /= sum;
 
   // top-p: the smallest prefix whose mass reaches top_p (at least one token).

@@ -18,10 +18,10 @@
 namespace tessera {
 
 struct SamplingParams {
-  float temperature = 1.0f;  // 0 = greedy
-  int top_k = 0;             // <= 0: off
-  float top_p = 1.0f;        // (0, 1]; 1 = off
-  float min_p = 0.0f;        // [0, 1]; 0 = off
+  float temperature = 1.0f;         // 0 = greedy
+  int top_k = 0;                    // <= 0: off
+  float top_p = 1.0f;               // (0, 1]; 1 = off
+  float min_p = 0.0f;               // [0, 1]; 0 = off
   float repetition_penalty = 1.0f;  // > 0; 1 = off (HF semantics: divides positive logits)
   float presence_penalty = 0.0f;    // [-2, 2] (OpenAI semantics)
   float frequency_penalty = 0.0f;   // [-2, 2]

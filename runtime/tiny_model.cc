@@ -77,7 +77,8 @@ absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
   {
     std::ofstream out(fs::path(dir) / "generation_config.json");
     out << generation.dump(2);
-    if (!out) return absl::InternalError(absl::StrCat("cannot write ", dir, "/generation_config.json"));
+    if (!out)
+      return absl::InternalError(absl::StrCat("cannot write ", dir, "/generation_config.json"));
   }
 
   std::mt19937_64 rng(o.seed);
@@ -88,7 +89,8 @@ absl::Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
     int64_t count = 1;
     for (int64_t d : shape) count *= d;
     std::normal_distribution<float> dist(mean, scale);
-    TensorToWrite t{std::move(name), DType::kBF16, std::move(shape), std::vector<uint8_t>(count * 2)};
+    TensorToWrite t{std::move(name), DType::kBF16, std::move(shape),
+                    std::vector<uint8_t>(count * 2)};
     for (int64_t i = 0; i < count; ++i) {
       const uint16_t bits = FloatToBF16(dist(rng));
       std::memcpy(t.bytes.data() + 2 * i, &bits, 2);
@@ -154,14 +156,16 @@ absl::StatusOr<std::string> EmbeddedDefaultModelDir(const std::string& tokenizer
     for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
       fs::copy_file(fs::path(tokenizer_dir) / file, staging / file, ec);
       if (ec) {
-        return absl::InternalError(absl::StrCat("cannot copy ", tokenizer_dir, "/", file, ": ", ec.message()));
+        return absl::InternalError(
+            absl::StrCat("cannot copy ", tokenizer_dir, "/", file, ": ", ec.message()));
       }
     }
   }
   fs::rename(staging, dir, ec);  // another process may have won the race: then use its copy
   if (ec) fs::remove_all(staging, ec);
   if (!fs::exists(dir / "model.safetensors")) {
-    return absl::InternalError(absl::StrCat("could not create the embedded model in ", dir.string()));
+    return absl::InternalError(
+        absl::StrCat("could not create the embedded model in ", dir.string()));
   }
   return dir.string();
 }

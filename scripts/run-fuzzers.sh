@@ -13,7 +13,7 @@ seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${TESSERA_FUZZ_BUILD_DIR:-$root/build-fuzz}
 jobs=${TESSERA_BUILD_JOBS:-2}
-targets=(safetensors_header config)
+targets=(safetensors_header config tokenizer tokenizer_files)
 
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DTESSERA_FUZZ=ON \
   -DTESSERA_CUDA=OFF -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -27,8 +27,11 @@ for target in "${targets[@]}"; do
   mkdir -p "$work"
   echo "== $target: ${seconds}s"
   status=0
+  extra=()
+  [ -f "$root/tests/fuzz/$target.dict" ] && extra+=(-dict="$root/tests/fuzz/$target.dict")
+  [ "$target" = tokenizer ] && extra+=(-max_len=4096)
   "$build/tests/fuzz/${target}_fuzzer" "$work" "$root/tests/fuzz/corpus/$target" \
-    -dict="$root/tests/fuzz/$target.dict" -max_total_time="$seconds" -timeout=10 \
+    "${extra[@]}" -max_total_time="$seconds" -timeout=10 \
     -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$build/fuzz-artifacts/$target-" >"$log" 2>&1 || status=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")

@@ -53,6 +53,9 @@ struct Voidify {
               : ::tessera::internal::Voidify() & \
                     ::tessera::internal::CheckFailure(__FILE__, __LINE__, #condition)
 
-#define TESSERA_CHECK_EQ(a, b) TESSERA_CHECK((a) == (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "
-#define TESSERA_CHECK_LT(a, b) TESSERA_CHECK((a) < (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "
-#define TESSERA_CHECK_LE(a, b) TESSERA_CHECK((a) <= (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "
+#define TESSERA_CHECK_EQ(a, b) \
+  TESSERA_CHECK((a) == (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "
+#define TESSERA_CHECK_LT(a, b) \
+  TESSERA_CHECK((a) < (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "
+#define TESSERA_CHECK_LE(a, b) \
+  TESSERA_CHECK((a) <= (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "

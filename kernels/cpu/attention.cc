@@ -39,7 +39,8 @@ void Attention(const float* q, int64_t q_row_stride, const float* k_cache, const
       std::vector<float> scores(context);
       float max_score = -INFINITY;
       for (int j = 0; j < context; ++j) {
-        const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+        const int64_t slot =
+            static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
         const float* kv = k_cache + slot * kv_width + static_cast<int64_t>(kvh) * head_dim;
         float dot = 0.0f;
         for (int d = 0; d < head_dim; ++d) dot += qv[d] * kv[d];
@@ -54,7 +55,8 @@ void Attention(const float* q, int64_t q_row_stride, const float* k_cache, const
       float* o = out + (static_cast<int64_t>(t) * q_heads + h) * head_dim;
       std::fill(o, o + head_dim, 0.0f);
       for (int j = 0; j < context; ++j) {
-        const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+        const int64_t slot =
+            static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
         const float* vv = v_cache + slot * kv_width + static_cast<int64_t>(kvh) * head_dim;
         const float p = scores[j] / denom;
         for (int d = 0; d < head_dim; ++d) o[d] += p * vv[d];

@@ -27,8 +27,12 @@ class CpuBackend final : public Backend {
     TESSERA_CHECK(p != nullptr) << "out of host memory allocating " << bytes << " bytes";
     return DeviceBuffer(p, bytes, FreeAligned);
   }
-  void CopyToDevice(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void CopyToDevice(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
   void UploadFloat(void* dst, DType dtype, const float* src, size_t count) override {
     TESSERA_CHECK(dtype == DType::kF32) << "the CPU backend stores float32 only";
     std::memcpy(dst, src, count * sizeof(float));

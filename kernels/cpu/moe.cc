@@ -24,8 +24,9 @@ void RouterTopK(const float* logits, int n, int num_experts, int top_k, bool nor
     for (int e = 0; e < num_experts; ++e) probs[e] /= sum;
     std::iota(order.begin(), order.end(), 0);
     // Largest first; ties go to the lower expert id.
-    std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
-                      [&](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(), [&](int a, int b) {
+      return probs[a] > probs[b] || (probs[a] == probs[b] && a < b);
+    });
     float top_sum = 0.0f;
     for (int k = 0; k < top_k; ++k) top_sum += probs[order[k]];
     for (int k = 0; k < top_k; ++k) {
@@ -44,7 +45,8 @@ void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights,
   for (int t = 0; t < n; ++t) {
     for (int k = 0; k < top_k; ++k) {
       const int local = ids[t * top_k + k] - first_expert;
-      if (local >= 0 && local < num_local_experts) assigned[local].push_back({t, weights[t * top_k + k]});
+      if (local >= 0 && local < num_local_experts)
+        assigned[local].push_back({t, weights[t * top_k + k]});
     }
   }
   std::vector<float> rows, gu, act, y;
@@ -54,12 +56,14 @@ void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights,
     const int64_t m = static_cast<int64_t>(tokens.size());
     rows.resize(m * hidden);
     for (int64_t i = 0; i < m; ++i) {
-      std::copy(x + tokens[i].first * hidden, x + (tokens[i].first + 1) * hidden, rows.begin() + i * hidden);
+      std::copy(x + tokens[i].first * hidden, x + (tokens[i].first + 1) * hidden,
+                rows.begin() + i * hidden);
     }
     gu.resize(m * 2 * intermediate);
     act.resize(m * intermediate);
     y.resize(m * hidden);
-    Linear(rows.data(), gate_up + e * 2 * intermediate * hidden, m, 2 * intermediate, hidden, gu.data());
+    Linear(rows.data(), gate_up + e * 2 * intermediate * hidden, m, 2 * intermediate, hidden,
+           gu.data());
     SiluMul(gu.data(), m, intermediate, act.data());
     Linear(act.data(), down + e * hidden * intermediate, m, hidden, intermediate, y.data());
     for (int64_t i = 0; i < m; ++i) {

@@ -15,7 +15,8 @@ inline void NormRow(const float* x, const float* weight, int64_t dim, float eps,
 }
 }  // namespace
 
-void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps, float* out) {
+void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+             float* out) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) NormRow(x + r * dim, weight, dim, eps, out + r * dim);
 }

@@ -15,8 +15,9 @@
 namespace tessera::tokenizer_internal {
 namespace {
 
-// Ids above this are refused: the per-id tables would be absurdly large.
-constexpr int64_t kMaxId = (int64_t{1} << 24) - 1;
+// Ids above this are refused: the per-id tables (5 bytes per id) would be absurdly large. The
+// largest vocabularies in use have about 256K tokens.
+constexpr int64_t kMaxId = (int64_t{1} << 22) - 1;
 // ICU and PCRE2 take 32-bit lengths.
 constexpr size_t kMaxTextBytes = size_t{1} << 30;
 
@@ -44,7 +45,9 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
     max_id = std::max<int64_t>(max_id, id);
   }
   t->kind_.assign(max_id + 1, Kind::kNone);
-  std::vector<std::string> token_bytes(max_id + 1);
+  // (id, bytes) of every token; packed into bytes_/offsets_ at the end.
+  std::vector<std::pair<int32_t, std::string>> token_bytes;
+  token_bytes.reserve(spec.vocab.size() + spec.added.size());
   std::array<int32_t, 256> byte_ids;  // the token of each single byte, -1 when missing
   byte_ids.fill(-1);
   absl::flat_hash_map<std::string, int32_t> whole;  // bytes -> id, for ignore_merges only
@@ -60,10 +63,10 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
     if (alphabet.DecodeToken(token, &bytes)) {
       if (bytes.size() == 1) byte_ids[static_cast<uint8_t>(bytes[0])] = id;
       if (spec.ignore_merges) whole.emplace(bytes, id);
-      token_bytes[id] = std::move(bytes);
+      token_bytes.emplace_back(id, std::move(bytes));
     } else {
       // As Hugging Face's ByteLevel decoder: a token outside the alphabet decodes to its own text.
-      token_bytes[id] = token;
+      token_bytes.emplace_back(id, token);
     }
   }
 
@@ -150,7 +153,8 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
     const std::string_view text =
         token.normalized && t->nfc_ ? t->nfc_->Normalize(token.content, &storage) : token.content;
     std::string bytes;
-    token_bytes[token.id] = alphabet.DecodeToken(text, &bytes) ? bytes : std::string(text);
+    token_bytes.emplace_back(token.id,
+                             alphabet.DecodeToken(text, &bytes) ? bytes : std::string(text));
   }
   for (size_t i = 0; i < t->added_.size(); ++i) {
     const AddedToken& token = t->added_[i];
@@ -172,15 +176,24 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(const Tokeniz
   }
   t->split_ = *std::move(split);
 
-  t->offsets_.resize(token_bytes.size() + 1);
+  // An added token with a vocabulary id replaces the regular token's bytes: stable_sort keeps
+  // the added entry (pushed later) after it, and the later entry wins below.
+  std::stable_sort(token_bytes.begin(), token_bytes.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
   size_t total = 0;
-  for (const std::string& b : token_bytes) total += b.size();
+  for (const auto& entry : token_bytes) total += entry.second.size();
   t->bytes_.reserve(total);
-  for (size_t id = 0; id < token_bytes.size(); ++id) {
-    t->offsets_[id] = static_cast<uint32_t>(t->bytes_.size());
-    t->bytes_.append(token_bytes[id]);
+  t->offsets_.assign(t->kind_.size() + 1, 0);
+  int32_t next = 0;  // the first id whose offset is not set yet
+  for (size_t i = 0; i < token_bytes.size(); ++i) {
+    const auto& [id, bytes] = token_bytes[i];
+    if (i + 1 < token_bytes.size() && token_bytes[i + 1].first == id) continue;
+    for (; next <= id; ++next) t->offsets_[next] = static_cast<uint32_t>(t->bytes_.size());
+    t->bytes_.append(bytes);
   }
-  t->offsets_.back() = static_cast<uint32_t>(t->bytes_.size());
+  for (; next <= static_cast<int32_t>(t->kind_.size()); ++next) {
+    t->offsets_[next] = static_cast<uint32_t>(t->bytes_.size());
+  }
   return t;
 }
 

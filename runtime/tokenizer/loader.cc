@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/base/status_macros.h"
 #include "runtime/tokenizer/bpe_tokenizer.h"
+#include "runtime/tokenizer/loader.h"
 #include "runtime/tokenizer/tokenizer.h"
 
 namespace tessera {
@@ -71,6 +72,8 @@ absl::StatusOr<json> ReadJson(const std::string& path) {
   } catch (const json::parse_error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": not valid JSON (byte ", e.byte, "): ", e.what()));
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON: ", e.what()));
   }
 }
 
@@ -266,7 +269,12 @@ class TokenizerJsonReader : public nlohmann::json_sax<json> {
 
   // Parses `text`; on success root() holds the document without the two tables.
   absl::Status Parse(const std::string& text) {
-    const bool ok = json::sax_parse(text, this);
+    bool ok = false;
+    try {
+      ok = json::sax_parse(text, this);
+    } catch (const json::exception& e) {
+      if (status_.ok()) status_ = FieldError(path_, "(document)", e.what());
+    }
     if (!status_.ok()) return status_;
     if (!ok) return absl::InvalidArgumentError(absl::StrCat(path_, ": not valid JSON"));
     return absl::OkStatus();
@@ -484,8 +492,8 @@ absl::Status ReadBpeModel(const TokenizerJsonReader& reader, const std::string& 
   return absl::OkStatus();
 }
 
-absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+absl::StatusOr<TokenizerSpec> ReadTokenizerJsonText(const std::string& text,
+                                                    const std::string& path) {
   TokenizerSpec spec;
   TokenizerJsonReader reader(path, &spec);
   spec.merge_where_prefix = Where(path, "model.merges[");
@@ -516,6 +524,11 @@ absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
     }
   }
   return spec;
+}
+
+absl::StatusOr<TokenizerSpec> ReadTokenizerJson(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  return ReadTokenizerJsonText(text, path);
 }
 
 // A token named in tokenizer_config.json: a string, {"content": ...}, or null.
@@ -588,12 +601,12 @@ absl::Status ReadTokenizerConfig(const std::string& path, TokenizerSpec* spec) {
       if (name) named.emplace_back(*name, field);
     }
   }
-  for (const auto& [content, field] : named) {
+  for (const auto& name : named) {
     auto token = std::find_if(spec->added.begin(), spec->added.end(),
-                              [&](const AddedToken& t) { return t.content == content; });
+                              [&](const AddedToken& t) { return t.content == name.first; });
     if (token == spec->added.end()) {
-      return Unsupported(path, field,
-                         absl::StrCat(Quoted(content),
+      return Unsupported(path, name.second,
+                         absl::StrCat(Quoted(name.first),
                                       " is not in added_tokens_decoder; special "
                                       "tokens must be listed there"));
     }
@@ -650,6 +663,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Build(absl::StatusOr<TokenizerSpec> s
 }
 
 }  // namespace
+
+namespace tokenizer_internal {
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJsonText(const std::string& text,
+                                                                 const std::string& path) {
+  return Build(ReadTokenizerJsonText(text, path));
+}
+
+}  // namespace tokenizer_internal
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadTokenizerJson(const std::string& path) {
   return Build(ReadTokenizerJson(path));

@@ -6,8 +6,12 @@
 //
 // Encoding: added tokens are cut out of the raw text first; the rest is NFC-normalised (ICU), cut
 // by the file's Split regex (PCRE2 with Unicode properties), and each piece is BPE-merged on its
-// bytes. Unicode classes follow the libraries' Unicode tables (PCRE2 10.42: Unicode 14; ICU 72:
-// Unicode 15); docs/perf/tokenizer.md and the tests record where that differs from Hugging Face.
+// bytes. Unicode behaviour matches Hugging Face tokenizers 0.23 with one known exception:
+//   - NFC: HF's tables are Unicode 9.0; ours are ICU's limited to [:age=9.0:], which is the same.
+//   - \p{L} \p{N} \s: identical for every code point assigned in Unicode 14 (PCRE2 10.42's
+//     tables; Oniguruma's \s is rewritten as White_Space since PCRE2's adds U+180E). The 9,392
+//     letters and numbers assigned in Unicode 15.0-16.0, which HF's Oniguruma knows, are "other"
+//     here (see PatternTest.KnownDifferenceUnicode15Letters).
 // All methods are const and thread-safe.
 #pragma once
 

@@ -44,15 +44,17 @@ std::unique_ptr<Fixture> LoadFixture(const std::string& name, int block_size = 1
   f->backend = MakeCpuBackend();
   auto parallel = ParallelConfig::Create(1, 0, 1, 1, 1, 1, ModelDimsOf(f->config));
   EXPECT_TRUE(parallel.ok()) << parallel.status();
-  auto executor = Executor::Create(f->config, *f->checkpoint, *f->backend, *parallel, nullptr,
-                                   /*num_kv_blocks=*/(512 + block_size - 1) / block_size, block_size);
+  auto executor =
+      Executor::Create(f->config, *f->checkpoint, *f->backend, *parallel, nullptr,
+                       /*num_kv_blocks=*/(512 + block_size - 1) / block_size, block_size);
   EXPECT_TRUE(executor.ok()) << executor.status();
   f->executor = std::move(*executor);
   f->prompt = f->expected["prompt_ids"].get<std::vector<int32_t>>();
   return f;
 }
 
-double MaxRowRelativeL2(const std::vector<float>& got, const std::vector<float>& want, int64_t cols) {
+double MaxRowRelativeL2(const std::vector<float>& got, const std::vector<float>& want,
+                        int64_t cols) {
   double worst = 0;
   for (size_t r = 0; r * cols < want.size(); ++r) {
     double diff = 0, norm = 0;
@@ -83,7 +85,8 @@ TEST_P(GoldenTest, PromptLogitsAndGreedyTokensMatch) {
   auto f = LoadFixture(GetParam());
   auto want = ReadNpyFloat32(f->dir + "/prompt_logits.npy");
   ASSERT_TRUE(want.ok()) << want.status();
-  ASSERT_EQ(want->shape, (std::vector<int64_t>{static_cast<int64_t>(f->prompt.size()), f->config.vocab_size}));
+  ASSERT_EQ(want->shape,
+            (std::vector<int64_t>{static_cast<int64_t>(f->prompt.size()), f->config.vocab_size}));
   const auto greedy = f->expected["greedy_tokens"].get<std::vector<int32_t>>();
 
   GenerateOptions options;
@@ -93,8 +96,8 @@ TEST_P(GoldenTest, PromptLogitsAndGreedyTokensMatch) {
   auto result = Generate(*f->executor, f->prompt, options);
   ASSERT_TRUE(result.ok()) << result.status();
   const double err = MaxRowRelativeL2(result->prompt_logits, want->data, f->config.vocab_size);
-  std::printf("[golden] %s: max row relative L2 %.3e (min HF top-2 margin %.3e)\n", GetParam().c_str(),
-              err, f->expected["min_margin"].get<double>());
+  std::printf("[golden] %s: max row relative L2 %.3e (min HF top-2 margin %.3e)\n",
+              GetParam().c_str(), err, f->expected["min_margin"].get<double>());
   EXPECT_LE(err, kLogitTolerance);
   EXPECT_EQ(result->tokens, greedy);
 }
@@ -111,7 +114,8 @@ TEST_P(GoldenTest, ChunkedPrefillMatchesWholePrefill) {
   auto g = LoadFixture(GetParam(), /*block_size=*/5);  // blocks that do not align with chunks
   auto chunked = Generate(*g->executor, g->prompt, options);
   ASSERT_TRUE(chunked.ok()) << chunked.status();
-  EXPECT_LE(MaxRowRelativeL2(chunked->prompt_logits, whole->prompt_logits, f->config.vocab_size), 1e-5);
+  EXPECT_LE(MaxRowRelativeL2(chunked->prompt_logits, whole->prompt_logits, f->config.vocab_size),
+            1e-5);
   EXPECT_EQ(chunked->tokens, whole->tokens);
 }
 

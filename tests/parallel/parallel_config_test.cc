@@ -38,7 +38,11 @@ TEST(ParallelConfigTest, CoordinatesCoverTheWorldOnce) {
 }
 
 TEST(ParallelConfigTest, LayersSplitContiguously) {
-  auto c = ParallelConfig::Create(3, 0, 1, 3, 1, 1, [] { ModelDims d = Dense(); d.num_layers = 7; return d; }());
+  auto c = ParallelConfig::Create(3, 0, 1, 3, 1, 1, [] {
+    ModelDims d = Dense();
+    d.num_layers = 7;
+    return d;
+  }());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->FirstLayer(7, 0), 0);
   EXPECT_EQ(c->FirstLayer(7, 1), 3);
@@ -65,11 +69,13 @@ TEST(ParallelConfigTest, KvHeadsReplicateWhenTpExceedsThem) {
 void ExpectError(absl::StatusOr<ParallelConfig> c, const std::string& needle) {
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(c.status().message()).find(needle), std::string::npos) << c.status().message();
+  EXPECT_NE(std::string(c.status().message()).find(needle), std::string::npos)
+      << c.status().message();
 }
 
 TEST(ParallelConfigTest, RejectsEveryBadLayoutWithTheNumbers) {
-  ExpectError(ParallelConfig::Create(3, 0, 3, 1, 1, 0, Dense()), "--tp 3 does not divide num_attention_heads (8)");
+  ExpectError(ParallelConfig::Create(3, 0, 3, 1, 1, 0, Dense()),
+              "--tp 3 does not divide num_attention_heads (8)");
   ModelDims odd_kv = Dense();
   odd_kv.num_key_value_heads = 3;
   odd_kv.num_attention_heads = 12;
@@ -78,11 +84,13 @@ TEST(ParallelConfigTest, RejectsEveryBadLayoutWithTheNumbers) {
   odd_inter.intermediate_size = 90;
   ExpectError(ParallelConfig::Create(4, 0, 4, 1, 1, 0, odd_inter), "intermediate_size (90)");
   ExpectError(ParallelConfig::Create(2, 0, 1, 1, 2, 0, Dense()), "dense");
-  ExpectError(ParallelConfig::Create(4, 0, 1, 1, 3, 0, Moe()), "--ep 3 must be 1 or --tp x --dp = 4");
+  ExpectError(ParallelConfig::Create(4, 0, 1, 1, 3, 0, Moe()),
+              "--ep 3 must be 1 or --tp x --dp = 4");
   ModelDims six = Moe();
   six.num_experts = 6;
   ExpectError(ParallelConfig::Create(4, 0, 1, 1, 4, 0, six), "num_experts (6)");
-  ExpectError(ParallelConfig::Create(5, 0, 1, 5, 1, 0, Dense()), "exceeds the number of layers (4)");
+  ExpectError(ParallelConfig::Create(5, 0, 1, 5, 1, 0, Dense()),
+              "exceeds the number of layers (4)");
   ExpectError(ParallelConfig::Create(4, 0, 2, 1, 1, 3, Dense()), "but the world has 4 ranks");
   ExpectError(ParallelConfig::Create(3, 0, 2, 1, 1, 0, Dense()), "not a multiple");
   ModelDims moe_inter = Moe();

@@ -14,7 +14,8 @@ std::vector<float> Logits() { return {1.0f, 3.0f, 2.5f, -1.0f, 3.0f, 0.0f}; }
 int32_t SampleOnce(SamplingParams p, const std::vector<float>& logits, uint64_t seed = 1,
                    int64_t sampleable = -1) {
   Sampler s(p, seed);
-  return s.Sample(logits, sampleable < 0 ? static_cast<int64_t>(logits.size()) : sampleable, {}, {});
+  return s.Sample(logits, sampleable < 0 ? static_cast<int64_t>(logits.size()) : sampleable, {},
+                  {});
 }
 
 TEST(SamplerTest, GreedyTakesArgmaxLowestIdOnTies) {
@@ -76,7 +77,8 @@ TEST(SamplerTest, SameSeedSameStream) {
   p.temperature = 1.5f;
   p.seed = 42;
   Sampler a(p, 0), b(p, 999);  // the request's seed wins over the default
-  for (int i = 0; i < 100; ++i) EXPECT_EQ(a.Sample(Logits(), 6, {}, {}), b.Sample(Logits(), 6, {}, {}));
+  for (int i = 0; i < 100; ++i)
+    EXPECT_EQ(a.Sample(Logits(), 6, {}, {}), b.Sample(Logits(), 6, {}, {}));
 }
 
 TEST(SamplerTest, PenaltiesMoveTheArgmax) {

@@ -10,7 +10,8 @@ namespace tessera {
 namespace {
 
 TEST(DTypeTest, NamesRoundTrip) {
-  for (DType d : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kI32, DType::kI64}) {
+  for (DType d :
+       {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3, DType::kI32, DType::kI64}) {
     DType parsed;
     ASSERT_TRUE(ParseDTypeName(DTypeName(d), &parsed));
     EXPECT_EQ(parsed, d);
@@ -44,7 +45,7 @@ TEST(DTypeTest, F16RoundTripsEveryValue) {
 
 TEST(DTypeTest, F8E4M3KnownValues) {
   EXPECT_EQ(F8E4M3ToFloat(0x38), 1.0f);
-  EXPECT_EQ(F8E4M3ToFloat(0x7e), 448.0f);   // largest finite
+  EXPECT_EQ(F8E4M3ToFloat(0x7e), 448.0f);                // largest finite
   EXPECT_EQ(F8E4M3ToFloat(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
   EXPECT_EQ(F8E4M3ToFloat(0xb8), -1.0f);
   EXPECT_TRUE(std::isnan(F8E4M3ToFloat(0x7f)));

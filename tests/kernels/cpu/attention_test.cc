@@ -35,7 +35,8 @@ TEST_P(AttentionTest, PagedMatchesContiguousFloat64) {
   std::vector<int32_t> tables(num_seqs * max_blocks, -1);
   int next = 0;
   for (int s = 0; s < num_seqs; ++s)
-    for (int b = 0; b * c.block_size < c.seq_lens[s]; ++b) tables[s * max_blocks + b] = physical[next++];
+    for (int b = 0; b * c.block_size < c.seq_lens[s]; ++b)
+      tables[s * max_blocks + b] = physical[next++];
 
   const int kv_width = c.kv_heads * c.head_dim;
   const int q_width = c.q_heads * c.head_dim;
@@ -91,12 +92,12 @@ TEST_P(AttentionTest, PagedMatchesContiguousFloat64) {
   testing::ExpectClose(out, ref, 1e-5, 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, AttentionTest,
-    ::testing::Values(Case{1, 1, 2, 1, {1}}, Case{4, 4, 8, 4, {5, 1, 9}},   // MHA
-                      Case{8, 2, 16, 16, {33, 17}},                        // GQA 4:1
-                      Case{6, 3, 6, 3, {10, 2, 7, 1}},                     // odd head_dim, block
-                      Case{16, 4, 128, 16, {40}}));
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Values(Case{1, 1, 2, 1, {1}},
+                                           Case{4, 4, 8, 4, {5, 1, 9}},      // MHA
+                                           Case{8, 2, 16, 16, {33, 17}},     // GQA 4:1
+                                           Case{6, 3, 6, 3, {10, 2, 7, 1}},  // odd head_dim, block
+                                           Case{16, 4, 128, 16, {40}}));
 
 // Decode: one query at the end of a long context reads the same result as the full prefill row.
 TEST(AttentionTest, DecodeRowEqualsPrefillRow) {

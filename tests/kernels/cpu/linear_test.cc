@@ -29,7 +29,8 @@ TEST_P(LinearTest, MatchesFloat64) {
 INSTANTIATE_TEST_SUITE_P(Shapes, LinearTest,
                          ::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(1, 67, 129),
                                            std::make_tuple(3, 5, 7), std::make_tuple(17, 65, 33),
-                                           std::make_tuple(33, 130, 256), std::make_tuple(1, 1000, 64)));
+                                           std::make_tuple(33, 130, 256),
+                                           std::make_tuple(1, 1000, 64)));
 
 }  // namespace
 }  // namespace tessera

@@ -22,7 +22,8 @@ TEST(RouterTopKTest, SoftmaxTopKAndRenormalisation) {
     for (int t = 0; t < n; ++t) {
       std::vector<double> p(experts);
       double den = 0;
-      for (int e = 0; e < experts; ++e) den += (p[e] = std::exp(static_cast<double>(logits[t * experts + e])));
+      for (int e = 0; e < experts; ++e)
+        den += (p[e] = std::exp(static_cast<double>(logits[t * experts + e])));
       std::vector<int> order(experts);
       std::iota(order.begin(), order.end(), 0);
       std::sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
@@ -56,7 +57,8 @@ TEST(MoeExpertsTest, MatchesPerTokenReferenceAndShardsSum) {
   std::vector<float> w(n * top_k);
   for (int t = 0; t < n; ++t) {
     ids[t * top_k] = t % experts;
-    ids[t * top_k + 1] = (t * 5 + 1) % experts == t % experts ? (t + 1) % experts : (t * 5 + 1) % experts;
+    ids[t * top_k + 1] =
+        (t * 5 + 1) % experts == t % experts ? (t + 1) % experts : (t * 5 + 1) % experts;
     w[t * top_k] = 0.7f;
     w[t * top_k + 1] = 0.3f;
   }
@@ -72,7 +74,8 @@ TEST(MoeExpertsTest, MatchesPerTokenReferenceAndShardsSum) {
         double g = 0, u = 0;
         for (int d = 0; d < hidden; ++d) {
           g += static_cast<double>(gate_up[(e * 2 * inter + i) * hidden + d]) * x[t * hidden + d];
-          u += static_cast<double>(gate_up[(e * 2 * inter + inter + i) * hidden + d]) * x[t * hidden + d];
+          u += static_cast<double>(gate_up[(e * 2 * inter + inter + i) * hidden + d]) *
+               x[t * hidden + d];
         }
         act[i] = g / (1 + std::exp(-g)) * u;
       }
@@ -89,8 +92,8 @@ TEST(MoeExpertsTest, MatchesPerTokenReferenceAndShardsSum) {
   for (int first = 0; first < experts; first += 2) {
     std::vector<float> part(n * hidden, NAN);
     cpu::MoeExperts(x.data(), n, ids.data(), w.data(), top_k, first, 2, hidden, inter,
-                    gate_up.data() + first * 2 * inter * hidden, down.data() + first * hidden * inter,
-                    part.data());
+                    gate_up.data() + first * 2 * inter * hidden,
+                    down.data() + first * hidden * inter, part.data());
     for (int i = 0; i < n * hidden; ++i) sum[i] += part[i];
   }
   std::vector<float> sum_f(sum.begin(), sum.end());

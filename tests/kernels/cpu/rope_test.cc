@@ -39,7 +39,8 @@ TEST(HeadNormRopeTest, MatchesFloat64WithStride) {
       }
     }
     // Elements past the heads are untouched.
-    for (int i = heads * head_dim; i < stride; ++i) EXPECT_EQ(x[t * stride + i], original[t * stride + i]);
+    for (int i = heads * head_dim; i < stride; ++i)
+      EXPECT_EQ(x[t * stride + i], original[t * stride + i]);
   }
   // Angles up to ~4095 rad lose ~4e-4 relative in float32 rounding of the angle itself.
   testing::ExpectClose(got, ref, 2e-3, 1e-4);

@@ -10,7 +10,8 @@
 
 namespace tessera::testing {
 
-inline std::vector<float> RandomVector(size_t n, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
+inline std::vector<float> RandomVector(size_t n, std::mt19937& rng, float lo = -1.0f,
+                                       float hi = 1.0f) {
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<float> v(n);
   for (auto& x : v) x = dist(rng);

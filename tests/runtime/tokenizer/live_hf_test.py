@@ -124,7 +124,7 @@ def run_tessera(binary, args, lines, tmp):
         for line in lines:
             f.write(json.dumps(line) + "\n")
     proc = subprocess.run([binary] + args + [path], capture_output=True, timeout=300)
-    # Not splitlines(): that also splits at U+2028, U+0085... which tessera writes unescaped.
+    # One JSON object per '\n'-terminated line (tessera escapes everything else).
     out = [json.loads(l) for l in proc.stdout.decode("utf-8").split("\n") if l]
     if len(out) != len(lines):
         sys.exit(f"tessera {' '.join(args)}: {len(out)} results for {len(lines)} inputs "

@@ -3,10 +3,12 @@
 //
 // hf_cases.json and flags_tokenizer.json come from make_cases.py (Hugging Face tokenizers and
 // transformers on the same files); the llama.cpp vectors are llama.cpp's own Qwen2 test files.
+#include <atomic>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -277,6 +279,35 @@ TEST_P(Qwen3Test, LongPieces) {
   }
 }
 
+// Encode and Decode are const and thread-safe (the piece cache is per thread).
+TEST_P(Qwen3Test, ConcurrentEncodeMatchesSerial) {
+  std::mt19937 rng(99);
+  std::vector<std::string> texts;
+  std::vector<std::vector<int32_t>> expected;
+  for (int i = 0; i < 300; ++i) {
+    texts.push_back(RandomText(rng) + " the same words again and again " + std::to_string(i));
+    expected.push_back(*tok().Encode(texts.back()));
+  }
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        for (size_t k = 0; k < texts.size(); ++k) {
+          const size_t i = (k * (t + 1) + round) % texts.size();
+          auto ids = tok().Encode(texts[i]);
+          if (!ids.ok() || *ids != expected[i] ||
+              *tok().Decode(*ids, false) != *tok().Decode(expected[i], false)) {
+            ++mismatches;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
 // --- streaming detokenizer
 
 std::vector<int32_t> ByteIds(const Tokenizer& tok, std::string_view bytes) {
@@ -386,6 +417,30 @@ TEST_P(Qwen3Test, StreamingMatchesDecode) {
 
 // --- the small tokenizer whose added tokens use every flag (lstrip, rstrip, single_word,
 // normalized, special), against the ids Hugging Face gives.
+// More tokenizers than a thread keeps piece caches for (4): alternating between them recycles
+// caches and must never mix their entries up.
+TEST(TokenizerCacheTest, ManyTokenizersOnOneThread) {
+  std::vector<std::unique_ptr<Tokenizer>> toks;
+  for (int i = 0; i < 6; ++i) {
+    auto t = Tokenizer::LoadTokenizerJson(kCasesDir + "/flags_tokenizer.json");
+    ASSERT_TRUE(t.ok());
+    toks.push_back(*std::move(t));
+  }
+  const Tokenizer& qwen = Qwen3(Form::kTokenizerJson);
+  const std::string text = "the hello world, he said: cafe\xCC\x81 <W> <|sp|>";
+  const std::vector<int32_t> small = *toks[0]->Encode(text);
+  const std::vector<int32_t> big = *qwen.Encode(text);
+  ASSERT_NE(small, big);
+  for (int round = 0; round < 20; ++round) {
+    for (const auto& t : toks) EXPECT_EQ(*t->Encode(text), small);
+    EXPECT_EQ(*qwen.Encode(text), big);
+  }
+  toks.clear();  // caches of destroyed tokenizers are never found again (owners are not reused)
+  auto fresh = Tokenizer::LoadTokenizerJson(kCasesDir + "/flags_tokenizer.json");
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(*(*fresh)->Encode(text), small);
+}
+
 TEST(TokenizerFlagsTest, MatchesHuggingFace) {
   auto tok = Tokenizer::LoadTokenizerJson(kCasesDir + "/flags_tokenizer.json");
   ASSERT_TRUE(tok.ok()) << tok.status();
