@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <system_error>
 
 #include "runtime/chat/concat.h"
 #include "runtime/chat/py_json.h"
@@ -152,7 +153,9 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
   const fs::path root(dir);
   const fs::path config_path = root / "tokenizer_config.json";
   Json config = Json::object();
-  const bool have_config = fs::exists(config_path);
+  // The std::error_code overloads: the throwing ones would let an exception out of the module.
+  std::error_code ec;
+  const bool have_config = fs::exists(config_path, ec);
   if (have_config) {
     absl::StatusOr<Json> parsed = ReadJson(config_path);
     if (!parsed.ok()) return parsed.status();
@@ -166,18 +169,19 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
   std::vector<std::pair<std::string, std::string>> sources;  // name -> text
   std::vector<std::string> origins;
   const fs::path jinja_path = root / "chat_template.jinja";
-  if (fs::exists(jinja_path)) {
+  if (fs::exists(jinja_path, ec)) {
     absl::StatusOr<std::string> text = ReadFile(jinja_path);
     if (!text.ok()) return text.status();
     sources.emplace_back("default", std::move(*text));
     origins.push_back(jinja_path.string());
   }
   const fs::path extra_dir = root / "additional_chat_templates";
-  if (fs::is_directory(extra_dir)) {
+  if (fs::is_directory(extra_dir, ec)) {
     std::vector<fs::path> files;
-    for (const auto& entry : fs::directory_iterator(extra_dir)) {
-      if (entry.path().extension() == ".jinja") files.push_back(entry.path());
+    for (fs::directory_iterator it(extra_dir, ec), end; !ec && it != end; it.increment(ec)) {
+      if (it->path().extension() == ".jinja") files.push_back(it->path());
     }
+    if (ec) return absl::NotFoundError(Concat(extra_dir.string(), ": ", ec.message()));
     std::sort(files.begin(), files.end());
     for (const fs::path& file : files) {
       absl::StatusOr<std::string> text = ReadFile(file);
@@ -236,7 +240,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
     if (config.contains(name)) tokens[name] = config[name];
   }
   const fs::path map_path = root / "special_tokens_map.json";
-  if (!config.contains("added_tokens_decoder") && fs::exists(map_path)) {
+  if (!config.contains("added_tokens_decoder") && fs::exists(map_path, ec)) {
     absl::StatusOr<Json> map = ReadJson(map_path);
     if (!map.ok()) return map.status();
     for (const char* name : kSpecialTokenNames) {
