@@ -37,6 +37,9 @@ LAYOUTS = [
     ("moe_mixed_layers", 4, ["--tp", "2", "--pp", "2", "--prefill-chunk", "9"]),
     ("moe_norm_topk", 2, ["--dp", "2", "--ep", "2"]),
     ("dense_gqa", 2, ["--dp", "2"]),                        # attention-DP of a dense model
+    # EP8, the layout of Qwen3-235B-A22B on one 8-GPU node: attention DP8, or TP2 x DP4.
+    ("moe_norm_topk", 8, ["--ep", "8"]),
+    ("moe_no_norm", 8, ["--tp", "2", "--ep", "8"]),
 ]
 
 
