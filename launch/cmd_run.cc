@@ -13,6 +13,7 @@
 // [n_prompt, vocab] whose row i holds the logits after token i.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -147,6 +148,7 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   // whether any rank failed before the first step.
   std::unique_ptr<Backend> backend = MakeCpuBackend();
   auto executor = std::make_unique<Executor>(config, parallel, mpi.world());
+  const auto load_start = std::chrono::steady_clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank())) {
@@ -161,6 +163,8 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
     if (!loaded.ok()) return loaded;
     return absl::AbortedError("another rank failed to load its shard");
   }
+  ReportLoad(mpi, "tessera run",
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
   if (FaultInjected("hang-step", mpi.rank())) {
     for (;;) pause();
   }

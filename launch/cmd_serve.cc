@@ -168,6 +168,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
           "--kv-cache-memory ", *bytes, " bytes holds no KV block of ", per_block, " bytes")));
     }
   }
+  const auto load_start = std::chrono::steady_clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank()))
@@ -183,6 +184,8 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     }
     return 1;
   }
+  ReportLoad(mpi, "tessera serve",
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
   if (mpi.rank() != 0) {
     if (FaultInjected("hang-step", mpi.rank())) {
       for (;;) pause();

@@ -3,7 +3,9 @@
 #include <mpi.h>
 #include <omp.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <vector>
 #include <string>
 #include <thread>
 
@@ -58,6 +60,35 @@ bool MpiSession::AnyFailed(bool ok) {
   int32_t failed = ok ? 0 : 1;
   world_->AllReduceSum(&failed, 1, DType::kI32);
   return failed > 0;
+}
+
+namespace {
+double PeakHostMemoryMiB() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  double kib = -1;
+  while (std::fgets(line, sizeof(line), f)) {
+    if (std::sscanf(line, "VmHWM: %lf kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib / 1024.0;
+}
+}  // namespace
+
+void ReportLoad(MpiSession& mpi, const char* command, double seconds) {
+  float mine[2] = {static_cast<float>(seconds), static_cast<float>(PeakHostMemoryMiB())};
+  std::vector<float> all(2 * static_cast<size_t>(mpi.size()));
+  if (mpi.world()) {
+    mpi.world()->AllGather(mine, all.data(), 2, DType::kF32);
+  } else {
+    all.assign(mine, mine + 2);
+  }
+  if (mpi.rank() != 0) return;
+  for (int r = 0; r < mpi.size(); ++r) {
+    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s, peak host memory %.1f MiB\n", command, r,
+                 all[2 * r], all[2 * r + 1]);
+  }
 }
 
 bool FaultInjected(const char* kind, int rank) {

@@ -18,6 +18,9 @@ python=$(./scripts/install-test-deps.sh | tail -n 1)
 
 echo "== build"
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+# Paths relative to the checkout, and debug info without the checkout's path in the hash: a fresh
+# clone elsewhere (CI) still hits the cache.
+export CCACHE_BASEDIR=$root CCACHE_NOHASHDIR=1
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_PYTHON="$python" >/dev/null
 cmake --build "$build" -j "$jobs"
 

@@ -304,6 +304,23 @@ TEST(ServeTest, ApiKey) {
   EXPECT_EQ(state, "SERVING");
 }
 
+TEST(ServeTest, Tls) {
+  const std::string dir = ::testing::TempDir() + "/tls-" + std::to_string(getpid());
+  const std::string make_cert =
+      "mkdir -p " + dir + " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
+      " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + dir + "/key.pem -out " + dir +
+      "/cert.pem 2>/dev/null";
+  ASSERT_EQ(std::system(make_cert.c_str()), 0);
+  ServerJob job(2, {"--model", kFixture, "--tls-cert", dir + "/cert.pem", "--tls-key", dir + "/key.pem"});
+  ClientOptions options;
+  options.address = job.address();
+  options.tls_ca = dir + "/cert.pem";
+  Client secure(options);
+  EXPECT_TRUE(Generate(secure, Greedy({1, 2}, 2)).status.ok());
+  auto plaintext = job.MakeClient();  // a client without TLS cannot talk to it
+  EXPECT_EQ(Generate(*plaintext, Greedy({1, 2}, 2)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
 TEST(ServeTest, SigtermDrainsLiveStreamsThenExitsZero) {
   ServerJob job(2, {"--model", kFixture, "--drain-timeout", "60"});
   std::atomic<int> started{0};
