@@ -4,9 +4,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "runtime/json_text.h"
 #include "runtime/tokenizer/utf8.h"
 
 namespace tessera {
+
+// Tool definitions and arguments nest a few levels; deeper input is refused before parsing.
+constexpr int kMaxRequestJsonDepth = 64;
 
 absl::Status CheckUtf8(const std::string& field, const std::string& text) {
   const size_t at = tokenizer_internal::FindInvalidUtf8(text);
@@ -67,6 +71,12 @@ absl::StatusOr<ChatRequest> ToChatRequest(
               absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
         }
         // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
+        // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
+        if (JsonNestingDepth(call.arguments(), kMaxRequestJsonDepth) > kMaxRequestJsonDepth) {
+          return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].tool_calls[", j,
+                                                         "].arguments nests deeper than ",
+                                                         kMaxRequestJsonDepth, " levels"));
+        }
         json arguments =
             json::parse(call.arguments().empty() ? "{}" : call.arguments(), nullptr, false);
         if (arguments.is_discarded()) {
@@ -85,6 +95,10 @@ absl::StatusOr<ChatRequest> ToChatRequest(
     chat.messages.push_back(std::move(msg));
   }
   if (!tools_json.empty()) {
+    if (JsonNestingDepth(tools_json, kMaxRequestJsonDepth) > kMaxRequestJsonDepth) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tools_json nests deeper than ", kMaxRequestJsonDepth, " levels"));
+    }
     chat.tools = json::parse(tools_json, nullptr, false);
     if (chat.tools.is_discarded() || !chat.tools.is_array()) {
       return absl::InvalidArgumentError("tools_json must be a JSON array of tool definitions");

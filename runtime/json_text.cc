@@ -36,9 +36,9 @@ class SyntaxErrorRecorder {
   std::string message_;
 };
 
-// The deepest nesting of arrays and objects in `text`, counting brackets outside strings. Stops
-// counting once past `limit`.
-int NestingDepth(std::string_view text, int limit) {
+}  // namespace
+
+int JsonNestingDepth(std::string_view text, int limit) {
   int depth = 0, deepest = 0;
   bool in_string = false, escaped = false;
   for (const char c : text) {
@@ -62,8 +62,6 @@ int NestingDepth(std::string_view text, int limit) {
   return deepest;
 }
 
-}  // namespace
-
 absl::StatusOr<json> ParseJsonText(std::string_view text, std::string_view source,
                                    absl::StatusCode code) {
   // NOTE: nlohmann's lexer takes a NUL byte for the end of input and would accept "{}\0junk".
@@ -75,7 +73,7 @@ absl::StatusOr<json> ParseJsonText(std::string_view text, std::string_view sourc
   // NOTE: the DOM of a hostile, deeply nested document costs far more memory than its text; the
   // files read here nest 3 or 4 levels. serde_json (behind the reference safetensors) stops at 128.
   constexpr int kMaxDepth = 128;
-  if (NestingDepth(text, kMaxDepth) > kMaxDepth) {
+  if (JsonNestingDepth(text, kMaxDepth) > kMaxDepth) {
     return absl::Status(code, absl::StrCat(AsAbsl(source), ": invalid JSON: nested deeper than ",
                                            kMaxDepth, " levels"));
   }

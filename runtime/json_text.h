@@ -25,6 +25,11 @@ inline absl::string_view AsAbsl(std::string_view s) {
 absl::StatusOr<nlohmann::json> ParseJsonText(std::string_view text, std::string_view source,
                                              absl::StatusCode code);
 
+// The deepest nesting of arrays and objects in JSON `text`, counting brackets outside strings,
+// without parsing (so hostile nesting is refused before it costs stack or memory). Stops counting
+// once past `limit`.
+int JsonNestingDepth(std::string_view text, int limit);
+
 // A short, printable rendering of a value for error messages: scalars as JSON (long strings cut
 // to 64 characters), lists of up to 4 scalars as JSON, other containers as "an object" /
 // "an array". Never recurses into nested values, so hostile input cannot exhaust the stack.

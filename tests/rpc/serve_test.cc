@@ -194,6 +194,17 @@ TEST(ServeTest, TextAndChatWithTheRealTokenizer) {
   ASSERT_TRUE(chat_res.status.ok()) << chat_res.status.error_message();
   EXPECT_FALSE(chat_res.tokens.empty());
 
+  v1::GenerateRequest deep = chat;
+  auto* call = deep.add_messages();
+  call->set_role("assistant");
+  auto* tool_call = call->add_tool_calls();
+  tool_call->set_name("f");
+  tool_call->set_arguments(std::string(100000, '[') + std::string(100000, ']'));
+  Result deep_res = Generate(*client, deep);
+  EXPECT_EQ(deep_res.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << job.Log();
+  EXPECT_NE(deep_res.status.error_message().find("nests deeper"), std::string::npos)
+      << deep_res.status.error_message();
+
   v1::GenerateRequest bad_utf8;
   bad_utf8.set_prompt(std::string("caf\xc3", 4));
   bad_utf8.set_max_tokens(2);
@@ -307,18 +318,21 @@ TEST(ServeTest, ApiKey) {
 TEST(ServeTest, Tls) {
   const std::string dir = ::testing::TempDir() + "/tls-" + std::to_string(getpid());
   const std::string make_cert =
-      "mkdir -p " + dir + " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
-      " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " + dir + "/key.pem -out " + dir +
-      "/cert.pem 2>/dev/null";
+      "mkdir -p " + dir +
+      " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
+      " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+      dir + "/key.pem -out " + dir + "/cert.pem 2>/dev/null";
   ASSERT_EQ(std::system(make_cert.c_str()), 0);
-  ServerJob job(2, {"--model", kFixture, "--tls-cert", dir + "/cert.pem", "--tls-key", dir + "/key.pem"});
+  ServerJob job(
+      2, {"--model", kFixture, "--tls-cert", dir + "/cert.pem", "--tls-key", dir + "/key.pem"});
   ClientOptions options;
   options.address = job.address();
   options.tls_ca = dir + "/cert.pem";
   Client secure(options);
   EXPECT_TRUE(Generate(secure, Greedy({1, 2}, 2)).status.ok());
   auto plaintext = job.MakeClient();  // a client without TLS cannot talk to it
-  EXPECT_EQ(Generate(*plaintext, Greedy({1, 2}, 2)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Generate(*plaintext, Greedy({1, 2}, 2)).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST(ServeTest, SigtermDrainsLiveStreamsThenExitsZero) {
