@@ -251,6 +251,42 @@ TEST(ServeTest, ValidationErrorsSayWhy) {
   EXPECT_TRUE(Generate(*client, Greedy({5, 6, 7}, 3)).status.ok());
 }
 
+TEST(ServeTest, FullQueueIsResourceExhausted) {
+  ServerJob job(2, {"--model", kFixture, "--max-queue", "2"});
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      auto client = job.MakeClient();
+      v1::GenerateRequest r = Greedy({1, 2, static_cast<int32_t>(i)}, 300);
+      r.set_ignore_eos(true);
+      bool first = true;
+      client->Generate(r, [&](const v1::GenerateResponse&) {
+        if (first) ++started;
+        first = false;
+      });
+    });
+  }
+  while (started < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto client = job.MakeClient();
+  Result full = Generate(*client, Greedy({1, 2}, 2));
+  EXPECT_EQ(full.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << full.status.error_message();
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(Generate(*client, Greedy({1, 2}, 2)).status.ok());  // room again
+}
+
+TEST(ServeTest, ARankFailingAtStartEndsTheJob) {
+  setenv("TESSERA_FAULT", "fail-load@1", 1);
+  ServerJob job(2, {"--model", kFixture}, /*expect_ready=*/false);
+  unsetenv("TESSERA_FAULT");
+  const int code = job.Wait(std::chrono::seconds(30));
+  EXPECT_NE(code, 0);
+  EXPECT_NE(code, -1) << "the job did not end";
+  EXPECT_NE(job.Log().find("[rank 1] injected load failure"), std::string::npos) << job.Log();
+  EXPECT_FALSE(job.ready());
+}
+
 TEST(ServeTest, CancellationFreesKvBlocks) {
   ServerJob job(2, {"--model", kFixture, "--num-kv-blocks", "64"});
   const double idle = job.Metric("tessera:kv_cache_free_blocks");
