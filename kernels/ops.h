@@ -102,6 +102,11 @@ class Backend {
   // Downloads `count` values of `dtype` as float32.
   virtual void DownloadFloat(float* host_dst, const void* src, DType dtype, size_t count) = 0;
   virtual void Synchronize() = 0;
+  // Fills `count` values of `dtype` with mean + scale * u, u uniform in [-1, 1) from a counter-based
+  // generator seeded by `seed` (benchmarks' dummy weights). The default generates on the host in
+  // pieces and uploads them; a device backend may override it with a kernel.
+  virtual void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
+                          float scale);
 
   // out A[n, H] = table W[vocab_end - vocab_start, H][ids[t] - vocab_start], or 0 when the id is
   // outside [vocab_start, vocab_end) (vocab-parallel embedding: the shards are then summed).

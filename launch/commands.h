@@ -7,6 +7,7 @@ namespace tessera {
 int RunCommand(int argc, char** argv);     // tessera run             (cmd_run.cc)
 int ServeCommand(int argc, char** argv);   // tessera serve           (cmd_serve.cc)
 int ClientCommand(int argc, char** argv);  // tessera client          (cmd_client.cc)
+int BenchCommand(int argc, char** argv);   // tessera bench           (cmd_bench.cc)
 int MakeTinyModelCommand(int argc,
                          char** argv);           // tessera make-tiny-model (cmd_make_tiny_model.cc)
 int TokenizeCommand(int argc, char** argv);      // tessera tokenize        (cmd_tokenize.cc)

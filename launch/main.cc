@@ -18,6 +18,8 @@ constexpr Subcommand kSubcommands[] = {
      "serve the model over gRPC (rank 0 coordinates; run under mpirun)"},
     {"client", tessera::ClientCommand,
      "talk to a running server: generate, chat, tokenize, health, info"},
+    {"bench", tessera::BenchCommand,
+     "measure TTFT, decode and throughput (dummy weights at real shapes)"},
     {"make-tiny-model", tessera::MakeTinyModelCommand,
      "write a tiny random-weight Qwen3 checkpoint (config.json + safetensors)"},
     {"tokenize", tessera::TokenizeCommand, "text -> token ids with a model's tokenizer"},

@@ -31,8 +31,7 @@ Executor::Executor(const ModelConfig& config, const ParallelConfig& p, Communica
   }
 }
 
-absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
-                            int block_size) {
+ShardSpec Executor::MakeShard() {
   const ParallelConfig& p = parallel_;
   ShardSpec shard;
   shard.tp_rank = p.tp_rank();
@@ -48,12 +47,28 @@ absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int 
     if (p.stage() > 0) shard.pp_prev = p.RankOf(p.stage() - 1, p.dp_rank(), p.tp_rank());
     if (p.stage() + 1 < p.pp) shard.pp_next = p.RankOf(p.stage() + 1, p.dp_rank(), p.tp_rank());
   }
-  ASSIGN_OR_RETURN(model_, Qwen3Model::Load(config_, checkpoint, backend, shard));
+  return shard;
+}
+
+void Executor::AllocateKv(Backend& backend, int num_kv_blocks, int block_size) {
   num_kv_blocks_ = num_kv_blocks;
   block_size_ = block_size;
   kv_ = std::make_unique<KvCache>(backend, static_cast<int>(model_->num_local_layers()),
                                   num_kv_blocks, block_size, model_->kv_heads_local(),
                                   static_cast<int>(config_.head_dim));
+}
+
+absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
+                            int block_size) {
+  ASSIGN_OR_RETURN(model_, Qwen3Model::Load(config_, checkpoint, backend, MakeShard()));
+  AllocateKv(backend, num_kv_blocks, block_size);
+  return absl::OkStatus();
+}
+
+absl::Status Executor::LoadDummy(Backend& backend, int num_kv_blocks, int block_size,
+                                 uint64_t seed) {
+  ASSIGN_OR_RETURN(model_, Qwen3Model::LoadDummy(config_, backend, MakeShard(), seed));
+  AllocateKv(backend, num_kv_blocks, block_size);
   return absl::OkStatus();
 }
 

@@ -34,6 +34,9 @@ class Executor {
   absl::Status Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
                     int block_size);
 
+  // Per rank: random weights at the real shapes, generated on the device (benchmarks).
+  absl::Status LoadDummy(Backend& backend, int num_kv_blocks, int block_size, uint64_t seed);
+
   // Both steps, for a single rank (tests).
   static absl::StatusOr<std::unique_ptr<Executor>> Create(
       const ModelConfig& config, const Checkpoint& checkpoint, Backend& backend,
@@ -56,6 +59,8 @@ class Executor {
 
  private:
   void Run(const StepPlan& plan, std::vector<float>* logits);
+  ShardSpec MakeShard();
+  void AllocateKv(Backend& backend, int num_kv_blocks, int block_size);
 
   ModelConfig config_;
   ParallelConfig parallel_;

@@ -2,6 +2,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
+#include <algorithm>
 
 #include "kernels/base/check.h"
 #include "kernels/cpu/reference.h"
@@ -99,6 +101,26 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+void Backend::FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
+                         float scale) {
+  constexpr size_t kPiece = size_t{1} << 20;
+  std::vector<float> host(std::min(count, kPiece));
+  const size_t element = DTypeSize(dtype);
+  for (size_t begin = 0; begin < count; begin += kPiece) {
+    const size_t n = std::min(kPiece, count - begin);
+    for (size_t i = 0; i < n; ++i) {
+      // splitmix64 of (seed, index): the same values whatever the piece size.
+      uint64_t z = seed * 0x9e3779b97f4a7c15ull + (begin + i) + 1;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      const float u = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+      host[i] = mean + scale * u;
+    }
+    UploadFloat(static_cast<char*>(dst) + begin * element, dtype, host.data(), n);
+  }
+}
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 

@@ -1,0 +1,370 @@
+// tessera bench: offline speed measurements, side by side with the roofline and the peer.
+//
+//   [mpirun -np N] tessera bench --model DIR [--load-format dummy|safetensors] [--device cpu]
+//       [--tp T] [--pp P] [--ep E] [--dp D] [--ttft 1024,4096] [--decode-batch 1,16,64]
+//       [--decode-context 1024] [--decode-steps 32] [--repeats 5] [--throughput-requests 1000]
+//       [--input-mean 256] [--output-mean 128] [--max-num-seqs 256]
+//       [--max-num-batched-tokens 8192] [--kv-cache-memory BYTES | --num-kv-blocks N]
+//       [--seed S] [--json]
+//
+// --load-format dummy (the default) needs only DIR/config.json: random weights at the real
+// shapes, generated on the device (scripts/bench/models/ holds Qwen3-14B, 32B, 30B-A3B and
+// 235B-A22B). It reports:
+//   - TTFT: one request of each --ttft length, prefill plus the first sample (median of repeats);
+//   - decode: ms per step and tokens/s for each --decode-batch, every sequence at
+//     --decode-context tokens of context (median over --decode-steps steps);
+//   - throughput: --throughput-requests requests with ShareGPT-like lengths (log-normal around
+//     --input-mean / --output-mean, seeded), all submitted at once through the serving engine:
+//     output tokens/s and TTFT / TPOT percentiles.
+// A table goes to stderr; --json prints one JSON object on stdout.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/base/status_macros.h"
+#include "launch/commands.h"
+#include "launch/flags.h"
+#include "launch/model_dir.h"
+#include "launch/mpi_session.h"
+#include "nlohmann/json.hpp"
+#include "runtime/block_manager.h"
+#include "runtime/engine.h"
+#include "runtime/executor.h"
+
+#ifndef TESSERA_GIT_COMMIT
+#define TESSERA_GIT_COMMIT "unknown"
+#endif
+
+namespace tessera {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double pos = p / 100.0 * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - lo);
+}
+
+// Builds one micro-batch for replica 0 (the others idle) of `seqs` sequences: sequence j computes
+// tokens [begin[j], end[j]) of `tokens[j]`, with logits for its last token when `logits`.
+StepPlan Plan(int dp, int bs, const std::vector<std::vector<int32_t>>& tokens,
+              const std::vector<std::vector<int32_t>>& blocks, const std::vector<int>& begin,
+              const std::vector<int>& end, bool logits) {
+  StepPlan plan;
+  plan.replicas.assign(dp, std::vector<StepBatch>(1));
+  StepBatch& b = plan.replicas[0][0];
+  b.num_seqs = static_cast<int>(tokens.size());
+  for (const auto& bl : blocks)
+    b.max_blocks_per_seq = std::max<int>(b.max_blocks_per_seq, bl.size());
+  b.block_tables.assign(static_cast<size_t>(b.num_seqs) * b.max_blocks_per_seq, 0);
+  for (int j = 0; j < b.num_seqs; ++j) {
+    std::copy(blocks[j].begin(), blocks[j].end(),
+              b.block_tables.begin() + j * b.max_blocks_per_seq);
+    for (int p = begin[j]; p < end[j]; ++p) {
+      b.token_ids.push_back(tokens[j][p]);
+      b.positions.push_back(p);
+      b.token_seq.push_back(j);
+      b.slot_mapping.push_back(blocks[j][p / bs] * bs + p % bs);
+    }
+    if (logits) b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
+  }
+  return plan;
+}
+
+absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
+  Flags flags({"model",
+               "load-format",
+               "device",
+               "tp",
+               "pp",
+               "ep",
+               "dp",
+               "ttft",
+               "decode-batch",
+               "decode-context",
+               "decode-steps",
+               "repeats",
+               "throughput-requests",
+               "input-mean",
+               "output-mean",
+               "max-num-seqs",
+               "max-num-batched-tokens",
+               "kv-cache-memory",
+               "num-kv-blocks",
+               "block-size",
+               "seed"},
+              {"json"});
+  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+  const std::string device = flags.GetString("device").value_or("cpu");
+  if (device != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", device, ": this build has only the cpu backend"));
+  }
+  const std::string format = flags.GetString("load-format").value_or("dummy");
+  if (format != "dummy" && format != "safetensors") {
+    return absl::InvalidArgumentError("--load-format must be dummy or safetensors");
+  }
+  ASSIGN_OR_RETURN(std::string dir, flags.RequireString("model"));
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  ASSIGN_OR_RETURN(int64_t tp, flags.GetInt("tp", 1));
+  ASSIGN_OR_RETURN(int64_t pp, flags.GetInt("pp", 1));
+  ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
+  ASSIGN_OR_RETURN(int64_t dp, flags.GetInt("dp", 0));
+  ASSIGN_OR_RETURN(std::vector<int64_t> ttft_lens, flags.GetIntList("ttft"));
+  ASSIGN_OR_RETURN(std::vector<int64_t> batches, flags.GetIntList("decode-batch"));
+  ASSIGN_OR_RETURN(int64_t context, flags.GetInt("decode-context", 1024));
+  ASSIGN_OR_RETURN(int64_t steps, flags.GetInt("decode-steps", 32));
+  ASSIGN_OR_RETURN(int64_t repeats, flags.GetInt("repeats", 5));
+  ASSIGN_OR_RETURN(int64_t requests, flags.GetInt("throughput-requests", 0));
+  ASSIGN_OR_RETURN(double input_mean, flags.GetDouble("input-mean", 256));
+  ASSIGN_OR_RETURN(double output_mean, flags.GetDouble("output-mean", 128));
+  ASSIGN_OR_RETURN(int64_t max_seqs, flags.GetInt("max-num-seqs", 256));
+  ASSIGN_OR_RETURN(int64_t max_tokens, flags.GetInt("max-num-batched-tokens", 8192));
+  ASSIGN_OR_RETURN(int64_t block_size, flags.GetInt("block-size", 16));
+  ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
+  if (context < 1 || steps < 1 || repeats < 1 || block_size < 1) {
+    return absl::InvalidArgumentError(
+        "--decode-context, --decode-steps, --repeats, --block-size must be >= 1");
+  }
+  ASSIGN_OR_RETURN(
+      ParallelConfig parallel,
+      ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp), static_cast<int>(pp),
+                             static_cast<int>(ep), static_cast<int>(dp), ModelDimsOf(config)));
+
+  // KV: enough for the largest measurement, unless given.
+  int64_t need_tokens = context + steps;
+  for (int64_t b : batches) need_tokens = std::max(need_tokens, b * (context + steps));
+  for (int64_t l : ttft_lens) need_tokens = std::max(need_tokens, l + 1);
+  ASSIGN_OR_RETURN(int64_t num_blocks,
+                   flags.GetInt("num-kv-blocks", (need_tokens + block_size - 1) / block_size + 64));
+
+  std::unique_ptr<Backend> backend = MakeCpuBackend();
+  Executor executor(config, parallel, mpi.world());
+  const auto load_start = Clock::now();
+  absl::Status loaded = [&]() -> absl::Status {
+    if (format == "dummy") {
+      return executor.LoadDummy(*backend, static_cast<int>(num_blocks),
+                                static_cast<int>(block_size), static_cast<uint64_t>(seed));
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
+                         static_cast<int>(block_size));
+  }();
+  if (mpi.AnyFailed(loaded.ok()))
+    return loaded.ok() ? absl::AbortedError("another rank failed") : loaded;
+  const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
+  ReportLoad(mpi, "tessera bench", load_s);
+  if (mpi.rank() != 0) {
+    executor.RunWorker();
+    return 0;
+  }
+
+  const int bs = static_cast<int>(block_size);
+  const int replicas = parallel.dp;
+  std::mt19937_64 rng(static_cast<uint64_t>(seed));
+  std::uniform_int_distribution<int32_t> any_id(0, static_cast<int32_t>(config.vocab_size - 1));
+  BlockManager blocks(static_cast<int>(num_blocks), bs, /*prefix_caching=*/false);
+  json result = {{"model", dir},
+                 {"load_format", format},
+                 {"device", device},
+                 {"layout", parallel.ToString()},
+                 {"commit", TESSERA_GIT_COMMIT},
+                 {"load_seconds", load_s}};
+
+  // TTFT: prefill of one request, plus sampling its first token (greedy argmax on rank 0).
+  json ttft = json::array();
+  for (int64_t len : ttft_lens) {
+    std::vector<double> times;
+    for (int64_t r = 0; r < repeats + 1; ++r) {  // the first run warms up
+      std::vector<std::vector<int32_t>> tokens(1, std::vector<int32_t>(len));
+      for (auto& t : tokens[0]) t = any_id(rng);
+      std::vector<std::vector<int32_t>> table(1);
+      if (!blocks.Reserve(&table[0], static_cast<int>(len))) {
+        return absl::ResourceExhaustedError("--num-kv-blocks too small for --ttft");
+      }
+      const auto start = Clock::now();
+      std::vector<float> logits =
+          executor.Execute(Plan(replicas, bs, tokens, table, {0}, {static_cast<int>(len)}, true));
+      (void)std::max_element(logits.begin(), logits.end());
+      if (r > 0) times.push_back(Ms(Clock::now() - start));
+      blocks.Free(&table[0]);
+    }
+    ttft.push_back({{"prompt_tokens", len},
+                    {"ms_p50", Percentile(times, 50)},
+                    {"ms_min", Percentile(times, 0)}});
+    std::fprintf(stderr, "TTFT %6lld tokens: %9.2f ms (p50 of %lld)\n", static_cast<long long>(len),
+                 Percentile(times, 50), static_cast<long long>(repeats));
+  }
+  result["ttft"] = ttft;
+
+  // Decode: B sequences at `context` tokens of context, one token each per step.
+  json decode = json::array();
+  for (int64_t batch : batches) {
+    std::vector<std::vector<int32_t>> tokens(batch), table(batch);
+    for (int64_t j = 0; j < batch; ++j) {
+      tokens[j].resize(context + steps + 1);
+      for (auto& t : tokens[j]) t = any_id(rng);
+      if (!blocks.Reserve(&table[j], static_cast<int>(context + steps + 1))) {
+        return absl::ResourceExhaustedError(
+            "--num-kv-blocks too small for --decode-batch x --decode-context");
+      }
+    }
+    // Prefill the contexts (not timed), in pieces within the token budget.
+    for (int64_t j = 0; j < batch; ++j) {
+      for (int64_t begin = 0; begin < context; begin += max_tokens) {
+        const int end = static_cast<int>(std::min<int64_t>(context, begin + max_tokens));
+        executor.Execute(
+            Plan(replicas, bs, {tokens[j]}, {table[j]}, {static_cast<int>(begin)}, {end}, false));
+      }
+    }
+    std::vector<double> times;
+    for (int64_t s = 0; s < steps; ++s) {
+      std::vector<int> begin(batch, static_cast<int>(context + s)),
+          end(batch, static_cast<int>(context + s + 1));
+      const auto start = Clock::now();
+      std::vector<float> logits =
+          executor.Execute(Plan(replicas, bs, tokens, table, begin, end, true));
+      for (int64_t j = 0; j < batch; ++j) {  // greedy sampling, as a real step would
+        (void)std::max_element(logits.begin() + j * config.vocab_size,
+                               logits.begin() + (j + 1) * config.vocab_size);
+      }
+      if (s > 0) times.push_back(Ms(Clock::now() - start));
+    }
+    for (auto& t : table) blocks.Free(&t);
+    const double p50 = Percentile(times, 50);
+    decode.push_back({{"batch", batch},
+                      {"context", context},
+                      {"ms_per_step_p50", p50},
+                      {"ms_per_step_p90", Percentile(times, 90)},
+                      {"tokens_per_s", batch * 1000.0 / p50}});
+    std::fprintf(stderr, "decode batch %4lld, context %6lld: %9.2f ms/step, %10.1f tok/s\n",
+                 static_cast<long long>(batch), static_cast<long long>(context), p50,
+                 batch * 1000.0 / p50);
+  }
+  result["decode"] = decode;
+
+  // Throughput through the serving engine: every request submitted at once.
+  if (requests > 0) {
+    EngineOptions options;
+    options.max_num_seqs = static_cast<int>(max_seqs);
+    options.max_num_batched_tokens = static_cast<int>(max_tokens);
+    options.max_queue = static_cast<int>(requests) + 1;
+    options.max_model_len =
+        std::min<int64_t>(config.max_position_embeddings, num_blocks * block_size);
+    Engine engine(executor, nullptr, nullptr, options);
+    std::lognormal_distribution<double> in_len(std::log(input_mean) - 0.5, 1.0),
+        out_len(std::log(output_mean) - 0.5, 1.0);
+    std::vector<double> ttfts, tpots;
+    std::atomic<int64_t> output_tokens{0}, failures{0};
+    std::mutex mu;
+    const auto start = Clock::now();
+    std::thread driver([&] {
+      std::vector<std::shared_ptr<RequestStream>> streams;
+      std::vector<Clock::time_point> submitted;
+      for (int64_t i = 0; i < requests; ++i) {
+        EngineRequest r;
+        r.request_id = absl::StrCat("bench-", i);
+        const int in = static_cast<int>(std::clamp(in_len(rng), 4.0, 4096.0));
+        r.max_tokens = static_cast<int>(std::clamp(out_len(rng), 4.0, 2048.0));
+        r.prompt.resize(in);
+        for (auto& t : r.prompt) t = any_id(rng);
+        r.ignore_eos = true;
+        r.sampling.temperature = 0;
+        absl::StatusOr<std::shared_ptr<RequestStream>> s = engine.Submit(std::move(r));
+        if (!s.ok()) {
+          ++failures;
+          continue;
+        }
+        streams.push_back(*s);
+        submitted.push_back(Clock::now());
+      }
+      // Poll every stream, so each token's arrival time is when the engine produced it.
+      const size_t n = streams.size();
+      std::vector<Clock::time_point> first(n), last(n);
+      std::vector<int64_t> count(n, 0);
+      std::vector<bool> done(n, false);
+      size_t remaining = n;
+      while (remaining > 0) {
+        bool any = false;
+        for (size_t i = 0; i < n; ++i) {
+          EngineOutput out;
+          while (!done[i] && streams[i]->Next(&out, std::chrono::milliseconds(0))) {
+            any = true;
+            if (!out.token_ids.empty()) {
+              last[i] = Clock::now();
+              if (count[i] == 0) first[i] = last[i];
+              count[i] += static_cast<int64_t>(out.token_ids.size());
+            }
+            if (out.finished) {
+              done[i] = true;
+              --remaining;
+              if (!out.status.ok()) ++failures;
+            }
+          }
+        }
+        if (!any) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t i = 0; i < n; ++i) {
+        output_tokens += count[i];
+        if (count[i] > 0) ttfts.push_back(Ms(first[i] - submitted[i]));
+        if (count[i] > 1) tpots.push_back(Ms(last[i] - first[i]) / (count[i] - 1));
+      }
+      engine.Stop();
+    });
+    engine.Run();  // on this (the MPI) thread; shuts the workers down when it returns
+    driver.join();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    // NOTE: TTFT here is measured from submission, with every request queued at once, so it
+    // includes queueing; it is a throughput-run figure, not the single-request TTFT above.
+    result["throughput"] = {{"requests", requests},
+                            {"failures", failures.load()},
+                            {"seconds", seconds},
+                            {"output_tokens_per_s", output_tokens / seconds},
+                            {"requests_per_s", requests / seconds},
+                            {"ttft_ms_p50", Percentile(ttfts, 50)},
+                            {"ttft_ms_p99", Percentile(ttfts, 99)},
+                            {"tpot_ms_p50", Percentile(tpots, 50)},
+                            {"tpot_ms_p99", Percentile(tpots, 99)}};
+    std::fprintf(stderr,
+                 "throughput: %lld requests in %.2f s: %.1f output tok/s, TTFT p50 %.1f ms, TPOT "
+                 "p50 %.2f ms\n",
+                 static_cast<long long>(requests), seconds, output_tokens / seconds,
+                 Percentile(ttfts, 50), Percentile(tpots, 50));
+  } else {
+    executor.Shutdown();
+  }
+  if (flags.GetBool("json")) std::printf("%s\n", result.dump(1).c_str());
+  const bool failed =
+      result.contains("throughput") && result["throughput"]["failures"].get<int64_t>() > 0;
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+int BenchCommand(int argc, char** argv) {
+  MpiSession mpi(&argc, &argv);
+  absl::StatusOr<int> code = Bench(mpi, argc, argv);
+  if (!code.ok()) {
+    if (mpi.rank() == 0)
+      std::fprintf(stderr, "tessera bench: %s\n", std::string(code.status().message()).c_str());
+    return code.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return *code;
+}
+
+}  // namespace tessera
