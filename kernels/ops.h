@@ -102,9 +102,9 @@ class Backend {
   // Downloads `count` values of `dtype` as float32.
   virtual void DownloadFloat(float* host_dst, const void* src, DType dtype, size_t count) = 0;
   virtual void Synchronize() = 0;
-  // Fills `count` values of `dtype` with mean + scale * u, u uniform in [-1, 1) from a counter-based
-  // generator seeded by `seed` (benchmarks' dummy weights). The default generates on the host in
-  // pieces and uploads them; a device backend may override it with a kernel.
+  // Fills `count` values of `dtype` with mean + scale * u, u uniform in [-1, 1) from a
+  // counter-based generator seeded by `seed` (benchmarks' dummy weights). The default generates on
+  // the host in pieces and uploads them; a device backend may override it with a kernel.
   virtual void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
                           float scale);
 

@@ -5,9 +5,9 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <vector>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "kernels/base/check.h"
 #include "parallel/mpi_communicator.h"
@@ -86,8 +86,8 @@ void ReportLoad(MpiSession& mpi, const char* command, double seconds) {
   }
   if (mpi.rank() != 0) return;
   for (int r = 0; r < mpi.size(); ++r) {
-    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s, peak host memory %.1f MiB\n", command, r,
-                 all[2 * r], all[2 * r + 1]);
+    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s, peak host memory %.1f MiB\n",
+                 command, r, all[2 * r], all[2 * r + 1]);
   }
 }
 

@@ -194,8 +194,8 @@ absl::Status Qwen3Model::LoadWeights(const WeightSource& source) {
   const int64_t vocab_local = vocab_end_ - vocab_start_;
   if (first_stage() || (last_stage() && c.tie_word_embeddings)) {
     embed_ = alloc(vocab_local * H);
-    RETURN_IF_ERROR(read("model.embed_tokens.weight", 0, vocab_start_, vocab_local,
-                         vocab_local * H, &embed_, 0));
+    RETURN_IF_ERROR(read("model.embed_tokens.weight", 0, vocab_start_, vocab_local, vocab_local * H,
+                         &embed_, 0));
   }
   if (last_stage()) {
     if (!c.tie_word_embeddings) {
@@ -256,8 +256,8 @@ absl::Status Qwen3Model::LoadWeights(const WeightSource& source) {
       layer.down = alloc(num_local_experts_ * H * I);
       for (int64_t e = 0; e < num_local_experts_; ++e) {
         const int64_t g = first_expert_ + e;
-        RETURN_IF_ERROR(read(ExpertName(l, g, "gate_proj"), 0, start, I, I * H, &layer.gate_up,
-                             e * 2 * I * H));
+        RETURN_IF_ERROR(
+            read(ExpertName(l, g, "gate_proj"), 0, start, I, I * H, &layer.gate_up, e * 2 * I * H));
         RETURN_IF_ERROR(read(ExpertName(l, g, "up_proj"), 0, start, I, I * H, &layer.gate_up,
                              (e * 2 + 1) * I * H));
         RETURN_IF_ERROR(

@@ -1,9 +1,9 @@
 // The CPU backend: float32 activations and weights in host memory, ops from reference.h.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <vector>
-#include <algorithm>
 
 #include "kernels/base/check.h"
 #include "kernels/cpu/reference.h"
