@@ -163,4 +163,11 @@ class Backend {
 
 std::unique_ptr<Backend> MakeCpuBackend();
 
+// The CUDA backend (kernels/cuda/) on GPU `device`: bf16 activations and weights, fp32
+// accumulation, one stream. Defined only in builds with the CUDA toolkit, where the kernels
+// library defines TESSERA_HAVE_CUDA for code that must know.
+std::unique_ptr<Backend> MakeCudaBackend(int device);
+// GPUs this process can use; 0 without a driver or device (and in builds without CUDA).
+int CudaDeviceCount();
+
 }  // namespace tessera

@@ -102,4 +102,8 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 
+#if !defined(TESSERA_HAVE_CUDA)
+int CudaDeviceCount() { return 0; }
+#endif
+
 }  // namespace tessera
