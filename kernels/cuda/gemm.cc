@@ -5,8 +5,6 @@
 // matrix (ld k) used transposed and the row-major x is a column-major k x m matrix (ld k).
 #include "kernels/cuda/gemm.h"
 
-#include <cstdio>
-
 #include "kernels/cuda/cuda_check.h"
 
 namespace tessera::cuda {
@@ -69,23 +67,14 @@ const LtGemm::Plan& LtGemm::GetPlan(const Key& key) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &cd_align, sizeof(cd_align)));
   cublasLtMatmulHeuristicResult_t result;
   int found = 0;
-  const cublasStatus_t status =
-      cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.w_layout, plan.x_layout,
-                                     plan.y_layout, plan.y_layout, pref, 1, &result, &found);
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.w_layout, plan.x_layout,
+                                              plan.y_layout, plan.y_layout, pref, 1, &result,
+                                              &found));
   cublasLtMatmulPreferenceDestroy(pref);
-  TESSERA_CHECK(status == CUBLAS_STATUS_SUCCESS || status == CUBLAS_STATUS_NOT_SUPPORTED)
-      << "cublasLtMatmulAlgoGetHeuristic returned " << cublasLtGetStatusName(status);
-  if (status == CUBLAS_STATUS_SUCCESS && found > 0) {
-    plan.algo = result.algo;
-  } else {
-    plan.fallback = true;
-    ++fallback_plans_;
-    std::fprintf(stderr,
-                 "tessera: cuBLASLt has no bf16 algorithm for m=%lld n=%lld k=%lld (alignments "
-                 "%d/%d/%d bytes): using the fallback GEMM\n",
-                 static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
-                 align_x, align_w, align_y);
-  }
+  TESSERA_CHECK(found > 0) << "cuBLASLt has no bf16 algorithm for m=" << m << " n=" << n
+                           << " k=" << k << " (alignments " << align_x << "/" << align_w << "/"
+                           << align_y << " bytes)";
+  plan.algo = result.algo;
   return plans_.emplace(key, plan).first->second;
 }
 
@@ -97,10 +86,6 @@ void LtGemm::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, i
     return;
   }
   const Plan& plan = GetPlan({m, n, k, Alignment(x), Alignment(w), Alignment(y)});
-  if (plan.fallback) {
-    LaunchLinearFallback(x, w, m, n, k, y, stream);
-    return;
-  }
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
                               y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,

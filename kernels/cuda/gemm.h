@@ -1,8 +1,9 @@
 // Dense bf16 GEMMs through cuBLASLt: y [m, n] = x [m, k] @ w [n, k]^T (F.linear), fp32 compute.
 //
 // The algorithm is chosen once per (m, n, k, pointer alignments) by cuBLASLt's heuristic and
-// cached with its descriptors; the workspace is the caller's, allocated once. A shape cuBLASLt
-// has no algorithm for goes to a plain kernel (linear_fallback.cu) and is counted. Not
+// cached with its descriptors; the workspace is the caller's, allocated once. Operands need no
+// particular alignment: the heuristic is told each pointer's (cuBLASLt handles bf16 operands at
+// any even address; tests/kernels/cuda/linear_test.cc covers odd element offsets). Not
 // thread-safe: one instance per backend (one stream).
 #pragma once
 
@@ -26,9 +27,6 @@ class LtGemm {
   void Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, int64_t n, int64_t k,
               __nv_bfloat16* y, cudaStream_t stream);
 
-  // Shapes (with alignments) that went to the fallback kernel so far.
-  int fallback_plans() const { return fallback_plans_; }
-
  private:
   // (m, n, k, alignment of x, w, y in bytes)
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int>;
@@ -36,7 +34,6 @@ class LtGemm {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
     cublasLtMatmulAlgo_t algo;
-    bool fallback = false;  // cuBLASLt offered no algorithm
   };
   const Plan& GetPlan(const Key& key);
 
@@ -44,11 +41,6 @@ class LtGemm {
   void* workspace_;
   size_t workspace_bytes_;
   std::map<Key, Plan> plans_;
-  int fallback_plans_ = 0;
 };
-
-// y [m, n] = x [m, k] w [n, k]^T, fp32 accumulation, any alignment (linear_fallback.cu).
-void LaunchLinearFallback(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, int64_t n,
-                          int64_t k, __nv_bfloat16* y, cudaStream_t stream);
 
 }  // namespace tessera::cuda
