@@ -102,6 +102,9 @@ class Backend {
   // Downloads `count` values of `dtype` as float32.
   virtual void DownloadFloat(float* host_dst, const void* src, DType dtype, size_t count) = 0;
   virtual void Synchronize() = 0;
+  // The CUDA stream (a cudaStream_t) every op is ordered on, for communicators that enqueue their
+  // transfers on it (parallel/nccl_communicator.h); null for backends without one.
+  virtual void* stream() const { return nullptr; }
 
   // out A[n, H] = table W[vocab_end - vocab_start, H][ids[t] - vocab_start], or 0 when the id is
   // outside [vocab_start, vocab_end) (vocab-parallel embedding: the shards are then summed).

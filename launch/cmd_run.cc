@@ -142,8 +142,9 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
 
   // Communicators first (collective, on every rank), then this rank's shard; every rank learns
   // whether any rank failed before the first step.
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackendForRank(device, mpi));
-  auto executor = std::make_unique<Executor>(config, parallel, mpi.world());
+  ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
+  std::unique_ptr<Backend>& backend = compute.backend;
+  auto executor = std::make_unique<Executor>(config, parallel, compute.world);
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank())) {

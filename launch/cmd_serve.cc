@@ -134,10 +134,10 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   if (!parallel.ok()) return fail(parallel.status());
 
   // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
-  absl::StatusOr<std::unique_ptr<Backend>> made = MakeBackendForRank(device, mpi);
-  if (!made.ok()) return fail(made.status());
-  std::unique_ptr<Backend> backend = std::move(*made);
-  Executor executor(model->config, *parallel, mpi.world());
+  absl::StatusOr<RankCompute> compute = SetUpRankCompute(device, mpi);
+  if (!compute.ok()) return fail(compute.status());
+  std::unique_ptr<Backend>& backend = compute->backend;
+  Executor executor(model->config, *parallel, compute->world);
   const ModelConfig& c = model->config;
   // KV blocks: the same count on every rank (block tables are shared), from the tightest rank.
   int64_t num_blocks = 0;

@@ -1,4 +1,5 @@
-// --device: which backend a rank computes on, and which GPU it binds to.
+// --device: which backend a rank computes on, which GPU it binds to, and the communicator its
+// executor talks through.
 #pragma once
 
 #include <memory>
@@ -7,14 +8,21 @@
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
 #include "launch/mpi_session.h"
+#include "parallel/communicator.h"
 
 namespace tessera {
 
-// "cpu": the float32 CPU backend. "cuda": the CUDA backend on GPU local_rank % device count, so
-// the ranks mpirun starts on one node spread over its GPUs. Errors name the flag: an unknown
-// device, a build without CUDA, a node without a GPU, or several ranks on CUDA (their activations
-// would need the NCCL communicator, which is not there yet).
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackendForRank(const std::string& device,
-                                                            const MpiSession& mpi);
+struct RankCompute {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Communicator> device_world;  // NCCL over MPI's world: CUDA with several ranks
+  Communicator* world = nullptr;               // for the Executor; null in a world of one
+};
+
+// "cpu": the float32 CPU backend, ranks talking over MPI. "cuda": the CUDA backend on GPU
+// local_rank % device count (the ranks mpirun starts on a node spread over its GPUs), ranks
+// talking over NCCL (device buffers) and MPI (host buffers). Collective over the world when
+// several ranks run CUDA. Errors name the flag: an unknown device, a build without CUDA (or
+// without NCCL for several ranks), a node without a GPU.
+absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& device, MpiSession& mpi);
 
 }  // namespace tessera

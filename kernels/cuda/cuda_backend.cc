@@ -109,6 +109,7 @@ class CudaBackend final : public Backend {
     }
   }
   void Synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* stream() const override { return stream_; }
 
   void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
                  const int32_t* ids, int n, void* out) override {
