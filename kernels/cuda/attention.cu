@@ -13,6 +13,7 @@
 // This is the correct-first version: scores and P.V are scalar fp32 FMAs from shared memory, no
 // tensor cores, no split along the sequence for long decode contexts.
 #include <algorithm>
+#include <vector>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
@@ -241,12 +242,16 @@ void LaunchPagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   TESSERA_CHECK(a.head_dim > 0 && a.head_dim <= kMaxHeadDim) << "head_dim " << a.head_dim;
   const Tiling tiling = ChooseTiling(a);
   const size_t smem = Layout(tiling.rows(), a.head_dim, tiling.tokens_per_block).total * 4;
-  // Raise the kernel's dynamic shared-memory limit once per size class it needs past 48 KB.
-  static size_t granted = 48 * 1024;
-  if (smem > granted) {
+  // Raise the kernel's dynamic shared-memory limit past 48 KB when a size needs it: once per size
+  // and device (the limit belongs to the device's context).
+  static std::vector<size_t> granted;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  if (granted.size() <= static_cast<size_t>(device)) granted.resize(device + 1, 48 * 1024);
+  if (smem > granted[device]) {
     CUDA_CHECK(cudaFuncSetAttribute(
         PagedAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    granted = smem;
+    granted[device] = smem;
   }
   const dim3 grid((a.num_tokens + tiling.tokens_per_block - 1) / tiling.tokens_per_block,
                   a.kv_heads * tiling.chunks);
