@@ -107,6 +107,9 @@ class Backend {
   // the host in pieces and uploads them; a device backend may override it with a kernel.
   virtual void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
                           float scale);
+  // The CUDA stream (a cudaStream_t) every op is ordered on, for communicators that enqueue their
+  // transfers on it (parallel/nccl_communicator.h); null for backends without one.
+  virtual void* stream() const { return nullptr; }
 
   // out A[n, H] = table W[vocab_end - vocab_start, H][ids[t] - vocab_start], or 0 when the id is
   // outside [vocab_start, vocab_end) (vocab-parallel embedding: the shards are then summed).
@@ -167,5 +170,12 @@ class Backend {
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();
+
+// The CUDA backend (kernels/cuda/) on GPU `device`: bf16 activations and weights, fp32
+// accumulation, one stream. Defined only in builds with the CUDA toolkit, where the kernels
+// library defines TESSERA_HAVE_CUDA for code that must know.
+std::unique_ptr<Backend> MakeCudaBackend(int device);
+// GPUs this process can use; 0 without a driver or device (and in builds without CUDA).
+int CudaDeviceCount();
 
 }  // namespace tessera

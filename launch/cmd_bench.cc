@@ -1,6 +1,6 @@
 // tessera bench: offline speed measurements, side by side with the roofline and the peer.
 //
-//   [mpirun -np N] tessera bench --model DIR [--load-format dummy|safetensors] [--device cpu]
+//   [mpirun -np N] tessera bench --model DIR [--load-format dummy|safetensors] [--device cpu|cuda]
 //       [--tp T] [--pp P] [--ep E] [--dp D] [--ttft 1024,4096] [--decode-batch 1,16,64]
 //       [--decode-context 1024] [--decode-steps 32] [--repeats 5] [--throughput-requests 1000]
 //       [--input-mean 256] [--output-mean 128] [--max-num-seqs 256]
@@ -30,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/base/status_macros.h"
 #include "launch/commands.h"
+#include "launch/device.h"
 #include "launch/flags.h"
 #include "launch/model_dir.h"
 #include "launch/mpi_session.h"
@@ -110,10 +111,6 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
               {"json"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   const std::string device = flags.GetString("device").value_or("cpu");
-  if (device != "cpu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device ", device, ": this build has only the cpu backend"));
-  }
   const std::string format = flags.GetString("load-format").value_or("dummy");
   if (format != "dummy" && format != "safetensors") {
     return absl::InvalidArgumentError("--load-format must be dummy or safetensors");
@@ -152,8 +149,9 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   ASSIGN_OR_RETURN(int64_t num_blocks,
                    flags.GetInt("num-kv-blocks", (need_tokens + block_size - 1) / block_size + 64));
 
-  std::unique_ptr<Backend> backend = MakeCpuBackend();
-  Executor executor(config, parallel, mpi.world());
+  ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
+  std::unique_ptr<Backend>& backend = compute.backend;
+  Executor executor(config, parallel, compute.world);
   const auto load_start = Clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (format == "dummy") {

@@ -1,6 +1,6 @@
 // tessera run: offline generation from a prompt of token ids.
 //
-//   [mpirun -np N] tessera run [--model DIR] [--device cpu] --prompt-ids 1,2,3
+//   [mpirun -np N] tessera run [--model DIR] [--device cpu|cuda] --prompt-ids 1,2,3
 //               --max-new-tokens N [--temperature T] [--top-k K] [--top-p P] [--min-p P]
 //               [--seed S] [--prompt-logits-out FILE.npy] [--json] [--ignore-eos]
 //               [--prefill-chunk C] [--tp T] [--pp P] [--ep E] [--dp D]
@@ -23,6 +23,7 @@
 #include "kernels/base/status_macros.h"
 #include "kernels/ops.h"
 #include "launch/commands.h"
+#include "launch/device.h"
 #include "launch/flags.h"
 #include "launch/model_dir.h"
 #include "launch/mpi_session.h"
@@ -70,10 +71,6 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
         absl::StrCat("unexpected argument '", flags.positional()[0], "'"));
   }
   const std::string device = flags.GetString("device").value_or("cpu");
-  if (device != "cpu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device ", device, ": this build has only the cpu backend"));
-  }
   ASSIGN_OR_RETURN(ModelDirectory model, ResolveModelDirectory(flags.GetString("model")));
   const std::string& model_dir = model.dir;
   const ModelConfig& config = model.config;
@@ -146,8 +143,9 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
 
   // Communicators first (collective, on every rank), then this rank's shard; every rank learns
   // whether any rank failed before the first step.
-  std::unique_ptr<Backend> backend = MakeCpuBackend();
-  auto executor = std::make_unique<Executor>(config, parallel, mpi.world());
+  ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
+  std::unique_ptr<Backend>& backend = compute.backend;
+  auto executor = std::make_unique<Executor>(config, parallel, compute.world);
   const auto load_start = std::chrono::steady_clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();

@@ -1,7 +1,7 @@
 // tessera serve: the gRPC coordinator on rank 0, the other ranks executing its step plans.
 //
 //   [mpirun -np N] tessera serve [--model DIR] [--host H] [--port P] [--metrics-port M]
-//       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu] [--max-num-seqs N]
+//       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu|cuda] [--max-num-seqs N]
 //       [--max-num-batched-tokens N] [--kv-cache-memory BYTES | --num-kv-blocks N]
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
 #include "launch/commands.h"
+#include "launch/device.h"
 #include "launch/flags.h"
 #include "launch/model_dir.h"
 #include "launch/mpi_session.h"
@@ -103,10 +104,6 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
         absl::StrCat("unexpected argument '", flags.positional()[0], "'")));
   }
   const std::string device = flags.GetString("device").value_or("cpu");
-  if (device != "cpu") {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("--device ", device, ": this build has only the cpu backend")));
-  }
   absl::StatusOr<ModelDirectory> model = ResolveModelDirectory(flags.GetString("model"));
   if (!model.ok()) return fail(model.status());
   auto int_flag = [&](const char* name, int64_t fallback) { return flags.GetInt(name, fallback); };
@@ -137,8 +134,10 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   if (!parallel.ok()) return fail(parallel.status());
 
   // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
-  std::unique_ptr<Backend> backend = MakeCpuBackend();
-  Executor executor(model->config, *parallel, mpi.world());
+  absl::StatusOr<RankCompute> compute = SetUpRankCompute(device, mpi);
+  if (!compute.ok()) return fail(compute.status());
+  std::unique_ptr<Backend>& backend = compute->backend;
+  Executor executor(model->config, *parallel, compute->world);
   const ModelConfig& c = model->config;
   // KV blocks: the same count on every rank (block tables are shared), from the tightest rank.
   int64_t num_blocks = 0;
@@ -217,7 +216,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   server_options.tls_cert = flags.GetString("tls-cert").value_or("");
   server_options.tls_key = flags.GetString("tls-key").value_or("");
   server_options.max_threads = static_cast<int>(std::min<int64_t>(*max_queue + 64, 100000));
-  ModelDescription description{model->dir, "cpu"};
+  ModelDescription description{model->dir, device};
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
   if (!server.ok()) {

@@ -2,15 +2,8 @@
 
 #include <unistd.h>
 
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <cstdio>
-#include <cstdlib>
-#include <mutex>
-#include <thread>
-
 #include "kernels/base/check.h"
+#include "parallel/watchdog.h"
 
 #define MPI_CHECK(call)                                                                \
   do {                                                                                 \
@@ -20,95 +13,7 @@
 
 namespace tessera {
 
-double& CollectiveTimeoutSeconds() {
-  static double seconds = [] {
-    const char* env = std::getenv("TESSERA_COLLECTIVE_TIMEOUT");
-    return env ? std::atof(env) : 300.0;
-  }();
-  return seconds;
-}
-
 namespace {
-
-std::mutex& HookMutex() {
-  static std::mutex mu;
-  return mu;
-}
-std::function<void()>& FatalHook() {
-  static std::function<void()> hook;
-  return hook;
-}
-
-}  // namespace
-
-void SetWatchdogFatalHook(std::function<void()> hook) {
-  std::lock_guard<std::mutex> lock(HookMutex());
-  FatalHook() = std::move(hook);
-}
-
-namespace {
-
-// One watchdog thread per process: it ends the process when the operation in flight overstays.
-class Watchdog {
- public:
-  static Watchdog& Get() {
-    static Watchdog* watchdog = new Watchdog();  // never destroyed: the thread outlives statics
-    return *watchdog;
-  }
-  void Enter(const std::string& comm, const char* op, size_t count) {
-    std::lock_guard<std::mutex> lock(mu_);
-    comm_ = comm;
-    op_ = op;
-    count_ = count;
-    start_ = std::chrono::steady_clock::now();
-    busy_ = true;
-  }
-  void Leave() {
-    std::lock_guard<std::mutex> lock(mu_);
-    busy_ = false;
-  }
-
- private:
-  Watchdog() {
-    std::thread([this] { Run(); }).detach();
-  }
-  void Run() {
-    for (;;) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      const double limit = CollectiveTimeoutSeconds();
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!busy_ || limit <= 0) continue;
-      const double waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-      if (waited > limit) {
-        std::fprintf(stderr,
-                     "tessera: watchdog: rank %d stuck in %s on communicator '%s' (%zu elements) "
-                     "for %.1f s (limit %.1f s); ending the job\n",
-                     ProcessRank(), op_, comm_.c_str(), count_, waited, limit);
-        std::fflush(stderr);
-        {
-          std::lock_guard<std::mutex> hook_lock(HookMutex());
-          if (FatalHook()) FatalHook()();
-        }
-        std::_Exit(3);  // mpirun sees a non-zero exit and tears the job down
-      }
-    }
-  }
-  std::mutex mu_;
-  bool busy_ = false;
-  std::string comm_;
-  const char* op_ = "";
-  size_t count_ = 0;
-  std::chrono::steady_clock::time_point start_;
-};
-
-class Guard {
- public:
-  Guard(const std::string& comm, const char* op, size_t count) {
-    Watchdog::Get().Enter(comm, op, count);
-  }
-  ~Guard() { Watchdog::Get().Leave(); }
-};
 
 MPI_Datatype MpiType(DType dtype) {
   switch (dtype) {
@@ -155,25 +60,25 @@ class MpiCommunicator final : public Communicator {
   void AllReduceSum(void* buf, size_t count, DType dtype) override {
     TESSERA_CHECK(dtype == DType::kF32 || dtype == DType::kI32 || dtype == DType::kI64)
         << "MPI sums float32 and integers only";
-    Guard guard(name_, "all_reduce", count);
+    CollectiveGuard guard(name_, "all_reduce", count);
     MPI_CHECK(
         MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(count), MpiType(dtype), MPI_SUM, comm_));
   }
   void AllGather(const void* send, void* recv, size_t count, DType dtype) override {
-    Guard guard(name_, "all_gather", count);
+    CollectiveGuard guard(name_, "all_gather", count);
     MPI_CHECK(MPI_Allgather(send, static_cast<int>(count), MpiType(dtype), recv,
                             static_cast<int>(count), MpiType(dtype), comm_));
   }
   void AllGatherV(const void* send, size_t count, void* recv, const std::vector<size_t>& counts,
                   const std::vector<size_t>& displs, DType dtype) override {
-    Guard guard(name_, "all_gather_v", count);
+    CollectiveGuard guard(name_, "all_gather_v", count);
     const auto c = ToInts(counts), d = ToInts(displs);
     MPI_CHECK(MPI_Allgatherv(send, static_cast<int>(count), MpiType(dtype), recv, c.data(),
                              d.data(), MpiType(dtype), comm_));
   }
   void ReduceScatterSum(const void* send, void* recv, size_t count, DType dtype) override {
     TESSERA_CHECK(dtype == DType::kF32) << "MPI reduce-scatter sums float32 only";
-    Guard guard(name_, "reduce_scatter", count);
+    CollectiveGuard guard(name_, "reduce_scatter", count);
     MPI_CHECK(MPI_Reduce_scatter_block(send, recv, static_cast<int>(count), MpiType(dtype), MPI_SUM,
                                        comm_));
   }
@@ -183,7 +88,7 @@ class MpiCommunicator final : public Communicator {
                  DType dtype) override {
     size_t total = 0;
     for (size_t c : send_counts) total += c;
-    Guard guard(name_, "all_to_all_v", total);
+    CollectiveGuard guard(name_, "all_to_all_v", total);
     const auto sc = ToInts(send_counts), sd = ToInts(send_displs);
     const auto rc = ToInts(recv_counts), rd = ToInts(recv_displs);
     MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), MpiType(dtype), recv, rc.data(), rd.data(),
@@ -192,40 +97,40 @@ class MpiCommunicator final : public Communicator {
   void AllToAllCounts(const std::vector<int64_t>& send, std::vector<int64_t>* recv) override {
     TESSERA_CHECK_EQ(send.size(), static_cast<size_t>(size_));
     recv->resize(size_);
-    Guard guard(name_, "all_to_all_counts", send.size());
+    CollectiveGuard guard(name_, "all_to_all_counts", send.size());
     MPI_CHECK(MPI_Alltoall(send.data(), 1, MPI_INT64_T, recv->data(), 1, MPI_INT64_T, comm_));
   }
   void Send(const void* buf, size_t count, DType dtype, int peer) override {
-    Guard guard(name_, "send", count);
+    CollectiveGuard guard(name_, "send", count);
     MPI_CHECK(MPI_Send(buf, static_cast<int>(count), MpiType(dtype), peer, 0, comm_));
   }
   void Recv(void* buf, size_t count, DType dtype, int peer) override {
-    Guard guard(name_, "recv", count);
+    CollectiveGuard guard(name_, "recv", count);
     MPI_CHECK(
         MPI_Recv(buf, static_cast<int>(count), MpiType(dtype), peer, 0, comm_, MPI_STATUS_IGNORE));
   }
   void Broadcast(void* buf, size_t count, DType dtype, int root) override {
-    Guard guard(name_, "broadcast", count);
+    CollectiveGuard guard(name_, "broadcast", count);
     MPI_CHECK(MPI_Bcast(buf, static_cast<int>(count), MpiType(dtype), root, comm_));
   }
   void BroadcastBytes(std::vector<uint8_t>* bytes, int root) override {
     uint64_t size = bytes->size();
     {
-      Guard guard(name_, "broadcast", 1);
+      CollectiveGuard guard(name_, "broadcast", 1);
       MPI_CHECK(MPI_Bcast(&size, 1, MPI_UINT64_T, root, comm_));
     }
     bytes->resize(size);
-    Guard guard(name_, "broadcast", size);
+    CollectiveGuard guard(name_, "broadcast", size);
     MPI_CHECK(MPI_Bcast(bytes->data(), static_cast<int>(size), MPI_BYTE, root, comm_));
   }
   void Barrier() override {
-    Guard guard(name_, "barrier", 0);
+    CollectiveGuard guard(name_, "barrier", 0);
     MPI_CHECK(MPI_Barrier(comm_));
   }
   std::unique_ptr<Communicator> Split(int color, int key, const std::string& name) override {
     MPI_Comm sub;
     {
-      Guard guard(name_, "split", 0);
+      CollectiveGuard guard(name_, "split", 0);
       MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
     }
     return std::make_unique<MpiCommunicator>(sub, name, true);

@@ -124,4 +124,8 @@ void Backend::FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, fl
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 
+#if !defined(TESSERA_HAVE_CUDA)
+int CudaDeviceCount() { return 0; }
+#endif
+
 }  // namespace tessera

@@ -1,0 +1,312 @@
+// The CUDA backend: bf16 activations and weights on one GPU, fp32 accumulation, one stream.
+//
+// Every op is enqueued on the backend's stream and returns at once; the host waits only where it
+// reads results (CopyToHost, DownloadFloat, MoeExperts' routing) or calls Synchronize(). Device
+// memory is taken only in Allocate() and, once, in the constructor for the cuBLASLt workspace
+// and the MoE scratch; ops never allocate. fp32 <-> bf16 conversions for uploads and downloads
+// run on the host (round to nearest even, as torch).
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "kernels/base/check.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/cuda/norm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/ops.h"
+
+namespace tessera {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+inline const bf16* B(const void* p) { return static_cast<const bf16*>(p); }
+inline bf16* B(void* p) { return static_cast<bf16*>(p); }
+
+constexpr size_t kGemmWorkspaceBytes = 32u << 20;  // cuBLAS's advice for Hopper
+constexpr size_t kMoeScratchBytes = 64u << 20;
+// Host-side conversions go through a bounded buffer: at most this many elements at a time.
+constexpr size_t kConvertChunk = size_t{4} << 20;
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+void FreeDevice(void* p) { cudaFree(p); }  // NOTE: unchecked: may run after the context is gone
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    CUDA_CHECK(cudaSetDevice(device));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_workspace_ = Allocate(kGemmWorkspaceBytes);
+    moe_scratch_ = Allocate(kMoeScratchBytes);
+    gemm_ = std::make_unique<cuda::LtGemm>(gemm_workspace_.data(), kGemmWorkspaceBytes);
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    gemm_.reset();
+    cudaStreamDestroy(stream_);
+  }
+
+  DeviceKind kind() const override { return DeviceKind::kCuda; }
+  DType activation_dtype() const override { return DType::kBF16; }
+  DType weight_dtype() const override { return DType::kBF16; }
+
+  DeviceBuffer Allocate(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t result = cudaMalloc(&p, AlignUp(std::max<size_t>(bytes, 1)));
+    if (result != cudaSuccess) {
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaGetLastError();
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      TESSERA_CHECK(false) << "cudaMalloc of " << bytes << " bytes on GPU " << device_ << ": "
+                           << cudaGetErrorString(result) << " (" << free_bytes << " of "
+                           << total_bytes << " bytes free)";
+    }
+    return DeviceBuffer(p, bytes, FreeDevice);
+  }
+  void CopyToDevice(void* dst, const void* src, size_t bytes) override {
+    // NOTE: from pageable memory the driver stages `src` before returning, so callers may reuse it.
+    if (bytes > 0) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    Synchronize();
+  }
+  void UploadFloat(void* dst, DType dtype, const float* src, size_t count) override {
+    if (dtype == DType::kF32) {
+      CopyToDevice(dst, src, count * sizeof(float));
+      Synchronize();
+      return;
+    }
+    TESSERA_CHECK(dtype == DType::kBF16)
+        << "the CUDA backend stores bf16 or f32, not " << DTypeName(dtype);
+    std::vector<uint16_t> staged(std::min(count, kConvertChunk));
+    for (size_t begin = 0; begin < count; begin += kConvertChunk) {
+      const size_t len = std::min(kConvertChunk, count - begin);
+      for (size_t i = 0; i < len; ++i) staged[i] = FloatToBF16(src[begin + i]);
+      CopyToDevice(static_cast<uint16_t*>(dst) + begin, staged.data(), len * sizeof(uint16_t));
+      Synchronize();  // `staged` is refilled next
+    }
+  }
+  void DownloadFloat(float* dst, const void* src, DType dtype, size_t count) override {
+    if (dtype == DType::kF32) {
+      CopyToHost(dst, src, count * sizeof(float));
+      return;
+    }
+    TESSERA_CHECK(dtype == DType::kBF16)
+        << "the CUDA backend stores bf16 or f32, not " << DTypeName(dtype);
+    std::vector<uint16_t> staged(std::min(count, kConvertChunk));
+    for (size_t begin = 0; begin < count; begin += kConvertChunk) {
+      const size_t len = std::min(kConvertChunk, count - begin);
+      CopyToHost(staged.data(), static_cast<const uint16_t*>(src) + begin, len * sizeof(uint16_t));
+      for (size_t i = 0; i < len; ++i) dst[begin + i] = BF16ToFloat(staged[i]);
+    }
+  }
+  void Synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* stream() const override { return stream_; }
+
+  void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
+                 const int32_t* ids, int n, void* out) override {
+    cuda::LaunchEmbedding(B(table), vocab_start, vocab_end, hidden, ids, n, B(out), stream_);
+  }
+  void RmsNorm(const void* x, const void* weight, int64_t rows, int64_t dim, float eps,
+               void* out) override {
+    cuda::LaunchRmsNorm(B(x), B(weight), rows, dim, eps, B(out), stream_);
+  }
+  void AddRmsNorm(void* residual, const void* x, const void* weight, int64_t rows, int64_t dim,
+                  float eps, void* out) override {
+    cuda::LaunchAddRmsNorm(B(residual), B(x), B(weight), rows, dim, eps, B(out), stream_);
+  }
+  void Linear(const void* x, const void* w, int64_t m, int64_t n, int64_t k, void* y) override {
+    gemm_->Linear(B(x), B(w), m, n, k, B(y), stream_);
+  }
+  void HeadNormRope(void* x, int64_t row_stride, int n, int heads, int head_dim,
+                    const void* norm_weight, float eps, const int32_t* positions,
+                    const float* inv_freq, float attention_scaling) override {
+    cuda::LaunchHeadNormRope(B(x), row_stride, n, heads, head_dim, B(norm_weight), eps, positions,
+                             inv_freq, attention_scaling, stream_);
+  }
+  void WriteKvCache(const void* k, const void* v, int64_t row_stride, int n, int kv_heads,
+                    int head_dim, const int32_t* slot_mapping, void* k_cache,
+                    void* v_cache) override {
+    cuda::LaunchWriteKvCache(B(k), B(v), row_stride, n, kv_heads, head_dim, slot_mapping,
+                             B(k_cache), B(v_cache), stream_);
+  }
+  void Attention(const void* q, int64_t q_row_stride, const void* k_cache, const void* v_cache,
+                 const AttentionBatch& batch, int q_heads, int kv_heads, int head_dim, float scale,
+                 void* out) override {
+    cuda::PagedAttentionArgs a;
+    a.q = B(q);
+    a.q_row_stride = q_row_stride;
+    a.k_cache = B(k_cache);
+    a.v_cache = B(v_cache);
+    a.positions = batch.positions;
+    a.token_seq = batch.token_seq;
+    a.block_tables = batch.block_tables;
+    a.num_tokens = batch.num_tokens;
+    a.num_seqs = batch.num_seqs;
+    a.max_blocks_per_seq = batch.max_blocks_per_seq;
+    a.block_size = batch.block_size;
+    a.q_heads = q_heads;
+    a.kv_heads = kv_heads;
+    a.head_dim = head_dim;
+    a.scale = scale;
+    a.out = B(out);
+    cuda::LaunchPagedAttention(a, stream_);
+  }
+  void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) override {
+    cuda::LaunchSiluMul(B(gate_up), m, intermediate, B(out), stream_);
+  }
+  void GatherRows(const void* x, const int32_t* rows, int r, int64_t dim, void* out) override {
+    cuda::LaunchGatherRows(B(x), rows, r, dim, B(out), stream_);
+  }
+  void Add(const void* a, const void* b, int64_t n, void* out) override {
+    cuda::LaunchAdd(B(a), B(b), n, B(out), stream_);
+  }
+  void RouterTopK(const void* logits, int n, int num_experts, int top_k, bool normalize,
+                  int32_t* ids, float* weights) override {
+    cuda::LaunchRouterTopK(B(logits), n, num_experts, top_k, normalize, ids, weights, stream_);
+  }
+  void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                  const ExpertWeights& experts, void* out) override;
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  DeviceBuffer gemm_workspace_;
+  DeviceBuffer moe_scratch_;
+  std::unique_ptr<cuda::LtGemm> gemm_;
+  // MoeExperts' host-side routing tables, kept to reuse their capacity.
+  std::vector<int32_t> host_ids_, gather_, combine_rows_, combine_widx_;
+  std::vector<int64_t> expert_begin_;
+};
+
+// Correct-first MoE: the routing is read back to the host, which groups each chunk of tokens'
+// (token, slot) pairs by local expert. On the device: gather the rows of each expert, one GEMM
+// for gate|up, SiluMul, one GEMM for down, then a combine that sums each token's expert outputs
+// in increasing expert id (deterministic, fp32). Chunks bound the scratch to kMoeScratchBytes.
+void CudaBackend::MoeExperts(const void* x, int n, const int32_t* ids, const float* weights,
+                             int top_k, const ExpertWeights& experts, void* out) {
+  if (n == 0) return;
+  constexpr int kMaxTopK = 64;
+  TESSERA_CHECK(top_k >= 1 && top_k <= kMaxTopK) << "top_k " << top_k;
+  const int64_t H = experts.hidden, I = experts.intermediate;
+  const int E = experts.num_local_experts, first = experts.first_expert;
+  host_ids_.resize(static_cast<size_t>(n) * top_k);
+  CopyToHost(host_ids_.data(), ids, host_ids_.size() * sizeof(int32_t));
+
+  // Scratch per (token, slot) pair: its gathered row, gate|up, activation and output (bf16), and
+  // its gather index; per token: its combine list (rows and weight indices).
+  const size_t pair_bytes = static_cast<size_t>(2 * H + 3 * I) * sizeof(bf16) + sizeof(int32_t);
+  const size_t token_bytes = static_cast<size_t>(top_k) * (pair_bytes + 2 * sizeof(int32_t));
+  const size_t slack = 8 * kAlign;  // alignment padding of the six regions
+  TESSERA_CHECK(kMoeScratchBytes > slack + token_bytes)
+      << "MoE scratch too small for one token (hidden " << H << ", intermediate " << I << ")";
+  const int chunk = static_cast<int>(std::min<size_t>(n, (kMoeScratchBytes - slack) / token_bytes));
+
+  const bf16* xb = B(x);
+  const bf16* gate_up = B(experts.gate_up);
+  const bf16* down = B(experts.down);
+  bf16* outb = B(out);
+  for (int t0 = 0; t0 < n; t0 += chunk) {
+    const int c = std::min(chunk, n - t0);
+    // Pairs of this chunk grouped by local expert, tokens ascending within each expert.
+    expert_begin_.assign(E + 1, 0);
+    for (int t = t0; t < t0 + c; ++t) {
+      for (int k = 0; k < top_k; ++k) {
+        const int local = host_ids_[static_cast<size_t>(t) * top_k + k] - first;
+        if (local >= 0 && local < E) ++expert_begin_[local + 1];
+      }
+    }
+    for (int e = 0; e < E; ++e) expert_begin_[e + 1] += expert_begin_[e];
+    const int64_t pairs = expert_begin_[E];
+    gather_.resize(std::max<int64_t>(pairs, 1));
+    combine_rows_.assign(static_cast<size_t>(c) * top_k, -1);
+    combine_widx_.assign(static_cast<size_t>(c) * top_k, 0);
+    std::vector<int64_t> fill(expert_begin_.begin(), expert_begin_.end() - 1);
+    for (int t = t0; t < t0 + c; ++t) {
+      // The token's local slots in increasing expert id (top-k ids are distinct).
+      int slots[kMaxTopK];
+      int count = 0;
+      for (int k = 0; k < top_k; ++k) {
+        const int local = host_ids_[static_cast<size_t>(t) * top_k + k] - first;
+        if (local >= 0 && local < E) slots[count++] = k;
+      }
+      std::sort(slots, slots + count, [&](int a, int b) {
+        return host_ids_[static_cast<size_t>(t) * top_k + a] <
+               host_ids_[static_cast<size_t>(t) * top_k + b];
+      });
+      for (int s = 0; s < count; ++s) {
+        const int k = slots[s];
+        const int local = host_ids_[static_cast<size_t>(t) * top_k + k] - first;
+        const int64_t row = fill[local]++;
+        gather_[row] = t;
+        combine_rows_[static_cast<size_t>(t - t0) * top_k + s] = static_cast<int32_t>(row);
+        combine_widx_[static_cast<size_t>(t - t0) * top_k + s] = t * top_k + k;
+      }
+    }
+
+    // Scratch regions for this chunk.
+    char* base = moe_scratch_.as<char>();
+    size_t offset = 0;
+    auto region = [&](size_t bytes) {
+      char* p = base + offset;
+      offset += AlignUp(bytes);
+      return p;
+    };
+    auto* d_gather = reinterpret_cast<int32_t*>(region(gather_.size() * sizeof(int32_t)));
+    auto* d_rows = reinterpret_cast<int32_t*>(region(combine_rows_.size() * sizeof(int32_t)));
+    auto* d_widx = reinterpret_cast<int32_t*>(region(combine_widx_.size() * sizeof(int32_t)));
+    auto* xg = reinterpret_cast<bf16*>(region(pairs * H * sizeof(bf16)));
+    auto* gu = reinterpret_cast<bf16*>(region(pairs * 2 * I * sizeof(bf16)));
+    auto* act = reinterpret_cast<bf16*>(region(pairs * I * sizeof(bf16)));
+    auto* y = reinterpret_cast<bf16*>(region(pairs * H * sizeof(bf16)));
+    TESSERA_CHECK_LE(offset, kMoeScratchBytes);
+    CopyToDevice(d_gather, gather_.data(), gather_.size() * sizeof(int32_t));
+    CopyToDevice(d_rows, combine_rows_.data(), combine_rows_.size() * sizeof(int32_t));
+    CopyToDevice(d_widx, combine_widx_.data(), combine_widx_.size() * sizeof(int32_t));
+
+    if (pairs > 0) {
+      cuda::LaunchGatherRows(xb, d_gather, static_cast<int>(pairs), H, xg, stream_);
+      for (int e = 0; e < E; ++e) {
+        const int64_t b = expert_begin_[e], m = expert_begin_[e + 1] - b;
+        if (m == 0) continue;
+        gemm_->Linear(xg + b * H, gate_up + static_cast<int64_t>(e) * 2 * I * H, m, 2 * I, H,
+                      gu + b * 2 * I, stream_);
+      }
+      cuda::LaunchSiluMul(gu, pairs, I, act, stream_);
+      for (int e = 0; e < E; ++e) {
+        const int64_t b = expert_begin_[e], m = expert_begin_[e + 1] - b;
+        if (m == 0) continue;
+        gemm_->Linear(act + b * I, down + static_cast<int64_t>(e) * H * I, m, H, I, y + b * H,
+                      stream_);
+      }
+    }
+    cuda::LaunchMoeCombine(y, d_rows, d_widx, weights, c, top_k, H,
+                           outb + static_cast<int64_t>(t0) * H, stream_);
+    if (t0 + c < n) Synchronize();  // the next chunk refills the host tables staged above
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCudaBackend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // no driver or no device: not an error for the caller
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace tessera

@@ -1,0 +1,45 @@
+#include "launch/device.h"
+
+#include "absl/strings/str_cat.h"
+
+#if defined(TESSERA_HAVE_NCCL)
+#include "parallel/nccl_communicator.h"
+#endif
+
+namespace tessera {
+
+absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& device, MpiSession& mpi) {
+  RankCompute compute;
+  compute.world = mpi.world();
+  if (device == "cpu") {
+    compute.backend = MakeCpuBackend();
+    return compute;
+  }
+  if (device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--device ", device, ": expected cpu or cuda"));
+  }
+#if defined(TESSERA_HAVE_CUDA)
+#if !defined(TESSERA_HAVE_NCCL)
+  if (mpi.size() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device cuda: ", mpi.size(),
+                     " ranks need NCCL, which this build was made without; run one rank"));
+  }
+#endif
+  const int count = CudaDeviceCount();
+  if (count == 0) return absl::InvalidArgumentError("--device cuda: no CUDA device is visible");
+  compute.backend = MakeCudaBackend(mpi.local_rank() % count);
+#if defined(TESSERA_HAVE_NCCL)
+  if (mpi.world() != nullptr && mpi.size() > 1) {
+    compute.device_world = MakeNcclCommunicator(*mpi.world(), compute.backend->stream(), "world");
+    compute.world = compute.device_world.get();
+  }
+#endif
+  return compute;
+#else
+  return absl::InvalidArgumentError(
+      "--device cuda: this build has no CUDA backend (built without the CUDA toolkit)");
+#endif
+}
+
+}  // namespace tessera

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine needs to run the CUDA correctness check (cuda-correctness.sh) into
+# CHECKOUT/.devcarry: the CUDA test binaries and `tessera` (debug info stripped), the shared
+# libraries that machine lacks (gRPC, Abseil, ICU, ...: /work/shared/gpu/pack-libs.sh), all in one
+# xz tarball (the working tree travels under a 64 MiB limit), and the scripts.
+#
+#   scripts/gpu/pack.sh BUILD_DIR CHECKOUT
+#   then, on the device: bash .devcarry/cuda-correctness.sh   (with carry [".devcarry"])
+#
+# BUILD_DIR: a build of this tree, e.g. cmake -B build-cuda90a -DCMAKE_CUDA_ARCHITECTURES=90a.
+# CHECKOUT: the checkout the device tool sends (its .devcarry/ must be git-ignored).
+set -euo pipefail
+build=$(realpath "$1")
+dest=$(realpath "$2")/.devcarry
+here=$(dirname "$(realpath "$0")")
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$dest"
+for f in tessera tests/golden/cuda_golden_test tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe}_test \
+  tests/parallel/nccl_communicator_test; do
+  strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
+done
+/work/shared/gpu/pack-libs.sh "$stage/lib" "$stage"/bin/* >/dev/null
+tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
+cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" \
+  "$here/../../tests/parallel/cuda_parity_test.py" "$dest/"
+du -sh "$dest"
