@@ -1,6 +1,7 @@
 // The whole model against Hugging Face transformers: logits (relative L2 per row <= 1e-4) and
 // greedy continuations (token for token) for every fixture in tests/golden/fixtures
 // (made by tests/golden/make_fixtures.py), plus RoPE tables bit for bit and chunked prefill.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -13,59 +14,28 @@
 #include "runtime/npy.h"
 #include "runtime/qwen3.h"
 #include "runtime/rope.h"
+#include "tests/golden/bf16_golden.h"
 
 namespace tessera {
 namespace {
 
 constexpr double kLogitTolerance = 1e-4;
 
-struct Fixture {
-  std::string dir;
-  nlohmann::json expected;
-  ModelConfig config;
-  std::unique_ptr<Checkpoint> checkpoint;
-  std::unique_ptr<Backend> backend;
-  std::unique_ptr<Executor> executor;
-  std::vector<int32_t> prompt;
-};
+using testing::GoldenModel;
+using testing::LoadGoldenModel;
+using testing::RowRelativeL2;
 
-std::unique_ptr<Fixture> LoadFixture(const std::string& name, int block_size = 16) {
-  auto f = std::make_unique<Fixture>();
-  f->dir = std::string(TESSERA_SOURCE_DIR) + "/tests/golden/fixtures/" + name;
-  std::ifstream in(f->dir + "/expected.json");
-  EXPECT_TRUE(in) << f->dir;
-  f->expected = nlohmann::json::parse(in);
-  auto config = LoadModelConfig(f->dir);
-  EXPECT_TRUE(config.ok()) << config.status();
-  f->config = *config;
-  auto checkpoint = Checkpoint::Open(f->dir);
-  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
-  f->checkpoint = std::move(*checkpoint);
-  f->backend = MakeCpuBackend();
-  auto parallel = ParallelConfig::Create(1, 0, 1, 1, 1, 1, ModelDimsOf(f->config));
-  EXPECT_TRUE(parallel.ok()) << parallel.status();
-  auto executor =
-      Executor::Create(f->config, *f->checkpoint, *f->backend, *parallel, nullptr,
-                       /*num_kv_blocks=*/(512 + block_size - 1) / block_size, block_size);
-  EXPECT_TRUE(executor.ok()) << executor.status();
-  f->executor = std::move(*executor);
-  f->prompt = f->expected["prompt_ids"].get<std::vector<int32_t>>();
-  return f;
+// Fixtures load onto the (stateless) CPU backend with bf16_golden.h's loader, which the CUDA
+// golden test shares.
+std::unique_ptr<GoldenModel> LoadFixture(const std::string& name, int block_size = 16) {
+  static std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  return LoadGoldenModel(name, *cpu, block_size);
 }
 
 double MaxRowRelativeL2(const std::vector<float>& got, const std::vector<float>& want,
                         int64_t cols) {
-  double worst = 0;
-  for (size_t r = 0; r * cols < want.size(); ++r) {
-    double diff = 0, norm = 0;
-    for (int64_t c = 0; c < cols; ++c) {
-      const double g = got[r * cols + c], w = want[r * cols + c];
-      diff += (g - w) * (g - w);
-      norm += w * w;
-    }
-    worst = std::max(worst, std::sqrt(diff / norm));
-  }
-  return worst;
+  const std::vector<double> rows = RowRelativeL2(got, want, cols);
+  return rows.empty() ? 0.0 : *std::max_element(rows.begin(), rows.end());
 }
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
