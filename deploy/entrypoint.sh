@@ -28,8 +28,10 @@
 #                            leader's key), authorized_keys, ssh_host_ed25519_key, known_hosts
 #   TESSERA_SSH_COMMAND      the remote shell mpirun and the worker wait use (default ssh)
 #   TESSERA_WORKER_WAIT_SECONDS  how long the leader waits for every worker's sshd (default 900)
-#   TESSERA_FORWARD_ENV      name prefixes of the variables exported to the ranks on other pods
-#                            (default "NCCL_ CUDA_ UCX_ OMP_ TESSERA_ HF_ XDG_CACHE_HOME")
+#   TESSERA_FORWARD_ENV      name prefixes of the variables exported to the ranks on other pods,
+#                            which sshd starts with a bare environment (default "NCCL_ CUDA_ UCX_
+#                            OMP_ TESSERA_ HF_ XDG_CACHE_HOME PATH LD_LIBRARY_PATH"; Open MPI
+#                            passes OMPI_MCA_* itself)
 #   TESSERA_RANK_PROCESSES   process names a stopping worker waits for (default "tessera orted")
 # LeaderWorkerSet sets LWS_LEADER_ADDRESS (<lws>-<group>.<subdomain>.<namespace>), LWS_GROUP_SIZE
 # (pods in the group) and LWS_WORKER_INDEX (0 on the leader); worker i's address is
@@ -44,7 +46,7 @@ ssh_port=${TESSERA_SSH_PORT:-2222}
 ssh_secret_dir=${TESSERA_SSH_SECRET_DIR:-/etc/tessera/ssh}
 ssh_dir=$run_dir/ssh
 ssh_command=${TESSERA_SSH_COMMAND:-ssh}
-forward_prefixes=${TESSERA_FORWARD_ENV:-NCCL_ CUDA_ UCX_ OMP_ TESSERA_ HF_ XDG_CACHE_HOME}
+forward_prefixes=${TESSERA_FORWARD_ENV:-NCCL_ CUDA_ UCX_ OMP_ TESSERA_ HF_ XDG_CACHE_HOME PATH LD_LIBRARY_PATH}
 rank_process_names=${TESSERA_RANK_PROCESSES:-tessera orted}
 
 log() { echo "tessera-entrypoint: $*" >&2; }
@@ -57,6 +59,9 @@ positive_int() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die "$1 must be a positive integer
 
 # The serve flags plus the port file (the caller's --port-file wins if given), into serve_argv.
 serve_args() {
+  # By absolute path: ranks on other pods resolve it with sshd's PATH.
+  local resolved
+  if resolved=$(command -v "$tessera_bin"); then tessera_bin=$resolved; fi
   serve_argv=("$tessera_bin" serve)
   port_file=
   local prev=

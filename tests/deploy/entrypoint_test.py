@@ -94,6 +94,16 @@ class PlanTest(unittest.TestCase):
         self.assertEqual(serve, ["tessera", "serve", "--tp", "8", "--dp", "2", "--ep", "16",
                                  "--port-file", os.path.join(self.tmp, "run", "port")])
 
+    def test_tessera_is_named_by_absolute_path(self):
+        # Ranks on other pods are started through sshd, whose PATH lacks /opt/tessera/bin.
+        bin_dir = os.path.join(self.tmp, "bin")
+        os.makedirs(bin_dir)
+        write_script(os.path.join(bin_dir, "tessera"), "exit 0\n")
+        _, argv = self.plan(PATH=bin_dir + ":" + os.environ["PATH"])
+        self.assertIn(os.path.join(bin_dir, "tessera"), argv)
+        forwarded = [argv[i + 1] for i, a in enumerate(argv) if a == "-x"]
+        self.assertIn("PATH", forwarded)
+
     def test_group_sizes(self):
         for size in (1, 3, 4):
             hostfile, argv = self.plan(LWS_GROUP_SIZE=str(size), TESSERA_RANKS_PER_NODE="4")
