@@ -233,6 +233,7 @@ on_signal() {
 local_ranks_running() {
   local proc name stat
   for proc in /proc/[0-9]*; do
+    [[ -O $proc ]] || continue # this user's processes only
     name=$(cat "$proc/comm" 2>/dev/null) || continue
     [[ " $rank_process_names " == *" $name "* ]] || continue
     stat=$(cat "$proc/stat" 2>/dev/null) || continue
@@ -253,6 +254,9 @@ HostKey $ssh_dir/ssh_host_ed25519_key
 AuthorizedKeysFile $ssh_dir/authorized_keys
 PidFile $ssh_dir/sshd.pid
 AllowUsers $(id -un)
+# The files above sit in a 0700 directory of this user, under an emptyDir that Kubernetes makes
+# world-writable, which StrictModes would refuse. One user owns the container, so nothing is lost.
+StrictModes no
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
