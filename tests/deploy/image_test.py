@@ -317,11 +317,12 @@ class FetchModelTest(unittest.TestCase):
 
 
 class ShellcheckTest(unittest.TestCase):
-    def test_deploy_scripts(self):
+    def test_deploy_scripts(self):  # and the shell tests of tests/deploy
         shellcheck = tool("shellcheck")
         self.assertIsNotNone(shellcheck, "shellcheck missing: run scripts/install-test-deps.sh")
         scripts = sorted(os.path.join(root, f)
-                         for root, _, files in os.walk(os.path.join(SOURCE, "deploy"))
+                         for top in ("deploy", "tests/deploy")
+                         for root, _, files in os.walk(os.path.join(SOURCE, top))
                          for f in files if f.endswith(".sh"))
         self.assertGreaterEqual(len(scripts), 3)
         result = subprocess.run([shellcheck, "--severity=style"] + scripts,
