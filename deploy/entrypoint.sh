@@ -3,10 +3,10 @@
 # the job's shutdown.
 #
 #   tessera-entrypoint serve  [SERVE FLAGS...]  this pod is the whole job: mpirun -np RANKS_PER_NODE
-#   tessera-entrypoint leader [SERVE FLAGS...]  LeaderWorkerSet leader: mpirun across the group's pods
+#   tessera-entrypoint leader [SERVE FLAGS...]  LeaderWorkerSet leader: mpirun across the group
 #   tessera-entrypoint worker                   LeaderWorkerSet worker: sshd for the leader's mpirun
 #   tessera-entrypoint plan   [SERVE FLAGS...]  print the leader's hostfile and mpirun command only
-#   tessera-entrypoint COMMAND [ARGS...]        anything else runs as given (tessera client ..., bash)
+#   tessera-entrypoint COMMAND [ARGS...]        anything else runs as given (tessera client, bash)
 #
 # Why SIGTERM goes through here: Open MPI's mpirun (4.1), when it is signalled itself, sends every
 # rank SIGCONT, then SIGTERM one odls_base_sigkill_timeout later (1 s), then SIGKILL one more
@@ -46,7 +46,8 @@ ssh_port=${TESSERA_SSH_PORT:-2222}
 ssh_secret_dir=${TESSERA_SSH_SECRET_DIR:-/etc/tessera/ssh}
 ssh_dir=$run_dir/ssh
 ssh_command=${TESSERA_SSH_COMMAND:-ssh}
-forward_prefixes=${TESSERA_FORWARD_ENV:-NCCL_ CUDA_ UCX_ OMP_ TESSERA_ HF_ XDG_CACHE_HOME PATH LD_LIBRARY_PATH}
+default_forward="NCCL_ CUDA_ UCX_ OMP_ TESSERA_ HF_ XDG_CACHE_HOME PATH LD_LIBRARY_PATH"
+forward_prefixes=${TESSERA_FORWARD_ENV:-$default_forward}
 rank_process_names=${TESSERA_RANK_PROCESSES:-tessera orted}
 
 log() { echo "tessera-entrypoint: $*" >&2; }
@@ -116,7 +117,7 @@ leader_plan() {
   local -a forward=()
   local name prefix
   while IFS= read -r name; do
-    [[ $name == TESSERA_API_KEY ]] && continue # only rank 0 needs it, and it gets it as a flag
+    [[ $name == TESSERA_API_KEY ]] && continue # it travels as the --api-key flag instead
     for prefix in $forward_prefixes; do
       if [[ $name == "$prefix"* ]]; then
         forward+=(-x "$name")
@@ -224,7 +225,9 @@ on_signal() {
   else
     # Not serving yet (still loading): nothing to drain, stop the job.
     log "SIG$1 before the server was up: stopping mpirun"
-    kill -TERM "$(cat "$run_dir/mpirun.pid" 2>/dev/null)" 2>/dev/null || kill -TERM -- "-$job" || true
+    local mpirun_pid
+    mpirun_pid=$(cat "$run_dir/mpirun.pid" 2>/dev/null) || true
+    kill -TERM "$mpirun_pid" 2>/dev/null || kill -TERM -- "-$job" 2>/dev/null || true
   fi
 }
 

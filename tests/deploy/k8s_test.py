@@ -1,10 +1,11 @@
-"""The Kubernetes manifests: every example in deploy/k8s/examples/ renders, equals its committed copy
-in deploy/k8s/rendered/, passes Kubernetes' schemas (kubernetes-validate, strict: unknown fields
-are errors) at the oldest and newest versions we support, and keeps the promises docs/deploy.md
-makes (GPUs requested, grace period covers the drain, native gRPC probes, /dev/shm, selectors that
-match, ...). The LeaderWorkerSet is checked against deploy/k8s/schemas/leaderworkerset-v1.json and
-its pod templates against Kubernetes' PodTemplateSpec. Also: bad values are refused with a reason,
-the ssh Secret generator's output, and yamllint.
+"""The Kubernetes manifests: every example in deploy/k8s/examples/ renders, equals its committed
+copy in deploy/k8s/rendered/, passes Kubernetes' schemas (kubernetes-validate, strict: unknown
+fields are errors) at the oldest and newest versions we support, and keeps the promises
+docs/deploy.md makes (GPUs requested, grace period covers the drain, native gRPC probes, /dev/shm,
+selectors that match, ...). The LeaderWorkerSet is checked against
+deploy/k8s/schemas/leaderworkerset-v1.json and its pod templates against Kubernetes'
+PodTemplateSpec. Also: bad values are refused with a reason, the ssh Secret generator's output,
+and yamllint.
 
     python3 k8s_test.py SOURCE_DIR
 """

@@ -149,4 +149,4 @@ status=0
 wait "$worker" || status=$?
 [[ $status == 0 ]] || fail "the worker exited $status"
 grep -q "no ranks left; exiting" "$work/worker.log" || fail "the worker did not wait for its rank"
-echo "PASS: ssh group of 2 pods drained; stream of $tokens tokens completed; leader and worker exited 0"
+echo "PASS: 2-pod group drained over ssh; $tokens-token stream completed; both pods exited 0"
