@@ -312,6 +312,40 @@ class LeaderWaitTest(unittest.TestCase):
         self.assertIn("worker t-0-1.t.ns did not accept ssh", result.stderr)
 
 
+class EarlySignalTest(unittest.TestCase):
+    def test_sigterm_while_loading_stops_mpirun(self):
+        # Before the port file exists there is no rank 0 to drain: mpirun itself is stopped, and
+        # the entrypoint exits with its status.
+        tmp = tempfile.mkdtemp(prefix="entrypoint-early-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        log = os.path.join(tmp, "mpirun.log")
+        fake_mpirun = os.path.join(tmp, "mpirun")
+        write_script(fake_mpirun, f"""\
+            echo "started $*" > {log}
+            trap 'echo "got TERM" >> {log}; exit 7' TERM
+            while true; do sleep 0.05; done
+            """)
+        env = base_env(tmp, TESSERA_MPIRUN=fake_mpirun, TESSERA_RANKS_PER_NODE="2")
+        proc = subprocess.Popen([ENTRYPOINT, "serve", "--model", "/m"], env=env,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        deadline = time.time() + 20
+        while not os.path.exists(log):
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=20), 7)
+        with open(log) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines[0], "started -np 2 --bind-to none tessera serve --model /m "
+                         f"--port-file {tmp}/run/port")
+        self.assertEqual(lines[1:], ["got TERM"])
+        err = proc.stderr.read()
+        proc.stderr.close()
+        self.assertIn("SIGTERM before the server was up: stopping mpirun", err)
+        self.assertIn("job ended with status 7", err)
+
+
 class PassThroughTest(unittest.TestCase):
     def test_other_commands_run_as_given(self):
         result = run(["echo", "hello", "world"], {"PATH": os.environ["PATH"]})
