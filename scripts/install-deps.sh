@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
   python3 python3-venv python3-pip
+  openssh-client # ssh-keygen, for the test of deploy/k8s/make-ssh-secret.sh
 )
 
 sudo_cmd=()
