@@ -25,8 +25,9 @@ import urllib.request
 
 TESSERA = None
 ENTRYPOINT = None
-# Long enough to be in flight when SIGTERM arrives (~5 s here), short enough for CI.
-MAX_TOKENS = 600
+# Long enough to be in flight when SIGTERM arrives (~4 s on an idle 2-core machine, more under
+# load), short enough for CI.
+MAX_TOKENS = 1000
 MPIRUN_ARGS = "--allow-run-as-root --oversubscribe"
 LOOPBACK_ONLY = "--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
 

@@ -43,7 +43,7 @@ uid=$((20000 + RANDOM % 10000))
 port=$((30000 + RANDOM % 10000))
 lws=group$RANDOM
 worker_host=$lws-0-1.$lws.test
-tokens=600
+tokens=1000
 
 fail() {
   echo "FAIL: $*" >&2
