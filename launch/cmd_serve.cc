@@ -292,7 +292,8 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     }
     engine.Stop();
     // If the step loop is stuck (a dead peer), it never returns: leave anyway.
-    std::this_thread::sleep_for(std::chrono::seconds(5));
+    for (int i = 0; i < 250 && !finished; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (!finished) {
       std::fprintf(stderr, "tessera serve: the engine did not stop; exiting\n");
       std::fflush(stderr);
