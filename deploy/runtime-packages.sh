@@ -7,11 +7,14 @@
 #   deploy/runtime-packages.sh BINARY...
 #
 # Libraries the NVIDIA driver brings in at run time (the container toolkit mounts them) are left
-# out. Any other library that does not resolve, or that no package owns, is an error: the image
-# would not run.
+# out. So are the CUDA libraries the nvidia/cuda runtime base image ships (CUDA runtime, cuBLAS,
+# NCCL): they must resolve here, but no package of ours provides them, and a toolkit installed
+# from NVIDIA's tarball or runfile (as on CI machines) is owned by no package at all. Any other
+# library that does not resolve, or that no package owns, is an error: the image would not run.
 set -euo pipefail
 
 driver_libs=" libcuda.so.1 libnvidia-ml.so.1 "
+base_image_lib='^lib(cudart|cublas|cublasLt|nccl)\.so\.[0-9]+$'
 
 [[ $# -gt 0 ]] || {
   echo "usage: $0 BINARY..." >&2
@@ -63,6 +66,7 @@ for entry in "${needed[@]}"; do
     status=1
     continue
   fi
+  [[ $name =~ $base_image_lib ]] && continue
   real=$(readlink -f "$path")
   package=
   for candidate in "$path" "$real" "/usr${path#/usr}" "${path#/usr}" "/usr${real#/usr}" \

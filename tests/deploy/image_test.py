@@ -244,6 +244,30 @@ class RuntimePackagesTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("needs libprivate.so, which does not resolve", result.stderr)
 
+    def test_cuda_libraries_of_the_base_image_need_no_package_but_must_resolve(self):
+        # A toolkit from NVIDIA's tarball (no package owns it) is what CI machines have; the
+        # nvidia/cuda runtime image ships these libraries itself. (A soname no real toolkit has,
+        # so that removing it really leaves it unresolved.)
+        tmp = tempfile.mkdtemp(prefix="runtime-packages-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        with open(os.path.join(tmp, "lib.c"), "w") as f:
+            f.write("int cublas_function(void) { return 1; }\n")
+        with open(os.path.join(tmp, "main.c"), "w") as f:
+            f.write("int cublas_function(void);\nint main(void) { return cublas_function(); }\n")
+        subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcublas.so.99", "-o",
+                        f"{tmp}/libcublas.so.99", f"{tmp}/lib.c"], check=True)
+        os.symlink("libcublas.so.99", f"{tmp}/libcublas.so")
+        subprocess.run(["cc", "-o", f"{tmp}/main", f"{tmp}/main.c", f"-L{tmp}", "-lcublas",
+                        f"-Wl,-rpath,{tmp}"], check=True)
+        result = subprocess.run([self.script, f"{tmp}/main"], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("cublas", result.stdout)
+        self.assertIn("libc6", result.stdout.split())
+        os.remove(f"{tmp}/libcublas.so.99")
+        result = subprocess.run([self.script, f"{tmp}/main"], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("needs libcublas.so.99, which does not resolve", result.stderr)
+
 
 class FetchModelTest(unittest.TestCase):
     def setUp(self):
