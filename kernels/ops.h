@@ -85,6 +85,15 @@ struct ExpertWeights {
   const void* down = nullptr;     // W [num_local_experts, H, I]
 };
 
+// A recorded sequence of ops (a CUDA graph), replayed with the device pointers and launch sizes it
+// was recorded with; whatever varies per replay is read from device memory.
+class DeviceGraph {
+ public:
+  virtual ~DeviceGraph() = default;
+  // Enqueues the recorded ops on the backend's stream, asynchronously.
+  virtual void Replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -110,6 +119,14 @@ class Backend {
   // The CUDA stream (a cudaStream_t) every op is ordered on, for communicators that enqueue their
   // transfers on it (parallel/nccl_communicator.h); null for backends without one.
   virtual void* stream() const { return nullptr; }
+
+  // Op recording (CUDA graphs). Between BeginCapture() and EndCapture() ops (and communicators'
+  // collectives enqueued on stream()) are recorded instead of run; EndCapture() returns the graph,
+  // or null when the backend cannot record or the recording failed (the caller then runs the ops
+  // directly). Nothing recorded may synchronise with the host or copy from pageable memory.
+  virtual bool CanCaptureGraphs() const { return false; }
+  virtual void BeginCapture() {}
+  virtual std::unique_ptr<DeviceGraph> EndCapture() { return nullptr; }
 
   // out A[n, H] = table W[vocab_end - vocab_start, H][ids[t] - vocab_start], or 0 when the id is
   // outside [vocab_start, vocab_end) (vocab-parallel embedding: the shards are then summed).

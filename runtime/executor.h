@@ -46,6 +46,7 @@ class Executor {
   const ModelConfig& config() const { return config_; }
   int block_size() const { return block_size_; }
   int num_kv_blocks() const { return num_kv_blocks_; }
+  const Qwen3Model& model() const { return *model_; }
 
   // Rank 0 only. Broadcasts and runs `plan`; returns the logits of every replica's micro-batches,
   // replica by replica, micro-batch by micro-batch: [total logit rows, vocab] float32.

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -106,6 +109,8 @@ std::vector<TensorSpec> Qwen3Model::TensorTable(const ModelConfig& c) {
 
 Qwen3Model::Qwen3Model(const ModelConfig& config, Backend& backend, const ShardSpec& shard)
     : config_(config), backend_(backend), shard_(shard), rope_(ComputeRopeTables(config)) {
+  const char* graphs = std::getenv("TESSERA_CUDA_GRAPHS");
+  if (graphs != nullptr && std::string(graphs) == "0") graphs_enabled_ = false;
   const int tp = shard.tp_size;
   q_heads_local_ = config.num_attention_heads / tp;
   kv_heads_local_ = std::max<int64_t>(1, config.num_key_value_heads / tp);
@@ -292,6 +297,7 @@ void Qwen3Model::EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, i
       topk_weights_ = backend_.Allocate(n * c.num_experts_per_tok * sizeof(float));
     }
     token_capacity_ = static_cast<int>(n);
+    ++workspace_generation_;
   }
   if (num_logits > logit_capacity_) {
     const int64_t r = std::max(num_logits, 2 * logit_capacity_);
@@ -299,10 +305,12 @@ void Qwen3Model::EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, i
     selected_ = backend_.Allocate(r * c.hidden_size * a);
     logits_buf_ = backend_.Allocate(r * (vocab_end_ - vocab_start_) * a);
     logit_capacity_ = static_cast<int>(r);
+    ++workspace_generation_;
   }
   if (num_seqs * max_blocks > table_capacity_) {
     table_capacity_ = std::max(num_seqs * max_blocks, 2 * table_capacity_);
     tables_ = backend_.Allocate(static_cast<size_t>(table_capacity_) * sizeof(int32_t));
+    ++workspace_generation_;
   }
 }
 
@@ -454,20 +462,10 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
   if (n > 0) backend_.UploadFloat(proj_.data(), act, full.data(), full.size());
 }
 
-void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits) {
+// Embedding (or the previous stage's hidden states), this stage's layers, and the hand-off to
+// the next stage. Enqueues only: no host synchronisation except inside communicators' host paths.
+void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) {
   const ModelConfig& c = config_;
-  const int n = static_cast<int>(batch.token_ids.size());
-  const int r = static_cast<int>(batch.logit_tokens.size());
-  TESSERA_CHECK_EQ(batch.positions.size(), static_cast<size_t>(n));
-  TESSERA_CHECK_EQ(batch.slot_mapping.size(), static_cast<size_t>(n));
-  TESSERA_CHECK_EQ(batch.token_seq.size(), static_cast<size_t>(n));
-  TESSERA_CHECK_EQ(batch.block_tables.size(),
-                   static_cast<size_t>(batch.num_seqs) * batch.max_blocks_per_seq);
-  TESSERA_CHECK_LE(r, n);
-  logits->clear();
-  EnsureWorkspace(std::max(n, 1), std::max(r, 1), std::max(batch.num_seqs, 1),
-                  std::max(batch.max_blocks_per_seq, 1));
-
   const int64_t H = c.hidden_size, D = c.head_dim;
   const int qh = static_cast<int>(q_heads_local_), kvh = static_cast<int>(kv_heads_local_);
   const int64_t qkv_row = (q_heads_local_ + 2 * kv_heads_local_) * D;
@@ -475,24 +473,6 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
   const size_t a = DTypeSize(act);
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-
-  if (n > 0) {
-    backend_.CopyToDevice(ids_.data(), batch.token_ids.data(), n * sizeof(int32_t));
-    backend_.CopyToDevice(positions_.data(), batch.positions.data(), n * sizeof(int32_t));
-    backend_.CopyToDevice(token_seq_.data(), batch.token_seq.data(), n * sizeof(int32_t));
-    backend_.CopyToDevice(slots_.data(), batch.slot_mapping.data(), n * sizeof(int32_t));
-    backend_.CopyToDevice(tables_.data(), batch.block_tables.data(),
-                          batch.block_tables.size() * sizeof(int32_t));
-  }
-  AttentionBatch attn_batch;
-  attn_batch.num_tokens = n;
-  attn_batch.num_seqs = batch.num_seqs;
-  attn_batch.positions = positions_.as<int32_t>();
-  attn_batch.token_seq = token_seq_.as<int32_t>();
-  attn_batch.slot_mapping = slots_.as<int32_t>();
-  attn_batch.block_tables = tables_.as<int32_t>();
-  attn_batch.max_blocks_per_seq = batch.max_blocks_per_seq;
-  attn_batch.block_size = kv.block_size();
 
   // The hidden state entering this stage: embeddings (summed over vocabulary shards), or the
   // previous stage's output.
@@ -573,21 +553,172 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     }
   }
   if (n > 0) backend_.Add(residual_.data(), proj_.data(), n * H, residual_.data());
-  if (!last_stage()) {
-    if (n > 0) shard_.pp->Send(residual_.data(), static_cast<size_t>(n) * H, act, shard_.pp_next);
+  if (!last_stage() && n > 0) {
+    shard_.pp->Send(residual_.data(), static_cast<size_t>(n) * H, act, shard_.pp_next);
+  }
+}
+
+namespace {
+
+// Batch sizes decode graphs are recorded for; a step of n sequences replays the smallest >= n.
+constexpr int kGraphBuckets[] = {1,  2,  4,  8,  12,  16,  24,  32,  40,  48,
+                                 56, 64, 80, 96, 112, 128, 160, 192, 224, 256};
+
+int GraphBucket(int n) {
+  for (int b : kGraphBuckets)
+    if (b >= n) return b;
+  return -1;
+}
+
+}  // namespace
+
+bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
+  if (!graphs_enabled_ || !backend_.CanCaptureGraphs()) return false;
+  // Pipeline hand-offs, host-staged MoE routing and blocking TP collectives cannot be recorded.
+  if (!first_stage() || !last_stage() || config_.is_moe() || shard_.tp != nullptr) return false;
+  const int n = static_cast<int>(batch.token_ids.size());
+  if (n == 0 || GraphBucket(n) < 0 || batch.num_seqs != n) return false;
+  if (batch.logit_tokens.size() != static_cast<size_t>(n)) return false;
+  for (int i = 0; i < n; ++i) {
+    if (batch.token_seq[i] != i || batch.logit_tokens[i] != i) return false;
+  }
+  return true;
+}
+
+// A pure decode step (one token per sequence, every token's logits wanted) on a backend that
+// records graphs: the step is padded to a bucket of sequences and a power-of-two capacity of
+// blocks per sequence, its metadata uploaded into the workspace, and the recorded layers + head
+// replayed. Padding rows are token 0 at position 0 of an empty block table, with no cache slot
+// (their KV write is skipped and their logits are never read). The first step of a bucket runs
+// directly, then records the graph for the next ones; a workspace reallocation drops them all.
+void Qwen3Model::RunDecodeGraph(const StepBatch& batch, KvCache& kv) {
+  const int n = static_cast<int>(batch.token_ids.size());
+  const int b = GraphBucket(n);
+  int cap = 8;
+  while (cap < batch.max_blocks_per_seq) cap *= 2;
+  EnsureWorkspace(b, b, b, cap);
+  if (graphs_generation_ != workspace_generation_) {
+    graphs_.clear();
+    graphs_generation_ = workspace_generation_;
+  }
+
+  staged_.assign(static_cast<size_t>(5 * b + b * cap), 0);
+  int32_t* ids = staged_.data();
+  int32_t* positions = ids + b;
+  int32_t* seqs = positions + b;
+  int32_t* slots = seqs + b;
+  int32_t* rows = slots + b;
+  int32_t* tables = rows + b;
+  for (int i = 0; i < b; ++i) {
+    seqs[i] = i;
+    rows[i] = i;
+    slots[i] = -1;
+  }
+  std::copy(batch.token_ids.begin(), batch.token_ids.end(), ids);
+  std::copy(batch.positions.begin(), batch.positions.end(), positions);
+  std::copy(batch.slot_mapping.begin(), batch.slot_mapping.end(), slots);
+  for (int i = 0; i < n; ++i) {
+    std::copy_n(batch.block_tables.begin() + static_cast<int64_t>(i) * batch.max_blocks_per_seq,
+                batch.max_blocks_per_seq, tables + static_cast<int64_t>(i) * cap);
+  }
+  const size_t bytes = b * sizeof(int32_t);
+  backend_.CopyToDevice(ids_.data(), ids, bytes);
+  backend_.CopyToDevice(positions_.data(), positions, bytes);
+  backend_.CopyToDevice(token_seq_.data(), seqs, bytes);
+  backend_.CopyToDevice(slots_.data(), slots, bytes);
+  backend_.CopyToDevice(logit_rows_.data(), rows, bytes);
+  backend_.CopyToDevice(tables_.data(), tables, static_cast<size_t>(b) * cap * sizeof(int32_t));
+
+  const std::pair<int, int> key(b, cap);
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) {
+    it->second->Replay();
     return;
   }
-  if (r == 0) return;
+  AttentionBatch attn_batch;
+  attn_batch.num_tokens = b;
+  attn_batch.num_seqs = b;
+  attn_batch.positions = positions_.as<int32_t>();
+  attn_batch.token_seq = token_seq_.as<int32_t>();
+  attn_batch.slot_mapping = slots_.as<int32_t>();
+  attn_batch.block_tables = tables_.as<int32_t>();
+  attn_batch.max_blocks_per_seq = cap;
+  attn_batch.block_size = kv.block_size();
+  // This step runs directly (it also settles every lazily made GEMM plan), then is recorded.
+  RunStage(b, attn_batch, kv);
+  RunHead(b);
+  backend_.Synchronize();
+  backend_.BeginCapture();
+  RunStage(b, attn_batch, kv);
+  RunHead(b);
+  std::unique_ptr<DeviceGraph> graph = backend_.EndCapture();
+  if (graph == nullptr) {
+    std::fprintf(stderr, "tessera: recording a decode graph (batch %d) failed; running without\n",
+                 b);
+    graphs_enabled_ = false;
+    return;
+  }
+  graphs_.emplace(key, std::move(graph));
+}
 
-  // Final norm and lm_head only for the rows whose logits are wanted; vocabulary shards gathered.
-  for (int t : batch.logit_tokens)
-    TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
-  backend_.CopyToDevice(logit_rows_.data(), batch.logit_tokens.data(), r * sizeof(int32_t));
+// Final norm and lm_head for the r rows of residual_ listed in logit_rows_: logits_buf_ [r,
+// vocab_local] in the activation dtype.
+void Qwen3Model::RunHead(int r) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
   backend_.GatherRows(residual_.data(), logit_rows_.as<int32_t>(), r, H, selected_.data());
   backend_.RmsNorm(selected_.data(), final_norm_.data(), r, H, eps, hidden_.data());
-  const int64_t vocab_local = vocab_end_ - vocab_start_;
   const void* head = c.tie_word_embeddings ? embed_.data() : lm_head_.data();
-  backend_.Linear(hidden_.data(), head, r, vocab_local, H, logits_buf_.data());
+  backend_.Linear(hidden_.data(), head, r, vocab_end_ - vocab_start_, H, logits_buf_.data());
+}
+
+void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int n = static_cast<int>(batch.token_ids.size());
+  const int r = static_cast<int>(batch.logit_tokens.size());
+  TESSERA_CHECK_EQ(batch.positions.size(), static_cast<size_t>(n));
+  TESSERA_CHECK_EQ(batch.slot_mapping.size(), static_cast<size_t>(n));
+  TESSERA_CHECK_EQ(batch.token_seq.size(), static_cast<size_t>(n));
+  TESSERA_CHECK_EQ(batch.block_tables.size(),
+                   static_cast<size_t>(batch.num_seqs) * batch.max_blocks_per_seq);
+  TESSERA_CHECK_LE(r, n);
+  for (int t : batch.logit_tokens)
+    TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
+  logits->clear();
+  const DType act = backend_.activation_dtype();
+
+  if (DecodeGraphEligible(batch)) {
+    RunDecodeGraph(batch, kv);
+  } else {
+    EnsureWorkspace(std::max(n, 1), std::max(r, 1), std::max(batch.num_seqs, 1),
+                    std::max(batch.max_blocks_per_seq, 1));
+    if (n > 0) {
+      backend_.CopyToDevice(ids_.data(), batch.token_ids.data(), n * sizeof(int32_t));
+      backend_.CopyToDevice(positions_.data(), batch.positions.data(), n * sizeof(int32_t));
+      backend_.CopyToDevice(token_seq_.data(), batch.token_seq.data(), n * sizeof(int32_t));
+      backend_.CopyToDevice(slots_.data(), batch.slot_mapping.data(), n * sizeof(int32_t));
+      backend_.CopyToDevice(tables_.data(), batch.block_tables.data(),
+                            batch.block_tables.size() * sizeof(int32_t));
+    }
+    AttentionBatch attn_batch;
+    attn_batch.num_tokens = n;
+    attn_batch.num_seqs = batch.num_seqs;
+    attn_batch.positions = positions_.as<int32_t>();
+    attn_batch.token_seq = token_seq_.as<int32_t>();
+    attn_batch.slot_mapping = slots_.as<int32_t>();
+    attn_batch.block_tables = tables_.as<int32_t>();
+    attn_batch.max_blocks_per_seq = batch.max_blocks_per_seq;
+    attn_batch.block_size = kv.block_size();
+
+    RunStage(n, attn_batch, kv);
+    if (!last_stage() || r == 0) return;
+    backend_.CopyToDevice(logit_rows_.data(), batch.logit_tokens.data(), r * sizeof(int32_t));
+    RunHead(r);
+  }
+
+  // Logits to the host; vocabulary shards gathered.
+  const int64_t vocab_local = vocab_end_ - vocab_start_;
   host_logits_.resize(static_cast<size_t>(r) * vocab_local);
   backend_.DownloadFloat(host_logits_.data(), logits_buf_.data(), act, host_logits_.size());
   if (shard_.tp_size == 1) {

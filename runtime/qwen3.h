@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,6 +96,9 @@ class Qwen3Model {
   // Per-rank KV heads (replicated when tp > num_key_value_heads).
   int kv_heads_local() const { return static_cast<int>(kv_heads_local_); }
 
+  // Decode graphs recorded so far (tests).
+  int num_decode_graphs() const { return static_cast<int>(graphs_.size()); }
+
   bool first_stage() const { return shard_.pp_prev < 0; }
   bool last_stage() const { return shard_.pp_next < 0; }
   int64_t num_local_layers() const { return static_cast<int64_t>(layers_.size()); }
@@ -123,6 +127,13 @@ class Qwen3Model {
   Qwen3Model(const ModelConfig& config, Backend& backend, const ShardSpec& shard);
   absl::Status LoadWeights(const WeightSource& source);
   void EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, int max_blocks);
+  // The step's body, split so a decode step can be recorded as a graph: RunStage runs embedding
+  // (or the previous stage's hand-off), the layers and the hand-off to the next stage over the
+  // uploaded metadata; RunHead the final norm and lm_head for the rows in logit_rows_.
+  void RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv);
+  void RunHead(int r);
+  bool DecodeGraphEligible(const StepBatch& batch) const;
+  void RunDecodeGraph(const StepBatch& batch, KvCache& kv);
   void TpAllReduce(void* buf, int64_t count);
   // MoE layer with experts spread over the stage (ep_size > 1): route this rank's share of the
   // tokens, dispatch rows to expert owners by all-to-all(v), compute, combine back, and gather the
@@ -156,6 +167,13 @@ class Qwen3Model {
   DeviceBuffer residual_, hidden_, qkv_buf_, attn_, proj_, gate_up_buf_, act_;
   DeviceBuffer router_logits_, topk_ids_, topk_weights_, selected_, logits_buf_;
   std::vector<float> host_logits_;
+  // Decode graphs by (padded batch, block-table capacity); recorded against the workspace of
+  // generation graphs_generation_. TESSERA_CUDA_GRAPHS=0 turns them off.
+  bool graphs_enabled_ = true;
+  int64_t workspace_generation_ = 0;
+  int64_t graphs_generation_ = 0;
+  std::map<std::pair<int, int>, std::unique_ptr<DeviceGraph>> graphs_;
+  std::vector<int32_t> staged_;
   // Expert-parallel staging: rows received for this rank's experts and their results.
   int64_t ep_capacity_ = 0;
   DeviceBuffer ep_x_, ep_y_, ep_ids_, ep_weights_;

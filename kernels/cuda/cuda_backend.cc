@@ -111,6 +111,13 @@ class CudaBackend final : public Backend {
   void Synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   void* stream() const override { return stream_; }
 
+  bool CanCaptureGraphs() const override { return true; }
+  void BeginCapture() override {
+    // Thread-local: the server's other threads (gRPC, watchdog) may call CUDA meanwhile.
+    CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  }
+  std::unique_ptr<DeviceGraph> EndCapture() override;
+
   void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
                  const int32_t* ids, int n, void* out) override {
     cuda::LaunchEmbedding(B(table), vocab_start, vocab_end, hidden, ids, n, B(out), stream_);
@@ -186,6 +193,35 @@ class CudaBackend final : public Backend {
   std::vector<int32_t> host_ids_, gather_, combine_rows_, combine_widx_;
   std::vector<int64_t> expert_begin_;
 };
+
+class CudaGraph final : public DeviceGraph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  void Replay() override { CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+
+std::unique_ptr<DeviceGraph> CudaBackend::EndCapture() {
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+  if (ended != cudaSuccess || graph == nullptr) {
+    cudaGetLastError();  // an invalidated capture: the caller runs the ops directly instead
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (instantiated != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return std::make_unique<CudaGraph>(exec, stream_);
+}
 
 // Correct-first MoE: the routing is read back to the host, which groups each chunk of tokens'
 // (token, slot) pairs by local expert. On the device: gather the rows of each expert, one GEMM
