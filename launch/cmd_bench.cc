@@ -5,7 +5,7 @@
 //       [--decode-context 1024] [--decode-steps 32] [--repeats 5] [--throughput-requests 1000]
 //       [--input-mean 256] [--output-mean 128] [--max-num-seqs 256]
 //       [--max-num-batched-tokens 8192] [--kv-cache-memory BYTES | --num-kv-blocks N]
-//       [--seed S] [--json]
+//       [--seed S] [--op-profile] [--json]
 //
 // --load-format dummy (the default) needs only DIR/config.json: random weights at the real
 // shapes, generated on the device (scripts/bench/models/ holds Qwen3-14B, 32B, 30B-A3B and
@@ -16,7 +16,9 @@
 //   - throughput: --throughput-requests requests with ShareGPT-like lengths (log-normal around
 //     --input-mean / --output-mean, seeded), all submitted at once through the serving engine:
 //     output tokens/s and TTFT / TPOT percentiles.
-// A table goes to stderr; --json prints one JSON object on stdout.
+// A table goes to stderr; --json prints one JSON object on stdout. --op-profile times every op
+// (CUDA events on the device; decode then runs op by op, without graphs) and adds, per TTFT
+// length and decode batch, a table of ms per step by op ("op_profile" in the JSON).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -29,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/profiling_backend.h"
 #include "launch/commands.h"
 #include "launch/device.h"
 #include "launch/flags.h"
@@ -108,7 +111,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                "num-kv-blocks",
                "block-size",
                "seed"},
-              {"json"});
+              {"json", "op-profile"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   const std::string device = flags.GetString("device").value_or("cpu");
   const std::string format = flags.GetString("load-format").value_or("dummy");
@@ -150,7 +153,10 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                    flags.GetInt("num-kv-blocks", (need_tokens + block_size - 1) / block_size + 64));
 
   ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
-  std::unique_ptr<Backend>& backend = compute.backend;
+  // --op-profile: every op timed on the device (no decode graphs then); a table per measurement.
+  std::unique_ptr<ProfilingBackend> profiler;
+  if (flags.GetBool("op-profile")) profiler = MakeProfilingBackend(*compute.backend);
+  Backend* backend = profiler ? profiler.get() : compute.backend.get();
   Executor executor(config, parallel, compute.world);
   const auto load_start = Clock::now();
   absl::Status loaded = [&]() -> absl::Status {
@@ -176,6 +182,29 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   std::mt19937_64 rng(static_cast<uint64_t>(seed));
   std::uniform_int_distribution<int32_t> any_id(0, static_cast<int32_t>(config.vocab_size - 1));
   BlockManager blocks(static_cast<int>(num_blocks), bs, /*prefix_caching=*/false);
+  json op_profile = json::object();
+  // Op times since the last call, per step of the measurement `what` (`steps` steps).
+  auto profile = [&](const std::string& what, int64_t steps_timed) {
+    if (!profiler) return;
+    json rows = json::array();
+    double total = 0;
+    const std::vector<OpTime> times = profiler->Take();
+    for (const OpTime& t : times) total += t.ms;
+    std::fprintf(stderr, "  op profile, %s: %.3f ms of ops per step\n", what.c_str(),
+                 total / steps_timed);
+    for (const OpTime& t : times) {
+      const double per_step = t.ms / steps_timed;
+      rows.push_back({{"op", t.op},
+                      {"calls_per_step", static_cast<double>(t.calls) / steps_timed},
+                      {"ms_per_step", per_step}});
+      if (per_step >= 0.001 * total / steps_timed) {
+        std::fprintf(stderr, "    %-28s %8.3f ms %5.1f%%  (%lld calls/step)\n", t.op.c_str(),
+                     per_step, 100.0 * t.ms / total, static_cast<long long>(t.calls / steps_timed));
+      }
+    }
+    op_profile[what] = rows;
+  };
+  if (profiler) profiler->Take();  // drop the load's copies
   json result = {{"model", dir},
                  {"load_format", format},
                  {"device", device},
@@ -201,6 +230,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
       if (r > 0) times.push_back(Ms(Clock::now() - start));
       blocks.Free(&table[0]);
     }
+    profile("ttft " + std::to_string(len), repeats + 1);
     ttft.push_back({{"prompt_tokens", len},
                     {"ms_p50", Percentile(times, 50)},
                     {"ms_min", Percentile(times, 0)}});
@@ -229,6 +259,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
             Plan(replicas, bs, {tokens[j]}, {table[j]}, {static_cast<int>(begin)}, {end}, false));
       }
     }
+    if (profiler) profiler->Take();  // not the prefills
     std::vector<double> times;
     for (int64_t s = 0; s < steps; ++s) {
       std::vector<int> begin(batch, static_cast<int>(context + s)),
@@ -242,6 +273,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
       }
       if (s > 0) times.push_back(Ms(Clock::now() - start));
     }
+    profile("decode batch " + std::to_string(batch), steps);
     for (auto& t : table) blocks.Free(&t);
     const double p50 = Percentile(times, 50);
     decode.push_back({{"batch", batch},
@@ -254,6 +286,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                  batch * 1000.0 / p50);
   }
   result["decode"] = decode;
+  if (profiler) result["op_profile"] = op_profile;
 
   // Throughput through the serving engine: every request submitted at once.
   if (requests > 0) {

@@ -38,5 +38,32 @@ for name, ranks, layout in [("dense_gqa", 1, []), ("dense_gqa", 2, ["--tp", "2"]
     except Exception as e:  # report every case, then fail
         failures.append(label)
         print(f"FAIL {label}: {e}")
+
+# --op-profile: every op of a step timed; the table accounts for the whole forward.
+cmd = [TESSERA, "bench", "--model", os.path.join(FIXTURES, "dense_gqa"), "--ttft", "40",
+       "--decode-batch", "3", "--decode-context", "20", "--decode-steps", "3", "--repeats", "1",
+       "--op-profile", "--json"]
+proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+try:
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    r = json.loads(proc.stdout)
+    prof = r["op_profile"]
+    assert sorted(prof) == ["decode batch 3", "ttft 40"], sorted(prof)
+    layers = json.load(open(os.path.join(FIXTURES, "dense_gqa", "config.json")))["num_hidden_layers"]
+    for what, attention in [("ttft 40", "Attention prefill"), ("decode batch 3", "Attention decode")]:
+        ops = {row["op"]: row for row in prof[what]}
+        assert ops[attention]["calls_per_step"] == layers, (what, ops[attention])
+        assert "Embedding" in ops and "HeadNormRope" in ops and "SiluMul" in ops, sorted(ops)
+        linear = [row for row in prof[what] if row["op"].startswith("Linear")]
+        # qkv, o_proj, gate_up, down per layer, and lm_head once.
+        assert sum(row["calls_per_step"] for row in linear) == 4 * layers + 1, linear
+        assert all(row["ms_per_step"] >= 0 for row in prof[what])
+        assert sum(row["ms_per_step"] for row in prof[what]) > 0
+    assert "op profile, decode batch 3" in proc.stderr, proc.stderr
+    passed += 1
+    print("ok   --op-profile")
+except Exception as e:
+    failures.append("--op-profile")
+    print(f"FAIL --op-profile: {e}")
 print(f"{passed} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)

@@ -1,0 +1,181 @@
+#include "kernels/profiling_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/base/check.h"
+
+#if defined(TESSERA_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace tessera {
+namespace {
+
+class Profiler final : public ProfilingBackend {
+ public:
+  explicit Profiler(Backend& inner) : b_(inner) {}
+  ~Profiler() override {
+#if defined(TESSERA_HAVE_CUDA)
+    for (auto& e : events_) cudaEventDestroy(e);
+#endif
+  }
+
+  std::vector<OpTime> Take() override {
+    std::map<std::string, OpTime> by_op;
+#if defined(TESSERA_HAVE_CUDA)
+    if (b_.stream() != nullptr && !pending_.empty()) {
+      TESSERA_CHECK(cudaEventSynchronize(events_[pending_.back().stop]) == cudaSuccess);
+      for (const Pending& p : pending_) {
+        float ms = 0;
+        TESSERA_CHECK(cudaEventElapsedTime(&ms, events_[p.start], events_[p.stop]) ==
+                      cudaSuccess);
+        OpTime& t = by_op[p.op];
+        t.op = p.op;
+        ++t.calls;
+        t.ms += ms;
+      }
+    }
+    pending_.clear();
+    next_event_ = 0;
+#endif
+    for (const auto& [op, t] : host_) by_op[op] = t;
+    host_.clear();
+    std::vector<OpTime> out;
+    for (auto& [op, t] : by_op) out.push_back(t);
+    std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+    return out;
+  }
+
+  DeviceKind kind() const override { return b_.kind(); }
+  DType activation_dtype() const override { return b_.activation_dtype(); }
+  DType weight_dtype() const override { return b_.weight_dtype(); }
+  DeviceBuffer Allocate(size_t bytes) override { return b_.Allocate(bytes); }
+  void CopyToDevice(void* d, const void* s, size_t n) override {
+    Time("CopyToDevice", [&] { b_.CopyToDevice(d, s, n); });
+  }
+  void CopyToHost(void* d, const void* s, size_t n) override {
+    Time("CopyToHost", [&] { b_.CopyToHost(d, s, n); });
+  }
+  void UploadFloat(void* d, DType t, const float* s, size_t n) override {
+    b_.UploadFloat(d, t, s, n);
+  }
+  void DownloadFloat(float* d, const void* s, DType t, size_t n) override {
+    Time("DownloadFloat", [&] { b_.DownloadFloat(d, s, t, n); });
+  }
+  void Synchronize() override { b_.Synchronize(); }
+  void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
+                  float scale) override {
+    b_.FillRandom(dst, dtype, count, seed, mean, scale);
+  }
+  void* stream() const override { return b_.stream(); }
+
+  void Embedding(const void* table, int64_t start, int64_t end, int64_t hidden, const int32_t* ids,
+                 int n, void* out) override {
+    Time("Embedding", [&] { b_.Embedding(table, start, end, hidden, ids, n, out); });
+  }
+  void RmsNorm(const void* x, const void* w, int64_t rows, int64_t dim, float eps,
+               void* out) override {
+    Time("RmsNorm", [&] { b_.RmsNorm(x, w, rows, dim, eps, out); });
+  }
+  void AddRmsNorm(void* residual, const void* x, const void* w, int64_t rows, int64_t dim,
+                  float eps, void* out) override {
+    Time("AddRmsNorm", [&] { b_.AddRmsNorm(residual, x, w, rows, dim, eps, out); });
+  }
+  void Linear(const void* x, const void* w, int64_t m, int64_t n, int64_t k, void* y) override {
+    Time(absl::StrCat("Linear n=", n, " k=", k), [&] { b_.Linear(x, w, m, n, k, y); });
+  }
+  void HeadNormRope(void* x, int64_t stride, int n, int heads, int head_dim, const void* w,
+                    float eps, const int32_t* positions, const float* inv_freq,
+                    float scaling) override {
+    Time("HeadNormRope", [&] {
+      b_.HeadNormRope(x, stride, n, heads, head_dim, w, eps, positions, inv_freq, scaling);
+    });
+  }
+  void WriteKvCache(const void* k, const void* v, int64_t stride, int n, int kv_heads, int head_dim,
+                    const int32_t* slots, void* k_cache, void* v_cache) override {
+    Time("WriteKvCache",
+         [&] { b_.WriteKvCache(k, v, stride, n, kv_heads, head_dim, slots, k_cache, v_cache); });
+  }
+  void Attention(const void* q, int64_t stride, const void* k_cache, const void* v_cache,
+                 const AttentionBatch& batch, int q_heads, int kv_heads, int head_dim, float scale,
+                 void* out) override {
+    Time(batch.num_tokens == batch.num_seqs ? "Attention decode" : "Attention prefill", [&] {
+      b_.Attention(q, stride, k_cache, v_cache, batch, q_heads, kv_heads, head_dim, scale, out);
+    });
+  }
+  void SiluMul(const void* gate_up, int64_t m, int64_t inter, void* out) override {
+    Time("SiluMul", [&] { b_.SiluMul(gate_up, m, inter, out); });
+  }
+  void GatherRows(const void* x, const int32_t* rows, int r, int64_t dim, void* out) override {
+    Time("GatherRows", [&] { b_.GatherRows(x, rows, r, dim, out); });
+  }
+  void Add(const void* a, const void* b, int64_t n, void* out) override {
+    Time("Add", [&] { b_.Add(a, b, n, out); });
+  }
+  void RouterTopK(const void* logits, int n, int num_experts, int top_k, bool normalize,
+                  int32_t* ids, float* weights) override {
+    Time("RouterTopK",
+         [&] { b_.RouterTopK(logits, n, num_experts, top_k, normalize, ids, weights); });
+  }
+  void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                  const ExpertWeights& experts, void* out) override {
+    Time("MoeExperts", [&] { b_.MoeExperts(x, n, ids, weights, top_k, experts, out); });
+  }
+
+ private:
+  struct Pending {
+    std::string op;
+    size_t start, stop;  // indices into events_
+  };
+
+  template <typename F>
+  void Time(const std::string& op, F&& run) {
+#if defined(TESSERA_HAVE_CUDA)
+    if (b_.stream() != nullptr) {
+      auto* stream = static_cast<cudaStream_t>(b_.stream());
+      const size_t start = NextEvent(), stop = NextEvent();
+      TESSERA_CHECK(cudaEventRecord(events_[start], stream) == cudaSuccess);
+      run();
+      TESSERA_CHECK(cudaEventRecord(events_[stop], stream) == cudaSuccess);
+      pending_.push_back({op, start, stop});
+      return;
+    }
+#endif
+    const auto begin = std::chrono::steady_clock::now();
+    run();
+    const std::chrono::duration<double, std::milli> ms = std::chrono::steady_clock::now() - begin;
+    OpTime& t = host_[op];
+    t.op = op;
+    ++t.calls;
+    t.ms += ms.count();
+  }
+
+#if defined(TESSERA_HAVE_CUDA)
+  // Events are reused after each Take(), so a long run holds as many as one window's ops.
+  size_t NextEvent() {
+    if (next_event_ == events_.size()) {
+      cudaEvent_t e;
+      TESSERA_CHECK(cudaEventCreate(&e) == cudaSuccess);
+      events_.push_back(e);
+    }
+    return next_event_++;
+  }
+  std::vector<cudaEvent_t> events_;
+  size_t next_event_ = 0;
+  std::vector<Pending> pending_;
+#endif
+
+  Backend& b_;
+  std::map<std::string, OpTime> host_;
+};
+
+}  // namespace
+
+std::unique_ptr<ProfilingBackend> MakeProfilingBackend(Backend& inner) {
+  return std::make_unique<Profiler>(inner);
+}
+
+}  // namespace tessera
