@@ -17,6 +17,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/random.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/ops.h"
 
@@ -109,6 +110,11 @@ class CudaBackend final : public Backend {
     }
   }
   void Synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // On the device, bit for bit the host default's values (random.cu), enqueued like any op.
+  void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
+                  float scale) override {
+    cuda::LaunchFillRandom(dst, dtype, count, seed, mean, scale, stream_);
+  }
   void* stream() const override { return stream_; }
 
   void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
