@@ -110,6 +110,7 @@ std::string AsyncError() {
 void WaitForStream(cudaStream_t stream) {
   cudaError_t status = cudaStreamQuery(stream);
   if (status == cudaSuccess) return;
+  if (status == cudaErrorNotReady) cudaGetLastError();  // see the loop
   NcclProcessState& s = State();
   std::string comm;
   const char* wait;
@@ -137,6 +138,10 @@ void WaitForStream(cudaStream_t stream) {
       fail(std::string("the stream failed with ") + cudaGetErrorName(status) + " (" +
            cudaGetErrorString(status) + ")" + (nccl.empty() ? "" : "; NCCL: " + nccl));
     }
+    // NOTE: the runtime may record "not ready" as the last error; clear it, or the next kernel
+    // launch's cudaGetLastError check would report it (nothing else can be pending: every
+    // launch is checked when it is made).
+    cudaGetLastError();
     const auto now = Clock::now();
     if (now - last_check >= std::chrono::milliseconds(1)) {
       last_check = now;
