@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "kernels/base/dtype.h"
@@ -110,7 +111,14 @@ class Backend {
   virtual void UploadFloat(void* dst, DType dtype, const float* host_src, size_t count) = 0;
   // Downloads `count` values of `dtype` as float32.
   virtual void DownloadFloat(float* host_dst, const void* src, DType dtype, size_t count) = 0;
+  // Waits for every op enqueued so far (CopyToHost, DownloadFloat and UploadFloat wait through it).
   virtual void Synchronize() = 0;
+  // Replaces how the host waits for the stream in Synchronize() (the default: block until it
+  // drains). The NCCL communicator installs a bounded wait that watches its collectives for a
+  // dead or hung peer (parallel/nccl_communicator.h), since its collectives are only enqueued and
+  // the host's next wait is where a failed peer shows. A function, so that kernels/ need not
+  // know about ranks. Null restores the default; backends without a stream ignore it.
+  virtual void SetStreamWait(std::function<void()> wait) {}
   // Fills `count` values of `dtype` with mean + scale * u, u uniform in [-1, 1) from a
   // counter-based generator seeded by `seed` (benchmarks' dummy weights). The default generates on
   // the host in pieces and uploads them; a device backend may override it with a kernel.

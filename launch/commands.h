@@ -8,6 +8,8 @@ int RunCommand(int argc, char** argv);     // tessera run             (cmd_run.c
 int ServeCommand(int argc, char** argv);   // tessera serve           (cmd_serve.cc)
 int ClientCommand(int argc, char** argv);  // tessera client          (cmd_client.cc)
 int BenchCommand(int argc, char** argv);   // tessera bench           (cmd_bench.cc)
+int BenchCommCommand(int argc,
+                     char** argv);  // tessera bench-comm      (cmd_bench_comm.cc)
 int MakeTinyModelCommand(int argc,
                          char** argv);           // tessera make-tiny-model (cmd_make_tiny_model.cc)
 int TokenizeCommand(int argc, char** argv);      // tessera tokenize        (cmd_tokenize.cc)

@@ -31,7 +31,7 @@ absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& device, MpiSessi
   compute.backend = MakeCudaBackend(mpi.local_rank() % count);
 #if defined(TESSERA_HAVE_NCCL)
   if (mpi.world() != nullptr && mpi.size() > 1) {
-    compute.device_world = MakeNcclCommunicator(*mpi.world(), compute.backend->stream(), "world");
+    compute.device_world = MakeNcclCommunicator(*mpi.world(), *compute.backend, "world");
     compute.world = compute.device_world.get();
   }
 #endif

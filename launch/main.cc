@@ -20,6 +20,8 @@ constexpr Subcommand kSubcommands[] = {
      "talk to a running server: generate, chat, tokenize, health, info"},
     {"bench", tessera::BenchCommand,
      "measure TTFT, decode and throughput (dummy weights at real shapes)"},
+    {"bench-comm", tessera::BenchCommCommand,
+     "measure all-reduce, all-to-all, reduce-scatter, all-gather (run under mpirun)"},
     {"make-tiny-model", tessera::MakeTinyModelCommand,
      "write a tiny random-weight Qwen3 checkpoint (config.json + safetensors)"},
     {"tokenize", tessera::TokenizeCommand, "text -> token ids with a model's tokenizer"},

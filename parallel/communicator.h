@@ -1,12 +1,15 @@
 // Communication between ranks: the only way tessera code talks to other ranks (STYLE.md rule 7).
 //
-// Backends: MpiCommunicator (CPU backend; buffers in host memory) and NcclCommunicator (GPUs;
-// buffers in device memory, stream-ordered). Every rank of a communicator must make the same calls
-// in the same order. Counts are in elements of `dtype`.
+// Backends: MpiCommunicator (CPU backend; buffers in host memory; calls return when done) and
+// NcclCommunicator (GPUs; buffers in device memory, stream-ordered: calls only enqueue on the
+// backend's stream and return, and results are visible to later ops on that stream and to the host
+// after its next wait, e.g. Backend::Synchronize or CopyToHost). Every rank of a communicator must
+// make the same calls in the same order. Counts are in elements of `dtype`.
 //
-// Every collective runs under a watchdog: a rank stuck in one past the timeout prints the rank and
-// the operation and ends the process with a non-zero exit, so mpirun tears the job down instead of
-// hanging (DESIGN.md, "Errors").
+// Every collective runs under a watchdog: a rank stuck in one past the timeout (for NCCL: in the
+// host's wait for the stream its collectives were enqueued on, or on an NCCL error seen there)
+// prints the rank and the operation and ends the process with a non-zero exit, so mpirun tears the
+// job down instead of hanging (DESIGN.md, "Errors").
 #pragma once
 
 #include <cstddef>

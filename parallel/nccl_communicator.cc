@@ -3,7 +3,11 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/base/check.h"
@@ -26,6 +30,137 @@
 
 namespace tessera {
 namespace {
+
+// What a collective is called in watchdog messages: while enqueuing, and in the host's later wait
+// for the stream (literals, so naming the last collective costs no allocation).
+struct OpName {
+  const char* op;
+  const char* wait;
+};
+constexpr OpName kAllReduce{"all_reduce", "stream wait after all_reduce"};
+constexpr OpName kAllGather{"all_gather", "stream wait after all_gather"};
+constexpr OpName kAllGatherV{"all_gather_v", "stream wait after all_gather_v"};
+constexpr OpName kReduceScatter{"reduce_scatter", "stream wait after reduce_scatter"};
+constexpr OpName kAllToAllV{"all_to_all_v", "stream wait after all_to_all_v"};
+constexpr OpName kSend{"send", "stream wait after send"};
+constexpr OpName kRecv{"recv", "stream wait after recv"};
+constexpr OpName kBroadcast{"broadcast", "stream wait after broadcast"};
+
+// This process's live NCCL communicators (checked for asynchronous errors and aborted on a
+// failure by the stream wait), and the last collective enqueued (named in its messages).
+// Collectives run on one thread; the mutex only orders that thread with a Split or a destructor.
+struct NcclProcessState {
+  std::mutex mu;
+  std::vector<ncclComm_t> comms;
+  std::string last_comm = "nccl";
+  const char* last_wait = "stream wait";
+  size_t last_count = 0;
+};
+NcclProcessState& State() {
+  static NcclProcessState* state = new NcclProcessState();  // never destroyed: see EndJob
+  return *state;
+}
+
+void Register(ncclComm_t comm) {
+  std::lock_guard<std::mutex> lock(State().mu);
+  State().comms.push_back(comm);
+}
+void Unregister(ncclComm_t comm) {
+  NcclProcessState& s = State();
+  std::lock_guard<std::mutex> lock(s.mu);
+  for (size_t i = 0; i < s.comms.size(); ++i) {
+    if (s.comms[i] == comm) {
+      s.comms.erase(s.comms.begin() + static_cast<std::ptrdiff_t>(i));
+      break;
+    }
+  }
+}
+
+// Called only on the way out: stuck NCCL kernels end instead of spinning until the process dies.
+void AbortAll() {
+  std::vector<ncclComm_t> comms;
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    comms.swap(State().comms);
+  }
+  for (ncclComm_t comm : comms) ncclCommAbort(comm);
+}
+
+// The first asynchronous error of a live communicator, as text; empty when there is none.
+std::string AsyncError() {
+  std::lock_guard<std::mutex> lock(State().mu);
+  for (ncclComm_t comm : State().comms) {
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t result = ncclCommGetAsyncError(comm, &async);
+    if (result != ncclSuccess) async = result;
+    if (async != ncclSuccess && async != ncclInProgress) {
+      const char* last = ncclGetLastError(comm);
+      return std::string(ncclGetErrorString(async)) +
+             (last && *last ? std::string(" (") + last + ")" : "");
+    }
+  }
+  return {};
+}
+
+// Backend::SetStreamWait's function: waits for `stream` like cudaStreamSynchronize, but never
+// forever. NOTE: polls (yielding for the first 50 ms, like the driver's own spin-wait, then
+// sleeping 100 us between queries) rather than block in the driver, because a blocked wait can
+// neither look at NCCL's errors nor give up; a decode step's wait ends within the yield phase, so
+// it costs no more latency than cudaStreamSynchronize's spin.
+void WaitForStream(cudaStream_t stream) {
+  cudaError_t status = cudaStreamQuery(stream);
+  if (status == cudaSuccess) return;
+  if (status == cudaErrorNotReady) cudaGetLastError();  // see the loop
+  NcclProcessState& s = State();
+  std::string comm;
+  const char* wait;
+  size_t count;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    comm = s.last_comm;
+    wait = s.last_wait;
+    count = s.last_count;
+  }
+  CollectiveGuard guard(comm, wait, count);  // the watchdog thread: a backstop if we hang below
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  auto last_check = start;
+  const double limit = CollectiveTimeoutSeconds();
+  auto fail = [&](const std::string& why) {
+    EndJob("in " + std::string(wait) + " on communicator '" + comm + "' (" + std::to_string(count) +
+               " elements): " + why + "; aborting NCCL",
+           AbortAll);
+  };
+  for (;;) {
+    if (status == cudaSuccess) return;
+    if (status != cudaErrorNotReady) {
+      const std::string nccl = AsyncError();
+      fail(std::string("the stream failed with ") + cudaGetErrorName(status) + " (" +
+           cudaGetErrorString(status) + ")" + (nccl.empty() ? "" : "; NCCL: " + nccl));
+    }
+    // NOTE: the runtime may record "not ready" as the last error; clear it, or the next kernel
+    // launch's cudaGetLastError check would report it (nothing else can be pending: every
+    // launch is checked when it is made).
+    cudaGetLastError();
+    const auto now = Clock::now();
+    if (now - last_check >= std::chrono::milliseconds(1)) {
+      last_check = now;
+      const std::string nccl = AsyncError();
+      if (!nccl.empty()) fail("NCCL reported " + nccl + " (a peer failed or lost its connection)");
+    }
+    const double waited = std::chrono::duration<double>(now - start).count();
+    if (limit > 0 && waited > limit) {
+      fail("stuck for " + std::to_string(waited) + " s (limit " + std::to_string(limit) +
+           " s; a peer is dead or hung)");
+    }
+    if (now - start < std::chrono::milliseconds(50)) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    status = cudaStreamQuery(stream);
+  }
+}
 
 ncclDataType_t NcclType(DType dtype) {
   switch (dtype) {
@@ -69,8 +204,13 @@ class NcclCommunicator final : public Communicator {
         owned_host_(std::move(owned_host)),
         comm_(comm),
         stream_(stream),
-        name_(std::move(name)) {}
-  ~NcclCommunicator() override { ncclCommDestroy(comm_); }
+        name_(std::move(name)) {
+    Register(comm_);
+  }
+  ~NcclCommunicator() override {
+    Unregister(comm_);
+    ncclCommDestroy(comm_);
+  }
 
   int rank() const override { return host_->rank(); }
   int size() const override { return host_->size(); }
@@ -78,24 +218,22 @@ class NcclCommunicator final : public Communicator {
 
   void AllReduceSum(void* buf, size_t count, DType dtype) override {
     if (count == 0) return;
-    if (!OnDevice(buf)) return host_->AllReduceSum(buf, count, dtype);
-    CollectiveGuard guard(name_, "all_reduce", count);
+    if (!OnDeviceOrCapturing(buf, buf)) return host_->AllReduceSum(buf, count, dtype);
+    Enqueued enqueued(this, kAllReduce, count);
     NCCL_CHECK(ncclAllReduce(buf, buf, count, NcclType(dtype), ncclSum, comm_, stream_));
-    Wait();
   }
   void AllGather(const void* send, void* recv, size_t count, DType dtype) override {
     if (count == 0) return;
-    if (!DeviceCall(send, recv)) return host_->AllGather(send, recv, count, dtype);
-    CollectiveGuard guard(name_, "all_gather", count);
+    if (!OnDeviceOrCapturing(send, recv)) return host_->AllGather(send, recv, count, dtype);
+    Enqueued enqueued(this, kAllGather, count);
     NCCL_CHECK(ncclAllGather(send, recv, count, NcclType(dtype), comm_, stream_));
-    Wait();
   }
   void AllGatherV(const void* send, size_t count, void* recv, const std::vector<size_t>& counts,
                   const std::vector<size_t>& displs, DType dtype) override {
-    if (!DeviceCall(send, recv)) {
+    if (!OnDeviceOrCapturing(send, recv)) {
       return host_->AllGatherV(send, count, recv, counts, displs, dtype);
     }
-    CollectiveGuard guard(name_, "all_gather_v", count);
+    Enqueued enqueued(this, kAllGatherV, count);
     // One broadcast per rank of its block, fused into one NCCL group.
     const size_t es = DTypeSize(dtype);
     NCCL_CHECK(ncclGroupStart());
@@ -105,26 +243,26 @@ class NcclCommunicator final : public Communicator {
                                NcclType(dtype), r, comm_, stream_));
     }
     NCCL_CHECK(ncclGroupEnd());
-    Wait();
   }
   void ReduceScatterSum(const void* send, void* recv, size_t count, DType dtype) override {
     if (count == 0) return;
-    if (!DeviceCall(send, recv)) return host_->ReduceScatterSum(send, recv, count, dtype);
-    CollectiveGuard guard(name_, "reduce_scatter", count);
+    if (!OnDeviceOrCapturing(send, recv)) {
+      return host_->ReduceScatterSum(send, recv, count, dtype);
+    }
+    Enqueued enqueued(this, kReduceScatter, count);
     NCCL_CHECK(ncclReduceScatter(send, recv, count, NcclType(dtype), ncclSum, comm_, stream_));
-    Wait();
   }
   void AllToAllV(const void* send, const std::vector<size_t>& send_counts,
                  const std::vector<size_t>& send_displs, void* recv,
                  const std::vector<size_t>& recv_counts, const std::vector<size_t>& recv_displs,
                  DType dtype) override {
-    if (!DeviceCall(send, recv)) {
+    if (!OnDeviceOrCapturing(send, recv)) {
       return host_->AllToAllV(send, send_counts, send_displs, recv, recv_counts, recv_displs,
                               dtype);
     }
     size_t total = 0;
     for (size_t c : send_counts) total += c;
-    CollectiveGuard guard(name_, "all_to_all_v", total);
+    Enqueued enqueued(this, kAllToAllV, total);
     // NOTE: a zero count on one side is a zero count on the other, so both skip the pair.
     const size_t es = DTypeSize(dtype);
     NCCL_CHECK(ncclGroupStart());
@@ -139,31 +277,27 @@ class NcclCommunicator final : public Communicator {
       }
     }
     NCCL_CHECK(ncclGroupEnd());
-    Wait();
   }
   void AllToAllCounts(const std::vector<int64_t>& send, std::vector<int64_t>* recv) override {
     host_->AllToAllCounts(send, recv);
   }
   void Send(const void* buf, size_t count, DType dtype, int peer) override {
     if (count == 0) return;
-    if (!OnDevice(buf)) return host_->Send(buf, count, dtype, peer);
-    CollectiveGuard guard(name_, "send", count);
+    if (!OnDeviceOrCapturing(buf, buf)) return host_->Send(buf, count, dtype, peer);
+    Enqueued enqueued(this, kSend, count);
     NCCL_CHECK(ncclSend(buf, count, NcclType(dtype), peer, comm_, stream_));
-    Wait();
   }
   void Recv(void* buf, size_t count, DType dtype, int peer) override {
     if (count == 0) return;
-    if (!OnDevice(buf)) return host_->Recv(buf, count, dtype, peer);
-    CollectiveGuard guard(name_, "recv", count);
+    if (!OnDeviceOrCapturing(buf, buf)) return host_->Recv(buf, count, dtype, peer);
+    Enqueued enqueued(this, kRecv, count);
     NCCL_CHECK(ncclRecv(buf, count, NcclType(dtype), peer, comm_, stream_));
-    Wait();
   }
   void Broadcast(void* buf, size_t count, DType dtype, int root) override {
     if (count == 0) return;
-    if (!OnDevice(buf)) return host_->Broadcast(buf, count, dtype, root);
-    CollectiveGuard guard(name_, "broadcast", count);
+    if (!OnDeviceOrCapturing(buf, buf)) return host_->Broadcast(buf, count, dtype, root);
+    Enqueued enqueued(this, kBroadcast, count);
     NCCL_CHECK(ncclBroadcast(buf, buf, count, NcclType(dtype), root, comm_, stream_));
-    Wait();
   }
   void BroadcastBytes(std::vector<uint8_t>* bytes, int root) override {
     host_->BroadcastBytes(bytes, root);
@@ -181,8 +315,33 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
-  // Inside the caller's CollectiveGuard: the watchdog ends the job if a peer never arrives.
-  void Wait() { NCCL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // For the lifetime of one enqueue: the watchdog covers it (NCCL may block in an enqueue while it
+  // connects to a peer the first time), and afterwards the host's next stream wait is named after
+  // it. Nothing here touches CUDA, so it is safe inside a stream capture.
+  class Enqueued {
+   public:
+    Enqueued(const NcclCommunicator* comm, const OpName& op, size_t count)
+        : guard_(comm->name_, op.op, count) {
+      NcclProcessState& s = State();
+      std::lock_guard<std::mutex> lock(s.mu);
+      if (s.last_comm != comm->name_) s.last_comm = comm->name_;
+      s.last_wait = op.wait;
+      s.last_count = count;
+    }
+
+   private:
+    CollectiveGuard guard_;
+  };
+
+  // Whether a call goes over NCCL (device buffers) or MPI (host buffers). During a stream capture
+  // only device buffers can be meant (a host exchange cannot be captured), and nothing but
+  // enqueues may happen, so the pointer query is skipped.
+  bool OnDeviceOrCapturing(const void* a, const void* b) const {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    NCCL_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return true;
+    return DeviceCall(a, b);
+  }
 
   Communicator* host_;
   std::unique_ptr<Communicator> owned_host_;  // set for communicators made by Split
@@ -193,8 +352,9 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, void* stream,
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& backend,
                                                    const std::string& name) {
+  void* stream = backend.stream();
   TESSERA_CHECK(stream != nullptr) << "the NCCL communicator needs the CUDA backend's stream";
   std::vector<uint8_t> id_bytes;
   if (host.rank() == 0) {
@@ -212,8 +372,11 @@ std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, void* str
     CollectiveGuard guard(name, "nccl_init", 0);
     NCCL_CHECK(ncclCommInitRank(&comm, host.size(), id, host.rank()));
   }
-  return std::make_unique<NcclCommunicator>(&host, nullptr, comm, static_cast<cudaStream_t>(stream),
-                                            name);
+  cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  // NOTE: installed once per backend and shared by every communicator Split from this one: the
+  // wait checks all live communicators, whichever enqueued last.
+  backend.SetStreamWait([cuda_stream] { WaitForStream(cuda_stream); });
+  return std::make_unique<NcclCommunicator>(&host, nullptr, comm, cuda_stream, name);
 }
 
 }  // namespace tessera

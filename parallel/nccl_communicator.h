@@ -5,22 +5,36 @@
 // runtime/qwen3.cc does through the host, logits) travel over the MPI communicator underneath.
 // Each call looks at where its buffer lives (cudaPointerGetAttributes).
 //
-// Correct first: each NCCL collective is followed by a stream synchronisation inside the
-// collective watchdog (watchdog.h), so a dead or hung peer ends the job instead of hanging it; the
-// price is no overlap of communication with later kernels.
+// Stream-ordered: a collective on device buffers only enqueues its NCCL work on the stream and
+// returns; the kernels after it wait on the device, and the host waits only where it reads results
+// (the backend's Synchronize(), through which CopyToHost / DownloadFloat wait). So a TP
+// all-reduce costs no host round trip, and collectives can be captured in a CUDA graph (during a
+// capture the calls only enqueue: no pointer queries, no stream queries, no waits).
+//
+// Faults (DESIGN.md "Errors"): a dead or hung peer shows as a stream that never drains. The
+// communicator therefore installs the backend's stream wait (Backend::SetStreamWait): it polls the
+// stream under a CollectiveGuard named after the last collective enqueued ("stream wait after
+// all_reduce" on communicator "tp"), checks every live NCCL communicator's asynchronous error
+// while it waits, and on an NCCL error or past CollectiveTimeoutSeconds() aborts the NCCL
+// communicators (so stuck kernels end) and ends the job with exit code 3 (watchdog.h EndJob). The
+// enqueues themselves also run under a CollectiveGuard: NCCL may block in one while it connects
+// to a peer for the first time.
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "kernels/ops.h"
 #include "parallel/communicator.h"
 
 namespace tessera {
 
 // Builds the NCCL communicator over the ranks of `host` (collective over `host`, which must
-// outlive the result): rank 0 makes the NCCL unique id and broadcasts it over `host`. `stream` is
-// the CUDA backend's stream (Backend::stream()); the current device must be the rank's GPU.
-std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, void* stream,
+// outlive the result): rank 0 makes the NCCL unique id and broadcasts it over `host`. Collectives
+// are enqueued on `backend`'s stream (the CUDA backend; the current device must be the rank's GPU)
+// and the backend's host waits become the bounded wait described above. `backend` must outlive
+// the result and every communicator Split from it.
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& backend,
                                                    const std::string& name);
 
 }  // namespace tessera

@@ -2,6 +2,7 @@
 // stays in one collective past the timeout.
 #include "parallel/watchdog.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -74,16 +75,11 @@ class Watchdog {
       const double waited =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
       if (waited > limit) {
-        std::fprintf(stderr,
-                     "tessera: watchdog: rank %d stuck in %s on communicator '%s' (%zu elements) "
-                     "for %.1f s (limit %.1f s); ending the job\n",
-                     ProcessRank(), op_, comm_.c_str(), count_, waited, limit);
-        std::fflush(stderr);
-        {
-          std::lock_guard<std::mutex> hook_lock(HookMutex());
-          if (FatalHook()) FatalHook()();
-        }
-        std::_Exit(3);  // mpirun sees a non-zero exit and tears the job down
+        char message[512];
+        std::snprintf(message, sizeof(message),
+                      "stuck in %s on communicator '%s' (%zu elements) for %.1f s (limit %.1f s)",
+                      op_, comm_.c_str(), count_, waited, limit);
+        EndJob(message, nullptr);
       }
     }
   }
@@ -96,6 +92,24 @@ class Watchdog {
 };
 
 }  // namespace
+
+[[noreturn]] void EndJob(const std::string& message, const std::function<void()>& cleanup) {
+  static std::atomic<bool> ending{false};
+  if (ending.exchange(true)) {
+    // Another thread is ending the job; if its cleanup hangs, this one ends it.
+    std::this_thread::sleep_for(std::chrono::seconds(10));
+    std::_Exit(3);
+  }
+  std::fprintf(stderr, "tessera: watchdog: rank %d %s; ending the job\n", ProcessRank(),
+               message.c_str());
+  std::fflush(stderr);
+  {
+    std::lock_guard<std::mutex> hook_lock(HookMutex());
+    if (FatalHook()) FatalHook()();
+  }
+  if (cleanup) cleanup();
+  std::_Exit(3);  // mpirun sees a non-zero exit and tears the job down
+}
 
 CollectiveGuard::CollectiveGuard(const std::string& comm, const char* op, size_t count) {
   Watchdog::Get().Enter(comm, op, count);

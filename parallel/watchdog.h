@@ -1,9 +1,11 @@
 // The collective watchdog's entry point for communicator backends (communicator.h): a rank
-// stuck in one collective past CollectiveTimeoutSeconds() prints the rank, the communicator and
-// the operation, runs the fatal hook and ends the process with exit code 3.
+// stuck in one collective (or, for NCCL, in a host wait for the stream its collectives were
+// enqueued on) past CollectiveTimeoutSeconds() prints the rank, the communicator and the
+// operation, runs the fatal hook and ends the process with exit code 3.
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "parallel/communicator.h"
@@ -19,5 +21,13 @@ class CollectiveGuard {
   CollectiveGuard(const CollectiveGuard&) = delete;
   CollectiveGuard& operator=(const CollectiveGuard&) = delete;
 };
+
+// The watchdog's fatal path, for a backend that finds a failure itself (e.g. an NCCL
+// asynchronous error while waiting for the stream): prints "tessera: watchdog: rank R: <message>;
+// ending the job", runs the fatal hook, then `cleanup` (e.g. ncclCommAbort, which may itself
+// block: the watchdog thread stays armed, so a CollectiveGuard still held bounds it), and exits
+// with code 3. When two threads get here, the second waits a few seconds for the first to end the
+// process and then ends it itself.
+[[noreturn]] void EndJob(const std::string& message, const std::function<void()>& cleanup);
 
 }  // namespace tessera

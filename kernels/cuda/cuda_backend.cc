@@ -1,12 +1,15 @@
 // The CUDA backend: bf16 activations and weights on one GPU, fp32 accumulation, one stream.
 //
 // Every op is enqueued on the backend's stream and returns at once; the host waits only where it
-// reads results (CopyToHost, DownloadFloat, MoeExperts' routing) or calls Synchronize(). Device
+// reads results (CopyToHost, DownloadFloat, MoeExperts' routing) or calls Synchronize(), and
+// every such wait goes through Synchronize() (so through SetStreamWait's function when the NCCL
+// communicator has installed one). Device
 // memory is taken only in Allocate() and, once, in the constructor for the cuBLASLt workspace
 // and the MoE scratch; ops never allocate. fp32 <-> bf16 conversions for uploads and downloads
 // run on the host (round to nearest even, as torch).
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -17,6 +20,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/random.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/ops.h"
 
@@ -108,7 +112,19 @@ class CudaBackend final : public Backend {
       for (size_t i = 0; i < len; ++i) dst[begin + i] = BF16ToFloat(staged[i]);
     }
   }
-  void Synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void Synchronize() override {
+    if (stream_wait_) {
+      stream_wait_();
+    } else {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+  }
+  void SetStreamWait(std::function<void()> wait) override { stream_wait_ = std::move(wait); }
+  // On the device, bit for bit the host default's values (random.cu), enqueued like any op.
+  void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
+                  float scale) override {
+    cuda::LaunchFillRandom(dst, dtype, count, seed, mean, scale, stream_);
+  }
   void* stream() const override { return stream_; }
 
   bool CanCaptureGraphs() const override { return true; }
@@ -186,6 +202,7 @@ class CudaBackend final : public Backend {
  private:
   int device_;
   cudaStream_t stream_ = nullptr;
+  std::function<void()> stream_wait_;  // SetStreamWait; empty: cudaStreamSynchronize
   DeviceBuffer gemm_workspace_;
   DeviceBuffer moe_scratch_;
   std::unique_ptr<cuda::LtGemm> gemm_;

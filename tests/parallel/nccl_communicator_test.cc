@@ -1,9 +1,16 @@
 // NcclCommunicator under mpirun, one rank per GPU: every collective on device buffers (bf16, f32,
 // int32) against values each rank can compute alone, host buffers through the same communicator
-// (they go over MPI), and sub-communicators from Split. Skips itself without enough GPUs.
+// (they go over MPI), and sub-communicators from Split. Collectives only enqueue: several run back
+// to back with one host wait at the end, and an all-reduce is captured in a CUDA graph and
+// replayed. Skips itself without enough GPUs.
+//
+// DISABLED_HungPeerEndsTheJob is run only by nccl_fault_test.py (it ends the process on purpose).
+#include <cuda_runtime_api.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <numeric>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -28,7 +35,7 @@ Rank* Get() {
     r->mpi = MakeMpiCommunicator(MPI_COMM_WORLD, "mpi");
     if (CudaDeviceCount() < r->mpi->size()) return static_cast<Rank*>(nullptr);
     r->gpu = MakeCudaBackend(r->mpi->rank() % CudaDeviceCount());
-    r->nccl = MakeNcclCommunicator(*r->mpi, r->gpu->stream(), "world");
+    r->nccl = MakeNcclCommunicator(*r->mpi, *r->gpu, "world");
     return r;
   }();
   return rank;
@@ -164,6 +171,98 @@ TEST(NcclCommunicatorTest, SplitMakesIndependentGroups) {
   group->AllReduceSum(v.data(), 1, DType::kF32);
   EXPECT_EQ(ToHost<float>(gpu, v, 1)[0], group->size());
   EXPECT_EQ(group->name(), "parity");
+}
+
+TEST(NcclCommunicatorTest, BackToBackCollectivesNeedOneHostWait) {
+  REQUIRE_GPUS();
+  const int n = w.size(), me = w.rank();
+  const size_t block = 1031;  // odd: not a multiple of any NCCL chunk
+  // a[i] = me + i % 7 on rank `me`; after the all-reduce a[i] = n * (i % 7) + n(n-1)/2.
+  std::vector<float> a(block * n);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(me + i % 7);
+  DeviceBuffer da = ToDevice(gpu, a);
+  DeviceBuffer db = gpu.Allocate(block * sizeof(float)),
+               dc = gpu.Allocate(block * n * sizeof(float));
+  DeviceBuffer dd = gpu.Allocate(block * n * sizeof(float));
+  // Each reads the previous one's output: only the stream's order makes the results right.
+  w.AllReduceSum(da.data(), a.size(), DType::kF32);              // a = sum
+  w.ReduceScatterSum(da.data(), db.data(), block, DType::kF32);  // b = n * a[me block]
+  w.AllGather(db.data(), dc.data(), block, DType::kF32);         // c = n * a
+  std::vector<size_t> counts(n, block), displs(n);
+  for (int r = 0; r < n; ++r) displs[r] = r * block;
+  // d[r block + j] = rank r's c[me block + j]; then summed over ranks.
+  w.AllToAllV(dc.data(), counts, displs, dd.data(), counts, displs, DType::kF32);
+  w.AllReduceSum(dd.data(), block * n, DType::kF32);
+  gpu.Synchronize();  // the one host wait
+  const auto ga = ToHost<float>(gpu, da, a.size());
+  const auto gc = ToHost<float>(gpu, dc, block * n);
+  const auto gd = ToHost<float>(gpu, dd, block * n);
+  // Small integers throughout: every sum is exact in fp32.
+  auto sum = [&](size_t i) { return static_cast<float>(n * (i % 7)) + n * (n - 1) / 2.0f; };
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(ga[i], sum(i)) << i;
+    ASSERT_EQ(gc[i], n * sum(i)) << i;
+  }
+  for (size_t j = 0; j < block; ++j) {
+    float want = 0;
+    for (int q = 0; q < n; ++q) want += n * sum(q * block + j);
+    for (int r = 0; r < n; ++r) ASSERT_EQ(gd[r * block + j], want) << r << " " << j;
+  }
+}
+
+TEST(NcclCommunicatorTest, AllReduceCapturedInACudaGraphReplays) {
+  REQUIRE_GPUS();
+  const int n = w.size();
+  const size_t count = 4099;
+  // Every rank starts from the same v[i] = 1 + i % 100, so each replay multiplies by n:
+  // after 3 replays v = n^3 (1 + i % 100), exact in fp32 for any small n.
+  std::vector<float> v(count);
+  for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>(1 + i % 100);
+  DeviceBuffer d = ToDevice(gpu, v);
+  // bf16 too, scaled by 1/n when n is a power of two so each replay keeps the values: exact.
+  std::vector<uint16_t> h(count);
+  for (size_t i = 0; i < count; ++i) h[i] = FloatToBF16(static_cast<float>(1 + i % 100));
+  DeviceBuffer dh = ToDevice(gpu, h);
+  gpu.Synchronize();
+  cudaStream_t stream = static_cast<cudaStream_t>(gpu.stream());
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  w.AllReduceSum(d.data(), count, DType::kF32);
+  w.AllReduceSum(dh.data(), count, DType::kBF16);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  // Capturing ran nothing.
+  EXPECT_EQ(ToHost<float>(gpu, d, count), v);
+  for (int replay = 0; replay < 3; ++replay) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  const auto got = ToHost<float>(gpu, d, count);  // the host wait after the replays
+  const auto goth = ToHost<uint16_t>(gpu, dh, count);
+  const float n3 = static_cast<float>(n) * n * n;
+  for (size_t i = 0; i < count; ++i) {
+    ASSERT_EQ(got[i], n3 * v[i]) << i;
+    // bf16: 1 + i % 100 needs 7 significant bits; times n^3 stays exact when n is a power of two.
+    if ((n & (n - 1)) == 0) {
+      ASSERT_EQ(BF16ToFloat(goth[i]), n3 * v[i]) << i;
+    }
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
+// Run alone by nccl_fault_test.py with a short TESSERA_COLLECTIVE_TIMEOUT: after one good
+// all-reduce (connections up), the last rank hangs and the others enqueue another and wait for
+// it. They must end the job (exit 3, "watchdog: rank R in stream wait after all_reduce"), not hang.
+TEST(NcclCommunicatorTest, DISABLED_HungPeerEndsTheJob) {
+  REQUIRE_GPUS();
+  DeviceBuffer d = ToDevice(gpu, std::vector<float>(64, 1.0f));
+  w.AllReduceSum(d.data(), 64, DType::kF32);
+  gpu.Synchronize();
+  if (w.rank() == w.size() - 1) {
+    std::this_thread::sleep_for(std::chrono::hours(1));  // hung: never joins the next one
+  }
+  w.AllReduceSum(d.data(), 64, DType::kF32);  // returns at once: it only enqueues
+  gpu.Synchronize();                          // never returns: the watchdog ends the job
+  ADD_FAILURE() << "a hung peer did not end the job";
 }
 
 }  // namespace

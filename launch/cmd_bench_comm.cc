@@ -1,0 +1,374 @@
+// tessera bench-comm: the communication a step pays for, measured through the Communicator.
+//
+//   mpirun -np N tessera bench-comm [--device cuda|cpu] [--sizes-kb 8,16,32,64,80,128,256]
+//       [--bw-sizes-mb 1,4,16,64,256] [--a2a-sizes-mb 1,4,16,64,256] [--rs-ag-sizes-mb 16,256]
+//       [--skew-mb 16] [--graph-ops 32] [--repeats 20] [--warmup 5] [--json]
+//
+// Reports, on rank 0 (a table on stderr; --json adds one JSON object on stdout):
+//   - all-reduce latency at decode sizes (in place, activation dtype): eager (enqueue + host wait
+//     per op) and, on CUDA, captured in a CUDA graph of --graph-ops back-to-back all-reduces
+//     (graph time / ops), in microseconds;
+//   - all-reduce bandwidth at prefill sizes: algbw = bytes / time, busbw = algbw * 2(n-1)/n;
+//   - all-to-all(v) through AllToAllV at MoE dispatch sizes (total bytes each rank sends, equal
+//     blocks per peer) and one skewed pattern (each rank sends 4x more to its next neighbour):
+//     busbw = algbw * (n-1)/n;
+//   - reduce-scatter and all-gather (bytes = the full, gathered buffer): busbw = algbw * (n-1)/n.
+// Every figure is the median over --repeats timed runs after --warmup untimed ones, the slowest
+// rank's median (max over ranks). On CUDA, times come from cudaEvents on the backend's stream;
+// with --device cpu (the default without a GPU) the MPI communicator is timed on host buffers with
+// a steady clock, with no graph mode. With 2 or 4 ranks on CUDA the reference figures
+// (H200) are printed beside ours.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "kernels/base/check.h"
+#include "kernels/base/status_macros.h"
+#include "launch/commands.h"
+#include "launch/device.h"
+#include "launch/flags.h"
+#include "launch/mpi_session.h"
+#include "nlohmann/json.hpp"
+
+#if defined(TESSERA_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+#define BENCH_CUDA_CHECK(call)                                         \
+  do {                                                                 \
+    const cudaError_t bench_result_ = (call);                          \
+    TESSERA_CHECK(bench_result_ == cudaSuccess)                        \
+        << #call << " returned " << cudaGetErrorString(bench_result_); \
+  } while (0)
+#endif
+
+#ifndef TESSERA_GIT_COMMIT
+#define TESSERA_GIT_COMMIT "unknown"
+#endif
+
+namespace tessera {
+namespace {
+
+using json = nlohmann::json;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+// The measurements on H200 (NVLink), for 2 and 4 GPUs.
+struct Reference {
+  double allreduce_80kb_graph_us, allreduce_256mb_busbw, alltoall_256mb_busbw;
+};
+std::optional<Reference> ReferenceFor(int ranks) {
+  if (ranks == 2) return Reference{16.6, 302, 282};
+  if (ranks == 4) return Reference{20.2, 340, 291};
+  return std::nullopt;
+}
+
+// Times runs of communication on one rank: cudaEvents on the stream (CUDA) or a steady clock
+// (CPU). Every run starts after a barrier over the world, so no rank's time includes waiting for
+// a late peer's host.
+class Timer {
+ public:
+  Timer(Backend& backend, Communicator& world) : backend_(backend), world_(world) {
+#if defined(TESSERA_HAVE_CUDA)
+    if (backend_.kind() == DeviceKind::kCuda) {
+      BENCH_CUDA_CHECK(cudaEventCreate(&start_));
+      BENCH_CUDA_CHECK(cudaEventCreate(&stop_));
+    }
+#endif
+  }
+  ~Timer() {
+#if defined(TESSERA_HAVE_CUDA)
+    if (start_) cudaEventDestroy(start_);
+    if (stop_) cudaEventDestroy(stop_);
+#endif
+  }
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+
+  // Seconds for one call of `run` (which ends with its work enqueued or done), median over
+  // `repeats` after `warmup`, max over ranks.
+  double Seconds(int warmup, int repeats, const std::function<void()>& run) {
+    for (int i = 0; i < warmup; ++i) run();
+    backend_.Synchronize();
+    std::vector<double> times;
+    for (int i = 0; i < repeats; ++i) {
+      world_.Barrier();
+      times.push_back(Once(run));
+    }
+    float mine = static_cast<float>(Median(times));
+    std::vector<float> all(world_.size());
+    world_.AllGather(&mine, all.data(), 1, DType::kF32);  // host buffers: over MPI
+    return *std::max_element(all.begin(), all.end());
+  }
+
+ private:
+  double Once(const std::function<void()>& run) {
+#if defined(TESSERA_HAVE_CUDA)
+    if (backend_.kind() == DeviceKind::kCuda) {
+      cudaStream_t stream = static_cast<cudaStream_t>(backend_.stream());
+      BENCH_CUDA_CHECK(cudaEventRecord(start_, stream));
+      run();
+      BENCH_CUDA_CHECK(cudaEventRecord(stop_, stream));
+      backend_.Synchronize();  // the host wait an eager op pays (bounded: see nccl_communicator.h)
+      float ms = 0;
+      BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+      return ms * 1e-3;
+    }
+#endif
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    backend_.Synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
+  Backend& backend_;
+  Communicator& world_;
+#if defined(TESSERA_HAVE_CUDA)
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+#endif
+};
+
+#if defined(TESSERA_HAVE_CUDA)
+// `ops` back-to-back all-reduces of `count` elements captured in one CUDA graph: seconds per
+// all-reduce when the graph is replayed (median over repeats of graph time / ops).
+double GraphAllReduceSeconds(Backend& backend, Communicator& comm, Timer& timer, void* buf,
+                             size_t count, DType dtype, int ops, int warmup, int repeats) {
+  cudaStream_t stream = static_cast<cudaStream_t>(backend.stream());
+  backend.Synchronize();
+  cudaGraph_t graph = nullptr;
+  BENCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < ops; ++i) comm.AllReduceSum(buf, count, dtype);
+  BENCH_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  BENCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double seconds =
+      timer.Seconds(warmup, repeats, [&] { BENCH_CUDA_CHECK(cudaGraphLaunch(exec, stream)); });
+  BENCH_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  BENCH_CUDA_CHECK(cudaGraphDestroy(graph));
+  return seconds / ops;
+}
+#endif
+
+absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
+  Flags flags({"device", "sizes-kb", "bw-sizes-mb", "a2a-sizes-mb", "rs-ag-sizes-mb", "skew-mb",
+               "graph-ops", "repeats", "warmup"},
+              {"json"});
+  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
+  const std::string device =
+      flags.GetString("device").value_or(CudaDeviceCount() > 0 ? "cuda" : "cpu");
+  auto list = [&](const char* name,
+                  std::vector<int64_t> fallback) -> absl::StatusOr<std::vector<int64_t>> {
+    if (!flags.Has(name)) return fallback;
+    ASSIGN_OR_RETURN(std::vector<int64_t> v, flags.GetIntList(name));
+    for (int64_t x : v) {
+      if (x < 1)
+        return absl::InvalidArgumentError(absl::StrFormat("--%s: sizes must be >= 1", name));
+    }
+    return v;
+  };
+  ASSIGN_OR_RETURN(std::vector<int64_t> latency_kb,
+                   list("sizes-kb", {8, 16, 32, 64, 80, 128, 256}));
+  ASSIGN_OR_RETURN(std::vector<int64_t> bw_mb, list("bw-sizes-mb", {1, 4, 16, 64, 256}));
+  ASSIGN_OR_RETURN(std::vector<int64_t> a2a_mb, list("a2a-sizes-mb", {1, 4, 16, 64, 256}));
+  ASSIGN_OR_RETURN(std::vector<int64_t> rs_ag_mb, list("rs-ag-sizes-mb", {16, 256}));
+  ASSIGN_OR_RETURN(int64_t skew_mb, flags.GetInt("skew-mb", 16));
+  ASSIGN_OR_RETURN(int64_t graph_ops, flags.GetInt("graph-ops", 32));
+  ASSIGN_OR_RETURN(int64_t repeats, flags.GetInt("repeats", 20));
+  ASSIGN_OR_RETURN(int64_t warmup, flags.GetInt("warmup", 5));
+  if (graph_ops < 1 || repeats < 1 || warmup < 0 || skew_mb < 0) {
+    return absl::InvalidArgumentError(
+        "--graph-ops and --repeats must be >= 1, --warmup and --skew-mb >= 0");
+  }
+  if (mpi.world() == nullptr || mpi.size() < 2) {
+    return absl::InvalidArgumentError(
+        "bench-comm measures communication between ranks: run it under mpirun with 2 or more");
+  }
+  ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
+  Backend& backend = *compute.backend;
+  Communicator& comm = *compute.world;  // NCCL on CUDA, MPI on the CPU
+  const bool cuda = backend.kind() == DeviceKind::kCuda;
+  const int n = comm.size();
+  const DType dtype = backend.activation_dtype();
+  const size_t es = DTypeSize(dtype);
+  const int rep = static_cast<int>(repeats), warm = static_cast<int>(warmup);
+  const bool rank0 = mpi.rank() == 0;
+  auto say = [&](const std::string& line) {
+    if (rank0) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+
+  // Two buffers of the largest size any measurement needs, zeroed (FillRandom with scale 0), so
+  // in-place sums stay finite.
+  size_t max_bytes = 0;
+  for (int64_t kb : latency_kb) max_bytes = std::max<size_t>(max_bytes, kb << 10);
+  for (const auto* mbs : {&bw_mb, &a2a_mb, &rs_ag_mb}) {
+    for (int64_t mb : *mbs) max_bytes = std::max<size_t>(max_bytes, mb << 20);
+  }
+  max_bytes = std::max<size_t>(max_bytes, static_cast<size_t>(skew_mb) << 20);
+  const size_t max_count = (max_bytes + es - 1) / es + n;
+  DeviceBuffer a = backend.Allocate(max_count * es), b = backend.Allocate(max_count * es);
+  backend.FillRandom(a.data(), dtype, max_count, 1, 0.0f, 0.0f);
+  backend.FillRandom(b.data(), dtype, max_count, 2, 0.0f, 0.0f);
+  backend.Synchronize();
+  Timer timer(backend, comm);
+  const std::optional<Reference> ref = cuda ? ReferenceFor(n) : std::nullopt;
+
+  json result = {{"device", device},
+                 {"ranks", n},
+                 {"dtype", std::string(DTypeName(dtype))},
+                 {"commit", TESSERA_GIT_COMMIT},
+                 {"repeats", repeats},
+                 {"graph_mode", cuda}};
+  if (!cuda) result["note"] = "--device cpu: the MPI communicator on host buffers; no CUDA graphs";
+  say(absl::StrFormat("tessera bench-comm: %d ranks, --device %s, %s, median of %d%s", n, device,
+                      DTypeName(dtype), rep,
+                      cuda ? "" : " (MPI on host buffers; no graph mode on the CPU)"));
+
+  // All-reduce latency at decode sizes.
+  json latency = json::array();
+  say(absl::StrFormat("\nall-reduce latency (in place)%s", cuda ? "" : ": eager only"));
+  say(absl::StrFormat("  %8s %12s %12s%s", "size", "eager us", cuda ? "graph us" : "",
+                      ref ? "   reference (graph)" : ""));
+  for (int64_t kb : latency_kb) {
+    const size_t count = static_cast<size_t>(kb << 10) / es;
+    const double eager =
+        timer.Seconds(warm, rep, [&] { comm.AllReduceSum(a.data(), count, dtype); });
+    json row = {{"kb", kb}, {"bytes", count * es}, {"eager_us", eager * 1e6}};
+    std::string graph_text;
+#if defined(TESSERA_HAVE_CUDA)
+    if (cuda) {
+      const double graph = GraphAllReduceSeconds(backend, comm, timer, a.data(), count, dtype,
+                                                 static_cast<int>(graph_ops), warm, rep);
+      row["graph_us"] = graph * 1e6;
+      row["graph_ops"] = graph_ops;
+      graph_text = absl::StrFormat("%12.1f", graph * 1e6);
+    }
+#endif
+    std::string ref_text;
+    if (ref && kb == 80) {
+      row["reference_graph_us"] = ref->allreduce_80kb_graph_us;
+      ref_text = absl::StrFormat("   %.1f us", ref->allreduce_80kb_graph_us);
+    }
+    latency.push_back(row);
+    say(absl::StrFormat("  %5lld KB %12.1f %12s%s", static_cast<long long>(kb), eager * 1e6,
+                        graph_text, ref_text));
+  }
+  result["allreduce_latency"] = latency;
+
+  // Bandwidth: one table row per size.
+  auto bandwidth_row = [&](json* rows, const char* what, int64_t mb, size_t bytes, double seconds,
+                           double bus_factor, std::optional<double> reference) {
+    const double algbw = bytes / seconds * 1e-9, busbw = algbw * bus_factor;
+    json row = {{"mb", mb},
+                {"bytes", bytes},
+                {"us", seconds * 1e6},
+                {"algbw_gbs", algbw},
+                {"busbw_gbs", busbw}};
+    std::string ref_text;
+    if (reference) {
+      row["reference_busbw_gbs"] = *reference;
+      ref_text = absl::StrFormat("   %.0f GB/s", *reference);
+    }
+    rows->push_back(row);
+    say(absl::StrFormat("  %-8s %5lld MB %12.1f %10.1f %10.1f%s", what, static_cast<long long>(mb),
+                        seconds * 1e6, algbw, busbw, ref_text));
+    return row;
+  };
+  auto header = [&](const char* title) {
+    say(absl::StrFormat("\n%s", title));
+    say(absl::StrFormat("  %-8s %8s %12s %10s %10s%s", "", "size", "us", "algbw GB/s", "busbw GB/s",
+                        ref ? "   reference busbw" : ""));
+  };
+
+  header("all-reduce bandwidth (in place; busbw = algbw * 2(n-1)/n)");
+  json allreduce_bw = json::array();
+  for (int64_t mb : bw_mb) {
+    const size_t count = static_cast<size_t>(mb << 20) / es;
+    const double s = timer.Seconds(warm, rep, [&] { comm.AllReduceSum(a.data(), count, dtype); });
+    bandwidth_row(
+        &allreduce_bw, "", mb, count * es, s, 2.0 * (n - 1) / n,
+        ref && mb == 256 ? std::optional<double>(ref->allreduce_256mb_busbw) : std::nullopt);
+  }
+  result["allreduce_bandwidth"] = allreduce_bw;
+
+  // All-to-all(v): `weight(k)` is the share of a rank's bytes for the rank k places after it.
+  auto all_to_all = [&](int64_t mb, const std::function<size_t(int)>& weight) {
+    const size_t total = static_cast<size_t>(mb << 20) / es;
+    size_t weights = 0;
+    for (int k = 0; k < n; ++k) weights += weight(k);
+    const int me = comm.rank();
+    std::vector<size_t> sc(n), sd(n), rc(n), rd(n);
+    for (int r = 0; r < n; ++r) {
+      sc[r] = total * weight((r - me + n) % n) / weights;  // to r
+      rc[r] = total * weight((me - r + n) % n) / weights;  // from r: what r sends to me
+    }
+    for (int r = 1; r < n; ++r) {
+      sd[r] = sd[r - 1] + sc[r - 1];
+      rd[r] = rd[r - 1] + rc[r - 1];
+    }
+    size_t sent = 0;
+    for (size_t c : sc) sent += c;
+    const double s = timer.Seconds(
+        warm, rep, [&] { comm.AllToAllV(a.data(), sc, sd, b.data(), rc, rd, dtype); });
+    return std::make_pair(sent * es, s);
+  };
+  header("all-to-all(v) (bytes each rank sends; busbw = algbw * (n-1)/n)");
+  json a2a = json::array();
+  for (int64_t mb : a2a_mb) {
+    auto [bytes, s] = all_to_all(mb, [](int) { return size_t{1}; });
+    bandwidth_row(
+        &a2a, "equal", mb, bytes, s, (n - 1.0) / n,
+        ref && mb == 256 ? std::optional<double>(ref->alltoall_256mb_busbw) : std::nullopt);
+    a2a.back()["pattern"] = "equal";
+  }
+  if (skew_mb > 0) {
+    // Each rank sends 4 parts to its next neighbour and 1 to every other rank (itself included):
+    // every rank still sends and receives the same total.
+    auto [bytes, s] = all_to_all(skew_mb, [](int k) { return size_t{k == 1 ? 4u : 1u}; });
+    bandwidth_row(&a2a, "skewed", skew_mb, bytes, s, (n - 1.0) / n, std::nullopt);
+    a2a.back()["pattern"] = "skewed";
+  }
+  result["alltoall"] = a2a;
+
+  header("reduce-scatter and all-gather (bytes of the full buffer; busbw = algbw * (n-1)/n)");
+  json rs = json::array(), ag = json::array();
+  for (int64_t mb : rs_ag_mb) {
+    const size_t shard = static_cast<size_t>(mb << 20) / es / n;
+    if (shard == 0) continue;
+    const double srs =
+        timer.Seconds(warm, rep, [&] { comm.ReduceScatterSum(a.data(), b.data(), shard, dtype); });
+    bandwidth_row(&rs, "rs", mb, shard * n * es, srs, (n - 1.0) / n, std::nullopt);
+    const double sag =
+        timer.Seconds(warm, rep, [&] { comm.AllGather(b.data(), a.data(), shard, dtype); });
+    bandwidth_row(&ag, "ag", mb, shard * n * es, sag, (n - 1.0) / n, std::nullopt);
+  }
+  result["reduce_scatter"] = rs;
+  result["all_gather"] = ag;
+  if (ref) say("\nreference: the issue's H200 measurements for the same number of GPUs");
+
+  if (rank0 && flags.GetBool("json")) std::printf("%s\n", result.dump(1).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int BenchCommCommand(int argc, char** argv) {
+  MpiSession mpi(&argc, &argv);
+  absl::StatusOr<int> code = BenchComm(mpi, argc, argv);
+  if (!code.ok()) {
+    if (mpi.rank() == 0) {
+      std::fprintf(stderr, "tessera bench-comm: %s\n",
+                   std::string(code.status().message()).c_str());
+    }
+    return code.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return *code;
+}
+
+}  // namespace tessera
