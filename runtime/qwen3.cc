@@ -574,8 +574,9 @@ int GraphBucket(int n) {
 
 bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
   if (!graphs_enabled_ || !backend_.CanCaptureGraphs()) return false;
-  // Pipeline hand-offs, host-staged MoE routing and blocking TP collectives cannot be recorded.
-  if (!first_stage() || !last_stage() || config_.is_moe() || shard_.tp != nullptr) return false;
+  // Pipeline hand-offs and host-staged MoE routing cannot be recorded; TP all-reduces can (NCCL
+  // collectives are stream-ordered, parallel/nccl_communicator.h).
+  if (!first_stage() || !last_stage() || config_.is_moe()) return false;
   const int n = static_cast<int>(batch.token_ids.size());
   if (n == 0 || GraphBucket(n) < 0 || batch.num_seqs != n) return false;
   if (batch.logit_tokens.size() != static_cast<size_t>(n)) return false;
