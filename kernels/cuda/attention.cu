@@ -18,6 +18,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
 
 namespace tessera::cuda {
 namespace {
@@ -240,6 +241,7 @@ void LaunchPagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   TESSERA_CHECK(a.kv_heads > 0 && a.q_heads % a.kv_heads == 0)
       << "q_heads " << a.q_heads << ", kv_heads " << a.kv_heads;
   TESSERA_CHECK(a.head_dim > 0 && a.head_dim <= kMaxHeadDim) << "head_dim " << a.head_dim;
+  if (a.num_tokens == a.num_seqs && LaunchSplitKvDecode(a, stream)) return;
   const Tiling tiling = ChooseTiling(a);
   const size_t smem = Layout(tiling.rows(), a.head_dim, tiling.tokens_per_block).total * 4;
   // Raise the kernel's dynamic shared-memory limit past 48 KB when a size needs it: once per size
