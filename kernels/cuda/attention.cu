@@ -11,7 +11,8 @@
 // tile's rows share each loaded key.
 //
 // This is the correct-first version: scores and P.V are scalar fp32 FMAs from shared memory, no
-// tensor cores, no split along the sequence for long decode contexts.
+// tensor cores. Pure decode batches go to the split-KV kernel (decode_attention.cu) when it
+// takes their arguments.
 #include <algorithm>
 #include <vector>
 

@@ -62,22 +62,22 @@ struct DecodeParams {
   float scale_log2;  // scale * log2(e)
   int split_len;
   int num_splits;
-  bf16* out;       // [num_tokens, q_heads, head_dim]; written when num_splits == 1
-  float* part_o;   // [num_tokens, q_heads, num_splits, head_dim]; when num_splits > 1
-  float* part_m;   // [num_tokens, q_heads, num_splits]
-  float* part_l;   // [num_tokens, q_heads, num_splits]
+  bf16* out;      // [num_tokens, q_heads, head_dim]; written when num_splits == 1
+  float* part_o;  // [num_tokens, q_heads, num_splits, head_dim]; when num_splits > 1
+  float* part_m;  // [num_tokens, q_heads, num_splits]
+  float* part_l;  // [num_tokens, q_heads, num_splits]
 };
 
 // Dynamic shared memory of SplitKvDecodeKernel<kG, kVec>, in floats.
 struct SmemLayout {
   int q, s, m, l, c, dump, total;
   __host__ __device__ SmemLayout(int kg, int vec, int head_dim) {
-    q = 0;                         // [kg, head_dim] scaled queries
-    s = q + kg * head_dim;         // [kg, kTileKeys] scores, then probabilities
-    m = s + kg * kTileKeys;        // [kg] running max (log2 domain)
-    l = m + kg;                    // [kg] running sum
-    c = l + kg;                    // [kg] this tile's rescale factor
-    dump = c + kg;                 // [kThreads, kDumpHeads, vec] output partials per round
+    q = 0;                   // [kg, head_dim] scaled queries
+    s = q + kg * head_dim;   // [kg, kTileKeys] scores, then probabilities
+    m = s + kg * kTileKeys;  // [kg] running max (log2 domain)
+    l = m + kg;              // [kg] running sum
+    c = l + kg;              // [kg] this tile's rescale factor
+    dump = c + kg;           // [kThreads, kDumpHeads, vec] output partials per round
     total = dump + kThreads * kDumpHeads * vec;
   }
 };
@@ -126,7 +126,7 @@ __device__ __forceinline__ float DotChunk(const float* q, const float (&k)[kVec]
 // heads are cut into slices, each taken by its own kThreads / slices threads (which then
 // read each V chunk once per slice, from L1).
 template <int kG, int kVec>
-constexpr int kHeadSlices = kG * kVec > 64 ? kG * kVec / 64 : 1;
+constexpr int kHeadSlices = kG* kVec > 64 ? kG* kVec / 64 : 1;
 static_assert(16 % kHeadSlices<16, 8> == 0, "slices split the heads evenly");
 
 template <int kG, int kVec>
@@ -164,10 +164,10 @@ __global__ void __launch_bounds__(kThreads) SplitKvDecodeKernel(DecodeParams p) 
 
   for (int idx = tid; idx < kG * D; idx += kThreads) {
     const int h = idx / D, d = idx - h * D;
-    q_s[idx] = h < group ? ToFloat(p.q[t * p.q_row_stride + static_cast<int64_t>(head0 + h) * D +
-                                       d]) *
-                               p.scale_log2
-                         : 0.0f;  // padding heads: scores 0, outputs never written
+    q_s[idx] = h < group
+                   ? ToFloat(p.q[t * p.q_row_stride + static_cast<int64_t>(head0 + h) * D + d]) *
+                         p.scale_log2
+                   : 0.0f;  // padding heads: scores 0, outputs never written
   }
   for (int h = tid; h < kG; h += kThreads) {
     m_s[h] = -INFINITY;
@@ -419,8 +419,7 @@ int SmCount() {
   CUDA_CHECK(cudaGetDevice(&device));
   if (sm_counts.size() <= static_cast<size_t>(device)) sm_counts.resize(device + 1, 0);
   if (sm_counts[device] == 0) {
-    CUDA_CHECK(
-        cudaDeviceGetAttribute(&sm_counts[device], cudaDevAttrMultiProcessorCount, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sm_counts[device], cudaDevAttrMultiProcessorCount, device));
   }
   return sm_counts[device];
 }
