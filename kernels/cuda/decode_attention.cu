@@ -391,37 +391,88 @@ __global__ void __launch_bounds__(kCombineThreads)
   }
 }
 
-template <int kG, int kVec>
-void LaunchSplit(const DecodeParams& params, int num_tokens, int kv_heads, cudaStream_t stream) {
-  const size_t smem = SmemLayout(kG, kVec, params.head_dim).total * sizeof(float);
-  // kG <= 16, head_dim <= 256, kVec <= 8: 16 + 8 + 16 KB and the stats, under the 48 KB default.
-  TESSERA_CHECK_LE(smem, size_t{48} << 10);
-  const dim3 grid(num_tokens, kv_heads, params.num_splits);
-  SplitKvDecodeKernel<kG, kVec><<<grid, kThreads, smem, stream>>>(params);
-  CUDA_CHECK_LAUNCH();
-}
+using KernelFn = void (*)(DecodeParams);
 
+// A compiled instance for the group and chunk width, and its compiled group size kG. Compiled
+// group sizes: Qwen3's (2, 4, 5, 8, 16, with or without TP) and 1; others round up.
 template <int kVec>
-void LaunchForGroup(int group, const DecodeParams& params, int num_tokens, int kv_heads,
-                    cudaStream_t stream) {
-  // Compiled group sizes: Qwen3's (2, 4, 5, 8, 16 with or without TP) and 1; others round up.
-  if (group <= 1) return LaunchSplit<1, kVec>(params, num_tokens, kv_heads, stream);
-  if (group <= 2) return LaunchSplit<2, kVec>(params, num_tokens, kv_heads, stream);
-  if (group <= 4) return LaunchSplit<4, kVec>(params, num_tokens, kv_heads, stream);
-  if (group <= 5) return LaunchSplit<5, kVec>(params, num_tokens, kv_heads, stream);
-  if (group <= 8) return LaunchSplit<8, kVec>(params, num_tokens, kv_heads, stream);
-  return LaunchSplit<16, kVec>(params, num_tokens, kv_heads, stream);
+KernelFn SelectForVec(int group, int* kg) {
+  *kg = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : group <= 5 ? 5 : group <= 8 ? 8 : 16;
+  switch (*kg) {
+    case 1:
+      return &SplitKvDecodeKernel<1, kVec>;
+    case 2:
+      return &SplitKvDecodeKernel<2, kVec>;
+    case 4:
+      return &SplitKvDecodeKernel<4, kVec>;
+    case 5:
+      return &SplitKvDecodeKernel<5, kVec>;
+    case 8:
+      return &SplitKvDecodeKernel<8, kVec>;
+    default:
+      return &SplitKvDecodeKernel<16, kVec>;
+  }
 }
 
-int SmCount() {
-  static std::vector<int> sm_counts;  // per device
+struct Selection {
+  KernelFn kernel = nullptr;  // null: the arguments are outside what the kernel takes
+  int vec = 0;
+  size_t smem = 0;
+  int blocks_per_sm = 0;
+  int sm_count = 0;
+};
+
+// Resident blocks per SM of `kernel` with `smem` bytes, and the SM count, per device; asked of
+// the runtime once per (device, kernel, smem) (host calls only: legal during graph capture).
+void QueryDevice(KernelFn kernel, size_t smem, Selection* sel) {
+  struct Entry {
+    int device;
+    KernelFn kernel;
+    size_t smem;
+    int blocks_per_sm, sm_count;
+  };
+  static std::vector<Entry> cache;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  if (sm_counts.size() <= static_cast<size_t>(device)) sm_counts.resize(device + 1, 0);
-  if (sm_counts[device] == 0) {
-    CUDA_CHECK(cudaDeviceGetAttribute(&sm_counts[device], cudaDevAttrMultiProcessorCount, device));
+  for (const Entry& e : cache) {
+    if (e.device == device && e.kernel == kernel && e.smem == smem) {
+      sel->blocks_per_sm = e.blocks_per_sm;
+      sel->sm_count = e.sm_count;
+      return;
+    }
   }
-  return sm_counts[device];
+  Entry e{device, kernel, smem, 0, 0};
+  CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&e.blocks_per_sm, kernel, kThreads, smem));
+  CUDA_CHECK(cudaDeviceGetAttribute(&e.sm_count, cudaDevAttrMultiProcessorCount, device));
+  cache.push_back(e);
+  sel->blocks_per_sm = e.blocks_per_sm;
+  sel->sm_count = e.sm_count;
+}
+
+Selection Select(const PagedAttentionArgs& a) {
+  Selection sel;
+  if (a.workspace == nullptr || a.num_tokens <= 0 || a.kv_heads <= 0) return sel;
+  if (a.q_heads % a.kv_heads != 0) return sel;
+  const int group = a.q_heads / a.kv_heads;
+  const int64_t capacity = static_cast<int64_t>(a.max_blocks_per_seq) * a.block_size;
+  if (group < 1 || group > kMaxDecodeGroup || a.block_size < 1 || capacity < 1) return sel;
+  if (a.head_dim < 2 || a.head_dim > kMaxHeadDim || a.head_dim % 2 != 0) return sel;
+  const auto aligned = [](const void* ptr, uintptr_t bytes) {
+    return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+  };
+  // 16-byte K/V chunks when every row start is 16-byte aligned, else 4-byte (bf16 pairs).
+  const bool vec16 = a.head_dim % 8 == 0 && aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
+  if (!vec16 && !(aligned(a.k_cache, 4) && aligned(a.v_cache, 4))) return sel;
+  if (!aligned(a.workspace, sizeof(float))) return sel;
+  int kg = 0;
+  sel.vec = vec16 ? 8 : 2;
+  sel.kernel = vec16 ? SelectForVec<8>(group, &kg) : SelectForVec<2>(group, &kg);
+  sel.smem = SmemLayout(kg, sel.vec, a.head_dim).total * sizeof(float);
+  // kG <= 16, head_dim <= 256, kVec <= 8: 16 + 8 + 16 KB and the stats, under the 48 KB default.
+  TESSERA_CHECK_LE(sel.smem, size_t{48} << 10);
+  QueryDevice(sel.kernel, sel.smem, &sel);
+  return sel;
 }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -438,13 +489,14 @@ size_t DecodeWorkspaceBytes(int num_tokens, int q_heads, int head_dim, int num_s
 }
 
 DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int head_dim,
-                                 int64_t key_capacity, int sm_count, size_t workspace_bytes) {
-  // NOTE: about 3 blocks per SM: with several blocks resident per SM their load phases overlap
-  // each other's math, and the last wave stays short. Splits are whole tiles (kTileKeys keys), so
-  // every tile of a split but the one holding the context's end is full.
+                                 int64_t key_capacity, int resident_blocks,
+                                 size_t workspace_bytes) {
+  // NOTE: as many splits as fit one wave of resident blocks and no more: a second, partial wave
+  // would cost as long as the first. Splits are whole tiles (kTileKeys keys), so every tile of a
+  // split but the one holding the context's end is full.
   const int64_t capacity = std::max<int64_t>(key_capacity, 1);
   const int64_t blocks = std::max<int64_t>(int64_t{num_tokens} * kv_heads, 1);
-  int64_t splits = CeilDiv(3 * int64_t{std::max(sm_count, 1)}, blocks);
+  int64_t splits = std::max<int64_t>(resident_blocks, 1) / blocks;
   splits = std::min<int64_t>(splits, kMaxDecodeSplits);
   const size_t per_split = DecodeWorkspaceBytes(num_tokens, q_heads, head_dim, 1);
   if (splits > 1 && per_split > 0) {
@@ -462,23 +514,21 @@ DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int 
   return plan;
 }
 
-bool LaunchSplitKvDecode(const PagedAttentionArgs& a, cudaStream_t stream) {
-  if (a.workspace == nullptr || a.num_tokens <= 0 || a.kv_heads <= 0) return false;
-  if (a.q_heads % a.kv_heads != 0) return false;
-  const int group = a.q_heads / a.kv_heads;
-  const int64_t capacity = static_cast<int64_t>(a.max_blocks_per_seq) * a.block_size;
-  if (group < 1 || group > kMaxDecodeGroup || a.block_size < 1 || capacity < 1) return false;
-  if (a.head_dim < 2 || a.head_dim > kMaxHeadDim || a.head_dim % 2 != 0) return false;
-  const auto aligned = [](const void* ptr, uintptr_t bytes) {
-    return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
-  };
-  // 16-byte K/V chunks when every row start is 16-byte aligned, else 4-byte (bf16 pairs).
-  const bool vec16 = a.head_dim % 8 == 0 && aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
-  if (!vec16 && !(aligned(a.k_cache, 4) && aligned(a.v_cache, 4))) return false;
-  if (!aligned(a.workspace, sizeof(float))) return false;
+DecodeSplitPlan PlanSplitKvDecode(const PagedAttentionArgs& a) {
+  const Selection sel = Select(a);
+  if (sel.kernel == nullptr) return DecodeSplitPlan{0, 0};
+  return PlanDecodeSplits(a.num_tokens, a.q_heads, a.kv_heads, a.head_dim,
+                          static_cast<int64_t>(a.max_blocks_per_seq) * a.block_size,
+                          sel.sm_count * sel.blocks_per_sm, a.workspace_bytes);
+}
 
-  const DecodeSplitPlan plan = PlanDecodeSplits(a.num_tokens, a.q_heads, a.kv_heads, a.head_dim,
-                                                capacity, SmCount(), a.workspace_bytes);
+bool LaunchSplitKvDecode(const PagedAttentionArgs& a, cudaStream_t stream) {
+  const Selection sel = Select(a);
+  if (sel.kernel == nullptr) return false;
+  const DecodeSplitPlan plan =
+      PlanDecodeSplits(a.num_tokens, a.q_heads, a.kv_heads, a.head_dim,
+                       static_cast<int64_t>(a.max_blocks_per_seq) * a.block_size,
+                       sel.sm_count * sel.blocks_per_sm, a.workspace_bytes);
   DecodeParams params;
   params.q = a.q;
   params.q_row_stride = a.q_row_stride;
@@ -507,11 +557,9 @@ bool LaunchSplitKvDecode(const PagedAttentionArgs& a, cudaStream_t stream) {
     params.part_m = params.part_o + rows * a.head_dim;
     params.part_l = params.part_m + rows;
   }
-  if (vec16) {
-    LaunchForGroup<8>(group, params, a.num_tokens, a.kv_heads, stream);
-  } else {
-    LaunchForGroup<2>(group, params, a.num_tokens, a.kv_heads, stream);
-  }
+  const dim3 grid(a.num_tokens, a.kv_heads, plan.num_splits);
+  sel.kernel<<<grid, kThreads, sel.smem, stream>>>(params);
+  CUDA_CHECK_LAUNCH();
   if (plan.num_splits > 1) {
     CombineSplitsKernel<<<a.num_tokens * a.q_heads, kCombineThreads, 0, stream>>>(
         params.part_o, params.part_m, params.part_l, plan.num_splits, a.head_dim, a.out);

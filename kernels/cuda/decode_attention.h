@@ -29,10 +29,15 @@ struct DecodeSplitPlan {
 
 // The split count from launch constants only, never from context lengths, so that a CUDA graph
 // captured once replays correctly for every context up to key_capacity (max_blocks_per_seq *
-// block_size). Aims at about 3 blocks per SM; lowered so the partials fit workspace_bytes
-// (num_splits == 1 needs no workspace: the split kernel then writes the output itself).
+// block_size): as many splits as fill one wave of `resident_blocks` (SMs x resident blocks per
+// SM), lowered so the partials fit workspace_bytes (num_splits == 1 needs no workspace: the
+// split kernel then writes the output itself).
 DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int head_dim,
-                                 int64_t key_capacity, int sm_count, size_t workspace_bytes);
+                                 int64_t key_capacity, int resident_blocks, size_t workspace_bytes);
+
+// The plan LaunchSplitKvDecode makes for `args` on the current device; num_splits == 0 when it
+// would decline them.
+DecodeSplitPlan PlanSplitKvDecode(const PagedAttentionArgs& args);
 
 // Workspace bytes the partials of `num_splits` splits take: o [num_tokens, q_heads, splits,
 // head_dim], then m and l [num_tokens, q_heads, splits], all fp32.

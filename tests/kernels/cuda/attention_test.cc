@@ -197,22 +197,23 @@ INSTANTIATE_TEST_SUITE_P(
     CaseName);
 
 // The split plan (host code, runs without a GPU): whole tiles, no split past the capacity,
-// partials that fit the workspace, and about 2-4 blocks per SM when the keys allow it.
+// partials that fit the workspace, never more blocks than one wave of resident blocks (unless
+// the batch alone needs more), and 2-4 blocks per SM at batch 1.
 TEST(DecodeSplitPlan, CoversCapacityAndFitsWorkspace) {
   for (int tokens : {1, 3, 32, 256}) {
     for (int kv_heads : {1, 8}) {
       for (int group : {1, 5, 16}) {
         for (int head_dim : {2, 128, 256}) {
           for (int64_t capacity : {1, 17, 128, 129, 4097, 40960, 1 << 20}) {
-            for (int sms : {1, 108, 132}) {
+            for (int resident : {1, 132, 396, 528}) {
               for (size_t ws : {size_t{0}, size_t{1} << 20, size_t{32} << 20}) {
                 const int q_heads = group * kv_heads;
-                const auto plan =
-                    cuda::PlanDecodeSplits(tokens, q_heads, kv_heads, head_dim, capacity, sms, ws);
+                const auto plan = cuda::PlanDecodeSplits(tokens, q_heads, kv_heads, head_dim,
+                                                         capacity, resident, ws);
                 SCOPED_TRACE(::testing::Message()
                              << tokens << " tokens, " << kv_heads << " kv heads, group " << group
                              << ", head_dim " << head_dim << ", capacity " << capacity << ", "
-                             << sms << " SMs, workspace " << ws);
+                             << resident << " resident blocks, workspace " << ws);
                 ASSERT_GE(plan.num_splits, 1);
                 ASSERT_LE(plan.num_splits, cuda::kMaxDecodeSplits);
                 ASSERT_GT(plan.split_len, 0);
@@ -223,9 +224,8 @@ TEST(DecodeSplitPlan, CoversCapacityAndFitsWorkspace) {
                   EXPECT_LE(cuda::DecodeWorkspaceBytes(tokens, q_heads, head_dim, plan.num_splits),
                             ws);
                 }
-                // Never more splits than it takes to reach 3 blocks per SM.
                 const int64_t blocks = int64_t{tokens} * kv_heads;
-                EXPECT_LE(plan.num_splits, std::max<int64_t>(1, (3 * sms + blocks - 1) / blocks));
+                EXPECT_LE(blocks * plan.num_splits, std::max<int64_t>(blocks, resident));
               }
             }
           }
@@ -236,21 +236,22 @@ TEST(DecodeSplitPlan, CoversCapacityAndFitsWorkspace) {
 }
 
 TEST(DecodeSplitPlan, FillsTheGpuAtSmallBatches) {
-  constexpr int kSms = 132;  // H200
+  constexpr int kSms = 132;            // H200
+  constexpr int kResident = 3 * kSms;  // the group-5 kernel's occupancy: 3 blocks per SM
   constexpr size_t kWorkspace = size_t{32} << 20;
   // Qwen3-14B on one GPU (40 query, 8 KV heads, head_dim 128), 40960-key capacity.
-  const auto batch1 = cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kSms, kWorkspace);
+  const auto batch1 = cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, kWorkspace);
   EXPECT_GE(8 * batch1.num_splits, 2 * kSms);
   EXPECT_LE(8 * batch1.num_splits, 4 * kSms);
-  const auto batch32 = cuda::PlanDecodeSplits(32, 40, 8, 128, 4096, kSms, kWorkspace);
-  EXPECT_EQ(batch32.num_splits, 2);
-  // Enough (token, KV head) blocks already: no split, no combine.
-  EXPECT_EQ(cuda::PlanDecodeSplits(256, 40, 8, 128, 40960, kSms, kWorkspace).num_splits, 1);
+  EXPECT_EQ(cuda::PlanDecodeSplits(16, 40, 8, 128, 4096, kResident, kWorkspace).num_splits, 3);
+  // 256 (token, KV head) blocks already fill most of a wave; 2 splits would need a second one.
+  EXPECT_EQ(cuda::PlanDecodeSplits(32, 40, 8, 128, 4096, kResident, kWorkspace).num_splits, 1);
+  EXPECT_EQ(cuda::PlanDecodeSplits(256, 40, 8, 128, 40960, kResident, kWorkspace).num_splits, 1);
   // No workspace: one split.
-  EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kSms, 0).num_splits, 1);
+  EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, 0).num_splits, 1);
   // A workspace for 3 splits' partials caps the plan at 3.
   const size_t three = cuda::DecodeWorkspaceBytes(1, 40, 128, 3);
-  EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kSms, three).num_splits, 3);
+  EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, three).num_splits, 3);
 }
 
 // The split-KV kernel launched directly with workspaces that allow 1, 3 and the planned number
@@ -266,21 +267,11 @@ class CudaSplitKvDecodeTest : public testing::CudaTest {};
 TEST_F(CudaSplitKvDecodeTest, SplitCountDoesNotChangeTheResultAndRunsAreDeterministic) {
   const Case c{"split_counts", 40, 8, 128, 16, {{4097, 1}, {1, 1}, {33, 1}, {1500, 1}}, 64};
   Problem pr = Build(gpu(), c);
-  int sms = 0;
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
-  const int64_t capacity = int64_t{pr.batch.max_blocks_per_seq} * c.block_size;
   const int tokens = pr.n;
-  const size_t planned_bytes =
-      cuda::DecodeWorkspaceBytes(tokens, c.q_heads, c.head_dim,
-                                 cuda::PlanDecodeSplits(tokens, c.q_heads, c.kv_heads, c.head_dim,
-                                                        capacity, sms, size_t{32} << 20)
-                                     .num_splits);
+  const size_t planned_bytes = size_t{32} << 20;
   DeviceBuffer workspace = gpu().Allocate(planned_bytes);
 
   auto run = [&](size_t workspace_bytes, int* splits) {
-    const auto plan = cuda::PlanDecodeSplits(tokens, c.q_heads, c.kv_heads, c.head_dim, capacity,
-                                             sms, workspace_bytes);
-    *splits = plan.num_splits;
     DeviceBuffer d_out = testing::PoisonedBf16(gpu(), pr.ref.size());
     cuda::PagedAttentionArgs a;
     a.q = pr.d_q.as<__nv_bfloat16>();
@@ -301,6 +292,7 @@ TEST_F(CudaSplitKvDecodeTest, SplitCountDoesNotChangeTheResultAndRunsAreDetermin
     a.out = d_out.as<__nv_bfloat16>();
     a.workspace = workspace.data();
     a.workspace_bytes = workspace_bytes;
+    *splits = cuda::PlanSplitKvDecode(a).num_splits;
     EXPECT_TRUE(cuda::LaunchSplitKvDecode(a, static_cast<cudaStream_t>(gpu().stream())));
     return testing::DownloadBf16(gpu(), d_out, pr.ref.size());
   };
