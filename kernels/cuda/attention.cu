@@ -11,13 +11,16 @@
 // tile's rows share each loaded key.
 //
 // This is the correct-first version: scores and P.V are scalar fp32 FMAs from shared memory, no
-// tensor cores, no split along the sequence for long decode contexts.
+// tensor cores. It is now the fallback: pure decode batches go to the split-KV kernel
+// (decode_attention.cu) and batches with prefill rows to the tensor-core kernel
+// (flash_prefill.cu) when those take their arguments.
 #include <algorithm>
 #include <vector>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/flash_prefill.h"
 
 namespace tessera::cuda {
@@ -241,7 +244,9 @@ void LaunchPagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   TESSERA_CHECK(a.kv_heads > 0 && a.q_heads % a.kv_heads == 0)
       << "q_heads " << a.q_heads << ", kv_heads " << a.kv_heads;
   TESSERA_CHECK(a.head_dim > 0 && a.head_dim <= kMaxHeadDim) << "head_dim " << a.head_dim;
-  // Batches with prefill rows: the tensor-core flash kernel, where it supports the shape.
+  // Pure decode batches: the split-KV kernel; batches with prefill rows: the tensor-core flash
+  // kernel; each where it supports the shape, the fp32 kernel below otherwise.
+  if (a.num_tokens == a.num_seqs && LaunchSplitKvDecode(a, stream)) return;
   if (a.num_tokens != a.num_seqs && LaunchFlashPrefill(a, stream)) return;
   const Tiling tiling = ChooseTiling(a);
   const size_t smem = Layout(tiling.rows(), a.head_dim, tiling.tokens_per_block).total * 4;

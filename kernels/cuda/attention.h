@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace tessera::cuda {
@@ -31,6 +32,10 @@ struct PagedAttentionArgs {
   int head_dim = 0;  // even, <= kMaxHeadDim
   float scale = 0;
   __nv_bfloat16* out = nullptr;  // [num_tokens, q_heads, head_dim]
+  // Scratch for the split-KV decode path (decode_attention.h), allocated once by the caller;
+  // null / 0 disables that path.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 constexpr int kMaxHeadDim = 256;

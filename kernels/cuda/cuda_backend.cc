@@ -3,10 +3,10 @@
 // Every op is enqueued on the backend's stream and returns at once; the host waits only where it
 // reads results (CopyToHost, DownloadFloat, MoeExperts' routing) or calls Synchronize(), and
 // every such wait goes through Synchronize() (so through SetStreamWait's function when the NCCL
-// communicator has installed one). Device
-// memory is taken only in Allocate() and, once, in the constructor for the cuBLASLt workspace
-// and the MoE scratch; ops never allocate. fp32 <-> bf16 conversions for uploads and downloads
-// run on the host (round to nearest even, as torch).
+// communicator has installed one). Device memory is taken only in Allocate() and, once, in the
+// constructor for the cuBLASLt workspace, the MoE scratch and the attention workspace; ops never
+// allocate. fp32 <-> bf16 conversions for uploads and downloads run on the host (round to nearest
+// even, as torch).
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -34,6 +34,10 @@ inline bf16* B(void* p) { return static_cast<bf16*>(p); }
 
 constexpr size_t kGemmWorkspaceBytes = 32u << 20;  // cuBLAS's advice for Hopper
 constexpr size_t kMoeScratchBytes = 64u << 20;
+// Split-KV decode partials (decode_attention.h): fp32 (m, l, o) per token, query head and split;
+// 32 MiB holds e.g. 256 splits of 64 heads x 256 dims for one token. Launches that would need
+// more use fewer splits.
+constexpr size_t kAttentionWorkspaceBytes = 32u << 20;
 // Host-side conversions go through a bounded buffer: at most this many elements at a time.
 constexpr size_t kConvertChunk = size_t{4} << 20;
 constexpr size_t kAlign = 256;
@@ -49,6 +53,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_workspace_ = Allocate(kGemmWorkspaceBytes);
     moe_scratch_ = Allocate(kMoeScratchBytes);
+    attention_workspace_ = Allocate(kAttentionWorkspaceBytes);
     gemm_ = std::make_unique<cuda::LtGemm>(gemm_workspace_.data(), kGemmWorkspaceBytes);
   }
   ~CudaBackend() override {
@@ -181,6 +186,8 @@ class CudaBackend final : public Backend {
     a.head_dim = head_dim;
     a.scale = scale;
     a.out = B(out);
+    a.workspace = attention_workspace_.data();
+    a.workspace_bytes = kAttentionWorkspaceBytes;
     cuda::LaunchPagedAttention(a, stream_);
   }
   void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) override {
@@ -205,6 +212,7 @@ class CudaBackend final : public Backend {
   std::function<void()> stream_wait_;  // SetStreamWait; empty: cudaStreamSynchronize
   DeviceBuffer gemm_workspace_;
   DeviceBuffer moe_scratch_;
+  DeviceBuffer attention_workspace_;  // split-KV decode partials, kAttentionWorkspaceBytes
   std::unique_ptr<cuda::LtGemm> gemm_;
   // MoeExperts' host-side routing tables, kept to reuse their capacity.
   std::vector<int32_t> host_ids_, gather_, combine_rows_, combine_widx_;

@@ -2,16 +2,17 @@
 // inputs. Each case is a batch of sequences, each with `context` cached positions of which the
 // last `queries` are this step's tokens: queries == context is a prefill, 1 a decode row, in
 // between a prefill chunk after earlier chunks. Physical blocks are shuffled, q rows are strided
-// like the fused qkv projection's, and the output is poisoned before the call. Every case runs
-// twice and the two outputs must be bit-identical.
-//
-// Batches with prefill rows and head_dim 64 or 128 take the tensor-core kernel
-// (kernels/cuda/flash_prefill.cu); the rest the fp32 one. TESSERA_ATTN_BENCH=1 adds a timing of
-// long causal prefills (off by default).
+// like the fused qkv projection's, and the output is poisoned before the call. Pure decode
+// batches (one token per sequence) run the split-KV kernel (decode_attention.cu); its split plan
+// is also tested on its own, without a GPU. Batches with prefill rows and head_dim 64 or 128 take
+// the tensor-core kernel (flash_prefill.cu); the rest the fp32 one. Every case runs twice and the
+// two outputs must be bit-identical. TESSERA_ATTN_BENCH=1 adds a timing of long causal prefills
+// (off by default).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 
 #include <gtest/gtest.h>
@@ -19,6 +20,7 @@
 #include "kernels/cpu/reference.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/decode_attention.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace tessera {
@@ -45,9 +47,108 @@ struct Case {
   const char* name;
   int q_heads, kv_heads, head_dim, block_size;
   std::vector<Seq> seqs;
+  // Block-table entries per sequence beyond those its context needs: a key capacity far above
+  // every context, as a CUDA graph captured for the longest context sees at shorter ones.
+  int spare_blocks = 0;
 };
 
-class CudaAttentionTest : public testing::CudaParamTest<Case> {};
+// One case's inputs on the GPU (the cache written by WriteKvCache from the same rows, NaN in
+// every other slot) and the fp32 reference output.
+struct Problem {
+  int n = 0;        // query tokens
+  int row = 0;      // elements per [q | k | v] row
+  int q_width = 0;  // q_heads * head_dim
+  int kv_width = 0;
+  float scale = 0;
+  std::vector<int32_t> all_slots;  // slot of every cached position
+  std::vector<float> k_cache;      // host cache, [num_slots, kv_width]
+  std::vector<float> ref;          // [n, q_width]
+  DeviceBuffer d_qkv, d_k, d_v, d_slots, d_q, d_pos, d_seq, d_tables;
+  AttentionBatch batch;
+};
+
+Problem Build(Backend& gpu, const Case& c) {
+  Problem pr;
+  std::mt19937 rng(c.q_heads * 7 + c.head_dim + c.block_size + c.seqs.size());
+  const int num_seqs = static_cast<int>(c.seqs.size());
+  int used_blocks = 0, total_blocks = 0, cached = 0;
+  for (const Seq& s : c.seqs) {
+    const int blocks = (s.context + c.block_size - 1) / c.block_size;
+    used_blocks = std::max(used_blocks, blocks);
+    total_blocks += blocks;
+    cached += s.context;
+    pr.n += s.queries;
+  }
+  // Table width = the key capacity the launch is planned for; spare entries are -1, as an
+  // engine's unused table entries may be.
+  const int max_blocks = used_blocks + c.spare_blocks;
+  std::vector<int32_t> physical(total_blocks + 5);
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), rng);
+  std::vector<int32_t> tables(static_cast<size_t>(num_seqs) * max_blocks, -1);
+  int next = 0;
+  for (int s = 0; s < num_seqs; ++s)
+    for (int b = 0; b * c.block_size < c.seqs[s].context; ++b)
+      tables[static_cast<size_t>(s) * max_blocks + b] = physical[next++];
+
+  // Every cached position's [q | k | v] row; the step's tokens are the last rows of each sequence.
+  pr.q_width = c.q_heads * c.head_dim;
+  pr.kv_width = c.kv_heads * c.head_dim;
+  pr.row = pr.q_width + 2 * pr.kv_width;
+  const int row = pr.row, q_width = pr.q_width, kv_width = pr.kv_width;
+  auto qkv = testing::RandomBf16(static_cast<size_t>(cached) * row, rng, -2, 2);
+  std::vector<int32_t> positions, token_seq, step_rows;
+  int base = 0;
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int p = 0; p < c.seqs[s].context; ++p) {
+      pr.all_slots.push_back(tables[static_cast<size_t>(s) * max_blocks + p / c.block_size] *
+                                 c.block_size +
+                             p % c.block_size);
+      if (p >= c.seqs[s].context - c.seqs[s].queries) {
+        positions.push_back(p);
+        token_seq.push_back(s);
+        step_rows.push_back(base + p);
+      }
+    }
+    base += c.seqs[s].context;
+  }
+  std::vector<float> q_rows(static_cast<size_t>(pr.n) * row);
+  for (int t = 0; t < pr.n; ++t)
+    std::copy(qkv.begin() + static_cast<size_t>(step_rows[t]) * row,
+              qkv.begin() + static_cast<size_t>(step_rows[t] + 1) * row,
+              q_rows.begin() + static_cast<size_t>(t) * row);
+
+  const size_t num_slots = physical.size() * c.block_size;
+  pr.k_cache.assign(num_slots * kv_width, 0.0f);
+  std::vector<float> v_cache(num_slots * kv_width, 0.0f);
+  cpu::WriteKvCache(qkv.data() + q_width, qkv.data() + q_width + kv_width, row, cached, c.kv_heads,
+                    c.head_dim, pr.all_slots.data(), pr.k_cache.data(), v_cache.data());
+  pr.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  pr.ref.resize(static_cast<size_t>(pr.n) * q_width);
+  cpu::Attention(q_rows.data(), row, pr.k_cache.data(), v_cache.data(), pr.n, positions.data(),
+                 token_seq.data(), tables.data(), max_blocks, c.block_size, c.q_heads, c.kv_heads,
+                 c.head_dim, pr.scale, pr.ref.data());
+
+  pr.d_qkv = testing::UploadBf16(gpu, qkv);
+  pr.d_k = testing::PoisonedBf16(gpu, num_slots * kv_width);
+  pr.d_v = testing::PoisonedBf16(gpu, num_slots * kv_width);
+  pr.d_slots = testing::UploadRaw(gpu, pr.all_slots);
+  const auto* qkv_b = pr.d_qkv.as<uint16_t>();
+  gpu.WriteKvCache(qkv_b + q_width, qkv_b + q_width + kv_width, row, cached, c.kv_heads, c.head_dim,
+                   pr.d_slots.as<int32_t>(), pr.d_k.data(), pr.d_v.data());
+  pr.d_q = testing::UploadBf16(gpu, q_rows);
+  pr.d_pos = testing::UploadRaw(gpu, positions);
+  pr.d_seq = testing::UploadRaw(gpu, token_seq);
+  pr.d_tables = testing::UploadRaw(gpu, tables);
+  pr.batch.num_tokens = pr.n;
+  pr.batch.num_seqs = num_seqs;
+  pr.batch.positions = pr.d_pos.as<int32_t>();
+  pr.batch.token_seq = pr.d_seq.as<int32_t>();
+  pr.batch.block_tables = pr.d_tables.as<int32_t>();
+  pr.batch.max_blocks_per_seq = max_blocks;
+  pr.batch.block_size = c.block_size;
+  return pr;
+}
 
 // The dispatch rule of cuda::LaunchPagedAttention, for the tolerance: batches that are not pure
 // decode, at head_dim 64 or 128, run the tensor-core prefill kernel.
@@ -57,102 +158,33 @@ bool TakesFlashPrefill(const Case& c) {
   return n != static_cast<int>(c.seqs.size()) && (c.head_dim == 64 || c.head_dim == 128);
 }
 
+class CudaAttentionTest : public testing::CudaParamTest<Case> {};
+
 TEST_P(CudaAttentionTest, MatchesReference) {
   const Case& c = GetParam();
-  std::mt19937 rng(c.q_heads * 7 + c.head_dim + c.block_size + c.seqs.size());
-  const int num_seqs = static_cast<int>(c.seqs.size());
-  int max_blocks = 0, total_blocks = 0, cached = 0, n = 0;
-  for (const Seq& s : c.seqs) {
-    const int blocks = (s.context + c.block_size - 1) / c.block_size;
-    max_blocks = std::max(max_blocks, blocks);
-    total_blocks += blocks;
-    cached += s.context;
-    n += s.queries;
-  }
-  std::vector<int32_t> physical(total_blocks + 5);
-  std::iota(physical.begin(), physical.end(), 0);
-  std::shuffle(physical.begin(), physical.end(), rng);
-  std::vector<int32_t> tables(num_seqs * max_blocks, -1);
-  int next = 0;
-  for (int s = 0; s < num_seqs; ++s)
-    for (int b = 0; b * c.block_size < c.seqs[s].context; ++b)
-      tables[s * max_blocks + b] = physical[next++];
-
-  // Every cached position's [q | k | v] row; the step's tokens are the last rows of each sequence.
-  const int q_width = c.q_heads * c.head_dim, kv_width = c.kv_heads * c.head_dim;
-  const int row = q_width + 2 * kv_width;
-  auto qkv = testing::RandomBf16(static_cast<size_t>(cached) * row, rng, -2, 2);
-  std::vector<int32_t> all_slots, positions, token_seq, step_rows;
-  int base = 0;
-  for (int s = 0; s < num_seqs; ++s) {
-    for (int p = 0; p < c.seqs[s].context; ++p) {
-      all_slots.push_back(tables[s * max_blocks + p / c.block_size] * c.block_size +
-                          p % c.block_size);
-      if (p >= c.seqs[s].context - c.seqs[s].queries) {
-        positions.push_back(p);
-        token_seq.push_back(s);
-        step_rows.push_back(base + p);
-      }
-    }
-    base += c.seqs[s].context;
-  }
-  std::vector<float> q_rows(static_cast<size_t>(n) * row);
-  for (int t = 0; t < n; ++t)
-    std::copy(qkv.begin() + static_cast<size_t>(step_rows[t]) * row,
-              qkv.begin() + static_cast<size_t>(step_rows[t] + 1) * row,
-              q_rows.begin() + static_cast<size_t>(t) * row);
-
-  const size_t num_slots = physical.size() * c.block_size;
-  std::vector<float> k_cache(num_slots * kv_width, 0.0f), v_cache(num_slots * kv_width, 0.0f);
-  cpu::WriteKvCache(qkv.data() + q_width, qkv.data() + q_width + kv_width, row, cached, c.kv_heads,
-                    c.head_dim, all_slots.data(), k_cache.data(), v_cache.data());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  std::vector<float> ref(static_cast<size_t>(n) * q_width);
-  cpu::Attention(q_rows.data(), row, k_cache.data(), v_cache.data(), n, positions.data(),
-                 token_seq.data(), tables.data(), max_blocks, c.block_size, c.q_heads, c.kv_heads,
-                 c.head_dim, scale, ref.data());
-
-  // GPU: the cache written by WriteKvCache from the same rows (NaN in every other slot).
-  DeviceBuffer d_qkv = testing::UploadBf16(gpu(), qkv);
-  DeviceBuffer d_k = testing::PoisonedBf16(gpu(), num_slots * kv_width);
-  DeviceBuffer d_v = testing::PoisonedBf16(gpu(), num_slots * kv_width);
-  DeviceBuffer d_slots = testing::UploadRaw(gpu(), all_slots);
-  const auto* qkv_b = d_qkv.as<uint16_t>();
-  gpu().WriteKvCache(qkv_b + q_width, qkv_b + q_width + kv_width, row, cached, c.kv_heads,
-                     c.head_dim, d_slots.as<int32_t>(), d_k.data(), d_v.data());
+  Problem pr = Build(gpu(), c);
   // The cache write is a copy: bit for bit where written.
-  const auto k_got = testing::DownloadBf16(gpu(), d_k, num_slots * kv_width);
-  for (size_t slot_i = 0; slot_i < all_slots.size(); ++slot_i) {
-    const size_t at = static_cast<size_t>(all_slots[slot_i]) * kv_width;
-    ASSERT_TRUE(
-        std::equal(k_cache.begin() + at, k_cache.begin() + at + kv_width, k_got.begin() + at))
-        << "cache slot " << all_slots[slot_i];
+  const size_t num_slots = pr.k_cache.size() / pr.kv_width;
+  const auto k_got = testing::DownloadBf16(gpu(), pr.d_k, num_slots * pr.kv_width);
+  for (int32_t slot : pr.all_slots) {
+    const size_t at = static_cast<size_t>(slot) * pr.kv_width;
+    ASSERT_TRUE(std::equal(pr.k_cache.begin() + at, pr.k_cache.begin() + at + pr.kv_width,
+                           k_got.begin() + at))
+        << "cache slot " << slot;
   }
 
-  DeviceBuffer d_q = testing::UploadBf16(gpu(), q_rows);
-  DeviceBuffer d_pos = testing::UploadRaw(gpu(), positions);
-  DeviceBuffer d_seq = testing::UploadRaw(gpu(), token_seq);
-  DeviceBuffer d_tables = testing::UploadRaw(gpu(), tables);
-  DeviceBuffer d_out = testing::PoisonedBf16(gpu(), static_cast<size_t>(n) * q_width);
-  AttentionBatch batch;
-  batch.num_tokens = n;
-  batch.num_seqs = num_seqs;
-  batch.positions = d_pos.as<int32_t>();
-  batch.token_seq = d_seq.as<int32_t>();
-  batch.block_tables = d_tables.as<int32_t>();
-  batch.max_blocks_per_seq = max_blocks;
-  batch.block_size = c.block_size;
-  gpu().Attention(d_q.data(), row, d_k.data(), d_v.data(), batch, c.q_heads, c.kv_heads, c.head_dim,
-                  scale, d_out.data());
-  testing::ExpectRelativeL2(c.name, testing::DownloadBf16(gpu(), d_out, ref.size()), ref,
+  DeviceBuffer d_out = testing::PoisonedBf16(gpu(), pr.ref.size());
+  gpu().Attention(pr.d_q.data(), pr.row, pr.d_k.data(), pr.d_v.data(), pr.batch, c.q_heads,
+                  c.kv_heads, c.head_dim, pr.scale, d_out.data());
+  testing::ExpectRelativeL2(c.name, testing::DownloadBf16(gpu(), d_out, pr.ref.size()), pr.ref,
                             TakesFlashPrefill(c) ? kTwoRoundings : kOneRounding);
 
   // A second launch gives the same bits (no order-dependent reductions, no stale state).
-  DeviceBuffer d_out2 = testing::PoisonedBf16(gpu(), static_cast<size_t>(n) * q_width);
-  gpu().Attention(d_q.data(), row, d_k.data(), d_v.data(), batch, c.q_heads, c.kv_heads, c.head_dim,
-                  scale, d_out2.data());
-  EXPECT_EQ(testing::DownloadRaw<uint16_t>(gpu(), d_out, ref.size()),
-            testing::DownloadRaw<uint16_t>(gpu(), d_out2, ref.size()))
+  DeviceBuffer d_out2 = testing::PoisonedBf16(gpu(), pr.ref.size());
+  gpu().Attention(pr.d_q.data(), pr.row, pr.d_k.data(), pr.d_v.data(), pr.batch, c.q_heads,
+                  c.kv_heads, c.head_dim, pr.scale, d_out2.data());
+  EXPECT_EQ(testing::DownloadRaw<uint16_t>(gpu(), d_out, pr.ref.size()),
+            testing::DownloadRaw<uint16_t>(gpu(), d_out2, pr.ref.size()))
       << c.name << ": two launches differ";
 }
 
@@ -170,8 +202,255 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"chunk_after_chunks_block7", 10, 5, 80, 7, {{61, 13}, {29, 29}}},
         Case{"long_prefill_group8", 32, 4, 128, 32, {{300, 300}}},
         Case{"d256_group16", 16, 1, 256, 32, {{45, 45}, {130, 1}}},
-        Case{"tiny_d2_block1", 3, 1, 2, 1, {{5, 5}, {3, 1}}}),
+        Case{"tiny_d2_block1", 3, 1, 2, 1, {{5, 5}, {3, 1}}},
+        // Pure decode batches (one token per sequence) take the split-KV kernel
+        // (decode_attention.cu): contexts around its 128-key tiles and splits, every compiled
+        // group size, the 16-byte and the 4-byte load paths, block sizes that straddle tiles.
+        // It is fp32 inside (partials included) with one final bf16 rounding: tolerance u.
+        Case{"decode_contexts_group5_d128",
+             40,
+             8,
+             128,
+             16,
+             {{1, 1}, {2, 1}, {31, 1}, {257, 1}, {1000, 1}, {4097, 1}}},
+        Case{"decode_33000_with_context1", 5, 1, 128, 32, {{33000, 1}, {1, 1}}},
+        Case{"decode_group1_d64_block1", 4, 4, 64, 1, {{300, 1}, {31, 1}, {2, 1}, {1, 1}}},
+        Case{"decode_group2_d128", 16, 8, 128, 16, {{3000, 1}, {64, 1}}},
+        Case{"decode_group8_d256_block7", 16, 2, 256, 7, {{1000, 1}, {45, 1}, {129, 1}}},
+        Case{"decode_group16_d256", 16, 1, 256, 16, {{700, 1}, {3, 1}}},
+        Case{"decode_group16_d80_block32", 32, 2, 80, 32, {{257, 1}, {4097, 1}}},
+        Case{"decode_group3_d66", 6, 2, 66, 16, {{500, 1}, {130, 1}}},
+        Case{"decode_d2_group4_block7", 4, 1, 2, 7, {{1000, 1}, {3, 1}}},
+        Case{"decode_capacity_far_above_contexts",
+             40,
+             8,
+             128,
+             16,
+             {{100, 1}, {1, 1}, {2000, 1}},
+             /*spare_blocks=*/4000}),
     CaseName);
+
+// The split plan (host code, runs without a GPU): whole tiles, no split past the capacity,
+// partials that fit the workspace, never more blocks than one wave of resident blocks (unless
+// the batch alone needs more), and 2-4 blocks per SM at batch 1.
+TEST(DecodeSplitPlan, CoversCapacityAndFitsWorkspace) {
+  for (int tokens : {1, 3, 32, 256}) {
+    for (int kv_heads : {1, 8}) {
+      for (int group : {1, 5, 16}) {
+        for (int head_dim : {2, 128, 256}) {
+          for (int64_t capacity : {1, 17, 128, 129, 4097, 40960, 1 << 20}) {
+            for (int resident : {1, 132, 396, 528}) {
+              for (size_t ws : {size_t{0}, size_t{1} << 20, size_t{32} << 20}) {
+                const int q_heads = group * kv_heads;
+                const auto plan = cuda::PlanDecodeSplits(tokens, q_heads, kv_heads, head_dim,
+                                                         capacity, resident, ws);
+                SCOPED_TRACE(::testing::Message()
+                             << tokens << " tokens, " << kv_heads << " kv heads, group " << group
+                             << ", head_dim " << head_dim << ", capacity " << capacity << ", "
+                             << resident << " resident blocks, workspace " << ws);
+                ASSERT_GE(plan.num_splits, 1);
+                ASSERT_LE(plan.num_splits, cuda::kMaxDecodeSplits);
+                ASSERT_GT(plan.split_len, 0);
+                EXPECT_EQ(plan.split_len % cuda::kDecodeTileKeys, 0);
+                EXPECT_GE(int64_t{plan.num_splits} * plan.split_len, capacity);
+                EXPECT_LT(int64_t{plan.num_splits - 1} * plan.split_len, capacity);
+                if (plan.num_splits > 1) {
+                  EXPECT_LE(cuda::DecodeWorkspaceBytes(tokens, q_heads, head_dim, plan.num_splits),
+                            ws);
+                }
+                const int64_t blocks = int64_t{tokens} * kv_heads;
+                EXPECT_LE(blocks * plan.num_splits, std::max<int64_t>(blocks, resident));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(DecodeSplitPlan, FillsTheGpuAtSmallBatches) {
+  constexpr int kSms = 132;            // H200
+  constexpr int kResident = 3 * kSms;  // the group-5 kernel's occupancy: 3 blocks per SM
+  constexpr size_t kWorkspace = size_t{32} << 20;
+  // Qwen3-14B on one GPU (40 query, 8 KV heads, head_dim 128), 40960-key capacity.
+  const auto batch1 = cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, kWorkspace);
+  EXPECT_GE(8 * batch1.num_splits, 2 * kSms);
+  EXPECT_LE(8 * batch1.num_splits, 4 * kSms);
+  EXPECT_EQ(cuda::PlanDecodeSplits(16, 40, 8, 128, 4096, kResident, kWorkspace).num_splits, 3);
+  // 256 (token, KV head) blocks already fill most of a wave; 2 splits would need a second one.
+  EXPECT_EQ(cuda::PlanDecodeSplits(32, 40, 8, 128, 4096, kResident, kWorkspace).num_splits, 1);
+  EXPECT_EQ(cuda::PlanDecodeSplits(256, 40, 8, 128, 40960, kResident, kWorkspace).num_splits, 1);
+  // No workspace: one split.
+  EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, 0).num_splits, 1);
+  // A workspace for 3 splits' partials caps the plan at 3.
+  const size_t three = cuda::DecodeWorkspaceBytes(1, 40, 128, 3);
+  EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, three).num_splits, 3);
+}
+
+// The split-KV kernel launched directly with workspaces that allow 1, 3 and the planned number
+// of splits, against the reference and against each other, and twice with the same workspace.
+//
+// Tolerance: each launch is fp32 inside with one final bf16 rounding, so each is within u of
+// the reference (relative L2, cuda_test_util.h); two launches with different split counts then
+// differ by at most 2u relative to the reference, which is 2u / (1 - u) relative to either of
+// them. Two launches with the same split count run the same instructions in the same order:
+// their outputs must be bit-identical.
+class CudaSplitKvDecodeTest : public testing::CudaTest {};
+
+TEST_F(CudaSplitKvDecodeTest, SplitCountDoesNotChangeTheResultAndRunsAreDeterministic) {
+  const Case c{"split_counts", 40, 8, 128, 16, {{4097, 1}, {1, 1}, {33, 1}, {1500, 1}}, 64};
+  Problem pr = Build(gpu(), c);
+  const int tokens = pr.n;
+  const size_t planned_bytes = size_t{32} << 20;
+  DeviceBuffer workspace = gpu().Allocate(planned_bytes);
+
+  auto run = [&](size_t workspace_bytes, int* splits) {
+    DeviceBuffer d_out = testing::PoisonedBf16(gpu(), pr.ref.size());
+    cuda::PagedAttentionArgs a;
+    a.q = pr.d_q.as<__nv_bfloat16>();
+    a.q_row_stride = pr.row;
+    a.k_cache = pr.d_k.as<__nv_bfloat16>();
+    a.v_cache = pr.d_v.as<__nv_bfloat16>();
+    a.positions = pr.batch.positions;
+    a.token_seq = pr.batch.token_seq;
+    a.block_tables = pr.batch.block_tables;
+    a.num_tokens = tokens;
+    a.num_seqs = pr.batch.num_seqs;
+    a.max_blocks_per_seq = pr.batch.max_blocks_per_seq;
+    a.block_size = c.block_size;
+    a.q_heads = c.q_heads;
+    a.kv_heads = c.kv_heads;
+    a.head_dim = c.head_dim;
+    a.scale = pr.scale;
+    a.out = d_out.as<__nv_bfloat16>();
+    a.workspace = workspace.data();
+    a.workspace_bytes = workspace_bytes;
+    *splits = cuda::PlanSplitKvDecode(a).num_splits;
+    EXPECT_TRUE(cuda::LaunchSplitKvDecode(a, static_cast<cudaStream_t>(gpu().stream())));
+    return testing::DownloadBf16(gpu(), d_out, pr.ref.size());
+  };
+
+  int one = 0, three = 0, planned = 0, again = 0;
+  const auto out_one = run(1, &one);
+  const auto out_three = run(cuda::DecodeWorkspaceBytes(tokens, c.q_heads, c.head_dim, 3), &three);
+  const auto out_planned = run(planned_bytes, &planned);
+  const auto out_again = run(planned_bytes, &again);
+  ASSERT_EQ(one, 1);
+  ASSERT_EQ(three, 3);
+  ASSERT_GT(planned, 3) << "the test should exercise many splits on this GPU";
+  ASSERT_EQ(again, planned);
+  testing::ExpectRelativeL2("1 split", out_one, pr.ref, kOneRounding);
+  testing::ExpectRelativeL2("3 splits", out_three, pr.ref, kOneRounding);
+  testing::ExpectRelativeL2("planned splits", out_planned, pr.ref, kOneRounding);
+  const double between = 2 * kOneRounding / (1 - kOneRounding);
+  testing::ExpectRelativeL2("3 splits vs 1", out_three, out_one, between);
+  testing::ExpectRelativeL2("planned splits vs 1", out_planned, out_one, between);
+
+  const auto bits = [](const std::vector<float>& v) {
+    std::vector<uint32_t> b(v.size());
+    std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+    return b;
+  };
+  EXPECT_EQ(bits(out_planned), bits(out_again)) << "two identical launches differ";
+}
+
+// Through the backend (the path the model takes), twice on the same inputs: bit-identical.
+TEST_F(CudaSplitKvDecodeTest, BackendDecodeIsDeterministic) {
+  const Case c{"deterministic", 10, 2, 128, 16, {{33000, 1}, {1, 1}, {517, 1}}};
+  Problem pr = Build(gpu(), c);
+  DeviceBuffer out_a = testing::PoisonedBf16(gpu(), pr.ref.size());
+  DeviceBuffer out_b = testing::PoisonedBf16(gpu(), pr.ref.size());
+  for (DeviceBuffer* out : {&out_a, &out_b}) {
+    gpu().Attention(pr.d_q.data(), pr.row, pr.d_k.data(), pr.d_v.data(), pr.batch, c.q_heads,
+                    c.kv_heads, c.head_dim, pr.scale, out->data());
+  }
+  const auto a = testing::DownloadRaw<uint16_t>(gpu(), out_a, pr.ref.size());
+  const auto b = testing::DownloadRaw<uint16_t>(gpu(), out_b, pr.ref.size());
+  EXPECT_EQ(a, b);
+  testing::ExpectRelativeL2(c.name, testing::DownloadBf16(gpu(), out_a, pr.ref.size()), pr.ref,
+                            kOneRounding);
+}
+
+// Speed on a GPU, printed for the log: the split-KV kernel against the general kernel on pure
+// decode batches, as KV bytes read per second (the roofline for decode attention). Asserts
+// only that the split path is the faster one; the figures are for a person to read (target on
+// an H200: > 3 TB/s at batch 32 x 4K).
+TEST_F(CudaSplitKvDecodeTest, ReportsKvBandwidth) {
+  struct Shape {
+    int batch, context, q_heads, kv_heads, head_dim, block_size;
+  };
+  for (const Shape sh : {Shape{32, 4096, 40, 8, 128, 16}, Shape{1, 32768, 40, 8, 128, 16},
+                         Shape{1, 4096, 40, 8, 128, 16}}) {
+    const int blocks_per_seq = (sh.context + sh.block_size - 1) / sh.block_size;
+    const size_t slots = static_cast<size_t>(sh.batch) * blocks_per_seq * sh.block_size;
+    const size_t kv_elems = slots * sh.kv_heads * sh.head_dim;
+    const size_t q_elems = static_cast<size_t>(sh.batch) * sh.q_heads * sh.head_dim;
+    DeviceBuffer q = gpu().Allocate(q_elems * 2);
+    gpu().FillRandom(q.data(), DType::kBF16, q_elems, 1, 0.0f, 1.0f);
+    DeviceBuffer k = gpu().Allocate(kv_elems * 2), v = gpu().Allocate(kv_elems * 2);
+    const auto stream = static_cast<cudaStream_t>(gpu().stream());
+    // NOTE: constant caches: the bytes read, not their values, set the time.
+    ASSERT_EQ(cudaMemsetAsync(k.data(), 0x3c, kv_elems * 2, stream), cudaSuccess);
+    ASSERT_EQ(cudaMemsetAsync(v.data(), 0x3c, kv_elems * 2, stream), cudaSuccess);
+    std::vector<int32_t> positions(sh.batch, sh.context - 1), token_seq(sh.batch);
+    std::iota(token_seq.begin(), token_seq.end(), 0);
+    std::vector<int32_t> tables(static_cast<size_t>(sh.batch) * blocks_per_seq);
+    std::iota(tables.begin(), tables.end(), 0);
+    DeviceBuffer d_pos = testing::UploadRaw(gpu(), positions);
+    DeviceBuffer d_seq = testing::UploadRaw(gpu(), token_seq);
+    DeviceBuffer d_tables = testing::UploadRaw(gpu(), tables);
+    DeviceBuffer out = testing::PoisonedBf16(gpu(), q_elems);
+    DeviceBuffer workspace = gpu().Allocate(size_t{32} << 20);
+
+    cuda::PagedAttentionArgs a;
+    a.q = q.as<__nv_bfloat16>();
+    a.q_row_stride = int64_t{sh.q_heads} * sh.head_dim;
+    a.k_cache = k.as<__nv_bfloat16>();
+    a.v_cache = v.as<__nv_bfloat16>();
+    a.positions = d_pos.as<int32_t>();
+    a.token_seq = d_seq.as<int32_t>();
+    a.block_tables = d_tables.as<int32_t>();
+    a.num_tokens = sh.batch;
+    a.num_seqs = sh.batch;
+    a.max_blocks_per_seq = blocks_per_seq;
+    a.block_size = sh.block_size;
+    a.q_heads = sh.q_heads;
+    a.kv_heads = sh.kv_heads;
+    a.head_dim = sh.head_dim;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(sh.head_dim));
+    a.out = out.as<__nv_bfloat16>();
+
+    auto time_ms = [&](void* ws, size_t ws_bytes) {
+      a.workspace = ws;
+      a.workspace_bytes = ws_bytes;
+      constexpr int kIters = 20;
+      for (int i = 0; i < 3; ++i) cuda::LaunchPagedAttention(a, stream);
+      cudaEvent_t begin, end;
+      EXPECT_EQ(cudaEventCreate(&begin), cudaSuccess);
+      EXPECT_EQ(cudaEventCreate(&end), cudaSuccess);
+      EXPECT_EQ(cudaEventRecord(begin, stream), cudaSuccess);
+      for (int i = 0; i < kIters; ++i) cuda::LaunchPagedAttention(a, stream);
+      EXPECT_EQ(cudaEventRecord(end, stream), cudaSuccess);
+      EXPECT_EQ(cudaEventSynchronize(end), cudaSuccess);
+      float ms = 0;
+      EXPECT_EQ(cudaEventElapsedTime(&ms, begin, end), cudaSuccess);
+      cudaEventDestroy(begin);
+      cudaEventDestroy(end);
+      return static_cast<double>(ms) / kIters;
+    };
+    const double split_ms = time_ms(workspace.data(), size_t{32} << 20);
+    EXPECT_EQ(testing::CountNaN(testing::DownloadBf16(gpu(), out, q_elems)), 0u);
+    const double general_ms = time_ms(nullptr, 0);
+    const double kv_bytes = 2.0 * sh.batch * sh.context * sh.kv_heads * sh.head_dim * 2;
+    std::printf(
+        "[cuda] decode %d x %d keys (%d/%d heads, d%d): split-KV %.4f ms = %.2f TB/s, general "
+        "kernel %.4f ms = %.2f TB/s\n",
+        sh.batch, sh.context, sh.q_heads, sh.kv_heads, sh.head_dim, split_ms,
+        kv_bytes / split_ms * 1e-9, general_ms, kv_bytes / general_ms * 1e-9);
+    EXPECT_LT(split_ms, general_ms);
+  }
+}
 
 // The tensor-core prefill kernel (128-token tiles, 64-key tiles): lengths around both tile sizes,
 // GQA groups 1, 5 and 8, block sizes 1, 7, 16 and 64 (a key tile spanning many blocks, or part of
