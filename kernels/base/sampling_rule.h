@@ -104,7 +104,9 @@ TESSERA_HD uint64_t Exp2Fixed(float t) {
 }
 
 // The weight of logit x in a row whose maximum is m.
-TESSERA_HD uint64_t Weight(float x, float m, float scale) { return Exp2Fixed(Mul(Sub(x, m), scale)); }
+TESSERA_HD uint64_t Weight(float x, float m, float scale) {
+  return Exp2Fixed(Mul(Sub(x, m), scale));
+}
 
 // ceil(fraction * total), at most total, in double (correctly rounded on both sides).
 TESSERA_HD uint64_t FractionOf(float fraction, uint64_t total) {

@@ -216,7 +216,8 @@ __global__ void __launch_bounds__(kThreads)
         const uint32_t key = Key(v);
         if (key < key_k || (key & mask) != prefix) return;
         const uint64_t q = sampling::Weight(ToFloat(v), m, scale);
-        if (q > 0) atomicAdd(&mass_hist[(key >> shift) & 0xffu], static_cast<unsigned long long>(q));
+        if (q > 0)
+          atomicAdd(&mass_hist[(key >> shift) & 0xffu], static_cast<unsigned long long>(q));
       });
       __syncthreads();
       if (tid == 0) {

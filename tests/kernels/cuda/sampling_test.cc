@@ -58,8 +58,8 @@ TEST_P(CudaSamplingTest, SameTokensAsTheCpuReference) {
     cpu->SampleTokens(logits.data(), s.rows, s.vocab, s.shards, params.data(), want.data());
     DeviceBuffer d_params = UploadRaw(gpu(), params);
     DeviceBuffer d_tokens = UploadRaw(gpu(), std::vector<int32_t>(s.rows, -7));
-    gpu().SampleTokens(d_logits.data(), s.rows, s.vocab, s.shards,
-                       d_params.as<SamplingRowParams>(), d_tokens.as<int32_t>());
+    gpu().SampleTokens(d_logits.data(), s.rows, s.vocab, s.shards, d_params.as<SamplingRowParams>(),
+                       d_tokens.as<int32_t>());
     const std::vector<int32_t> got = DownloadRaw<int32_t>(gpu(), d_tokens, s.rows);
     const int64_t bound = s.sampleable > 0 ? s.sampleable : s.vocab;
     for (int r = 0; r < s.rows; ++r) {
