@@ -95,6 +95,20 @@ class DeviceGraph {
   virtual void Replay() = 0;
 };
 
+// Per-row parameters of Backend::SampleTokens, one per row in device memory (40 bytes, no
+// pointers: rows travel in the StepPlan as raw bytes). The rule is kernels/base/sampling_rule.h.
+struct SamplingRowParams {
+  float temperature = 0.0f;      // 0 = greedy (argmax, ties to the lowest id)
+  int32_t top_k = 0;             // <= 0 or >= the sampleable vocabulary: off
+  float top_p = 1.0f;            // (0, 1]; 1 = off
+  float min_p = 0.0f;            // [0, 1]; 0 = off
+  int32_t sampleable_vocab = 0;  // ids >= this are never sampled; <= 0 = the whole row
+  uint32_t reserved = 0;
+  uint64_t seed = 0;  // the request's random stream
+  uint64_t step = 0;  // which draw of the stream: the number of tokens generated before this one
+};
+static_assert(sizeof(SamplingRowParams) == 40, "serialised as raw bytes: no padding may vary");
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -118,7 +132,7 @@ class Backend {
   // dead or hung peer (parallel/nccl_communicator.h), since its collectives are only enqueued and
   // the host's next wait is where a failed peer shows. A function, so that kernels/ need not
   // know about ranks. Null restores the default; backends without a stream ignore it.
-  virtual void SetStreamWait(std::function<void()> wait) {}
+  virtual void SetStreamWait(std::function<void()> /*wait*/) {}
   // Fills `count` values of `dtype` with mean + scale * u, u uniform in [-1, 1) from a
   // counter-based generator seeded by `seed` (benchmarks' dummy weights). The default generates on
   // the host in pieces and uploads them; a device backend may override it with a kernel.
@@ -192,6 +206,14 @@ class Backend {
   // rank holds (others contribute 0), Expert(x) = down @ (silu(gate @ x) * (up @ x)).
   virtual void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                           const ExpertWeights& experts, void* out) = 0;
+
+  // tokens int32[rows] = one id per row drawn from logits A by the rule of
+  // kernels/base/sampling_rule.h (temperature -> top-k -> top-p -> min-p -> draw), with
+  // params[rows] (device memory). The logits are `shards` vocabulary shards as a TP all-gather
+  // leaves them, A[shards, rows, vocab / shards]; shards == 1 is plain [rows, vocab]. Every id
+  // is < min(vocab, params.sampleable_vocab). No workspace: one block per row on the GPU.
+  virtual void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
+                            const SamplingRowParams* params, int32_t* tokens) = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

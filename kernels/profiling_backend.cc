@@ -30,8 +30,7 @@ class Profiler final : public ProfilingBackend {
       TESSERA_CHECK(cudaEventSynchronize(events_[pending_.back().stop]) == cudaSuccess);
       for (const Pending& p : pending_) {
         float ms = 0;
-        TESSERA_CHECK(cudaEventElapsedTime(&ms, events_[p.start], events_[p.stop]) ==
-                      cudaSuccess);
+        TESSERA_CHECK(cudaEventElapsedTime(&ms, events_[p.start], events_[p.stop]) == cudaSuccess);
         OpTime& t = by_op[p.op];
         t.op = p.op;
         ++t.calls;
@@ -123,6 +122,10 @@ class Profiler final : public ProfilingBackend {
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                   const ExpertWeights& experts, void* out) override {
     Time("MoeExperts", [&] { b_.MoeExperts(x, n, ids, weights, top_k, experts, out); });
+  }
+  void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
+                    const SamplingRowParams* params, int32_t* tokens) override {
+    Time("SampleTokens", [&] { b_.SampleTokens(logits, rows, vocab, shards, params, tokens); });
   }
 
  private:

@@ -30,6 +30,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/base/check.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/profiling_backend.h"
 #include "launch/commands.h"
@@ -84,7 +85,13 @@ StepPlan Plan(int dp, int bs, const std::vector<std::vector<int32_t>>& tokens,
       b.token_seq.push_back(j);
       b.slot_mapping.push_back(blocks[j][p / bs] * bs + p % bs);
     }
-    if (logits) b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
+    if (logits) {
+      // Greedy on the device, as a served request without penalties or logprobs.
+      b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
+      LogitRowSampling row;
+      row.on_device = true;
+      b.logit_sampling.push_back(row);
+    }
   }
   return plan;
 }
@@ -212,7 +219,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                  {"commit", TESSERA_GIT_COMMIT},
                  {"load_seconds", load_s}};
 
-  // TTFT: prefill of one request, plus sampling its first token (greedy argmax on rank 0).
+  // TTFT: prefill of one request, plus sampling its first token (greedy, on the device).
   json ttft = json::array();
   for (int64_t len : ttft_lens) {
     std::vector<double> times;
@@ -224,9 +231,9 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
         return absl::ResourceExhaustedError("--num-kv-blocks too small for --ttft");
       }
       const auto start = Clock::now();
-      std::vector<float> logits =
+      const StepOutput out =
           executor.Execute(Plan(replicas, bs, tokens, table, {0}, {static_cast<int>(len)}, true));
-      (void)std::max_element(logits.begin(), logits.end());
+      TESSERA_CHECK_EQ(out.tokens.size(), 1u);
       if (r > 0) times.push_back(Ms(Clock::now() - start));
       blocks.Free(&table[0]);
     }
@@ -265,12 +272,9 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
       std::vector<int> begin(batch, static_cast<int>(context + s)),
           end(batch, static_cast<int>(context + s + 1));
       const auto start = Clock::now();
-      std::vector<float> logits =
-          executor.Execute(Plan(replicas, bs, tokens, table, begin, end, true));
-      for (int64_t j = 0; j < batch; ++j) {  // greedy sampling, as a real step would
-        (void)std::max_element(logits.begin() + j * config.vocab_size,
-                               logits.begin() + (j + 1) * config.vocab_size);
-      }
+      // Greedy sampling on the device, as a served step: only the ids come back.
+      const StepOutput out = executor.Execute(Plan(replicas, bs, tokens, table, begin, end, true));
+      TESSERA_CHECK_EQ(out.tokens.size(), static_cast<size_t>(batch));
       if (s > 0) times.push_back(Ms(Clock::now() - start));
     }
     profile("decode batch " + std::to_string(batch), steps);

@@ -69,7 +69,8 @@ struct Engine::Sequence {
   int num_registered = 0;
   int cached_tokens = 0;
   bool admitted_once = false;
-  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<Sampler> sampler;  // rows sampled on the host
+  bool host_sampled = false;         // penalties or logprobs: its logits come back to rank 0
   std::unique_ptr<StreamingDetokenizer> detok;
   std::unique_ptr<ChatOutputParser> parser;
   std::string held;  // text held back: it may be the start of a stop string
@@ -227,6 +228,7 @@ void Engine::Intake() {
     s.tokens = s.req.prompt;
     s.prompt_len = static_cast<int>(s.tokens.size());
     s.sampler = std::make_unique<Sampler>(s.req.sampling, options_.seed + s.arrival);
+    s.host_sampled = NeedsHostSampler(s.req.sampling) || s.req.top_logprobs >= 0;
     if (tokenizer_ != nullptr) {
       s.detok = std::make_unique<StreamingDetokenizer>(*tokenizer_, s.req.skip_special_tokens);
     }
@@ -387,14 +389,24 @@ void Engine::Step() {
         }
         if (s->num_computed + n == static_cast<int>(s->tokens.size())) {
           b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
+          LogitRowSampling row;
+          row.on_device = !s->host_sampled;
+          if (row.on_device) {
+            row.params = DeviceSamplingParams(s->req.sampling, options_.seed + s->arrival,
+                                              s->generated(), options_.sampleable_vocab);
+          }
+          b.logit_sampling.push_back(row);
           row_owner.push_back(s);
         }
       }
     }
   }
 
-  const std::vector<float> logits = executor_.Execute(plan);
-  TESSERA_CHECK_EQ(logits.size(), row_owner.size() * static_cast<size_t>(vocab_));
+  const StepOutput result = executor_.Execute(plan);
+  TESSERA_CHECK_EQ(result.tokens.size(), row_owner.size());
+  size_t host_rows = 0;
+  for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;
+  TESSERA_CHECK_EQ(result.logits.size(), host_rows * static_cast<size_t>(vocab_));
 
   int64_t prompt_tokens = 0;
   for (int d = 0; d < dp; ++d) {
@@ -406,9 +418,16 @@ void Engine::Step() {
     }
   }
   if (metrics_) metrics_->AddPromptTokens(prompt_tokens);
+  size_t h = 0;  // host rows' logits, in row order
   for (size_t k = 0; k < row_owner.size(); ++k) {
     Sequence* s = row_owner[k];
-    const float* row = logits.data() + k * vocab_;
+    if (!s->host_sampled) {
+      TESSERA_CHECK(result.tokens[k] >= 0 && result.tokens[k] < options_.sampleable_vocab)
+          << "device sampled id " << result.tokens[k];
+      Emit(s, result.tokens[k], nullptr);
+      continue;
+    }
+    const float* row = result.logits.data() + h++ * vocab_;
     const std::vector<int32_t> generated(s->tokens.begin() + s->prompt_len, s->tokens.end());
     const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_),
                                              options_.sampleable_vocab, s->tokens, generated);
@@ -435,7 +454,7 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
 
   EngineOutput out;
   out.token_ids.push_back(token);
-  if (s->req.top_logprobs >= 0) {
+  if (s->req.top_logprobs >= 0) {  // such rows are host-sampled: their logits are here
     // Log-probabilities of the model's own distribution (before penalties and temperature).
     const float mx = *std::max_element(logits, logits + options_.sampleable_vocab);
     double sum = 0;

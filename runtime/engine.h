@@ -140,6 +140,7 @@ class Engine {
   bool Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* scheduled);
   void Preempt(Replica& replica, Sequence* seq);
   void Step();
+  // `logits`: the row's logits for host-sampled rows, null for rows sampled on the device.
   void Emit(Sequence* seq, int32_t token, const float* logits);
   void Finish(Sequence* seq, FinishReason reason, absl::Status status, EngineOutput out);
   void Release(Sequence* seq);

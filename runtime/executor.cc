@@ -80,7 +80,7 @@ absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
   return e;
 }
 
-void Executor::Run(const StepPlan& plan, std::vector<float>* logits) {
+void Executor::Run(const StepPlan& plan, StepOutput* output) {
   const ParallelConfig& p = parallel_;
   TESSERA_CHECK_EQ(plan.replicas.size(), static_cast<size_t>(p.dp));
   const std::vector<StepBatch>& mine = plan.replicas[p.dp_rank()];
@@ -91,47 +91,61 @@ void Executor::Run(const StepPlan& plan, std::vector<float>* logits) {
   // sends to the next, so stage s runs micro-batch m while stage s + 1 runs m - 1.
   const bool reports = model_->last_stage() && p.tp_rank() == 0;
   std::vector<std::vector<float>> my_logits(num_micro);
-  for (int m = 0; m < num_micro; ++m) model_->Forward(mine[m], *kv_, &my_logits[m]);
-  // NOTE: logits go to the coordinator only after the whole schedule: sending one mid-schedule
+  std::vector<std::vector<int32_t>> my_tokens(num_micro);
+  for (int m = 0; m < num_micro; ++m) model_->Forward(mine[m], *kv_, &my_logits[m], &my_tokens[m]);
+  // NOTE: results go to the coordinator only after the whole schedule: sending one mid-schedule
   // could block this stage while rank 0 still waits to hand it the next micro-batch.
   if (p.rank != 0) {
     if (reports) {
-      for (const auto& rows : my_logits) {
+      for (int m = 0; m < num_micro; ++m) {
+        const auto& ids = my_tokens[m];
+        const auto& rows = my_logits[m];
+        if (!ids.empty()) world_->Send(ids.data(), ids.size(), DType::kI32, 0);
         if (!rows.empty()) world_->Send(rows.data(), rows.size(), DType::kF32, 0);
       }
     }
     return;
   }
 
-  // Rank 0: gather every replica's logits in plan order.
-  logits->clear();
+  // Rank 0: gather every replica's ids and logits in plan order.
+  output->tokens.clear();
+  output->logits.clear();
   const int64_t vocab = config_.vocab_size;
   const int last = p.pp - 1;
   for (int d = 0; d < p.dp; ++d) {
     const int source = p.RankOf(last, d, 0);
     for (int m = 0; m < num_micro; ++m) {
-      const size_t count = plan.replicas[d][m].logit_tokens.size() * static_cast<size_t>(vocab);
-      if (count == 0) continue;
+      const StepBatch& batch = plan.replicas[d][m];
+      const size_t rows = batch.logit_tokens.size();
+      const size_t count = NumLogitRowsReturned(batch) * static_cast<size_t>(vocab);
+      if (rows == 0) continue;
       if (source == 0) {
-        logits->insert(logits->end(), my_logits[m].begin(), my_logits[m].end());
-      } else {
-        const size_t offset = logits->size();
-        logits->resize(offset + count);
-        world_->Recv(logits->data() + offset, count, DType::kF32, source);
+        TESSERA_CHECK_EQ(my_tokens[m].size(), rows);
+        TESSERA_CHECK_EQ(my_logits[m].size(), count);
+        output->tokens.insert(output->tokens.end(), my_tokens[m].begin(), my_tokens[m].end());
+        output->logits.insert(output->logits.end(), my_logits[m].begin(), my_logits[m].end());
+        continue;
       }
+      const size_t ids = output->tokens.size();
+      output->tokens.resize(ids + rows);
+      world_->Recv(output->tokens.data() + ids, rows, DType::kI32, source);
+      if (count == 0) continue;
+      const size_t offset = output->logits.size();
+      output->logits.resize(offset + count);
+      world_->Recv(output->logits.data() + offset, count, DType::kF32, source);
     }
   }
 }
 
-std::vector<float> Executor::Execute(const StepPlan& plan) {
+StepOutput Executor::Execute(const StepPlan& plan) {
   TESSERA_CHECK_EQ(parallel_.rank, 0);
   if (world_ != nullptr && parallel_.world_size > 1) {
     std::vector<uint8_t> bytes = SerializeStepPlan(plan);
     world_->BroadcastBytes(&bytes, 0);
   }
-  std::vector<float> logits;
-  Run(plan, &logits);
-  return logits;
+  StepOutput output;
+  Run(plan, &output);
+  return output;
 }
 
 void Executor::Shutdown() {
@@ -161,7 +175,7 @@ void Executor::RunWorker() {
     TESSERA_CHECK(plan.ok()) << plan.status();
     if (plan->kind == StepPlan::Kind::kShutdown) return;
     if (plan->kind == StepPlan::Kind::kHeartbeat) continue;
-    std::vector<float> unused;
+    StepOutput unused;
     Run(*plan, &unused);
   }
 }

@@ -4,7 +4,8 @@
 // the plan, runs its own part, and collects the logits. Every other rank calls RunWorker(), which
 // receives plans and executes them until a shutdown plan arrives. Within a step, each pipeline
 // stage runs its replica's micro-batches in order: stage s works on micro-batch m at tick s + m,
-// so the stages overlap; the last stage's TP rank 0 of each replica sends its logits to rank 0.
+// so the stages overlap; the last stage's TP rank 0 of each replica sends its sampled ids (and the
+// logits of rows that need them) to rank 0.
 #pragma once
 
 #include <memory>
@@ -48,9 +49,9 @@ class Executor {
   int num_kv_blocks() const { return num_kv_blocks_; }
   const Qwen3Model& model() const { return *model_; }
 
-  // Rank 0 only. Broadcasts and runs `plan`; returns the logits of every replica's micro-batches,
-  // replica by replica, micro-batch by micro-batch: [total logit rows, vocab] float32.
-  std::vector<float> Execute(const StepPlan& plan);
+  // Rank 0 only. Broadcasts and runs `plan`; returns every replica's logit rows in plan order:
+  // the ids of rows sampled on the device, the logits of the others (StepOutput).
+  StepOutput Execute(const StepPlan& plan);
   // Rank 0 only: tells the workers to return from RunWorker().
   void Shutdown();
   // Rank 0 only: an empty plan that keeps idle workers' watchdogs quiet.
@@ -59,7 +60,7 @@ class Executor {
   void RunWorker();
 
  private:
-  void Run(const StepPlan& plan, std::vector<float>* logits);
+  void Run(const StepPlan& plan, StepOutput* output);
   ShardSpec MakeShard();
   void AllocateKv(Backend& backend, int num_kv_blocks, int block_size);
 

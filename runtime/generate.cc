@@ -57,6 +57,9 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
   GenerateResult result;
   result.finish_reason = "length";
 
+  // Without penalties or prompt logits the last row is sampled on the device (the same draw as
+  // the host Sampler's, so the tokens do not depend on the path).
+  const bool on_device = !NeedsHostSampler(options.sampling) && !options.want_prompt_logits;
   // A micro-batch of positions [begin, end) of `sequence`.
   std::vector<int32_t> sequence = prompt;
   const int dp = executor.parallel().dp;
@@ -72,6 +75,12 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
       batch.slot_mapping.push_back(table[p / bs] * bs + p % bs);
       if (all_logits || (last_logit && p == end - 1)) batch.logit_tokens.push_back(p - begin);
     }
+    if (on_device && last_logit) {  // only the last row is sampled; prompt rows return logits
+      batch.logit_sampling.resize(batch.logit_tokens.size());
+      batch.logit_sampling.back().on_device = true;
+      batch.logit_sampling.back().params = DeviceSamplingParams(
+          options.sampling, options.default_seed, result.tokens.size(), sampleable);
+    }
     return batch;
   };
   // One step of `batches` as micro-batches of replica 0; the other replicas idle (empty
@@ -86,7 +95,7 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
   // Prefill, whole or in chunks. With pipeline stages, the chunks are micro-batches of one step,
   // so stage s works on chunk c while stage s + 1 works on chunk c - 1 (each stage writes its own
   // layers' KV in chunk order, which is all a later chunk needs).
-  std::vector<float> logits;
+  StepOutput out;
   const int chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n_prompt;
   std::vector<StepBatch> chunks;
   for (int begin = 0; begin < n_prompt; begin += chunk) {
@@ -94,17 +103,21 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
     chunks.push_back(micro_batch(begin, end, options.want_prompt_logits, end == n_prompt));
   }
   if (executor.parallel().pp > 1) {
-    logits = step(std::move(chunks));
+    out = step(std::move(chunks));
   } else {
     for (StepBatch& batch : chunks) {
-      std::vector<float> rows = step({std::move(batch)});
-      logits.insert(logits.end(), rows.begin(), rows.end());
+      StepOutput rows = step({std::move(batch)});
+      out.tokens.insert(out.tokens.end(), rows.tokens.begin(), rows.tokens.end());
+      out.logits.insert(out.logits.end(), rows.logits.begin(), rows.logits.end());
     }
   }
-  if (options.want_prompt_logits) result.prompt_logits = logits;
-  std::vector<float> last(logits.end() - vocab, logits.end());
+  if (options.want_prompt_logits) result.prompt_logits = out.logits;
   for (int i = 0; i < options.max_new_tokens; ++i) {
-    const int32_t token = sampler.Sample(last, sampleable, sequence, result.tokens);
+    const int32_t token =
+        on_device
+            ? out.tokens.back()
+            : sampler.Sample(absl::MakeConstSpan(out.logits).subspan(out.logits.size() - vocab),
+                             sampleable, sequence, result.tokens);
     result.tokens.push_back(token);
     sequence.push_back(token);
     if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token) !=
@@ -114,7 +127,7 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
     }
     if (i + 1 == options.max_new_tokens) break;
     const int p = static_cast<int>(sequence.size()) - 1;
-    last = step({micro_batch(p, p + 1, false, true)});
+    out = step({micro_batch(p, p + 1, false, true)});
   }
   return result;
 }

@@ -304,6 +304,9 @@ void Qwen3Model::EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, i
     logit_rows_ = backend_.Allocate(r * sizeof(int32_t));
     selected_ = backend_.Allocate(r * c.hidden_size * a);
     logits_buf_ = backend_.Allocate(r * (vocab_end_ - vocab_start_) * a);
+    if (shard_.tp_size > 1) gathered_logits_ = backend_.Allocate(r * c.vocab_size * a);
+    sample_params_ = backend_.Allocate(r * sizeof(SamplingRowParams));
+    sampled_ids_ = backend_.Allocate(r * sizeof(int32_t));
     logit_capacity_ = static_cast<int>(r);
     ++workspace_generation_;
   }
@@ -460,6 +463,13 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
     full = std::move(out);
   }
   if (n > 0) backend_.UploadFloat(proj_.data(), act, full.data(), full.size());
+}
+
+int NumLogitRowsReturned(const StepBatch& batch) {
+  if (batch.logit_sampling.empty()) return static_cast<int>(batch.logit_tokens.size());
+  int n = 0;
+  for (const LogitRowSampling& row : batch.logit_sampling) n += row.on_device ? 0 : 1;
+  return n;
 }
 
 // Embedding (or the previous stage's hidden states), this stage's layers, and the hand-off to
@@ -674,7 +684,8 @@ void Qwen3Model::RunHead(int r) {
   backend_.Linear(hidden_.data(), head, r, vocab_end_ - vocab_start_, H, logits_buf_.data());
 }
 
-void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits) {
+void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits,
+                         std::vector<int32_t>* tokens) {
   const ModelConfig& c = config_;
   const int n = static_cast<int>(batch.token_ids.size());
   const int r = static_cast<int>(batch.logit_tokens.size());
@@ -684,9 +695,13 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
   TESSERA_CHECK_EQ(batch.block_tables.size(),
                    static_cast<size_t>(batch.num_seqs) * batch.max_blocks_per_seq);
   TESSERA_CHECK_LE(r, n);
+  TESSERA_CHECK(batch.logit_sampling.empty() ||
+                batch.logit_sampling.size() == static_cast<size_t>(r))
+      << batch.logit_sampling.size() << " sampling rows for " << r << " logit rows";
   for (int t : batch.logit_tokens)
     TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
   logits->clear();
+  tokens->clear();
   const DType act = backend_.activation_dtype();
 
   if (DecodeGraphEligible(batch)) {
@@ -718,7 +733,12 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     RunHead(r);
   }
 
-  // Logits to the host; vocabulary shards gathered.
+  // Tokens sampled on the device, or logits to the host with the vocabulary shards gathered.
+  tokens->assign(r, -1);
+  if (NumLogitRowsReturned(batch) < r) {
+    SampleOnDevice(batch, logits, tokens);
+    return;
+  }
   const int64_t vocab_local = vocab_end_ - vocab_start_;
   host_logits_.resize(static_cast<size_t>(r) * vocab_local);
   backend_.DownloadFloat(host_logits_.data(), logits_buf_.data(), act, host_logits_.size());
@@ -737,6 +757,50 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
                 gathered.begin() + (static_cast<int64_t>(s) * r + i + 1) * vocab_local,
                 logits->begin() + i * c.vocab_size + s * vocab_local);
     }
+  }
+}
+
+void Qwen3Model::SampleOnDevice(const StepBatch& batch, std::vector<float>* logits,
+                                std::vector<int32_t>* tokens) {
+  const int r = static_cast<int>(batch.logit_tokens.size());
+  const int T = shard_.tp_size;
+  const int64_t V = config_.vocab_size, vocab_local = vocab_end_ - vocab_start_;
+  const DType act = backend_.activation_dtype();
+  // Every row's whole vocabulary on this device, as the all-gather leaves it: [T, r, V / T].
+  const void* full = logits_buf_.data();
+  if (T > 1) {
+    shard_.tp->AllGather(logits_buf_.data(), gathered_logits_.data(),
+                         static_cast<size_t>(r) * vocab_local, act);
+    full = gathered_logits_.data();
+  }
+  // Rows that return logits are sampled greedily too (cheap) and their ids dropped.
+  host_params_.assign(r, SamplingRowParams{});
+  for (int i = 0; i < r; ++i) {
+    if (batch.logit_sampling[i].on_device) host_params_[i] = batch.logit_sampling[i].params;
+  }
+  backend_.CopyToDevice(sample_params_.data(), host_params_.data(),
+                        static_cast<size_t>(r) * sizeof(SamplingRowParams));
+  backend_.SampleTokens(full, r, V, T, sample_params_.as<SamplingRowParams>(),
+                        sampled_ids_.as<int32_t>());
+  backend_.CopyToHost(tokens->data(), sampled_ids_.data(),
+                      static_cast<size_t>(r) * sizeof(int32_t));
+  const int returned = NumLogitRowsReturned(batch);
+  for (int i = 0; i < r; ++i) {
+    if (!batch.logit_sampling[i].on_device) (*tokens)[i] = -1;
+  }
+  if (returned == 0) return;
+  // The few rows that need their logits on the host: [T, r, V / T] -> [returned, V].
+  host_logits_.resize(static_cast<size_t>(r) * V);
+  backend_.DownloadFloat(host_logits_.data(), full, act, host_logits_.size());
+  logits->resize(static_cast<size_t>(returned) * V);
+  int h = 0;
+  for (int i = 0; i < r; ++i) {
+    if (batch.logit_sampling[i].on_device) continue;
+    for (int s = 0; s < T; ++s) {
+      const auto src = host_logits_.begin() + (static_cast<int64_t>(s) * r + i) * vocab_local;
+      std::copy(src, src + vocab_local, logits->begin() + h * V + s * vocab_local);
+    }
+    ++h;
   }
 }
 

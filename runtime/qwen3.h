@@ -52,6 +52,13 @@ struct ShardSpec {
   int pp_next = -1;            // rank in `pp` of the next stage's counterpart; -1 = last stage
 };
 
+// What the last stage does with one logit row: sample it on the device (only its id travels to
+// rank 0), or return its logits (rows that need penalties, logprobs or prompt logits).
+struct LogitRowSampling {
+  bool on_device = false;
+  SamplingRowParams params;  // when on_device
+};
+
 // One engine step, on the host. Tokens of a sequence are contiguous and in position order.
 struct StepBatch {
   std::vector<int32_t> token_ids;     // [num_tokens]
@@ -62,7 +69,12 @@ struct StepBatch {
   int num_seqs = 0;
   int max_blocks_per_seq = 0;
   std::vector<int32_t> logit_tokens;  // token indices whose logits are wanted, e.g. each seq's last
+  // [logit_tokens.size()], or empty: every row returns logits.
+  std::vector<LogitRowSampling> logit_sampling;
 };
+
+// The logit rows of `batch` whose logits come back to the host (the others come back as ids).
+int NumLogitRowsReturned(const StepBatch& batch);
 
 // Where weights come from: checkpoint slices, or random values for benchmarks.
 class WeightSource {
@@ -105,10 +117,14 @@ class Qwen3Model {
 
   // Runs this stage's layers over the batch (one micro-batch). A stage after the first receives
   // the hidden states from the previous stage; a stage before the last sends them on. On the last
-  // stage, writes the full-vocabulary logits [batch.logit_tokens.size(), vocab_size] (float32) to
-  // `logits` on the host (gathered across TP ranks); elsewhere leaves `logits` empty. An empty
-  // batch (no tokens) still takes part in the collectives its peers make (expert all-to-alls).
-  void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits);
+  // stage, for each logit row: rows sampled on the device get their id in `tokens`
+  // [logit_tokens.size()] (the vocabulary shards gathered on the device, Backend::SampleTokens);
+  // the other rows get -1 there and their full-vocabulary logits (float32, gathered across TP
+  // ranks) in `logits` [NumLogitRowsReturned(batch), vocab_size], in row order. Elsewhere both
+  // stay empty. An empty batch (no tokens) still takes part in the collectives its peers make
+  // (expert all-to-alls).
+  void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits,
+               std::vector<int32_t>* tokens);
 
  private:
   struct Layer {
@@ -135,6 +151,10 @@ class Qwen3Model {
   bool DecodeGraphEligible(const StepBatch& batch) const;
   void RunDecodeGraph(const StepBatch& batch, KvCache& kv);
   void TpAllReduce(void* buf, int64_t count);
+  // Forward's tail when some logit rows are sampled on the device: logits_buf_ -> tokens, and
+  // the logits of the rows that return them.
+  void SampleOnDevice(const StepBatch& batch, std::vector<float>* logits,
+                      std::vector<int32_t>* tokens);
   // MoE layer with experts spread over the stage (ep_size > 1): route this rank's share of the
   // tokens, dispatch rows to expert owners by all-to-all(v), compute, combine back, and gather the
   // TP group's shares. hidden_ -> proj_.
@@ -174,6 +194,10 @@ class Qwen3Model {
   int64_t graphs_generation_ = 0;
   std::map<std::pair<int, int>, std::unique_ptr<DeviceGraph>> graphs_;
   std::vector<int32_t> staged_;
+  DeviceBuffer gathered_logits_;  // A [tp, logit rows, vocab_local] when tp > 1
+  DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]
+  DeviceBuffer sampled_ids_;      // int32 [logit rows]
+  std::vector<SamplingRowParams> host_params_;
   // Expert-parallel staging: rows received for this rank's experts and their results.
   int64_t ep_capacity_ = 0;
   DeviceBuffer ep_x_, ep_y_, ep_ids_, ep_weights_;

@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
-#include <numeric>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/reference.h"
 
 namespace tessera {
 
@@ -29,8 +28,25 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   return absl::OkStatus();
 }
 
+bool NeedsHostSampler(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+}
+
+SamplingRowParams DeviceSamplingParams(const SamplingParams& p, uint64_t default_seed,
+                                       uint64_t step, int64_t sampleable_vocab) {
+  SamplingRowParams row;
+  row.temperature = p.temperature;
+  row.top_k = p.top_k;
+  row.top_p = p.top_p;
+  row.min_p = p.min_p;
+  row.sampleable_vocab = static_cast<int32_t>(sampleable_vocab);
+  row.seed = p.seed.value_or(default_seed);
+  row.step = step;
+  return row;
+}
+
 Sampler::Sampler(const SamplingParams& params, uint64_t default_seed)
-    : params_(params), rng_(params.seed.value_or(default_seed)) {}
+    : params_(params), default_seed_(default_seed) {}
 
 int32_t Sampler::Sample(absl::Span<const float> logits, int64_t sampleable_vocab,
                         absl::Span<const int32_t> history, absl::Span<const int32_t> generated) {
@@ -56,82 +72,19 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int64_t sampleable_vocab
     }
   }
 
-  if (params_.temperature == 0.0f) {
-    const int32_t best =
-        static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
-    logprobs_.resize(vocab);
-    const float mx = work_[best];
-    double sum = 0;
-    for (float l : work_) sum += std::exp(static_cast<double>(l - mx));
-    const float log_sum = static_cast<float>(std::log(sum));
-    for (int64_t i = 0; i < vocab; ++i) logprobs_[i] = work_[i] - mx - log_sum;
-    return best;
-  }
-
-  for (float& l : work_) l /= params_.temperature;
   // Log-probabilities of the tempered distribution (before truncation), for logprobs.
+  const float t = params_.temperature == 0.0f ? 1.0f : params_.temperature;
   {
     const float mx = *std::max_element(work_.begin(), work_.end());
     double sum = 0;
-    for (float l : work_) sum += std::exp(static_cast<double>(l - mx));
+    for (float l : work_) sum += std::exp(static_cast<double>(l / t - mx / t));
     const float log_sum = static_cast<float>(std::log(sum));
     logprobs_.resize(vocab);
-    for (int64_t i = 0; i < vocab; ++i) logprobs_[i] = work_[i] - mx - log_sum;
+    for (int64_t i = 0; i < vocab; ++i) logprobs_[i] = work_[i] / t - mx / t - log_sum;
   }
-
-  // Candidates sorted by logit, descending; ties to the lower id.
-  order_.resize(vocab);
-  std::iota(order_.begin(), order_.end(), 0);
-  int64_t keep = vocab;
-  if (params_.top_k > 0 && params_.top_k < vocab) keep = params_.top_k;
-  auto by_logit = [&](int32_t a, int32_t b) {
-    return work_[a] > work_[b] || (work_[a] == work_[b] && a < b);
-  };
-  if (keep < vocab) {
-    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(), by_logit);
-  } else {
-    std::sort(order_.begin(), order_.end(), by_logit);
-  }
-  order_.resize(keep);
-
-  // Probabilities over the kept candidates.
-  std::vector<double> probs(keep);
-  const float mx = work_[order_[0]];
-  double sum = 0;
-  for (int64_t i = 0; i < keep; ++i)
-    sum += (probs[i] = std::exp(static_cast<double>(work_[order_[i]] - mx)));
-  for (double& p : probs) p /= sum;
-
-  // top-p: the smallest prefix whose mass reaches top_p (at least one token).
-  if (params_.top_p < 1.0f) {
-    double cumulative = 0;
-    int64_t cut = keep;
-    for (int64_t i = 0; i < keep; ++i) {
-      cumulative += probs[i];
-      if (cumulative >= params_.top_p) {
-        cut = i + 1;
-        break;
-      }
-    }
-    keep = cut;
-  }
-  // min-p: drop tokens below min_p times the top probability.
-  if (params_.min_p > 0.0f) {
-    const double threshold = params_.min_p * probs[0];
-    int64_t cut = 1;
-    while (cut < keep && probs[cut] >= threshold) ++cut;
-    keep = cut;
-  }
-
-  double mass = 0;
-  for (int64_t i = 0; i < keep; ++i) mass += probs[i];
-  const double u = std::uniform_real_distribution<double>(0.0, mass)(rng_);
-  double cumulative = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    cumulative += probs[i];
-    if (u < cumulative) return order_[i];
-  }
-  return order_[keep - 1];
+  // The rest is the device's rule, on the penalised logits.
+  const SamplingRowParams row = DeviceSamplingParams(params_, default_seed_, step_++, vocab);
+  return cpu::SampleRow(work_.data(), vocab, row);
 }
 
 }  // namespace tessera

@@ -1,19 +1,22 @@
-// Token sampling on the host from one row of float32 logits.
+// Token sampling on the host from one row of float32 logits, for the rows the device cannot
+// sample (penalties, logprobs).
 //
 // Order of operations, as Hugging Face's logits processors and vLLM apply them:
 // penalties -> temperature -> top-k -> top-p -> min-p -> draw. temperature == 0 is greedy
 // (argmax, ties to the lowest id). Ids >= `sampleable_vocab` (Qwen3's embedding padding
-// 151669..151935) are never sampled. A request's seed fixes its random stream, so the same
-// request gives the same tokens on every run and on every rank.
+// 151669..151935) are never sampled. After the penalties, the draw is the device's
+// (Backend::SampleTokens, kernels/base/sampling_rule.h): token n of a request is draw n of the
+// counter-based stream of its seed, so the same request gives the same tokens on every run, in
+// any batch, on any parallel layout, whether its rows are sampled here or on the device.
 #pragma once
 
 #include <cstdint>
 #include <optional>
-#include <random>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "kernels/ops.h"
 
 namespace tessera {
 
@@ -32,6 +35,14 @@ struct SamplingParams {
 // min_p outside [0, 1], non-positive repetition_penalty, penalties outside [-2, 2].
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
+// True when the params need the host Sampler (penalties read the sequence's history).
+bool NeedsHostSampler(const SamplingParams& params);
+
+// The device's parameters for draw `step` (tokens generated before this one) of the request's
+// stream; `default_seed` when the params carry no seed.
+SamplingRowParams DeviceSamplingParams(const SamplingParams& params, uint64_t default_seed,
+                                       uint64_t step, int64_t sampleable_vocab);
+
 class Sampler {
  public:
   // `seed` used when the params carry none.
@@ -39,6 +50,7 @@ class Sampler {
 
   // Picks the next token from `logits` [vocab]. `history` holds prompt and generated ids (for the
   // repetition penalty) and `generated` only the generated ones (presence/frequency penalties).
+  // Call n (from 0) takes draw n of the stream.
   int32_t Sample(absl::Span<const float> logits, int64_t sampleable_vocab,
                  absl::Span<const int32_t> history, absl::Span<const int32_t> generated);
 
@@ -47,10 +59,10 @@ class Sampler {
 
  private:
   SamplingParams params_;
-  std::mt19937_64 rng_;
+  uint64_t default_seed_;
+  uint64_t step_ = 0;
   std::vector<float> work_;
   std::vector<float> logprobs_;
-  std::vector<int32_t> order_;
 };
 
 }  // namespace tessera

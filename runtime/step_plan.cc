@@ -59,6 +59,11 @@ std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan) {
       w.Ints(b.logit_tokens);
       w.U32(static_cast<uint32_t>(b.num_seqs));
       w.U32(static_cast<uint32_t>(b.max_blocks_per_seq));
+      w.U32(static_cast<uint32_t>(b.logit_sampling.size()));
+      for (const LogitRowSampling& row : b.logit_sampling) {
+        w.U32(row.on_device ? 1 : 0);
+        w.Raw(&row.params, sizeof(row.params));
+      }
     }
   }
   return std::move(w.out);
@@ -85,6 +90,16 @@ absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes) 
       }
       b.num_seqs = static_cast<int>(seqs);
       b.max_blocks_per_seq = static_cast<int>(blocks);
+      uint32_t sampled;
+      if (!r.U32(&sampled) || sampled > bytes.size()) return corrupt;
+      b.logit_sampling.resize(sampled);
+      for (LogitRowSampling& row : b.logit_sampling) {
+        uint32_t on_device;
+        if (!r.U32(&on_device) || on_device > 1 || !r.Raw(&row.params, sizeof(row.params))) {
+          return corrupt;
+        }
+        row.on_device = on_device == 1;
+      }
     }
   }
   if (!r.done()) return corrupt;

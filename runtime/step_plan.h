@@ -22,6 +22,13 @@ struct StepPlan {
   std::vector<std::vector<StepBatch>> replicas;
 };
 
+// What a forward plan gives back to rank 0, in plan order (replica by replica, micro-batch by
+// micro-batch, row by row).
+struct StepOutput {
+  std::vector<int32_t> tokens;  // [logit rows]: the id sampled on the device, or -1
+  std::vector<float> logits;    // [rows with -1 above, vocab] float32
+};
+
 std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan);
 // Errors only for bytes that were not produced by SerializeStepPlan.
 absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes);

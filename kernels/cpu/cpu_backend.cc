@@ -98,6 +98,11 @@ class CpuBackend final : public Backend {
                     experts.hidden, experts.intermediate, F(experts.gate_up), F(experts.down),
                     F(out));
   }
+  void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
+                    const SamplingRowParams* params, int32_t* tokens) override {
+    TESSERA_CHECK(shards >= 1 && vocab % shards == 0) << "vocab " << vocab << ", shards " << shards;
+    cpu::SampleTokens(F(logits), rows, vocab, shards, params, tokens);
+  }
 };
 
 }  // namespace

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "kernels/ops.h"
+
 namespace tessera::cpu {
 
 void Embedding(const float* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
@@ -30,5 +32,10 @@ void RouterTopK(const float* logits, int n, int num_experts, int top_k, bool nor
 void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
                 int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
                 const float* gate_up, const float* down, float* out);
+
+// One row x[vocab] (contiguous) by the rule of kernels/base/sampling_rule.h.
+int32_t SampleRow(const float* x, int64_t vocab, const SamplingRowParams& params);
+void SampleTokens(const float* logits, int rows, int64_t vocab, int shards,
+                  const SamplingRowParams* params, int32_t* tokens);
 
 }  // namespace tessera::cpu

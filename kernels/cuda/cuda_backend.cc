@@ -22,6 +22,7 @@
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/random.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/sampling.h"
 #include "kernels/ops.h"
 
 namespace tessera {
@@ -205,6 +206,11 @@ class CudaBackend final : public Backend {
   }
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                   const ExpertWeights& experts, void* out) override;
+  void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
+                    const SamplingRowParams* params, int32_t* tokens) override {
+    TESSERA_CHECK(shards >= 1 && vocab % shards == 0) << "vocab " << vocab << ", shards " << shards;
+    cuda::LaunchSampleTokens(B(logits), rows, vocab, shards, params, tokens, stream_);
+  }
 
  private:
   int device_;

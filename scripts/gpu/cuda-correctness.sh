@@ -15,7 +15,7 @@ S=$OUT/summary.txt
 T=$OUT/tests.log
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee -a $S
 start=$(date +%s)
-for t in cuda_elementwise_test cuda_norm_test cuda_rope_test cuda_linear_test cuda_attention_test cuda_moe_test cuda_golden_test; do
+for t in ${TESTS:-cuda_elementwise_test cuda_norm_test cuda_rope_test cuda_linear_test cuda_attention_test cuda_moe_test cuda_random_test cuda_sampling_test cuda_golden_test cuda_graph_test}; do
   echo "===== $t" >> $T
   timeout 300 $B/$t >> $T 2>&1
   echo "$t: exit $? ($(grep -c '^\[       OK' $T) OK so far, $(( $(date +%s) - start )) s)" | tee -a $S
@@ -51,6 +51,11 @@ if [ "$gpus" -ge 2 ]; then
   MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE"
   timeout 120 $MPI -np 2 $B/nccl_communicator_test > $OUT/multi.log 2>&1; echo "nccl_communicator_test np=2: exit $?" | tee -a $S
   grep -E "^\[  (PASSED|FAILED|SKIPPED)" $OUT/multi.log | tee -a $S
+  if [ "$gpus" -ge 4 ]; then
+    timeout 120 $MPI -np 4 $B/nccl_communicator_test > $OUT/multi4.log 2>&1; echo "nccl_communicator_test np=4: exit $?" | tee -a $S
+    grep -E "^\[  (PASSED|FAILED|SKIPPED)" $OUT/multi4.log | tee -a $S
+  fi
+  timeout 150 python3 .devcarry/nccl_fault_test.py $B/nccl_communicator_test $MPI 2>&1 | tail -5 | sed "s/^/nccl_fault_test: /" | tee -a $S
   timeout 400 python3 .devcarry/cuda_parity_test.py $B/tessera tests/golden/fixtures $gpus $MPI 2>&1 | tee -a $OUT/multi.log | tee -a $S
   serve_check "serve 2 GPUs --tp 2" $MPI -np 2 $B/tessera serve --tp 2
 fi

@@ -16,12 +16,14 @@ here=$(dirname "$(realpath "$0")")
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$dest"
-for f in tessera tests/golden/cuda_golden_test tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe}_test \
+for f in tessera tests/golden/cuda_golden_test tests/golden/cuda_graph_test \
+  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,random,sampling}_test \
   tests/parallel/nccl_communicator_test; do
   strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
 done
 /work/shared/gpu/pack-libs.sh "$stage/lib" "$stage"/bin/* >/dev/null
 tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
-cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" \
-  "$here/../../tests/parallel/cuda_parity_test.py" "$dest/"
+cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/comm-bench.sh" \
+  "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \
+  "$dest/"
 du -sh "$dest"

@@ -121,6 +121,10 @@ class RoutingRecorder final : public Backend {
                   const ExpertWeights& experts, void* out) override {
     b_.MoeExperts(x, n, ids, weights, top_k, experts, out);
   }
+  void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
+                    const SamplingRowParams* params, int32_t* tokens) override {
+    b_.SampleTokens(logits, rows, vocab, shards, params, tokens);
+  }
 
  private:
   Backend& b_;

@@ -78,8 +78,8 @@ TEST(CudaGraphTest, DecodeReplaysMatchDirectSteps) {
   }
   auto step = [&](const std::vector<int>& active, const std::vector<int>& end, const char* what) {
     const StepPlan plan = MakePlan(seqs, active, end);
-    const std::vector<float> got = with_graphs->executor->Execute(plan);
-    const std::vector<float> ref = direct->executor->Execute(plan);
+    const std::vector<float> got = with_graphs->executor->Execute(plan).logits;
+    const std::vector<float> ref = direct->executor->Execute(plan).logits;
     ASSERT_EQ(got.size(), ref.size());
     ASSERT_EQ(got.size(), active.size() * static_cast<size_t>(vocab));
     for (size_t j = 0; j < active.size(); ++j) {

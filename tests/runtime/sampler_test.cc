@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/reference.h"
+
 namespace tessera {
 namespace {
 
@@ -79,6 +81,24 @@ TEST(SamplerTest, SameSeedSameStream) {
   Sampler a(p, 0), b(p, 999);  // the request's seed wins over the default
   for (int i = 0; i < 100; ++i)
     EXPECT_EQ(a.Sample(Logits(), 6, {}, {}), b.Sample(Logits(), 6, {}, {}));
+}
+
+// Without penalties the host Sampler's n-th token is the device rule's draw n, so a request's
+// tokens do not depend on where its rows are sampled.
+TEST(SamplerTest, SameTokensAsTheDeviceRule) {
+  SamplingParams p;
+  p.temperature = 0.9f;
+  p.top_k = 4;
+  p.top_p = 0.95f;
+  p.seed = 2024;
+  Sampler s(p, 0);
+  for (uint64_t step = 0; step < 50; ++step) {
+    const SamplingRowParams row = DeviceSamplingParams(p, 0, step, 6);
+    EXPECT_EQ(s.Sample(Logits(), 6, {}, {}), cpu::SampleRow(Logits().data(), 6, row)) << step;
+  }
+  EXPECT_FALSE(NeedsHostSampler(p));
+  p.presence_penalty = 0.5f;
+  EXPECT_TRUE(NeedsHostSampler(p));
 }
 
 TEST(SamplerTest, PenaltiesMoveTheArgmax) {

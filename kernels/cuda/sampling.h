@@ -1,0 +1,19 @@
+// Token sampling on the GPU (sampling.cu): one id per row of bf16 logits, by the rule of
+// kernels/base/sampling_rule.h, so that only int32 ids leave the device.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace tessera::cuda {
+
+// tokens [rows] from logits [shards, rows, vocab / shards] (shards == 1: [rows, vocab]) with
+// params [rows]; all on the device. No workspace.
+void LaunchSampleTokens(const __nv_bfloat16* logits, int rows, int64_t vocab, int shards,
+                        const SamplingRowParams* params, int32_t* tokens, cudaStream_t stream);
+
+}  // namespace tessera::cuda
