@@ -35,14 +35,30 @@ TEST(SamplerTest, PaddingIdsAreNeverSampled) {
   for (uint64_t seed = 0; seed < 200; ++seed) EXPECT_LT(SampleOnce(p, logits, seed, 3), 3);
 }
 
-TEST(SamplerTest, TopKOneAndTinyTopPAreGreedy) {
+TEST(SamplerTest, TopKOneAndTinyTopPAreGreedyOrKeepTheTiedMaxima) {
+  // Without a tie at the top, top_k = 1 and a tiny top_p leave only the argmax.
+  const std::vector<float> distinct = {1.0f, 3.0f, 2.5f, -1.0f, 2.9f, 0.0f};
   SamplingParams p;
   p.temperature = 1.0f;
   p.top_k = 1;
-  for (uint64_t seed = 0; seed < 50; ++seed) EXPECT_EQ(SampleOnce(p, Logits(), seed), 1);
+  for (uint64_t seed = 0; seed < 50; ++seed) EXPECT_EQ(SampleOnce(p, distinct, seed), 1);
   p.top_k = 0;
   p.top_p = 1e-6f;
-  for (uint64_t seed = 0; seed < 50; ++seed) EXPECT_EQ(SampleOnce(p, Logits(), seed), 1);
+  for (uint64_t seed = 0; seed < 50; ++seed) EXPECT_EQ(SampleOnce(p, distinct, seed), 1);
+  // Ids 1 and 4 tie at the maximum: both are kept (HF's TopK warper keeps every value equal to the
+  // k-th; the top-p rule keeps a class of tied values whole, kernels/base/sampling_rule.h), so the
+  // draw picks either; only temperature 0 means the lowest id.
+  for (int mode = 0; mode < 2; ++mode) {
+    SamplingParams q;
+    q.temperature = 1.0f;
+    if (mode == 0) q.top_k = 1;
+    if (mode == 1) q.top_p = 1e-6f;
+    std::map<int32_t, int> seen;
+    for (uint64_t seed = 0; seed < 200; ++seed) ++seen[SampleOnce(q, Logits(), seed)];
+    EXPECT_EQ(seen.size(), 2u) << "mode " << mode;
+    EXPECT_GT(seen[1], 0) << "mode " << mode;
+    EXPECT_GT(seen[4], 0) << "mode " << mode;
+  }
 }
 
 TEST(SamplerTest, TopKRestrictsToTheKLargest) {
