@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -452,10 +453,10 @@ TEST_F(CudaSplitKvDecodeTest, ReportsKvBandwidth) {
   }
 }
 
-// The tensor-core prefill kernel (128-token tiles, 64-key tiles): lengths around both tile sizes,
-// GQA groups 1, 5 and 8, block sizes 1, 7, 16 and 64 (a key tile spanning many blocks, or part of
-// one). A 1-token prefill rides with another sequence, since a batch of only 1-token sequences is
-// a decode batch and takes the other kernel.
+// The tensor-core prefill kernel (256-token tiles, 128-key tiles; 64 where shared memory is short):
+// lengths around and across those tile sizes, GQA groups 1, 5 and 8, block sizes 1, 7, 16 and 64
+// (a key tile spanning many blocks, or part of one). A 1-token prefill rides with another sequence,
+// since a batch of only 1-token sequences is a decode batch and takes the other kernel.
 INSTANTIATE_TEST_SUITE_P(
     Prefill, CudaAttentionTest,
     ::testing::Values(
@@ -490,14 +491,14 @@ INSTANTIATE_TEST_SUITE_P(
     CaseName);
 
 // TESSERA_ATTN_BENCH=1: causal prefills of one sequence at Qwen3-14B's shape (40 q heads, 8 KV
-// heads, head_dim 128), timed with events on a stream of our own, in TFLOP/s with
-// FLOPs = 4 * q_heads * head_dim * n^2 / 2. Inputs are random; nothing is checked.
+// heads, head_dim 128; and head_dim 64 at one length), timed with events on a stream of our own, in
+// TFLOP/s with FLOPs = 4 * q_heads * head_dim * n^2 / 2. Inputs are random; nothing is checked.
 class CudaAttentionBench : public testing::CudaTest {};
 
 TEST_F(CudaAttentionBench, CausalPrefill) {
   const char* env = std::getenv("TESSERA_ATTN_BENCH");
   if (env == nullptr || std::string(env) != "1") GTEST_SKIP() << "set TESSERA_ATTN_BENCH=1";
-  constexpr int kQHeads = 40, kKvHeads = 8, kD = 128, kBlock = 16;
+  constexpr int kQHeads = 40, kKvHeads = 8, kBlock = 16;
   std::mt19937 rng(7);
   // Device buffers filled from one random host chunk, over and over.
   const auto chunk = testing::RandomBf16(1 << 22, rng, -2, 2);
@@ -511,9 +512,10 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
   cudaEvent_t start = nullptr, stop = nullptr;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
-  for (const int n : {4096, 16384, 32768}) {
-    const size_t q_count = static_cast<size_t>(n) * kQHeads * kD;
-    const size_t kv_count = static_cast<size_t>(n) * kKvHeads * kD;
+  const std::pair<int, int> shapes[] = {{128, 4096}, {128, 16384}, {128, 32768}, {64, 16384}};
+  for (const auto& [d, n] : shapes) {
+    const size_t q_count = static_cast<size_t>(n) * kQHeads * d;
+    const size_t kv_count = static_cast<size_t>(n) * kKvHeads * d;
     DeviceBuffer q = gpu().Allocate(q_count * 2), out = gpu().Allocate(q_count * 2);
     DeviceBuffer k = gpu().Allocate(kv_count * 2), v = gpu().Allocate(kv_count * 2);
     fill(q, q_count);
@@ -529,7 +531,7 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
 
     cuda::PagedAttentionArgs a;
     a.q = q.as<__nv_bfloat16>();
-    a.q_row_stride = kQHeads * kD;
+    a.q_row_stride = kQHeads * d;
     a.k_cache = k.as<__nv_bfloat16>();
     a.v_cache = v.as<__nv_bfloat16>();
     a.positions = d_pos.as<int32_t>();
@@ -541,8 +543,8 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
     a.block_size = kBlock;
     a.q_heads = kQHeads;
     a.kv_heads = kKvHeads;
-    a.head_dim = kD;
-    a.scale = 1.0f / std::sqrt(static_cast<float>(kD));
+    a.head_dim = d;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(d));
     a.out = out.as<__nv_bfloat16>();
     const int iters = n <= 4096 ? 20 : 5;
     cuda::LaunchPagedAttention(a, stream);  // warm-up
@@ -553,9 +555,9 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
     float ms = 0;
     CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
     const double seconds = ms / 1e3 / iters;
-    const double flops = 4.0 * kQHeads * kD * (static_cast<double>(n) * n / 2);
+    const double flops = 4.0 * kQHeads * d * (static_cast<double>(n) * n / 2);
     std::printf("[bench] causal prefill n=%d q_heads=%d kv_heads=%d d=%d: %.3f ms, %.1f TFLOP/s\n",
-                n, kQHeads, kKvHeads, kD, seconds * 1e3, flops / seconds / 1e12);
+                n, kQHeads, kKvHeads, d, seconds * 1e3, flops / seconds / 1e12);
   }
   CUDA_CHECK(cudaEventDestroy(start));
   CUDA_CHECK(cudaEventDestroy(stop));
