@@ -28,7 +28,7 @@ int Alignment(const void* p) {
 
 bool TuningFromEnvironment() {
   const char* v = std::getenv("TESSERA_GEMM_TUNE");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 bool SameAlgo(const cublasLtMatmulAlgo_t& a, const cublasLtMatmulAlgo_t& b) {
@@ -92,12 +92,14 @@ LtGemm::Plan& LtGemm::GetDescriptors(const Key& key) {
   return plans_.emplace(key, plan).first->second;
 }
 
-// The heuristic's list for the exact shape and alignments, then the heuristic's best split-K
+// Without `for_tuning`: the heuristic's top-1 for the exact shape and alignments, any reduction
+// scheme (as before tuning existed). For tuning: the heuristic's list, then its best split-K
 // algorithms, which the plain list ranks low or leaves out (for small m one row of output tiles
-// cannot fill 132 SMs: splitting k can). Split-K partial sums stay fp32 (COMPUTE_TYPE): the
-// INPLACE and OUTPUT_TYPE schemes add them up in bf16, a rounding per split on top of the
-// output's one (the tests hold Linear to one rounding).
-std::vector<cublasLtMatmulAlgo_t> LtGemm::Candidates(const Plan& plan, const Key& key, int count) {
+// cannot fill 132 SMs: splitting k can); both keep split-K partial sums in fp32 (COMPUTE_TYPE),
+// since the INPLACE and OUTPUT_TYPE schemes add them up in bf16, a rounding per split on top of
+// the output's one (the tests hold Linear to one rounding).
+std::vector<cublasLtMatmulAlgo_t> LtGemm::Candidates(const Plan& plan, const Key& key,
+                                                     bool for_tuning) {
   const auto [m, n, k, align_x, align_w, align_y] = key;
   std::vector<cublasLtMatmulAlgo_t> algos;
   auto ask = [&](uint32_t reduction_mask, int wanted) {
@@ -131,11 +133,12 @@ std::vector<cublasLtMatmulAlgo_t> LtGemm::Candidates(const Plan& plan, const Key
       if (!seen) algos.push_back(results[i].algo);
     }
   };
-  const uint32_t fp32_sums =
-      CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-  ask(fp32_reductions_only_ ? fp32_sums : uint32_t{CUBLASLT_REDUCTION_SCHEME_MASK}, count);
-  if (count > 1 && split_k_candidates_)
-    ask(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, kSplitKCandidates);
+  if (!for_tuning) {
+    ask(CUBLASLT_REDUCTION_SCHEME_MASK, 1);
+  } else {
+    ask(CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, kMaxCandidates);
+    if (split_k_candidates_) ask(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, kSplitKCandidates);
+  }
   TESSERA_CHECK(!algos.empty()) << "cuBLASLt has no bf16 algorithm for m=" << m << " n=" << n
                                 << " k=" << k << " (alignments " << align_x << "/" << align_w << "/"
                                 << align_y << " bytes)";
@@ -152,7 +155,7 @@ bool LtGemm::Run(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const __nv_
 
 void LtGemm::Tune(Plan& plan, const Key& key, const __nv_bfloat16* x, const __nv_bfloat16* w,
                   __nv_bfloat16* y, cudaStream_t stream) {
-  const std::vector<cublasLtMatmulAlgo_t> algos = Candidates(plan, key, kMaxCandidates);
+  const std::vector<cublasLtMatmulAlgo_t> algos = Candidates(plan, key, true);
   if (drain_) {
     drain_();
   } else {
@@ -219,13 +222,13 @@ void LtGemm::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, i
           check.workspaceSize <= workspace_bytes_) {
         plan.algo = winner->second;
       } else {
-        plan.algo = Candidates(plan, key, 1)[0];
+        plan.algo = Candidates(plan, key, false)[0];
       }
       plan.has_algo = plan.settled = true;
     } else if (tuning_ && capture == cudaStreamCaptureStatusNone) {
       Tune(plan, key, x, w, y, stream);
     } else if (!plan.has_algo) {
-      plan.algo = Candidates(plan, key, 1)[0];
+      plan.algo = Candidates(plan, key, false)[0];
       plan.has_algo = true;
       plan.settled = !tuning_;  // else tuned at the next call outside a capture
     }
@@ -239,14 +242,14 @@ void LtGemm::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, i
 int LtGemm::CandidateCount(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, int64_t n,
                            int64_t k, const __nv_bfloat16* y) {
   const Key key{m, n, k, Alignment(x), Alignment(w), Alignment(y)};
-  return static_cast<int>(Candidates(GetDescriptors(key), key, kMaxCandidates).size());
+  return static_cast<int>(Candidates(GetDescriptors(key), key, true).size());
 }
 
 void LtGemm::LinearWithCandidate(int i, const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m,
                                  int64_t n, int64_t k, __nv_bfloat16* y, cudaStream_t stream) {
   const Key key{m, n, k, Alignment(x), Alignment(w), Alignment(y)};
   const Plan& plan = GetDescriptors(key);
-  const std::vector<cublasLtMatmulAlgo_t> algos = Candidates(plan, key, kMaxCandidates);
+  const std::vector<cublasLtMatmulAlgo_t> algos = Candidates(plan, key, true);
   TESSERA_CHECK(i >= 0 && i < static_cast<int>(algos.size())) << "candidate " << i;
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
