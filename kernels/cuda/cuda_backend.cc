@@ -1,12 +1,12 @@
 // The CUDA backend: bf16 activations and weights on one GPU, fp32 accumulation, one stream.
 //
 // Every op is enqueued on the backend's stream and returns at once; the host waits only where it
-// reads results (CopyToHost, DownloadFloat, MoeExperts' routing) or calls Synchronize(), and
-// every such wait goes through Synchronize() (so through SetStreamWait's function when the NCCL
-// communicator has installed one). Device memory is taken only in Allocate() and, once, in the
-// constructor for the cuBLASLt workspace, the MoE scratch and the attention workspace; ops never
-// allocate. fp32 <-> bf16 conversions for uploads and downloads run on the host (round to nearest
-// even, as torch).
+// reads results (CopyToHost, DownloadFloat, MoeExperts' routing, a GEMM shape's one-time tuning:
+// gemm.h) or calls Synchronize(), and every such wait goes through Synchronize() (so through
+// SetStreamWait's function when the NCCL communicator has installed one). Device memory is taken
+// only in Allocate() and, once, in the constructor for the cuBLASLt workspace, the MoE scratch and
+// the attention workspace; ops never allocate. fp32 <-> bf16 conversions for uploads and downloads
+// run on the host (round to nearest even, as torch).
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -55,7 +55,9 @@ class CudaBackend final : public Backend {
     gemm_workspace_ = Allocate(kGemmWorkspaceBytes);
     moe_scratch_ = Allocate(kMoeScratchBytes);
     attention_workspace_ = Allocate(kAttentionWorkspaceBytes);
-    gemm_ = std::make_unique<cuda::LtGemm>(gemm_workspace_.data(), kGemmWorkspaceBytes);
+    // The GEMM's one-time tuning waits for the stream the way every other host wait does.
+    gemm_ = std::make_unique<cuda::LtGemm>(gemm_workspace_.data(), kGemmWorkspaceBytes,
+                                           [this] { Synchronize(); });
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
