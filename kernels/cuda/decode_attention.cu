@@ -369,7 +369,8 @@ __global__ void __launch_bounds__(kThreads) SplitKvDecodeKernel(DecodeParams p) 
 
 // ---- The tensor-core kernel: head_dim 64 or 128, 16-byte aligned rows ----
 //
-// Block (t, g, s) as above, 4 warps. The block streams its keys through shared memory in tiles
+// Block (t, g, s) as above, 4 warps, but its keys are the context's tiles s, s + S, ... (below).
+// The block streams its keys through shared memory in tiles
 // of kTcKeys = 64 keys (K and V rows gathered through the block table by 16-byte cp.async, each
 // warp's copies covering whole 256-byte rows, kTcStages<kD> tiles in flight) and warp w takes
 // keys 16w .. 16w + 15 of every tile with mma.sync m16n8k16: S = Q K^T with the GQA group's
@@ -435,12 +436,16 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
   const int group = p.q_heads / p.kv_heads;
   const int head0 = g * group;
   const int context = p.positions[t] + 1;
-  const int key_begin = split * p.split_len;
-  const int key_end = min(context, key_begin + p.split_len);
+  // NOTE: the context's tiles are dealt round-robin, split s taking tiles s, s + S, s + 2S, ...
+  // (S = num_splits), rather than a fixed key range of split_len keys: S is planned for the
+  // graph's key capacity, often far above the context, and ranges would leave every split but
+  // the first few idle (at 1K keys of a 40K capacity, 1 block per KV head instead of 16).
+  const int key_end = context;
+  const int context_tiles = (context + kTcKeys - 1) / kTcKeys;
   // Partial state of query head head0 + h sits at index part + h * num_splits.
   const int64_t part = (static_cast<int64_t>(t) * p.q_heads + head0) * p.num_splits + split;
 
-  if (key_begin >= key_end) {  // a split past the context: an empty partial
+  if (split >= context_tiles) {  // no tile for this split: an empty partial
     if (p.num_splits > 1) {
       for (int h = tid; h < group; h += kTcThreads) {
         p.part_m[part + static_cast<int64_t>(h) * p.num_splits] = -INFINITY;
@@ -454,7 +459,9 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
       p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
   const int64_t kv_row = static_cast<int64_t>(p.kv_heads) * kD;
   const int64_t head_offset = static_cast<int64_t>(g) * kD;
-  const int num_tiles = (key_end - key_begin + kTcKeys - 1) / kTcKeys;
+  const int num_tiles = (context_tiles - split - 1) / p.num_splits + 1;  // this split's tiles
+  // First key of this split's tile `tile`.
+  auto tile_key0 = [&](int tile) { return (split + tile * p.num_splits) * kTcKeys; };
   // Issues the copies of tile `tile` into stage `stage`; keys at or past key_end are zero-filled
   // (V must be finite where P is 0; their scores are masked).
   auto load_tile = [&](int tile, int stage) {
@@ -465,7 +472,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
 #pragma unroll
     for (int i = 0; i < kTcKeys / kRowsPerPass; ++i) {
       const int r = tid / kChunks + i * kRowsPerPass;
-      const int key = key_begin + tile * kTcKeys + r;
+      const int key = tile_key0(tile) + r;
       const bool valid = key < key_end;
       int64_t off = 0;
       if (valid) {
@@ -519,7 +526,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
       if (next < num_tiles) load_tile(next, next % kStages);
       CpAsyncCommit();
     }
-    const int key0 = key_begin + kt * kTcKeys + warp * 16;
+    const int key0 = tile_key0(kt) + warp * 16;
     if (key0 >= key_end) continue;  // this warp's keys are all past the context
     const uint32_t k_s =
         smem_base + L::kKv + (kt % kStages) * L::kStageBytes + warp * 16 * kRowBytes;

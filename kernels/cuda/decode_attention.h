@@ -26,7 +26,9 @@ constexpr int kMaxDecodeGroup = 16;
 
 struct DecodeSplitPlan {
   int num_splits = 1;  // blocks per (token, KV head)
-  int split_len = 0;   // keys per split, a multiple of kDecodeTileKeys
+  // Keys per split, a multiple of kDecodeTileKeys, for the fp32 kernel; the tensor-core kernel
+  // deals the context's 64-key tiles round-robin to the splits instead.
+  int split_len = 0;
 };
 
 // The split count from launch constants only, never from context lengths, so that a CUDA graph
