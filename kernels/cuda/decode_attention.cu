@@ -1,5 +1,11 @@
 // Split-KV paged decode attention: every token of the batch is one sequence's single query.
 //
+// Two split kernels share the plan, the partial layout and the combine kernel: a tensor-core one
+// (TcDecodeKernel, further down) for head_dim 64 and 128 with 16-byte aligned rows, the shapes
+// models use, and the fp32 one described here for every other shape. On an H200 at Qwen3-14B's
+// shape the tensor-core kernel reads the KV cache at 3.7 TB/s (32 x 4K keys) where this one
+// reached 1.5 (ReportsKvBandwidth in tests/kernels/cuda/attention_test.cc).
+//
 // Block (t, g, s) takes token t's query heads of KV head g's GQA group (all of them: each loaded
 // key serves the whole group) over keys [s * split_len, (s + 1) * split_len) clipped to the
 // token's context positions[t] + 1, read on the device. It walks its keys in tiles of
@@ -28,6 +34,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -360,6 +367,305 @@ __global__ void __launch_bounds__(kThreads) SplitKvDecodeKernel(DecodeParams p) 
   }
 }
 
+// ---- The tensor-core kernel: head_dim 64 or 128, 16-byte aligned rows ----
+//
+// Block (t, g, s) as above, 4 warps, but its keys are the context's tiles s, s + S, ... (below).
+// The block streams its keys through shared memory in tiles
+// of kTcKeys = 64 keys (K and V rows gathered through the block table by 16-byte cp.async, each
+// warp's copies covering whole 256-byte rows, kTcStages<kD> tiles in flight) and warp w takes
+// keys 16w .. 16w + 15 of every tile with mma.sync m16n8k16: S = Q K^T with the GQA group's
+// query heads as the 16 rows (zero rows past the group), an online softmax per row in fp32
+// (exp2 domain), O += P V. Each warp keeps its own running (m, l, O); at the end the 4 warps'
+// states are merged in a fixed order through shared memory, as the combine kernel merges splits.
+//
+// NOTE: P is split into bf16 hi + lo parts (hi = bf16(p), lo = bf16(p - hi)), each multiplied
+// by V on the tensor cores: p is then carried to ~2^-16 relative, far below the output's one
+// bf16 rounding, so this kernel keeps the fp32 kernel's tolerance u. The second mma costs tensor
+// time the memory-bound loop has spare (per 16 keys a warp does 48 mma against 8 KB of K/V).
+// Q (bf16, unscaled: scores are scaled in fp32 after the exact bf16 products) stays in registers
+// as A fragments for the whole block.
+constexpr int kTcWarps = 4;
+constexpr int kTcThreads = kTcWarps * 32;
+constexpr int kTcKeys = 16 * kTcWarps;  // keys per shared-memory tile, 16 per warp
+static_assert(kTcThreads == kThreads, "both kernels share the occupancy query's block size");
+static_assert(kTileKeys % kTcKeys == 0, "split lengths are whole tiles of both kernels");
+// NOTE: stages of K/V tiles (kTcKeys x kD x 2 x 2 bytes each: 32 KB at d128) in flight per block:
+// 3 at d128 is 100 KB per block, two blocks per SM, and up to 4 tiles (128 KB) being fetched per
+// SM, well past the ~50 KB that covers the memory latency at full bandwidth.
+template <int kD>
+constexpr int kTcStages = kD == 128 ? 3 : 4;
+
+template <int kD>
+struct TcSmem {
+  static constexpr int kRowBytes = kD * 2;
+  static constexpr int kStageBytes = 2 * kTcKeys * kRowBytes;  // K tile, then V tile
+  static constexpr int kQ = 0;                                 // [16, kD] bf16, swizzled
+  static constexpr int kKv = kQ + 16 * kRowBytes;              // kTcStages<kD> stages
+  static constexpr int kTotal = kKv + kTcStages<kD> * kStageBytes;
+  // After the key loop the stages hold the warps' states for the merge: O [warps, 16, kOStride]
+  // fp32 (rows padded against bank conflicts), then m and l [warps, 16].
+  static constexpr int kOStride = kD + 8;
+  static constexpr int kMergeO = kKv;
+  static constexpr int kMergeM = kMergeO + kTcWarps * 16 * kOStride * 4;
+  static constexpr int kMergeL = kMergeM + kTcWarps * 16 * 4;
+  static_assert(kMergeL + kTcWarps * 16 * 4 <= kTotal, "the merge fits in the stages");
+};
+
+// (hi, lo) bf16 pairs of (x, y): hi = bf16(x), lo = bf16(x - hi), exact subtraction in fp32.
+__device__ __forceinline__ void SplitBf16(float x, float y, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  const float2 back = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x - back.x, y - back.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
+}
+
+template <int kD>
+__global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) {
+  using L = TcSmem<kD>;
+  constexpr int kStages = kTcStages<kD>;
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+  constexpr int kDTiles = kD / 8;  // n tiles of O
+  constexpr int kRowBytes = L::kRowBytes;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+
+  const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int qr = lane / 4, tig = lane % 4;  // mma fragment row group and thread-in-group
+  const int group = p.q_heads / p.kv_heads;
+  const int head0 = g * group;
+  const int context = p.positions[t] + 1;
+  // NOTE: the context's tiles are dealt round-robin, split s taking tiles s, s + S, s + 2S, ...
+  // (S = num_splits), rather than a fixed key range of split_len keys: S is planned for the
+  // graph's key capacity, often far above the context, and ranges would leave every split but
+  // the first few idle (at 1K keys of a 40K capacity, 1 block per KV head instead of 16).
+  const int key_end = context;
+  const int context_tiles = (context + kTcKeys - 1) / kTcKeys;
+  // Partial state of query head head0 + h sits at index part + h * num_splits.
+  const int64_t part = (static_cast<int64_t>(t) * p.q_heads + head0) * p.num_splits + split;
+
+  if (split >= context_tiles) {  // no tile for this split: an empty partial
+    if (p.num_splits > 1) {
+      for (int h = tid; h < group; h += kTcThreads) {
+        p.part_m[part + static_cast<int64_t>(h) * p.num_splits] = -INFINITY;
+        p.part_l[part + static_cast<int64_t>(h) * p.num_splits] = 0.0f;
+      }
+    }
+    return;
+  }
+
+  const int32_t* table =
+      p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
+  const int64_t kv_row = static_cast<int64_t>(p.kv_heads) * kD;
+  const int64_t head_offset = static_cast<int64_t>(g) * kD;
+  const int num_tiles = (context_tiles - split - 1) / p.num_splits + 1;  // this split's tiles
+  // First key of this split's tile `tile`.
+  auto tile_key0 = [&](int tile) { return (split + tile * p.num_splits) * kTcKeys; };
+  // Issues the copies of tile `tile` into stage `stage`; keys at or past key_end are zero-filled
+  // (V must be finite where P is 0; their scores are masked).
+  auto load_tile = [&](int tile, int stage) {
+    constexpr int kRowsPerPass = kTcThreads / kChunks;
+    const uint32_t k_dst = smem_base + L::kKv + stage * L::kStageBytes;
+    const uint32_t v_dst = k_dst + kTcKeys * kRowBytes;
+    const int chunk = tid % kChunks;
+#pragma unroll
+    for (int i = 0; i < kTcKeys / kRowsPerPass; ++i) {
+      const int r = tid / kChunks + i * kRowsPerPass;
+      const int key = tile_key0(tile) + r;
+      const bool valid = key < key_end;
+      int64_t off = 0;
+      if (valid) {
+        const int64_t slot =
+            static_cast<int64_t>(table[key / p.block_size]) * p.block_size + key % p.block_size;
+        off = slot * kv_row + head_offset + chunk * 8;
+      }
+      CpAsync16(TileAddr<kD>(k_dst, r, chunk), p.k_cache + off, valid);
+      CpAsync16(TileAddr<kD>(v_dst, r, chunk), p.v_cache + off, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_tiles) load_tile(s, s);
+    CpAsyncCommit();  // empty groups too: the loop's wait counts kStages - 1 groups ahead
+  }
+
+  // The group's query rows (zero rows past the group) into shared memory, then into registers.
+  for (int c = tid; c < 16 * kChunks; c += kTcThreads) {
+    const int row = c / kChunks, chunk = c % kChunks;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (row < group) {
+      v = *reinterpret_cast<const uint4*>(p.q + t * p.q_row_stride +
+                                          static_cast<int64_t>(head0 + row) * kD + chunk * 8);
+    }
+    *reinterpret_cast<uint4*>(smem + (TileAddr<kD>(L::kQ, row, chunk))) = v;
+  }
+  __syncthreads();
+  // ldmatrix lane offsets (LaneOffset): Q rows 0-7 / 8-15 (lanes 0-7 / 8-15) at chunk 2ks, then
+  // the same at 2ks + 1 (lanes 16-31); K keys 0-7 at chunks 2ks, 2ks + 1, then keys 8-15; V keys
+  // 0-7 / 8-15 at chunk 2dp, then the same at 2dp + 1.
+  const uint32_t q_lane = LaneOffset<kD>((lane & 7) + 8 * ((lane >> 3) & 1), lane >> 4);
+  const uint32_t k_lane = LaneOffset<kD>((lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1);
+  const uint32_t v_lane = q_lane;
+  uint32_t qa[kD / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < kD / 16; ++ks) LdMatrixX4(qa[ks], smem_base + L::kQ + (q_lane ^ (ks << 5)));
+
+  // This thread's rows: qr (c0, c1 of every tile) and qr + 8 (c2, c3). m in the log2 domain; l
+  // is this thread's share of the row sum (its 2 columns of each 8), summed over the quad last.
+  float o[kDTiles][4];
+#pragma unroll
+  for (int i = 0; i < kDTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    CpAsyncWait<kStages - 2>();
+    __syncthreads();  // tile kt visible to every warp; every warp is done with tile kt - 1
+    {
+      const int next = kt + kStages - 1;  // into the stage tile kt - 1 used
+      if (next < num_tiles) load_tile(next, next % kStages);
+      CpAsyncCommit();
+    }
+    const int key0 = tile_key0(kt) + warp * 16;
+    if (key0 >= key_end) continue;  // this warp's keys are all past the context
+    const uint32_t k_s =
+        smem_base + L::kKv + (kt % kStages) * L::kStageBytes + warp * 16 * kRowBytes;
+    const uint32_t v_s = k_s + kTcKeys * kRowBytes;
+
+    // S[16 heads, 16 keys] = Q K^T, two n tiles of 8 keys.
+    float s[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+      uint32_t kb[4];
+      LdMatrixX4(kb, k_s + (k_lane ^ (ks << 5)));
+      Mma(s[0], qa[ks], kb[0], kb[1]);
+      Mma(s[1], qa[ks], kb[2], kb[3]);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] *= p.scale_log2;
+    if (key0 + 16 > key_end) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int key = key0 + j * 8 + 2 * tig;
+        if (key >= key_end) s[j][0] = s[j][2] = -INFINITY;
+        if (key + 1 >= key_end) s[j][1] = s[j][3] = -INFINITY;
+      }
+    }
+
+    // Online softmax over the quad (the 4 threads sharing a row). key0 < key_end, so every row
+    // has a finite score here and the new maxima are finite.
+    float mx_a = m_a, mx_b = m_b;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, off));
+    }
+    const float corr_a = Exp2(m_a - mx_a);  // first tile: exp2(-inf) = 0 (O and l are 0)
+    const float corr_b = Exp2(m_b - mx_b);
+    m_a = mx_a;
+    m_b = mx_b;
+    // NOTE: once the running maxima settle most tiles leave them unchanged: skip the rescale.
+    if (__any_sync(0xffffffffu, corr_a != 1.0f || corr_b != 1.0f)) {
+#pragma unroll
+      for (int i = 0; i < kDTiles; ++i) {
+        o[i][0] *= corr_a;
+        o[i][1] *= corr_a;
+        o[i][2] *= corr_b;
+        o[i][3] *= corr_b;
+      }
+    }
+
+    // P as A fragments (keys 0-7 from s[0], 8-15 from s[1]), split into hi and lo parts.
+    uint32_t ph[4], pl[4];
+    float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float a0 = Exp2(s[h][0] - mx_a), a1 = Exp2(s[h][1] - mx_a);
+      const float b0 = Exp2(s[h][2] - mx_b), b1 = Exp2(s[h][3] - mx_b);
+      sum_a += a0 + a1;
+      sum_b += b0 + b1;
+      SplitBf16(a0, a1, ph[2 * h], pl[2 * h]);
+      SplitBf16(b0, b1, ph[2 * h + 1], pl[2 * h + 1]);
+    }
+    l_a = l_a * corr_a + sum_a;
+    l_b = l_b * corr_b + sum_b;
+#pragma unroll
+    for (int dp = 0; dp < kD / 16; ++dp) {
+      uint32_t vb[4];
+      LdMatrixX4Trans(vb, v_s + (v_lane ^ (dp << 5)));
+      Mma(o[2 * dp], ph, vb[0], vb[1]);
+      Mma(o[2 * dp + 1], ph, vb[2], vb[3]);
+      Mma(o[2 * dp], pl, vb[0], vb[1]);
+      Mma(o[2 * dp + 1], pl, vb[2], vb[3]);
+    }
+  }
+
+  // Merge the warps' states: every copy has landed and every warp is done with the stages.
+  CpAsyncWait<0>();
+  __syncthreads();
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, off);
+  }
+  float* merge_o = reinterpret_cast<float*>(smem + L::kMergeO);
+  float* merge_m = reinterpret_cast<float*>(smem + L::kMergeM);
+  float* merge_l = reinterpret_cast<float*>(smem + L::kMergeL);
+  {
+    float* row_a = merge_o + (warp * 16 + qr) * L::kOStride + 2 * tig;
+    float* row_b = row_a + 8 * L::kOStride;
+    if (qr < group) {
+#pragma unroll
+      for (int i = 0; i < kDTiles; ++i)
+        *reinterpret_cast<float2*>(row_a + i * 8) = make_float2(o[i][0], o[i][1]);
+    }
+    if (qr + 8 < group) {
+#pragma unroll
+      for (int i = 0; i < kDTiles; ++i)
+        *reinterpret_cast<float2*>(row_b + i * 8) = make_float2(o[i][2], o[i][3]);
+    }
+    if (tig == 0) {  // a warp with no key keeps m = -inf, l = 0, O = 0: weight 0 below
+      merge_m[warp * 16 + qr] = m_a;
+      merge_m[warp * 16 + qr + 8] = m_b;
+      merge_l[warp * 16 + qr] = l_a;
+      merge_l[warp * 16 + qr + 8] = l_b;
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < group * kD; idx += kTcThreads) {
+    const int h = idx / kD, d = idx % kD;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kTcWarps; ++w) mx = fmaxf(mx, merge_m[w * 16 + h]);  // finite: warp 0
+    float sum = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kTcWarps; ++w) {
+      const float weight = Exp2(merge_m[w * 16 + h] - mx);
+      sum = fmaf(weight, merge_l[w * 16 + h], sum);
+      acc = fmaf(weight, merge_o[(w * 16 + h) * L::kOStride + d], acc);
+    }
+    if (p.num_splits == 1) {
+      p.out[(static_cast<int64_t>(t) * p.q_heads + head0 + h) * kD + d] = ToBf16(acc / sum);
+    } else {
+      const int64_t at = part + static_cast<int64_t>(h) * p.num_splits;
+      p.part_o[at * kD + d] = acc;
+      if (d == 0) {
+        p.part_m[at] = mx;
+        p.part_l[at] = sum;
+      }
+    }
+  }
+}
+
 // Row (token, query head) = blockIdx.x: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s,
 // M = max_s m_s. Empty splits (m = -inf) get weight 0 and their o, never written, is not read.
 __global__ void __launch_bounds__(kCombineThreads)
@@ -442,6 +748,12 @@ void QueryDevice(KernelFn kernel, size_t smem, Selection* sel) {
     }
   }
   Entry e{device, kernel, smem, 0, 0};
+  // The dynamic shared-memory limit past 48 KB belongs to the device's context: raised once per
+  // device and kernel, here, before the occupancy query and the first launch.
+  if (smem > (size_t{48} << 10)) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+  }
   CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&e.blocks_per_sm, kernel, kThreads, smem));
   CUDA_CHECK(cudaDeviceGetAttribute(&e.sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -465,6 +777,15 @@ Selection Select(const PagedAttentionArgs& a) {
   const bool vec16 = a.head_dim % 8 == 0 && aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
   if (!vec16 && !(aligned(a.k_cache, 4) && aligned(a.v_cache, 4))) return sel;
   if (!aligned(a.workspace, sizeof(float))) return sel;
+  // The tensor-core kernel where its 16-byte copies and loads of q and cache rows are aligned.
+  if (vec16 && (a.head_dim == 64 || a.head_dim == 128) && aligned(a.q, 16) &&
+      a.q_row_stride % 8 == 0) {
+    sel.vec = 8;
+    sel.kernel = a.head_dim == 64 ? &TcDecodeKernel<64> : &TcDecodeKernel<128>;
+    sel.smem = a.head_dim == 64 ? TcSmem<64>::kTotal : TcSmem<128>::kTotal;
+    QueryDevice(sel.kernel, sel.smem, &sel);
+    return sel;
+  }
   int kg = 0;
   sel.vec = vec16 ? 8 : 2;
   sel.kernel = vec16 ? SelectForVec<8>(group, &kg) : SelectForVec<2>(group, &kg);

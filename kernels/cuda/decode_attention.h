@@ -4,6 +4,8 @@
 // most of the GPU idle at small batches. Here the keys of each token are also cut into splits:
 // grid (num_tokens, kv_heads, num_splits), each block one GQA group over one key range, its
 // partial softmax state (m, l, o) written to a workspace, and a small kernel merges the splits.
+// head_dim 64 and 128 run on tensor cores (mma.sync, K/V staged through shared memory by
+// cp.async); other head sizes on an fp32 kernel (decode_attention.cu).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -24,7 +26,9 @@ constexpr int kMaxDecodeGroup = 16;
 
 struct DecodeSplitPlan {
   int num_splits = 1;  // blocks per (token, KV head)
-  int split_len = 0;   // keys per split, a multiple of kDecodeTileKeys
+  // Keys per split, a multiple of kDecodeTileKeys, for the fp32 kernel; the tensor-core kernel
+  // deals the context's 64-key tiles round-robin to the splits instead.
+  int split_len = 0;
 };
 
 // The split count from launch constants only, never from context lengths, so that a CUDA graph
