@@ -175,10 +175,20 @@ class Backend {
                             const float* inv_freq, float attention_scaling) = 0;
 
   // Writes k and v A[n, kv_heads, head_dim] (rows strided by row_stride) into the paged caches
-  // A[num_slots, kv_heads, head_dim] at slot_mapping.
+  // A[num_slots, kv_heads, head_dim] at slot_mapping; tokens with a negative slot are skipped.
   virtual void WriteKvCache(const void* k, const void* v, int64_t row_stride, int n, int kv_heads,
                             int head_dim, const int32_t* slot_mapping, void* k_cache,
                             void* v_cache) = 0;
+
+  // The fused step between the qkv projection and attention, on the fused rows
+  // qkv A[n, q_heads | kv_heads | kv_heads, head_dim] (strided by row_stride): equal to
+  //   HeadNormRope(q, q_norm); HeadNormRope(k, k_norm); WriteKvCache(k, v)
+  // with the same arguments (q and k end normed and rotated in place; negative slots skipped).
+  virtual void QkNormRopeKvWrite(void* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                                 int head_dim, const void* q_norm, const void* k_norm, float eps,
+                                 const int32_t* positions, const float* inv_freq,
+                                 float attention_scaling, const int32_t* slot_mapping,
+                                 void* k_cache, void* v_cache) = 0;
 
   // Causal GQA attention over the paged cache: token t (sequence token_seq[t], position p)
   // attends to its sequence's cached positions 0..p. q A[n, q_heads, head_dim] strided by

@@ -480,7 +480,6 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
   const int qh = static_cast<int>(q_heads_local_), kvh = static_cast<int>(kv_heads_local_);
   const int64_t qkv_row = (q_heads_local_ + 2 * kv_heads_local_) * D;
   const DType act = backend_.activation_dtype();
-  const size_t a = DTypeSize(act);
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
@@ -510,17 +509,12 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
       }
       // Attention: qkv [n, q | k | v], per-head norm + RoPE on q and k, cache write, attention.
       backend_.Linear(hidden_.data(), layer.qkv.data(), n, qkv_row, H, qkv_buf_.data());
-      char* qkv = qkv_buf_.as<char>();
-      char* k = qkv + q_heads_local_ * D * a;
-      char* v = k + kv_heads_local_ * D * a;
-      backend_.HeadNormRope(qkv, qkv_row, n, qh, static_cast<int>(D), layer.q_norm.data(), eps,
-                            positions_.as<int32_t>(), inv_freq_.as<float>(),
-                            rope_.attention_scaling);
-      backend_.HeadNormRope(k, qkv_row, n, kvh, static_cast<int>(D), layer.k_norm.data(), eps,
-                            positions_.as<int32_t>(), inv_freq_.as<float>(),
-                            rope_.attention_scaling);
-      backend_.WriteKvCache(k, v, qkv_row, n, kvh, static_cast<int>(D), slots_.as<int32_t>(),
-                            kv.k(cache_layer), kv.v(cache_layer));
+      // One op: q/k norm + RoPE in place, k and v into this layer's cache.
+      void* qkv = qkv_buf_.data();
+      backend_.QkNormRopeKvWrite(qkv, qkv_row, n, qh, kvh, static_cast<int>(D), layer.q_norm.data(),
+                                 layer.k_norm.data(), eps, positions_.as<int32_t>(),
+                                 inv_freq_.as<float>(), rope_.attention_scaling,
+                                 slots_.as<int32_t>(), kv.k(cache_layer), kv.v(cache_layer));
       backend_.Attention(qkv, qkv_row, kv.k(cache_layer), kv.v(cache_layer), attn_batch, qh, kvh,
                          static_cast<int>(D), scale, attn_.data());
       backend_.Linear(attn_.data(), layer.o_proj.data(), n, H, q_heads_local_ * D, proj_.data());

@@ -18,9 +18,23 @@ void WriteKvCache(const float* k, const float* v, int64_t row_stride, int n, int
   const int64_t width = static_cast<int64_t>(kv_heads) * head_dim;
   for (int t = 0; t < n; ++t) {
     const int64_t slot = slot_mapping[t];
+    if (slot < 0) continue;
     std::memcpy(k_cache + slot * width, k + t * row_stride, width * sizeof(float));
     std::memcpy(v_cache + slot * width, v + t * row_stride, width * sizeof(float));
   }
+}
+
+void QkNormRopeKvWrite(float* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                       int head_dim, const float* q_norm, const float* k_norm, float eps,
+                       const int32_t* positions, const float* inv_freq, float attention_scaling,
+                       const int32_t* slot_mapping, float* k_cache, float* v_cache) {
+  float* k = qkv + static_cast<int64_t>(q_heads) * head_dim;
+  const float* v = k + static_cast<int64_t>(kv_heads) * head_dim;
+  HeadNormRope(qkv, row_stride, n, q_heads, head_dim, q_norm, eps, positions, inv_freq,
+               attention_scaling);
+  HeadNormRope(k, row_stride, n, kv_heads, head_dim, k_norm, eps, positions, inv_freq,
+               attention_scaling);
+  WriteKvCache(k, v, row_stride, n, kv_heads, head_dim, slot_mapping, k_cache, v_cache);
 }
 
 void Attention(const float* q, int64_t q_row_stride, const float* k_cache, const float* v_cache,

@@ -20,6 +20,10 @@ void HeadNormRope(float* x, int64_t row_stride, int n, int heads, int head_dim,
                   const float* inv_freq, float attention_scaling);
 void WriteKvCache(const float* k, const float* v, int64_t row_stride, int n, int kv_heads,
                   int head_dim, const int32_t* slot_mapping, float* k_cache, float* v_cache);
+void QkNormRopeKvWrite(float* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                       int head_dim, const float* q_norm, const float* k_norm, float eps,
+                       const int32_t* positions, const float* inv_freq, float attention_scaling,
+                       const int32_t* slot_mapping, float* k_cache, float* v_cache);
 void Attention(const float* q, int64_t q_row_stride, const float* k_cache, const float* v_cache,
                int num_tokens, const int32_t* positions, const int32_t* token_seq,
                const int32_t* block_tables, int max_blocks_per_seq, int block_size, int q_heads,

@@ -169,6 +169,14 @@ class CudaBackend final : public Backend {
     cuda::LaunchWriteKvCache(B(k), B(v), row_stride, n, kv_heads, head_dim, slot_mapping,
                              B(k_cache), B(v_cache), stream_);
   }
+  void QkNormRopeKvWrite(void* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                         int head_dim, const void* q_norm, const void* k_norm, float eps,
+                         const int32_t* positions, const float* inv_freq, float attention_scaling,
+                         const int32_t* slot_mapping, void* k_cache, void* v_cache) override {
+    cuda::LaunchQkNormRopeKvWrite(B(qkv), row_stride, n, q_heads, kv_heads, head_dim, B(q_norm),
+                                  B(k_norm), eps, positions, inv_freq, attention_scaling,
+                                  slot_mapping, B(k_cache), B(v_cache), stream_);
+  }
   void Attention(const void* q, int64_t q_row_stride, const void* k_cache, const void* v_cache,
                  const AttentionBatch& batch, int q_heads, int kv_heads, int head_dim, float scale,
                  void* out) override {

@@ -1,11 +1,21 @@
-// Qwen3's q_norm / k_norm (RMSNorm over each head) fused with NeoX rotate-half RoPE.
+// Qwen3's q_norm / k_norm (RMSNorm over each head) fused with NeoX rotate-half RoPE, and the
+// whole per-layer step between the qkv projection and attention: q/k norm + RoPE + KV-cache write.
 //
 // One warp per (token, head): lanes accumulate sum(x^2) in fp32, a warp reduction gives the
-// norm, then each lane owns pairs (i, i + d/2) and rotates them in fp32 with cos/sin of the
-// fp32 angle inv_freq[i] * position (evaluated in double and rounded, so as exact as
-// transformers' fp32 cos/sin), writing
-// bf16 in place. Fusing norm and rotation reads and writes q and k once instead of twice.
-// The warp's shuffle reduction orders every lane's reads before any lane's writes.
+// norm, then each lane rotates pairs (i, i + d/2) in fp32 with cos/sin of the fp32 angle
+// inv_freq[i] * position (evaluated in double and rounded, so as exact as transformers' fp32
+// cos/sin), writing bf16 in place. Fusing norm and rotation reads and writes q and k once.
+//
+// The vectorised path (d/2 even, d <= 256, 4-byte aligned rows) keeps the head in registers:
+// lane l owns pairs i = 2l, 2l + 1 (+ 64 for d = 256), two bf16x2 loads per 64 pairs, all issued
+// before the reduction. Other shapes take the scalar kernel, which reads the head twice; the
+// warp's shuffle reduction orders every lane's reads before any lane's writes.
+//
+// The fused op (LaunchQkNormRopeKvWrite) runs the same per-head code over all q, k and v heads of
+// a fused qkv row in one launch: q heads in place; k heads in place and into the key cache; v
+// heads copied into the value cache (slots < 0 skipped). Its results are bit for bit those of
+// HeadNormRope on q, HeadNormRope on k, then WriteKvCache.
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/rope.h"
@@ -14,7 +24,140 @@ namespace tessera::cuda {
 namespace {
 
 constexpr int kWarps = 4;
+constexpr int kVecWarps = 8;
 constexpr double kInvPi = 0.31830988618379067154;
+
+// NOTE: sincosf's reduction of large angles (positions reach 1e5 rad) spills to local memory;
+// sincospi reduces exactly, so the fp32 angle goes through it in double.
+__device__ __forceinline__ void CosSin(float inv_freq, float pos, float scaling, float* cos_v,
+                                       float* sin_v) {
+  const float angle = inv_freq * pos;
+  double sin_d, cos_d;
+  sincospi(static_cast<double>(angle) * kInvPi, &sin_d, &cos_d);
+  *cos_v = static_cast<float>(cos_d) * scaling;
+  *sin_v = static_cast<float>(sin_d) * scaling;
+}
+
+// One head v[head_dim] by one warp, in registers: kChunks = ceil(head_dim / 128) chunks of 64
+// pairs; lane owns pairs i = 2 * lane + 64 * c and i + 1 of chunk c (i < half). Norm (when
+// `norm_weight`), rotation, and the result written to v and, when `copy` is not null, to copy.
+template <int kChunks>
+__device__ __forceinline__ void NormRopeHeadVec(bf16* v, bf16* copy, int head_dim,
+                                                const bf16* norm_weight, float eps, float pos,
+                                                const float* inv_freq, float scaling, int lane) {
+  const int half = head_dim / 2;
+  __nv_bfloat162 lo[kChunks], hi[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int i = 2 * lane + 64 * c;
+    if (i < half) {
+      lo[c] = *reinterpret_cast<const __nv_bfloat162*>(v + i);
+      hi[c] = *reinterpret_cast<const __nv_bfloat162*>(v + i + half);
+    }
+  }
+  float inv = 1.0f;
+  if (norm_weight != nullptr) {
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      if (2 * lane + 64 * c < half) {
+        const float2 a = __bfloat1622float2(lo[c]), b = __bfloat1622float2(hi[c]);
+        sum_sq += a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y;
+      }
+    }
+    sum_sq = WarpSum(sum_sq);
+    inv = 1.0f / sqrtf(sum_sq / static_cast<float>(head_dim) + eps);
+  }
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int i = 2 * lane + 64 * c;
+    if (i >= half) continue;
+    float a[2], b[2];
+    {
+      const float2 fa = __bfloat1622float2(lo[c]), fb = __bfloat1622float2(hi[c]);
+      a[0] = fa.x, a[1] = fa.y, b[0] = fb.x, b[1] = fb.y;
+    }
+    float ra[2], rb[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (norm_weight != nullptr) {
+        a[e] = ToFloat(norm_weight[i + e]) * (a[e] * inv);
+        b[e] = ToFloat(norm_weight[i + e + half]) * (b[e] * inv);
+      }
+      float cos_v, sin_v;
+      CosSin(inv_freq[i + e], pos, scaling, &cos_v, &sin_v);
+      ra[e] = a[e] * cos_v - b[e] * sin_v;
+      rb[e] = b[e] * cos_v + a[e] * sin_v;
+    }
+    const __nv_bfloat162 out_lo = __floats2bfloat162_rn(ra[0], ra[1]);
+    const __nv_bfloat162 out_hi = __floats2bfloat162_rn(rb[0], rb[1]);
+    *reinterpret_cast<__nv_bfloat162*>(v + i) = out_lo;
+    *reinterpret_cast<__nv_bfloat162*>(v + i + half) = out_hi;
+    if (copy != nullptr) {
+      *reinterpret_cast<__nv_bfloat162*>(copy + i) = out_lo;
+      *reinterpret_cast<__nv_bfloat162*>(copy + i + half) = out_hi;
+    }
+  }
+}
+
+template <int kChunks>
+__global__ void __launch_bounds__(kVecWarps * 32)
+    HeadNormRopeVecKernel(bf16* x, int64_t row_stride, int n, int heads, int head_dim,
+                          const bf16* norm_weight, float eps, const int32_t* positions,
+                          const float* inv_freq, float attention_scaling) {
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kVecWarps + (threadIdx.x >> 5);
+  if (item >= static_cast<int64_t>(n) * heads) return;
+  const int64_t t = item / heads;
+  const int h = static_cast<int>(item - t * heads);
+  NormRopeHeadVec<kChunks>(x + t * row_stride + static_cast<int64_t>(h) * head_dim, nullptr,
+                           head_dim, norm_weight, eps, static_cast<float>(positions[t]), inv_freq,
+                           attention_scaling, threadIdx.x & 31);
+}
+
+// One warp per (token, head of q | k | v) of the fused qkv rows.
+template <int kChunks>
+__global__ void __launch_bounds__(kVecWarps * 32)
+    QkNormRopeKvWriteKernel(bf16* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                            int head_dim, const bf16* q_norm, const bf16* k_norm, float eps,
+                            const int32_t* positions, const float* inv_freq,
+                            float attention_scaling, const int32_t* slot_mapping, bf16* k_cache,
+                            bf16* v_cache) {
+  const int heads = q_heads + 2 * kv_heads;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kVecWarps + (threadIdx.x >> 5);
+  if (item >= static_cast<int64_t>(n) * heads) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t t = item / heads;
+  const int h = static_cast<int>(item - t * heads);
+  bf16* v = qkv + t * row_stride + static_cast<int64_t>(h) * head_dim;
+  const float pos = static_cast<float>(positions[t]);
+  if (h < q_heads) {
+    NormRopeHeadVec<kChunks>(v, nullptr, head_dim, q_norm, eps, pos, inv_freq, attention_scaling,
+                             lane);
+    return;
+  }
+  const int64_t slot = slot_mapping[t];
+  const int64_t kv_width = static_cast<int64_t>(kv_heads) * head_dim;
+  if (h < q_heads + kv_heads) {
+    bf16* cached = slot < 0
+                       ? nullptr
+                       : k_cache + slot * kv_width + static_cast<int64_t>(h - q_heads) * head_dim;
+    NormRopeHeadVec<kChunks>(v, cached, head_dim, k_norm, eps, pos, inv_freq, attention_scaling,
+                             lane);
+    return;
+  }
+  if (slot < 0) return;
+  bf16* cached =
+      v_cache + slot * kv_width + static_cast<int64_t>(h - q_heads - kv_heads) * head_dim;
+  for (int i = 2 * lane; i < head_dim; i += 64)
+    *reinterpret_cast<__nv_bfloat162*>(cached + i) =
+        *reinterpret_cast<const __nv_bfloat162*>(v + i);
+}
+
+// Whether the vectorised kernels take a head layout: pairs of bf16 stay 4-byte aligned and a
+// warp's registers hold the head.
+bool VecHeads(const void* x, int64_t row_stride, int head_dim) {
+  return head_dim % 4 == 0 && head_dim <= 256 && row_stride % 2 == 0 && IsAligned(x, 4);
+}
 
 __global__ void __launch_bounds__(kWarps * 32)
     HeadNormRopeKernel(bf16* x, int64_t row_stride, int n, int heads, int head_dim,
@@ -47,13 +190,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       a = ToFloat(norm_weight[i]) * (a * inv);
       b = ToFloat(norm_weight[i + half]) * (b * inv);
     }
-    // NOTE: sincosf's reduction of large angles (positions reach 1e5 rad) spills to local memory;
-    // sincospi reduces exactly, so the fp32 angle goes through it in double.
-    const float angle = inv_freq[i] * pos;
-    double sin_d, cos_d;
-    sincospi(static_cast<double>(angle) * kInvPi, &sin_d, &cos_d);
-    const float cos_v = static_cast<float>(cos_d) * attention_scaling;
-    const float sin_v = static_cast<float>(sin_d) * attention_scaling;
+    float cos_v, sin_v;
+    CosSin(inv_freq[i], pos, attention_scaling, &cos_v, &sin_v);
     v[i] = ToBf16(a * cos_v - b * sin_v);
     v[i + half] = ToBf16(b * cos_v + a * sin_v);
   }
@@ -66,9 +204,53 @@ void LaunchHeadNormRope(bf16* x, int64_t row_stride, int n, int heads, int head_
                         const float* inv_freq, float attention_scaling, cudaStream_t stream) {
   const int64_t items = static_cast<int64_t>(n) * heads;
   if (items == 0) return;
+  if (VecHeads(x, row_stride, head_dim)) {
+    const auto blocks = static_cast<unsigned>((items + kVecWarps - 1) / kVecWarps);
+    if (head_dim <= 128) {
+      HeadNormRopeVecKernel<1>
+          <<<blocks, kVecWarps * 32, 0, stream>>>(x, row_stride, n, heads, head_dim, norm_weight,
+                                                  eps, positions, inv_freq, attention_scaling);
+    } else {
+      HeadNormRopeVecKernel<2>
+          <<<blocks, kVecWarps * 32, 0, stream>>>(x, row_stride, n, heads, head_dim, norm_weight,
+                                                  eps, positions, inv_freq, attention_scaling);
+    }
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const unsigned blocks = static_cast<unsigned>((items + kWarps - 1) / kWarps);
   HeadNormRopeKernel<<<blocks, kWarps * 32, 0, stream>>>(
       x, row_stride, n, heads, head_dim, norm_weight, eps, positions, inv_freq, attention_scaling);
+  CUDA_CHECK_LAUNCH();
+}
+
+void LaunchQkNormRopeKvWrite(bf16* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                             int head_dim, const bf16* q_norm, const bf16* k_norm, float eps,
+                             const int32_t* positions, const float* inv_freq,
+                             float attention_scaling, const int32_t* slot_mapping, bf16* k_cache,
+                             bf16* v_cache, cudaStream_t stream) {
+  const int64_t items = static_cast<int64_t>(n) * (q_heads + 2 * kv_heads);
+  if (items == 0) return;
+  if (!VecHeads(qkv, row_stride, head_dim) || !IsAligned(k_cache, 4) || !IsAligned(v_cache, 4)) {
+    bf16* k = qkv + static_cast<int64_t>(q_heads) * head_dim;
+    LaunchHeadNormRope(qkv, row_stride, n, q_heads, head_dim, q_norm, eps, positions, inv_freq,
+                       attention_scaling, stream);
+    LaunchHeadNormRope(k, row_stride, n, kv_heads, head_dim, k_norm, eps, positions, inv_freq,
+                       attention_scaling, stream);
+    LaunchWriteKvCache(k, k + static_cast<int64_t>(kv_heads) * head_dim, row_stride, n, kv_heads,
+                       head_dim, slot_mapping, k_cache, v_cache, stream);
+    return;
+  }
+  const auto blocks = static_cast<unsigned>((items + kVecWarps - 1) / kVecWarps);
+  if (head_dim <= 128) {
+    QkNormRopeKvWriteKernel<1><<<blocks, kVecWarps * 32, 0, stream>>>(
+        qkv, row_stride, n, q_heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, inv_freq,
+        attention_scaling, slot_mapping, k_cache, v_cache);
+  } else {
+    QkNormRopeKvWriteKernel<2><<<blocks, kVecWarps * 32, 0, stream>>>(
+        qkv, row_stride, n, q_heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, inv_freq,
+        attention_scaling, slot_mapping, k_cache, v_cache);
+  }
   CUDA_CHECK_LAUNCH();
 }
 

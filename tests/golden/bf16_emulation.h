@@ -73,6 +73,20 @@ class Bf16EmulationBackend final : public Backend {
                     void* v_cache) override {
     cpu_->WriteKvCache(k, v, row_stride, n, kv_heads, head_dim, slot_mapping, k_cache, v_cache);
   }
+  // The CUDA kernel rounds q and k once, after norm + RoPE, as the unfused ops do.
+  void QkNormRopeKvWrite(void* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
+                         int head_dim, const void* q_norm, const void* k_norm, float eps,
+                         const int32_t* positions, const float* inv_freq, float attention_scaling,
+                         const int32_t* slot_mapping, void* k_cache, void* v_cache) override {
+    float* q = static_cast<float*>(qkv);
+    float* k = q + static_cast<int64_t>(q_heads) * head_dim;
+    HeadNormRope(q, row_stride, n, q_heads, head_dim, q_norm, eps, positions, inv_freq,
+                 attention_scaling);
+    HeadNormRope(k, row_stride, n, kv_heads, head_dim, k_norm, eps, positions, inv_freq,
+                 attention_scaling);
+    WriteKvCache(k, k + static_cast<int64_t>(kv_heads) * head_dim, row_stride, n, kv_heads,
+                 head_dim, slot_mapping, k_cache, v_cache);
+  }
   void Attention(const void* q, int64_t q_row_stride, const void* k_cache, const void* v_cache,
                  const AttentionBatch& batch, int q_heads, int kv_heads, int head_dim, float scale,
                  void* out) override {

@@ -97,6 +97,13 @@ class RoutingRecorder final : public Backend {
                     const int32_t* slots, void* k_cache, void* v_cache) override {
     b_.WriteKvCache(k, v, stride, n, kv_heads, head_dim, slots, k_cache, v_cache);
   }
+  void QkNormRopeKvWrite(void* qkv, int64_t stride, int n, int q_heads, int kv_heads, int head_dim,
+                         const void* q_norm, const void* k_norm, float eps,
+                         const int32_t* positions, const float* inv_freq, float scaling,
+                         const int32_t* slots, void* k_cache, void* v_cache) override {
+    b_.QkNormRopeKvWrite(qkv, stride, n, q_heads, kv_heads, head_dim, q_norm, k_norm, eps,
+                         positions, inv_freq, scaling, slots, k_cache, v_cache);
+  }
   void Attention(const void* q, int64_t stride, const void* k_cache, const void* v_cache,
                  const AttentionBatch& batch, int q_heads, int kv_heads, int head_dim, float scale,
                  void* out) override {

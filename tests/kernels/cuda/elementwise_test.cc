@@ -30,27 +30,30 @@ TEST_F(CudaTest, UploadRoundsToNearestEvenAndDownloadIsExact) {
 }
 
 TEST_F(CudaTest, EmbeddingShardIsExactAndZeroOutside) {
-  const int vocab = 50, hidden = 67, start = 10, end = 30, n = 13;
-  std::mt19937 rng(2);
-  auto table = testing::RandomBf16(vocab * hidden, rng);
-  std::vector<float> shard(table.begin() + start * hidden, table.begin() + end * hidden);
-  std::vector<int32_t> ids(n);
-  std::uniform_int_distribution<int> id(0, vocab - 1);
-  for (auto& i : ids) i = id(rng);
-  ids[0] = start;
-  ids[1] = end - 1;
-  ids[2] = end;
-  std::vector<float> ref(n * hidden);
-  cpu::Embedding(shard.data(), start, end, hidden, ids.data(), n, ref.data());
-  DeviceBuffer dt = testing::UploadBf16(gpu(), shard), di = testing::UploadRaw(gpu(), ids);
-  DeviceBuffer out = testing::PoisonedBf16(gpu(), n * hidden);
-  gpu().Embedding(dt.data(), start, end, hidden, di.as<int32_t>(), n, out.data());
-  EXPECT_EQ(testing::DownloadBf16(gpu(), out, n * hidden), ref);
+  for (int hidden : {67, 5120}) {
+    const int vocab = 50, start = 10, end = 30, n = 13;
+    std::mt19937 rng(2);
+    auto table = testing::RandomBf16(vocab * hidden, rng);
+    std::vector<float> shard(table.begin() + start * hidden, table.begin() + end * hidden);
+    std::vector<int32_t> ids(n);
+    std::uniform_int_distribution<int> id(0, vocab - 1);
+    for (auto& i : ids) i = id(rng);
+    ids[0] = start;
+    ids[1] = end - 1;
+    ids[2] = end;
+    std::vector<float> ref(n * hidden);
+    cpu::Embedding(shard.data(), start, end, hidden, ids.data(), n, ref.data());
+    DeviceBuffer dt = testing::UploadBf16(gpu(), shard), di = testing::UploadRaw(gpu(), ids);
+    DeviceBuffer out = testing::PoisonedBf16(gpu(), n * hidden);
+    gpu().Embedding(dt.data(), start, end, hidden, di.as<int32_t>(), n, out.data());
+    EXPECT_EQ(testing::DownloadBf16(gpu(), out, n * hidden), ref);
+  }
 }
 
 TEST_F(CudaTest, SiluMulMatchesReference) {
   for (auto [m, inter] :
-       {std::pair{1, 1}, std::pair{7, 97}, std::pair{64, 1536}, std::pair{3, 17408}}) {
+       {std::pair{1, 1}, std::pair{7, 97}, std::pair{64, 1536}, std::pair{3, 17408},
+        std::pair{1, 8}, std::pair{5, 1000}, std::pair{1, 17408}, std::pair{2049, 64}}) {
     std::mt19937 rng(m + inter);
     auto gu = testing::RandomBf16(m * 2 * inter, rng, -6, 6);
     std::vector<float> ref(m * inter);
@@ -64,20 +67,22 @@ TEST_F(CudaTest, SiluMulMatchesReference) {
 }
 
 TEST_F(CudaTest, GatherRowsIsExact) {
-  const int n = 9, dim = 131, r = 6;
-  std::mt19937 rng(3);
-  auto x = testing::RandomBf16(n * dim, rng);
-  std::vector<int32_t> rows = {8, 0, 3, 3, 7, 1};
-  std::vector<float> ref(r * dim);
-  cpu::GatherRows(x.data(), rows.data(), r, dim, ref.data());
-  DeviceBuffer dx = testing::UploadBf16(gpu(), x), dr = testing::UploadRaw(gpu(), rows);
-  DeviceBuffer out = testing::PoisonedBf16(gpu(), r * dim);
-  gpu().GatherRows(dx.data(), dr.as<int32_t>(), r, dim, out.data());
-  EXPECT_EQ(testing::DownloadBf16(gpu(), out, r * dim), ref);
+  for (int dim : {131, 5120}) {
+    const int n = 9, r = 6;
+    std::mt19937 rng(3);
+    auto x = testing::RandomBf16(n * dim, rng);
+    std::vector<int32_t> rows = {8, 0, 3, 3, 7, 1};
+    std::vector<float> ref(r * dim);
+    cpu::GatherRows(x.data(), rows.data(), r, dim, ref.data());
+    DeviceBuffer dx = testing::UploadBf16(gpu(), x), dr = testing::UploadRaw(gpu(), rows);
+    DeviceBuffer out = testing::PoisonedBf16(gpu(), r * dim);
+    gpu().GatherRows(dx.data(), dr.as<int32_t>(), r, dim, out.data());
+    EXPECT_EQ(testing::DownloadBf16(gpu(), out, r * dim), ref);
+  }
 }
 
 TEST_F(CudaTest, AddMatchesReferenceInPlace) {
-  for (int n : {1, 1001, 1 << 20}) {
+  for (int n : {1, 7, 8, 1001, 5120, 1 << 20, (1 << 20) + 13}) {
     std::mt19937 rng(n);
     auto a = testing::RandomBf16(n, rng, -4, 4), b = testing::RandomBf16(n, rng, -4, 4);
     std::vector<float> ref(n);
