@@ -3,6 +3,11 @@
 // events on that stream, so timing does not serialise the host with the device; on the CPU
 // backend, whose ops run to completion, by the host clock. Graph recording is not offered
 // (CanCaptureGraphs() is false), so a profiled step runs op by op.
+//
+// NOTE: cuBLAS kernels on Hopper may overlap their neighbours (programmatic dependent launch), so
+// the events around one op can include time that overlaps another: per-op figures can sum to more
+// than the step's wall time, and the excess lands on the op after the overlap (seen on the first
+// GEMM of each layer). Compare the sum with the wall time before reading single rows.
 #pragma once
 
 #include <memory>
