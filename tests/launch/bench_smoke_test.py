@@ -53,7 +53,9 @@ try:
     for what, attention in [("ttft 40", "Attention prefill"), ("decode batch 3", "Attention decode")]:
         ops = {row["op"]: row for row in prof[what]}
         assert ops[attention]["calls_per_step"] == layers, (what, ops[attention])
-        assert "Embedding" in ops and "HeadNormRope" in ops and "SiluMul" in ops, sorted(ops)
+        assert "Embedding" in ops and "SiluMul" in ops, sorted(ops)
+        # q/k norm + RoPE + the KV-cache write: one fused op per layer.
+        assert ops["QkNormRopeKvWrite"]["calls_per_step"] == layers, sorted(ops)
         linear = [row for row in prof[what] if row["op"].startswith("Linear")]
         # qkv, o_proj, gate_up, down per layer, and lm_head once.
         assert sum(row["calls_per_step"] for row in linear) == 4 * layers + 1, linear
