@@ -286,6 +286,11 @@ TEST(DecodeSplitPlan, FillsTheGpuAtSmallBatches) {
   EXPECT_EQ(cuda::PlanDecodeSplits(256, 40, 8, 128, 40960, kResident, kWorkspace).num_splits, 1);
   // No workspace: one split.
   EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, 0).num_splits, 1);
+  // More (token, KV head) pairs than the workspace has arrival counters: one split.
+  const int64_t counters = cuda::kDecodeCounterBytes / sizeof(int32_t);
+  EXPECT_GT(cuda::PlanDecodeSplits(counters, 1, 1, 128, 40960, 1 << 20, kWorkspace).num_splits, 1);
+  EXPECT_EQ(cuda::PlanDecodeSplits(counters + 1, 1, 1, 128, 40960, 1 << 20, kWorkspace).num_splits,
+            1);
   // A workspace for 3 splits' partials caps the plan at 3.
   const size_t three = cuda::DecodeWorkspaceBytes(1, 40, 128, 3);
   EXPECT_EQ(cuda::PlanDecodeSplits(1, 40, 8, 128, 40960, kResident, three).num_splits, 3);
@@ -301,34 +306,44 @@ TEST(DecodeSplitPlan, FillsTheGpuAtSmallBatches) {
 // their outputs must be bit-identical.
 class CudaSplitKvDecodeTest : public testing::CudaTest {};
 
+// Arguments of a direct split-KV launch on Build's problem.
+cuda::PagedAttentionArgs DecodeArgs(const Problem& pr, const Case& c, const DeviceBuffer& out,
+                                    const DeviceBuffer& workspace, size_t workspace_bytes) {
+  cuda::PagedAttentionArgs a;
+  a.q = pr.d_q.as<__nv_bfloat16>();
+  a.q_row_stride = pr.row;
+  a.k_cache = pr.d_k.as<__nv_bfloat16>();
+  a.v_cache = pr.d_v.as<__nv_bfloat16>();
+  a.positions = pr.batch.positions;
+  a.token_seq = pr.batch.token_seq;
+  a.block_tables = pr.batch.block_tables;
+  a.num_tokens = pr.n;
+  a.num_seqs = pr.batch.num_seqs;
+  a.max_blocks_per_seq = pr.batch.max_blocks_per_seq;
+  a.block_size = c.block_size;
+  a.q_heads = c.q_heads;
+  a.kv_heads = c.kv_heads;
+  a.head_dim = c.head_dim;
+  a.scale = pr.scale;
+  a.out = out.as<__nv_bfloat16>();
+  a.workspace = workspace.data();
+  a.workspace_bytes = workspace_bytes;
+  return a;
+}
+
 TEST_F(CudaSplitKvDecodeTest, SplitCountDoesNotChangeTheResultAndRunsAreDeterministic) {
   const Case c{"split_counts", 40, 8, 128, 16, {{4097, 1}, {1, 1}, {33, 1}, {1500, 1}}, 64};
   Problem pr = Build(gpu(), c);
   const int tokens = pr.n;
   const size_t planned_bytes = size_t{32} << 20;
   DeviceBuffer workspace = gpu().Allocate(planned_bytes);
+  ASSERT_EQ(cudaMemsetAsync(workspace.data(), 0, cuda::kDecodeCounterBytes,
+                            static_cast<cudaStream_t>(gpu().stream())),
+            cudaSuccess);
 
   auto run = [&](size_t workspace_bytes, int* splits) {
     DeviceBuffer d_out = testing::PoisonedBf16(gpu(), pr.ref.size());
-    cuda::PagedAttentionArgs a;
-    a.q = pr.d_q.as<__nv_bfloat16>();
-    a.q_row_stride = pr.row;
-    a.k_cache = pr.d_k.as<__nv_bfloat16>();
-    a.v_cache = pr.d_v.as<__nv_bfloat16>();
-    a.positions = pr.batch.positions;
-    a.token_seq = pr.batch.token_seq;
-    a.block_tables = pr.batch.block_tables;
-    a.num_tokens = tokens;
-    a.num_seqs = pr.batch.num_seqs;
-    a.max_blocks_per_seq = pr.batch.max_blocks_per_seq;
-    a.block_size = c.block_size;
-    a.q_heads = c.q_heads;
-    a.kv_heads = c.kv_heads;
-    a.head_dim = c.head_dim;
-    a.scale = pr.scale;
-    a.out = d_out.as<__nv_bfloat16>();
-    a.workspace = workspace.data();
-    a.workspace_bytes = workspace_bytes;
+    const cuda::PagedAttentionArgs a = DecodeArgs(pr, c, d_out, workspace, workspace_bytes);
     *splits = cuda::PlanSplitKvDecode(a).num_splits;
     EXPECT_TRUE(cuda::LaunchSplitKvDecode(a, static_cast<cudaStream_t>(gpu().stream())));
     return testing::DownloadBf16(gpu(), d_out, pr.ref.size());
@@ -356,6 +371,50 @@ TEST_F(CudaSplitKvDecodeTest, SplitCountDoesNotChangeTheResultAndRunsAreDetermin
     return b;
   };
   EXPECT_EQ(bits(out_planned), bits(out_again)) << "two identical launches differ";
+}
+
+// A decode graph is recorded once and replayed at every step: the tensor-core kernel's arrival
+// counters (decode_attention.h) must be back at zero after each launch, or the next replay's
+// merge would never run (its poisoned output would stay NaN) or run early. Contexts of 1 to
+// 4097 keys under a 36K-key capacity, so most splits have no tile and skip the merge; the
+// replays' outputs must be the direct launch's bits.
+TEST_F(CudaSplitKvDecodeTest, GraphReplaysMatchTheLaunchAndLeaveCountersZero) {
+  const Case c{"graph_replays",
+               40,
+               8,
+               128,
+               16,
+               {{1000, 1}, {1, 1}, {64, 1}, {65, 1}, {4097, 1}, {129, 1}},
+               /*spare_blocks=*/2000};
+  Problem pr = Build(gpu(), c);
+  const auto stream = static_cast<cudaStream_t>(gpu().stream());
+  const size_t bytes = size_t{32} << 20;
+  DeviceBuffer workspace = gpu().Allocate(bytes);
+  ASSERT_EQ(cudaMemsetAsync(workspace.data(), 0, cuda::kDecodeCounterBytes, stream), cudaSuccess);
+  const size_t counters = cuda::kDecodeCounterBytes / sizeof(int32_t);
+  const std::vector<int32_t> zeros(counters, 0);
+
+  DeviceBuffer out = testing::PoisonedBf16(gpu(), pr.ref.size());
+  const cuda::PagedAttentionArgs a = DecodeArgs(pr, c, out, workspace, bytes);
+  ASSERT_GT(cuda::PlanSplitKvDecode(a).num_splits, 16) << "most splits should have no tile";
+  ASSERT_TRUE(cuda::LaunchSplitKvDecode(a, stream));
+  const auto direct = testing::DownloadRaw<uint16_t>(gpu(), out, pr.ref.size());
+  testing::ExpectRelativeL2(c.name, testing::DownloadBf16(gpu(), out, pr.ref.size()), pr.ref,
+                            kOneRounding);
+  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), workspace, counters), zeros);
+
+  gpu().BeginCapture();
+  EXPECT_TRUE(cuda::LaunchSplitKvDecode(a, stream));
+  std::unique_ptr<DeviceGraph> graph = gpu().EndCapture();
+  ASSERT_NE(graph, nullptr);
+  for (int replay = 0; replay < 3; ++replay) {
+    ASSERT_EQ(cudaMemsetAsync(out.data(), 0xff, pr.ref.size() * 2, stream), cudaSuccess);  // NaN
+    graph->Replay();
+    EXPECT_EQ(testing::DownloadRaw<uint16_t>(gpu(), out, pr.ref.size()), direct)
+        << "replay " << replay;
+    EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), workspace, counters), zeros)
+        << "replay " << replay;
+  }
 }
 
 // Through the backend (the path the model takes), twice on the same inputs: bit-identical.
