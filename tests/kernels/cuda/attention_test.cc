@@ -376,16 +376,11 @@ TEST_F(CudaSplitKvDecodeTest, SplitCountDoesNotChangeTheResultAndRunsAreDetermin
 // A decode graph is recorded once and replayed at every step: the tensor-core kernel's arrival
 // counters (decode_attention.h) must be back at zero after each launch, or the next replay's
 // merge would never run (its poisoned output would stay NaN) or run early. Contexts of 1 to
-// 4097 keys under a 36K-key capacity, so most splits have no tile and skip the merge; the
-// replays' outputs must be the direct launch's bits.
+// 4097 keys under a 36K-key capacity: splits planned for the capacity, of which the short
+// contexts fill 1 or 2 and the long ones all. The replays' outputs must be the direct launch's
+// bits.
 TEST_F(CudaSplitKvDecodeTest, GraphReplaysMatchTheLaunchAndLeaveCountersZero) {
-  const Case c{"graph_replays",
-               40,
-               8,
-               128,
-               16,
-               {{1000, 1}, {1, 1}, {64, 1}, {65, 1}, {4097, 1}, {129, 1}},
-               /*spare_blocks=*/2000};
+  const Case c{"graph_replays", 40, 8, 128, 16, {{1000, 1}, {1, 1}, {65, 1}, {4097, 1}}, 2000};
   Problem pr = Build(gpu(), c);
   const auto stream = static_cast<cudaStream_t>(gpu().stream());
   const size_t bytes = size_t{32} << 20;
@@ -396,7 +391,8 @@ TEST_F(CudaSplitKvDecodeTest, GraphReplaysMatchTheLaunchAndLeaveCountersZero) {
 
   DeviceBuffer out = testing::PoisonedBf16(gpu(), pr.ref.size());
   const cuda::PagedAttentionArgs a = DecodeArgs(pr, c, out, workspace, bytes);
-  ASSERT_GT(cuda::PlanSplitKvDecode(a).num_splits, 16) << "most splits should have no tile";
+  ASSERT_GE(cuda::PlanSplitKvDecode(a).num_splits, 4)
+      << "the short contexts should leave splits idle";
   ASSERT_TRUE(cuda::LaunchSplitKvDecode(a, stream));
   const auto direct = testing::DownloadRaw<uint16_t>(gpu(), out, pr.ref.size());
   testing::ExpectRelativeL2(c.name, testing::DownloadBf16(gpu(), out, pr.ref.size()), pr.ref,
