@@ -32,9 +32,8 @@ struct PagedAttentionArgs {
   int head_dim = 0;  // even, <= kMaxHeadDim
   float scale = 0;
   __nv_bfloat16* out = nullptr;  // [num_tokens, q_heads, head_dim]
-  // Scratch for the split-KV decode path (decode_attention.h), allocated once by the caller,
-  // 16-byte aligned, its first kDecodeCounterBytes zeroed before first use; null / 0 disables
-  // that path.
+  // Scratch for the split-KV decode path (decode_attention.h), allocated once by the caller;
+  // null / 0 disables that path.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };

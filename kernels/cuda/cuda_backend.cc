@@ -16,7 +16,6 @@
 #include "kernels/base/check.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/moe.h"
@@ -56,8 +55,6 @@ class CudaBackend final : public Backend {
     gemm_workspace_ = Allocate(kGemmWorkspaceBytes);
     moe_scratch_ = Allocate(kMoeScratchBytes);
     attention_workspace_ = Allocate(kAttentionWorkspaceBytes);
-    // The split-KV decode's arrival counters start at zero (decode_attention.h).
-    CUDA_CHECK(cudaMemsetAsync(attention_workspace_.data(), 0, cuda::kDecodeCounterBytes, stream_));
     // The GEMM's one-time tuning waits for the stream the way every other host wait does.
     gemm_ = std::make_unique<cuda::LtGemm>(gemm_workspace_.data(), kGemmWorkspaceBytes,
                                            [this] { Synchronize(); });

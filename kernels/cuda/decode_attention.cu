@@ -1,12 +1,10 @@
 // Split-KV paged decode attention: every token of the batch is one sequence's single query.
 //
-// Two split kernels share the plan and the partial layout: a tensor-core one (TcDecodeKernel,
-// further down) for head_dim 64 and 128 with 16-byte aligned rows, the shapes models use, and
-// the fp32 one described here for every other shape. On an H200 at Qwen3-14B's shape the
-// tensor-core kernel reads the KV cache at 3.7 TB/s (32 x 4K keys) where this one reached 1.5
-// (ReportsKvBandwidth in tests/kernels/cuda/attention_test.cc). The tensor-core kernel merges
-// its splits itself (the last split of each (token, KV head) to finish, found by a counter in
-// the workspace); the fp32 one leaves that to CombineSplitsKernel.
+// Two split kernels share the plan, the partial layout and the combine kernel: a tensor-core one
+// (TcDecodeKernel, further down) for head_dim 64 and 128 with 16-byte aligned rows, the shapes
+// models use, and the fp32 one described here for every other shape. On an H200 at Qwen3-14B's
+// shape the tensor-core kernel reads the KV cache at 3.7 TB/s (32 x 4K keys) where this one
+// reached 1.5 (ReportsKvBandwidth in tests/kernels/cuda/attention_test.cc).
 //
 // Block (t, g, s) takes token t's query heads of KV head g's GQA group (all of them: each loaded
 // key serves the whole group) over keys [s * split_len, (s + 1) * split_len) clipped to the
@@ -71,13 +69,10 @@ struct DecodeParams {
   float scale_log2;  // scale * log2(e)
   int split_len;
   int num_splits;
-  bf16* out;      // [num_tokens, q_heads, head_dim]
+  bf16* out;      // [num_tokens, q_heads, head_dim]; written when num_splits == 1
   float* part_o;  // [num_tokens, q_heads, num_splits, head_dim]; when num_splits > 1
   float* part_m;  // [num_tokens, q_heads, num_splits]
   float* part_l;  // [num_tokens, q_heads, num_splits]
-  // [num_tokens, kv_heads] arrival counts of the tensor-core kernel's splits; zero between
-  // launches (decode_attention.h).
-  int* counters;
 };
 
 // Dynamic shared memory of SplitKvDecodeKernel<kG, kVec>, in floats.
@@ -381,8 +376,7 @@ __global__ void __launch_bounds__(kThreads) SplitKvDecodeKernel(DecodeParams p) 
 // keys 16w .. 16w + 15 of every tile with mma.sync m16n8k16: S = Q K^T with the GQA group's
 // query heads as the 16 rows (zero rows past the group), an online softmax per row in fp32
 // (exp2 domain), O += P V. Each warp keeps its own running (m, l, O); at the end the 4 warps'
-// states are merged in a fixed order through shared memory. With several splits the block
-// writes that state as a partial and the last split to finish merges all of them (MergeSplits).
+// states are merged in a fixed order through shared memory, as the combine kernel merges splits.
 //
 // NOTE: P is split into bf16 hi + lo parts (hi = bf16(p), lo = bf16(p - hi)), each multiplied
 // by V on the tensor cores: p is then carried to ~2^-16 relative, far below the output's one
@@ -415,9 +409,6 @@ struct TcSmem {
   static constexpr int kMergeM = kMergeO + kTcWarps * 16 * kOStride * 4;
   static constexpr int kMergeL = kMergeM + kTcWarps * 16 * 4;
   static_assert(kMergeL + kTcWarps * 16 * 4 <= kTotal, "the merge fits in the stages");
-  // MergeSplits' scratch: o, m and l of kTcThreads / (kD / 4) slots of kMaxDecodeGroup heads.
-  static_assert(kTcThreads / (kD / 4) * kMaxDecodeGroup * (kD + 2) * 4 <= kTotal - kKv,
-                "the split merge fits in the stages");
 };
 
 // (hi, lo) bf16 pairs of (x, y): hi = bf16(x), lo = bf16(x - hi), exact subtraction in fp32.
@@ -427,78 +418,6 @@ __device__ __forceinline__ void SplitBf16(float x, float y, uint32_t& hi, uint32
   const __nv_bfloat162 l = __floats2bfloat162_rn(x - back.x, y - back.y);
   hi = *reinterpret_cast<const uint32_t*>(&h);
   lo = *reinterpret_cast<const uint32_t*>(&l);
-}
-
-// Merges the partials of splits 0 .. active - 1 of token t's query heads head0 .. head0 + group
-// - 1 (every one holds at least one key, so m is finite) into p.out. Thread (slot, quad) takes
-// dims 4 quad .. 4 quad + 3 of every head and the splits slot, slot + kSlots, ... in order,
-// with a running max (online rescaling), so that its loads of m, l and o for all heads are
-// independent of one another and issue together; then the kSlots states of each dim are merged
-// in slot order through `scratch` (the block's stage memory). Partials are read through L2
-// (ld.cg): other blocks of this launch wrote them.
-template <int kD>
-__device__ __forceinline__ void MergeSplits(const DecodeParams& p, int t, int head0, int group,
-                                            int active, float* scratch) {
-  constexpr int kQuads = kD / 4;  // float4 per row
-  constexpr int kSlots = kTcThreads / kQuads;
-  const int tid = threadIdx.x, slot = tid / kQuads, quad = tid % kQuads;
-  const int64_t row0 = static_cast<int64_t>(t) * p.q_heads + head0;
-  float4 acc[kMaxDecodeGroup];
-  float mx[kMaxDecodeGroup], sum[kMaxDecodeGroup];
-#pragma unroll
-  for (int h = 0; h < kMaxDecodeGroup; ++h) {
-    acc[h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    mx[h] = -INFINITY;
-    sum[h] = 0.0f;
-  }
-  for (int s = slot; s < active; s += kSlots) {
-#pragma unroll
-    for (int h = 0; h < kMaxDecodeGroup; ++h) {
-      if (h < group) {
-        const int64_t at = (row0 + h) * p.num_splits + s;
-        const float m = __ldcg(p.part_m + at), l = __ldcg(p.part_l + at);
-        const float4 o = __ldcg(reinterpret_cast<const float4*>(p.part_o + at * kD) + quad);
-        const float m_new = fmaxf(mx[h], m);
-        const float c_old = Exp2(mx[h] - m_new), c_new = Exp2(m - m_new);  // first: c_old 0
-        mx[h] = m_new;
-        sum[h] = fmaf(c_new, l, sum[h] * c_old);
-        acc[h].x = fmaf(c_new, o.x, acc[h].x * c_old);
-        acc[h].y = fmaf(c_new, o.y, acc[h].y * c_old);
-        acc[h].z = fmaf(c_new, o.z, acc[h].z * c_old);
-        acc[h].w = fmaf(c_new, o.w, acc[h].w * c_old);
-      }
-    }
-  }
-  // scratch: o [kSlots, kMaxDecodeGroup, kD], then m and l [kSlots, kMaxDecodeGroup]. A slot
-  // with no split keeps m = -inf, l = 0, o = 0: weight 0 below.
-  float* s_o = scratch;
-  float* s_m = s_o + kSlots * kMaxDecodeGroup * kD;
-  float* s_l = s_m + kSlots * kMaxDecodeGroup;
-#pragma unroll
-  for (int h = 0; h < kMaxDecodeGroup; ++h) {
-    if (h < group) {
-      reinterpret_cast<float4*>(s_o + (slot * kMaxDecodeGroup + h) * kD)[quad] = acc[h];
-      if (quad == 0) {
-        s_m[slot * kMaxDecodeGroup + h] = mx[h];
-        s_l[slot * kMaxDecodeGroup + h] = sum[h];
-      }
-    }
-  }
-  __syncthreads();
-  for (int idx = tid; idx < group * kD; idx += kTcThreads) {
-    const int h = idx / kD, d = idx % kD;
-    float m = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < kSlots; ++r) m = fmaxf(m, s_m[r * kMaxDecodeGroup + h]);  // slot 0: finite
-    float total = 0.0f, o = 0.0f;
-#pragma unroll
-    for (int r = 0; r < kSlots; ++r) {
-      const float w = Exp2(s_m[r * kMaxDecodeGroup + h] - m);
-      total = fmaf(w, s_l[r * kMaxDecodeGroup + h], total);
-      o = fmaf(w, s_o[(r * kMaxDecodeGroup + h) * kD + d], o);
-    }
-    p.out[(row0 + h) * kD + d] = ToBf16(o / total);
-  }
 }
 
 template <int kD>
@@ -521,20 +440,23 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
   // (S = num_splits), rather than a fixed key range of split_len keys: S is planned for the
   // graph's key capacity, often far above the context, and ranges would leave every split but
   // the first few idle (at 1K keys of a 40K capacity, 1 block per KV head instead of 16).
-  // NOTE: the sequence's index is loaded with the position, not after the exit below: one
-  // memory round trip less before the block-table reads that the K/V copies wait on.
-  const int seq = p.token_seq[t];
   const int key_end = context;
   const int context_tiles = (context + kTcKeys - 1) / kTcKeys;
-  // Splits that hold a tile of this context; the others exit at once and take no part in the
-  // merge (at 1K keys of a 40K capacity, half of them).
-  const int active = min(p.num_splits, context_tiles);
   // Partial state of query head head0 + h sits at index part + h * num_splits.
   const int64_t part = (static_cast<int64_t>(t) * p.q_heads + head0) * p.num_splits + split;
 
-  if (split >= active) return;
+  if (split >= context_tiles) {  // no tile for this split: an empty partial
+    if (p.num_splits > 1) {
+      for (int h = tid; h < group; h += kTcThreads) {
+        p.part_m[part + static_cast<int64_t>(h) * p.num_splits] = -INFINITY;
+        p.part_l[part + static_cast<int64_t>(h) * p.num_splits] = 0.0f;
+      }
+    }
+    return;
+  }
 
-  const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+  const int32_t* table =
+      p.block_tables + static_cast<int64_t>(p.token_seq[t]) * p.max_blocks_per_seq;
   const int64_t kv_row = static_cast<int64_t>(p.kv_heads) * kD;
   const int64_t head_offset = static_cast<int64_t>(g) * kD;
   const int num_tiles = (context_tiles - split - 1) / p.num_splits + 1;  // this split's tiles
@@ -742,26 +664,6 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
       }
     }
   }
-  if (p.num_splits == 1) return;
-
-  // The last of the `active` splits of (t, g) to finish merges them all into the output, in a
-  // fixed order that does not depend on which split came last, and resets the count for the
-  // next launch. NOTE: this replaces a second kernel: at small batches its launch and its own
-  // round trips cost as long as the split kernel (ReportsKvBandwidth, attention_test.cc).
-  __shared__ int last_split;
-  __threadfence();  // this thread's partial stores are visible device-wide before the count
-  __syncthreads();  // also: every warp is done with merge_o, reused below
-  if (tid == 0) {
-    int* counter = p.counters + static_cast<int64_t>(t) * p.kv_heads + g;
-    const int arrived = atomicAdd(counter, 1) + 1;
-    last_split = arrived == active;
-    // Every active split has counted (the next launch is ordered after this one on the stream).
-    if (arrived == active) *counter = 0;
-  }
-  __syncthreads();
-  if (!last_split) return;
-  __threadfence();
-  MergeSplits<kD>(p, t, head0, group, active, reinterpret_cast<float*>(smem + L::kKv));
 }
 
 // Row (token, query head) = blockIdx.x: out = sum_s 2^(m_s - M) o_s / sum_s 2^(m_s - M) l_s,
@@ -821,7 +723,6 @@ KernelFn SelectForVec(int group, int* kg) {
 struct Selection {
   KernelFn kernel = nullptr;  // null: the arguments are outside what the kernel takes
   int vec = 0;
-  bool merges_splits = false;  // the tensor-core kernel: no combine kernel after it
   size_t smem = 0;
   int blocks_per_sm = 0;
   int sm_count = 0;
@@ -875,13 +776,11 @@ Selection Select(const PagedAttentionArgs& a) {
   // 16-byte K/V chunks when every row start is 16-byte aligned, else 4-byte (bf16 pairs).
   const bool vec16 = a.head_dim % 8 == 0 && aligned(a.k_cache, 16) && aligned(a.v_cache, 16);
   if (!vec16 && !(aligned(a.k_cache, 4) && aligned(a.v_cache, 4))) return sel;
-  // 16 bytes: the tensor-core kernel's merge reads the partials as float4.
-  if (!aligned(a.workspace, 16)) return sel;
+  if (!aligned(a.workspace, sizeof(float))) return sel;
   // The tensor-core kernel where its 16-byte copies and loads of q and cache rows are aligned.
   if (vec16 && (a.head_dim == 64 || a.head_dim == 128) && aligned(a.q, 16) &&
       a.q_row_stride % 8 == 0) {
     sel.vec = 8;
-    sel.merges_splits = true;
     sel.kernel = a.head_dim == 64 ? &TcDecodeKernel<64> : &TcDecodeKernel<128>;
     sel.smem = a.head_dim == 64 ? TcSmem<64>::kTotal : TcSmem<128>::kTotal;
     QueryDevice(sel.kernel, sel.smem, &sel);
@@ -907,8 +806,7 @@ int SplitLength(int64_t capacity, int64_t splits) {
 }  // namespace
 
 size_t DecodeWorkspaceBytes(int num_tokens, int q_heads, int head_dim, int num_splits) {
-  return kDecodeCounterBytes +
-         static_cast<size_t>(num_tokens) * q_heads * num_splits * (head_dim + 2) * sizeof(float);
+  return static_cast<size_t>(num_tokens) * q_heads * num_splits * (head_dim + 2) * sizeof(float);
 }
 
 DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int head_dim,
@@ -921,16 +819,9 @@ DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int 
   const int64_t blocks = std::max<int64_t>(int64_t{num_tokens} * kv_heads, 1);
   int64_t splits = std::max<int64_t>(resident_blocks, 1) / blocks;
   splits = std::min<int64_t>(splits, kMaxDecodeSplits);
-  // Splits need a counter per (token, KV head) and the partials after the counters.
-  if (blocks * static_cast<int64_t>(sizeof(int)) > static_cast<int64_t>(kDecodeCounterBytes)) {
-    splits = 1;
-  }
-  const size_t per_split =
-      DecodeWorkspaceBytes(num_tokens, q_heads, head_dim, 1) - kDecodeCounterBytes;
+  const size_t per_split = DecodeWorkspaceBytes(num_tokens, q_heads, head_dim, 1);
   if (splits > 1 && per_split > 0) {
-    const size_t room =
-        workspace_bytes > kDecodeCounterBytes ? workspace_bytes - kDecodeCounterBytes : 0;
-    splits = std::min<int64_t>(splits, static_cast<int64_t>(room / per_split));
+    splits = std::min<int64_t>(splits, static_cast<int64_t>(workspace_bytes / per_split));
   }
   DecodeSplitPlan plan;
   if (splits <= 1) {
@@ -979,21 +870,18 @@ bool LaunchSplitKvDecode(const PagedAttentionArgs& a, cudaStream_t stream) {
   params.part_o = nullptr;
   params.part_m = nullptr;
   params.part_l = nullptr;
-  params.counters = nullptr;
   if (plan.num_splits > 1) {
     const int64_t rows = static_cast<int64_t>(a.num_tokens) * a.q_heads * plan.num_splits;
     TESSERA_CHECK_LE(DecodeWorkspaceBytes(a.num_tokens, a.q_heads, a.head_dim, plan.num_splits),
                      a.workspace_bytes);
-    params.counters = static_cast<int*>(a.workspace);
-    params.part_o = static_cast<float*>(a.workspace) + kDecodeCounterBytes / sizeof(float);
+    params.part_o = static_cast<float*>(a.workspace);
     params.part_m = params.part_o + rows * a.head_dim;
     params.part_l = params.part_m + rows;
   }
   const dim3 grid(a.num_tokens, a.kv_heads, plan.num_splits);
   sel.kernel<<<grid, kThreads, sel.smem, stream>>>(params);
   CUDA_CHECK_LAUNCH();
-  // The tensor-core kernel merges its splits itself; the fp32 one leaves that to a second kernel.
-  if (plan.num_splits > 1 && !sel.merges_splits) {
+  if (plan.num_splits > 1) {
     CombineSplitsKernel<<<a.num_tokens * a.q_heads, kCombineThreads, 0, stream>>>(
         params.part_o, params.part_m, params.part_l, plan.num_splits, a.head_dim, a.out);
     CUDA_CHECK_LAUNCH();

@@ -3,8 +3,7 @@
 // A decode step gives each sequence one query token, so one block per (token, KV head) leaves
 // most of the GPU idle at small batches. Here the keys of each token are also cut into splits:
 // grid (num_tokens, kv_heads, num_splits), each block one GQA group over one key range, its
-// partial softmax state (m, l, o) written to a workspace; the last split of each (token, KV head)
-// to finish merges them (tensor-core kernel), or a small second kernel does (fp32 kernel).
+// partial softmax state (m, l, o) written to a workspace, and a small kernel merges the splits.
 // head_dim 64 and 128 run on tensor cores (mma.sync, K/V staged through shared memory by
 // cp.async); other head sizes on an fp32 kernel (decode_attention.cu).
 #pragma once
@@ -22,11 +21,6 @@ namespace tessera::cuda {
 constexpr int kDecodeTileKeys = 128;
 // Most splits per token; bounds the combine kernel's shared memory.
 constexpr int kMaxDecodeSplits = 256;
-// The workspace opens with one int32 arrival counter per (token, KV head) of a split launch:
-// these bytes must be zero before the workspace's first use (the CUDA backend clears them once
-// when it allocates it), and every launch leaves them zero, so a graph replays with no reset.
-// Launches of more than kDecodeCounterBytes / 4 (token, KV head) pairs run unsplit.
-constexpr size_t kDecodeCounterBytes = 16 << 10;
 // Largest GQA group (q_heads / kv_heads) the split kernel takes; larger ones use the old kernel.
 constexpr int kMaxDecodeGroup = 16;
 
@@ -40,8 +34,8 @@ struct DecodeSplitPlan {
 // The split count from launch constants only, never from context lengths, so that a CUDA graph
 // captured once replays correctly for every context up to key_capacity (max_blocks_per_seq *
 // block_size): as many splits as fill one wave of `resident_blocks` (SMs x resident blocks per
-// SM), lowered so the counters and partials fit workspace_bytes (num_splits == 1 needs no
-// workspace: the split kernel then writes the output itself).
+// SM), lowered so the partials fit workspace_bytes (num_splits == 1 needs no workspace: the
+// split kernel then writes the output itself).
 DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int head_dim,
                                  int64_t key_capacity, int resident_blocks, size_t workspace_bytes);
 
@@ -49,16 +43,14 @@ DecodeSplitPlan PlanDecodeSplits(int num_tokens, int q_heads, int kv_heads, int 
 // would decline them.
 DecodeSplitPlan PlanSplitKvDecode(const PagedAttentionArgs& args);
 
-// Workspace bytes a launch of `num_splits` splits takes: the counters (kDecodeCounterBytes),
-// then the partials, o [num_tokens, q_heads, splits, head_dim], m and l [num_tokens, q_heads,
-// splits], all fp32. The workspace must be 16-byte aligned.
+// Workspace bytes the partials of `num_splits` splits take: o [num_tokens, q_heads, splits,
+// head_dim], then m and l [num_tokens, q_heads, splits], all fp32.
 size_t DecodeWorkspaceBytes(int num_tokens, int q_heads, int head_dim, int num_splits);
 
 // Runs the split-KV decode attention on `args` (each token attends to positions 0..positions[t]
 // of its sequence, as LaunchPagedAttention) and returns true; returns false without launching
 // when the arguments are outside what it supports (no workspace, group > kMaxDecodeGroup, odd
-// head_dim, caches not 4-byte or workspace not 16-byte aligned), so the caller runs the general
-// kernel instead.
+// head_dim, caches not 4-byte aligned), so the caller runs the general kernel instead.
 bool LaunchSplitKvDecode(const PagedAttentionArgs& args, cudaStream_t stream);
 
 }  // namespace tessera::cuda
