@@ -18,6 +18,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/random.h"
@@ -155,6 +156,12 @@ class CudaBackend final : public Backend {
     cuda::LaunchAddRmsNorm(B(residual), B(x), B(weight), rows, dim, eps, B(out), stream_);
   }
   void Linear(const void* x, const void* w, int64_t m, int64_t n, int64_t k, void* y) override {
+    // NOTE: decode row counts stream w at near copy bandwidth through the GEMV (gemv.h);
+    // cuBLASLt's tiles reach less there. Other shapes and misaligned operands: cuBLASLt.
+    if (n > 0 && cuda::GemvSupported(B(x), B(w), m, k)) {
+      cuda::LaunchGemv(B(x), B(w), m, n, k, B(y), stream_);
+      return;
+    }
     gemm_->Linear(B(x), B(w), m, n, k, B(y), stream_);
   }
   void HeadNormRope(void* x, int64_t row_stride, int n, int heads, int head_dim,

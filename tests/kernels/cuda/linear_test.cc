@@ -3,6 +3,10 @@
 // algorithm the autotuner may pick (kernels/cuda/gemm.h), a tuning bucket's winner reused for
 // other m, and a first call inside a graph capture. With TESSERA_GEMM_BENCH=1, also a benchmark
 // of Qwen3-14B's projections: cuBLASLt's heuristic top-1 against the tuned choice.
+// The decode GEMV (kernels/cuda/gemv.h, Linear's path for m <= 8 with aligned operands and
+// k % 8 == 0): every rows-per-block variant against the reference, odd n, k not a multiple of 8
+// and unaligned offsets (which fall back to cuBLASLt), bit-identical repeats and graph replay with
+// new inputs; with TESSERA_GEMM_BENCH=1 a benchmark against cuBLASLt at m = 1, 2, 4, 8.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +17,7 @@
 
 #include "kernels/cpu/reference.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace tessera {
@@ -274,6 +279,186 @@ TEST_F(CudaLinearTuningTest, Qwen3Benchmark) {
       }
       std::printf("%-8s %5d %6d %5d | %22s | %22s | %22s | %5.2fx %8.1f\n", s.name, m, s.n, s.k,
                   cols[0], cols[1], cols[2], us[0] / us[2], tune_ms[2]);
+      std::fflush(stdout);
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
+using CudaGemvGraphTest = testing::CudaTest;
+
+// m, n, k, element offset of x, w and y: shapes in the GEMV's range (m <= 8).
+class CudaGemvTest : public testing::CudaParamTest<std::tuple<int, int, int, int>> {};
+
+TEST_P(CudaGemvTest, MatchesReference) {
+  // Through the backend (GEMV or, for k % 8 != 0 or unaligned operands, cuBLASLt), then the GEMV
+  // launched directly with each rows-per-block variant where it applies.
+  const auto [m, n, k, offset] = GetParam();
+  std::mt19937 rng(m * 7919 + n * 31 + k * 3 + offset);
+  auto x = testing::RandomBf16(offset + m * k, rng);
+  auto w = testing::RandomBf16(offset + size_t{1} * n * k, rng);
+  std::vector<float> ref(size_t{1} * m * n);
+  cpu::Linear(x.data() + offset, w.data() + offset, m, n, k, ref.data());
+  DeviceBuffer dx = testing::UploadBf16(gpu(), x), dw = testing::UploadBf16(gpu(), w);
+  const auto* xp = dx.as<__nv_bfloat16>() + offset;
+  const auto* wp = dw.as<__nv_bfloat16>() + offset;
+  const bool gemv = cuda::GemvSupported(xp, wp, m, k);
+  EXPECT_EQ(gemv, m <= 8 && k % 8 == 0 && offset % 8 == 0);
+  for (const int rows : {-1, 0, 1, 2, 4}) {  // -1: through the backend
+    if (rows >= 0 && !gemv) break;
+    DeviceBuffer dy = testing::PoisonedBf16(gpu(), offset + size_t{1} * m * n);
+    auto* yp = dy.as<__nv_bfloat16>() + offset;
+    if (rows < 0) {
+      gpu().Linear(xp, wp, m, n, k, yp);
+    } else {
+      cuda::LaunchGemv(xp, wp, m, n, k, yp, static_cast<cudaStream_t>(gpu().stream()), rows);
+    }
+    auto y = testing::DownloadBf16(gpu(), dy, offset + size_t{1} * m * n);
+    y.erase(y.begin(), y.begin() + offset);
+    char what[96];
+    std::snprintf(what, sizeof(what), "%s m=%d n=%d k=%d offset=%d rows/block=%d",
+                  rows < 0 ? "Linear" : "GEMV", m, n, k, offset, rows);
+    testing::ExpectRelativeL2(what, y, ref, kOneRounding);
+  }
+}
+
+TEST_P(CudaGemvTest, RepeatsBitForBit) {
+  const auto [m, n, k, offset] = GetParam();
+  std::mt19937 rng(3 * m + n + k + offset);
+  auto x = testing::RandomBf16(size_t{1} * m * k, rng);
+  auto w = testing::RandomBf16(size_t{1} * n * k, rng);
+  DeviceBuffer dx = testing::UploadBf16(gpu(), x), dw = testing::UploadBf16(gpu(), w);
+  DeviceBuffer y1 = gpu().Allocate(size_t{2} * m * n), y2 = gpu().Allocate(size_t{2} * m * n);
+  gpu().Linear(dx.data(), dw.data(), m, n, k, y1.data());
+  gpu().Linear(dx.data(), dw.data(), m, n, k, y2.data());
+  EXPECT_EQ(testing::DownloadRaw<uint16_t>(gpu(), y1, size_t{1} * m * n),
+            testing::DownloadRaw<uint16_t>(gpu(), y2, size_t{1} * m * n));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaGemvTest,
+    ::testing::Values(std::make_tuple(1, 1, 8, 0), std::make_tuple(1, 7, 2056, 0),
+                      std::make_tuple(2, 1001, 1288, 0), std::make_tuple(3, 513, 520, 0),
+                      std::make_tuple(4, 3, 4104, 0), std::make_tuple(5, 999, 264, 0),
+                      std::make_tuple(6, 131, 5120, 0), std::make_tuple(7, 257, 776, 0),
+                      std::make_tuple(8, 1791, 1280, 0), std::make_tuple(8, 33, 17400, 0),
+                      std::make_tuple(1, 4097, 136, 0), std::make_tuple(3, 65, 130, 0),
+                      std::make_tuple(1, 100, 1000, 8), std::make_tuple(2, 77, 64, 1),
+                      std::make_tuple(8, 129, 256, 3), std::make_tuple(9, 101, 256, 0)));
+
+// The GEMV captured in a graph (as decode steps are), replayed after x changes in place.
+TEST_F(CudaGemvGraphTest, ReplaysWithNewInputs) {
+  if (!gpu().CanCaptureGraphs()) GTEST_SKIP() << "no graph capture";
+  const int m = 3, n = 1001, k = 1032;
+  std::mt19937 rng(29);
+  auto w = testing::RandomBf16(size_t{1} * n * k, rng);
+  DeviceBuffer dw = testing::UploadBf16(gpu(), w);
+  DeviceBuffer dx = gpu().Allocate(size_t{2} * m * k);
+  DeviceBuffer dy = testing::PoisonedBf16(gpu(), size_t{1} * m * n);
+  ASSERT_TRUE(cuda::GemvSupported(dx.as<__nv_bfloat16>(), dw.as<__nv_bfloat16>(), m, k));
+  gpu().BeginCapture();
+  gpu().Linear(dx.data(), dw.data(), m, n, k, dy.data());
+  auto graph = gpu().EndCapture();
+  ASSERT_NE(graph, nullptr);
+  for (int step = 0; step < 2; ++step) {
+    auto x = testing::RandomBf16(size_t{1} * m * k, rng);
+    gpu().UploadFloat(dx.data(), DType::kBF16, x.data(), x.size());
+    std::vector<float> ref(size_t{1} * m * n);
+    cpu::Linear(x.data(), w.data(), m, n, k, ref.data());
+    graph->Replay();
+    char what[48];
+    std::snprintf(what, sizeof(what), "captured GEMV, replay %d", step);
+    testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, size_t{1} * m * n), ref,
+                              kOneRounding);
+  }
+}
+
+// TESSERA_GEMM_BENCH=1: the GEMV (its own pick of rows per block, and each variant) against
+// cuBLASLt's heuristic top-1 on Qwen3-14B's projections, unsharded and as TP4 shards, at
+// m = 1, 2, 4, 8. Weights rotate through copies larger than L2 together; medians of 5 runs of
+// ~10 ms of back-to-back calls. TB/s counts w, x and y once.
+TEST_F(CudaGemvGraphTest, Benchmark) {
+  const char* env = std::getenv("TESSERA_GEMM_BENCH");
+  if (env == nullptr || std::strcmp(env, "1") != 0) GTEST_SKIP() << "TESSERA_GEMM_BENCH=1 runs it";
+  const auto stream = static_cast<cudaStream_t>(gpu().stream());
+  constexpr size_t kWorkspace = 32u << 20;
+  DeviceBuffer workspace = gpu().Allocate(kWorkspace);
+  cuda::LtGemm gemm(workspace.data(), kWorkspace);
+  cudaEvent_t start, stop;
+  ASSERT_EQ(cudaEventCreate(&start), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&stop), cudaSuccess);
+  struct Shape {
+    const char* name;
+    int n, k;
+  };
+  const Shape shapes[] = {{"qkv", 7168, 5120},      {"o_proj", 5120, 5120},
+                          {"gate_up", 34816, 5120}, {"down", 5120, 17408},
+                          {"lm_head", 151936, 5120}, {"qkv/4", 1792, 5120},
+                          {"o_proj/4", 5120, 1280}, {"gate_up/4", 8704, 5120},
+                          {"down/4", 5120, 4352}};
+  std::printf("%-9s %2s %6s %5s | %13s | %13s %4s | %13s | %13s | %13s\n", "shape", "m", "n", "k",
+              "cuBLASLt us TB/s", "GEMV us TB/s", "rows", "rows=1", "rows=2", "rows=4");
+  for (const Shape& s : shapes) {
+    const size_t w_bytes = size_t{2} * s.n * s.k;
+    const int copies = static_cast<int>(std::clamp<size_t>((256u << 20) / w_bytes + 1, 1, 8));
+    std::vector<DeviceBuffer> ws;
+    for (int c = 0; c < copies; ++c) {
+      ws.push_back(gpu().Allocate(w_bytes));
+      gpu().FillRandom(ws.back().data(), DType::kBF16, size_t{1} * s.n * s.k, 100 + c, 0, 0.05f);
+    }
+    for (const int m : {1, 2, 4, 8}) {
+      DeviceBuffer x = gpu().Allocate(size_t{2} * m * s.k);
+      gpu().FillRandom(x.data(), DType::kBF16, size_t{1} * m * s.k, 7, 0, 1.0f);
+      DeviceBuffer y = gpu().Allocate(size_t{2} * m * s.n);
+      const auto* xp = x.as<__nv_bfloat16>();
+      auto* yp = y.as<__nv_bfloat16>();
+      const double bytes = 2.0 * (double(m) * s.k + double(s.n) * s.k + double(m) * s.n);
+      // variant 0: cuBLASLt; 1: the GEMV's own pick; 2, 3, 4: rows per block 1, 2, 4.
+      double us[5];
+      std::vector<float> out[2];
+      for (int variant = 0; variant < 5; ++variant) {
+        auto call = [&](int c) {
+          const auto* wp = ws[c % copies].as<__nv_bfloat16>();
+          if (variant == 0) {
+            gemm.Linear(xp, wp, m, s.n, s.k, yp, stream);
+          } else {
+            cuda::LaunchGemv(xp, wp, m, s.n, s.k, yp, stream, variant == 1 ? 0 : 1 << (variant - 2));
+          }
+        };
+        call(0);
+        if (variant < 2) out[variant] = testing::DownloadBf16(gpu(), y, size_t{1} * m * s.n);
+        for (int c = 0; c < copies; ++c) call(c);
+        cudaEventRecord(start, stream);
+        call(1);
+        cudaEventRecord(stop, stream);
+        cudaEventSynchronize(stop);
+        float one = 0;
+        cudaEventElapsedTime(&one, start, stop);
+        const int calls = std::clamp(static_cast<int>(10.0f / std::max(one, 1e-3f)), 4, 2000);
+        std::vector<float> runs;
+        for (int r = 0; r < 5; ++r) {
+          cudaEventRecord(start, stream);
+          for (int c = 0; c < calls; ++c) call(c);
+          cudaEventRecord(stop, stream);
+          cudaEventSynchronize(stop);
+          float ms = 0;
+          cudaEventElapsedTime(&ms, start, stop);
+          runs.push_back(ms * 1000.0f / calls);
+        }
+        std::sort(runs.begin(), runs.end());
+        us[variant] = runs[2];
+      }
+      ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+      char what[64];
+      std::snprintf(what, sizeof(what), "%s m=%d: GEMV vs cuBLASLt", s.name, m);
+      testing::ExpectRelativeL2(what, out[1], out[0], 2 * kOneRounding);
+      char cols[5][24];
+      for (int v = 0; v < 5; ++v)
+        std::snprintf(cols[v], sizeof(cols[v]), "%7.1f %5.2f", us[v], bytes / us[v] * 1e-6);
+      std::printf("%-9s %2d %6d %5d | %13s | %13s %4d | %13s | %13s | %13s\n", s.name, m, s.n, s.k,
+                  cols[0], cols[1], cuda::GemvRowsPerBlock(m, s.n, s.k), cols[2], cols[3],
+                  cols[4]);
       std::fflush(stdout);
     }
   }
