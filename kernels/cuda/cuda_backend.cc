@@ -156,9 +156,9 @@ class CudaBackend final : public Backend {
     cuda::LaunchAddRmsNorm(B(residual), B(x), B(weight), rows, dim, eps, B(out), stream_);
   }
   void Linear(const void* x, const void* w, int64_t m, int64_t n, int64_t k, void* y) override {
-    // NOTE: decode row counts stream w at near copy bandwidth through the GEMV (gemv.h);
-    // cuBLASLt's tiles reach less there. Other shapes and misaligned operands: cuBLASLt.
-    if (n > 0 && cuda::GemvSupported(B(x), B(w), m, k)) {
+    // NOTE: at decode's m = 1 (2 for long rows) the GEMV streams w closer to copy bandwidth than
+    // cuBLASLt's tiles (gemv.h has the measurements). Other shapes, misaligned operands: cuBLASLt.
+    if (n > 0 && cuda::GemvPreferred(m, n, k) && cuda::GemvSupported(B(x), B(w), m, k)) {
       cuda::LaunchGemv(B(x), B(w), m, n, k, B(y), stream_);
       return;
     }

@@ -5,10 +5,11 @@
 // is the copy bandwidth (~4.3 TB/s on an H200). cuBLASLt's GEMM tiles reach 3.0-4.1 TB/s there
 // depending on the shape, the small (o_proj, qkv, tensor-parallel shards) worst.
 //
-// Layout of the work (gemv.cu): a block of 8 warps owns `rows` consecutive rows of w (1, 2 or 4); its warps split k in interleaved 256-element chunks (32 lanes x 8 bf16, one 16-byte load
-// each), each thread keeping 8 loads of w in flight. Partial sums are reduced in a fixed order
-// (warp shuffles, then the 8 warps in index order through shared memory), so a launch with the
-// same shape repeats bit for bit. No workspace, no host synchronisation: graph-capturable.
+// Layout of the work (gemv.cu): a block of 8 warps owns `rows` consecutive rows of w (1, 2 or 4);
+// its warps split k in interleaved 256-element chunks (32 lanes x 8 bf16, one 16-byte load each),
+// each thread keeping 8 loads of w in flight. Partial sums are reduced in a fixed order (warp
+// shuffles, then the 8 warps in index order through shared memory), so a launch with the same shape
+// repeats bit for bit. No workspace, no host synchronisation: graph-capturable.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,6 +24,13 @@ constexpr int64_t kGemvMaxRows = 8;
 // Whether LaunchGemv handles this call: 1 <= m <= kGemvMaxRows, k a multiple of 8, x and w
 // 16-byte aligned (so every row of both starts on 16 bytes). y has no alignment requirement.
 bool GemvSupported(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, int64_t k);
+
+// Whether the GEMV beats cuBLASLt's heuristic choice for this shape (Linear's dispatch rule).
+// NOTE: measured on an H200 (tests/kernels/cuda/linear_test.cc, TESSERA_GEMM_BENCH=1, Qwen3-14B
+// shapes unsharded and as TP4 shards): at m = 1 the GEMV wins on every shape but o_proj/TP4
+// (k = 1280, a tie); at m = 2 it wins or ties for k >= 4352 and loses at k = 1280; at m >= 4
+// cuBLASLt wins (re-reading x for every 16 bytes of w makes the GEMV issue-bound).
+bool GemvPreferred(int64_t m, int64_t n, int64_t k);
 
 // The rows of w per block LaunchGemv picks for a shape (exposed for the tests and benchmark).
 int GemvRowsPerBlock(int64_t m, int64_t n, int64_t k);

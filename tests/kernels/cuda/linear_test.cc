@@ -3,10 +3,11 @@
 // algorithm the autotuner may pick (kernels/cuda/gemm.h), a tuning bucket's winner reused for
 // other m, and a first call inside a graph capture. With TESSERA_GEMM_BENCH=1, also a benchmark
 // of Qwen3-14B's projections: cuBLASLt's heuristic top-1 against the tuned choice.
-// The decode GEMV (kernels/cuda/gemv.h, Linear's path for m <= 8 with aligned operands and
-// k % 8 == 0): every rows-per-block variant against the reference, odd n, k not a multiple of 8
-// and unaligned offsets (which fall back to cuBLASLt), bit-identical repeats and graph replay with
-// new inputs; with TESSERA_GEMM_BENCH=1 a benchmark against cuBLASLt at m = 1, 2, 4, 8.
+// The decode GEMV (kernels/cuda/gemv.h, Linear's path where GemvPreferred, with aligned operands
+// and k % 8 == 0; it computes any m <= 8): every rows-per-block variant against the reference, odd
+// n, k not a multiple of 8 and unaligned offsets (which fall back to cuBLASLt), bit-identical
+// repeats and graph replay with new inputs; with TESSERA_GEMM_BENCH=1 a benchmark against cuBLASLt
+// at m = 1, 2, 4, 8.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -292,8 +293,8 @@ using CudaGemvGraphTest = testing::CudaTest;
 class CudaGemvTest : public testing::CudaParamTest<std::tuple<int, int, int, int>> {};
 
 TEST_P(CudaGemvTest, MatchesReference) {
-  // Through the backend (GEMV or, for k % 8 != 0 or unaligned operands, cuBLASLt), then the GEMV
-  // launched directly with each rows-per-block variant where it applies.
+  // Through the backend (the GEMV where GemvPreferred; cuBLASLt for other m, k % 8 != 0 or
+  // unaligned operands), then the GEMV launched directly with each rows-per-block variant.
   const auto [m, n, k, offset] = GetParam();
   std::mt19937 rng(m * 7919 + n * 31 + k * 3 + offset);
   auto x = testing::RandomBf16(offset + m * k, rng);
@@ -350,13 +351,14 @@ INSTANTIATE_TEST_SUITE_P(
 // The GEMV captured in a graph (as decode steps are), replayed after x changes in place.
 TEST_F(CudaGemvGraphTest, ReplaysWithNewInputs) {
   if (!gpu().CanCaptureGraphs()) GTEST_SKIP() << "no graph capture";
-  const int m = 3, n = 1001, k = 1032;
+  const int m = 2, n = 1001, k = 2056;
   std::mt19937 rng(29);
   auto w = testing::RandomBf16(size_t{1} * n * k, rng);
   DeviceBuffer dw = testing::UploadBf16(gpu(), w);
   DeviceBuffer dx = gpu().Allocate(size_t{2} * m * k);
   DeviceBuffer dy = testing::PoisonedBf16(gpu(), size_t{1} * m * n);
-  ASSERT_TRUE(cuda::GemvSupported(dx.as<__nv_bfloat16>(), dw.as<__nv_bfloat16>(), m, k));
+  ASSERT_TRUE(cuda::GemvPreferred(m, n, k) &&
+              cuda::GemvSupported(dx.as<__nv_bfloat16>(), dw.as<__nv_bfloat16>(), m, k));
   gpu().BeginCapture();
   gpu().Linear(dx.data(), dw.data(), m, n, k, dy.data());
   auto graph = gpu().EndCapture();
@@ -392,11 +394,10 @@ TEST_F(CudaGemvGraphTest, Benchmark) {
     const char* name;
     int n, k;
   };
-  const Shape shapes[] = {{"qkv", 7168, 5120},      {"o_proj", 5120, 5120},
-                          {"gate_up", 34816, 5120}, {"down", 5120, 17408},
-                          {"lm_head", 151936, 5120}, {"qkv/4", 1792, 5120},
-                          {"o_proj/4", 5120, 1280}, {"gate_up/4", 8704, 5120},
-                          {"down/4", 5120, 4352}};
+  const Shape shapes[] = {
+      {"qkv", 7168, 5120},      {"o_proj", 5120, 5120},    {"gate_up", 34816, 5120},
+      {"down", 5120, 17408},    {"lm_head", 151936, 5120}, {"qkv/4", 1792, 5120},
+      {"o_proj/4", 5120, 1280}, {"gate_up/4", 8704, 5120}, {"down/4", 5120, 4352}};
   std::printf("%-9s %2s %6s %5s | %13s | %13s %4s | %13s | %13s | %13s\n", "shape", "m", "n", "k",
               "cuBLASLt us TB/s", "GEMV us TB/s", "rows", "rows=1", "rows=2", "rows=4");
   for (const Shape& s : shapes) {
@@ -423,7 +424,8 @@ TEST_F(CudaGemvGraphTest, Benchmark) {
           if (variant == 0) {
             gemm.Linear(xp, wp, m, s.n, s.k, yp, stream);
           } else {
-            cuda::LaunchGemv(xp, wp, m, s.n, s.k, yp, stream, variant == 1 ? 0 : 1 << (variant - 2));
+            cuda::LaunchGemv(xp, wp, m, s.n, s.k, yp, stream,
+                             variant == 1 ? 0 : 1 << (variant - 2));
           }
         };
         call(0);
@@ -457,8 +459,7 @@ TEST_F(CudaGemvGraphTest, Benchmark) {
       for (int v = 0; v < 5; ++v)
         std::snprintf(cols[v], sizeof(cols[v]), "%7.1f %5.2f", us[v], bytes / us[v] * 1e-6);
       std::printf("%-9s %2d %6d %5d | %13s | %13s %4d | %13s | %13s | %13s\n", s.name, m, s.n, s.k,
-                  cols[0], cols[1], cuda::GemvRowsPerBlock(m, s.n, s.k), cols[2], cols[3],
-                  cols[4]);
+                  cols[0], cols[1], cuda::GemvRowsPerBlock(m, s.n, s.k), cols[2], cols[3], cols[4]);
       std::fflush(stdout);
     }
   }
