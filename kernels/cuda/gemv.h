@@ -27,8 +27,9 @@ bool GemvSupported(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, in
 
 // Whether the GEMV beats cuBLASLt's heuristic choice for this shape (Linear's dispatch rule).
 // NOTE: measured on an H200 (tests/kernels/cuda/linear_test.cc, TESSERA_GEMM_BENCH=1, Qwen3-14B
-// shapes unsharded and as TP4 shards): at m = 1 the GEMV wins on every shape but o_proj/TP4
-// (k = 1280, a tie); at m = 2 it wins or ties for k >= 4352 and loses at k = 1280; at m >= 4
+// shapes unsharded and as TP4 shards; docs/perf/2026-11-22-gemv.md): at m = 1 the GEMV wins on
+// every shape (6-40%); at m = 2 it wins on qkv, gate_up and down (2-37%), is 2-5% slower on
+// o_proj and down/TP4 and ties at k = 1280 (so m = 2 takes it only for k >= 2048); at m >= 4
 // cuBLASLt wins (re-reading x for every 16 bytes of w makes the GEMV issue-bound).
 bool GemvPreferred(int64_t m, int64_t n, int64_t k);
 
