@@ -89,7 +89,9 @@ TEST(ServeTest, ConcurrentStreamsEqualOfflineGreedy) {
   }
   for (auto& t : threads) t.join();
   for (int i = 0; i < kStreams; ++i) {
-    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    ASSERT_TRUE(results[i].status.ok())
+        << i << ": " << results[i].status.error_message() << "\nserver log:\n"
+        << job.Log();
     EXPECT_EQ(results[i].tokens, RunOffline(prompts[i], lengths[i])) << "stream " << i;
     EXPECT_EQ(results[i].finish, v1::FINISH_REASON_LENGTH);
     EXPECT_EQ(results[i].chunks, lengths[i]);  // one chunk per token: streamed, not batched up

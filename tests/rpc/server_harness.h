@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -29,10 +30,11 @@ class ServerJob {
  public:
   // `args` follow `tessera serve`; ports and the port file are added here.
   ServerJob(int ranks, std::vector<std::string> args, bool expect_ready = true) {
-    dir_ = ::testing::TempDir() + "/serve-" + std::to_string(getpid()) + "-" +
-           std::to_string(counter()++);
-    std::string mkdir = "mkdir -p " + dir_;
-    EXPECT_EQ(std::system(mkdir.c_str()), 0);
+    // A fresh directory each time: a name made of the pid alone can meet a port file left by an
+    // earlier process with the same pid, and the clients would then dial a dead port.
+    std::string templ = ::testing::TempDir() + "/serve-XXXXXX";
+    EXPECT_NE(mkdtemp(templ.data()), nullptr) << templ;
+    dir_ = templ;
     port_file_ = dir_ + "/port";
     log_ = dir_ + "/serve.log";
     std::vector<std::string> argv = {TESSERA_MPIRUN,
@@ -78,6 +80,8 @@ class ServerJob {
       int status;
       waitpid(mpirun_pid_, &status, 0);
     }
+    const std::string rm = "rm -rf " + dir_;
+    if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", dir_.c_str());
   }
 
   bool ready() {
@@ -143,10 +147,6 @@ class ServerJob {
   }
 
  private:
-  static int& counter() {
-    static int n = 0;
-    return n;
-  }
   std::string dir_, port_file_, log_;
   pid_t mpirun_pid_ = -1;
   int grpc_port_ = 0, metrics_port_ = 0, rank0_pid_ = 0;
