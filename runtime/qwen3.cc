@@ -680,7 +680,6 @@ void Qwen3Model::RunHead(int r) {
 
 void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits,
                          std::vector<int32_t>* tokens) {
-  const ModelConfig& c = config_;
   const int n = static_cast<int>(batch.token_ids.size());
   const int r = static_cast<int>(batch.logit_tokens.size());
   TESSERA_CHECK_EQ(batch.positions.size(), static_cast<size_t>(n));
@@ -696,7 +695,6 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
   logits->clear();
   tokens->clear();
-  const DType act = backend_.activation_dtype();
 
   if (DecodeGraphEligible(batch)) {
     RunDecodeGraph(batch, kv);
@@ -729,33 +727,11 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
 
   // Tokens sampled on the device, or logits to the host with the vocabulary shards gathered.
   tokens->assign(r, -1);
-  if (NumLogitRowsReturned(batch) < r) {
-    SampleOnDevice(batch, logits, tokens);
-    return;
-  }
-  const int64_t vocab_local = vocab_end_ - vocab_start_;
-  host_logits_.resize(static_cast<size_t>(r) * vocab_local);
-  backend_.DownloadFloat(host_logits_.data(), logits_buf_.data(), act, host_logits_.size());
-  if (shard_.tp_size == 1) {
-    logits->swap(host_logits_);
-    return;
-  }
-  // [T, r, V/T] -> [r, V].
-  const int T = shard_.tp_size;
-  std::vector<float> gathered(host_logits_.size() * T);
-  shard_.tp->AllGather(host_logits_.data(), gathered.data(), host_logits_.size(), DType::kF32);
-  logits->resize(static_cast<size_t>(r) * c.vocab_size);
-  for (int s = 0; s < T; ++s) {
-    for (int i = 0; i < r; ++i) {
-      std::copy(gathered.begin() + (static_cast<int64_t>(s) * r + i) * vocab_local,
-                gathered.begin() + (static_cast<int64_t>(s) * r + i + 1) * vocab_local,
-                logits->begin() + i * c.vocab_size + s * vocab_local);
-    }
-  }
+  SampleOrDownload(batch, logits, tokens);
 }
 
-void Qwen3Model::SampleOnDevice(const StepBatch& batch, std::vector<float>* logits,
-                                std::vector<int32_t>* tokens) {
+void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
+                                  std::vector<int32_t>* tokens) {
   const int r = static_cast<int>(batch.logit_tokens.size());
   const int T = shard_.tp_size;
   const int64_t V = config_.vocab_size, vocab_local = vocab_end_ - vocab_start_;
@@ -767,29 +743,42 @@ void Qwen3Model::SampleOnDevice(const StepBatch& batch, std::vector<float>* logi
                          static_cast<size_t>(r) * vocab_local, act);
     full = gathered_logits_.data();
   }
-  // Rows that return logits are sampled greedily too (cheap) and their ids dropped.
-  host_params_.assign(r, SamplingRowParams{});
-  for (int i = 0; i < r; ++i) {
-    if (batch.logit_sampling[i].on_device) host_params_[i] = batch.logit_sampling[i].params;
+  // Only TP rank 0 of the last stage reports to the coordinator (Executor::Run); the others
+  // only wait for their step, as a read of the results would.
+  if (shard_.tp_rank != 0) {
+    tokens->clear();
+    backend_.Synchronize();
+    return;
   }
-  backend_.CopyToDevice(sample_params_.data(), host_params_.data(),
-                        static_cast<size_t>(r) * sizeof(SamplingRowParams));
-  backend_.SampleTokens(full, r, V, T, sample_params_.as<SamplingRowParams>(),
-                        sampled_ids_.as<int32_t>());
-  backend_.CopyToHost(tokens->data(), sampled_ids_.data(),
-                      static_cast<size_t>(r) * sizeof(int32_t));
   const int returned = NumLogitRowsReturned(batch);
-  for (int i = 0; i < r; ++i) {
-    if (!batch.logit_sampling[i].on_device) (*tokens)[i] = -1;
+  if (returned < r) {
+    // Rows that return logits are sampled greedily too (cheap) and their ids dropped.
+    host_params_.assign(r, SamplingRowParams{});
+    for (int i = 0; i < r; ++i) {
+      if (batch.logit_sampling[i].on_device) host_params_[i] = batch.logit_sampling[i].params;
+    }
+    backend_.CopyToDevice(sample_params_.data(), host_params_.data(),
+                          static_cast<size_t>(r) * sizeof(SamplingRowParams));
+    backend_.SampleTokens(full, r, V, T, sample_params_.as<SamplingRowParams>(),
+                          sampled_ids_.as<int32_t>());
+    backend_.CopyToHost(tokens->data(), sampled_ids_.data(),
+                        static_cast<size_t>(r) * sizeof(int32_t));
+    for (int i = 0; i < r; ++i) {
+      if (!batch.logit_sampling[i].on_device) (*tokens)[i] = -1;
+    }
   }
   if (returned == 0) return;
-  // The few rows that need their logits on the host: [T, r, V / T] -> [returned, V].
+  logits->resize(static_cast<size_t>(returned) * V);
+  if (T == 1 && returned == r) {  // already [r, V]
+    backend_.DownloadFloat(logits->data(), full, act, logits->size());
+    return;
+  }
+  // The rows that return logits: [T, r, V / T] -> [returned, V].
   host_logits_.resize(static_cast<size_t>(r) * V);
   backend_.DownloadFloat(host_logits_.data(), full, act, host_logits_.size());
-  logits->resize(static_cast<size_t>(returned) * V);
   int h = 0;
   for (int i = 0; i < r; ++i) {
-    if (batch.logit_sampling[i].on_device) continue;
+    if (!batch.logit_sampling.empty() && batch.logit_sampling[i].on_device) continue;
     for (int s = 0; s < T; ++s) {
       const auto src = host_logits_.begin() + (static_cast<int64_t>(s) * r + i) * vocab_local;
       std::copy(src, src + vocab_local, logits->begin() + h * V + s * vocab_local);

@@ -120,9 +120,9 @@ class Qwen3Model {
   // stage, for each logit row: rows sampled on the device get their id in `tokens`
   // [logit_tokens.size()] (the vocabulary shards gathered on the device, Backend::SampleTokens);
   // the other rows get -1 there and their full-vocabulary logits (float32, gathered across TP
-  // ranks) in `logits` [NumLogitRowsReturned(batch), vocab_size], in row order. Elsewhere both
-  // stay empty. An empty batch (no tokens) still takes part in the collectives its peers make
-  // (expert all-to-alls).
+  // ranks) in `logits` [NumLogitRowsReturned(batch), vocab_size], in row order. Only TP rank 0
+  // fills them (it alone reports to the coordinator); elsewhere both stay empty. An empty batch (no
+  // tokens) still takes part in the collectives its peers make (expert all-to-alls).
   void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits,
                std::vector<int32_t>* tokens);
 
@@ -151,10 +151,10 @@ class Qwen3Model {
   bool DecodeGraphEligible(const StepBatch& batch) const;
   void RunDecodeGraph(const StepBatch& batch, KvCache& kv);
   void TpAllReduce(void* buf, int64_t count);
-  // Forward's tail when some logit rows are sampled on the device: logits_buf_ -> tokens, and
-  // the logits of the rows that return them.
-  void SampleOnDevice(const StepBatch& batch, std::vector<float>* logits,
-                      std::vector<int32_t>* tokens);
+  // Forward's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the
+  // device; on TP rank 0, ids of the rows sampled on the device and the logits of the others.
+  void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
+                        std::vector<int32_t>* tokens);
   // MoE layer with experts spread over the stage (ep_size > 1): route this rank's share of the
   // tokens, dispatch rows to expert owners by all-to-all(v), compute, combine back, and gather the
   // TP group's shares. hidden_ -> proj_.
