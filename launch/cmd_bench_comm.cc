@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,13 +37,7 @@
 #include "nlohmann/json.hpp"
 
 #if defined(TESSERA_HAVE_CUDA)
-#include <cuda_runtime_api.h>
-#define BENCH_CUDA_CHECK(call)                                         \
-  do {                                                                 \
-    const cudaError_t bench_result_ = (call);                          \
-    TESSERA_CHECK(bench_result_ == cudaSuccess)                        \
-        << #call << " returned " << cudaGetErrorString(bench_result_); \
-  } while (0)
+#include "kernels/cuda/cuda_check.h"
 #endif
 
 #ifndef TESSERA_GIT_COMMIT
@@ -78,8 +73,8 @@ class Timer {
   Timer(Backend& backend, Communicator& world) : backend_(backend), world_(world) {
 #if defined(TESSERA_HAVE_CUDA)
     if (backend_.kind() == DeviceKind::kCuda) {
-      BENCH_CUDA_CHECK(cudaEventCreate(&start_));
-      BENCH_CUDA_CHECK(cudaEventCreate(&stop_));
+      CUDA_CHECK(cudaEventCreate(&start_));
+      CUDA_CHECK(cudaEventCreate(&stop_));
     }
 #endif
   }
@@ -113,12 +108,12 @@ class Timer {
 #if defined(TESSERA_HAVE_CUDA)
     if (backend_.kind() == DeviceKind::kCuda) {
       cudaStream_t stream = static_cast<cudaStream_t>(backend_.stream());
-      BENCH_CUDA_CHECK(cudaEventRecord(start_, stream));
+      CUDA_CHECK(cudaEventRecord(start_, stream));
       run();
-      BENCH_CUDA_CHECK(cudaEventRecord(stop_, stream));
+      CUDA_CHECK(cudaEventRecord(stop_, stream));
       backend_.Synchronize();  // the host wait an eager op pays (bounded: see nccl_communicator.h)
       float ms = 0;
-      BENCH_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
       return ms * 1e-3;
     }
 #endif
@@ -135,26 +130,17 @@ class Timer {
 #endif
 };
 
-#if defined(TESSERA_HAVE_CUDA)
-// `ops` back-to-back all-reduces of `count` elements captured in one CUDA graph: seconds per
-// all-reduce when the graph is replayed (median over repeats of graph time / ops).
+// `ops` back-to-back all-reduces of `count` elements recorded in one graph (Backend::BeginCapture):
+// seconds per all-reduce when the graph is replayed (median over repeats of graph time / ops).
 double GraphAllReduceSeconds(Backend& backend, Communicator& comm, Timer& timer, void* buf,
                              size_t count, DType dtype, int ops, int warmup, int repeats) {
-  cudaStream_t stream = static_cast<cudaStream_t>(backend.stream());
   backend.Synchronize();
-  cudaGraph_t graph = nullptr;
-  BENCH_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  backend.BeginCapture();
   for (int i = 0; i < ops; ++i) comm.AllReduceSum(buf, count, dtype);
-  BENCH_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  cudaGraphExec_t exec = nullptr;
-  BENCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double seconds =
-      timer.Seconds(warmup, repeats, [&] { BENCH_CUDA_CHECK(cudaGraphLaunch(exec, stream)); });
-  BENCH_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  BENCH_CUDA_CHECK(cudaGraphDestroy(graph));
-  return seconds / ops;
+  const std::unique_ptr<DeviceGraph> graph = backend.EndCapture();
+  TESSERA_CHECK(graph != nullptr) << "recording " << ops << " all-reduces in a graph failed";
+  return timer.Seconds(warmup, repeats, [&] { graph->Replay(); }) / ops;
 }
-#endif
 
 absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
   Flags flags({"device", "sizes-kb", "bw-sizes-mb", "a2a-sizes-mb", "rs-ag-sizes-mb", "skew-mb",
@@ -241,15 +227,13 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
         timer.Seconds(warm, rep, [&] { comm.AllReduceSum(a.data(), count, dtype); });
     json row = {{"kb", kb}, {"bytes", count * es}, {"eager_us", eager * 1e6}};
     std::string graph_text;
-#if defined(TESSERA_HAVE_CUDA)
-    if (cuda) {
+    if (backend.CanCaptureGraphs()) {
       const double graph = GraphAllReduceSeconds(backend, comm, timer, a.data(), count, dtype,
                                                  static_cast<int>(graph_ops), warm, rep);
       row["graph_us"] = graph * 1e6;
       row["graph_ops"] = graph_ops;
       graph_text = absl::StrFormat("%12.1f", graph * 1e6);
     }
-#endif
     std::string ref_text;
     if (ref && kb == 80) {
       row["reference_graph_us"] = ref->allreduce_80kb_graph_us;

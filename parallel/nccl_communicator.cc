@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/base/check.h"
+#include "kernels/cuda/cuda_check.h"
 #include "parallel/watchdog.h"
 
 #define NCCL_CHECK(call)                                                     \
@@ -19,13 +20,6 @@
     TESSERA_CHECK(nccl_result_ == ncclSuccess)                               \
         << #call << " returned " << ncclGetErrorString(nccl_result_) << " (" \
         << ncclGetLastError(nullptr) << ")";                                 \
-  } while (0)
-
-#define NCCL_CUDA_CHECK(call)                                         \
-  do {                                                                \
-    const cudaError_t cuda_result_ = (call);                          \
-    TESSERA_CHECK(cuda_result_ == cudaSuccess)                        \
-        << #call << " returned " << cudaGetErrorString(cuda_result_); \
   } while (0)
 
 namespace tessera {
@@ -338,7 +332,7 @@ class NcclCommunicator final : public Communicator {
   // enqueues may happen, so the pointer query is skipped.
   bool OnDeviceOrCapturing(const void* a, const void* b) const {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    NCCL_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
     if (capture != cudaStreamCaptureStatusNone) return true;
     return DeviceCall(a, b);
   }

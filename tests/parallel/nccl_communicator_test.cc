@@ -18,6 +18,7 @@
 #include "kernels/ops.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace tessera {
 namespace {
@@ -47,32 +48,19 @@ Rank* Get() {
   Communicator& w = *rank->nccl;                                                         \
   Backend& gpu = *rank->gpu
 
-template <typename T>
-DeviceBuffer ToDevice(Backend& gpu, const std::vector<T>& v) {
-  DeviceBuffer b = gpu.Allocate(std::max<size_t>(1, v.size()) * sizeof(T));
-  gpu.CopyToDevice(b.data(), v.data(), v.size() * sizeof(T));
-  return b;
-}
-template <typename T>
-std::vector<T> ToHost(Backend& gpu, const DeviceBuffer& b, size_t n) {
-  std::vector<T> v(n);
-  gpu.CopyToHost(v.data(), b.data(), n * sizeof(T));
-  return v;
-}
-
 TEST(NcclCommunicatorTest, AllReduceSumsBf16AndF32OnTheDevice) {
   REQUIRE_GPUS();
   const int n = w.size(), me = w.rank();
   std::vector<uint16_t> h(5);
   for (int i = 0; i < 5; ++i) h[i] = FloatToBF16(static_cast<float>(me + i));  // small ints: exact
-  DeviceBuffer d = ToDevice(gpu, h);
+  DeviceBuffer d = testing::UploadRaw(gpu, h);
   w.AllReduceSum(d.data(), 5, DType::kBF16);
-  const auto got = ToHost<uint16_t>(gpu, d, 5);
+  const auto got = testing::DownloadRaw<uint16_t>(gpu, d, 5);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(BF16ToFloat(got[i]), n * i + n * (n - 1) / 2.0f) << i;
   std::vector<float> f = {1.5f * me, -2.0f};
-  DeviceBuffer df = ToDevice(gpu, f);
+  DeviceBuffer df = testing::UploadRaw(gpu, f);
   w.AllReduceSum(df.data(), 2, DType::kF32);
-  const auto gf = ToHost<float>(gpu, df, 2);
+  const auto gf = testing::DownloadRaw<float>(gpu, df, 2);
   EXPECT_FLOAT_EQ(gf[0], 1.5f * n * (n - 1) / 2);
   EXPECT_FLOAT_EQ(gf[1], -2.0f * n);
 }
@@ -92,10 +80,10 @@ TEST(NcclCommunicatorTest, HostBuffersGoOverMpi) {
 TEST(NcclCommunicatorTest, AllGatherAndAllGatherVOnTheDevice) {
   REQUIRE_GPUS();
   const int n = w.size(), me = w.rank();
-  DeviceBuffer send = ToDevice(gpu, std::vector<float>{1.0f * me, 10.0f * me});
+  DeviceBuffer send = testing::UploadRaw(gpu, std::vector<float>{1.0f * me, 10.0f * me});
   DeviceBuffer recv = gpu.Allocate(2 * n * sizeof(float));
   w.AllGather(send.data(), recv.data(), 2, DType::kF32);
-  const auto all = ToHost<float>(gpu, recv, 2 * n);
+  const auto all = testing::DownloadRaw<float>(gpu, recv, 2 * n);
   for (int r = 0; r < n; ++r) {
     EXPECT_EQ(all[2 * r], r);
     EXPECT_EQ(all[2 * r + 1], 10 * r);
@@ -105,10 +93,10 @@ TEST(NcclCommunicatorTest, AllGatherAndAllGatherVOnTheDevice) {
   for (int r = 0; r < n; ++r) counts[r] = r;
   std::exclusive_scan(counts.begin(), counts.end(), displs.begin(), size_t{0});
   const size_t total = displs.back() + counts.back();
-  DeviceBuffer vsend = ToDevice(gpu, std::vector<int32_t>(me, 7 * me));
-  DeviceBuffer vrecv = ToDevice(gpu, std::vector<int32_t>(total, -1));
+  DeviceBuffer vsend = testing::UploadRaw(gpu, std::vector<int32_t>(me, 7 * me));
+  DeviceBuffer vrecv = testing::UploadRaw(gpu, std::vector<int32_t>(total, -1));
   w.AllGatherV(vsend.data(), me, vrecv.data(), counts, displs, DType::kI32);
-  const auto got = ToHost<int32_t>(gpu, vrecv, total);
+  const auto got = testing::DownloadRaw<int32_t>(gpu, vrecv, total);
   for (int r = 0; r < n; ++r)
     for (size_t j = 0; j < counts[r]; ++j) EXPECT_EQ(got[displs[r] + j], 7 * r);
 }
@@ -118,9 +106,9 @@ TEST(NcclCommunicatorTest, ReduceScatterOnTheDevice) {
   const int n = w.size(), me = w.rank();
   std::vector<float> send(2 * n);
   for (int i = 0; i < 2 * n; ++i) send[i] = static_cast<float>(i + me);
-  DeviceBuffer ds = ToDevice(gpu, send), dr = gpu.Allocate(2 * sizeof(float));
+  DeviceBuffer ds = testing::UploadRaw(gpu, send), dr = gpu.Allocate(2 * sizeof(float));
   w.ReduceScatterSum(ds.data(), dr.data(), 2, DType::kF32);
-  const auto got = ToHost<float>(gpu, dr, 2);
+  const auto got = testing::DownloadRaw<float>(gpu, dr, 2);
   for (int j = 0; j < 2; ++j)
     EXPECT_FLOAT_EQ(got[j], n * static_cast<float>(2 * me + j) + n * (n - 1) / 2.0f);
 }
@@ -138,9 +126,10 @@ TEST(NcclCommunicatorTest, AllToAllVWithEmptyBlocksOnTheDevice) {
   for (int d = 0; d < n; ++d)
     for (size_t j = 0; j < sc[d]; ++j) send[sd[d] + j] = 100 * me + d;
   const size_t total = rd.back() + rc.back();
-  DeviceBuffer ds = ToDevice(gpu, send), dr = ToDevice(gpu, std::vector<int32_t>(total, -1));
+  DeviceBuffer ds = testing::UploadRaw(gpu, send),
+               dr = testing::UploadRaw(gpu, std::vector<int32_t>(total, -1));
   w.AllToAllV(ds.data(), sc, sd, dr.data(), rc, rd, DType::kI32);
-  const auto got = ToHost<int32_t>(gpu, dr, total);
+  const auto got = testing::DownloadRaw<int32_t>(gpu, dr, total);
   for (int s = 0; s < n; ++s)
     for (size_t j = 0; j < rc[s]; ++j) EXPECT_EQ(got[rd[s] + j], 100 * s + me);
 }
@@ -148,8 +137,8 @@ TEST(NcclCommunicatorTest, AllToAllVWithEmptyBlocksOnTheDevice) {
 TEST(NcclCommunicatorTest, SendRecvRingAndBroadcastOnTheDevice) {
   REQUIRE_GPUS();
   const int n = w.size(), me = w.rank();
-  DeviceBuffer token = ToDevice(gpu, std::vector<float>{static_cast<float>(me)});
-  DeviceBuffer got = ToDevice(gpu, std::vector<float>{-1.0f});
+  DeviceBuffer token = testing::UploadRaw(gpu, std::vector<float>{static_cast<float>(me)});
+  DeviceBuffer got = testing::UploadRaw(gpu, std::vector<float>{-1.0f});
   if (me % 2 == 0) {
     w.Send(token.data(), 1, DType::kF32, (me + 1) % n);
     w.Recv(got.data(), 1, DType::kF32, (me + n - 1) % n);
@@ -157,19 +146,19 @@ TEST(NcclCommunicatorTest, SendRecvRingAndBroadcastOnTheDevice) {
     w.Recv(got.data(), 1, DType::kF32, (me + n - 1) % n);
     w.Send(token.data(), 1, DType::kF32, (me + 1) % n);
   }
-  EXPECT_EQ(ToHost<float>(gpu, got, 1)[0], (me + n - 1) % n);
-  DeviceBuffer b = ToDevice(gpu, std::vector<int32_t>(3, me == n - 1 ? 42 : 0));
+  EXPECT_EQ(testing::DownloadRaw<float>(gpu, got, 1)[0], (me + n - 1) % n);
+  DeviceBuffer b = testing::UploadRaw(gpu, std::vector<int32_t>(3, me == n - 1 ? 42 : 0));
   w.Broadcast(b.data(), 3, DType::kI32, n - 1);
-  EXPECT_EQ(ToHost<int32_t>(gpu, b, 3), (std::vector<int32_t>{42, 42, 42}));
+  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, b, 3), (std::vector<int32_t>{42, 42, 42}));
 }
 
 TEST(NcclCommunicatorTest, SplitMakesIndependentGroups) {
   REQUIRE_GPUS();
   auto group = w.Split(w.rank() % 2, w.rank(), "parity");
   EXPECT_EQ(group->size(), (w.size() + 1 - w.rank() % 2) / 2);
-  DeviceBuffer v = ToDevice(gpu, std::vector<float>{1.0f});
+  DeviceBuffer v = testing::UploadRaw(gpu, std::vector<float>{1.0f});
   group->AllReduceSum(v.data(), 1, DType::kF32);
-  EXPECT_EQ(ToHost<float>(gpu, v, 1)[0], group->size());
+  EXPECT_EQ(testing::DownloadRaw<float>(gpu, v, 1)[0], group->size());
   EXPECT_EQ(group->name(), "parity");
 }
 
@@ -180,7 +169,7 @@ TEST(NcclCommunicatorTest, BackToBackCollectivesNeedOneHostWait) {
   // a[i] = me + i % 7 on rank `me`; after the all-reduce a[i] = n * (i % 7) + n(n-1)/2.
   std::vector<float> a(block * n);
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(me + i % 7);
-  DeviceBuffer da = ToDevice(gpu, a);
+  DeviceBuffer da = testing::UploadRaw(gpu, a);
   DeviceBuffer db = gpu.Allocate(block * sizeof(float)),
                dc = gpu.Allocate(block * n * sizeof(float));
   DeviceBuffer dd = gpu.Allocate(block * n * sizeof(float));
@@ -194,9 +183,9 @@ TEST(NcclCommunicatorTest, BackToBackCollectivesNeedOneHostWait) {
   w.AllToAllV(dc.data(), counts, displs, dd.data(), counts, displs, DType::kF32);
   w.AllReduceSum(dd.data(), block * n, DType::kF32);
   gpu.Synchronize();  // the one host wait
-  const auto ga = ToHost<float>(gpu, da, a.size());
-  const auto gc = ToHost<float>(gpu, dc, block * n);
-  const auto gd = ToHost<float>(gpu, dd, block * n);
+  const auto ga = testing::DownloadRaw<float>(gpu, da, a.size());
+  const auto gc = testing::DownloadRaw<float>(gpu, dc, block * n);
+  const auto gd = testing::DownloadRaw<float>(gpu, dd, block * n);
   // Small integers throughout: every sum is exact in fp32.
   auto sum = [&](size_t i) { return static_cast<float>(n * (i % 7)) + n * (n - 1) / 2.0f; };
   for (size_t i = 0; i < a.size(); ++i) {
@@ -218,11 +207,11 @@ TEST(NcclCommunicatorTest, AllReduceCapturedInACudaGraphReplays) {
   // after 3 replays v = n^3 (1 + i % 100), exact in fp32 for any small n.
   std::vector<float> v(count);
   for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>(1 + i % 100);
-  DeviceBuffer d = ToDevice(gpu, v);
+  DeviceBuffer d = testing::UploadRaw(gpu, v);
   // bf16 too, scaled by 1/n when n is a power of two so each replay keeps the values: exact.
   std::vector<uint16_t> h(count);
   for (size_t i = 0; i < count; ++i) h[i] = FloatToBF16(static_cast<float>(1 + i % 100));
-  DeviceBuffer dh = ToDevice(gpu, h);
+  DeviceBuffer dh = testing::UploadRaw(gpu, h);
   gpu.Synchronize();
   cudaStream_t stream = static_cast<cudaStream_t>(gpu.stream());
   cudaGraph_t graph = nullptr;
@@ -233,10 +222,10 @@ TEST(NcclCommunicatorTest, AllReduceCapturedInACudaGraphReplays) {
   cudaGraphExec_t exec = nullptr;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   // Capturing ran nothing.
-  EXPECT_EQ(ToHost<float>(gpu, d, count), v);
+  EXPECT_EQ(testing::DownloadRaw<float>(gpu, d, count), v);
   for (int replay = 0; replay < 3; ++replay) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  const auto got = ToHost<float>(gpu, d, count);  // the host wait after the replays
-  const auto goth = ToHost<uint16_t>(gpu, dh, count);
+  const auto got = testing::DownloadRaw<float>(gpu, d, count);  // the host wait after the replays
+  const auto goth = testing::DownloadRaw<uint16_t>(gpu, dh, count);
   const float n3 = static_cast<float>(n) * n * n;
   for (size_t i = 0; i < count; ++i) {
     ASSERT_EQ(got[i], n3 * v[i]) << i;
@@ -254,7 +243,7 @@ TEST(NcclCommunicatorTest, AllReduceCapturedInACudaGraphReplays) {
 // it. They must end the job (exit 3, "watchdog: rank R in stream wait after all_reduce"), not hang.
 TEST(NcclCommunicatorTest, DISABLED_HungPeerEndsTheJob) {
   REQUIRE_GPUS();
-  DeviceBuffer d = ToDevice(gpu, std::vector<float>(64, 1.0f));
+  DeviceBuffer d = testing::UploadRaw(gpu, std::vector<float>(64, 1.0f));
   w.AllReduceSum(d.data(), 64, DType::kF32);
   gpu.Synchronize();
   if (w.rank() == w.size() - 1) {
