@@ -250,17 +250,7 @@ void LaunchPagedAttention(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.num_tokens != a.num_seqs && LaunchFlashPrefill(a, stream)) return;
   const Tiling tiling = ChooseTiling(a);
   const size_t smem = Layout(tiling.rows(), a.head_dim, tiling.tokens_per_block).total * 4;
-  // Raise the kernel's dynamic shared-memory limit past 48 KB when a size needs it: once per size
-  // and device (the limit belongs to the device's context).
-  static std::vector<size_t> granted;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  if (granted.size() <= static_cast<size_t>(device)) granted.resize(device + 1, 48 * 1024);
-  if (smem > granted[device]) {
-    CUDA_CHECK(cudaFuncSetAttribute(
-        PagedAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    granted[device] = smem;
-  }
+  AllowDynamicSmem(reinterpret_cast<const void*>(PagedAttentionKernel), smem);
   const dim3 grid((a.num_tokens + tiling.tokens_per_block - 1) / tiling.tokens_per_block,
                   a.kv_heads * tiling.chunks);
   const float kLog2e = 1.4426950408889634f;

@@ -1,13 +1,35 @@
 // Device helpers shared by the CUDA kernel families: bf16 <-> fp32, 16-byte vectors of 8 bf16,
-// and warp / block reductions. Included by .cu files only.
+// and warp / block reductions; and the launchers' shared-memory opt-in. Included by .cu files
+// only.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
 
 namespace tessera::cuda {
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device. The limit past
+// the default 48 KB belongs to the device's context, so it is raised per (device, kernel), once
+// for each larger size asked. Host calls only: legal during graph capture.
+inline void AllowDynamicSmem(const void* kernel, size_t bytes) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, size_t> granted;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& have = granted.try_emplace({device, kernel}, size_t{48} << 10).first->second;
+  if (bytes <= have) return;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(bytes)));
+  have = bytes;
+}
 
 using bf16 = __nv_bfloat16;
 

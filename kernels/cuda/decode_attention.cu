@@ -75,6 +75,18 @@ struct DecodeParams {
   float* part_l;  // [num_tokens, q_heads, num_splits]
 };
 
+// A split with no keys of its token's context: partials (m = -inf, l = 0) that the combine
+// weighs 0, for the `group` query heads from `part` on (strided by num_splits). With one split
+// the kernel writes the output directly, so there is nothing to write.
+__device__ __forceinline__ void WriteEmptyPartials(const DecodeParams& p, int64_t part, int group,
+                                                   int tid, int threads) {
+  if (p.num_splits <= 1) return;
+  for (int h = tid; h < group; h += threads) {
+    p.part_m[part + static_cast<int64_t>(h) * p.num_splits] = -INFINITY;
+    p.part_l[part + static_cast<int64_t>(h) * p.num_splits] = 0.0f;
+  }
+}
+
 // Dynamic shared memory of SplitKvDecodeKernel<kG, kVec>, in floats.
 struct SmemLayout {
   int q, s, m, l, c, dump, total;
@@ -160,12 +172,7 @@ __global__ void __launch_bounds__(kThreads) SplitKvDecodeKernel(DecodeParams p) 
   const int64_t part = (static_cast<int64_t>(t) * p.q_heads + head0) * p.num_splits + split;
 
   if (key_begin >= key_end) {  // a split past the context: an empty partial
-    if (p.num_splits > 1) {
-      for (int h = tid; h < group; h += kThreads) {
-        p.part_m[part + static_cast<int64_t>(h) * p.num_splits] = -INFINITY;
-        p.part_l[part + static_cast<int64_t>(h) * p.num_splits] = 0.0f;
-      }
-    }
+    WriteEmptyPartials(p, part, group, tid, kThreads);
     return;
   }
 
@@ -446,12 +453,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) TcDecodeKernel(DecodeParams p) 
   const int64_t part = (static_cast<int64_t>(t) * p.q_heads + head0) * p.num_splits + split;
 
   if (split >= context_tiles) {  // no tile for this split: an empty partial
-    if (p.num_splits > 1) {
-      for (int h = tid; h < group; h += kTcThreads) {
-        p.part_m[part + static_cast<int64_t>(h) * p.num_splits] = -INFINITY;
-        p.part_l[part + static_cast<int64_t>(h) * p.num_splits] = 0.0f;
-      }
-    }
+    WriteEmptyPartials(p, part, group, tid, kTcThreads);
     return;
   }
 
@@ -748,12 +750,8 @@ void QueryDevice(KernelFn kernel, size_t smem, Selection* sel) {
     }
   }
   Entry e{device, kernel, smem, 0, 0};
-  // The dynamic shared-memory limit past 48 KB belongs to the device's context: raised once per
-  // device and kernel, here, before the occupancy query and the first launch.
-  if (smem > (size_t{48} << 10)) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem)));
-  }
+  // Before the occupancy query and the first launch.
+  AllowDynamicSmem(reinterpret_cast<const void*>(kernel), smem);
   CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&e.blocks_per_sm, kernel, kThreads, smem));
   CUDA_CHECK(cudaDeviceGetAttribute(&e.sm_count, cudaDevAttrMultiProcessorCount, device));

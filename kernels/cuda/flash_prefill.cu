@@ -369,17 +369,7 @@ bool Launch(const PagedAttentionArgs& a, cudaStream_t stream) {
   if ((a.num_tokens + C::kRows - 1) / C::kRows > 65535) return false;
   constexpr int kSmem = Smem<C>::kTotal;
   if (kSmem > MaxSmemPerBlock()) return false;
-  // The dynamic shared-memory limit past 48 KB belongs to the device's context: raise it once per
-  // device, outside any capture's hot path.
-  static std::vector<bool> granted;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  if (granted.size() <= static_cast<size_t>(device)) granted.resize(device + 1, false);
-  if (!granted[device]) {
-    CUDA_CHECK(cudaFuncSetAttribute(FlashPrefillKernel<C>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    granted[device] = true;
-  }
+  AllowDynamicSmem(reinterpret_cast<const void*>(FlashPrefillKernel<C>), kSmem);
   const dim3 grid(a.q_heads, (a.num_tokens + C::kRows - 1) / C::kRows);
   const float kLog2e = 1.4426950408889634f;
   FlashPrefillKernel<C><<<grid, C::kThreads, kSmem, stream>>>(a, a.scale * kLog2e);
