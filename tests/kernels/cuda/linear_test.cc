@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "kernels/cpu/reference.h"
@@ -27,6 +28,44 @@ namespace {
 using testing::kOneRounding;
 
 // m, n, k, and an element offset applied to x, w and y (0 = allocation-aligned).
+// Benchmark helpers. Enough copies of an n x k bf16 weight to exceed the L2 cache (calls rotate
+// through them, so every call reads its weight from memory).
+std::vector<DeviceBuffer> RotatingWeights(Backend& gpu, int n, int k) {
+  const size_t w_bytes = size_t{2} * n * k;
+  const int copies = static_cast<int>(std::clamp<size_t>((256u << 20) / w_bytes + 1, 1, 8));
+  std::vector<DeviceBuffer> ws;
+  for (int c = 0; c < copies; ++c) {
+    ws.push_back(gpu.Allocate(w_bytes));
+    gpu.FillRandom(ws.back().data(), DType::kBF16, size_t{1} * n * k, 100 + c, 0, 0.05f);
+  }
+  return ws;
+}
+
+// Microseconds per call(c) (c counts the calls): one timed call sizes runs of about `run_ms`,
+// then the median of 5 timed runs.
+float MedianMicrosPerCall(cudaStream_t stream, cudaEvent_t start, cudaEvent_t stop,
+                          const std::function<void(int)>& call, float run_ms) {
+  cudaEventRecord(start, stream);
+  call(1);
+  cudaEventRecord(stop, stream);
+  cudaEventSynchronize(stop);
+  float one = 0;
+  cudaEventElapsedTime(&one, start, stop);
+  const int calls = std::clamp(static_cast<int>(run_ms / std::max(one, 1e-3f)), 4, 2000);
+  std::vector<float> runs;
+  for (int r = 0; r < 5; ++r) {
+    cudaEventRecord(start, stream);
+    for (int c = 0; c < calls; ++c) call(c);
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    runs.push_back(ms * 1000.0f / calls);
+  }
+  std::sort(runs.begin(), runs.end());
+  return runs[2];
+}
+
 class CudaLinearTest : public testing::CudaParamTest<std::tuple<int, int, int, int>> {};
 
 TEST_P(CudaLinearTest, MatchesReference) {
@@ -208,13 +247,8 @@ TEST_F(CudaLinearTuningTest, Qwen3Benchmark) {
               "heuristic us TF/s TB/s", "tuned us TF/s TB/s", "+splitK us TF/s TB/s", "gain",
               "tune ms");
   for (const Shape& s : shapes) {
-    const size_t w_bytes = size_t{2} * s.n * s.k;
-    const int copies = static_cast<int>(std::clamp<size_t>((256u << 20) / w_bytes + 1, 1, 8));
-    std::vector<DeviceBuffer> ws;
-    for (int c = 0; c < copies; ++c) {
-      ws.push_back(gpu().Allocate(w_bytes));
-      gpu().FillRandom(ws.back().data(), DType::kBF16, size_t{1} * s.n * s.k, 100 + c, 0, 0.05f);
-    }
+    const std::vector<DeviceBuffer> ws = RotatingWeights(gpu(), s.n, s.k);
+    const int copies = static_cast<int>(ws.size());
     for (const int m : {1, 16, 64, 4096}) {
       DeviceBuffer x = gpu().Allocate(size_t{2} * m * s.k);
       gpu().FillRandom(x.data(), DType::kBF16, size_t{1} * m * s.k, 7, 0, 1.0f);
@@ -242,26 +276,7 @@ TEST_F(CudaLinearTuningTest, Qwen3Benchmark) {
                 .count();
         first_rows[variant] = testing::DownloadBf16(gpu(), y, size_t{1} * check_rows * s.n);
         for (int c = 0; c < 3; ++c) call(c);
-        // Calls per timed run: ~20 ms, from one timed call.
-        cudaEventRecord(start, stream);
-        call(1);
-        cudaEventRecord(stop, stream);
-        cudaEventSynchronize(stop);
-        float one = 0;
-        cudaEventElapsedTime(&one, start, stop);
-        const int calls = std::clamp(static_cast<int>(20.0f / std::max(one, 1e-3f)), 4, 2000);
-        std::vector<float> runs;
-        for (int r = 0; r < 5; ++r) {
-          cudaEventRecord(start, stream);
-          for (int c = 0; c < calls; ++c) call(c);
-          cudaEventRecord(stop, stream);
-          cudaEventSynchronize(stop);
-          float ms = 0;
-          cudaEventElapsedTime(&ms, start, stop);
-          runs.push_back(ms * 1000.0f / calls);
-        }
-        std::sort(runs.begin(), runs.end());
-        us[variant] = runs[2];
+        us[variant] = MedianMicrosPerCall(stream, start, stop, call, 20.0f);
       }
       // Different algorithms round differently. With fp32 sums each is within u of the exact
       // product, so the tuned ones within 2u of each other; the old heuristic may sum split-K
@@ -401,13 +416,8 @@ TEST_F(CudaGemvGraphTest, Benchmark) {
   std::printf("%-9s %2s %6s %5s | %13s | %13s %4s | %13s | %13s | %13s\n", "shape", "m", "n", "k",
               "cuBLASLt us TB/s", "GEMV us TB/s", "rows", "rows=1", "rows=2", "rows=4");
   for (const Shape& s : shapes) {
-    const size_t w_bytes = size_t{2} * s.n * s.k;
-    const int copies = static_cast<int>(std::clamp<size_t>((256u << 20) / w_bytes + 1, 1, 8));
-    std::vector<DeviceBuffer> ws;
-    for (int c = 0; c < copies; ++c) {
-      ws.push_back(gpu().Allocate(w_bytes));
-      gpu().FillRandom(ws.back().data(), DType::kBF16, size_t{1} * s.n * s.k, 100 + c, 0, 0.05f);
-    }
+    const std::vector<DeviceBuffer> ws = RotatingWeights(gpu(), s.n, s.k);
+    const int copies = static_cast<int>(ws.size());
     for (const int m : {1, 2, 4, 8}) {
       DeviceBuffer x = gpu().Allocate(size_t{2} * m * s.k);
       gpu().FillRandom(x.data(), DType::kBF16, size_t{1} * m * s.k, 7, 0, 1.0f);
@@ -431,25 +441,7 @@ TEST_F(CudaGemvGraphTest, Benchmark) {
         call(0);
         if (variant < 2) out[variant] = testing::DownloadBf16(gpu(), y, size_t{1} * m * s.n);
         for (int c = 0; c < copies; ++c) call(c);
-        cudaEventRecord(start, stream);
-        call(1);
-        cudaEventRecord(stop, stream);
-        cudaEventSynchronize(stop);
-        float one = 0;
-        cudaEventElapsedTime(&one, start, stop);
-        const int calls = std::clamp(static_cast<int>(10.0f / std::max(one, 1e-3f)), 4, 2000);
-        std::vector<float> runs;
-        for (int r = 0; r < 5; ++r) {
-          cudaEventRecord(start, stream);
-          for (int c = 0; c < calls; ++c) call(c);
-          cudaEventRecord(stop, stream);
-          cudaEventSynchronize(stop);
-          float ms = 0;
-          cudaEventElapsedTime(&ms, start, stop);
-          runs.push_back(ms * 1000.0f / calls);
-        }
-        std::sort(runs.begin(), runs.end());
-        us[variant] = runs[2];
+        us[variant] = MedianMicrosPerCall(stream, start, stop, call, 10.0f);
       }
       ASSERT_EQ(cudaGetLastError(), cudaSuccess);
       char what[64];
