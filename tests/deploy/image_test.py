@@ -225,22 +225,31 @@ class RuntimePackagesTest(unittest.TestCase):
                                            text=True).stdout)
         self.assertGreater(len(needed), 5)
 
-    def test_a_library_no_package_owns_is_an_error(self):
+    def program_linking(self, soname):
+        """A program linked against a library of our own with `soname`, both in a fresh
+        directory (the program finds it by rpath). Returns (directory, program)."""
         tmp = tempfile.mkdtemp(prefix="runtime-packages-")
         self.addCleanup(shutil.rmtree, tmp, True)
         with open(os.path.join(tmp, "lib.c"), "w") as f:
-            f.write("int private_function(void) { return 1; }\n")
+            f.write("int library_function(void) { return 1; }\n")
         with open(os.path.join(tmp, "main.c"), "w") as f:
-            f.write("int private_function(void);\nint main(void) { return private_function(); }\n")
-        subprocess.run(["cc", "-shared", "-fPIC", "-o", f"{tmp}/libprivate.so", f"{tmp}/lib.c"],
-                       check=True)
-        subprocess.run(["cc", "-o", f"{tmp}/main", f"{tmp}/main.c", f"-L{tmp}", "-lprivate",
-                        f"-Wl,-rpath,{tmp}"], check=True)
-        result = subprocess.run([self.script, f"{tmp}/main"], capture_output=True, text=True)
+            f.write("int library_function(void);\nint main(void) { return library_function(); }\n")
+        subprocess.run(["cc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", f"{tmp}/{soname}",
+                        f"{tmp}/lib.c"], check=True)
+        link_name = soname[:soname.index(".so") + 3]  # libfoo.so.N -> libfoo.so, for -l
+        if link_name != soname:
+            os.symlink(soname, f"{tmp}/{link_name}")
+        subprocess.run(["cc", "-o", f"{tmp}/main", f"{tmp}/main.c", f"-L{tmp}",
+                        f"-l{link_name[3:-3]}", f"-Wl,-rpath,{tmp}"], check=True)
+        return tmp, f"{tmp}/main"
+
+    def test_a_library_no_package_owns_is_an_error(self):
+        tmp, main = self.program_linking("libprivate.so")
+        result = subprocess.run([self.script, main], capture_output=True, text=True)
         self.assertEqual(result.returncode, 1)
         self.assertIn(f"{tmp}/libprivate.so, which no package owns", result.stderr)
         os.remove(f"{tmp}/libprivate.so")
-        result = subprocess.run([self.script, f"{tmp}/main"], capture_output=True, text=True)
+        result = subprocess.run([self.script, main], capture_output=True, text=True)
         self.assertEqual(result.returncode, 1)
         self.assertIn("needs libprivate.so, which does not resolve", result.stderr)
 
@@ -248,23 +257,13 @@ class RuntimePackagesTest(unittest.TestCase):
         # A toolkit from NVIDIA's tarball (no package owns it) is what CI machines have; the
         # nvidia/cuda runtime image ships these libraries itself. (A soname no real toolkit has,
         # so that removing it really leaves it unresolved.)
-        tmp = tempfile.mkdtemp(prefix="runtime-packages-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        with open(os.path.join(tmp, "lib.c"), "w") as f:
-            f.write("int cublas_function(void) { return 1; }\n")
-        with open(os.path.join(tmp, "main.c"), "w") as f:
-            f.write("int cublas_function(void);\nint main(void) { return cublas_function(); }\n")
-        subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcublas.so.99", "-o",
-                        f"{tmp}/libcublas.so.99", f"{tmp}/lib.c"], check=True)
-        os.symlink("libcublas.so.99", f"{tmp}/libcublas.so")
-        subprocess.run(["cc", "-o", f"{tmp}/main", f"{tmp}/main.c", f"-L{tmp}", "-lcublas",
-                        f"-Wl,-rpath,{tmp}"], check=True)
-        result = subprocess.run([self.script, f"{tmp}/main"], capture_output=True, text=True)
+        tmp, main = self.program_linking("libcublas.so.99")
+        result = subprocess.run([self.script, main], capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn("cublas", result.stdout)
         self.assertIn("libc6", result.stdout.split())
         os.remove(f"{tmp}/libcublas.so.99")
-        result = subprocess.run([self.script, f"{tmp}/main"], capture_output=True, text=True)
+        result = subprocess.run([self.script, main], capture_output=True, text=True)
         self.assertEqual(result.returncode, 1)
         self.assertIn("needs libcublas.so.99, which does not resolve", result.stderr)
 
