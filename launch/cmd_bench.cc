@@ -165,15 +165,30 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   if (flags.GetBool("op-profile")) profiler = MakeProfilingBackend(*compute.backend);
   Backend* backend = profiler ? profiler.get() : compute.backend.get();
   Executor executor(config, parallel, compute.world);
+  // The largest step of any measurement: a whole TTFT prompt, a decode batch, a chunk of a decode
+  // context, or the throughput engine's budget.
+  StepLimits limits;
+  int64_t max_batch = 1, max_prompt = 1, max_len = context + steps;
+  for (int64_t b : batches) max_batch = std::max(max_batch, b);
+  for (int64_t l : ttft_lens) {
+    max_prompt = std::max(max_prompt, l);
+    max_len = std::max(max_len, l + 1);
+  }
+  limits.max_tokens = static_cast<int>(std::max({max_tokens, max_batch, max_prompt}));
+  limits.max_seqs = static_cast<int>(std::max(max_batch, requests > 0 ? max_seqs : 1));
+  limits.max_logit_rows = limits.max_seqs;
+  limits.max_blocks_per_seq = static_cast<int>(
+      requests > 0 ? num_blocks
+                   : std::min<int64_t>(num_blocks, (max_len + block_size - 1) / block_size));
   const auto load_start = Clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (format == "dummy") {
       return executor.LoadDummy(*backend, static_cast<int>(num_blocks),
-                                static_cast<int>(block_size), static_cast<uint64_t>(seed));
+                                static_cast<int>(block_size), limits, static_cast<uint64_t>(seed));
     }
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
     return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
-                         static_cast<int>(block_size));
+                         static_cast<int>(block_size), limits);
   }();
   if (mpi.AnyFailed(loaded.ok()))
     return loaded.ok() ? absl::AbortedError("another rank failed") : loaded;

@@ -13,6 +13,7 @@
 // [n_prompt, vocab] whose row i holds the logits after token i.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -141,6 +142,14 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
       (static_cast<int64_t>(prompt64.size()) + max_new + block_size - 1) / block_size;
   ASSIGN_OR_RETURN(int64_t kv_blocks, flags.GetInt("kv-blocks", needed_blocks));
 
+  // The largest step: the prompt (or a chunk of it) with every row's logits when asked for.
+  StepLimits limits;
+  limits.max_tokens = static_cast<int>(std::max<int64_t>(
+      1, chunk > 0 ? std::min<int64_t>(chunk, prompt64.size()) : prompt64.size()));
+  limits.max_logit_rows = options.want_prompt_logits ? limits.max_tokens : 1;
+  limits.max_seqs = 1;
+  limits.max_blocks_per_seq = static_cast<int>(std::max<int64_t>(1, needed_blocks));
+
   // Communicators first (collective, on every rank), then this rank's shard; every rank learns
   // whether any rank failed before the first step.
   ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
@@ -154,7 +163,7 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
     }
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model_dir));
     return executor->Load(*checkpoint, *backend, static_cast<int>(kv_blocks),
-                          static_cast<int>(block_size));
+                          static_cast<int>(block_size), limits);
   }();
   if (mpi.AnyFailed(loaded.ok())) {
     *per_rank_error = true;

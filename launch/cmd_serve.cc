@@ -167,6 +167,12 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
           "--kv-cache-memory ", *bytes, " bytes holds no KV block of ", per_block, " bytes")));
     }
   }
+  // Every rank plans its workspace for the engine's largest step (the same flags everywhere).
+  EngineOptions engine_options;
+  engine_options.max_num_seqs = static_cast<int>(*max_seqs);
+  engine_options.max_num_batched_tokens = static_cast<int>(*max_tokens);
+  const StepLimits limits = EngineStepLimits(engine_options, c, static_cast<int>(num_blocks),
+                                             static_cast<int>(*block_size));
   const auto load_start = std::chrono::steady_clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
@@ -174,7 +180,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
       return absl::InternalError("injected load failure (TESSERA_FAULT)");
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model->dir));
     return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
-                         static_cast<int>(*block_size));
+                         static_cast<int>(*block_size), limits);
   }();
   if (mpi.AnyFailed(loaded.ok())) {
     if (!loaded.ok()) {
@@ -198,9 +204,6 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   frontend.tokenizer = model->tokenizer.get();
   frontend.chat_template = model->chat_template ? &*model->chat_template : nullptr;
   frontend.default_sampling = model->default_sampling;
-  EngineOptions engine_options;
-  engine_options.max_num_seqs = static_cast<int>(*max_seqs);
-  engine_options.max_num_batched_tokens = static_cast<int>(*max_tokens);
   engine_options.max_queue = static_cast<int>(*max_queue);
   engine_options.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
   engine_options.sampleable_vocab = model->sampleable_vocab;

@@ -91,12 +91,37 @@ struct Engine::Replica {
   std::vector<std::unique_ptr<Sequence>> waiting;  // in scheduling order
 };
 
+StepLimits EngineStepLimits(const EngineOptions& options, const ModelConfig& config,
+                            int num_kv_blocks, int block_size) {
+  const int64_t max_len =
+      options.max_model_len > 0 ? options.max_model_len : config.max_position_embeddings;
+  StepLimits limits;
+  limits.max_tokens = std::max(1, options.max_num_batched_tokens);
+  // One logit row per sequence whose prompt is complete (its last token), at most one per sequence.
+  limits.max_seqs = std::max(1, std::min(options.max_num_seqs, options.max_num_batched_tokens));
+  limits.max_logit_rows = limits.max_seqs;
+  limits.max_blocks_per_seq = static_cast<int>(std::clamp<int64_t>(
+      (max_len + block_size - 1) / std::max(block_size, 1), 1, std::max(num_kv_blocks, 1)));
+  return limits;
+}
+
 Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
                EngineOptions options)
     : executor_(executor), tokenizer_(tokenizer), metrics_(metrics), options_(std::move(options)) {
   vocab_ = executor_.config().vocab_size;
   if (options_.max_model_len <= 0)
     options_.max_model_len = executor_.config().max_position_embeddings;
+  // The executor's workspace must hold the largest step these options plan.
+  const StepLimits need = EngineStepLimits(options_, executor_.config(), executor_.num_kv_blocks(),
+                                           executor_.block_size());
+  const StepLimits& have = executor_.step_limits();
+  TESSERA_CHECK(need.max_tokens <= have.max_tokens && need.max_seqs <= have.max_seqs &&
+                need.max_logit_rows <= have.max_logit_rows &&
+                need.max_blocks_per_seq <= have.max_blocks_per_seq)
+      << "the executor's workspace was planned for smaller steps than the engine's options: tokens "
+      << need.max_tokens << " > " << have.max_tokens << " or sequences " << need.max_seqs << " > "
+      << have.max_seqs << " or blocks per sequence " << need.max_blocks_per_seq << " > "
+      << have.max_blocks_per_seq;
   if (options_.sampleable_vocab <= 0 || options_.sampleable_vocab > vocab_)
     options_.sampleable_vocab = vocab_;
   for (int d = 0; d < executor_.parallel().dp; ++d) {

@@ -97,6 +97,12 @@ struct EngineOptions {
   uint64_t seed = 0;  // for requests without a seed
 };
 
+// The largest step an Engine with `options` plans (per replica and micro-batch), for an executor
+// of `num_kv_blocks` blocks of `block_size`: what the executor's workspace must be planned for
+// (Executor::Load). Every rank computes it from the same flags.
+StepLimits EngineStepLimits(const EngineOptions& options, const ModelConfig& config,
+                            int num_kv_blocks, int block_size);
+
 struct EngineStats {
   int64_t running = 0;
   int64_t waiting = 0;

@@ -59,24 +59,27 @@ void Executor::AllocateKv(Backend& backend, int num_kv_blocks, int block_size) {
 }
 
 absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
-                            int block_size) {
+                            int block_size, const StepLimits& limits) {
   ASSIGN_OR_RETURN(model_, Qwen3Model::Load(config_, checkpoint, backend, MakeShard()));
+  model_->PlanWorkspace(limits);
   AllocateKv(backend, num_kv_blocks, block_size);
   return absl::OkStatus();
 }
 
 absl::Status Executor::LoadDummy(Backend& backend, int num_kv_blocks, int block_size,
-                                 uint64_t seed) {
+                                 const StepLimits& limits, uint64_t seed) {
   ASSIGN_OR_RETURN(model_, Qwen3Model::LoadDummy(config_, backend, MakeShard(), seed));
+  model_->PlanWorkspace(limits);
   AllocateKv(backend, num_kv_blocks, block_size);
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
     const ModelConfig& config, const Checkpoint& checkpoint, Backend& backend,
-    const ParallelConfig& p, Communicator* world, int num_kv_blocks, int block_size) {
+    const ParallelConfig& p, Communicator* world, int num_kv_blocks, int block_size,
+    const StepLimits& limits) {
   auto e = std::make_unique<Executor>(config, p, world);
-  RETURN_IF_ERROR(e->Load(checkpoint, backend, num_kv_blocks, block_size));
+  RETURN_IF_ERROR(e->Load(checkpoint, backend, num_kv_blocks, block_size, limits));
   return e;
 }
 

@@ -30,18 +30,26 @@ class Executor {
   // `world` and unable to fail, so every rank gets here before any per-rank step that can.
   Executor(const ModelConfig& config, const ParallelConfig& parallel, Communicator* world);
 
-  // Per rank: loads this rank's shard and allocates `num_kv_blocks` KV blocks of `block_size`.
-  // Callers agree on the outcome across ranks before the first step (MpiSession::AnyFailed).
+  // Per rank: loads this rank's shard, plans the step workspace for steps within `limits`
+  // (Qwen3Model::PlanWorkspace) and allocates `num_kv_blocks` KV blocks of `block_size`. Callers
+  // agree on the outcome across ranks before the first step (MpiSession::AnyFailed).
   absl::Status Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
-                    int block_size);
+                    int block_size, const StepLimits& limits);
 
   // Per rank: random weights at the real shapes, generated on the device (benchmarks).
-  absl::Status LoadDummy(Backend& backend, int num_kv_blocks, int block_size, uint64_t seed);
+  absl::Status LoadDummy(Backend& backend, int num_kv_blocks, int block_size,
+                         const StepLimits& limits, uint64_t seed);
 
   // Both steps, for a single rank (tests).
-  static absl::StatusOr<std::unique_ptr<Executor>> Create(
-      const ModelConfig& config, const Checkpoint& checkpoint, Backend& backend,
-      const ParallelConfig& parallel, Communicator* world, int num_kv_blocks, int block_size);
+  static absl::StatusOr<std::unique_ptr<Executor>> Create(const ModelConfig& config,
+                                                          const Checkpoint& checkpoint,
+                                                          Backend& backend,
+                                                          const ParallelConfig& parallel,
+                                                          Communicator* world, int num_kv_blocks,
+                                                          int block_size, const StepLimits& limits);
+
+  // The largest step each micro-batch may be (what the workspace was planned for).
+  const StepLimits& step_limits() const { return model_->step_limits(); }
 
   const ParallelConfig& parallel() const { return parallel_; }
   const ModelConfig& config() const { return config_; }

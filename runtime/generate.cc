@@ -51,6 +51,11 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
                      " tokens; the cache has ", executor.num_kv_blocks()));
   }
 
+  if (num_blocks > executor.step_limits().max_blocks_per_seq) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the sequence needs a block table of ", num_blocks, " blocks of ", bs,
+        " tokens; the executor was planned for ", executor.step_limits().max_blocks_per_seq));
+  }
   const int64_t vocab = config.vocab_size;
   const int64_t sampleable = options.sampleable_vocab > 0 ? options.sampleable_vocab : vocab;
   Sampler sampler(options.sampling, options.default_seed);
@@ -96,7 +101,13 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
   // so stage s works on chunk c while stage s + 1 works on chunk c - 1 (each stage writes its own
   // layers' KV in chunk order, which is all a later chunk needs).
   StepOutput out;
-  const int chunk = options.prefill_chunk > 0 ? options.prefill_chunk : n_prompt;
+  // Chunks never exceed the step the executor's workspace was planned for.
+  const StepLimits& limits = executor.step_limits();
+  const int step_max = options.want_prompt_logits
+                           ? std::min(limits.max_tokens, limits.max_logit_rows)
+                           : limits.max_tokens;
+  const int chunk =
+      std::max(1, std::min(options.prefill_chunk > 0 ? options.prefill_chunk : n_prompt, step_max));
   std::vector<StepBatch> chunks;
   for (int begin = 0; begin < n_prompt; begin += chunk) {
     const int end = std::min(n_prompt, begin + chunk);

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <set>
 
@@ -273,48 +275,101 @@ absl::Status Qwen3Model::LoadWeights(const WeightSource& source) {
   return absl::OkStatus();
 }
 
-void Qwen3Model::EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, int max_blocks) {
+namespace {
+
+// Batch sizes decode graphs are recorded for; a step of n sequences replays the smallest >= n.
+constexpr int kGraphBuckets[] = {1,  2,  4,  8,  12,  16,  24,  32,  40,  48,
+                                 56, 64, 80, 96, 112, 128, 160, 192, 224, 256};
+
+int GraphBucket(int n) {
+  for (int b : kGraphBuckets)
+    if (b >= n) return b;
+  return -1;
+}
+
+// Block-table width a decode graph is recorded for: a power of two >= 8 covering `max_blocks`.
+int GraphTableCapacity(int max_blocks) {
+  int cap = 8;
+  while (cap < max_blocks) cap *= 2;
+  return cap;
+}
+
+}  // namespace
+
+void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
+  TESSERA_CHECK(limits.max_tokens >= 1 && limits.max_logit_rows >= 1 && limits.max_seqs >= 1 &&
+                limits.max_blocks_per_seq >= 1)
+      << "step limits must be >= 1: tokens " << limits.max_tokens << ", logit rows "
+      << limits.max_logit_rows << ", sequences " << limits.max_seqs << ", blocks per sequence "
+      << limits.max_blocks_per_seq;
+  limits_ = limits;
+  graphs_.clear();
   const size_t a = DTypeSize(backend_.activation_dtype());
   const ModelConfig& c = config_;
-  if (num_tokens > token_capacity_) {
-    const int64_t n = std::max(num_tokens, 2 * token_capacity_);
-    const int64_t H = c.hidden_size, D = c.head_dim;
-    const int64_t I = std::max(intermediate_local_, moe_intermediate_local_);
-    ids_ = backend_.Allocate(n * sizeof(int32_t));
-    positions_ = backend_.Allocate(n * sizeof(int32_t));
-    token_seq_ = backend_.Allocate(n * sizeof(int32_t));
-    slots_ = backend_.Allocate(n * sizeof(int32_t));
-    residual_ = backend_.Allocate(n * H * a);
-    hidden_ = backend_.Allocate(n * H * a);
-    qkv_buf_ = backend_.Allocate(n * (q_heads_local_ + 2 * kv_heads_local_) * D * a);
-    attn_ = backend_.Allocate(n * q_heads_local_ * D * a);
-    proj_ = backend_.Allocate(n * H * a);
-    gate_up_buf_ = backend_.Allocate(n * 2 * I * a);
-    act_ = backend_.Allocate(n * I * a);
-    if (c.is_moe()) {
-      router_logits_ = backend_.Allocate(n * c.num_experts * a);
-      topk_ids_ = backend_.Allocate(n * c.num_experts_per_tok * sizeof(int32_t));
-      topk_weights_ = backend_.Allocate(n * c.num_experts_per_tok * sizeof(float));
+  // Decode graphs pad a step of up to max_seqs sequences to its bucket and its table to a power
+  // of two; the plan covers the largest such step.
+  const int bucket =
+      GraphBucket(std::min(limits.max_seqs, kGraphBuckets[std::size(kGraphBuckets) - 1]));
+  const int64_t n = std::max(limits.max_tokens, bucket);
+  const int64_t r = std::max(limits.max_logit_rows, bucket);
+  const int64_t table =
+      std::max(static_cast<int64_t>(limits.max_seqs) * limits.max_blocks_per_seq,
+               static_cast<int64_t>(bucket) * GraphTableCapacity(limits.max_blocks_per_seq));
+  TESSERA_CHECK_LE(std::max({n, r, table}), int64_t{INT32_MAX}) << "step limits too large";
+
+  size_t total = 0;
+  auto alloc = [&](DeviceBuffer* buf, int64_t bytes) {
+    *buf = DeviceBuffer();  // the old plan's memory goes back first
+    *buf = backend_.Allocate(static_cast<size_t>(bytes));
+    total += static_cast<size_t>(bytes);
+  };
+  const int64_t H = c.hidden_size, D = c.head_dim;
+  const int64_t I = std::max(intermediate_local_, moe_intermediate_local_);
+  alloc(&ids_, n * sizeof(int32_t));
+  alloc(&positions_, n * sizeof(int32_t));
+  alloc(&token_seq_, n * sizeof(int32_t));
+  alloc(&slots_, n * sizeof(int32_t));
+  alloc(&residual_, n * H * a);
+  alloc(&hidden_, n * H * a);
+  alloc(&qkv_buf_, n * (q_heads_local_ + 2 * kv_heads_local_) * D * a);
+  alloc(&attn_, n * q_heads_local_ * D * a);
+  alloc(&proj_, n * H * a);
+  alloc(&gate_up_buf_, n * 2 * I * a);
+  alloc(&act_, n * I * a);
+  if (c.is_moe()) {
+    const int64_t k = c.num_experts_per_tok;
+    alloc(&router_logits_, n * c.num_experts * a);
+    alloc(&topk_ids_, n * k * sizeof(int32_t));
+    alloc(&topk_weights_, n * k * sizeof(float));
+    if (shard_.ep_size > 1) {
+      ep_capacity_ = shard_.ep_size * ((n + shard_.tp_size - 1) / shard_.tp_size);
+      alloc(&ep_x_, ep_capacity_ * H * a);
+      alloc(&ep_y_, ep_capacity_ * H * a);
+      alloc(&ep_ids_, ep_capacity_ * k * sizeof(int32_t));
+      alloc(&ep_weights_, ep_capacity_ * k * sizeof(float));
     }
-    token_capacity_ = static_cast<int>(n);
-    ++workspace_generation_;
   }
-  if (num_logits > logit_capacity_) {
-    const int64_t r = std::max(num_logits, 2 * logit_capacity_);
-    logit_rows_ = backend_.Allocate(r * sizeof(int32_t));
-    selected_ = backend_.Allocate(r * c.hidden_size * a);
-    logits_buf_ = backend_.Allocate(r * (vocab_end_ - vocab_start_) * a);
-    if (shard_.tp_size > 1) gathered_logits_ = backend_.Allocate(r * c.vocab_size * a);
-    sample_params_ = backend_.Allocate(r * sizeof(SamplingRowParams));
-    sampled_ids_ = backend_.Allocate(r * sizeof(int32_t));
-    logit_capacity_ = static_cast<int>(r);
-    ++workspace_generation_;
-  }
-  if (num_seqs * max_blocks > table_capacity_) {
-    table_capacity_ = std::max(num_seqs * max_blocks, 2 * table_capacity_);
-    tables_ = backend_.Allocate(static_cast<size_t>(table_capacity_) * sizeof(int32_t));
-    ++workspace_generation_;
-  }
+  alloc(&logit_rows_, r * sizeof(int32_t));
+  alloc(&selected_, r * c.hidden_size * a);
+  alloc(&logits_buf_, r * (vocab_end_ - vocab_start_) * a);
+  if (shard_.tp_size > 1) alloc(&gathered_logits_, r * c.vocab_size * a);
+  alloc(&sample_params_, r * sizeof(SamplingRowParams));
+  alloc(&sampled_ids_, r * sizeof(int32_t));
+  alloc(&tables_, table * sizeof(int32_t));
+  token_capacity_ = static_cast<int>(n);
+  logit_capacity_ = static_cast<int>(r);
+  table_capacity_ = static_cast<int>(table);
+  workspace_bytes_ = total;
+}
+
+void Qwen3Model::CheckWithinPlan(int num_tokens, int num_logits, int num_seqs,
+                                 int max_blocks) const {
+  TESSERA_CHECK(token_capacity_ > 0) << "Qwen3Model: Forward before PlanWorkspace";
+  TESSERA_CHECK_LE(num_tokens, token_capacity_) << "tokens in one step (planned workspace)";
+  TESSERA_CHECK_LE(num_logits, logit_capacity_) << "logit rows in one step (planned workspace)";
+  TESSERA_CHECK_LE(static_cast<int64_t>(num_seqs) * max_blocks, int64_t{table_capacity_})
+      << "block-table entries of one step (" << num_seqs << " sequences x " << max_blocks
+      << " blocks; planned workspace)";
 }
 
 void Qwen3Model::TpAllReduce(void* buf, int64_t count) {
@@ -413,13 +468,7 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
   // Local experts on the received rows.
   std::vector<float> recv_y(total_recv * H);
   if (total_recv > 0) {
-    if (total_recv > ep_capacity_) {
-      ep_capacity_ = std::max(total_recv, 2 * ep_capacity_);
-      ep_x_ = backend_.Allocate(ep_capacity_ * H * a);
-      ep_y_ = backend_.Allocate(ep_capacity_ * H * a);
-      ep_ids_ = backend_.Allocate(ep_capacity_ * k * sizeof(int32_t));
-      ep_weights_ = backend_.Allocate(ep_capacity_ * k * sizeof(float));
-    }
+    TESSERA_CHECK_LE(total_recv, ep_capacity_) << "expert rows received (planned workspace)";
     backend_.UploadFloat(ep_x_.data(), act, recv_x.data(), recv_x.size());
     backend_.CopyToDevice(ep_ids_.data(), recv_ids.data(), recv_ids.size() * sizeof(int32_t));
     backend_.CopyToDevice(ep_weights_.data(), recv_w.data(), recv_w.size() * sizeof(float));
@@ -562,20 +611,6 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
   }
 }
 
-namespace {
-
-// Batch sizes decode graphs are recorded for; a step of n sequences replays the smallest >= n.
-constexpr int kGraphBuckets[] = {1,  2,  4,  8,  12,  16,  24,  32,  40,  48,
-                                 56, 64, 80, 96, 112, 128, 160, 192, 224, 256};
-
-int GraphBucket(int n) {
-  for (int b : kGraphBuckets)
-    if (b >= n) return b;
-  return -1;
-}
-
-}  // namespace
-
 bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
   if (!graphs_enabled_ || !backend_.CanCaptureGraphs()) return false;
   // Pipeline hand-offs and host-staged MoE routing cannot be recorded; TP all-reduces can (NCCL
@@ -583,6 +618,12 @@ bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
   if (!first_stage() || !last_stage() || config_.is_moe()) return false;
   const int n = static_cast<int>(batch.token_ids.size());
   if (n == 0 || GraphBucket(n) < 0 || batch.num_seqs != n) return false;
+  // Within the planned workspace once padded (the plan covers max_seqs' bucket).
+  const int b = GraphBucket(n);
+  if (b > token_capacity_ || b > logit_capacity_ ||
+      static_cast<int64_t>(b) * GraphTableCapacity(batch.max_blocks_per_seq) > table_capacity_) {
+    return false;
+  }
   if (batch.logit_tokens.size() != static_cast<size_t>(n)) return false;
   for (int i = 0; i < n; ++i) {
     if (batch.token_seq[i] != i || batch.logit_tokens[i] != i) return false;
@@ -595,17 +636,12 @@ bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
 // blocks per sequence, its metadata uploaded into the workspace, and the recorded layers + head
 // replayed. Padding rows are token 0 at position 0 of an empty block table, with no cache slot
 // (their KV write is skipped and their logits are never read). The first step of a bucket runs
-// directly, then records the graph for the next ones; a workspace reallocation drops them all.
+// directly, then records the graph for the next ones.
 void Qwen3Model::RunDecodeGraph(const StepBatch& batch, KvCache& kv) {
   const int n = static_cast<int>(batch.token_ids.size());
   const int b = GraphBucket(n);
-  int cap = 8;
-  while (cap < batch.max_blocks_per_seq) cap *= 2;
-  EnsureWorkspace(b, b, b, cap);
-  if (graphs_generation_ != workspace_generation_) {
-    graphs_.clear();
-    graphs_generation_ = workspace_generation_;
-  }
+  const int cap = GraphTableCapacity(batch.max_blocks_per_seq);
+  CheckWithinPlan(b, b, b, cap);
 
   staged_.assign(static_cast<size_t>(5 * b + b * cap), 0);
   int32_t* ids = staged_.data();
@@ -699,8 +735,7 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
   if (DecodeGraphEligible(batch)) {
     RunDecodeGraph(batch, kv);
   } else {
-    EnsureWorkspace(std::max(n, 1), std::max(r, 1), std::max(batch.num_seqs, 1),
-                    std::max(batch.max_blocks_per_seq, 1));
+    CheckWithinPlan(n, r, batch.num_seqs, batch.max_blocks_per_seq);
     if (n > 0) {
       backend_.CopyToDevice(ids_.data(), batch.token_ids.data(), n * sizeof(int32_t));
       backend_.CopyToDevice(positions_.data(), batch.positions.data(), n * sizeof(int32_t));

@@ -73,6 +73,16 @@ struct StepBatch {
   std::vector<LogitRowSampling> logit_sampling;
 };
 
+// The largest step a model's workspace is planned for, per micro-batch (Qwen3Model::PlanWorkspace):
+// every buffer a step uses is sized from these once, before the first step, so steps and ops never
+// allocate. A step beyond them is the caller's error; the engine's budgets keep within them.
+struct StepLimits {
+  int max_tokens = 1;          // tokens of one step (the chunked-prefill budget)
+  int max_logit_rows = 1;      // rows whose logits one step computes (<= max_tokens)
+  int max_seqs = 1;            // sequences of one step
+  int max_blocks_per_seq = 1;  // width of the step's block table
+};
+
 // The logit rows of `batch` whose logits come back to the host (the others come back as ids).
 int NumLogitRowsReturned(const StepBatch& batch);
 
@@ -126,6 +136,13 @@ class Qwen3Model {
   void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits,
                std::vector<int32_t>* tokens);
 
+  // Sizes the step workspace for steps within `limits` (and for the decode graphs such steps
+  // replay) and allocates it, replacing any earlier plan. Forward needs a plan.
+  void PlanWorkspace(const StepLimits& limits);
+  const StepLimits& step_limits() const { return limits_; }
+  // Bytes of device memory the current plan holds.
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
  private:
   struct Layer {
     DeviceBuffer input_norm;  // W [H]
@@ -142,7 +159,8 @@ class Qwen3Model {
 
   Qwen3Model(const ModelConfig& config, Backend& backend, const ShardSpec& shard);
   absl::Status LoadWeights(const WeightSource& source);
-  void EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, int max_blocks);
+  // Checks that a step fits the planned workspace (a failed check names the limit).
+  void CheckWithinPlan(int num_tokens, int num_logits, int num_seqs, int max_blocks) const;
   // The step's body, split so a decode step can be recorded as a graph: RunStage runs embedding
   // (or the previous stage's hand-off), the layers and the hand-off to the next stage over the
   // uploaded metadata; RunHead the final norm and lm_head for the rows in logit_rows_.
@@ -179,7 +197,9 @@ class Qwen3Model {
   DeviceBuffer inv_freq_;    // fp32 [D / 2]
   std::vector<Layer> layers_;
 
-  // Step workspace, grown on demand (capacities in tokens / rows).
+  // Step workspace, planned once (PlanWorkspace; capacities in tokens / rows / table entries).
+  StepLimits limits_;
+  size_t workspace_bytes_ = 0;
   int token_capacity_ = 0;
   int logit_capacity_ = 0;
   int table_capacity_ = 0;
@@ -187,18 +207,17 @@ class Qwen3Model {
   DeviceBuffer residual_, hidden_, qkv_buf_, attn_, proj_, gate_up_buf_, act_;
   DeviceBuffer router_logits_, topk_ids_, topk_weights_, selected_, logits_buf_;
   std::vector<float> host_logits_;
-  // Decode graphs by (padded batch, block-table capacity); recorded against the workspace of
-  // generation graphs_generation_. TESSERA_CUDA_GRAPHS=0 turns them off.
+  // Decode graphs by (padded batch, block-table capacity), recorded against the planned
+  // workspace (a new plan drops them). TESSERA_CUDA_GRAPHS=0 turns them off.
   bool graphs_enabled_ = true;
-  int64_t workspace_generation_ = 0;
-  int64_t graphs_generation_ = 0;
   std::map<std::pair<int, int>, std::unique_ptr<DeviceGraph>> graphs_;
   std::vector<int32_t> staged_;
   DeviceBuffer gathered_logits_;  // A [tp, logit rows, vocab_local] when tp > 1
   DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]
   DeviceBuffer sampled_ids_;      // int32 [logit rows]
   std::vector<SamplingRowParams> host_params_;
-  // Expert-parallel staging: rows received for this rank's experts and their results.
+  // Expert-parallel staging: rows received for this rank's experts and their results (at most
+  // ep_size * ceil(tokens / tp_size): each rank of the stage sends each owner <= its token slice).
   int64_t ep_capacity_ = 0;
   DeviceBuffer ep_x_, ep_y_, ep_ids_, ep_weights_;
 };

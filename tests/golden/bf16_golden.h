@@ -148,8 +148,10 @@ struct GoldenModel {
 };
 
 // Loads fixture `name` onto `backend` (which must outlive the result).
+// The workspace is planned for `limits` when given, else for 512-token steps (below).
 inline std::unique_ptr<GoldenModel> LoadGoldenModel(const std::string& name, Backend& backend,
-                                                    int block_size = 16) {
+                                                    int block_size = 16,
+                                                    const StepLimits* limits = nullptr) {
   auto f = std::make_unique<GoldenModel>();
   f->dir = std::string(TESSERA_SOURCE_DIR) + "/tests/golden/fixtures/" + name;
   std::ifstream in(f->dir + "/expected.json");
@@ -163,8 +165,15 @@ inline std::unique_ptr<GoldenModel> LoadGoldenModel(const std::string& name, Bac
   f->checkpoint = std::move(*checkpoint);
   auto parallel = ParallelConfig::Create(1, 0, 1, 1, 1, 1, ModelDimsOf(f->config));
   EXPECT_TRUE(parallel.ok()) << parallel.status();
-  auto executor = Executor::Create(f->config, *f->checkpoint, backend, *parallel, nullptr,
-                                   (512 + block_size - 1) / block_size, block_size);
+  // 512 positions of cache; steps of up to 512 tokens (every row's logits) and 8 sequences.
+  const int blocks = (512 + block_size - 1) / block_size;
+  StepLimits plan;
+  plan.max_tokens = 512;
+  plan.max_logit_rows = 512;
+  plan.max_seqs = 8;
+  plan.max_blocks_per_seq = blocks;
+  auto executor = Executor::Create(f->config, *f->checkpoint, backend, *parallel, nullptr, blocks,
+                                   block_size, limits ? *limits : plan);
   EXPECT_TRUE(executor.ok()) << executor.status();
   f->executor = std::move(*executor);
   f->prompt = f->expected["prompt_ids"].get<std::vector<int32_t>>();

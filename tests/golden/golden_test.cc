@@ -89,6 +89,66 @@ TEST_P(GoldenTest, ChunkedPrefillMatchesWholePrefill) {
   EXPECT_EQ(chunked->tokens, whole->tokens);
 }
 
+// The workspace is planned once for the largest step (Qwen3Model::PlanWorkspace): Generate keeps
+// its chunks within the plan, gives the same logits as an unconstrained executor, and refuses a
+// sequence longer than the planned block table; a step beyond the plan is a checked error.
+TEST(PlannedWorkspaceTest, GenerateChunksWithinThePlan) {
+  static std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  auto whole = LoadFixture("dense_gqa");
+  StepLimits small;
+  small.max_tokens = 6;
+  small.max_logit_rows = 6;
+  small.max_seqs = 1;
+  small.max_blocks_per_seq = 4;  // 64 positions of 16
+  auto f = LoadGoldenModel("dense_gqa", *cpu, 16, &small);
+  EXPECT_GT(f->executor->model().workspace_bytes(), 0u);
+  EXPECT_LT(f->executor->model().workspace_bytes(), whole->executor->model().workspace_bytes());
+
+  GenerateOptions options;
+  options.max_new_tokens = 4;
+  options.sampling.temperature = 0.0f;
+  options.want_prompt_logits = true;
+  auto want = Generate(*whole->executor, whole->prompt, options);
+  ASSERT_TRUE(want.ok()) << want.status();
+  auto got = Generate(*f->executor, f->prompt, options);  // 37 prompt tokens in chunks of 6
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->prompt_logits.size(), want->prompt_logits.size());
+  EXPECT_LE(MaxRowRelativeL2(got->prompt_logits, want->prompt_logits, f->config.vocab_size), 1e-5);
+  EXPECT_EQ(got->tokens, want->tokens);
+
+  options.max_new_tokens = 30;  // 67 positions: 5 blocks, one more than planned
+  auto refused = Generate(*f->executor, f->prompt, options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("planned for 4"), std::string::npos)
+      << refused.status();
+}
+
+TEST(PlannedWorkspaceDeathTest, StepBeyondThePlanIsACheckedError) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  static std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  StepLimits small;
+  small.max_tokens = 4;
+  small.max_logit_rows = 4;
+  small.max_seqs = 1;
+  small.max_blocks_per_seq = 2;
+  auto f = LoadGoldenModel("dense_gqa", *cpu, 16, &small);
+  StepPlan plan;
+  plan.replicas.assign(1, std::vector<StepBatch>(1));
+  StepBatch& b = plan.replicas[0][0];
+  b.num_seqs = 1;
+  b.max_blocks_per_seq = 1;
+  b.block_tables = {0};
+  for (int p = 0; p < 5; ++p) {
+    b.token_ids.push_back(f->prompt[p]);
+    b.positions.push_back(p);
+    b.token_seq.push_back(0);
+    b.slot_mapping.push_back(p);
+  }
+  b.logit_tokens = {4};
+  EXPECT_DEATH(f->executor->Execute(plan), "tokens in one step \\(planned workspace\\)");
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest,
                          ::testing::Values("dense_gqa", "dense_mha_tied", "dense_gqa_kv2",
                                            "dense_yarn", "dense_yarn_v5", "moe_norm_topk",
