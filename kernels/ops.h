@@ -119,6 +119,8 @@ class Backend {
 
   // Memory.
   virtual DeviceBuffer Allocate(size_t bytes) = 0;
+  // The device's free and total memory in bytes; false where memory is not a device's (CPU).
+  virtual bool MemoryInfo(size_t* /*free_bytes*/, size_t* /*total_bytes*/) { return false; }
   virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
   // Uploads float32 host values as `dtype` (weight_dtype() or activation_dtype()).

@@ -51,6 +51,9 @@ class Profiler final : public ProfilingBackend {
   DeviceKind kind() const override { return b_.kind(); }
   DType activation_dtype() const override { return b_.activation_dtype(); }
   DType weight_dtype() const override { return b_.weight_dtype(); }
+  bool MemoryInfo(size_t* free_bytes, size_t* total_bytes) override {
+    return b_.MemoryInfo(free_bytes, total_bytes);
+  }
   DeviceBuffer Allocate(size_t bytes) override { return b_.Allocate(bytes); }
   void CopyToDevice(void* d, const void* s, size_t n) override {
     Time("CopyToDevice", [&] { b_.CopyToDevice(d, s, n); });

@@ -2,12 +2,17 @@
 //
 //   [mpirun -np N] tessera serve [--model DIR] [--host H] [--port P] [--metrics-port M]
 //       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu|cuda] [--max-num-seqs N]
-//       [--max-num-batched-tokens N] [--kv-cache-memory BYTES | --num-kv-blocks N]
+//       [--max-num-batched-tokens N]
+//       [--kv-cache-memory BYTES | --num-kv-blocks N | --gpu-memory-utilization F]
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
 //
 // --port 0 and --metrics-port 0 pick free ports; --port-file F then receives
 // "GRPC_PORT METRICS_PORT RANK0_PID" once the server is up (for scripts and tests).
+//
+// The KV cache: --num-kv-blocks, or --kv-cache-memory per rank, or by default on GPUs the part of
+// each GPU that --gpu-memory-utilization (0.9) leaves after the weights and the planned step
+// workspace (on the CPU backend the default is 256MiB).
 //
 // Without --model it serves the embedded tiny model (with Qwen3's real tokenizer and template).
 // SIGTERM/SIGINT drain: health turns NOT_SERVING at once, new requests get UNAVAILABLE, requests
@@ -17,8 +22,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <thread>
@@ -81,6 +88,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                "max-num-seqs",
                "max-num-batched-tokens",
                "kv-cache-memory",
+               "gpu-memory-utilization",
                "num-kv-blocks",
                "block-size",
                "max-queue",
@@ -139,46 +147,58 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   std::unique_ptr<Backend>& backend = compute->backend;
   Executor executor(model->config, *parallel, compute->world);
   const ModelConfig& c = model->config;
-  // KV blocks: the same count on every rank (block tables are shared), from the tightest rank.
+  // KV blocks: the same count on every rank (block tables are shared), from the tightest rank:
+  // --num-kv-blocks, else --kv-cache-memory per rank, else (on GPUs) what
+  // --gpu-memory-utilization of each GPU leaves once the weights and the workspace are in.
+  absl::StatusOr<double> utilization = flags.GetDouble("gpu-memory-utilization", 0.9);
+  if (!utilization.ok()) return fail(utilization.status());
+  if (!(*utilization > 0 && *utilization <= 1)) {
+    return fail(absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]"));
+  }
+  const int64_t layers =
+      parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
+  const int64_t kv_heads = std::max<int64_t>(1, c.num_key_value_heads / parallel->tp);
+  const int64_t per_block = 2 * layers * *block_size * kv_heads * c.head_dim *
+                            static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
+  // The tightest rank's count, on every rank.
+  auto fewest = [&](int64_t mine) {
+    std::vector<int64_t> all(mpi.size(), mine);
+    if (mpi.world()) mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
+    return *std::min_element(all.begin(), all.end());
+  };
+  size_t free_bytes = 0, total_bytes = 0;
+  const bool by_memory = !flags.GetString("num-kv-blocks") && !flags.GetString("kv-cache-memory") &&
+                         backend->MemoryInfo(&free_bytes, &total_bytes);
   int64_t num_blocks = 0;
   if (auto n = flags.GetString("num-kv-blocks")) {
     if (!absl::SimpleAtoi(*n, &num_blocks) || num_blocks < 1) {
       return fail(absl::InvalidArgumentError("--num-kv-blocks must be a positive integer"));
     }
-  } else {
+  } else if (!by_memory) {
     absl::StatusOr<int64_t> bytes =
         ParseBytes(flags.GetString("kv-cache-memory").value_or("256MiB"));
     if (!bytes.ok()) return fail(bytes.status());
-    const int64_t layers =
-        parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
-    const int64_t kv_heads = std::max<int64_t>(1, c.num_key_value_heads / parallel->tp);
-    const int64_t per_block = 2 * layers * *block_size * kv_heads * c.head_dim *
-                              static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
-    int64_t mine = *bytes / per_block;
-    std::vector<int64_t> all(mpi.size());
-    if (mpi.world()) {
-      mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
-    } else {
-      all[0] = mine;
-    }
-    num_blocks = *std::min_element(all.begin(), all.end());
+    num_blocks = fewest(*bytes / per_block);
     if (num_blocks < 1) {
       return fail(absl::InvalidArgumentError(absl::StrCat(
           "--kv-cache-memory ", *bytes, " bytes holds no KV block of ", per_block, " bytes")));
     }
   }
-  // Every rank plans its workspace for the engine's largest step (the same flags everywhere).
+  // Every rank plans its workspace for the engine's largest step (the same flags everywhere);
+  // sized by memory, the block count is not known yet and the longest sequence bounds the tables.
   EngineOptions engine_options;
   engine_options.max_num_seqs = static_cast<int>(*max_seqs);
   engine_options.max_num_batched_tokens = static_cast<int>(*max_tokens);
-  const StepLimits limits = EngineStepLimits(engine_options, c, static_cast<int>(num_blocks),
-                                             static_cast<int>(*block_size));
+  const StepLimits limits =
+      EngineStepLimits(engine_options, c, by_memory ? INT32_MAX : static_cast<int>(num_blocks),
+                       static_cast<int>(*block_size));
   const auto load_start = std::chrono::steady_clock::now();
   absl::Status loaded = [&]() -> absl::Status {
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank()))
       return absl::InternalError("injected load failure (TESSERA_FAULT)");
     ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model->dir));
+    if (by_memory) return executor.LoadModel(*checkpoint, *backend, limits);
     return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
                          static_cast<int>(*block_size), limits);
   }();
@@ -188,6 +208,27 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                    std::string(loaded.message()).c_str());
     }
     return 1;
+  }
+  if (by_memory) {
+    backend->MemoryInfo(&free_bytes, &total_bytes);
+    const int64_t spare =
+        static_cast<int64_t>(free_bytes) -
+        static_cast<int64_t>((1.0 - *utilization) * static_cast<double>(total_bytes));
+    num_blocks = fewest(std::max<int64_t>(0, spare) / per_block);
+    if (num_blocks < 1) {
+      return fail(absl::ResourceExhaustedError(absl::StrCat(
+          "--gpu-memory-utilization ", *utilization, " leaves no KV block of ", per_block,
+          " bytes once the weights and the step workspace (", executor.model().workspace_bytes(),
+          " bytes) are loaded (", free_bytes, " of ", total_bytes,
+          " bytes free on the tightest GPU); raise it, lower "
+          "--max-num-batched-tokens, or use more GPUs")));
+    }
+    executor.AllocateKv(*backend, static_cast<int>(num_blocks), static_cast<int>(*block_size));
+  }
+  if (mpi.rank() == 0) {
+    std::fprintf(stderr, "tessera serve: KV cache %lld blocks of %lld tokens (%.2f GiB per rank)\n",
+                 static_cast<long long>(num_blocks), static_cast<long long>(*block_size),
+                 static_cast<double>(num_blocks * per_block) / (1 << 30));
   }
   ReportLoad(mpi, "tessera serve",
              std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());

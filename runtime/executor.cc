@@ -58,10 +58,16 @@ void Executor::AllocateKv(Backend& backend, int num_kv_blocks, int block_size) {
                                   static_cast<int>(config_.head_dim));
 }
 
-absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
-                            int block_size, const StepLimits& limits) {
+absl::Status Executor::LoadModel(const Checkpoint& checkpoint, Backend& backend,
+                                 const StepLimits& limits) {
   ASSIGN_OR_RETURN(model_, Qwen3Model::Load(config_, checkpoint, backend, MakeShard()));
   model_->PlanWorkspace(limits);
+  return absl::OkStatus();
+}
+
+absl::Status Executor::Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
+                            int block_size, const StepLimits& limits) {
+  RETURN_IF_ERROR(LoadModel(checkpoint, backend, limits));
   AllocateKv(backend, num_kv_blocks, block_size);
   return absl::OkStatus();
 }

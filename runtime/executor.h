@@ -36,6 +36,11 @@ class Executor {
   absl::Status Load(const Checkpoint& checkpoint, Backend& backend, int num_kv_blocks,
                     int block_size, const StepLimits& limits);
 
+  // Load's two halves, for callers that size the KV cache from the memory the model leaves:
+  // the shard and its planned workspace, then the KV cache.
+  absl::Status LoadModel(const Checkpoint& checkpoint, Backend& backend, const StepLimits& limits);
+  void AllocateKv(Backend& backend, int num_kv_blocks, int block_size);
+
   // Per rank: random weights at the real shapes, generated on the device (benchmarks).
   absl::Status LoadDummy(Backend& backend, int num_kv_blocks, int block_size,
                          const StepLimits& limits, uint64_t seed);
@@ -70,7 +75,6 @@ class Executor {
  private:
   void Run(const StepPlan& plan, StepOutput* output);
   ShardSpec MakeShard();
-  void AllocateKv(Backend& backend, int num_kv_blocks, int block_size);
 
   ModelConfig config_;
   ParallelConfig parallel_;

@@ -70,6 +70,11 @@ class CudaBackend final : public Backend {
   DType activation_dtype() const override { return DType::kBF16; }
   DType weight_dtype() const override { return DType::kBF16; }
 
+  bool MemoryInfo(size_t* free_bytes, size_t* total_bytes) override {
+    CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return true;
+  }
+
   DeviceBuffer Allocate(size_t bytes) override {
     void* p = nullptr;
     const cudaError_t result = cudaMalloc(&p, AlignUp(std::max<size_t>(bytes, 1)));
