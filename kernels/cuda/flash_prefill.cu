@@ -32,6 +32,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_prefill.h"
+#include "kernels/cuda/flash_prefill_sm90.h"
 #include "kernels/cuda/mma.cuh"
 
 namespace tessera::cuda {
@@ -379,7 +380,7 @@ bool Launch(const PagedAttentionArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-bool LaunchFlashPrefill(const PagedAttentionArgs& a, cudaStream_t stream) {
+bool LaunchFlashPrefillMmaSync(const PagedAttentionArgs& a, cudaStream_t stream) {
   if (a.num_tokens <= 0 || a.kv_heads <= 0 || a.q_heads % a.kv_heads != 0 || a.block_size < 1)
     return false;
   if (!(a.scale > 0)) return false;
@@ -402,6 +403,10 @@ bool LaunchFlashPrefill(const PagedAttentionArgs& a, cudaStream_t stream) {
     default:
       return false;
   }
+}
+
+bool LaunchFlashPrefill(const PagedAttentionArgs& a, cudaStream_t stream) {
+  return LaunchFlashPrefillSm90(a, stream) || LaunchFlashPrefillMmaSync(a, stream);
 }
 
 }  // namespace tessera::cuda

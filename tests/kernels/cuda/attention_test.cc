@@ -5,9 +5,10 @@
 // like the fused qkv projection's, and the output is poisoned before the call. Pure decode
 // batches (one token per sequence) run the split-KV kernel (decode_attention.cu); its split plan
 // is also tested on its own, without a GPU. Batches with prefill rows and head_dim 64 or 128 take
-// the tensor-core kernel (flash_prefill.cu); the rest the fp32 one. Every case runs twice and the
-// two outputs must be bit-identical. TESSERA_ATTN_BENCH=1 adds a timing of long causal prefills
-// (off by default).
+// the tensor-core kernel (flash_prefill.cu; on sm_90 at head_dim 128 the wgmma one,
+// flash_prefill_sm90.cu, and both are also tested directly); the rest the fp32 one. Every case runs
+// twice and the two outputs must be bit-identical. TESSERA_ATTN_BENCH=1 adds a timing of long
+// causal prefills (off by default).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -24,6 +25,8 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/flash_prefill.h"
+#include "kernels/cuda/flash_prefill_sm90.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace tessera {
@@ -547,52 +550,108 @@ TEST_F(CudaSplitKvDecodeTest, ReportsKvBandwidth) {
   }
 }
 
-// The tensor-core prefill kernel (256-token tiles, 128-key tiles; 64 where shared memory is short):
-// lengths around and across those tile sizes, GQA groups 1, 5 and 8, block sizes 1, 7, 16 and 64
-// (a key tile spanning many blocks, or part of one). A 1-token prefill rides with another sequence,
-// since a batch of only 1-token sequences is a decode batch and takes the other kernel.
-INSTANTIATE_TEST_SUITE_P(
-    Prefill, CudaAttentionTest,
-    ::testing::Values(
-        Case{"d128_len1_len15_g5_b7", 10, 2, 128, 7, {{1, 1}, {15, 15}}},
-        Case{"d128_len64_g1_b64", 4, 4, 128, 64, {{64, 64}}},
-        Case{"d128_len65_g8_b1", 8, 1, 128, 1, {{65, 65}}},
-        Case{"d128_len127_g5_b16", 5, 1, 128, 16, {{127, 127}}},
-        Case{"d128_len300_g1_b7", 2, 2, 128, 7, {{300, 300}}},
-        Case{"d128_len1000_g8_b64", 8, 1, 128, 64, {{1000, 1000}}},
-        Case{"d128_len4096_g5_b16", 5, 1, 128, 16, {{4096, 4096}}},
-        Case{"d64_len1_len64_g8_b1", 8, 1, 64, 1, {{1, 1}, {64, 64}}},
-        Case{"d64_len15_g1_b16", 3, 3, 64, 16, {{15, 15}}},
-        Case{"d64_len65_g5_b7", 10, 2, 64, 7, {{65, 65}}},
-        Case{"d64_len127_g8_b64", 8, 1, 64, 64, {{127, 127}}},
-        Case{"d64_len300_g5_b1", 5, 1, 64, 1, {{300, 300}}},
-        Case{"d64_len1000_g1_b16", 2, 2, 64, 16, {{1000, 1000}}},
-        Case{"d64_len4096_g8_b64", 8, 1, 64, 64, {{4096, 4096}}},
-        // Chunked prefill: this step's tokens after a cached prefix (queries < context), with
-        // chunks that start inside a key tile and span several query tiles.
-        Case{"d128_chunk200_after800_g8_b16", 8, 1, 128, 16, {{1000, 200}}},
-        Case{"d128_chunk300_after400_g1_b1", 2, 2, 128, 1, {{700, 300}}},
-        Case{"d64_chunk77_after223_g5_b7", 5, 1, 64, 7, {{300, 77}}},
-        // Mixed batches: query tiles holding the end of one sequence and the start of the next,
-        // prefills, a chunk and decode rows together.
-        Case{"d128_mixed_g5_b16",
-             10,
-             2,
-             128,
-             16,
-             {{200, 200}, {64, 64}, {500, 129}, {77, 1}, {1, 1}}},
-        Case{"d64_mixed_g8_b7", 8, 1, 64, 7, {{30, 30}, {90, 90}, {45, 20}, {9, 1}, {3, 3}}}),
-    CaseName);
+// The tensor-core prefill kernels: the mma.sync one (256-token tiles, 128-key tiles; 64 where
+// shared memory is short) and on sm_90 the wgmma one (128-token tiles, 128-key tiles, head_dim
+// 128): lengths around and across those tile sizes, GQA groups 1, 5 and 8, block sizes 1, 7, 16
+// and 64 (a key tile spanning many blocks, or part of one). A 1-token prefill rides with another
+// sequence, since a batch of only 1-token sequences is a decode batch and takes the other kernel.
+std::vector<Case> PrefillCases() {
+  return {
+      Case{"d128_len1_len15_g5_b7", 10, 2, 128, 7, {{1, 1}, {15, 15}}},
+      Case{"d128_len64_g1_b64", 4, 4, 128, 64, {{64, 64}}},
+      Case{"d128_len65_g8_b1", 8, 1, 128, 1, {{65, 65}}},
+      Case{"d128_len127_g5_b16", 5, 1, 128, 16, {{127, 127}}},
+      Case{"d128_len300_g1_b7", 2, 2, 128, 7, {{300, 300}}},
+      Case{"d128_len1000_g8_b64", 8, 1, 128, 64, {{1000, 1000}}},
+      Case{"d128_len4096_g5_b16", 5, 1, 128, 16, {{4096, 4096}}},
+      Case{"d64_len1_len64_g8_b1", 8, 1, 64, 1, {{1, 1}, {64, 64}}},
+      Case{"d64_len15_g1_b16", 3, 3, 64, 16, {{15, 15}}},
+      Case{"d64_len65_g5_b7", 10, 2, 64, 7, {{65, 65}}},
+      Case{"d64_len127_g8_b64", 8, 1, 64, 64, {{127, 127}}},
+      Case{"d64_len300_g5_b1", 5, 1, 64, 1, {{300, 300}}},
+      Case{"d64_len1000_g1_b16", 2, 2, 64, 16, {{1000, 1000}}},
+      Case{"d64_len4096_g8_b64", 8, 1, 64, 64, {{4096, 4096}}},
+      // Chunked prefill: this step's tokens after a cached prefix (queries < context), with
+      // chunks that start inside a key tile and span several query tiles.
+      Case{"d128_chunk200_after800_g8_b16", 8, 1, 128, 16, {{1000, 200}}},
+      Case{"d128_chunk300_after400_g1_b1", 2, 2, 128, 1, {{700, 300}}},
+      Case{"d64_chunk77_after223_g5_b7", 5, 1, 64, 7, {{300, 77}}},
+      // Mixed batches: query tiles holding the end of one sequence and the start of the next,
+      // prefills, a chunk and decode rows together.
+      Case{
+          "d128_mixed_g5_b16", 10, 2, 128, 16, {{200, 200}, {64, 64}, {500, 129}, {77, 1}, {1, 1}}},
+      Case{"d64_mixed_g8_b7", 8, 1, 64, 7, {{30, 30}, {90, 90}, {45, 20}, {9, 1}, {3, 3}}},
+      // Many key tiles, several query tiles, a long prefix: a chunk after a prefix longer than
+      // itself, a chunk starting mid-tile after a prefix of thousands of keys, and a long
+      // prefill at the 14B model's GQA group with a block size that straddles tiles.
+      Case{"d128_chunk1000_after3000_g5_b16", 10, 2, 128, 16, {{4000, 1000}}},
+      Case{"d128_chunk129_after5000_g8_b7", 8, 1, 128, 7, {{5129, 129}}},
+      Case{"d128_len2500_len700_g5_b32", 5, 1, 128, 32, {{2500, 2500}, {700, 700}}},
+      // Several sequences (and decode rows) inside one 128-token tile, each with its own
+      // table; short ones that end in the same tile as they start.
+      Case{"d128_many_segments_g5_b16",
+           10,
+           2,
+           128,
+           16,
+           {{5, 5}, {17, 17}, {40, 40}, {3, 1}, {100, 100}, {1, 1}, {60, 33}, {9, 9}, {250, 250}}},
+      Case{"d128_segments_across_tiles_g1_b1",
+           4,
+           4,
+           128,
+           1,
+           {{130, 130}, {2, 2}, {126, 126}, {300, 64}, {7, 7}}}};
+}
 
-// TESSERA_ATTN_BENCH=1: causal prefills of one sequence at Qwen3-14B's shape (40 q heads, 8 KV
-// heads, head_dim 128; and head_dim 64 at one length), timed with events on a stream of our own, in
-// TFLOP/s with FLOPs = 4 * q_heads * head_dim * n^2 / 2. Inputs are random; nothing is checked.
+INSTANTIATE_TEST_SUITE_P(Prefill, CudaAttentionTest, ::testing::ValuesIn(PrefillCases()), CaseName);
+
+// Each prefill kernel launched directly (the backend takes the wgmma one where it applies), so
+// both stay tested on an sm_90 GPU: the same reference and tolerance, and two launches agree bit
+// for bit.
+class CudaPrefillKernelsTest : public testing::CudaParamTest<Case> {};
+
+TEST_P(CudaPrefillKernelsTest, EachKernelMatchesReference) {
+  const Case& c = GetParam();
+  Problem pr = Build(gpu(), c);
+  const auto stream = static_cast<cudaStream_t>(gpu().stream());
+  DeviceBuffer no_workspace;
+  const struct {
+    const char* name;
+    bool (*launch)(const cuda::PagedAttentionArgs&, cudaStream_t);
+  } kernels[] = {{"mma.sync", cuda::LaunchFlashPrefillMmaSync},
+                 {"wgmma", cuda::LaunchFlashPrefillSm90}};
+  for (const auto& k : kernels) {
+    SCOPED_TRACE(k.name);
+    DeviceBuffer out = testing::PoisonedBf16(gpu(), pr.ref.size());
+    DeviceBuffer out2 = testing::PoisonedBf16(gpu(), pr.ref.size());
+    if (!k.launch(DecodeArgs(pr, c, out, no_workspace, 0), stream)) {
+      std::printf("[cuda] %s: %s kernel does not apply here\n", c.name, k.name);
+      continue;
+    }
+    ASSERT_TRUE(k.launch(DecodeArgs(pr, c, out2, no_workspace, 0), stream));
+    testing::ExpectRelativeL2((std::string(c.name) + " " + k.name).c_str(),
+                              testing::DownloadBf16(gpu(), out, pr.ref.size()), pr.ref,
+                              kTwoRoundings);
+    EXPECT_EQ(testing::DownloadRaw<uint16_t>(gpu(), out, pr.ref.size()),
+              testing::DownloadRaw<uint16_t>(gpu(), out2, pr.ref.size()))
+        << "two launches differ";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Prefill, CudaPrefillKernelsTest, ::testing::ValuesIn(PrefillCases()),
+                         CaseName);
+
+// TESSERA_ATTN_BENCH=1: causal prefills of one sequence at Qwen3-14B's shapes (40 q / 8 KV heads
+// at TP1, 10 / 2 at TP4, head_dim 128; and head_dim 64 at one length), each prefill kernel
+// launched directly (mma.sync, and wgmma where it applies), timed with events on a stream of our
+// own, in TFLOP/s with FLOPs = 4 * q_heads * head_dim * n^2 / 2. Inputs are random; nothing is
+// checked.
 class CudaAttentionBench : public testing::CudaTest {};
 
 TEST_F(CudaAttentionBench, CausalPrefill) {
   const char* env = std::getenv("TESSERA_ATTN_BENCH");
   if (env == nullptr || std::string(env) != "1") GTEST_SKIP() << "set TESSERA_ATTN_BENCH=1";
-  constexpr int kQHeads = 40, kKvHeads = 8, kBlock = 16;
+  constexpr int kBlock = 16;
   std::mt19937 rng(7);
   // Device buffers filled from one random host chunk, over and over.
   const auto chunk = testing::RandomBf16(1 << 22, rng, -2, 2);
@@ -606,10 +665,15 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
   cudaEvent_t start = nullptr, stop = nullptr;
   CUDA_CHECK(cudaEventCreate(&start));
   CUDA_CHECK(cudaEventCreate(&stop));
-  const std::pair<int, int> shapes[] = {{128, 4096}, {128, 16384}, {128, 32768}, {64, 16384}};
-  for (const auto& [d, n] : shapes) {
-    const size_t q_count = static_cast<size_t>(n) * kQHeads * d;
-    const size_t kv_count = static_cast<size_t>(n) * kKvHeads * d;
+  struct Shape {
+    int q_heads, kv_heads, d, n;
+  };
+  const Shape shapes[] = {{40, 8, 128, 4096}, {40, 8, 128, 16384}, {40, 8, 128, 32768},
+                          {10, 2, 128, 4096}, {10, 2, 128, 16384}, {10, 2, 128, 32768},
+                          {40, 8, 64, 16384}};
+  for (const auto& [q_heads, kv_heads, d, n] : shapes) {
+    const size_t q_count = static_cast<size_t>(n) * q_heads * d;
+    const size_t kv_count = static_cast<size_t>(n) * kv_heads * d;
     DeviceBuffer q = gpu().Allocate(q_count * 2), out = gpu().Allocate(q_count * 2);
     DeviceBuffer k = gpu().Allocate(kv_count * 2), v = gpu().Allocate(kv_count * 2);
     fill(q, q_count);
@@ -625,7 +689,7 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
 
     cuda::PagedAttentionArgs a;
     a.q = q.as<__nv_bfloat16>();
-    a.q_row_stride = kQHeads * d;
+    a.q_row_stride = q_heads * d;
     a.k_cache = k.as<__nv_bfloat16>();
     a.v_cache = v.as<__nv_bfloat16>();
     a.positions = d_pos.as<int32_t>();
@@ -635,23 +699,31 @@ TEST_F(CudaAttentionBench, CausalPrefill) {
     a.num_seqs = 1;
     a.max_blocks_per_seq = static_cast<int>(table.size());
     a.block_size = kBlock;
-    a.q_heads = kQHeads;
-    a.kv_heads = kKvHeads;
+    a.q_heads = q_heads;
+    a.kv_heads = kv_heads;
     a.head_dim = d;
     a.scale = 1.0f / std::sqrt(static_cast<float>(d));
     a.out = out.as<__nv_bfloat16>();
     const int iters = n <= 4096 ? 20 : 5;
-    cuda::LaunchPagedAttention(a, stream);  // warm-up
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    for (int i = 0; i < iters; ++i) cuda::LaunchPagedAttention(a, stream);
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    const double seconds = ms / 1e3 / iters;
-    const double flops = 4.0 * kQHeads * d * (static_cast<double>(n) * n / 2);
-    std::printf("[bench] causal prefill n=%d q_heads=%d kv_heads=%d d=%d: %.3f ms, %.1f TFLOP/s\n",
-                n, kQHeads, kKvHeads, d, seconds * 1e3, flops / seconds / 1e12);
+    const struct {
+      const char* name;
+      bool (*launch)(const cuda::PagedAttentionArgs&, cudaStream_t);
+    } kernels[] = {{"mma.sync", cuda::LaunchFlashPrefillMmaSync},
+                   {"wgmma", cuda::LaunchFlashPrefillSm90}};
+    for (const auto& k : kernels) {
+      if (!k.launch(a, stream)) continue;  // warm-up; false: not on this GPU or shape
+      CUDA_CHECK(cudaEventRecord(start, stream));
+      for (int i = 0; i < iters; ++i) k.launch(a, stream);
+      CUDA_CHECK(cudaEventRecord(stop, stream));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      const double seconds = ms / 1e3 / iters;
+      const double flops = 4.0 * q_heads * d * (static_cast<double>(n) * n / 2);
+      std::printf(
+          "[bench] causal prefill n=%d q_heads=%d kv_heads=%d d=%d %s: %.3f ms, %.1f TFLOP/s\n", n,
+          q_heads, kv_heads, d, k.name, seconds * 1e3, flops / seconds / 1e12);
+    }
   }
   CUDA_CHECK(cudaEventDestroy(start));
   CUDA_CHECK(cudaEventDestroy(stop));
