@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -82,7 +83,19 @@ bool PeerAllReduceFailed() {
 std::unique_ptr<PeerAllReduce> PeerAllReduce::Make(Communicator& host, const std::string& name,
                                                    size_t max_bytes) {
   const int n = host.size(), me = host.rank();
-  if (max_bytes == 0 || n < 2) return nullptr;
+  if (n < 2) return nullptr;
+  // Every rank must take the same path: the smallest threshold any rank asks for (0: off).
+  const int64_t asked = static_cast<int64_t>(max_bytes);
+  std::vector<int64_t> asks(n);
+  host.AllGather(&asked, asks.data(), 1, DType::kI64);
+  const int64_t agreed = *std::min_element(asks.begin(), asks.end());
+  if (agreed != *std::max_element(asks.begin(), asks.end()) && me == 0) {
+    LogOnce(name, me,
+            "the ranks ask for different thresholds (TESSERA_CUSTOM_ALLREDUCE*); using " +
+                std::to_string(agreed >> 10) + " KB");
+  }
+  max_bytes = static_cast<size_t>(agreed);
+  if (max_bytes == 0) return nullptr;
   if (n > cuda::kPeerMaxRanks) {
     if (me == 0) LogOnce(name, me, std::to_string(n) + " ranks (at most 8)");
     return nullptr;

@@ -11,7 +11,7 @@
 //
 // Knobs (environment, read at creation): TESSERA_CUSTOM_ALLREDUCE=0 turns it off;
 // TESSERA_CUSTOM_ALLREDUCE_MAX_KB sets the largest message it takes (default 512 KB; larger ones
-// go to NCCL).
+// go to NCCL). The ranks use the smallest threshold any of them asks for.
 //
 // Faults: a kernel waiting for a peer gives up after CollectiveTimeoutSeconds() (read at each
 // enqueue; 0: no bound, as for NCCL) and sets a process-wide flag; the NCCL communicator's
