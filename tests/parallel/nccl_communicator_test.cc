@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <numeric>
@@ -25,6 +26,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/base/dtype.h"
+#include "kernels/cuda/peer_allreduce.h"
 #include "kernels/ops.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
@@ -432,6 +434,77 @@ TEST(PeerAllReduceTest, DISABLED_GivesUpOnAHungPeer) {
     EXPECT_LT(waited, 3.0);
   }
   comm.Barrier();
+}
+
+// Not a check: the kernel's own cost, with two "ranks" in this one process on one GPU, each on its
+// own stream (their kernels run side by side; slots in local memory, so no NVLink), captured in a
+// graph of 32 back-to-back calls per rank. Run with -np 1:
+//   nccl_communicator_test --gtest_also_run_disabled_tests --gtest_filter='*KernelTimeOnOneGpu'
+TEST(PeerAllReduceTest, DISABLED_KernelTimeOnOneGpu) {
+  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+  constexpr int kCalls = 32;
+  const size_t max_bytes = size_t{1} << 20, slot = cuda::PeerSlotBytes(max_bytes);
+  cuda::PeerAllReduceArgs args[2] = {};
+  void* slots[2];
+  void* data[2];
+  void* error_bytes = nullptr;
+  ASSERT_EQ(cudaMalloc(&error_bytes, sizeof(int)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(error_bytes, 0, sizeof(int)), cudaSuccess);
+  int* error = static_cast<int*>(error_bytes);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(cudaMalloc(&slots[r], slot), cudaSuccess);
+    ASSERT_EQ(cudaMemset(slots[r], 0, slot), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&data[r], max_bytes), cudaSuccess);
+    ASSERT_EQ(cudaMemset(data[r], 0, max_bytes), cudaSuccess);
+  }
+  for (int r = 0; r < 2; ++r) {
+    args[r].ranks = 2;
+    args[r].rank = r;
+    args[r].half_bytes = (slot - cuda::kPeerDataOffset) / 2;
+    args[r].error = error;
+    args[r].timeout_ns = 2000000000ull;
+    for (int q = 0; q < 2; ++q) args[r].slots[q] = static_cast<char*>(slots[q]);
+  }
+  cudaStream_t s[2];
+  cudaEvent_t fork, join, start, stop;
+  for (auto& x : s) ASSERT_EQ(cudaStreamCreateWithFlags(&x, cudaStreamNonBlocking), cudaSuccess);
+  for (cudaEvent_t* e : {&fork, &join, &start, &stop}) ASSERT_EQ(cudaEventCreate(e), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::printf("%10s %14s\n", "bytes", "us per call");
+  for (size_t kb : {10, 32, 80, 256, 512, 1024}) {
+    const size_t count = (kb << 10) / 2;
+    cudaGraph_t graph;
+    ASSERT_EQ(cudaStreamBeginCapture(s[0], cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    ASSERT_EQ(cudaEventRecord(fork, s[0]), cudaSuccess);
+    ASSERT_EQ(cudaStreamWaitEvent(s[1], fork, 0), cudaSuccess);
+    for (int i = 0; i < kCalls; ++i) {
+      for (int r = 0; r < 2; ++r) {
+        cuda::LaunchPeerAllReduceSum(args[r], data[r], count, DType::kBF16, s[r]);
+      }
+    }
+    ASSERT_EQ(cudaEventRecord(join, s[1]), cudaSuccess);
+    ASSERT_EQ(cudaStreamWaitEvent(s[0], join, 0), cudaSuccess);
+    ASSERT_EQ(cudaStreamEndCapture(s[0], &graph), cudaSuccess);
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    std::vector<double> times;
+    for (int rep = 0; rep < 23; ++rep) {
+      ASSERT_EQ(cudaEventRecord(start, s[0]), cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(exec, s[0]), cudaSuccess);
+      ASSERT_EQ(cudaEventRecord(stop, s[0]), cudaSuccess);
+      ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+      float ms = 0;
+      ASSERT_EQ(cudaEventElapsedTime(&ms, start, stop), cudaSuccess);
+      if (rep >= 3) times.push_back(ms * 1e3 / kCalls);
+    }
+    std::sort(times.begin(), times.end());
+    std::printf("%10zu %14.2f\n", count * 2, times[times.size() / 2]);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  int failed = 0;
+  ASSERT_EQ(cudaMemcpy(&failed, error, sizeof(int), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(failed, 0) << "a kernel gave up waiting: the two streams did not run side by side";
 }
 
 // Through the NCCL communicator (one GPU per rank): messages up to the threshold take the peer
