@@ -7,7 +7,9 @@
 // Reports, on rank 0 (a table on stderr; --json adds one JSON object on stdout):
 //   - all-reduce latency at decode sizes (in place, activation dtype): eager (enqueue + host wait
 //     per op) and, on CUDA, captured in a CUDA graph of --graph-ops back-to-back all-reduces
-//     (graph time / ops), in microseconds;
+//     (graph time / ops), in microseconds; where the communicator's one-shot peer-memory path
+//     takes the size (parallel/peer_allreduce.h; TESSERA_CUSTOM_ALLREDUCE_MAX_KB sets how far),
+//     the same through NCCL alone beside it (a second communicator with the peer path off);
 //   - all-reduce bandwidth at prefill sizes: algbw = bytes / time, busbw = algbw * 2(n-1)/n;
 //   - all-to-all(v) through AllToAllV at MoE dispatch sizes (total bytes each rank sends, equal
 //     blocks per peer) and one skewed pattern (each rank sends 4x more to its next neighbour):
@@ -38,6 +40,9 @@
 
 #if defined(TESSERA_HAVE_CUDA)
 #include "kernels/cuda/cuda_check.h"
+#endif
+#if defined(TESSERA_HAVE_NCCL)
+#include "parallel/nccl_communicator.h"
 #endif
 
 #ifndef TESSERA_GIT_COMMIT
@@ -216,10 +221,31 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
                       DTypeName(dtype), rep,
                       cuda ? "" : " (MPI on host buffers; no graph mode on the CPU)"));
 
+  // The peer-memory all-reduce's reach, and NCCL alone to compare it with.
+  size_t peer_max_bytes = 0;
+  std::unique_ptr<Communicator> nccl_only;
+#if defined(TESSERA_HAVE_NCCL)
+  if (cuda) {
+    peer_max_bytes = CustomAllReduceMaxBytes(comm);
+    if (peer_max_bytes > 0) {
+      nccl_only = MakeNcclCommunicator(*mpi.world(), backend, "world-nccl", 0);
+    }
+  }
+#endif
+  result["custom_allreduce_max_bytes"] = peer_max_bytes;
+  if (cuda) {
+    say(peer_max_bytes > 0
+            ? absl::StrFormat(
+                  "custom all-reduce: one-shot over peer memory up to %d KB; NCCL above",
+                  peer_max_bytes >> 10)
+            : std::string("custom all-reduce: off or unavailable; NCCL carries every all-reduce"));
+  }
+
   // All-reduce latency at decode sizes.
   json latency = json::array();
   say(absl::StrFormat("\nall-reduce latency (in place)%s", cuda ? "" : ": eager only"));
-  say(absl::StrFormat("  %8s %12s %12s%s", "size", "eager us", cuda ? "graph us" : "",
+  say(absl::StrFormat("  %8s %12s %12s%s%s", "size", "eager us", cuda ? "graph us" : "",
+                      nccl_only ? "   path  nccl eager  nccl graph" : "",
                       ref ? "   reference (graph)" : ""));
   for (int64_t kb : latency_kb) {
     const size_t count = static_cast<size_t>(kb << 10) / es;
@@ -233,6 +259,23 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
       row["graph_us"] = graph * 1e6;
       row["graph_ops"] = graph_ops;
       graph_text = absl::StrFormat("%12.1f", graph * 1e6);
+    }
+    if (nccl_only) {
+      const bool peer = count * es <= peer_max_bytes;
+      row["path"] = peer ? "custom" : "nccl";
+      graph_text += absl::StrFormat("   %-6s", peer ? "custom" : "nccl");
+      if (peer) {
+        const double nccl_eager =
+            timer.Seconds(warm, rep, [&] { nccl_only->AllReduceSum(a.data(), count, dtype); });
+        const double nccl_graph =
+            GraphAllReduceSeconds(backend, *nccl_only, timer, a.data(), count, dtype,
+                                  static_cast<int>(graph_ops), warm, rep);
+        row["nccl_eager_us"] = nccl_eager * 1e6;
+        row["nccl_graph_us"] = nccl_graph * 1e6;
+        graph_text += absl::StrFormat("%11.1f %11.1f", nccl_eager * 1e6, nccl_graph * 1e6);
+      } else {
+        graph_text += absl::StrFormat("%11s %11s", "=", "=");
+      }
     }
     std::string ref_text;
     if (ref && kb == 80) {

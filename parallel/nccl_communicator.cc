@@ -12,6 +12,7 @@
 
 #include "kernels/base/check.h"
 #include "kernels/cuda/cuda_check.h"
+#include "parallel/peer_allreduce.h"
 #include "parallel/watchdog.h"
 
 #define NCCL_CHECK(call)                                                     \
@@ -103,7 +104,7 @@ std::string AsyncError() {
 // it costs no more latency than cudaStreamSynchronize's spin.
 void WaitForStream(cudaStream_t stream) {
   cudaError_t status = cudaStreamQuery(stream);
-  if (status == cudaSuccess) return;
+  if (status == cudaSuccess && !PeerAllReduceFailed()) return;
   if (status == cudaErrorNotReady) cudaGetLastError();  // see the loop
   NcclProcessState& s = State();
   std::string comm;
@@ -126,6 +127,10 @@ void WaitForStream(cudaStream_t stream) {
            AbortAll);
   };
   for (;;) {
+    if (PeerAllReduceFailed()) {
+      fail("a custom all-reduce kernel waited " + std::to_string(limit) +
+           " s for a peer that never came (a peer is dead or hung)");
+    }
     if (status == cudaSuccess) return;
     if (status != cudaErrorNotReady) {
       const std::string nccl = AsyncError();
@@ -193,12 +198,14 @@ bool DeviceCall(const void* a, const void* b) {
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(Communicator* host, std::unique_ptr<Communicator> owned_host, ncclComm_t comm,
-                   cudaStream_t stream, std::string name)
+                   cudaStream_t stream, std::string name, size_t peer_max_bytes)
       : host_(host),
         owned_host_(std::move(owned_host)),
         comm_(comm),
         stream_(stream),
-        name_(std::move(name)) {
+        name_(std::move(name)),
+        peer_max_bytes_(peer_max_bytes),
+        peer_(PeerAllReduce::Make(*host_, name_, peer_max_bytes)) {
     Register(comm_);
   }
   ~NcclCommunicator() override {
@@ -214,6 +221,8 @@ class NcclCommunicator final : public Communicator {
     if (count == 0) return;
     if (!OnDeviceOrCapturing(buf, buf)) return host_->AllReduceSum(buf, count, dtype);
     Enqueued enqueued(this, kAllReduce, count);
+    if (peer_ && peer_->Covers(count, dtype))
+      return peer_->AllReduceSum(buf, count, dtype, stream_);
     NCCL_CHECK(ncclAllReduce(buf, buf, count, NcclType(dtype), ncclSum, comm_, stream_));
   }
   void AllGather(const void* send, void* recv, size_t count, DType dtype) override {
@@ -305,8 +314,11 @@ class NcclCommunicator final : public Communicator {
       NCCL_CHECK(ncclCommSplit(comm_, color, key, &sub, nullptr));
     }
     Communicator* host = host_sub.get();
-    return std::make_unique<NcclCommunicator>(host, std::move(host_sub), sub, stream_, name);
+    return std::make_unique<NcclCommunicator>(host, std::move(host_sub), sub, stream_, name,
+                                              peer_max_bytes_);
   }
+
+  size_t peer_max_bytes() const { return peer_ ? peer_->max_bytes() : 0; }
 
  private:
   // For the lifetime of one enqueue: the watchdog covers it (NCCL may block in an enqueue while it
@@ -342,12 +354,25 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_;
   cudaStream_t stream_;
   std::string name_;
+  size_t peer_max_bytes_;                // what Split passes on
+  std::unique_ptr<PeerAllReduce> peer_;  // null: NCCL carries every all-reduce
 };
 
 }  // namespace
 
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& backend,
                                                    const std::string& name) {
+  return MakeNcclCommunicator(host, backend, name, PeerAllReduceMaxBytesFromEnv());
+}
+
+size_t CustomAllReduceMaxBytes(const Communicator& comm) {
+  const auto* nccl = dynamic_cast<const NcclCommunicator*>(&comm);
+  return nccl != nullptr ? nccl->peer_max_bytes() : 0;
+}
+
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& backend,
+                                                   const std::string& name,
+                                                   size_t custom_allreduce_max_bytes) {
   void* stream = backend.stream();
   TESSERA_CHECK(stream != nullptr) << "the NCCL communicator needs the CUDA backend's stream";
   std::vector<uint8_t> id_bytes;
@@ -370,7 +395,8 @@ std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& 
   // NOTE: installed once per backend and shared by every communicator Split from this one: the
   // wait checks all live communicators, whichever enqueued last.
   backend.SetStreamWait([cuda_stream] { WaitForStream(cuda_stream); });
-  return std::make_unique<NcclCommunicator>(&host, nullptr, comm, cuda_stream, name);
+  return std::make_unique<NcclCommunicator>(&host, nullptr, comm, cuda_stream, name,
+                                            custom_allreduce_max_bytes);
 }
 
 }  // namespace tessera

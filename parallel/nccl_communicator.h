@@ -19,8 +19,14 @@
 // communicators (so stuck kernels end) and ends the job with exit code 3 (watchdog.h EndJob). The
 // enqueues themselves also run under a CollectiveGuard: NCCL may block in one while it connects
 // to a peer for the first time.
+//
+// Small all-reduces (bf16 or f32 device messages up to a threshold, 512 KB by default) skip NCCL:
+// when the communicator's ranks share a node and their GPUs have peer access, a one-shot kernel
+// over peer memory does them (parallel/peer_allreduce.h; TESSERA_CUSTOM_ALLREDUCE=0 turns it
+// off). Its results are bit-identical on every rank (an fp32 sum in rank order, rounded once).
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -34,7 +40,17 @@ namespace tessera {
 // are enqueued on `backend`'s stream (the CUDA backend; the current device must be the rank's GPU)
 // and the backend's host waits become the bounded wait described above. `backend` must outlive
 // the result and every communicator Split from it.
+//
+// `custom_allreduce_max_bytes` is the largest all-reduce the peer path takes (0: NCCL for all);
+// communicators Split from the result inherit it.
 std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& backend,
                                                    const std::string& name);
+std::unique_ptr<Communicator> MakeNcclCommunicator(Communicator& host, Backend& backend,
+                                                   const std::string& name,
+                                                   size_t custom_allreduce_max_bytes);
+
+// The largest all-reduce (bytes) `comm` does over peer memory; 0 when NCCL carries them all (the
+// peer path is off or unavailable, or `comm` is not an NCCL communicator).
+size_t CustomAllReduceMaxBytes(const Communicator& comm);
 
 }  // namespace tessera
