@@ -36,40 +36,66 @@ void RouterTopK(const float* logits, int n, int num_experts, int top_k, bool nor
   }
 }
 
+void MoeGroupRows(const int32_t* ids, int n, int top_k, int first_expert, int num_local_experts,
+                  int32_t* offsets, int32_t* gather, int32_t* pair_row) {
+  std::fill(offsets, offsets + num_local_experts + 1, 0);
+  for (int64_t i = 0; i < static_cast<int64_t>(n) * top_k; ++i) {
+    const int local = ids[i] - first_expert;
+    if (local >= 0 && local < num_local_experts) ++offsets[local + 1];
+  }
+  for (int e = 0; e < num_local_experts; ++e) offsets[e + 1] += offsets[e];
+  std::vector<int32_t> next(offsets, offsets + num_local_experts);
+  for (int t = 0; t < n; ++t) {
+    for (int k = 0; k < top_k; ++k) {
+      const int64_t i = static_cast<int64_t>(t) * top_k + k;
+      const int local = ids[i] - first_expert;
+      if (local < 0 || local >= num_local_experts) {
+        pair_row[i] = -1;
+        continue;
+      }
+      pair_row[i] = next[local]++;
+      gather[pair_row[i]] = t;
+    }
+  }
+}
+
 void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
                 int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
                 const float* gate_up, const float* down, float* out) {
-  std::fill(out, out + static_cast<int64_t>(n) * hidden, 0.0f);
-  // Group (token, slot) pairs by local expert, so each expert's weights are read once.
-  std::vector<std::vector<std::pair<int, float>>> assigned(num_local_experts);
-  for (int t = 0; t < n; ++t) {
-    for (int k = 0; k < top_k; ++k) {
-      const int local = ids[t * top_k + k] - first_expert;
-      if (local >= 0 && local < num_local_experts)
-        assigned[local].push_back({t, weights[t * top_k + k]});
-    }
+  // Pairs grouped by local expert (as the CUDA backend groups them), so each expert's weights are
+  // read once.
+  const int64_t pairs = static_cast<int64_t>(n) * top_k;
+  std::vector<int32_t> offsets(num_local_experts + 1), gather(pairs), pair_row(pairs);
+  MoeGroupRows(ids, n, top_k, first_expert, num_local_experts, offsets.data(), gather.data(),
+               pair_row.data());
+  const int64_t rows_total = offsets[num_local_experts];
+  std::vector<float> rows(rows_total * hidden), gu(rows_total * 2 * intermediate),
+      act(rows_total * intermediate), y(rows_total * hidden);
+  for (int64_t r = 0; r < rows_total; ++r) {
+    std::copy(x + gather[r] * hidden, x + (gather[r] + 1) * hidden, rows.begin() + r * hidden);
   }
-  std::vector<float> rows, gu, act, y;
   for (int e = 0; e < num_local_experts; ++e) {
-    const auto& tokens = assigned[e];
-    if (tokens.empty()) continue;
-    const int64_t m = static_cast<int64_t>(tokens.size());
-    rows.resize(m * hidden);
-    for (int64_t i = 0; i < m; ++i) {
-      std::copy(x + tokens[i].first * hidden, x + (tokens[i].first + 1) * hidden,
-                rows.begin() + i * hidden);
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    if (m == 0) continue;
+    Linear(rows.data() + b * hidden, gate_up + e * 2 * intermediate * hidden, m, 2 * intermediate,
+           hidden, gu.data() + b * 2 * intermediate);
+    SiluMul(gu.data() + b * 2 * intermediate, m, intermediate, act.data() + b * intermediate);
+    Linear(act.data() + b * intermediate, down + e * hidden * intermediate, m, hidden, intermediate,
+           y.data() + b * hidden);
+  }
+  // Each token's expert outputs summed in increasing expert id: its local rows in row order.
+  std::fill(out, out + static_cast<int64_t>(n) * hidden, 0.0f);
+  std::vector<std::pair<int32_t, float>> mine;
+  for (int t = 0; t < n; ++t) {
+    mine.clear();
+    for (int k = 0; k < top_k; ++k) {
+      const int64_t i = static_cast<int64_t>(t) * top_k + k;
+      if (pair_row[i] >= 0) mine.push_back({pair_row[i], weights[i]});
     }
-    gu.resize(m * 2 * intermediate);
-    act.resize(m * intermediate);
-    y.resize(m * hidden);
-    Linear(rows.data(), gate_up + e * 2 * intermediate * hidden, m, 2 * intermediate, hidden,
-           gu.data());
-    SiluMul(gu.data(), m, intermediate, act.data());
-    Linear(act.data(), down + e * hidden * intermediate, m, hidden, intermediate, y.data());
-    for (int64_t i = 0; i < m; ++i) {
-      float* o = out + tokens[i].first * hidden;
-      const float w = tokens[i].second;
-      for (int64_t d = 0; d < hidden; ++d) o[d] += y[i * hidden + d] * w;
+    std::sort(mine.begin(), mine.end());
+    float* o = out + static_cast<int64_t>(t) * hidden;
+    for (const auto& [row, w] : mine) {
+      for (int64_t d = 0; d < hidden; ++d) o[d] += y[row * hidden + d] * w;
     }
   }
 }

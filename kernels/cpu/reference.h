@@ -33,6 +33,12 @@ void GatherRows(const float* x, const int32_t* rows, int r, int64_t dim, float* 
 void Add(const float* a, const float* b, int64_t n, float* out);
 void RouterTopK(const float* logits, int n, int num_experts, int top_k, bool normalize,
                 int32_t* ids, float* weights);
+// The grouping of (token, slot) pairs by local expert that the CUDA MoE kernels build on the
+// device (kernels/cuda/moe.h has the layout): offsets [E + 1], gather [n * top_k] (entries past
+// offsets[E] untouched), pair_row [n, top_k] (-1 for other ranks' experts). Tokens ascend within
+// each expert.
+void MoeGroupRows(const int32_t* ids, int n, int top_k, int first_expert, int num_local_experts,
+                  int32_t* offsets, int32_t* gather, int32_t* pair_row);
 void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
                 int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
                 const float* gate_up, const float* down, float* out);

@@ -1,7 +1,7 @@
 // The CUDA backend: bf16 activations and weights on one GPU, fp32 accumulation, one stream.
 //
 // Every op is enqueued on the backend's stream and returns at once; the host waits only where it
-// reads results (CopyToHost, DownloadFloat, MoeExperts' routing, a GEMM shape's one-time tuning:
+// reads results (CopyToHost, DownloadFloat, a GEMM shape's one-time tuning:
 // gemm.h) or calls Synchronize(), and every such wait goes through Synchronize() (so through
 // SetStreamWait's function when the NCCL communicator has installed one). Device memory is taken
 // only in Allocate() and, once, in the constructor for the cuBLASLt workspace, the MoE scratch and
@@ -242,9 +242,6 @@ class CudaBackend final : public Backend {
   DeviceBuffer moe_scratch_;
   DeviceBuffer attention_workspace_;  // split-KV decode partials, kAttentionWorkspaceBytes
   std::unique_ptr<cuda::LtGemm> gemm_;
-  // MoeExperts' host-side routing tables, kept to reuse their capacity.
-  std::vector<int32_t> host_ids_, gather_, combine_rows_, combine_widx_;
-  std::vector<int64_t> expert_begin_;
 };
 
 class CudaGraph final : public DeviceGraph {
@@ -276,110 +273,53 @@ std::unique_ptr<DeviceGraph> CudaBackend::EndCapture() {
   return std::make_unique<CudaGraph>(exec, stream_);
 }
 
-// Correct-first MoE: the routing is read back to the host, which groups each chunk of tokens'
-// (token, slot) pairs by local expert. On the device: gather the rows of each expert, one GEMM
-// for gate|up, SiluMul, one GEMM for down, then a combine that sums each token's expert outputs
-// in increasing expert id (deterministic, fp32). Chunks bound the scratch to kMoeScratchBytes.
+// The MoE layer on the device, with no host read: per chunk of tokens, the routing is grouped by
+// local expert on the GPU (moe.h's layout), the grouped gate|up GEMM writes silu(gate) * up, the
+// grouped down GEMM each pair's expert output, and the combine sums each token's outputs in
+// increasing expert id (deterministic, fp32). Every size is bounded by the chunk's n * top_k
+// pairs, so the launches are fixed by n alone and the layer records into a CUDA graph. Chunks
+// bound the scratch to kMoeScratchBytes; they reuse it in stream order.
 void CudaBackend::MoeExperts(const void* x, int n, const int32_t* ids, const float* weights,
                              int top_k, const ExpertWeights& experts, void* out) {
   if (n == 0) return;
   constexpr int kMaxTopK = 64;
   TESSERA_CHECK(top_k >= 1 && top_k <= kMaxTopK) << "top_k " << top_k;
   const int64_t H = experts.hidden, I = experts.intermediate;
-  const int E = experts.num_local_experts, first = experts.first_expert;
-  host_ids_.resize(static_cast<size_t>(n) * top_k);
-  CopyToHost(host_ids_.data(), ids, host_ids_.size() * sizeof(int32_t));
-
-  // Scratch per (token, slot) pair: its gathered row, gate|up, activation and output (bf16), and
-  // its gather index; per token: its combine list (rows and weight indices).
-  const size_t pair_bytes = static_cast<size_t>(2 * H + 3 * I) * sizeof(bf16) + sizeof(int32_t);
-  const size_t token_bytes = static_cast<size_t>(top_k) * (pair_bytes + 2 * sizeof(int32_t));
-  const size_t slack = 8 * kAlign;  // alignment padding of the six regions
-  TESSERA_CHECK(kMoeScratchBytes > slack + token_bytes)
+  const int E = experts.num_local_experts;
+  // Scratch per token: top_k pairs of (gather entry, pair_row entry, activation, expert output).
+  const size_t token_bytes = static_cast<size_t>(top_k) *
+                             (2 * sizeof(int32_t) + static_cast<size_t>(I + H) * sizeof(bf16));
+  const size_t fixed = AlignUp((E + 1) * sizeof(int32_t)) + 4 * kAlign;  // offsets, padding
+  TESSERA_CHECK(kMoeScratchBytes > fixed + token_bytes)
       << "MoE scratch too small for one token (hidden " << H << ", intermediate " << I << ")";
-  const int chunk = static_cast<int>(std::min<size_t>(n, (kMoeScratchBytes - slack) / token_bytes));
+  const int chunk = static_cast<int>(std::min<size_t>(n, (kMoeScratchBytes - fixed) / token_bytes));
 
-  const bf16* xb = B(x);
-  const bf16* gate_up = B(experts.gate_up);
-  const bf16* down = B(experts.down);
-  bf16* outb = B(out);
+  char* base = moe_scratch_.as<char>();
+  size_t offset = 0;
+  auto region = [&](size_t bytes) {
+    char* p = base + offset;
+    offset += AlignUp(bytes);
+    return p;
+  };
+  const size_t pairs = static_cast<size_t>(chunk) * top_k;
+  auto* offsets = reinterpret_cast<int32_t*>(region((E + 1) * sizeof(int32_t)));
+  auto* gather = reinterpret_cast<int32_t*>(region(pairs * sizeof(int32_t)));
+  auto* pair_row = reinterpret_cast<int32_t*>(region(pairs * sizeof(int32_t)));
+  auto* act = reinterpret_cast<bf16*>(region(pairs * I * sizeof(bf16)));
+  auto* y = reinterpret_cast<bf16*>(region(pairs * H * sizeof(bf16)));
+  TESSERA_CHECK_LE(offset, kMoeScratchBytes);
+
   for (int t0 = 0; t0 < n; t0 += chunk) {
     const int c = std::min(chunk, n - t0);
-    // Pairs of this chunk grouped by local expert, tokens ascending within each expert.
-    expert_begin_.assign(E + 1, 0);
-    for (int t = t0; t < t0 + c; ++t) {
-      for (int k = 0; k < top_k; ++k) {
-        const int local = host_ids_[static_cast<size_t>(t) * top_k + k] - first;
-        if (local >= 0 && local < E) ++expert_begin_[local + 1];
-      }
-    }
-    for (int e = 0; e < E; ++e) expert_begin_[e + 1] += expert_begin_[e];
-    const int64_t pairs = expert_begin_[E];
-    gather_.resize(std::max<int64_t>(pairs, 1));
-    combine_rows_.assign(static_cast<size_t>(c) * top_k, -1);
-    combine_widx_.assign(static_cast<size_t>(c) * top_k, 0);
-    std::vector<int64_t> fill(expert_begin_.begin(), expert_begin_.end() - 1);
-    for (int t = t0; t < t0 + c; ++t) {
-      // The token's local slots in increasing expert id (top-k ids are distinct).
-      int slots[kMaxTopK];
-      int count = 0;
-      for (int k = 0; k < top_k; ++k) {
-        const int local = host_ids_[static_cast<size_t>(t) * top_k + k] - first;
-        if (local >= 0 && local < E) slots[count++] = k;
-      }
-      std::sort(slots, slots + count, [&](int a, int b) {
-        return host_ids_[static_cast<size_t>(t) * top_k + a] <
-               host_ids_[static_cast<size_t>(t) * top_k + b];
-      });
-      for (int s = 0; s < count; ++s) {
-        const int k = slots[s];
-        const int local = host_ids_[static_cast<size_t>(t) * top_k + k] - first;
-        const int64_t row = fill[local]++;
-        gather_[row] = t;
-        combine_rows_[static_cast<size_t>(t - t0) * top_k + s] = static_cast<int32_t>(row);
-        combine_widx_[static_cast<size_t>(t - t0) * top_k + s] = t * top_k + k;
-      }
-    }
-
-    // Scratch regions for this chunk.
-    char* base = moe_scratch_.as<char>();
-    size_t offset = 0;
-    auto region = [&](size_t bytes) {
-      char* p = base + offset;
-      offset += AlignUp(bytes);
-      return p;
-    };
-    auto* d_gather = reinterpret_cast<int32_t*>(region(gather_.size() * sizeof(int32_t)));
-    auto* d_rows = reinterpret_cast<int32_t*>(region(combine_rows_.size() * sizeof(int32_t)));
-    auto* d_widx = reinterpret_cast<int32_t*>(region(combine_widx_.size() * sizeof(int32_t)));
-    auto* xg = reinterpret_cast<bf16*>(region(pairs * H * sizeof(bf16)));
-    auto* gu = reinterpret_cast<bf16*>(region(pairs * 2 * I * sizeof(bf16)));
-    auto* act = reinterpret_cast<bf16*>(region(pairs * I * sizeof(bf16)));
-    auto* y = reinterpret_cast<bf16*>(region(pairs * H * sizeof(bf16)));
-    TESSERA_CHECK_LE(offset, kMoeScratchBytes);
-    CopyToDevice(d_gather, gather_.data(), gather_.size() * sizeof(int32_t));
-    CopyToDevice(d_rows, combine_rows_.data(), combine_rows_.size() * sizeof(int32_t));
-    CopyToDevice(d_widx, combine_widx_.data(), combine_widx_.size() * sizeof(int32_t));
-
-    if (pairs > 0) {
-      cuda::LaunchGatherRows(xb, d_gather, static_cast<int>(pairs), H, xg, stream_);
-      for (int e = 0; e < E; ++e) {
-        const int64_t b = expert_begin_[e], m = expert_begin_[e + 1] - b;
-        if (m == 0) continue;
-        gemm_->Linear(xg + b * H, gate_up + static_cast<int64_t>(e) * 2 * I * H, m, 2 * I, H,
-                      gu + b * 2 * I, stream_);
-      }
-      cuda::LaunchSiluMul(gu, pairs, I, act, stream_);
-      for (int e = 0; e < E; ++e) {
-        const int64_t b = expert_begin_[e], m = expert_begin_[e + 1] - b;
-        if (m == 0) continue;
-        gemm_->Linear(act + b * I, down + static_cast<int64_t>(e) * H * I, m, H, I, y + b * H,
-                      stream_);
-      }
-    }
-    cuda::LaunchMoeCombine(y, d_rows, d_widx, weights, c, top_k, H,
-                           outb + static_cast<int64_t>(t0) * H, stream_);
-    if (t0 + c < n) Synchronize();  // the next chunk refills the host tables staged above
+    const int max_rows = c * top_k;
+    const int32_t* chunk_ids = ids + static_cast<int64_t>(t0) * top_k;
+    cuda::LaunchMoeGroup(chunk_ids, c, top_k, experts.first_expert, E, offsets, gather, pair_row,
+                         stream_);
+    cuda::LaunchMoeGateUp(B(x) + static_cast<int64_t>(t0) * H, gather, offsets, E, max_rows,
+                          B(experts.gate_up), H, I, act, stream_);
+    cuda::LaunchMoeDown(act, offsets, E, max_rows, B(experts.down), H, I, y, stream_);
+    cuda::LaunchMoeCombine(y, chunk_ids, pair_row, weights + static_cast<int64_t>(t0) * top_k, c,
+                           top_k, H, B(out) + static_cast<int64_t>(t0) * H, stream_);
   }
 }
 

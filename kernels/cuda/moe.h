@@ -1,5 +1,14 @@
-// Mixture-of-experts launchers (moe.cu): the router's top-k and the weighted combine of expert
-// outputs. The expert MLPs themselves are cuBLASLt GEMMs driven by the backend (cuda_backend.cc).
+// Mixture-of-experts launchers (moe.cu): the router's top-k, the device-side grouping of
+// (token, slot) pairs by local expert, the grouped expert GEMMs and the weighted combine. Together
+// they run a MoE layer with no host read of the routing, so a step can be recorded as a CUDA graph.
+//
+// Layout of one step (P = n * top_k bounds every pair count; grouped rows are "pairs" of the
+// experts this rank holds, expert by expert, tokens ascending within each expert):
+//   offsets  int32 [E + 1]  grouped rows of local expert e: [offsets[e], offsets[e + 1])
+//   gather   int32 [P]      token of each grouped row (entries >= offsets[E] unused)
+//   pair_row int32 [n, top_k] grouped row of each (token, slot), -1 when another rank's expert
+//   act      A [P, I]        silu(gate) * up of each grouped row
+//   y        A [P, H]        each grouped row's expert output
 #pragma once
 
 #include <cuda_bf16.h>
@@ -14,12 +23,30 @@ namespace tessera::cuda {
 void LaunchRouterTopK(const __nv_bfloat16* logits, int n, int num_experts, int top_k,
                       bool normalize, int32_t* ids, float* weights, cudaStream_t stream);
 
-// out [n, hidden] = sum over s < slots of weights[widx[t, s]] * y[rows[t, s]], in fp32, in slot
-// order (the caller lists each token's experts in increasing id, so the sum is deterministic and
-// in the CPU reference's order); a row index < 0 ends the token's list.
-// rows, widx: int32 [n, slots].
-void LaunchMoeCombine(const __nv_bfloat16* y, const int32_t* rows, const int32_t* widx,
-                      const float* weights, int n, int slots, int64_t hidden, __nv_bfloat16* out,
+// From ids [n, top_k] (global expert ids, distinct within a row; ids outside
+// [first_expert, first_expert + num_local_experts) belong to other ranks): offsets, gather and
+// pair_row as above. The order is fixed by the ids alone (no atomics), as cpu::MoeGroupRows.
+void LaunchMoeGroup(const int32_t* ids, int n, int top_k, int first_expert, int num_local_experts,
+                    int32_t* offsets, int32_t* gather, int32_t* pair_row, cudaStream_t stream);
+
+// act [P, I] = silu(x[gather[r]] @ gate_e^T) * (x[gather[r]] @ up_e^T) for each grouped row r of
+// each local expert e (gate|up rounded to bf16 before the product, as Linear then SiluMul).
+// x [n, H]; gate_up W [E, 2I, H] (gate rows then up rows). max_rows bounds offsets[E] (the grid
+// is sized from it; the tiles themselves are read from `offsets` on the device).
+void LaunchMoeGateUp(const __nv_bfloat16* x, const int32_t* gather, const int32_t* offsets,
+                     int num_local_experts, int max_rows, const __nv_bfloat16* gate_up,
+                     int64_t hidden, int64_t intermediate, __nv_bfloat16* act, cudaStream_t stream);
+
+// y [P, H] = act[r] @ down_e^T for each grouped row r of each local expert e; down W [E, H, I].
+void LaunchMoeDown(const __nv_bfloat16* act, const int32_t* offsets, int num_local_experts,
+                   int max_rows, const __nv_bfloat16* down, int64_t hidden, int64_t intermediate,
+                   __nv_bfloat16* y, cudaStream_t stream);
+
+// out [n, hidden] = sum over the token's local slots, in increasing expert id, of
+// weights[t, k] * y[pair_row[t, k]], in fp32 (the CPU reference's order: deterministic on every
+// run and rank layout); 0 for a token with no local expert.
+void LaunchMoeCombine(const __nv_bfloat16* y, const int32_t* ids, const int32_t* pair_row,
+                      const float* weights, int n, int top_k, int64_t hidden, __nv_bfloat16* out,
                       cudaStream_t stream);
 
 }  // namespace tessera::cuda

@@ -1,0 +1,124 @@
+// Timings of MoeExperts at Qwen3-235B-A22B's and Qwen3-30B-A3B's expert shapes (128 experts,
+// top-8), from decode's 1 token to prefill's 4096. Skipped unless TESSERA_MOE_BENCH=1: it checks
+// nothing, it prints one table.
+//
+// At decode the layer is a read of the routed experts' weights: GB/s counts the weights of the
+// distinct experts the tokens hit (gate|up and down, bf16) over the median time, to compare with
+// the ~4.3 TB/s copy ceiling. TFLOP/s counts 2 * 3 * H * I per (token, expert) pair. "direct"
+// times back-to-back calls (host clock around a Synchronize), "graph" the same call recorded in
+// a CUDA graph and replayed. Routing is uniform random, fixed per size.
+//
+// Built against a tree whose MoeExperts reads the routing on the host (it cannot be recorded),
+// define TESSERA_BENCH_BASELINE to time only the direct calls: that is how the previous
+// implementation was measured.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace tessera {
+namespace {
+
+constexpr int kCalls = 5;
+constexpr int kRepeats = 7;
+
+class MoeBench : public testing::CudaTest {
+ protected:
+  void SetUp() override {
+    const char* on = std::getenv("TESSERA_MOE_BENCH");
+    if (on == nullptr || std::string(on) != "1") GTEST_SKIP() << "set TESSERA_MOE_BENCH=1";
+    testing::CudaTest::SetUp();
+  }
+
+  // Median milliseconds per call of `run`, kCalls back to back per timing.
+  double Median(const std::function<void()>& run) {
+    run();
+    run();
+    gpu().Synchronize();
+    std::vector<double> ms;
+    for (int r = 0; r < kRepeats; ++r) {
+      const auto begin = std::chrono::steady_clock::now();
+      for (int i = 0; i < kCalls; ++i) run();
+      gpu().Synchronize();
+      const std::chrono::duration<double, std::milli> took =
+          std::chrono::steady_clock::now() - begin;
+      ms.push_back(took.count() / kCalls);
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  }
+
+  void Run(const char* model, int64_t hidden, int64_t inter) {
+    constexpr int kExperts = 128, kTopK = 8;
+    const std::vector<int> token_counts = {1, 32, 128, 4096};
+    const int max_n = token_counts.back();
+    const size_t gu_count = static_cast<size_t>(kExperts) * 2 * inter * hidden;
+    const size_t down_count = static_cast<size_t>(kExperts) * hidden * inter;
+    DeviceBuffer gate_up = gpu().Allocate(gu_count * 2), down = gpu().Allocate(down_count * 2);
+    gpu().FillRandom(gate_up.data(), DType::kBF16, gu_count, 1, 0.0f, 0.03f);
+    gpu().FillRandom(down.data(), DType::kBF16, down_count, 2, 0.0f, 0.05f);
+    DeviceBuffer x = gpu().Allocate(static_cast<size_t>(max_n) * hidden * 2);
+    gpu().FillRandom(x.data(), DType::kBF16, static_cast<size_t>(max_n) * hidden, 3, 0.0f, 1.0f);
+    DeviceBuffer out = gpu().Allocate(static_cast<size_t>(max_n) * hidden * 2);
+    ExpertWeights experts;
+    experts.num_local_experts = kExperts;
+    experts.hidden = hidden;
+    experts.intermediate = inter;
+    experts.gate_up = gate_up.data();
+    experts.down = down.data();
+    const double expert_bytes = 3.0 * hidden * inter * 2;
+    std::mt19937 rng(5);
+    std::vector<int32_t> all(kExperts);
+    std::iota(all.begin(), all.end(), 0);
+    for (int n : token_counts) {
+      std::vector<int32_t> ids(static_cast<size_t>(n) * kTopK);
+      std::set<int32_t> hit;
+      for (int t = 0; t < n; ++t) {
+        std::shuffle(all.begin(), all.end(), rng);
+        for (int k = 0; k < kTopK; ++k) {
+          ids[static_cast<size_t>(t) * kTopK + k] = all[k];
+          hit.insert(all[k]);
+        }
+      }
+      DeviceBuffer d_ids = testing::UploadRaw(gpu(), ids);
+      DeviceBuffer d_w =
+          testing::UploadRaw(gpu(), std::vector<float>(ids.size(), 1.0f / kTopK));
+      auto call = [&] {
+        gpu().MoeExperts(x.data(), n, d_ids.as<int32_t>(), d_w.as<float>(), kTopK, experts,
+                         out.data());
+      };
+      const double bytes = expert_bytes * static_cast<double>(hit.size());
+      const double flops = 2.0 * 3 * hidden * inter * n * kTopK;
+      auto print = [&](const char* how, double ms) {
+        std::printf("[moe-bench] %-5s H %5ld I %5ld  n %5d  %-6s %9.3f ms  %3zu experts  "
+                    "%7.1f GB/s  %6.1f TFLOP/s\n",
+                    model, static_cast<long>(hidden), static_cast<long>(inter), n, how, ms,
+                    hit.size(), bytes / (ms * 1e6), flops / (ms * 1e9));
+      };
+      print("direct", Median(call));
+#ifndef TESSERA_BENCH_BASELINE
+      gpu().BeginCapture();
+      call();
+      std::unique_ptr<DeviceGraph> graph = gpu().EndCapture();
+      EXPECT_NE(graph, nullptr) << "MoeExperts could not be recorded";
+      if (graph != nullptr) print("graph", Median([&] { graph->Replay(); }));
+#endif
+    }
+  }
+};
+
+TEST_F(MoeBench, Qwen3_235B_A22B) { Run("235B", 4096, 1536); }
+TEST_F(MoeBench, Qwen3_30B_A3B) { Run("30B", 2048, 768); }
+
+}  // namespace
+}  // namespace tessera
