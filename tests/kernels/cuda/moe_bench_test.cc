@@ -91,8 +91,7 @@ class MoeBench : public testing::CudaTest {
         }
       }
       DeviceBuffer d_ids = testing::UploadRaw(gpu(), ids);
-      DeviceBuffer d_w =
-          testing::UploadRaw(gpu(), std::vector<float>(ids.size(), 1.0f / kTopK));
+      DeviceBuffer d_w = testing::UploadRaw(gpu(), std::vector<float>(ids.size(), 1.0f / kTopK));
       auto call = [&] {
         gpu().MoeExperts(x.data(), n, d_ids.as<int32_t>(), d_w.as<float>(), kTopK, experts,
                          out.data());
@@ -100,10 +99,11 @@ class MoeBench : public testing::CudaTest {
       const double bytes = expert_bytes * static_cast<double>(hit.size());
       const double flops = 2.0 * 3 * hidden * inter * n * kTopK;
       auto print = [&](const char* how, double ms) {
-        std::printf("[moe-bench] %-5s H %5ld I %5ld  n %5d  %-6s %9.3f ms  %3zu experts  "
-                    "%7.1f GB/s  %6.1f TFLOP/s\n",
-                    model, static_cast<long>(hidden), static_cast<long>(inter), n, how, ms,
-                    hit.size(), bytes / (ms * 1e6), flops / (ms * 1e9));
+        std::printf(
+            "[moe-bench] %-5s H %5ld I %5ld  n %5d  %-6s %9.3f ms  %3zu experts  "
+            "%7.1f GB/s  %6.1f TFLOP/s\n",
+            model, static_cast<long>(hidden), static_cast<long>(inter), n, how, ms, hit.size(),
+            bytes / (ms * 1e6), flops / (ms * 1e9));
       };
       print("direct", Median(call));
 #ifndef TESSERA_BENCH_BASELINE
