@@ -613,9 +613,10 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
 
 bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
   if (!graphs_enabled_ || !backend_.CanCaptureGraphs()) return false;
-  // Pipeline hand-offs and host-staged MoE routing cannot be recorded; TP all-reduces can (NCCL
-  // collectives are stream-ordered, parallel/nccl_communicator.h).
-  if (!first_stage() || !last_stage() || config_.is_moe()) return false;
+  // Pipeline hand-offs and the expert-parallel exchange (staged through the host) cannot be
+  // recorded; TP all-reduces can (NCCL collectives are stream-ordered,
+  // parallel/nccl_communicator.h), and so can MoeExperts (its routing stays on the device).
+  if (!first_stage() || !last_stage() || (config_.is_moe() && shard_.ep_size > 1)) return false;
   const int n = static_cast<int>(batch.token_ids.size());
   if (n == 0 || GraphBucket(n) < 0 || batch.num_seqs != n) return false;
   // Within the planned workspace once padded (the plan covers max_seqs' bucket).

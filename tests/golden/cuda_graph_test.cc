@@ -1,7 +1,8 @@
 // Decode steps replayed from CUDA graphs against the same steps run op by op: a golden fixture's
-// model on two executors (graphs on, and TESSERA_CUDA_GRAPHS=0), the same sequences prefilled on
-// both, then decode steps whose batch grows and shrinks (new buckets, replays with new positions,
-// tokens and block tables). Skips itself without a GPU.
+// model (dense, and MoE with dense and MoE layers mixed) on two executors (graphs on, and
+// TESSERA_CUDA_GRAPHS=0), the same sequences prefilled on both, then decode steps whose batch grows
+// and shrinks (new buckets, replays with new positions, tokens and block tables). Skips itself
+// without a GPU.
 //
 // Tolerance: a graph runs the padded batch (its GEMMs have more rows), so cuBLASLt may pick other
 // algorithms than for the unpadded step: fp32 accumulation in another order, then the same bf16
@@ -58,13 +59,15 @@ double RowRelL2(const float* got, const float* ref, int64_t n) {
   return std::sqrt(num / den);
 }
 
-TEST(CudaGraphTest, DecodeReplaysMatchDirectSteps) {
+class CudaGraphTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(CudaGraphTest, DecodeReplaysMatchDirectSteps) {
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: the CUDA backend is not run";
   std::unique_ptr<Backend> graph_backend = MakeCudaBackend(0);
   std::unique_ptr<Backend> direct_backend = MakeCudaBackend(0);
-  auto with_graphs = testing::LoadGoldenModel("dense_gqa", *graph_backend, kBlockSize);
+  auto with_graphs = testing::LoadGoldenModel(GetParam(), *graph_backend, kBlockSize);
   setenv("TESSERA_CUDA_GRAPHS", "0", 1);
-  auto direct = testing::LoadGoldenModel("dense_gqa", *direct_backend, kBlockSize);
+  auto direct = testing::LoadGoldenModel(GetParam(), *direct_backend, kBlockSize);
   unsetenv("TESSERA_CUDA_GRAPHS");
   const int64_t vocab = with_graphs->config.vocab_size;
 
@@ -107,6 +110,9 @@ TEST(CudaGraphTest, DecodeReplaysMatchDirectSteps) {
   EXPECT_GE(with_graphs->executor->model().num_decode_graphs(), 3);
   EXPECT_EQ(direct->executor->model().num_decode_graphs(), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGraphTest,
+                         ::testing::Values("dense_gqa", "moe_mixed_layers"));
 
 }  // namespace
 }  // namespace tessera
