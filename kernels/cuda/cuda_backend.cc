@@ -35,7 +35,10 @@ inline const bf16* B(const void* p) { return static_cast<const bf16*>(p); }
 inline bf16* B(void* p) { return static_cast<bf16*>(p); }
 
 constexpr size_t kGemmWorkspaceBytes = 32u << 20;  // cuBLAS's advice for Hopper
-constexpr size_t kMoeScratchBytes = 64u << 20;
+// MoeExperts' per-chunk tables and activations (~90 KB per token at Qwen3-235B's shapes).
+// NOTE: every chunk reads all routed experts' weights again: at 235B's n = 4096 prefill, 64 MiB
+// (6 chunks) took 7.98 ms, 256 MiB (2 chunks) 6.46 ms (docs/perf/2026-11-22-moe-h200.md).
+constexpr size_t kMoeScratchBytes = 256u << 20;
 // Split-KV decode partials (decode_attention.h): fp32 (m, l, o) per token, query head and split;
 // 32 MiB holds e.g. 256 splits of 64 heads x 256 dims for one token. Launches that would need
 // more use fewer splits.

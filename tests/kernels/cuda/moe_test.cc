@@ -164,8 +164,8 @@ INSTANTIATE_TEST_SUITE_P(
                       MoeCase{"prefill_tiles", 300, 4, 0, 4, 2, 200, 72, 1},
                       MoeCase{"medium_tiles_slice", 40, 16, 4, 5, 8, 136, 88, 1},
                       MoeCase{"decode_top8_of_16", 3, 16, 0, 16, 8, 1024, 384, 1},
-                      // 48 KB of scratch per token: 1365 tokens per chunk, so two chunks.
-                      MoeCase{"two_chunks", 1500, 8, 0, 8, 8, 2048, 1024, 50}),
+                      // 48 KB of scratch per token: 5454 tokens per 256 MiB chunk, so two.
+                      MoeCase{"two_chunks", 5600, 8, 0, 8, 8, 2048, 1024, 200}),
     MoeName);
 
 // MoeExperts reads the routing on the device only, so it records into a CUDA graph; a replay
