@@ -150,9 +150,9 @@ __global__ void __launch_bounds__(kVecWarps * 32)
 // head. Same CosSin, same values: results are bit for bit those of HeadNormRope.
 template <int kChunks>
 __global__ void __launch_bounds__(kVecWarps * 32)
-    QkNormRopeKvWriteKernel(bf16* qkv, int64_t row_stride, int q_heads, int kv_heads,
-                            int head_dim, int groups, const bf16* q_norm, const bf16* k_norm,
-                            float eps, const int32_t* positions, const float* inv_freq,
+    QkNormRopeKvWriteKernel(bf16* qkv, int64_t row_stride, int q_heads, int kv_heads, int head_dim,
+                            int groups, const bf16* q_norm, const bf16* k_norm, float eps,
+                            const int32_t* positions, const float* inv_freq,
                             float attention_scaling, const int32_t* slot_mapping, bf16* k_cache,
                             bf16* v_cache) {
   __shared__ float cos_table[64 * kChunks], sin_table[64 * kChunks];
@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(kVecWarps * 32)
   }
   if (slot < 0) return;
   StoreHead<kChunks>(
-      r, v_cache + slot * kv_width + static_cast<int64_t>(h - q_heads - kv_heads) * head_dim,
-      half, lane);
+      r, v_cache + slot * kv_width + static_cast<int64_t>(h - q_heads - kv_heads) * head_dim, half,
+      lane);
 }
 
 // Whether the vectorised kernels take a head layout: pairs of bf16 stay 4-byte aligned and a
