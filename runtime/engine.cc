@@ -70,7 +70,7 @@ struct Engine::Sequence {
   int cached_tokens = 0;
   bool admitted_once = false;
   std::unique_ptr<Sampler> sampler;  // rows sampled on the host
-  bool host_sampled = false;         // penalties or logprobs: its logits come back to rank 0
+  bool host_sampled = false;         // logprobs: its logits come back to rank 0
   std::unique_ptr<StreamingDetokenizer> detok;
   std::unique_ptr<ChatOutputParser> parser;
   std::string held;  // text held back: it may be the start of a stop string
@@ -228,7 +228,7 @@ void Engine::Intake() {
     s.tokens = s.req.prompt;
     s.prompt_len = static_cast<int>(s.tokens.size());
     s.sampler = std::make_unique<Sampler>(s.req.sampling, options_.seed + s.arrival);
-    s.host_sampled = NeedsHostSampler(s.req.sampling) || s.req.top_logprobs >= 0;
+    s.host_sampled = s.req.top_logprobs >= 0;
     if (tokenizer_ != nullptr) {
       s.detok = std::make_unique<StreamingDetokenizer>(*tokenizer_, s.req.skip_special_tokens);
     }
@@ -394,6 +394,11 @@ void Engine::Step() {
           if (row.on_device) {
             row.params = DeviceSamplingParams(s->req.sampling, options_.seed + s->arrival,
                                               s->generated(), options_.sampleable_vocab);
+            if (HasPenalties(s->req.sampling)) {
+              row.penalty = DevicePenaltyRow(s->req.sampling);
+              const auto tokens = absl::MakeConstSpan(s->tokens);
+              row.penalty_entries = PenaltyEntries(tokens, tokens.subspan(s->prompt_len));
+            }
           }
           b.logit_sampling.push_back(row);
           row_owner.push_back(s);

@@ -306,6 +306,7 @@ void Qwen3Model::EnsureWorkspace(int num_tokens, int num_logits, int num_seqs, i
     logits_buf_ = backend_.Allocate(r * (vocab_end_ - vocab_start_) * a);
     if (shard_.tp_size > 1) gathered_logits_ = backend_.Allocate(r * c.vocab_size * a);
     sample_params_ = backend_.Allocate(r * sizeof(SamplingRowParams));
+    penalty_rows_ = backend_.Allocate(r * sizeof(SamplingPenaltyRow));
     sampled_ids_ = backend_.Allocate(r * sizeof(int32_t));
     logit_capacity_ = static_cast<int>(r);
     ++workspace_generation_;
@@ -754,12 +755,44 @@ void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* lo
   if (returned < r) {
     // Rows that return logits are sampled greedily too (cheap) and their ids dropped.
     host_params_.assign(r, SamplingRowParams{});
+    host_penalty_rows_.assign(r, SamplingPenaltyRow{});
+    host_penalty_entries_.clear();
     for (int i = 0; i < r; ++i) {
-      if (batch.logit_sampling[i].on_device) host_params_[i] = batch.logit_sampling[i].params;
+      const LogitRowSampling& row = batch.logit_sampling[i];
+      if (!row.on_device) continue;
+      host_params_[i] = row.params;
+      if (row.penalty_entries.empty()) continue;
+      SamplingPenaltyRow& pr = host_penalty_rows_[i];
+      pr = row.penalty;
+      pr.begin = static_cast<int32_t>(host_penalty_entries_.size() / 2);
+      host_penalty_entries_.insert(host_penalty_entries_.end(), row.penalty_entries.begin(),
+                                   row.penalty_entries.end());
+      pr.end = static_cast<int32_t>(host_penalty_entries_.size() / 2);
     }
     backend_.CopyToDevice(sample_params_.data(), host_params_.data(),
                           static_cast<size_t>(r) * sizeof(SamplingRowParams));
+    SamplingPenalties penalties;
+    if (!host_penalty_entries_.empty()) {
+      // NOTE: the entries and the float rows are workspace of this step, grown here (outside
+      // any graph) only when a step first needs more.
+      const auto n = static_cast<int64_t>(host_penalty_entries_.size());
+      if (n > penalty_entries_capacity_) {
+        penalty_entries_capacity_ = std::max(n, 2 * penalty_entries_capacity_);
+        penalty_entries_ = backend_.Allocate(penalty_entries_capacity_ * sizeof(int32_t));
+      }
+      if (r > penalty_scratch_rows_) {
+        penalty_scratch_rows_ = logit_capacity_;
+        penalty_scratch_ = backend_.Allocate(penalty_scratch_rows_ * V * sizeof(float));
+      }
+      backend_.CopyToDevice(penalty_rows_.data(), host_penalty_rows_.data(),
+                            static_cast<size_t>(r) * sizeof(SamplingPenaltyRow));
+      backend_.CopyToDevice(penalty_entries_.data(), host_penalty_entries_.data(),
+                            static_cast<size_t>(n) * sizeof(int32_t));
+      penalties = {penalty_rows_.as<SamplingPenaltyRow>(), penalty_entries_.as<int32_t>(),
+                   penalty_scratch_.as<float>()};
+    }
     backend_.SampleTokens(full, r, V, T, sample_params_.as<SamplingRowParams>(),
+                          host_penalty_entries_.empty() ? nullptr : &penalties,
                           sampled_ids_.as<int32_t>());
     backend_.CopyToHost(tokens->data(), sampled_ids_.data(),
                         static_cast<size_t>(r) * sizeof(int32_t));

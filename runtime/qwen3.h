@@ -53,10 +53,14 @@ struct ShardSpec {
 };
 
 // What the last stage does with one logit row: sample it on the device (only its id travels to
-// rank 0), or return its logits (rows that need penalties, logprobs or prompt logits).
+// rank 0), or return its logits (rows that need logprobs or prompt logits).
 struct LogitRowSampling {
   bool on_device = false;
   SamplingRowParams params;  // when on_device
+  // When on_device with penalties: their values (begin/end unused here) and the (id, count)
+  // pairs of runtime/sampler.h's PenaltyEntries; empty = none.
+  SamplingPenaltyRow penalty;
+  std::vector<int32_t> penalty_entries;
 };
 
 // One engine step, on the host. Tokens of a sequence are contiguous and in position order.
@@ -198,6 +202,12 @@ class Qwen3Model {
   DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]
   DeviceBuffer sampled_ids_;      // int32 [logit rows]
   std::vector<SamplingRowParams> host_params_;
+  // Penalties of the device-sampled rows, packed: rows [logit rows], (id, count) entries, and
+  // the float32 [logit rows, vocab] rows they are applied to; the last two grow on first need.
+  DeviceBuffer penalty_rows_, penalty_entries_, penalty_scratch_;
+  int64_t penalty_entries_capacity_ = 0, penalty_scratch_rows_ = 0;
+  std::vector<SamplingPenaltyRow> host_penalty_rows_;
+  std::vector<int32_t> host_penalty_entries_;
   // Expert-parallel staging: rows received for this rank's experts and their results.
   int64_t ep_capacity_ = 0;
   DeviceBuffer ep_x_, ep_y_, ep_ids_, ep_weights_;

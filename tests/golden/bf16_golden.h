@@ -129,8 +129,9 @@ class RoutingRecorder final : public Backend {
     b_.MoeExperts(x, n, ids, weights, top_k, experts, out);
   }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                    const SamplingRowParams* params, int32_t* tokens) override {
-    b_.SampleTokens(logits, rows, vocab, shards, params, tokens);
+                    const SamplingRowParams* params, const SamplingPenalties* penalties,
+                    int32_t* tokens) override {
+    b_.SampleTokens(logits, rows, vocab, shards, params, penalties, tokens);
   }
 
  private:
