@@ -109,6 +109,32 @@ struct SamplingRowParams {
 };
 static_assert(sizeof(SamplingRowParams) == 40, "serialised as raw bytes: no padding may vary");
 
+// Per-row penalties of Backend::SampleTokens (20 bytes, no pointers: serialised as raw bytes),
+// applied to the row's logits before the rule, as Hugging Face / vLLM do (and runtime/Sampler):
+// for each entry (id, count) of the row, with x = the logit of id:
+//   x = x > 0 ? x / repetition : x * repetition      (every entry: ids of prompt or output)
+//   x = x - (frequency * count + presence)             (entries with count > 0: output ids)
+// The arithmetic is kernels/base/sampling_rule.h's Penalise, the same bits on host and device.
+struct SamplingPenaltyRow {
+  float repetition = 1.0f;  // > 0; 1 = off
+  float presence = 0.0f;    // 0 = off
+  float frequency = 0.0f;   // 0 = off
+  int32_t begin = 0;        // the row's entries [begin, end) of SamplingPenalties::entries;
+  int32_t end = 0;          // begin == end: no penalties (the row is sampled as it stands)
+};
+static_assert(sizeof(SamplingPenaltyRow) == 20, "serialised as raw bytes: no padding may vary");
+
+// Penalties for Backend::SampleTokens, all in device memory.
+struct SamplingPenalties {
+  const SamplingPenaltyRow* rows = nullptr;  // [rows]
+  // int32 pairs (id, count): per row the distinct ids of prompt and output, count = the id's
+  // occurrences in the output; ids outside the sampleable vocabulary are ignored.
+  const int32_t* entries = nullptr;
+  // float32 [rows, vocab] workspace (not needed by the CPU backend): row r's penalised logits
+  // are written to row r, so the logits passed in stay untouched.
+  float* scratch = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -223,9 +249,12 @@ class Backend {
   // kernels/base/sampling_rule.h (temperature -> top-k -> top-p -> min-p -> draw), with
   // params[rows] (device memory). The logits are `shards` vocabulary shards as a TP all-gather
   // leaves them, A[shards, rows, vocab / shards]; shards == 1 is plain [rows, vocab]. Every id
-  // is < min(vocab, params.sampleable_vocab). No workspace: one block per row on the GPU.
+  // is < min(vocab, params.sampleable_vocab). `penalties` (null: none) applies each row's
+  // penalties first, into penalties->scratch (the logits are not written). One block per row on
+  // the GPU.
   virtual void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                            const SamplingRowParams* params, int32_t* tokens) = 0;
+                            const SamplingRowParams* params, const SamplingPenalties* penalties,
+                            int32_t* tokens) = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

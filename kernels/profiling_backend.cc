@@ -136,8 +136,10 @@ class Profiler final : public ProfilingBackend {
     Time("MoeExperts", [&] { b_.MoeExperts(x, n, ids, weights, top_k, experts, out); });
   }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                    const SamplingRowParams* params, int32_t* tokens) override {
-    Time("SampleTokens", [&] { b_.SampleTokens(logits, rows, vocab, shards, params, tokens); });
+                    const SamplingRowParams* params, const SamplingPenalties* penalties,
+                    int32_t* tokens) override {
+    Time("SampleTokens",
+         [&] { b_.SampleTokens(logits, rows, vocab, shards, params, penalties, tokens); });
   }
 
  private:

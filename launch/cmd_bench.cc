@@ -177,6 +177,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   limits.max_tokens = static_cast<int>(std::max({max_tokens, max_batch, max_prompt}));
   limits.max_seqs = static_cast<int>(std::max(max_batch, requests > 0 ? max_seqs : 1));
   limits.max_logit_rows = limits.max_seqs;
+  limits.max_seq_len = static_cast<int>(requests > 0 ? num_blocks * block_size : max_len);
   limits.max_blocks_per_seq = static_cast<int>(
       requests > 0 ? num_blocks
                    : std::min<int64_t>(num_blocks, (max_len + block_size - 1) / block_size));

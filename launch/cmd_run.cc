@@ -149,6 +149,7 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
   limits.max_logit_rows = options.want_prompt_logits ? limits.max_tokens : 1;
   limits.max_seqs = 1;
   limits.max_blocks_per_seq = static_cast<int>(std::max<int64_t>(1, needed_blocks));
+  limits.max_seq_len = static_cast<int>(prompt64.size() + max_new);
 
   // Communicators first (collective, on every rank), then this rank's shard; every rank learns
   // whether any rank failed before the first step.

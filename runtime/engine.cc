@@ -70,7 +70,7 @@ struct Engine::Sequence {
   int cached_tokens = 0;
   bool admitted_once = false;
   std::unique_ptr<Sampler> sampler;  // rows sampled on the host
-  bool host_sampled = false;         // penalties or logprobs: its logits come back to rank 0
+  bool host_sampled = false;         // logprobs: its logits come back to rank 0
   std::unique_ptr<StreamingDetokenizer> detok;
   std::unique_ptr<ChatOutputParser> parser;
   std::string held;  // text held back: it may be the start of a stop string
@@ -102,6 +102,8 @@ StepLimits EngineStepLimits(const EngineOptions& options, const ModelConfig& con
   limits.max_logit_rows = limits.max_seqs;
   limits.max_blocks_per_seq = static_cast<int>(std::clamp<int64_t>(
       (max_len + block_size - 1) / std::max(block_size, 1), 1, std::max(num_kv_blocks, 1)));
+  limits.max_seq_len = static_cast<int>(
+      std::min<int64_t>(max_len, static_cast<int64_t>(limits.max_blocks_per_seq) * block_size));
   return limits;
 }
 
@@ -117,11 +119,13 @@ Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
   const StepLimits& have = executor_.step_limits();
   TESSERA_CHECK(need.max_tokens <= have.max_tokens && need.max_seqs <= have.max_seqs &&
                 need.max_logit_rows <= have.max_logit_rows &&
-                need.max_blocks_per_seq <= have.max_blocks_per_seq)
+                need.max_blocks_per_seq <= have.max_blocks_per_seq &&
+                need.max_seq_len <= have.max_seq_len)
       << "the executor's workspace was planned for smaller steps than the engine's options: tokens "
       << need.max_tokens << " > " << have.max_tokens << " or sequences " << need.max_seqs << " > "
       << have.max_seqs << " or blocks per sequence " << need.max_blocks_per_seq << " > "
-      << have.max_blocks_per_seq;
+      << have.max_blocks_per_seq << " or sequence length " << need.max_seq_len << " > "
+      << have.max_seq_len;
   if (options_.sampleable_vocab <= 0 || options_.sampleable_vocab > vocab_)
     options_.sampleable_vocab = vocab_;
   for (int d = 0; d < executor_.parallel().dp; ++d) {
@@ -253,7 +257,7 @@ void Engine::Intake() {
     s.tokens = s.req.prompt;
     s.prompt_len = static_cast<int>(s.tokens.size());
     s.sampler = std::make_unique<Sampler>(s.req.sampling, options_.seed + s.arrival);
-    s.host_sampled = NeedsHostSampler(s.req.sampling) || s.req.top_logprobs >= 0;
+    s.host_sampled = s.req.top_logprobs >= 0;
     if (tokenizer_ != nullptr) {
       s.detok = std::make_unique<StreamingDetokenizer>(*tokenizer_, s.req.skip_special_tokens);
     }
@@ -419,6 +423,11 @@ void Engine::Step() {
           if (row.on_device) {
             row.params = DeviceSamplingParams(s->req.sampling, options_.seed + s->arrival,
                                               s->generated(), options_.sampleable_vocab);
+            if (HasPenalties(s->req.sampling)) {
+              row.penalty = DevicePenaltyRow(s->req.sampling);
+              const auto tokens = absl::MakeConstSpan(s->tokens);
+              row.penalty_entries = PenaltyEntries(tokens, tokens.subspan(s->prompt_len));
+            }
           }
           b.logit_sampling.push_back(row);
           row_owner.push_back(s);

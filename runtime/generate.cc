@@ -62,9 +62,9 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
   GenerateResult result;
   result.finish_reason = "length";
 
-  // Without penalties or prompt logits the last row is sampled on the device (the same draw as
-  // the host Sampler's, so the tokens do not depend on the path).
-  const bool on_device = !NeedsHostSampler(options.sampling) && !options.want_prompt_logits;
+  // Without prompt logits the last row is sampled on the device, penalties included (the same
+  // draw as the host Sampler's, so the tokens do not depend on the path).
+  const bool on_device = !options.want_prompt_logits;
   // A micro-batch of positions [begin, end) of `sequence`.
   std::vector<int32_t> sequence = prompt;
   const int dp = executor.parallel().dp;
@@ -83,8 +83,13 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
     if (on_device && last_logit) {  // only the last row is sampled; prompt rows return logits
       batch.logit_sampling.resize(batch.logit_tokens.size());
       batch.logit_sampling.back().on_device = true;
-      batch.logit_sampling.back().params = DeviceSamplingParams(
-          options.sampling, options.default_seed, result.tokens.size(), sampleable);
+      LogitRowSampling& row = batch.logit_sampling.back();
+      row.params = DeviceSamplingParams(options.sampling, options.default_seed,
+                                        result.tokens.size(), sampleable);
+      if (HasPenalties(options.sampling)) {
+        row.penalty = DevicePenaltyRow(options.sampling);
+        row.penalty_entries = PenaltyEntries(sequence, result.tokens);
+      }
     }
     return batch;
   };

@@ -355,6 +355,12 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
   if (shard_.tp_size > 1) alloc(&gathered_logits_, r * c.vocab_size * a);
   alloc(&sample_params_, r * sizeof(SamplingRowParams));
   alloc(&sampled_ids_, r * sizeof(int32_t));
+  // Penalties: each row's distinct (id, count) pairs and its float32 copy to apply them to.
+  penalty_entries_capacity_ =
+      r * 2 * std::min<int64_t>(c.vocab_size, std::max(limits.max_seq_len, 1));
+  alloc(&penalty_rows_, r * sizeof(SamplingPenaltyRow));
+  alloc(&penalty_entries_, penalty_entries_capacity_ * sizeof(int32_t));
+  alloc(&penalty_scratch_, r * c.vocab_size * sizeof(float));
   alloc(&tables_, table * sizeof(int32_t));
   token_capacity_ = static_cast<int>(n);
   logit_capacity_ = static_cast<int>(r);
@@ -790,12 +796,36 @@ void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* lo
   if (returned < r) {
     // Rows that return logits are sampled greedily too (cheap) and their ids dropped.
     host_params_.assign(r, SamplingRowParams{});
+    host_penalty_rows_.assign(r, SamplingPenaltyRow{});
+    host_penalty_entries_.clear();
     for (int i = 0; i < r; ++i) {
-      if (batch.logit_sampling[i].on_device) host_params_[i] = batch.logit_sampling[i].params;
+      const LogitRowSampling& row = batch.logit_sampling[i];
+      if (!row.on_device) continue;
+      host_params_[i] = row.params;
+      if (row.penalty_entries.empty()) continue;
+      SamplingPenaltyRow& pr = host_penalty_rows_[i];
+      pr = row.penalty;
+      pr.begin = static_cast<int32_t>(host_penalty_entries_.size() / 2);
+      host_penalty_entries_.insert(host_penalty_entries_.end(), row.penalty_entries.begin(),
+                                   row.penalty_entries.end());
+      pr.end = static_cast<int32_t>(host_penalty_entries_.size() / 2);
     }
     backend_.CopyToDevice(sample_params_.data(), host_params_.data(),
                           static_cast<size_t>(r) * sizeof(SamplingRowParams));
+    SamplingPenalties penalties;
+    if (!host_penalty_entries_.empty()) {
+      const auto n = static_cast<int64_t>(host_penalty_entries_.size());
+      TESSERA_CHECK_LE(n, penalty_entries_capacity_)
+          << "penalty entries of one step (planned workspace: max_seq_len)";
+      backend_.CopyToDevice(penalty_rows_.data(), host_penalty_rows_.data(),
+                            static_cast<size_t>(r) * sizeof(SamplingPenaltyRow));
+      backend_.CopyToDevice(penalty_entries_.data(), host_penalty_entries_.data(),
+                            static_cast<size_t>(n) * sizeof(int32_t));
+      penalties = {penalty_rows_.as<SamplingPenaltyRow>(), penalty_entries_.as<int32_t>(),
+                   penalty_scratch_.as<float>()};
+    }
     backend_.SampleTokens(full, r, V, T, sample_params_.as<SamplingRowParams>(),
+                          host_penalty_entries_.empty() ? nullptr : &penalties,
                           sampled_ids_.as<int32_t>());
     backend_.CopyToHost(tokens->data(), sampled_ids_.data(),
                         static_cast<size_t>(r) * sizeof(int32_t));

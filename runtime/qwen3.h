@@ -53,10 +53,14 @@ struct ShardSpec {
 };
 
 // What the last stage does with one logit row: sample it on the device (only its id travels to
-// rank 0), or return its logits (rows that need penalties, logprobs or prompt logits).
+// rank 0), or return its logits (rows that need logprobs or prompt logits).
 struct LogitRowSampling {
   bool on_device = false;
   SamplingRowParams params;  // when on_device
+  // When on_device with penalties: their values (begin/end unused here) and the (id, count)
+  // pairs of runtime/sampler.h's PenaltyEntries; empty = none.
+  SamplingPenaltyRow penalty;
+  std::vector<int32_t> penalty_entries;
 };
 
 // One engine step, on the host. Tokens of a sequence are contiguous and in position order.
@@ -81,6 +85,7 @@ struct StepLimits {
   int max_logit_rows = 1;      // rows whose logits one step computes (<= max_tokens)
   int max_seqs = 1;            // sequences of one step
   int max_blocks_per_seq = 1;  // width of the step's block table
+  int max_seq_len = 1;         // positions of the longest sequence (bounds penalty entries)
 };
 
 // The logit rows of `batch` whose logits come back to the host (the others come back as ids).
@@ -216,6 +221,12 @@ class Qwen3Model {
   DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]
   DeviceBuffer sampled_ids_;      // int32 [logit rows]
   std::vector<SamplingRowParams> host_params_;
+  // Penalties of the device-sampled rows, packed: rows [logit rows], (id, count) entries (at most
+  // min(vocab, max_seq_len) per row), and the float32 [logit rows, vocab] rows they are applied to.
+  DeviceBuffer penalty_rows_, penalty_entries_, penalty_scratch_;
+  int64_t penalty_entries_capacity_ = 0;
+  std::vector<SamplingPenaltyRow> host_penalty_rows_;
+  std::vector<int32_t> host_penalty_entries_;
   // Expert-parallel staging: rows received for this rank's experts and their results (at most
   // ep_size * ceil(tokens / tp_size): each rank of the stage sends each owner <= its token slice).
   int64_t ep_capacity_ = 0;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/reference.h"
@@ -28,8 +27,35 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   return absl::OkStatus();
 }
 
-bool NeedsHostSampler(const SamplingParams& p) {
+bool HasPenalties(const SamplingParams& p) {
   return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+}
+
+SamplingPenaltyRow DevicePenaltyRow(const SamplingParams& p) {
+  SamplingPenaltyRow row;
+  row.repetition = p.repetition_penalty;
+  row.presence = p.presence_penalty;
+  row.frequency = p.frequency_penalty;
+  return row;
+}
+
+std::vector<int32_t> PenaltyEntries(absl::Span<const int32_t> history,
+                                    absl::Span<const int32_t> generated) {
+  std::vector<int32_t> ids(history.begin(), history.end());
+  ids.insert(ids.end(), generated.begin(), generated.end());  // normally already in history
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<int32_t> counts(ids.size(), 0);
+  for (int32_t id : generated) {
+    const auto it = std::lower_bound(ids.begin(), ids.end(), id);
+    if (it != ids.end() && *it == id) ++counts[it - ids.begin()];
+  }
+  std::vector<int32_t> entries(2 * ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    entries[2 * i] = ids[i];
+    entries[2 * i + 1] = counts[i];
+  }
+  return entries;
 }
 
 SamplingRowParams DeviceSamplingParams(const SamplingParams& p, uint64_t default_seed,
@@ -53,23 +79,12 @@ int32_t Sampler::Sample(absl::Span<const float> logits, int64_t sampleable_vocab
   const int64_t vocab = std::min<int64_t>(sampleable_vocab, static_cast<int64_t>(logits.size()));
   work_.assign(logits.begin(), logits.begin() + vocab);
 
-  // Penalties.
-  if (params_.repetition_penalty != 1.0f) {
-    for (int32_t id : history) {
-      if (id < 0 || id >= vocab) continue;
-      float& l = work_[id];
-      // NOTE: idempotent per id (HF gathers unique ids), so repeated ids are penalised once.
-      l = logits[id] > 0 ? logits[id] / params_.repetition_penalty
-                         : logits[id] * params_.repetition_penalty;
-    }
-  }
-  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
-    std::unordered_map<int32_t, int> counts;
-    for (int32_t id : generated) ++counts[id];
-    for (const auto& [id, count] : counts) {
-      if (id < 0 || id >= vocab) continue;
-      work_[id] -= params_.frequency_penalty * count + params_.presence_penalty;
-    }
+  // Penalties: the device's arithmetic on the same entries.
+  if (HasPenalties(params_)) {
+    const std::vector<int32_t> entries = PenaltyEntries(history, generated);
+    SamplingPenaltyRow row = DevicePenaltyRow(params_);
+    row.end = static_cast<int32_t>(entries.size() / 2);
+    cpu::ApplyPenalties(work_.data(), vocab, row, entries.data());
   }
 
   // Log-probabilities of the tempered distribution (before truncation), for logprobs.

@@ -1,5 +1,6 @@
 // Token sampling on the host from one row of float32 logits, for the rows the device cannot
-// sample (penalties, logprobs).
+// sample (logprobs). Penalties travel to the device as (id, output count) entries
+// (PenaltyEntries) and are applied there by the same arithmetic (cpu::ApplyPenalties).
 //
 // Order of operations, as Hugging Face's logits processors and vLLM apply them:
 // penalties -> temperature -> top-k -> top-p -> min-p -> draw. temperature == 0 is greedy
@@ -35,8 +36,16 @@ struct SamplingParams {
 // min_p outside [0, 1], non-positive repetition_penalty, penalties outside [-2, 2].
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
-// True when the params need the host Sampler (penalties read the sequence's history).
-bool NeedsHostSampler(const SamplingParams& params);
+// True when the params have repetition, presence or frequency penalties.
+bool HasPenalties(const SamplingParams& params);
+
+// The device's penalty row for the params (entries [begin, end) are set by whoever packs them).
+SamplingPenaltyRow DevicePenaltyRow(const SamplingParams& params);
+
+// (id, count) int32 pairs, ascending by id: the distinct ids of `history` (prompt and output)
+// and `generated` (the output), count = occurrences of the id in `generated`.
+std::vector<int32_t> PenaltyEntries(absl::Span<const int32_t> history,
+                                    absl::Span<const int32_t> generated);
 
 // The device's parameters for draw `step` (tokens generated before this one) of the request's
 // stream; `default_seed` when the params carry no seed.

@@ -63,6 +63,8 @@ std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan) {
       for (const LogitRowSampling& row : b.logit_sampling) {
         w.U32(row.on_device ? 1 : 0);
         w.Raw(&row.params, sizeof(row.params));
+        w.Raw(&row.penalty, sizeof(row.penalty));
+        w.Ints(row.penalty_entries);
       }
     }
   }
@@ -95,7 +97,9 @@ absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes) 
       b.logit_sampling.resize(sampled);
       for (LogitRowSampling& row : b.logit_sampling) {
         uint32_t on_device;
-        if (!r.U32(&on_device) || on_device > 1 || !r.Raw(&row.params, sizeof(row.params))) {
+        if (!r.U32(&on_device) || on_device > 1 || !r.Raw(&row.params, sizeof(row.params)) ||
+            !r.Raw(&row.penalty, sizeof(row.penalty)) || !r.Ints(&row.penalty_entries) ||
+            row.penalty_entries.size() % 2 != 0) {
           return corrupt;
         }
         row.on_device = on_device == 1;

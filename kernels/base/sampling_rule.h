@@ -4,6 +4,8 @@
 //
 // Given a row x[0, V) (V = the sampleable vocabulary; ids >= V are never drawn) and
 // SamplingRowParams (kernels/ops.h):
+//   0. Penalties, when the row has them (SamplingPenaltyRow, kernels/ops.h): x[id] = Penalise
+//      below for each of the row's (id, count) entries; the steps after read the penalised row.
 //   1. m = max x; greedy (temperature 0) returns the lowest id holding m.
 //   2. Weights: q(x) = floor(2^40 * 2^((x - m) * log2(e) / T)) as an integer, with 2^t evaluated
 //      by Exp2Fixed below from correctly rounded float operations only (no FMA contraction), so
@@ -129,6 +131,16 @@ TESSERA_HD uint64_t SplitMix64(uint64_t z) {
 // 64 random bits for the `step`-th token of the stream `seed` (counter-based: no state).
 TESSERA_HD uint64_t DrawBits(uint64_t seed, uint64_t step) {
   return SplitMix64(SplitMix64(seed) + step);
+}
+
+// Logit x of an id seen `count` times in the output (0: prompt only) after the penalties of
+// SamplingPenaltyRow (kernels/ops.h), in correctly rounded operations.
+TESSERA_HD float Penalise(float x, int32_t count, float repetition, float presence,
+                          float frequency) {
+  if (repetition != 1.0f) x = x > 0.0f ? Div(x, repetition) : Mul(x, repetition);
+  if (count > 0 && (presence != 0.0f || frequency != 0.0f))
+    x = Sub(x, Add(Mul(frequency, static_cast<float>(count)), presence));
+  return x;
 }
 
 // floor(r * total / 2^64): uniform in [0, total) for uniform r.

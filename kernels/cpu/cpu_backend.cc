@@ -107,9 +107,10 @@ class CpuBackend final : public Backend {
                     F(out));
   }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                    const SamplingRowParams* params, int32_t* tokens) override {
+                    const SamplingRowParams* params, const SamplingPenalties* penalties,
+                    int32_t* tokens) override {
     TESSERA_CHECK(shards >= 1 && vocab % shards == 0) << "vocab " << vocab << ", shards " << shards;
-    cpu::SampleTokens(F(logits), rows, vocab, shards, params, tokens);
+    cpu::SampleTokens(F(logits), rows, vocab, shards, params, penalties, tokens);
   }
 };
 

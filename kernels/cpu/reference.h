@@ -45,7 +45,11 @@ void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights,
 
 // One row x[vocab] (contiguous) by the rule of kernels/base/sampling_rule.h.
 int32_t SampleRow(const float* x, int64_t vocab, const SamplingRowParams& params);
+// Penalises row x[vocab] in place by `row`'s entries of `entries` (SamplingPenaltyRow).
+void ApplyPenalties(float* x, int64_t vocab, const SamplingPenaltyRow& row, const int32_t* entries);
+// `penalties` (null: none) in host memory; its scratch is not used.
 void SampleTokens(const float* logits, int rows, int64_t vocab, int shards,
-                  const SamplingRowParams* params, int32_t* tokens);
+                  const SamplingRowParams* params, const SamplingPenalties* penalties,
+                  int32_t* tokens);
 
 }  // namespace tessera::cpu

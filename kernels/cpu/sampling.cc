@@ -78,14 +78,30 @@ int32_t SampleRow(const float* x, int64_t vocab, const SamplingRowParams& p) {
   return static_cast<int32_t>(best);  // unreachable: running ends at total > t
 }
 
+void ApplyPenalties(float* x, int64_t vocab, const SamplingPenaltyRow& row,
+                    const int32_t* entries) {
+  for (int32_t e = row.begin; e < row.end; ++e) {
+    const int32_t id = entries[2 * e], count = entries[2 * e + 1];
+    if (id < 0 || id >= vocab) continue;
+    x[id] = sampling::Penalise(x[id], count, row.repetition, row.presence, row.frequency);
+  }
+}
+
 void SampleTokens(const float* logits, int rows, int64_t vocab, int shards,
-                  const SamplingRowParams* params, int32_t* tokens) {
+                  const SamplingRowParams* params, const SamplingPenalties* penalties,
+                  int32_t* tokens) {
   const int64_t cols = vocab / shards;
   std::vector<float> row(static_cast<size_t>(vocab));
   for (int r = 0; r < rows; ++r) {
     for (int s = 0; s < shards; ++s) {
       const float* src = logits + (static_cast<int64_t>(s) * rows + r) * cols;
       std::copy(src, src + cols, row.begin() + s * cols);
+    }
+    if (penalties != nullptr) {
+      const int64_t V = params[r].sampleable_vocab > 0
+                            ? std::min<int64_t>(params[r].sampleable_vocab, vocab)
+                            : vocab;
+      ApplyPenalties(row.data(), V, penalties->rows[r], penalties->entries);
     }
     tokens[r] = SampleRow(row.data(), vocab, params[r]);
   }

@@ -232,9 +232,10 @@ class CudaBackend final : public Backend {
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                   const ExpertWeights& experts, void* out) override;
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                    const SamplingRowParams* params, int32_t* tokens) override {
+                    const SamplingRowParams* params, const SamplingPenalties* penalties,
+                    int32_t* tokens) override {
     TESSERA_CHECK(shards >= 1 && vocab % shards == 0) << "vocab " << vocab << ", shards " << shards;
-    cuda::LaunchSampleTokens(B(logits), rows, vocab, shards, params, tokens, stream_);
+    cuda::LaunchSampleTokens(B(logits), rows, vocab, shards, params, penalties, tokens, stream_);
   }
 
  private:

@@ -14,7 +14,8 @@
 // The fused op (LaunchQkNormRopeKvWrite) runs the same per-head code over all q, k and v heads of
 // a fused qkv row in one launch: q heads in place; k heads in place and into the key cache; v
 // heads copied into the value cache (slots < 0 skipped). Its results are bit for bit those of
-// HeadNormRope on q, HeadNormRope on k, then WriteKvCache.
+// HeadNormRope on q, HeadNormRope on k, then WriteKvCache. Its blocks hold one token's heads,
+// so the token's cos/sin are evaluated once per block, not once per head.
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -39,29 +40,38 @@ __device__ __forceinline__ void CosSin(float inv_freq, float pos, float scaling,
 }
 
 // One head v[head_dim] by one warp, in registers: kChunks = ceil(head_dim / 128) chunks of 64
-// pairs; lane owns pairs i = 2 * lane + 64 * c and i + 1 of chunk c (i < half). Norm (when
-// `norm_weight`), rotation, and the result written to v and, when `copy` is not null, to copy.
+// pairs; lane owns pairs i = 2 * lane + 64 * c and i + 1 of chunk c (i < half).
 template <int kChunks>
-__device__ __forceinline__ void NormRopeHeadVec(bf16* v, bf16* copy, int head_dim,
-                                                const bf16* norm_weight, float eps, float pos,
-                                                const float* inv_freq, float scaling, int lane) {
-  const int half = head_dim / 2;
-  __nv_bfloat162 lo[kChunks], hi[kChunks];
+struct HeadRegs {
+  __nv_bfloat162 lo[kChunks], hi[kChunks];  // elements i, i + 1 and i + half, i + half + 1
+};
+
+template <int kChunks>
+__device__ __forceinline__ void LoadHead(const bf16* v, int half, int lane, HeadRegs<kChunks>* r) {
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) {
     const int i = 2 * lane + 64 * c;
     if (i < half) {
-      lo[c] = *reinterpret_cast<const __nv_bfloat162*>(v + i);
-      hi[c] = *reinterpret_cast<const __nv_bfloat162*>(v + i + half);
+      r->lo[c] = *reinterpret_cast<const __nv_bfloat162*>(v + i);
+      r->hi[c] = *reinterpret_cast<const __nv_bfloat162*>(v + i + half);
     }
   }
+}
+
+// Norm (when `norm_weight`) and rotation of a loaded head, the result written to v and, when
+// `copy` is not null, to copy. cos_sin(i, &cos, &sin) gives pair i's scaled cos and sin.
+template <int kChunks, typename CosSinAt>
+__device__ __forceinline__ void NormRopeStore(const HeadRegs<kChunks>& r, bf16* v, bf16* copy,
+                                              int head_dim, const bf16* norm_weight, float eps,
+                                              int lane, CosSinAt cos_sin) {
+  const int half = head_dim / 2;
   float inv = 1.0f;
   if (norm_weight != nullptr) {
     float sum_sq = 0.0f;
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
       if (2 * lane + 64 * c < half) {
-        const float2 a = __bfloat1622float2(lo[c]), b = __bfloat1622float2(hi[c]);
+        const float2 a = __bfloat1622float2(r.lo[c]), b = __bfloat1622float2(r.hi[c]);
         sum_sq += a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y;
       }
     }
@@ -74,7 +84,7 @@ __device__ __forceinline__ void NormRopeHeadVec(bf16* v, bf16* copy, int head_di
     if (i >= half) continue;
     float a[2], b[2];
     {
-      const float2 fa = __bfloat1622float2(lo[c]), fb = __bfloat1622float2(hi[c]);
+      const float2 fa = __bfloat1622float2(r.lo[c]), fb = __bfloat1622float2(r.hi[c]);
       a[0] = fa.x, a[1] = fa.y, b[0] = fb.x, b[1] = fb.y;
     }
     float ra[2], rb[2];
@@ -85,7 +95,7 @@ __device__ __forceinline__ void NormRopeHeadVec(bf16* v, bf16* copy, int head_di
         b[e] = ToFloat(norm_weight[i + e + half]) * (b[e] * inv);
       }
       float cos_v, sin_v;
-      CosSin(inv_freq[i + e], pos, scaling, &cos_v, &sin_v);
+      cos_sin(i + e, &cos_v, &sin_v);
       ra[e] = a[e] * cos_v - b[e] * sin_v;
       rb[e] = b[e] * cos_v + a[e] * sin_v;
     }
@@ -100,6 +110,20 @@ __device__ __forceinline__ void NormRopeHeadVec(bf16* v, bf16* copy, int head_di
   }
 }
 
+// A loaded head copied unchanged to dst.
+template <int kChunks>
+__device__ __forceinline__ void StoreHead(const HeadRegs<kChunks>& r, bf16* dst, int half,
+                                          int lane) {
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int i = 2 * lane + 64 * c;
+    if (i < half) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + i) = r.lo[c];
+      *reinterpret_cast<__nv_bfloat162*>(dst + i + half) = r.hi[c];
+    }
+  }
+}
+
 template <int kChunks>
 __global__ void __launch_bounds__(kVecWarps * 32)
     HeadNormRopeVecKernel(bf16* x, int64_t row_stride, int n, int heads, int head_dim,
@@ -109,30 +133,48 @@ __global__ void __launch_bounds__(kVecWarps * 32)
   if (item >= static_cast<int64_t>(n) * heads) return;
   const int64_t t = item / heads;
   const int h = static_cast<int>(item - t * heads);
-  NormRopeHeadVec<kChunks>(x + t * row_stride + static_cast<int64_t>(h) * head_dim, nullptr,
-                           head_dim, norm_weight, eps, static_cast<float>(positions[t]), inv_freq,
-                           attention_scaling, threadIdx.x & 31);
+  const int lane = threadIdx.x & 31;
+  bf16* v = x + t * row_stride + static_cast<int64_t>(h) * head_dim;
+  HeadRegs<kChunks> r;
+  LoadHead<kChunks>(v, head_dim / 2, lane, &r);
+  const float pos = static_cast<float>(positions[t]);
+  NormRopeStore<kChunks>(r, v, nullptr, head_dim, norm_weight, eps, lane,
+                         [&](int i, float* cos_v, float* sin_v) {
+                           CosSin(inv_freq[i], pos, attention_scaling, cos_v, sin_v);
+                         });
 }
 
-// One warp per (token, head of q | k | v) of the fused qkv rows.
+// One block per (token, group of kVecWarps heads of q | k | v) of the fused qkv rows, one warp
+// per head. NOTE: cos/sin depend on the token and the pair only: the block evaluates them once
+// into shared memory (threads < half, while the heads' loads are in flight) instead of once per
+// head. Same CosSin, same values: results are bit for bit those of HeadNormRope.
 template <int kChunks>
 __global__ void __launch_bounds__(kVecWarps * 32)
-    QkNormRopeKvWriteKernel(bf16* qkv, int64_t row_stride, int n, int q_heads, int kv_heads,
-                            int head_dim, const bf16* q_norm, const bf16* k_norm, float eps,
+    QkNormRopeKvWriteKernel(bf16* qkv, int64_t row_stride, int q_heads, int kv_heads, int head_dim,
+                            int groups, const bf16* q_norm, const bf16* k_norm, float eps,
                             const int32_t* positions, const float* inv_freq,
                             float attention_scaling, const int32_t* slot_mapping, bf16* k_cache,
                             bf16* v_cache) {
-  const int heads = q_heads + 2 * kv_heads;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kVecWarps + (threadIdx.x >> 5);
-  if (item >= static_cast<int64_t>(n) * heads) return;
+  __shared__ float cos_table[64 * kChunks], sin_table[64 * kChunks];
+  const int heads = q_heads + 2 * kv_heads, half = head_dim / 2;
+  const int64_t t = blockIdx.x / groups;
+  const int h = static_cast<int>(blockIdx.x - t * groups) * kVecWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  const int64_t t = item / heads;
-  const int h = static_cast<int>(item - t * heads);
   bf16* v = qkv + t * row_stride + static_cast<int64_t>(h) * head_dim;
+  HeadRegs<kChunks> r;
+  if (h < heads) LoadHead<kChunks>(v, half, lane, &r);
   const float pos = static_cast<float>(positions[t]);
+  if (threadIdx.x < half)
+    CosSin(inv_freq[threadIdx.x], pos, attention_scaling, &cos_table[threadIdx.x],
+           &sin_table[threadIdx.x]);
+  __syncthreads();
+  if (h >= heads) return;
+  auto from_table = [&](int i, float* cos_v, float* sin_v) {
+    *cos_v = cos_table[i];
+    *sin_v = sin_table[i];
+  };
   if (h < q_heads) {
-    NormRopeHeadVec<kChunks>(v, nullptr, head_dim, q_norm, eps, pos, inv_freq, attention_scaling,
-                             lane);
+    NormRopeStore<kChunks>(r, v, nullptr, head_dim, q_norm, eps, lane, from_table);
     return;
   }
   const int64_t slot = slot_mapping[t];
@@ -141,16 +183,13 @@ __global__ void __launch_bounds__(kVecWarps * 32)
     bf16* cached = slot < 0
                        ? nullptr
                        : k_cache + slot * kv_width + static_cast<int64_t>(h - q_heads) * head_dim;
-    NormRopeHeadVec<kChunks>(v, cached, head_dim, k_norm, eps, pos, inv_freq, attention_scaling,
-                             lane);
+    NormRopeStore<kChunks>(r, v, cached, head_dim, k_norm, eps, lane, from_table);
     return;
   }
   if (slot < 0) return;
-  bf16* cached =
-      v_cache + slot * kv_width + static_cast<int64_t>(h - q_heads - kv_heads) * head_dim;
-  for (int i = 2 * lane; i < head_dim; i += 64)
-    *reinterpret_cast<__nv_bfloat162*>(cached + i) =
-        *reinterpret_cast<const __nv_bfloat162*>(v + i);
+  StoreHead<kChunks>(
+      r, v_cache + slot * kv_width + static_cast<int64_t>(h - q_heads - kv_heads) * head_dim, half,
+      lane);
 }
 
 // Whether the vectorised kernels take a head layout: pairs of bf16 stay 4-byte aligned and a
@@ -241,15 +280,16 @@ void LaunchQkNormRopeKvWrite(bf16* qkv, int64_t row_stride, int n, int q_heads, 
                        head_dim, slot_mapping, k_cache, v_cache, stream);
     return;
   }
-  const auto blocks = static_cast<unsigned>((items + kVecWarps - 1) / kVecWarps);
+  const int groups = (q_heads + 2 * kv_heads + kVecWarps - 1) / kVecWarps;
+  const auto blocks = static_cast<unsigned>(static_cast<int64_t>(n) * groups);
   if (head_dim <= 128) {
     QkNormRopeKvWriteKernel<1><<<blocks, kVecWarps * 32, 0, stream>>>(
-        qkv, row_stride, n, q_heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, inv_freq,
-        attention_scaling, slot_mapping, k_cache, v_cache);
+        qkv, row_stride, q_heads, kv_heads, head_dim, groups, q_norm, k_norm, eps, positions,
+        inv_freq, attention_scaling, slot_mapping, k_cache, v_cache);
   } else {
     QkNormRopeKvWriteKernel<2><<<blocks, kVecWarps * 32, 0, stream>>>(
-        qkv, row_stride, n, q_heads, kv_heads, head_dim, q_norm, k_norm, eps, positions, inv_freq,
-        attention_scaling, slot_mapping, k_cache, v_cache);
+        qkv, row_stride, q_heads, kv_heads, head_dim, groups, q_norm, k_norm, eps, positions,
+        inv_freq, attention_scaling, slot_mapping, k_cache, v_cache);
   }
   CUDA_CHECK_LAUNCH();
 }

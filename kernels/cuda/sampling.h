@@ -12,8 +12,10 @@
 namespace tessera::cuda {
 
 // tokens [rows] from logits [shards, rows, vocab / shards] (shards == 1: [rows, vocab]) with
-// params [rows]; all on the device. No workspace.
+// params [rows]; all on the device. With `penalties` (null: none), rows with entries are first
+// penalised into penalties->scratch (float32 [rows, vocab]) and sampled from there.
 void LaunchSampleTokens(const __nv_bfloat16* logits, int rows, int64_t vocab, int shards,
-                        const SamplingRowParams* params, int32_t* tokens, cudaStream_t stream);
+                        const SamplingRowParams* params, const SamplingPenalties* penalties,
+                        int32_t* tokens, cudaStream_t stream);
 
 }  // namespace tessera::cuda

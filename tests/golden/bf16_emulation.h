@@ -113,8 +113,9 @@ class Bf16EmulationBackend final : public Backend {
   // outputs summed in fp32 in increasing expert id, then rounded.
   // Logits already hold bf16 values here: the CPU rule picks what the GPU would.
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                    const SamplingRowParams* params, int32_t* tokens) override {
-    cpu_->SampleTokens(logits, rows, vocab, shards, params, tokens);
+                    const SamplingRowParams* params, const SamplingPenalties* penalties,
+                    int32_t* tokens) override {
+    cpu_->SampleTokens(logits, rows, vocab, shards, params, penalties, tokens);
   }
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                   const ExpertWeights& e, void* out) override {

@@ -129,8 +129,9 @@ class RoutingRecorder final : public Backend {
     b_.MoeExperts(x, n, ids, weights, top_k, experts, out);
   }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
-                    const SamplingRowParams* params, int32_t* tokens) override {
-    b_.SampleTokens(logits, rows, vocab, shards, params, tokens);
+                    const SamplingRowParams* params, const SamplingPenalties* penalties,
+                    int32_t* tokens) override {
+    b_.SampleTokens(logits, rows, vocab, shards, params, penalties, tokens);
   }
 
  private:
@@ -172,6 +173,7 @@ inline std::unique_ptr<GoldenModel> LoadGoldenModel(const std::string& name, Bac
   plan.max_logit_rows = 512;
   plan.max_seqs = 8;
   plan.max_blocks_per_seq = blocks;
+  plan.max_seq_len = 512;
   auto executor = Executor::Create(f->config, *f->checkpoint, backend, *parallel, nullptr, blocks,
                                    block_size, limits ? *limits : plan);
   EXPECT_TRUE(executor.ok()) << executor.status();

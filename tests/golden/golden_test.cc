@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "nlohmann/json.hpp"
+#include "runtime/engine.h"
 #include "runtime/executor.h"
 #include "runtime/generate.h"
 #include "runtime/npy.h"
@@ -36,6 +38,74 @@ double MaxRowRelativeL2(const std::vector<float>& got, const std::vector<float>&
                         int64_t cols) {
   const std::vector<double> rows = RowRelativeL2(got, want, cols);
   return rows.empty() ? 0.0 : *std::max_element(rows.begin(), rows.end());
+}
+
+// Penalties on the device path: a seeded request with repetition / presence / frequency
+// penalties gives the same tokens when its rows are sampled by Backend::SampleTokens with
+// penalty entries as when its logits come back to the host Sampler (top_logprobs forces that
+// path). All requests share the steps, so device rows with and without penalties and host rows
+// are mixed in one batch.
+TEST(EnginePenaltiesTest, DeviceAndHostSamplersGiveTheSameTokens) {
+  auto f = LoadFixture("dense_gqa");
+  EngineOptions options;
+  options.seed = 11;
+  options.max_num_batched_tokens = 512;  // the fixture's planned step (bf16_golden.h)
+  options.max_num_seqs = 8;
+  Engine engine(*f->executor, nullptr, nullptr, options);
+  std::thread loop([&] { engine.Run(); });
+
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.repetition_penalty = 1.3f;
+  greedy.presence_penalty = 0.5f;
+  greedy.frequency_penalty = 0.3f;
+  SamplingParams drawn;
+  drawn.temperature = 0.8f;
+  drawn.top_k = 20;
+  drawn.top_p = 0.95f;
+  drawn.repetition_penalty = 0.8f;  // < 1 favours seen ids
+  drawn.frequency_penalty = -0.4f;
+  drawn.seed = 5;
+  SamplingParams plain = greedy;
+  plain.repetition_penalty = 1.0f;
+  plain.presence_penalty = plain.frequency_penalty = 0.0f;
+  struct Run {
+    SamplingParams sampling;
+    int top_logprobs;
+    std::shared_ptr<RequestStream> stream;
+  };
+  std::vector<Run> runs = {{greedy, -1, nullptr},
+                           {greedy, 0, nullptr},
+                           {drawn, -1, nullptr},
+                           {drawn, 0, nullptr},
+                           {plain, -1, nullptr}};
+  for (size_t i = 0; i < runs.size(); ++i) {
+    EngineRequest request;
+    request.request_id = "r" + std::to_string(i);
+    request.prompt = f->prompt;
+    request.max_tokens = 24;
+    request.ignore_eos = true;
+    request.sampling = runs[i].sampling;
+    request.top_logprobs = runs[i].top_logprobs;
+    auto stream = engine.Submit(request);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    runs[i].stream = *stream;
+  }
+  std::vector<std::vector<int32_t>> tokens(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    EngineOutput out;
+    while (runs[i].stream->Next(&out, std::chrono::milliseconds(120000))) {
+      tokens[i].insert(tokens[i].end(), out.token_ids.begin(), out.token_ids.end());
+      if (out.finished) break;
+    }
+    EXPECT_TRUE(out.finished && out.status.ok()) << i << ": " << out.status;
+    EXPECT_EQ(tokens[i].size(), 24u) << i;
+  }
+  engine.Stop();
+  loop.join();
+  EXPECT_EQ(tokens[0], tokens[1]) << "greedy with penalties: device and host differ";
+  EXPECT_EQ(tokens[2], tokens[3]) << "seeded draw with penalties: device and host differ";
+  EXPECT_NE(tokens[0], tokens[4]) << "the penalties changed nothing: the test tests nothing";
 }
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
@@ -100,6 +170,7 @@ TEST(PlannedWorkspaceTest, GenerateChunksWithinThePlan) {
   small.max_logit_rows = 6;
   small.max_seqs = 1;
   small.max_blocks_per_seq = 4;  // 64 positions of 16
+  small.max_seq_len = 64;
   auto f = LoadGoldenModel("dense_gqa", *cpu, 16, &small);
   EXPECT_GT(f->executor->model().workspace_bytes(), 0u);
   EXPECT_LT(f->executor->model().workspace_bytes(), whole->executor->model().workspace_bytes());
@@ -132,6 +203,7 @@ TEST(PlannedWorkspaceDeathTest, StepBeyondThePlanIsACheckedError) {
   small.max_logit_rows = 4;
   small.max_seqs = 1;
   small.max_blocks_per_seq = 2;
+  small.max_seq_len = 32;
   auto f = LoadGoldenModel("dense_gqa", *cpu, 16, &small);
   StepPlan plan;
   plan.replicas.assign(1, std::vector<StepBatch>(1));

@@ -112,9 +112,9 @@ TEST(SamplerTest, SameTokensAsTheDeviceRule) {
     const SamplingRowParams row = DeviceSamplingParams(p, 0, step, 6);
     EXPECT_EQ(s.Sample(Logits(), 6, {}, {}), cpu::SampleRow(Logits().data(), 6, row)) << step;
   }
-  EXPECT_FALSE(NeedsHostSampler(p));
+  EXPECT_FALSE(HasPenalties(p));
   p.presence_penalty = 0.5f;
-  EXPECT_TRUE(NeedsHostSampler(p));
+  EXPECT_TRUE(HasPenalties(p));
 }
 
 TEST(SamplerTest, PenaltiesMoveTheArgmax) {

@@ -137,10 +137,49 @@ TEST(CpuSamplingTest, ShardedLayoutMatchesContiguousRows) {
   for (uint64_t seed = 0; seed < 50; ++seed) {
     for (auto& p : params) p.seed = seed;
     std::vector<int32_t> got(rows);
-    cpu::SampleTokens(sharded.data(), rows, vocab, shards, params.data(), got.data());
+    cpu::SampleTokens(sharded.data(), rows, vocab, shards, params.data(), nullptr, got.data());
     for (int r = 0; r < rows; ++r)
       EXPECT_EQ(got[r], cpu::SampleRow(full.data() + r * vocab, vocab, params[r])) << r;
   }
+}
+
+// Penalties as Hugging Face / vLLM define them, written out by hand: repetition divides a
+// positive logit and multiplies a negative one for every entry; presence and frequency
+// subtract from output ids only; ids past the sampleable vocabulary are ignored. Then the rule.
+TEST(CpuSamplingTest, PenaltiesThenTheRule) {
+  const int64_t vocab = 12, sampleable = 10;
+  const std::vector<float> x = {3.0f, -1.0f, 2.5f,  0.0f, 1.0f, -2.0f,
+                                2.9f, 0.5f,  -0.5f, 1.5f, 9.0f, 9.0f};
+  SamplingPenaltyRow row;
+  row.repetition = 1.5f;
+  row.presence = 0.25f;
+  row.frequency = 0.5f;
+  // (id, output count): 0 from the prompt only, 6 twice in the output, 1 once, 11 is padding.
+  const std::vector<int32_t> entries = {0, 0, 6, 2, 1, 1, 11, 4};
+  row.begin = 0;
+  row.end = 4;
+  std::vector<float> want = x;
+  want[0] = 3.0f / 1.5f;
+  want[6] = 2.9f / 1.5f - (0.5f * 2 + 0.25f);
+  want[1] = -1.0f * 1.5f - (0.5f * 1 + 0.25f);
+  std::vector<float> got = x;
+  cpu::ApplyPenalties(got.data(), sampleable, row, entries.data());
+  EXPECT_EQ(got, want);
+
+  const SamplingPenalties penalties{&row, entries.data(), nullptr};
+  for (uint64_t seed = 0; seed < 30; ++seed) {
+    SamplingRowParams p = Params(seed % 3 == 0 ? 0.0f : 0.9f);
+    p.sampleable_vocab = static_cast<int32_t>(sampleable);
+    p.seed = seed;
+    int32_t token = -1;
+    cpu::SampleTokens(x.data(), 1, vocab, 1, &p, &penalties, &token);
+    EXPECT_EQ(token, cpu::SampleRow(want.data(), vocab, p)) << seed;
+  }
+  SamplingRowParams greedy = Params(0.0f);
+  greedy.sampleable_vocab = static_cast<int32_t>(sampleable);
+  int32_t token = -1;
+  cpu::SampleTokens(x.data(), 1, vocab, 1, &greedy, &penalties, &token);
+  EXPECT_EQ(token, 2) << "2.5 leads once 3.0 and 2.9 are penalised";
 }
 
 // The draw follows softmax(x / T) restricted to the kept set: Pearson's chi-square over 40000

@@ -4,6 +4,8 @@
 // of the bf16 logits alone, with integer weight sums, so the GPU must return exactly the CPU's
 // ids. Logits are bf16-rounded N(0, sigma) values: at 152K entries bf16 makes many exact ties,
 // which exercises the tie rules of greedy, top-k and top-p.
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <vector>
 
@@ -55,11 +57,12 @@ TEST_P(CudaSamplingTest, SameTokensAsTheCpuReference) {
   for (uint64_t seed = 0; seed < 4; ++seed) {
     const std::vector<SamplingRowParams> params = Mixes(s.rows, s.sampleable, seed);
     std::vector<int32_t> want(s.rows);
-    cpu->SampleTokens(logits.data(), s.rows, s.vocab, s.shards, params.data(), want.data());
+    cpu->SampleTokens(logits.data(), s.rows, s.vocab, s.shards, params.data(), nullptr,
+                      want.data());
     DeviceBuffer d_params = UploadRaw(gpu(), params);
     DeviceBuffer d_tokens = UploadRaw(gpu(), std::vector<int32_t>(s.rows, -7));
     gpu().SampleTokens(d_logits.data(), s.rows, s.vocab, s.shards, d_params.as<SamplingRowParams>(),
-                       d_tokens.as<int32_t>());
+                       nullptr, d_tokens.as<int32_t>());
     const std::vector<int32_t> got = DownloadRaw<int32_t>(gpu(), d_tokens, s.rows);
     const int64_t bound = s.sampleable > 0 ? s.sampleable : s.vocab;
     for (int r = 0; r < s.rows; ++r) {
@@ -67,6 +70,77 @@ TEST_P(CudaSamplingTest, SameTokensAsTheCpuReference) {
       EXPECT_GE(got[r], 0);
       EXPECT_LT(got[r], bound);
     }
+  }
+}
+
+// Penalties: random repetition / presence / frequency on most rows (every third row has none),
+// each row's entries the distinct ids of a made-up prompt and output, weighted to the row's
+// largest logits so that they move the draw; some ids past the sampleable vocabulary. The
+// penalised float rows must give the CPU's ids, and the bf16 logits must stay untouched.
+TEST_P(CudaSamplingTest, PenaltiesGiveTheCpuReferenceTokens) {
+  const Shape s = GetParam();
+  std::mt19937 rng(static_cast<uint32_t>(3 * s.vocab + s.rows));
+  std::normal_distribution<float> dist(0.0f, 2.5f);
+  std::vector<float> logits(static_cast<size_t>(s.rows) * s.vocab);  // [shards, rows, cols]
+  for (float& v : logits) v = RoundBf16(dist(rng));
+  DeviceBuffer d_logits = UploadBf16(gpu(), logits);
+  const std::vector<uint16_t> logit_bits = DownloadRaw<uint16_t>(gpu(), d_logits, logits.size());
+  const int64_t cols = s.vocab / s.shards;
+  auto logit = [&](int r, int64_t id) {
+    return logits[(id / cols * s.rows + r) * cols + id % cols];
+  };
+  auto cpu = MakeCpuBackend();
+  std::uniform_real_distribution<float> rep(0.5f, 2.0f), pen(-2.0f, 2.0f);
+  for (uint64_t seed = 0; seed < 4; ++seed) {
+    const std::vector<SamplingRowParams> params = Mixes(s.rows, s.sampleable, seed);
+    std::vector<SamplingPenaltyRow> rows(s.rows);
+    std::vector<int32_t> entries;
+    for (int r = 0; r < s.rows; ++r) {
+      rows[r].begin = static_cast<int32_t>(entries.size() / 2);
+      if (r % 3 != 2) {
+        rows[r].repetition = r % 4 == 1 ? 1.0f : rep(rng);
+        rows[r].presence = r % 5 == 0 ? 0.0f : pen(rng);
+        rows[r].frequency = r % 4 == 3 ? 0.0f : pen(rng);
+        // Ids above the row's 90th-percentile-ish logit, plus random ones and some padding ids.
+        std::vector<char> seen(static_cast<size_t>(s.vocab), 0);
+        std::uniform_int_distribution<int64_t> any(0, s.vocab - 1);
+        std::uniform_int_distribution<int> count(0, 3);
+        const int want = static_cast<int>(std::min<int64_t>(s.vocab, 200));
+        for (int k = 0; k < 4 * want && static_cast<int>(entries.size() / 2) - rows[r].begin < want;
+             ++k) {
+          const int64_t id = any(rng);
+          if (seen[id] || (logit(r, id) < 2.5f && k % 4 != 0)) continue;
+          seen[id] = 1;
+          entries.push_back(static_cast<int32_t>(id));
+          entries.push_back(count(rng));
+        }
+      }
+      rows[r].end = static_cast<int32_t>(entries.size() / 2);
+    }
+    entries.push_back(-1);  // never empty
+    entries.push_back(0);
+    SamplingPenalties host{rows.data(), entries.data(), nullptr};
+    std::vector<int32_t> want(s.rows);
+    cpu->SampleTokens(logits.data(), s.rows, s.vocab, s.shards, params.data(), &host, want.data());
+
+    DeviceBuffer d_params = UploadRaw(gpu(), params);
+    DeviceBuffer d_rows = UploadRaw(gpu(), rows), d_entries = UploadRaw(gpu(), entries);
+    DeviceBuffer d_scratch = UploadRaw(gpu(), std::vector<float>(logits.size(), NAN));
+    SamplingPenalties device{d_rows.as<SamplingPenaltyRow>(), d_entries.as<int32_t>(),
+                             d_scratch.as<float>()};
+    DeviceBuffer d_tokens = UploadRaw(gpu(), std::vector<int32_t>(s.rows, -7));
+    gpu().SampleTokens(d_logits.data(), s.rows, s.vocab, s.shards, d_params.as<SamplingRowParams>(),
+                       &device, d_tokens.as<int32_t>());
+    const std::vector<int32_t> got = DownloadRaw<int32_t>(gpu(), d_tokens, s.rows);
+    const int64_t bound = s.sampleable > 0 ? s.sampleable : s.vocab;
+    for (int r = 0; r < s.rows; ++r) {
+      EXPECT_EQ(got[r], want[r]) << "row " << r << " (mix " << r % 8 << ", "
+                                 << rows[r].end - rows[r].begin << " entries), seed " << seed;
+      EXPECT_GE(got[r], 0);
+      EXPECT_LT(got[r], bound);
+    }
+    EXPECT_EQ(DownloadRaw<uint16_t>(gpu(), d_logits, logits.size()), logit_bits)
+        << "the logits were written";
   }
 }
 
