@@ -24,7 +24,8 @@
 // [rows, 64] halves (head_dim 0-63, 64-127), each row 128 bytes, 16-byte chunk c of row r stored
 // at chunk c ^ (r & 7); halves and stages 1024-byte aligned. Q 32 KB, each stage K + V 64 KB:
 // 3 stages, 224 KB (measured on H200 at 16K, 40/8 heads: 2 stages 229, 3 stages 259 TFLOP/s
-// before the producer's block-size divisions became shifts, 324 after).
+// before the producer's block-size divisions became shifts, 324 after, 480 with one block-table
+// load per page; docs/perf/2026-11-22-prefill-attention-wgmma-h200.md).
 //
 // Causality and varlen as in flash_prefill.cu: a tile holding several sequences is walked one
 // segment at a time, with rows of other segments masked; key tiles past a segment's last
@@ -287,9 +288,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int first = (kt * kKeys) >> block_shift, in_first = (kt * kKeys) & (bs - 1);
           const int pages = (seg.key_end + bs - 1) >> block_shift;
           const int lane = tid % 32;
-          const int32_t entry =
-              lane <= ((kKeys - 1) >> block_shift) && first + lane < pages ? seg.table[first + lane]
-                                                                           : 0;
+          const int32_t entry = lane <= ((kKeys - 1) >> block_shift) && first + lane < pages
+                                    ? seg.table[first + lane]
+                                    : 0;
 #pragma unroll
           for (int i = 0; i < kKeys / 8; ++i) {
             // Keys past the segment's end are zero-filled: V must be finite where P is 0.
