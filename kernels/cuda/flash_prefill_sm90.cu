@@ -24,7 +24,8 @@
 // [rows, 64] halves (head_dim 0-63, 64-127), each row 128 bytes, 16-byte chunk c of row r stored
 // at chunk c ^ (r & 7); halves and stages 1024-byte aligned. Q 32 KB, each stage K + V 64 KB:
 // 3 stages, 224 KB (measured on H200 at 16K, 40/8 heads: 2 stages 229, 3 stages 259 TFLOP/s
-// before the producer's block-size divisions became shifts, 324 after).
+// before the producer's block-size divisions became shifts, 324 after, 480 with one block-table
+// load per page; docs/perf/2026-11-22-prefill-attention-wgmma-h200.md).
 //
 // Causality and varlen as in flash_prefill.cu: a tile holding several sequences is walked one
 // segment at a time, with rows of other segments masked; key tiles past a segment's last
@@ -278,21 +279,45 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int s = it % kStages;
         if (it >= kStages) MbarWait(empty0 + 8 * s, ((it / kStages) & 1) ^ 1);
         const uint32_t kd = k_s + s * kTileBytes + dst0, vd = v_s + s * kTileBytes + dst0;
-#pragma unroll 4
-        for (int i = 0; i < kKeys / 8; ++i) {
-          // Keys past the segment's end are zero-filled: V must be finite where P is 0.
-          const int key = kt * kKeys + r0 + 8 * i;
-          const bool valid = key < seg.key_end;
-          int64_t off = 0;
-          if (valid) {
-            // NOTE: a shift and a mask for power-of-two block sizes (the engine's): two integer
-            // divisions per row were a large share of the producer's instructions.
-            const int page = block_shift >= 0 ? key >> block_shift : key / bs;
-            const int in_page = block_shift >= 0 ? key & (bs - 1) : key % bs;
-            off = (static_cast<int64_t>(seg.table[page]) * bs + in_page) * kv_row;
+        if (block_shift >= 2) {
+          // NOTE: one block-table load per page, not per key row: lane l holds the entry of the
+          // tile's page l (a tile spans at most 32 pages of >= 4 keys; one page, entered at
+          // in_first, when pages are longer than a tile) and each row shuffles its page's from
+          // it. The per-row loads, dependent on the page they look up, held the producer back:
+          // 325 -> 458 TFLOP/s at 16K, and the full unroll (no loads left in the loop) 482.
+          const int first = (kt * kKeys) >> block_shift, in_first = (kt * kKeys) & (bs - 1);
+          const int pages = (seg.key_end + bs - 1) >> block_shift;
+          const int lane = tid % 32;
+          const int32_t entry = lane <= ((kKeys - 1) >> block_shift) && first + lane < pages
+                                    ? seg.table[first + lane]
+                                    : 0;
+#pragma unroll
+          for (int i = 0; i < kKeys / 8; ++i) {
+            // Keys past the segment's end are zero-filled: V must be finite where P is 0.
+            const int at = in_first + r0 + 8 * i;
+            const bool valid = kt * kKeys + r0 + 8 * i < seg.key_end;
+            const int32_t page = __shfl_sync(0xffffffffu, entry, at >> block_shift);
+            const int64_t off =
+                valid ? (static_cast<int64_t>(page) * bs + (at & (bs - 1))) * kv_row : 0;
+            CpAsync16(kd + i * 8 * 128, k_src + off, valid);
+            CpAsync16(vd + i * 8 * 128, v_src + off, valid);
           }
-          CpAsync16(kd + i * 8 * 128, k_src + off, valid);
-          CpAsync16(vd + i * 8 * 128, v_src + off, valid);
+        } else {
+#pragma unroll 4
+          for (int i = 0; i < kKeys / 8; ++i) {
+            const int key = kt * kKeys + r0 + 8 * i;
+            const bool valid = key < seg.key_end;
+            int64_t off = 0;
+            if (valid) {
+              // NOTE: a shift and a mask for power-of-two block sizes (the engine's): two
+              // integer divisions per row were a large share of the producer's instructions.
+              const int page = block_shift >= 0 ? key >> block_shift : key / bs;
+              const int in_page = block_shift >= 0 ? key & (bs - 1) : key % bs;
+              off = (static_cast<int64_t>(seg.table[page]) * bs + in_page) * kv_row;
+            }
+            CpAsync16(kd + i * 8 * 128, k_src + off, valid);
+            CpAsync16(vd + i * 8 * 128, v_src + off, valid);
+          }
         }
         // NOTE: the stage's barrier completes when this thread's copies land (noinc: the arrival
         // is one of the 128 expected), so the producer never waits on its own copies and keeps

@@ -587,6 +587,10 @@ std::vector<Case> PrefillCases() {
       Case{"d128_chunk1000_after3000_g5_b16", 10, 2, 128, 16, {{4000, 1000}}},
       Case{"d128_chunk129_after5000_g8_b7", 8, 1, 128, 7, {{5129, 129}}},
       Case{"d128_len2500_len700_g5_b32", 5, 1, 128, 32, {{2500, 2500}, {700, 700}}},
+      // The wgmma producer's per-page table lookups at their edges: 32 pages of 4 keys per
+      // tile, and pages of 256 keys that a tile enters half-way.
+      Case{"d128_len333_len40_g8_b4", 8, 1, 128, 4, {{333, 333}, {40, 40}}},
+      Case{"d128_len700_chunk150_after450_g5_b256", 10, 2, 128, 256, {{700, 700}, {600, 150}}},
       // Several sequences (and decode rows) inside one 128-token tile, each with its own
       // table; short ones that end in the same tile as they start.
       Case{"d128_many_segments_g5_b16",
