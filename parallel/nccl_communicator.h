@@ -20,7 +20,7 @@
 // enqueues themselves also run under a CollectiveGuard: NCCL may block in one while it connects
 // to a peer for the first time.
 //
-// Small all-reduces (bf16 or f32 device messages up to a threshold, 512 KB by default) skip NCCL:
+// Small all-reduces (bf16 or f32 device messages up to a threshold, 1 MB by default) skip NCCL:
 // when the communicator's ranks share a node and their GPUs have peer access, a one-shot kernel
 // over peer memory does them (parallel/peer_allreduce.h; TESSERA_CUSTOM_ALLREDUCE=0 turns it
 // off). Its results are bit-identical on every rank (an fp32 sum in rank order, rounded once).

@@ -16,7 +16,7 @@
 namespace tessera {
 namespace {
 
-constexpr size_t kDefaultMaxBytes = size_t{512} << 10;
+constexpr size_t kDefaultMaxBytes = size_t{1} << 20;
 
 // What each rank tells the others at setup (exchanged as int64 words over the host communicator).
 struct RankInfo {

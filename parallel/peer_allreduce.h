@@ -10,7 +10,7 @@
 // reason once and returns null, and NCCL carries everything.
 //
 // Knobs (environment, read at creation): TESSERA_CUSTOM_ALLREDUCE=0 turns it off;
-// TESSERA_CUSTOM_ALLREDUCE_MAX_KB sets the largest message it takes (default 512 KB; larger ones
+// TESSERA_CUSTOM_ALLREDUCE_MAX_KB sets the largest message it takes (default 1024 KB; larger ones
 // go to NCCL). The ranks use the smallest threshold any of them asks for.
 //
 // Faults: a kernel waiting for a peer gives up after CollectiveTimeoutSeconds() (read at each
