@@ -153,11 +153,13 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                              static_cast<int>(ep), static_cast<int>(dp), ModelDimsOf(config)));
 
   // KV: enough for the largest measurement, unless given.
-  int64_t need_tokens = context + steps;
-  for (int64_t b : batches) need_tokens = std::max(need_tokens, b * (context + steps));
-  for (int64_t l : ttft_lens) need_tokens = std::max(need_tokens, l + 1);
-  ASSIGN_OR_RETURN(int64_t num_blocks,
-                   flags.GetInt("num-kv-blocks", (need_tokens + block_size - 1) / block_size + 64));
+  // (Blocks are whole per sequence: a decode batch needs batch x ceil((context + steps + 1) / B).)
+  auto blocks_for = [&](int64_t tokens) { return (tokens + block_size - 1) / block_size; };
+  int64_t need_blocks = blocks_for(context + steps + 1);
+  for (int64_t b : batches)
+    need_blocks = std::max(need_blocks, b * blocks_for(context + steps + 1));
+  for (int64_t l : ttft_lens) need_blocks = std::max(need_blocks, blocks_for(l + 1));
+  ASSIGN_OR_RETURN(int64_t num_blocks, flags.GetInt("num-kv-blocks", need_blocks + 64));
 
   ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
   // --op-profile: every op timed on the device (no decode graphs then); a table per measurement.

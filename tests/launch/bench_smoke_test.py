@@ -67,5 +67,18 @@ try:
 except Exception as e:
     failures.append("--op-profile")
     print(f"FAIL --op-profile: {e}")
+# The default KV cache holds every measurement: 70 sequences of 15 + 2 + 1 positions take two
+# 16-token blocks each (140), more than their tokens' worth of blocks plus the slack (67 + 64).
+cmd = [TESSERA, "bench", "--model", os.path.join(FIXTURES, "dense_gqa"), "--decode-batch", "70",
+       "--decode-context", "15", "--decode-steps", "2", "--repeats", "1", "--json"]
+proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+try:
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    assert json.loads(proc.stdout)["decode"][0]["batch"] == 70
+    passed += 1
+    print("ok   default KV blocks for a large decode batch")
+except Exception as e:
+    failures.append("default KV blocks")
+    print(f"FAIL default KV blocks: {e}")
 print(f"{passed} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)
