@@ -33,6 +33,7 @@
 #include "kernels/base/check.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/profiling_backend.h"
+#include "launch/build_commit.h"
 #include "launch/commands.h"
 #include "launch/device.h"
 #include "launch/flags.h"
@@ -42,10 +43,6 @@
 #include "runtime/block_manager.h"
 #include "runtime/engine.h"
 #include "runtime/executor.h"
-
-#ifndef TESSERA_GIT_COMMIT
-#define TESSERA_GIT_COMMIT "unknown"
-#endif
 
 namespace tessera {
 namespace {
@@ -234,7 +231,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                  {"load_format", format},
                  {"device", device},
                  {"layout", parallel.ToString()},
-                 {"commit", TESSERA_GIT_COMMIT},
+                 {"commit", BuildCommit()},
                  {"load_seconds", load_s}};
 
   // TTFT: prefill of one request, plus sampling its first token (greedy, on the device).

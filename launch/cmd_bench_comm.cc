@@ -32,6 +32,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/base/check.h"
 #include "kernels/base/status_macros.h"
+#include "launch/build_commit.h"
 #include "launch/commands.h"
 #include "launch/device.h"
 #include "launch/flags.h"
@@ -43,10 +44,6 @@
 #endif
 #if defined(TESSERA_HAVE_NCCL)
 #include "parallel/nccl_communicator.h"
-#endif
-
-#ifndef TESSERA_GIT_COMMIT
-#define TESSERA_GIT_COMMIT "unknown"
 #endif
 
 namespace tessera {
@@ -213,7 +210,7 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
   json result = {{"device", device},
                  {"ranks", n},
                  {"dtype", std::string(DTypeName(dtype))},
-                 {"commit", TESSERA_GIT_COMMIT},
+                 {"commit", BuildCommit()},
                  {"repeats", repeats},
                  {"graph_mode", cuda}};
   if (!cuda) result["note"] = "--device cpu: the MPI communicator on host buffers; no CUDA graphs";
