@@ -207,12 +207,9 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
   Timer timer(backend, comm);
   const std::optional<Reference> ref = cuda ? ReferenceFor(n) : std::nullopt;
 
-  json result = {{"device", device},
-                 {"ranks", n},
-                 {"dtype", std::string(DTypeName(dtype))},
-                 {"commit", BuildCommit()},
-                 {"repeats", repeats},
-                 {"graph_mode", cuda}};
+  json result = {
+      {"device", device},        {"ranks", n},         {"dtype", std::string(DTypeName(dtype))},
+      {"commit", BuildCommit()}, {"repeats", repeats}, {"graph_mode", cuda}};
   if (!cuda) result["note"] = "--device cpu: the MPI communicator on host buffers; no CUDA graphs";
   say(absl::StrFormat("tessera bench-comm: %d ranks, --device %s, %s, median of %d%s", n, device,
                       DTypeName(dtype), rep,
