@@ -6,10 +6,13 @@
 // bf16 before P.V and the output normalised by the sum of the rounded P.
 //
 // One block = 128 consecutive query tokens of one query head, in three warpgroups:
-//   - warpgroup 0, the producer, gathers K and V tiles of 128 keys through the block table with
-//     cp.async into a ring of kStages shared-memory stages; each stage's barrier completes when
-//     every producer thread's copies have landed (cp.async.mbarrier.arrive.noinc), and the
-//     producer reuses a stage once each consumer warp has released it;
+//   - warpgroup 0, the producer, gathers K and V tiles of 128 keys through the block table into
+//     a ring of kStages shared-memory stages: a full tile by TMA (one box per page and 64-column
+//     half, issued by the lanes of warp 0, the stage's barrier expecting the tile's bytes), a
+//     segment's partial last tile (and every tile where TMA does not apply: block sizes below 8
+//     or not powers of two) by cp.async from all 128 threads, zero-filling keys past the end
+//     (cp.async.mbarrier.arrive.noinc); it reuses a stage once each consumer warp released it;
+//     Q arrives by TMA too, issued first thing;
 //   - warpgroups 1 and 2, the consumers, own 64 query rows each: S = Q K^T by wgmma m64n128k16
 //     (Q and K from shared memory, K-major), online softmax in registers, P packed to bf16 in
 //     registers as the A operand of O += P V (wgmma, V from shared memory MN-major: the
@@ -25,12 +28,15 @@
 // at chunk c ^ (r & 7); halves and stages 1024-byte aligned. Q 32 KB, each stage K + V 64 KB:
 // 3 stages, 224 KB (measured on H200 at 16K, 40/8 heads: 2 stages 229, 3 stages 259 TFLOP/s
 // before the producer's block-size divisions became shifts, 324 after, 480 with one block-table
-// load per page; docs/perf/2026-11-22-prefill-attention-wgmma-h200.md).
+// load per page, 502 with TMA for K/V, 519 with TMA for Q too;
+// docs/perf/2026-11-22-prefill-attention-wgmma-h200.md).
 //
 // Causality and varlen as in flash_prefill.cu: a tile holding several sequences is walked one
 // segment at a time, with rows of other segments masked; key tiles past a segment's last
 // position are not loaded, a consumer skips the tiles above all of its rows and masks only the
 // tiles that cross one of its rows' positions.
+#include <cuda.h>  // CUtensorMap and the encoder's types only: no -lcuda, see EncodeKvMap
+
 #include <climits>
 #include <vector>
 
@@ -127,6 +133,17 @@ __device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool va
                : "memory");
 }
 
+// One box of a K/V tensor map (3-D: head_dim, kv head, slot) into shared memory at `dst`,
+// completing on barrier `bar` with the box's bytes.
+__device__ __forceinline__ void TmaLoad(uint32_t dst, const CUtensorMap& map, int col, int kv_head,
+                                        int slot, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
+      "[%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(col), "r"(kv_head), "r"(slot), "r"(bar)
+      : "memory");
+}
+
 __device__ __forceinline__ float Exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -215,16 +232,26 @@ __device__ __forceinline__ Segment FindSegment(const PagedAttentionArgs& a, cons
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// kStages K/V stages in the ring. Without the sm_90a target (the sm_80 image of a multi-arch
-// build) the body is empty: the host launches this kernel only after finding its sm_90a image
-// (KernelPresent below).
-template <int kStages>
+// kStages K/V stages in the ring; kTma: Q comes by TMA through q_map and, for block sizes of
+// >= 8 keys, full K/V tiles through k_map / v_map (otherwise, and for a segment's partial last
+// tile, by cp.async). Without the sm_90a target (the sm_80 image of a
+// multi-arch build) the body is empty: the host launches this kernel only after finding its
+// sm_90a image (KernelPresent below).
+template <int kStages, bool kTma>
 __global__ void __launch_bounds__(kThreads, 1)
-    FlashPrefillSm90Kernel(PagedAttentionArgs a, float scale_log2, int block_shift) {
+    FlashPrefillSm90Kernel(PagedAttentionArgs a, float scale_log2, int block_shift,
+                           const __grid_constant__ CUtensorMap q_map,
+                           const __grid_constant__ CUtensorMap k_map,
+                           const __grid_constant__ CUtensorMap v_map) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = Layout<kStages>;
+  // 64 K registers per SM: the producer's 128 threads take kProducerRegs, the consumers share
+  // the rest in setmaxnreg's steps of 8.
+  // NOTE: 32 or 24 for the producer spill: it keeps the cp.async path for partial tiles.
+  constexpr int kProducerRegs = 40;
+  constexpr int kConsumerRegs = ((65536 - 128 * kProducerRegs) / 256) & ~7;
   __shared__ int tok_pos[kRows], tok_seq[kRows];
-  __shared__ alignas(8) uint64_t full_bar[kStages], empty_bar[kStages];
+  __shared__ alignas(8) uint64_t full_bar[kStages], empty_bar[kStages], q_bar;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base =
       (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~uint32_t{1023};
@@ -239,23 +266,41 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int t0 = (gridDim.y - 1 - blockIdx.y) * kRows;
   const int tokens = min(kRows, a.num_tokens - t0);
 
+  const uint32_t q_full = static_cast<uint32_t>(__cvta_generic_to_shared(&q_bar));
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      MbarInit(full0 + 8 * s, 128);  // every producer thread, once its copies landed
+      MbarInit(empty0 + 8 * s, 8);   // every consumer warp, once its wgmma read the stage
+    }
+    MbarInit(q_full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    FenceProxyAsync();
+    if (kTma) {
+      // NOTE: Q by TMA before anything else (rows past the end read as zero, out of the map's
+      // bounds): its load overlaps the token metadata's and the first K/V tile's.
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(q_full),
+                   "r"(kTileBytes)
+                   : "memory");
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        asm volatile(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+            "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(q_s + h * kHalfBytes),
+            "l"(reinterpret_cast<uint64_t>(&q_map)), "r"(head * kD + 64 * h), "r"(t0), "r"(q_full)
+            : "memory");
+    }
+  }
   for (int i = tid; i < kRows; i += kThreads) {
     tok_pos[i] = i < tokens ? a.positions[t0 + i] : -1;
     tok_seq[i] = i < tokens ? a.token_seq[t0 + i] : -1;
   }
-  for (int c = tid; c < kRows * 16; c += kThreads) {
+  for (int c = tid; c < (kTma ? 0 : kRows * 16); c += kThreads) {
     const int row = c / 16, chunk = c % 16;
     const bool valid = row < tokens;
     const bf16* src =
         valid ? a.q + (t0 + row) * a.q_row_stride + static_cast<int64_t>(head) * kD + chunk * 8
               : a.q;
     CpAsync16(q_s + SwizzledChunk(row, chunk), src, valid);
-  }
-  if (tid == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      MbarInit(full0 + 8 * s, 128);  // every producer thread, once its copies landed
-      MbarInit(empty0 + 8 * s, 8);   // every consumer warp, once its wgmma read the stage
-    }
   }
   asm volatile("cp.async.wait_all;\n" ::: "memory");
   FenceProxyAsync();  // Q, written by cp.async, is read by wgmma (the async proxy)
@@ -264,7 +309,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid < 128) {
     // Producer. Thread p copies 16-byte chunk p % 16 of rows p / 16 + 8 i: every row it writes
     // has the same row & 7, so one swizzled offset serves them all.
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs) : "memory");
     const int chunk = tid % 16, r0 = tid / 16;
     const int64_t kv_row = static_cast<int64_t>(a.kv_heads) * kD;
     const bf16* k_src = a.k_cache + static_cast<int64_t>(kv_head) * kD + chunk * 8;
@@ -278,6 +323,34 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int kt = 0; kt < num_tiles; ++kt, ++it) {
         const int s = it % kStages;
         if (it >= kStages) MbarWait(empty0 + 8 * s, ((it / kStages) & 1) ^ 1);
+        if (kTma && block_shift >= 3 && (kt + 1) * kKeys <= seg.key_end) {
+          // NOTE: a full tile by TMA: lane l of warp 0 loads box l (its page, or the tile's
+          // part of one) of both halves of K and V; the other threads only arrive. Thread 0
+          // arrives first with the tile's bytes expected, so the phase waits for every box.
+          // Partial tiles (keys past the segment's end must be zero) stay on cp.async.
+          const uint32_t bar = full0 + 8 * s;
+          if (tid == 0) {
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+                         "r"(2 * kTileBytes)
+                         : "memory");
+          }
+          if (tid < 32) {
+            __syncwarp();
+            const int box_shift = min(block_shift, 7);  // rows per box: one page, at most a tile
+            if (tid < (kKeys >> box_shift)) {
+              const int key = kt * kKeys + (tid << box_shift);
+              const int slot = seg.table[key >> block_shift] * bs + (key & (bs - 1));
+              const uint32_t row = (tid << box_shift) * 128;
+              const uint32_t ks = k_s + s * kTileBytes + row, vs = v_s + s * kTileBytes + row;
+              TmaLoad(ks, k_map, 0, kv_head, slot, bar);
+              TmaLoad(ks + kHalfBytes, k_map, 64, kv_head, slot, bar);
+              TmaLoad(vs, v_map, 0, kv_head, slot, bar);
+              TmaLoad(vs + kHalfBytes, v_map, 64, kv_head, slot, bar);
+            }
+          }
+          if (tid != 0) MbarArrive(bar);
+          continue;
+        }
         const uint32_t kd = k_s + s * kTileBytes + dst0, vd = v_s + s * kTileBytes + dst0;
         if (block_shift >= 2) {
           // NOTE: one block-table load per page, not per key row: lane l holds the entry of the
@@ -332,7 +405,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Consumer wg: rows 64 wg .. 64 wg + 63; warp w of it rows 64 wg + 16 w + (0..15), of which
     // this thread holds row_lo (accumulator elements 4j, 4j + 1 of n tile j) and row_lo + 8
     // (4j + 2, 4j + 3), columns 8j + 2 tig + (0, 1).
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs) : "memory");
+    if (kTma) MbarWait(q_full, 0);
     const int wg = tid / 128 - 1;
     const int warp = (tid / 32) % 4, lane = tid % 32;
     const int g = lane / 4, tig = lane % 4;
@@ -499,15 +573,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   (void)a;
   (void)scale_log2;
   (void)block_shift;
+  (void)q_map;
+  (void)k_map;
+  (void)v_map;
 #endif
 }
 
 constexpr int kStagesUsed = 3;
 
+using Kernel = void (*)(PagedAttentionArgs, float, int, CUtensorMap, CUtensorMap, CUtensorMap);
+
 // Whether this device runs the kernel's sm_90a image, and has the shared memory for it: the
 // static shared memory (token metadata, barriers) exists only in the sm_90a body, so a build
 // without that target (or a device that picks another image) reports none. Once per device.
-bool KernelPresent() {
+bool KernelPresent(Kernel kernel) {
   static std::vector<int> present;  // per device: 0 unknown, 1 yes, 2 no
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
@@ -520,8 +599,7 @@ bool KernelPresent() {
     CUDA_CHECK(
         cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     const bool ok =
-        major == 9 &&
-        cudaFuncGetAttributes(&attr, FlashPrefillSm90Kernel<kStagesUsed>) == cudaSuccess &&
+        major == 9 && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
         attr.sharedSizeBytes >= 2 * kRows * sizeof(int) &&
         attr.sharedSizeBytes + Layout<kStagesUsed>::kDynamic <= static_cast<size_t>(smem_limit);
     (void)cudaGetLastError();  // a missing image is an answer, not an error to carry on
@@ -531,6 +609,61 @@ bool KernelPresent() {
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled, through the runtime (no link against libcuda); null
+// where the driver lacks it.
+EncodeTiled GetEncoder() {
+  static const EncodeTiled encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    (void)cudaGetLastError();
+    return reinterpret_cast<EncodeTiled>(fn);
+  }();
+  return encode;
+}
+
+// A tensor map over a cache viewed as [slots, kv_heads, 128] bf16, boxes of [rows, 1, 64] in
+// the 128-byte swizzle the wgmma descriptors expect. The slot extent is a bound, not the
+// cache's size: the kernel loads only slots of the block table's pages.
+// NOTE: built per call on the host and passed by value (a __grid_constant__ parameter), so a
+// captured graph replays the map it was captured with, like any other kernel argument.
+bool EncodeKvMap(const bf16* cache, int kv_heads, int rows, CUtensorMap* map) {
+  const EncodeTiled encode = GetEncoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t row_bytes = static_cast<cuuint64_t>(kv_heads) * kD * sizeof(bf16);
+  const cuuint64_t dims[3] = {kD, static_cast<cuuint64_t>(kv_heads), cuuint64_t{1} << 31};
+  const cuuint64_t strides[2] = {kD * sizeof(bf16), row_bytes};
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(rows)};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<bf16*>(cache), dims, strides,
+                box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Q [num_tokens, q_heads * 128] with rows q_row_stride apart, boxes of [128 rows, 64].
+bool EncodeQMap(const PagedAttentionArgs& a, CUtensorMap* map) {
+  const EncodeTiled encode = GetEncoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.q_heads) * kD,
+                              static_cast<cuuint64_t>(a.num_tokens)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.q_row_stride) * sizeof(bf16)};
+  const cuuint32_t box[2] = {64, kRows};
+  const cuuint32_t element_strides[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(a.q), dims, strides,
+                box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
 
 }  // namespace
 
@@ -542,15 +675,25 @@ bool LaunchFlashPrefillSm90(const PagedAttentionArgs& a, cudaStream_t stream) {
       !Aligned16(a.v_cache) || !Aligned16(a.out))
     return false;
   const int tiles = (a.num_tokens + kRows - 1) / kRows;
-  if (tiles > 65535 || !KernelPresent()) return false;
-  constexpr int kSmem = Layout<kStagesUsed>::kDynamic;
-  AllowDynamicSmem(reinterpret_cast<const void*>(FlashPrefillSm90Kernel<kStagesUsed>), kSmem);
+  if (tiles > 65535 || !KernelPresent(FlashPrefillSm90Kernel<kStagesUsed, false>)) return false;
   const float kLog2e = 1.4426950408889634f;
   int block_shift = -1;
   if ((a.block_size & (a.block_size - 1)) == 0)
     for (block_shift = 0; (1 << block_shift) < a.block_size;) ++block_shift;
-  FlashPrefillSm90Kernel<kStagesUsed>
-      <<<dim3(a.q_heads, tiles), kThreads, kSmem, stream>>>(a, a.scale * kLog2e, block_shift);
+  // TMA boxes are whole pages (at most a tile) of >= 8 rows: 1024-byte aligned in shared
+  // memory, where the swizzle pattern repeats.
+  CUtensorMap q_map{}, k_map{}, v_map{};
+  const int rows = block_shift >= 7 ? kKeys : a.block_size;
+  const bool tma = a.q_row_stride >= static_cast<int64_t>(a.q_heads) * kD &&
+                   EncodeQMap(a, &q_map) &&
+                   (block_shift < 3 || (EncodeKvMap(a.k_cache, a.kv_heads, rows, &k_map) &&
+                                        EncodeKvMap(a.v_cache, a.kv_heads, rows, &v_map)));
+  const Kernel kernel =
+      tma ? FlashPrefillSm90Kernel<kStagesUsed, true> : FlashPrefillSm90Kernel<kStagesUsed, false>;
+  constexpr int kSmem = Layout<kStagesUsed>::kDynamic;
+  AllowDynamicSmem(reinterpret_cast<const void*>(kernel), kSmem);
+  kernel<<<dim3(a.q_heads, tiles), kThreads, kSmem, stream>>>(a, a.scale * kLog2e, block_shift,
+                                                              q_map, k_map, v_map);
   CUDA_CHECK_LAUNCH();
   return true;
 }
