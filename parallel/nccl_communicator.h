@@ -1,8 +1,8 @@
 // The NCCL backend of Communicator, for the CUDA backend's ranks (one GPU each).
 //
 // Device buffers travel over NCCL, enqueued on the backend's stream so they are ordered after the
-// kernels that produced them; host buffers (the control plane, the expert-parallel staging that
-// runtime/qwen3.cc does through the host, logits) travel over the MPI communicator underneath.
+// kernels that produced them; host buffers (the control plane, logits) travel over the MPI
+// communicator underneath.
 // Each call looks at where its buffer lives (cudaPointerGetAttributes).
 //
 // Stream-ordered: a collective on device buffers only enqueues its NCCL work on the stream and

@@ -101,7 +101,13 @@ void Executor::Run(const StepPlan& plan, StepOutput* output) {
   const bool reports = model_->last_stage() && p.tp_rank() == 0;
   std::vector<std::vector<float>> my_logits(num_micro);
   std::vector<std::vector<int32_t>> my_tokens(num_micro);
-  for (int m = 0; m < num_micro; ++m) model_->Forward(mine[m], *kv_, &my_logits[m], &my_tokens[m]);
+  // The expert exchange is sized from every replica's micro-batch, which the plan gives all ranks.
+  std::vector<int> replica_tokens(p.dp);
+  for (int m = 0; m < num_micro; ++m) {
+    for (int d = 0; d < p.dp; ++d)
+      replica_tokens[d] = static_cast<int>(plan.replicas[d][m].token_ids.size());
+    model_->Forward(mine[m], *kv_, &my_logits[m], &my_tokens[m], replica_tokens);
+  }
   // NOTE: results go to the coordinator only after the whole schedule: sending one mid-schedule
   // could block this stage while rank 0 still waits to hand it the next micro-batch.
   if (p.rank != 0) {

@@ -342,11 +342,15 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
     alloc(&topk_ids_, n * k * sizeof(int32_t));
     alloc(&topk_weights_, n * k * sizeof(float));
     if (shard_.ep_size > 1) {
-      ep_capacity_ = shard_.ep_size * ((n + shard_.tp_size - 1) / shard_.tp_size);
+      // Each rank's slice is at most ceil(tokens / tp) rows; the gathered rows are ep_size such.
+      const int64_t slice = (n + shard_.tp_size - 1) / shard_.tp_size;
+      ep_capacity_ = shard_.ep_size * slice;
       alloc(&ep_x_, ep_capacity_ * H * a);
       alloc(&ep_y_, ep_capacity_ * H * a);
       alloc(&ep_ids_, ep_capacity_ * k * sizeof(int32_t));
       alloc(&ep_weights_, ep_capacity_ * k * sizeof(float));
+      if (shard_.tp_size > 1) alloc(&ep_out_, slice * H * a);
+      ep_pad_ids_.assign(static_cast<size_t>(slice * k), -1);
     }
   }
   alloc(&logit_rows_, r * sizeof(int32_t));
@@ -384,140 +388,93 @@ void Qwen3Model::TpAllReduce(void* buf, int64_t count) {
   }
 }
 
+void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_tokens) {
+  const int S = shard_.ep_size, T = shard_.tp_size, t = shard_.tp_rank;
+  TESSERA_CHECK(shard_.ep != nullptr && shard_.ep->size() == S) << "EP communicator of size " << S;
+  // The stage's EP ranks are (replica d, TP rank t) at d * T + t (ParallelConfig::ep_rank).
+  TESSERA_CHECK(replica_tokens.size() == static_cast<size_t>(S / T) ||
+                (replica_tokens.empty() && S == T))
+      << replica_tokens.size() << " replica token counts for an EP group of " << S << ", tp " << T;
+  const int own = shard_.ep->rank() / T;
+  // after this loop: rows = the largest TP slice of any replica's micro-batch (every rank of the
+  // stage computes the same value from the same plan).
+  int rows = 0;
+  for (int d = 0; d < S / T; ++d) {
+    const int count = replica_tokens.empty() ? n : replica_tokens[d];
+    if (d == own) TESSERA_CHECK_EQ(count, n) << "this replica's token count in the plan";
+    rows = std::max(rows, (count + T - 1) / T);
+  }
+  ep_rows_ = rows;
+  ep_begin_ = static_cast<int>(static_cast<int64_t>(n) * t / T);
+  ep_count_ = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / T) - ep_begin_;
+  TESSERA_CHECK_LE(static_cast<int64_t>(S) * rows, ep_capacity_)
+      << "expert-parallel rows of one step (planned workspace)";
+  // The M rows sent from hidden_ start at the slice: within the planned tokens (ceil(c / T) +
+  // floor(c * (T - 1) / T) = c for the capacity c).
+  TESSERA_CHECK_LE(ep_begin_ + rows, token_capacity_)
+      << "expert-parallel slice (planned workspace)";
+  // NOTE: the router writes rows [0, ep_count_) of topk_ids_ in every MoE layer and nothing else
+  // writes it, so the padding rows' -1 ids, set once per step here, hold for all layers.
+  if (rows > ep_count_) {
+    const int64_t k = config_.num_experts_per_tok;
+    backend_.CopyToDevice(topk_ids_.as<int32_t>() + ep_count_ * k, ep_pad_ids_.data(),
+                          static_cast<size_t>((rows - ep_count_) * k) * sizeof(int32_t));
+  }
+}
+
 void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size;
   const int k = static_cast<int>(c.num_experts_per_tok);
   const int num_experts = static_cast<int>(c.num_experts);
-  const int per_rank = static_cast<int>(num_local_experts_);
   const DType act = backend_.activation_dtype();
   const size_t a = DTypeSize(act);
   Communicator& ep = *shard_.ep;
   const int S = ep.size();
+  const int M = ep_rows_, begin = ep_begin_, m = ep_count_;
+  if (M == 0) return;  // every replica's micro-batch is empty: no rank of the stage calls
 
-  // TP ranks hold identical hidden states, so each routes only its slice of the tokens: no expert
-  // work is duplicated. [begin, end) of the n tokens.
-  const int T = shard_.tp_size, t = shard_.tp_rank;
-  const int begin = static_cast<int>(static_cast<int64_t>(n) * t / T);
-  const int end = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / T);
-  const int m = end - begin;
-  std::vector<int32_t> ids(static_cast<size_t>(m) * k);
-  std::vector<float> weights(static_cast<size_t>(m) * k), x(static_cast<size_t>(m) * H);
+  // TP ranks hold identical hidden states, so each routes only its slice [begin, begin + m) of
+  // the n tokens: no expert work is duplicated. Rows [m, M) of the slice are padding, with ids -1
+  // (PrepareExpertParallel), so no expert takes them.
+  const char* slice = hidden_.as<char>() + begin * H * a;
   if (m > 0) {
-    const char* slice = hidden_.as<char>() + begin * H * a;
     backend_.Linear(slice, layer.router.data(), m, num_experts, H, router_logits_.data());
     backend_.RouterTopK(router_logits_.data(), m, num_experts, k, c.norm_topk_prob,
                         topk_ids_.as<int32_t>(), topk_weights_.as<float>());
-    backend_.CopyToHost(ids.data(), topk_ids_.data(), ids.size() * sizeof(int32_t));
-    backend_.CopyToHost(weights.data(), topk_weights_.data(), weights.size() * sizeof(float));
-    backend_.DownloadFloat(x.data(), slice, act, x.size());
   }
+  // Dispatch: every rank of the stage gets every rank's M rows, [S, M] in EP rank order.
+  ep.AllGather(slice, ep_x_.data(), static_cast<size_t>(M) * H, act);
+  ep.AllGather(topk_ids_.data(), ep_ids_.data(), static_cast<size_t>(M) * k, DType::kI32);
+  ep.AllGather(topk_weights_.data(), ep_weights_.data(), static_cast<size_t>(M) * k, DType::kF32);
 
-  // Dispatch: one row per (token, owner) pair, grouped by owner; the row carries the token's k
-  // expert ids (-1 where another rank owns the expert) and weights.
-  std::vector<std::vector<int>> rows_for(S);
-  for (int i = 0; i < m; ++i) {
-    for (int d = 0; d < S; ++d) {
-      for (int j = 0; j < k; ++j) {
-        if (ids[i * k + j] / per_rank == d) {
-          rows_for[d].push_back(i);
-          break;
-        }
-      }
-    }
-  }
-  std::vector<int64_t> send_rows(S), recv_rows;
-  for (int d = 0; d < S; ++d) send_rows[d] = static_cast<int64_t>(rows_for[d].size());
-  ep.AllToAllCounts(send_rows, &recv_rows);  // counts first, then payload
-  int64_t total_send = 0, total_recv = 0;
-  for (int d = 0; d < S; ++d) {
-    total_send += send_rows[d];
-    total_recv += recv_rows[d];
-  }
-  std::vector<float> send_x(total_send * H);
-  std::vector<int32_t> send_ids(total_send * k);
-  std::vector<float> send_w(total_send * k);
-  int64_t row = 0;
-  for (int d = 0; d < S; ++d) {
-    for (int i : rows_for[d]) {
-      std::copy(x.begin() + i * H, x.begin() + (i + 1) * H, send_x.begin() + row * H);
-      for (int j = 0; j < k; ++j) {
-        const int32_t id = ids[i * k + j];
-        send_ids[row * k + j] = id / per_rank == d ? id : -1;
-        send_w[row * k + j] = weights[i * k + j];
-      }
-      ++row;
-    }
-  }
-  auto layout = [S](const std::vector<int64_t>& rows, int64_t width, std::vector<size_t>* counts,
-                    std::vector<size_t>* displs) {
-    counts->resize(S);
-    displs->resize(S);
-    size_t offset = 0;
-    for (int d = 0; d < S; ++d) {
-      (*counts)[d] = static_cast<size_t>(rows[d] * width);
-      (*displs)[d] = offset;
-      offset += (*counts)[d];
-    }
-  };
-  std::vector<size_t> sc_h, sd_h, rc_h, rd_h, sc_k, sd_k, rc_k, rd_k;
-  layout(send_rows, H, &sc_h, &sd_h);
-  layout(recv_rows, H, &rc_h, &rd_h);
-  layout(send_rows, k, &sc_k, &sd_k);
-  layout(recv_rows, k, &rc_k, &rd_k);
-  std::vector<float> recv_x(total_recv * H), recv_w(total_recv * k);
-  std::vector<int32_t> recv_ids(total_recv * k);
-  ep.AllToAllV(send_x.data(), sc_h, sd_h, recv_x.data(), rc_h, rd_h, DType::kF32);
-  ep.AllToAllV(send_ids.data(), sc_k, sd_k, recv_ids.data(), rc_k, rd_k, DType::kI32);
-  ep.AllToAllV(send_w.data(), sc_k, sd_k, recv_w.data(), rc_k, rd_k, DType::kF32);
+  // This rank's experts over all S * M rows: each row's partial sum over the experts held here
+  // (0 for rows none of whose experts are here).
+  ExpertWeights experts;
+  experts.first_expert = static_cast<int>(first_expert_);
+  experts.num_local_experts = static_cast<int>(num_local_experts_);
+  experts.hidden = H;
+  experts.intermediate = moe_intermediate_local_;
+  experts.gate_up = layer.gate_up.data();
+  experts.down = layer.down.data();
+  backend_.MoeExperts(ep_x_.data(), S * M, ep_ids_.as<int32_t>(), ep_weights_.as<float>(), k,
+                      experts, ep_y_.data());
 
-  // Local experts on the received rows.
-  std::vector<float> recv_y(total_recv * H);
-  if (total_recv > 0) {
-    TESSERA_CHECK_LE(total_recv, ep_capacity_) << "expert rows received (planned workspace)";
-    backend_.UploadFloat(ep_x_.data(), act, recv_x.data(), recv_x.size());
-    backend_.CopyToDevice(ep_ids_.data(), recv_ids.data(), recv_ids.size() * sizeof(int32_t));
-    backend_.CopyToDevice(ep_weights_.data(), recv_w.data(), recv_w.size() * sizeof(float));
-    ExpertWeights experts;
-    experts.first_expert = static_cast<int>(first_expert_);
-    experts.num_local_experts = per_rank;
-    experts.hidden = H;
-    experts.intermediate = moe_intermediate_local_;
-    experts.gate_up = layer.gate_up.data();
-    experts.down = layer.down.data();
-    backend_.MoeExperts(ep_x_.data(), static_cast<int>(total_recv), ep_ids_.as<int32_t>(),
-                        ep_weights_.as<float>(), k, experts, ep_y_.data());
-    backend_.DownloadFloat(recv_y.data(), ep_y_.data(), act, recv_y.size());
-  }
-
-  // Combine: results travel back the way the rows came, and each token sums its owners' partial
-  // sums in owner order (the same order as one rank summing its experts).
-  std::vector<float> back(total_send * H);
-  ep.AllToAllV(recv_y.data(), rc_h, rd_h, back.data(), sc_h, sd_h, DType::kF32);
-  std::vector<float> out(static_cast<size_t>(m) * H, 0.0f);
-  row = 0;
-  for (int d = 0; d < S; ++d) {
-    for (int i : rows_for[d]) {
-      for (int64_t h = 0; h < H; ++h) out[i * H + h] += back[row * H + h];
-      ++row;
-    }
-  }
+  // Combine: block r of the partial sums belongs to rank r's slice; summed over the owners.
+  const int T = shard_.tp_size;
+  void* out = T > 1 ? ep_out_.data() : proj_.data();
+  ep.ReduceScatterSum(ep_y_.data(), out, static_cast<size_t>(M) * H, act);
+  if (T == 1) return;
 
   // Gather the TP group's slices back into all n tokens.
-  std::vector<float> full;
-  if (T > 1) {
-    std::vector<size_t> counts(T), displs(T);
-    for (int r = 0; r < T; ++r) {
-      const int64_t b = static_cast<int64_t>(n) * r / T, e = static_cast<int64_t>(n) * (r + 1) / T;
-      counts[r] = static_cast<size_t>((e - b) * H);
-      displs[r] = static_cast<size_t>(b * H);
-    }
-    full.resize(static_cast<size_t>(n) * H);
-    shard_.tp->AllGatherV(out.data(), out.size(), full.data(), counts, displs, DType::kF32);
-  } else {
-    full = std::move(out);
+  std::vector<size_t> counts(T), displs(T);
+  for (int r = 0; r < T; ++r) {
+    const int64_t b = static_cast<int64_t>(n) * r / T, e = static_cast<int64_t>(n) * (r + 1) / T;
+    counts[r] = static_cast<size_t>((e - b) * H);
+    displs[r] = static_cast<size_t>(b * H);
   }
-  if (n > 0) backend_.UploadFloat(proj_.data(), act, full.data(), full.size());
+  shard_.tp->AllGatherV(ep_out_.data(), static_cast<size_t>(m) * H, proj_.data(), counts, displs,
+                        act);
 }
 
 int NumLogitRowsReturned(const StepBatch& batch) {
@@ -619,9 +576,11 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
 
 bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
   if (!graphs_enabled_ || !backend_.CanCaptureGraphs()) return false;
-  // Pipeline hand-offs and the expert-parallel exchange (staged through the host) cannot be
-  // recorded; TP all-reduces can (NCCL collectives are stream-ordered,
-  // parallel/nccl_communicator.h), and so can MoeExperts (its routing stays on the device).
+  // Pipeline hand-offs cannot be recorded, nor can the expert-parallel exchange: its gathered
+  // row count depends on every replica's micro-batch, and each replica would pad its own step to
+  // its own bucket (the peers' recorded collectives would not match). TP all-reduces can be
+  // (NCCL collectives are stream-ordered, parallel/nccl_communicator.h), and so can MoeExperts
+  // (its routing stays on the device).
   if (!first_stage() || !last_stage() || (config_.is_moe() && shard_.ep_size > 1)) return false;
   const int n = static_cast<int>(batch.token_ids.size());
   if (n == 0 || GraphBucket(n) < 0 || batch.num_seqs != n) return false;
@@ -722,7 +681,7 @@ void Qwen3Model::RunHead(int r) {
 }
 
 void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits,
-                         std::vector<int32_t>* tokens) {
+                         std::vector<int32_t>* tokens, const std::vector<int>& replica_tokens) {
   const int n = static_cast<int>(batch.token_ids.size());
   const int r = static_cast<int>(batch.logit_tokens.size());
   TESSERA_CHECK_EQ(batch.positions.size(), static_cast<size_t>(n));
@@ -738,6 +697,7 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
   logits->clear();
   tokens->clear();
+  if (config_.is_moe() && shard_.ep_size > 1) PrepareExpertParallel(n, replica_tokens);
 
   if (DecodeGraphEligible(batch)) {
     RunDecodeGraph(batch, kv);

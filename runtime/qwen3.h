@@ -137,9 +137,12 @@ class Qwen3Model {
   // the other rows get -1 there and their full-vocabulary logits (float32, gathered across TP
   // ranks) in `logits` [NumLogitRowsReturned(batch), vocab_size], in row order. Only TP rank 0
   // fills them (it alone reports to the coordinator); elsewhere both stay empty. An empty batch (no
-  // tokens) still takes part in the collectives its peers make (expert all-to-alls).
+  // tokens) still takes part in the collectives its peers make (the expert exchange).
+  // `replica_tokens`: with expert parallelism, the token count of this micro-batch in each
+  // attention-DP replica of the stage (the plan's, so every rank sizes the exchange alike); may
+  // be empty when the stage is one replica.
   void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits,
-               std::vector<int32_t>* tokens);
+               std::vector<int32_t>* tokens, const std::vector<int>& replica_tokens = {});
 
   // Sizes the step workspace for steps within `limits` (and for the decode graphs such steps
   // replay) and allocates it, replacing any earlier plan. Forward needs a plan.
@@ -178,9 +181,13 @@ class Qwen3Model {
   // device; on TP rank 0, ids of the rows sampled on the device and the logits of the others.
   void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
                         std::vector<int32_t>* tokens);
-  // MoE layer with experts spread over the stage (ep_size > 1): route this rank's share of the
-  // tokens, dispatch rows to expert owners by all-to-all(v), compute, combine back, and gather the
-  // TP group's shares. hidden_ -> proj_.
+  // Per step with expert parallelism: this rank's token slice, the padded slice size M of the EP
+  // group (from every replica's token count), and ids -1 for the padding rows of topk_ids_.
+  void PrepareExpertParallel(int n, const std::vector<int>& replica_tokens);
+  // MoE layer with experts spread over the stage (ep_size > 1), all on the device: route this
+  // rank's slice of the tokens, all-gather every rank's M rows (hidden, ids, weights) over the
+  // stage, run this rank's experts over all of them, reduce-scatter the partial sums back to
+  // their slices, and gather the TP group's slices. hidden_ -> proj_.
   void ExpertParallelMoe(const Layer& layer, int n);
 
   ModelConfig config_;
@@ -227,10 +234,19 @@ class Qwen3Model {
   int64_t penalty_entries_capacity_ = 0;
   std::vector<SamplingPenaltyRow> host_penalty_rows_;
   std::vector<int32_t> host_penalty_entries_;
-  // Expert-parallel staging: rows received for this rank's experts and their results (at most
-  // ep_size * ceil(tokens / tp_size): each rank of the stage sends each owner <= its token slice).
+  // Expert-parallel exchange, [ep_size, M] rows gathered from the stage's slices (M <=
+  // ceil(tokens / tp_size): ep_capacity_ = ep_size such slices):
   int64_t ep_capacity_ = 0;
-  DeviceBuffer ep_x_, ep_y_, ep_ids_, ep_weights_;
+  DeviceBuffer ep_x_;                // A [ep_capacity, H]: every rank's slice of hidden_
+  DeviceBuffer ep_ids_;              // int32 [ep_capacity, k]: their top-k ids, -1 on padding rows
+  DeviceBuffer ep_weights_;          // fp32 [ep_capacity, k]
+  DeviceBuffer ep_y_;                // A [ep_capacity, H]: this rank's experts' partial sums
+  DeviceBuffer ep_out_;              // A [ceil(tokens / tp), H]: this slice's sums, when tp > 1
+  std::vector<int32_t> ep_pad_ids_;  // [ceil(tokens / tp) * k] of -1, uploaded per step
+  // This step's exchange (PrepareExpertParallel): M, and this rank's slice [begin, begin + count).
+  int ep_rows_ = 0;
+  int ep_begin_ = 0;
+  int ep_count_ = 0;
 };
 
 }  // namespace tessera

@@ -18,7 +18,7 @@ struct StepPlan {
   Kind kind = Kind::kForward;
   // replicas[d] = the micro-batches of attention data-parallel replica d. Every replica has the
   // same number of micro-batches (padded with empty ones), because the ranks of a stage meet in
-  // the expert all-to-alls once per micro-batch and layer.
+  // the expert exchange once per micro-batch and layer (sized from every replica's token count).
   std::vector<std::vector<StepBatch>> replicas;
 };
 
