@@ -382,6 +382,17 @@ void Qwen3Model::CheckWithinPlan(int num_tokens, int num_logits, int num_seqs,
       << " blocks; planned workspace)";
 }
 
+ExpertWeights Qwen3Model::LocalExperts(const Layer& layer) const {
+  ExpertWeights experts;
+  experts.first_expert = static_cast<int>(first_expert_);
+  experts.num_local_experts = static_cast<int>(num_local_experts_);
+  experts.hidden = config_.hidden_size;
+  experts.intermediate = moe_intermediate_local_;
+  experts.gate_up = layer.gate_up.data();
+  experts.down = layer.down.data();
+  return experts;
+}
+
 void Qwen3Model::TpAllReduce(void* buf, int64_t count) {
   if (shard_.tp != nullptr && count > 0) {
     shard_.tp->AllReduceSum(buf, static_cast<size_t>(count), backend_.activation_dtype());
@@ -450,15 +461,8 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
 
   // This rank's experts over all S * M rows: each row's partial sum over the experts held here
   // (0 for rows none of whose experts are here).
-  ExpertWeights experts;
-  experts.first_expert = static_cast<int>(first_expert_);
-  experts.num_local_experts = static_cast<int>(num_local_experts_);
-  experts.hidden = H;
-  experts.intermediate = moe_intermediate_local_;
-  experts.gate_up = layer.gate_up.data();
-  experts.down = layer.down.data();
   backend_.MoeExperts(ep_x_.data(), S * M, ep_ids_.as<int32_t>(), ep_weights_.as<float>(), k,
-                      experts, ep_y_.data());
+                      LocalExperts(layer), ep_y_.data());
 
   // Combine: block r of the partial sums belongs to rank r's slice; summed over the owners.
   const int T = shard_.tp_size;
@@ -555,15 +559,8 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
                         router_logits_.data());
         backend_.RouterTopK(router_logits_.data(), n, num_experts, top_k, c.norm_topk_prob,
                             topk_ids_.as<int32_t>(), topk_weights_.as<float>());
-        ExpertWeights experts;
-        experts.first_expert = static_cast<int>(first_expert_);
-        experts.num_local_experts = static_cast<int>(num_local_experts_);
-        experts.hidden = H;
-        experts.intermediate = moe_intermediate_local_;
-        experts.gate_up = layer.gate_up.data();
-        experts.down = layer.down.data();
         backend_.MoeExperts(hidden_.data(), n, topk_ids_.as<int32_t>(), topk_weights_.as<float>(),
-                            top_k, experts, proj_.data());
+                            top_k, LocalExperts(layer), proj_.data());
       }
       TpAllReduce(proj_.data(), n * H);  // experts split along their intermediate dimension
     }

@@ -177,6 +177,8 @@ class Qwen3Model {
   bool DecodeGraphEligible(const StepBatch& batch) const;
   void RunDecodeGraph(const StepBatch& batch, KvCache& kv);
   void TpAllReduce(void* buf, int64_t count);
+  // The experts of `layer` this rank holds, as MoeExperts takes them.
+  ExpertWeights LocalExperts(const Layer& layer) const;
   // Forward's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the
   // device; on TP rank 0, ids of the rows sampled on the device and the logits of the others.
   void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,

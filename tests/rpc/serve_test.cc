@@ -72,6 +72,22 @@ std::vector<int32_t> RandomPrompt(std::mt19937& rng, int len) {
   return p;
 }
 
+// Generates every prompt greedily on its own client thread, all at once; results in prompt order.
+std::vector<Result> GenerateConcurrently(ServerJob& job,
+                                         const std::vector<std::vector<int32_t>>& prompts,
+                                         const std::vector<int>& lengths) {
+  std::vector<Result> results(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] {
+      auto client = job.MakeClient();
+      results[i] = Generate(*client, Greedy(prompts[i], lengths[i]));
+    });
+  }
+  for (auto& t : threads) t.join();
+  return results;
+}
+
 TEST(ServeTest, ConcurrentStreamsEqualOfflineGreedy) {
   ServerJob job(2, {"--model", kFixture, "--max-num-batched-tokens", "64"});
   std::mt19937 rng(1);
@@ -82,15 +98,7 @@ TEST(ServeTest, ConcurrentStreamsEqualOfflineGreedy) {
     prompts.push_back(RandomPrompt(rng, 3 + (i * 7) % 40));
     lengths.push_back(4 + i % 9);
   }
-  std::vector<Result> results(kStreams);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      auto client = job.MakeClient();
-      results[i] = Generate(*client, Greedy(prompts[i], lengths[i]));
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<Result> results = GenerateConcurrently(job, prompts, lengths);
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(results[i].status.ok())
         << i << ": " << results[i].status.error_message() << "\nserver log:\n"
@@ -113,15 +121,7 @@ TEST(ServeTest, ExpertParallelReplicasEqualOfflineGreedy) {
     prompts.push_back(RandomPrompt(rng, 2 + (i * 11) % 37));
     lengths.push_back(3 + i % 5);
   }
-  std::vector<Result> results(kStreams);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      auto client = job.MakeClient();
-      results[i] = Generate(*client, Greedy(prompts[i], lengths[i]));
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<Result> results = GenerateConcurrently(job, prompts, lengths);
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(results[i].status.ok())
         << i << ": " << results[i].status.error_message() << "\nserver log:\n"
