@@ -357,14 +357,24 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
   alloc(&selected_, r * c.hidden_size * a);
   alloc(&logits_buf_, r * (vocab_end_ - vocab_start_) * a);
   if (shard_.tp_size > 1) alloc(&gathered_logits_, r * c.vocab_size * a);
-  alloc(&sample_params_, r * sizeof(SamplingRowParams));
-  alloc(&sampled_ids_, r * sizeof(int32_t));
+  // Sampling happens only on TP rank 0 of the last stage (SampleOrDownload); the other ranks
+  // hold none of its buffers (the penalties' float rows alone are r x vocab x 4 bytes).
+  const bool samples = last_stage() && shard_.tp_rank == 0;
   // Penalties: each row's distinct (id, count) pairs and its float32 copy to apply them to.
   penalty_entries_capacity_ =
-      r * 2 * std::min<int64_t>(c.vocab_size, std::max(limits.max_seq_len, 1));
-  alloc(&penalty_rows_, r * sizeof(SamplingPenaltyRow));
-  alloc(&penalty_entries_, penalty_entries_capacity_ * sizeof(int32_t));
-  alloc(&penalty_scratch_, r * c.vocab_size * sizeof(float));
+      samples ? r * 2 * std::min<int64_t>(c.vocab_size, std::max(limits.max_seq_len, 1)) : 0;
+  auto alloc_if_sampling = [&](DeviceBuffer* buf, int64_t bytes) {
+    if (samples) {
+      alloc(buf, bytes);
+    } else {
+      *buf = DeviceBuffer();
+    }
+  };
+  alloc_if_sampling(&sample_params_, r * sizeof(SamplingRowParams));
+  alloc_if_sampling(&sampled_ids_, r * sizeof(int32_t));
+  alloc_if_sampling(&penalty_rows_, r * sizeof(SamplingPenaltyRow));
+  alloc_if_sampling(&penalty_entries_, penalty_entries_capacity_ * sizeof(int32_t));
+  alloc_if_sampling(&penalty_scratch_, r * c.vocab_size * sizeof(float));
   alloc(&tables_, table * sizeof(int32_t));
   token_capacity_ = static_cast<int>(n);
   logit_capacity_ = static_cast<int>(r);

@@ -230,8 +230,9 @@ class Qwen3Model {
   DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]
   DeviceBuffer sampled_ids_;      // int32 [logit rows]
   std::vector<SamplingRowParams> host_params_;
-  // Penalties of the device-sampled rows, packed: rows [logit rows], (id, count) entries (at most
-  // min(vocab, max_seq_len) per row), and the float32 [logit rows, vocab] rows they are applied to.
+  // Penalties of the device-sampled rows (TP rank 0 of the last stage only), packed: rows
+  // [logit rows], (id, count) entries (at most min(vocab, max_seq_len) per row), and the float32
+  // [logit rows, vocab] rows they are applied to.
   DeviceBuffer penalty_rows_, penalty_entries_, penalty_scratch_;
   int64_t penalty_entries_capacity_ = 0;
   std::vector<SamplingPenaltyRow> host_penalty_rows_;
