@@ -428,6 +428,16 @@ void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_to
   ep_rows_ = rows;
   ep_begin_ = static_cast<int>(static_cast<int64_t>(n) * t / T);
   ep_count_ = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / T) - ep_begin_;
+  if (T > 1) {
+    const int64_t H = config_.hidden_size;
+    ep_tp_counts_.resize(T);
+    ep_tp_displs_.resize(T);
+    for (int r = 0; r < T; ++r) {
+      const int64_t b = static_cast<int64_t>(n) * r / T, e = static_cast<int64_t>(n) * (r + 1) / T;
+      ep_tp_counts_[r] = static_cast<size_t>((e - b) * H);
+      ep_tp_displs_[r] = static_cast<size_t>(b * H);
+    }
+  }
   TESSERA_CHECK_LE(static_cast<int64_t>(S) * rows, ep_capacity_)
       << "expert-parallel rows of one step (planned workspace)";
   // The M rows sent from hidden_ start at the slice: within the planned tokens (ceil(c / T) +
@@ -443,7 +453,7 @@ void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_to
   }
 }
 
-void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
+void Qwen3Model::ExpertParallelMoe(const Layer& layer) {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size;
   const int k = static_cast<int>(c.num_experts_per_tok);
@@ -456,8 +466,8 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
   if (M == 0) return;  // every replica's micro-batch is empty: no rank of the stage calls
 
   // TP ranks hold identical hidden states, so each routes only its slice [begin, begin + m) of
-  // the n tokens: no expert work is duplicated. Rows [m, M) of the slice are padding, with ids -1
-  // (PrepareExpertParallel), so no expert takes them.
+  // the micro-batch's tokens: no expert work is duplicated. Rows [m, M) of the slice are padding,
+  // with ids -1 (PrepareExpertParallel), so no expert takes them.
   const char* slice = hidden_.as<char>() + begin * H * a;
   if (m > 0) {
     backend_.Linear(slice, layer.router.data(), m, num_experts, H, router_logits_.data());
@@ -480,15 +490,9 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer, int n) {
   ep.ReduceScatterSum(ep_y_.data(), out, static_cast<size_t>(M) * H, act);
   if (T == 1) return;
 
-  // Gather the TP group's slices back into all n tokens.
-  std::vector<size_t> counts(T), displs(T);
-  for (int r = 0; r < T; ++r) {
-    const int64_t b = static_cast<int64_t>(n) * r / T, e = static_cast<int64_t>(n) * (r + 1) / T;
-    counts[r] = static_cast<size_t>((e - b) * H);
-    displs[r] = static_cast<size_t>(b * H);
-  }
-  shard_.tp->AllGatherV(ep_out_.data(), static_cast<size_t>(m) * H, proj_.data(), counts, displs,
-                        act);
+  // Gather the TP group's slices back into all the micro-batch's tokens.
+  shard_.tp->AllGatherV(ep_out_.data(), static_cast<size_t>(m) * H, proj_.data(), ep_tp_counts_,
+                        ep_tp_displs_, act);
 }
 
 int NumLogitRowsReturned(const StepBatch& batch) {
@@ -560,7 +564,7 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
       }
       TpAllReduce(proj_.data(), n * H);  // down_proj is row-parallel
     } else if (shard_.ep_size > 1) {
-      ExpertParallelMoe(layer, n);
+      ExpertParallelMoe(layer);
     } else {
       if (n > 0) {
         const int top_k = static_cast<int>(c.num_experts_per_tok);

@@ -189,8 +189,9 @@ class Qwen3Model {
   // MoE layer with experts spread over the stage (ep_size > 1), all on the device: route this
   // rank's slice of the tokens, all-gather every rank's M rows (hidden, ids, weights) over the
   // stage, run this rank's experts over all of them, reduce-scatter the partial sums back to
-  // their slices, and gather the TP group's slices. hidden_ -> proj_.
-  void ExpertParallelMoe(const Layer& layer, int n);
+  // their slices, and gather the TP group's slices. hidden_ -> proj_, for the micro-batch
+  // PrepareExpertParallel set up.
+  void ExpertParallelMoe(const Layer& layer);
 
   ModelConfig config_;
   Backend& backend_;
@@ -250,6 +251,9 @@ class Qwen3Model {
   int ep_rows_ = 0;
   int ep_begin_ = 0;
   int ep_count_ = 0;
+  // When tp > 1: where each TP rank's slice of the micro-batch lands in the gather that ends the
+  // layer (elements of proj_), fixed per micro-batch.
+  std::vector<size_t> ep_tp_counts_, ep_tp_displs_;
 };
 
 }  // namespace tessera
