@@ -2,7 +2,7 @@
 //
 // The CPU backend (kernels/cpu/) computes in float32 and is the reference every other backend is
 // tested against. The CUDA backend (kernels/cuda/) computes in bf16 with fp32 accumulation.
-// The model (runtime/qwen3.cc) is written once against this interface.
+// The model (runtime/model/qwen3.cc) is written once against this interface.
 //
 // Conventions:
 //   - Tensors are dense, row-major, on the backend's device. Activations ("A") are in

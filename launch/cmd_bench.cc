@@ -40,9 +40,9 @@
 #include "launch/model_dir.h"
 #include "launch/mpi_session.h"
 #include "nlohmann/json.hpp"
-#include "runtime/block_manager.h"
-#include "runtime/engine.h"
-#include "runtime/executor.h"
+#include "runtime/engine/block_manager.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/executor.h"
 
 namespace tessera {
 namespace {

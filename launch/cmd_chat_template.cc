@@ -3,8 +3,8 @@
 //   tessera chat-template --tokenizer DIR --request-file F.json [--json]
 //
 // DIR is a model or tokenizer directory; the template is DIR/chat_template.jinja, or
-// tokenizer_config.json's "chat_template" (see runtime/chat/chat_template.h for the rules). The
-// request is {"messages": [...], "tools": [...] | null, "enable_thinking": bool,
+// tokenizer_config.json's "chat_template" (see runtime/text/chat/chat_template.h for the rules).
+// The request is {"messages": [...], "tools": [...] | null, "enable_thinking": bool,
 // "add_generation_prompt": bool} (plus optional "documents" and "chat_template_kwargs"); F may be
 // "-" for stdin. Prints the rendered text exactly (no newline added), or with --json one line
 // {"text": "...", "ids": [...]} where ids are the text encoded with DIR's tokenizer, as
@@ -21,8 +21,8 @@
 
 #include "launch/commands.h"
 #include "launch/flags.h"
-#include "runtime/chat/chat_template.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "runtime/text/chat/chat_template.h"
+#include "runtime/text/tokenizer/tokenizer.h"
 
 namespace tessera {
 namespace {

@@ -1,12 +1,13 @@
 // tessera make-tiny-model --out DIR [--moe] [--seed S] [--layers L] [--vocab V]
-// Writes a tiny random-weight Qwen3 checkpoint in the Hugging Face layout (runtime/tiny_model.h).
+// Writes a tiny random-weight Qwen3 checkpoint in the Hugging Face layout
+// (runtime/model/tiny_model.h).
 #include <cstdio>
 #include <string>
 
 #include "kernels/base/status_macros.h"
 #include "launch/commands.h"
 #include "launch/flags.h"
-#include "runtime/tiny_model.h"
+#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {

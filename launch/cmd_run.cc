@@ -29,13 +29,13 @@
 #include "launch/model_dir.h"
 #include "launch/mpi_session.h"
 #include "nlohmann/json.hpp"
-#include "runtime/executor.h"
-#include "runtime/generate.h"
-#include "runtime/model_config.h"
-#include "runtime/npy.h"
-#include "runtime/qwen3.h"
-#include "runtime/safetensors.h"
-#include "runtime/tiny_model.h"
+#include "runtime/engine/executor.h"
+#include "runtime/engine/generate.h"
+#include "runtime/model/model_config.h"
+#include "runtime/model/npy.h"
+#include "runtime/model/qwen3.h"
+#include "runtime/model/safetensors.h"
+#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {

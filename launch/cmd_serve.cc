@@ -40,9 +40,9 @@
 #include "launch/mpi_session.h"
 #include "rpc/http_endpoint.h"
 #include "rpc/server.h"
-#include "runtime/engine.h"
-#include "runtime/executor.h"
-#include "runtime/tiny_model.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/executor.h"
+#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {

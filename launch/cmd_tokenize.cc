@@ -24,7 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "launch/commands.h"
 #include "launch/flags.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "runtime/text/tokenizer/tokenizer.h"
 
 namespace tessera {
 namespace {

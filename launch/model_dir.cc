@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "runtime/tiny_model.h"
+#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {

@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/chat/chat_template.h"
-#include "runtime/model_config.h"
-#include "runtime/sampler.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "runtime/engine/sampler.h"
+#include "runtime/model/model_config.h"
+#include "runtime/text/chat/chat_template.h"
+#include "runtime/text/tokenizer/tokenizer.h"
 
 namespace tessera {
 

@@ -1,4 +1,5 @@
-// Communication between ranks: the only way tessera code talks to other ranks (STYLE.md rule 7).
+// Communication between ranks: the only way tessera code talks to other ranks (docs/design.md,
+// "Layers").
 //
 // Backends: MpiCommunicator (CPU backend; buffers in host memory; calls return when done) and
 // NcclCommunicator (GPUs; buffers in device memory, stream-ordered: calls only enqueue on the
@@ -9,7 +10,7 @@
 // Every collective runs under a watchdog: a rank stuck in one past the timeout (for NCCL: in the
 // host's wait for the stream its collectives were enqueued on, or on an NCCL error seen there)
 // prints the rank and the operation and ends the process with a non-zero exit, so mpirun tears the
-// job down instead of hanging (DESIGN.md, "Errors").
+// job down instead of hanging (docs/design.md, "Errors").
 #pragma once
 
 #include <cstddef>

@@ -11,7 +11,7 @@
 // all-reduce costs no host round trip, and collectives can be captured in a CUDA graph (during a
 // capture the calls only enqueue: no pointer queries, no stream queries, no waits).
 //
-// Faults (DESIGN.md "Errors"): a dead or hung peer shows as a stream that never drains. The
+// Faults (docs/design.md, "Errors"): a dead or hung peer shows as a stream that never drains. The
 // communicator therefore installs the backend's stream wait (Backend::SetStreamWait): it polls the
 // stream under a CollectiveGuard named after the last collective enqueued ("stream wait after
 // all_reduce" on communicator "tp"), checks every live NCCL communicator's asynchronous error

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
-#include "runtime/json_text.h"
-#include "runtime/tokenizer/utf8.h"
+#include "runtime/model/json_text.h"
+#include "runtime/text/utf8.h"
 
 namespace tessera {
 

@@ -7,9 +7,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
-#include "runtime/chat/chat_template.h"
-#include "runtime/engine.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "runtime/engine/engine.h"
+#include "runtime/text/chat/chat_template.h"
+#include "runtime/text/tokenizer/tokenizer.h"
 #include "tessera/v1/generation.pb.h"
 
 namespace tessera {

@@ -9,8 +9,8 @@
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
 #include "rpc/convert.h"
-#include "runtime/engine.h"
-#include "runtime/metrics.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/metrics.h"
 
 namespace tessera {
 

@@ -1,5 +1,5 @@
-// Fatal checks for CUDA runtime and cuBLASLt calls (DESIGN.md, "Errors"): a failed call prints the
-// statement, the library's error string, file:line and the rank, then aborts. Used by the CUDA
+// Fatal checks for CUDA runtime and cuBLASLt calls (docs/design.md, "Errors"): a failed call prints
+// the statement, the library's error string, file:line and the rank, then aborts. Used by the CUDA
 // backend's host code and launchers; nothing a user can cause reaches these.
 #pragma once
 

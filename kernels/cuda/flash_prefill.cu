@@ -11,10 +11,10 @@
 //
 // Causality and varlen: token t sees keys 0..positions[t] of its sequence (a cached prefix from
 // earlier chunks included). Tokens of a sequence are contiguous and in position order
-// (runtime/ENGINE.md), so a tile usually holds one run of one sequence; when it holds several
-// (a mixed batch), the block walks them one segment at a time, as attention.cu does, and rows of
-// other segments are masked. Key tiles past the segment's last position are never loaded; a warp
-// skips tiles above all of its rows, and applies the mask only on tiles that cross a row's
+// (runtime/engine/ENGINE.md), so a tile usually holds one run of one sequence; when it holds
+// several (a mixed batch), the block walks them one segment at a time, as attention.cu does, and
+// rows of other segments are masked. Key tiles past the segment's last position are never loaded; a
+// warp skips tiles above all of its rows, and applies the mask only on tiles that cross a row's
 // position (or when some of its rows are outside the segment).
 //
 // Budget (head_dim 128): shared memory Q 256x128 + K, V 2 x 128x128 each, bf16 = 192 KB, plus 2 KB

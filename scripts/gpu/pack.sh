@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what the GPU machine needs to run the CUDA correctness check (cuda-correctness.sh) into
 # CHECKOUT/.devcarry: the CUDA test binaries and `tessera` (debug info stripped), the shared
-# libraries that machine lacks (gRPC, Abseil, ICU, ...: /work/shared/gpu/pack-libs.sh), all in one
+# libraries that machine lacks (gRPC, Abseil, ICU, ...: pack-libs.sh beside this script), all in one
 # xz tarball (the working tree travels under a 64 MiB limit), and the scripts.
 #
 #   scripts/gpu/pack.sh BUILD_DIR CHECKOUT
@@ -21,7 +21,7 @@ for f in tessera tests/golden/cuda_golden_test tests/golden/cuda_graph_test \
   tests/parallel/nccl_communicator_test; do
   strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
 done
-/work/shared/gpu/pack-libs.sh "$stage/lib" "$stage"/bin/* >/dev/null
+"$here/pack-libs.sh" "$stage/lib" "$stage"/bin/* >/dev/null
 tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
 cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/comm-bench.sh" \
   "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \

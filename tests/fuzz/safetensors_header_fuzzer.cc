@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "runtime/safetensors.h"
+#include "runtime/model/safetensors.h"
 
 namespace {
 

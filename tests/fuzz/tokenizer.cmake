@@ -7,13 +7,14 @@
 set(_tessera_fuzz_flags -fsanitize=address,undefined -fno-sanitize-recover=undefined
                         -fno-omit-frame-pointer)
 
-# The tokenizer's sources, as listed in runtime/CMakeLists.txt (relative there, or absolute).
-get_target_property(_tessera_runtime_sources tessera_runtime SOURCES)
+# The tokenizer's sources (and the UTF-8 module they use), as listed in runtime/text/CMakeLists.txt
+# (relative there, or absolute).
+get_target_property(_tessera_runtime_sources tessera_text SOURCES)
 set(_tessera_tokenizer_sources)
 foreach(_src IN LISTS _tessera_runtime_sources)
-  if(_src MATCHES "(^|/)tokenizer/[^/]+\\.cc$")
+  if(_src MATCHES "(^|/)tokenizer/[^/]+\\.cc$" OR _src MATCHES "(^|/)utf8\\.cc$")
     if(NOT IS_ABSOLUTE "${_src}")
-      set(_src "${PROJECT_SOURCE_DIR}/runtime/${_src}")
+      set(_src "${PROJECT_SOURCE_DIR}/runtime/text/${_src}")
     endif()
     list(APPEND _tessera_tokenizer_sources "${_src}")
   endif()
@@ -40,7 +41,7 @@ tessera_target_defaults(tokenizer_fuzzer)
 
 # Arbitrary bytes as a tokenizer.json: errors that name the file, or a tokenizer that works.
 # Run:  build/tests/fuzz/tokenizer_files_fuzzer -max_total_time=60 CORPUS_DIR
-#       (seed CORPUS_DIR with tests/runtime/tokenizer/flags_tokenizer.json)
+#       (seed CORPUS_DIR with tests/runtime/text/tokenizer/flags_tokenizer.json)
 add_executable(tokenizer_files_fuzzer ${CMAKE_CURRENT_LIST_DIR}/tokenizer_files_fuzzer.cc)
 target_link_libraries(tokenizer_files_fuzzer PRIVATE tessera_tokenizer_fuzz)
 target_compile_options(tokenizer_files_fuzzer PRIVATE ${_tessera_fuzz_flags} -fsanitize=fuzzer)

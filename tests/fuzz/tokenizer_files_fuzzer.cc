@@ -1,15 +1,15 @@
 // libFuzzer target: arbitrary bytes as a tokenizer.json (tests/fuzz/tokenizer.cmake).
 //
 // Loading either fails with an error that names the file, or gives a tokenizer that encodes and
-// decodes without crashing. Seed it with tests/runtime/tokenizer/flags_tokenizer.json (and the
+// decodes without crashing. Seed it with tests/runtime/text/tokenizer/flags_tokenizer.json (and the
 // small files tokenizer_files_test.cc writes) so that mutations stay close to valid files.
 #include <cstdint>
 #include <string>
 
 #include "kernels/base/check.h"
-#include "runtime/tokenizer/loader.h"
-#include "runtime/tokenizer/tokenizer.h"
-#include "runtime/tokenizer/utf8.h"
+#include "runtime/text/tokenizer/loader.h"
+#include "runtime/text/tokenizer/tokenizer.h"
+#include "runtime/text/utf8.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "kernels/base/check.h"
-#include "runtime/tokenizer/tokenizer.h"
-#include "runtime/tokenizer/utf8.h"
+#include "runtime/text/tokenizer/tokenizer.h"
+#include "runtime/text/utf8.h"
 
 namespace {
 

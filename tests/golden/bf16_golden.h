@@ -35,9 +35,9 @@
 #include <gtest/gtest.h>
 
 #include "nlohmann/json.hpp"
-#include "runtime/executor.h"
-#include "runtime/generate.h"
-#include "runtime/npy.h"
+#include "runtime/engine/executor.h"
+#include "runtime/engine/generate.h"
+#include "runtime/model/npy.h"
 
 namespace tessera::testing {
 

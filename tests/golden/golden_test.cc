@@ -10,12 +10,12 @@
 #include <gtest/gtest.h>
 
 #include "nlohmann/json.hpp"
-#include "runtime/engine.h"
-#include "runtime/executor.h"
-#include "runtime/generate.h"
-#include "runtime/npy.h"
-#include "runtime/qwen3.h"
-#include "runtime/rope.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/executor.h"
+#include "runtime/engine/generate.h"
+#include "runtime/model/npy.h"
+#include "runtime/model/qwen3.h"
+#include "runtime/model/rope.h"
 #include "tests/golden/bf16_golden.h"
 
 namespace tessera {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """NCCL collectives only enqueue, so a hung peer shows in the host's next wait for the stream: that
-wait must end the job with a clear message and a non-zero exit, never hang (DESIGN.md "Errors").
+wait must end the job with a clear message and a non-zero exit, never hang (docs/design.md, "Errors").
 Runs nccl_communicator_test's DISABLED_HungPeerEndsTheJob under mpirun -np 2 with a 3 s collective
 timeout. Exits 77 (skipped) on a machine with fewer than 2 GPUs.
 

@@ -424,8 +424,8 @@ TEST_F(CudaSplitKvDecodeTest, BackendDecodeIsDeterministic) {
 // only that the split path is the faster one; the figures are for a person to read (target on
 // an H200: > 3 TB/s at batch 32 x 4K and 64 x 1K). A capacity above the context is the launch a
 // decode graph captured for the longest context makes at a shorter one: splits planned for the
-// capacity, block-table entries past the context -1 (runtime/qwen3.cc rounds the capacity up to
-// a power of two of blocks: 2048 keys for a 1K-token decode).
+// capacity, block-table entries past the context -1 (runtime/model/qwen3.cc rounds the capacity up
+// to a power of two of blocks: 2048 keys for a 1K-token decode).
 TEST_F(CudaSplitKvDecodeTest, ReportsKvBandwidth) {
   struct Shape {
     int batch, context, q_heads, kv_heads, head_dim, block_size;

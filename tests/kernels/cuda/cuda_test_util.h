@@ -3,8 +3,9 @@
 //
 // Each test draws seeded random fp32 inputs, rounds them to bf16 (the values the GPU will hold),
 // runs the op on the CUDA backend and the float32 CPU reference (kernels/cpu/reference.h) on the
-// SAME rounded values, and compares by relative L2, ||got - ref|| / ||ref|| (STYLE.md rule 5).
-// Outputs are poisoned with NaN first, so an element the kernel never wrote fails the test.
+// SAME rounded values, and compares by relative L2, ||got - ref|| / ||ref|| (docs/design.md,
+// "Testing"). Outputs are poisoned with NaN first, so an element the kernel never wrote fails the
+// test.
 //
 // Tolerances, from bf16's unit roundoff u = 2^-8 (8 significant bits, round to nearest: every
 // rounding is off by at most u relative):

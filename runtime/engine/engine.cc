@@ -1,0 +1,688 @@
+#include "runtime/engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/base/check.h"
+
+namespace tessera {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+constexpr auto kIdleHeartbeat = std::chrono::milliseconds(1000);
+constexpr int kMaxTopLogprobs = 20;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Length of the longest prefix of `text` that ends on a UTF-8 character boundary.
+size_t CharBoundary(const std::string& text, size_t limit) {
+  size_t n = std::min(limit, text.size());
+  while (n > 0 && n < text.size() && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return n;
+}
+}  // namespace
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "?";
+}
+
+void RequestStream::Push(EngineOutput output) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return;  // a request ends once
+  closed_ = output.finished;
+  queue_.push_back(std::move(output));
+  cv_.notify_all();
+}
+
+bool RequestStream::Next(EngineOutput* output, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [this] { return !queue_.empty(); })) return false;
+  *output = std::move(queue_.front());
+  queue_.pop_front();
+  return true;
+}
+
+struct Engine::Sequence {
+  EngineRequest req;
+  std::shared_ptr<RequestStream> stream;
+  int replica = 0;
+  uint64_t arrival = 0;
+  Clock::time_point arrived, first_token, last_token;
+  std::vector<int32_t> tokens;  // prompt, then generated
+  int prompt_len = 0;
+  int num_computed = 0;  // tokens whose KV is in the cache
+  std::vector<int32_t> blocks;
+  int num_registered = 0;
+  int cached_tokens = 0;
+  bool admitted_once = false;
+  std::unique_ptr<Sampler> sampler;  // rows sampled on the host
+  bool host_sampled = false;         // logprobs: its logits come back to rank 0
+  std::unique_ptr<StreamingDetokenizer> detok;
+  std::unique_ptr<ChatOutputParser> parser;
+  std::string held;  // text held back: it may be the start of a stop string
+  bool done = false;
+
+  int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
+  // Scheduling order: priority, then arrival (FCFS).
+  bool Before(const Sequence& o) const {
+    return req.priority != o.req.priority ? req.priority < o.req.priority : arrival < o.arrival;
+  }
+};
+
+struct Engine::Replica {
+  explicit Replica(int blocks, int block_size, bool caching)
+      : manager(blocks, block_size, caching) {}
+  BlockManager manager;
+  std::vector<std::unique_ptr<Sequence>> running;  // in scheduling order
+  std::vector<std::unique_ptr<Sequence>> waiting;  // in scheduling order
+};
+
+StepLimits EngineStepLimits(const EngineOptions& options, const ModelConfig& config,
+                            int num_kv_blocks, int block_size) {
+  const int64_t max_len =
+      options.max_model_len > 0 ? options.max_model_len : config.max_position_embeddings;
+  StepLimits limits;
+  limits.max_tokens = std::max(1, options.max_num_batched_tokens);
+  // One logit row per sequence whose prompt is complete (its last token), at most one per sequence.
+  limits.max_seqs = std::max(1, std::min(options.max_num_seqs, options.max_num_batched_tokens));
+  limits.max_logit_rows = limits.max_seqs;
+  limits.max_blocks_per_seq = static_cast<int>(std::clamp<int64_t>(
+      (max_len + block_size - 1) / std::max(block_size, 1), 1, std::max(num_kv_blocks, 1)));
+  limits.max_seq_len = static_cast<int>(
+      std::min<int64_t>(max_len, static_cast<int64_t>(limits.max_blocks_per_seq) * block_size));
+  return limits;
+}
+
+Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
+               EngineOptions options)
+    : executor_(executor), tokenizer_(tokenizer), metrics_(metrics), options_(std::move(options)) {
+  vocab_ = executor_.config().vocab_size;
+  if (options_.max_model_len <= 0)
+    options_.max_model_len = executor_.config().max_position_embeddings;
+  // The executor's workspace must hold the largest step these options plan.
+  const StepLimits need = EngineStepLimits(options_, executor_.config(), executor_.num_kv_blocks(),
+                                           executor_.block_size());
+  const StepLimits& have = executor_.step_limits();
+  TESSERA_CHECK(need.max_tokens <= have.max_tokens && need.max_seqs <= have.max_seqs &&
+                need.max_logit_rows <= have.max_logit_rows &&
+                need.max_blocks_per_seq <= have.max_blocks_per_seq &&
+                need.max_seq_len <= have.max_seq_len)
+      << "the executor's workspace was planned for smaller steps than the engine's options: tokens "
+      << need.max_tokens << " > " << have.max_tokens << " or sequences " << need.max_seqs << " > "
+      << have.max_seqs << " or blocks per sequence " << need.max_blocks_per_seq << " > "
+      << have.max_blocks_per_seq << " or sequence length " << need.max_seq_len << " > "
+      << have.max_seq_len;
+  if (options_.sampleable_vocab <= 0 || options_.sampleable_vocab > vocab_)
+    options_.sampleable_vocab = vocab_;
+  for (int d = 0; d < executor_.parallel().dp; ++d) {
+    replicas_.push_back(std::make_unique<Replica>(executor_.num_kv_blocks(), executor_.block_size(),
+                                                  options_.enable_prefix_caching));
+  }
+  total_blocks_ = static_cast<int64_t>(executor_.num_kv_blocks()) * executor_.parallel().dp;
+  free_blocks_ = total_blocks_.load();
+  UpdateGauges();  // scrapes before the first request see the idle state
+}
+
+Engine::~Engine() = default;
+
+absl::Status Engine::Validate(const EngineRequest& r) const {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (r.prompt.empty()) return bad("the prompt is empty");
+  for (size_t i = 0; i < r.prompt.size(); ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= vocab_) {
+      return bad("prompt token ", i, " has id ", r.prompt[i], ", outside the vocabulary [0, ",
+                 vocab_, ")");
+    }
+  }
+  if (r.max_tokens < 1) return bad("max_tokens must be >= 1, got ", r.max_tokens);
+  const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
+  if (total > options_.max_model_len) {
+    return bad("prompt (", r.prompt.size(), " tokens) + max_tokens (", r.max_tokens,
+               ") exceeds the context window (", options_.max_model_len, ")");
+  }
+  const int64_t capacity = static_cast<int64_t>(executor_.num_kv_blocks()) * executor_.block_size();
+  if (total > capacity) {
+    return bad("prompt + max_tokens (", total, " tokens) exceeds the KV cache of one replica (",
+               capacity, " tokens)");
+  }
+  if (absl::Status s = ValidateSamplingParams(r.sampling); !s.ok()) return s;
+  if (r.top_logprobs > kMaxTopLogprobs)
+    return bad("logprobs must be <= ", kMaxTopLogprobs, ", got ", r.top_logprobs);
+  for (const std::string& s : r.stop) {
+    if (s.empty()) return bad("stop strings must not be empty");
+  }
+  for (int32_t id : r.stop_token_ids) {
+    if (id < 0 || id >= vocab_) return bad("stop token id ", id, " is outside the vocabulary");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
+  if (absl::Status s = Validate(request); !s.ok()) return s;
+  auto seq = std::make_unique<Sequence>();
+  seq->stream = std::make_shared<RequestStream>();
+  seq->arrived = Clock::now();
+  seq->req = std::move(request);
+  std::shared_ptr<RequestStream> stream = seq->stream;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_ || failed_) return absl::UnavailableError("the server is shutting down");
+  if (draining_)
+    return absl::UnavailableError("the server is draining and accepts no new requests");
+  if (static_cast<int64_t>(live_.size()) >= options_.max_queue) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request queue is full (", options_.max_queue, " requests)"));
+  }
+  if (live_.count(seq->req.request_id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request id '", seq->req.request_id, "' is already in flight"));
+  }
+  live_[seq->req.request_id] = stream;
+  incoming_.push_back(std::move(seq));
+  cv_.notify_all();
+  return stream;
+}
+
+void Engine::Cancel(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (live_.count(request_id)) cancelled_.insert(request_id);
+  cv_.notify_all();
+}
+
+void Engine::BeginDrain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+void Engine::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopping_ = true;
+  cv_.notify_all();
+}
+
+void Engine::FailAll(const absl::Status& status) {
+  std::map<std::string, std::shared_ptr<RequestStream>> live;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    failed_ = true;
+    live = live_;
+  }
+  for (auto& [id, stream] : live) {
+    EngineOutput out;
+    out.finished = true;
+    out.finish_reason = FinishReason::kError;
+    out.status = status;
+    stream->Push(std::move(out));
+  }
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s;
+  s.running = running_count_;
+  s.waiting = waiting_count_;
+  s.free_blocks = free_blocks_;
+  s.total_blocks = total_blocks_;
+  return s;
+}
+
+int64_t Engine::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(live_.size());
+}
+
+void Engine::Intake() {
+  std::deque<std::unique_ptr<Sequence>> incoming;
+  std::set<std::string> cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    incoming.swap(incoming_);
+    cancelled.swap(cancelled_);
+  }
+  for (auto& seq : incoming) {
+    Sequence& s = *seq;
+    s.arrival = next_arrival_++;
+    s.tokens = s.req.prompt;
+    s.prompt_len = static_cast<int>(s.tokens.size());
+    s.sampler = std::make_unique<Sampler>(s.req.sampling, options_.seed + s.arrival);
+    s.host_sampled = s.req.top_logprobs >= 0;
+    if (tokenizer_ != nullptr) {
+      s.detok = std::make_unique<StreamingDetokenizer>(*tokenizer_, s.req.skip_special_tokens);
+    }
+    if (s.req.parse_chat) s.parser = std::make_unique<ChatOutputParser>(*s.req.parse_chat);
+    // Attention-DP: the replica with the fewest sequences owns it.
+    int best = 0;
+    for (int d = 1; d < static_cast<int>(replicas_.size()); ++d) {
+      const auto load = [&](int i) {
+        return replicas_[i]->running.size() + replicas_[i]->waiting.size();
+      };
+      if (load(d) < load(best)) best = d;
+    }
+    s.replica = best;
+    auto& waiting = replicas_[best]->waiting;
+    auto pos = std::upper_bound(waiting.begin(), waiting.end(), seq,
+                                [](const auto& a, const auto& b) { return a->Before(*b); });
+    waiting.insert(pos, std::move(seq));
+  }
+  // Cancellations and deadlines: end the request and free its blocks now.
+  const auto now = Clock::now();
+  for (auto& replica : replicas_) {
+    for (auto* list : {&replica->running, &replica->waiting}) {
+      for (auto& seq : *list) {
+        if (cancelled.count(seq->req.request_id)) {
+          EngineOutput out;
+          Finish(seq.get(), FinishReason::kCancelled,
+                 absl::CancelledError("cancelled by the client"), std::move(out));
+        } else if (seq->req.deadline && now >= *seq->req.deadline) {
+          EngineOutput out;
+          Finish(seq.get(), FinishReason::kError,
+                 absl::DeadlineExceededError("the request's deadline passed"), std::move(out));
+        }
+      }
+      list->erase(std::remove_if(list->begin(), list->end(), [](const auto& s) { return s->done; }),
+                  list->end());
+    }
+  }
+}
+
+void Engine::Preempt(Replica& replica, Sequence* seq) {
+  // Recompute later: drop the KV (full blocks stay in the prefix cache), keep the tokens.
+  replica.manager.Free(&seq->blocks);
+  seq->num_computed = 0;
+  seq->num_registered = 0;
+  if (metrics_) metrics_->AddPreemption();
+}
+
+bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* scheduled) {
+  BlockManager& bm = replica.manager;
+  int budget = options_.max_num_batched_tokens;
+  bool preempted = false;
+  // Running sequences first, in order: decodes (1 token) and unfinished prefills (a chunk).
+  for (size_t i = 0; i < replica.running.size() && budget > 0;) {
+    Sequence* s = replica.running[i].get();
+    const int need = static_cast<int>(s->tokens.size()) - s->num_computed;
+    const int n = std::min(need, budget);
+    bool self_preempted = false;
+    while (!bm.Reserve(&s->blocks, s->num_computed + n)) {
+      // Out of blocks: preempt the last-served running sequence (maybe this one).
+      std::unique_ptr<Sequence> victim = std::move(replica.running.back());
+      replica.running.pop_back();
+      Preempt(replica, victim.get());
+      preempted = true;
+      const bool is_self = victim.get() == s;
+      auto pos = std::upper_bound(replica.waiting.begin(), replica.waiting.end(), victim,
+                                  [](const auto& a, const auto& b) { return a->Before(*b); });
+      replica.waiting.insert(pos, std::move(victim));
+      if (is_self) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;
+    scheduled->push_back({s, n});
+    budget -= n;
+    ++i;
+  }
+  // Then waiting sequences, FCFS by priority, unless this step already had to preempt.
+  while (!preempted && budget > 0 && !replica.waiting.empty() &&
+         static_cast<int>(replica.running.size()) < options_.max_num_seqs) {
+    Sequence* s = replica.waiting.front().get();
+    if (s->blocks.empty() && s->num_computed == 0) {
+      s->num_computed = bm.MatchPrefix(s->tokens, 1, &s->blocks);
+      s->num_registered = s->num_computed / bm.block_size();
+      if (!s->admitted_once) {
+        s->cached_tokens = s->num_computed;
+        if (metrics_) metrics_->AddPrefixCacheHitTokens(s->num_computed);
+      }
+    }
+    const int n = std::min(static_cast<int>(s->tokens.size()) - s->num_computed, budget);
+    if (!bm.Reserve(&s->blocks, s->num_computed + n)) {
+      bm.Free(&s->blocks);  // give back the prefix match; try again next step
+      s->num_computed = 0;
+      s->num_registered = 0;
+      break;
+    }
+    s->admitted_once = true;
+    replica.running.push_back(std::move(replica.waiting.front()));
+    replica.waiting.erase(replica.waiting.begin());
+    scheduled->push_back({s, n});
+    budget -= n;
+  }
+  return !scheduled->empty();
+}
+
+void Engine::Step() {
+  const int dp = static_cast<int>(replicas_.size());
+  const int pp = executor_.parallel().pp;
+  const int bs = executor_.block_size();
+  std::vector<std::vector<std::pair<Sequence*, int>>> scheduled(dp);
+  bool any = false;
+  for (int d = 0; d < dp; ++d) any |= Schedule(*replicas_[d], &scheduled[d]);
+  UpdateGauges();
+  if (!any) return;
+
+  // Micro-batches: with pipeline stages, split each replica's sequences into up to `pp` groups
+  // of similar token counts; every replica gets the same number of micro-batches.
+  int micro = 1;
+  for (int d = 0; d < dp; ++d)
+    micro = std::max(micro, std::min<int>(pp, static_cast<int>(scheduled[d].size())));
+  StepPlan plan;
+  plan.replicas.assign(dp, std::vector<StepBatch>(micro));
+  // row_owner[k] = the sequence whose logits are row k of the result.
+  std::vector<Sequence*> row_owner;
+  for (int d = 0; d < dp; ++d) {
+    const auto& list = scheduled[d];
+    int total = 0;
+    for (const auto& [s, n] : list) total += n;
+    int group = 0, in_group = 0;
+    std::vector<std::vector<std::pair<Sequence*, int>>> groups(micro);
+    for (size_t i = 0; i < list.size(); ++i) {
+      groups[group].push_back(list[i]);
+      in_group += list[i].second;
+      const int remaining_groups = micro - group - 1;
+      const int remaining_seqs = static_cast<int>(list.size() - i - 1);
+      if (remaining_groups > 0 &&
+          (in_group * micro >= total || remaining_seqs <= remaining_groups)) {
+        ++group;
+        in_group = 0;
+      }
+    }
+    for (int m = 0; m < micro; ++m) {
+      StepBatch& b = plan.replicas[d][m];
+      int max_blocks = 1;
+      for (const auto& [s, n] : groups[m]) max_blocks = std::max<int>(max_blocks, s->blocks.size());
+      b.num_seqs = static_cast<int>(groups[m].size());
+      b.max_blocks_per_seq = max_blocks;
+      b.block_tables.assign(static_cast<size_t>(b.num_seqs) * max_blocks, 0);
+      for (int j = 0; j < b.num_seqs; ++j) {
+        Sequence* s = groups[m][j].first;
+        const int n = groups[m][j].second;
+        std::copy(s->blocks.begin(), s->blocks.end(), b.block_tables.begin() + j * max_blocks);
+        for (int p = s->num_computed; p < s->num_computed + n; ++p) {
+          b.token_ids.push_back(s->tokens[p]);
+          b.positions.push_back(p);
+          b.token_seq.push_back(j);
+          b.slot_mapping.push_back(s->blocks[p / bs] * bs + p % bs);
+        }
+        if (s->num_computed + n == static_cast<int>(s->tokens.size())) {
+          b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
+          LogitRowSampling row;
+          row.on_device = !s->host_sampled;
+          if (row.on_device) {
+            row.params = DeviceSamplingParams(s->req.sampling, options_.seed + s->arrival,
+                                              s->generated(), options_.sampleable_vocab);
+            if (HasPenalties(s->req.sampling)) {
+              row.penalty = DevicePenaltyRow(s->req.sampling);
+              const auto tokens = absl::MakeConstSpan(s->tokens);
+              row.penalty_entries = PenaltyEntries(tokens, tokens.subspan(s->prompt_len));
+            }
+          }
+          b.logit_sampling.push_back(row);
+          row_owner.push_back(s);
+        }
+      }
+    }
+  }
+
+  const StepOutput result = executor_.Execute(plan);
+  TESSERA_CHECK_EQ(result.tokens.size(), row_owner.size());
+  size_t host_rows = 0;
+  for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;
+  TESSERA_CHECK_EQ(result.logits.size(), host_rows * static_cast<size_t>(vocab_));
+
+  int64_t prompt_tokens = 0;
+  for (int d = 0; d < dp; ++d) {
+    for (const auto& [s, n] : scheduled[d]) {
+      if (s->num_computed < s->prompt_len)
+        prompt_tokens += std::min(n, s->prompt_len - s->num_computed);
+      s->num_computed += n;
+      replicas_[d]->manager.Register(s->tokens, s->blocks, s->num_computed, &s->num_registered);
+    }
+  }
+  if (metrics_) metrics_->AddPromptTokens(prompt_tokens);
+  size_t h = 0;  // host rows' logits, in row order
+  for (size_t k = 0; k < row_owner.size(); ++k) {
+    Sequence* s = row_owner[k];
+    if (!s->host_sampled) {
+      TESSERA_CHECK(result.tokens[k] >= 0 && result.tokens[k] < options_.sampleable_vocab)
+          << "device sampled id " << result.tokens[k];
+      Emit(s, result.tokens[k], nullptr);
+      continue;
+    }
+    const float* row = result.logits.data() + h++ * vocab_;
+    const std::vector<int32_t> generated(s->tokens.begin() + s->prompt_len, s->tokens.end());
+    const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_),
+                                             options_.sampleable_vocab, s->tokens, generated);
+    Emit(s, token, row);
+  }
+  for (auto& replica : replicas_) {
+    auto& running = replica->running;
+    running.erase(
+        std::remove_if(running.begin(), running.end(), [](const auto& s) { return s->done; }),
+        running.end());
+  }
+  UpdateGauges();
+}
+
+void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
+  const auto now = Clock::now();
+  if (s->generated() == 0) {
+    s->first_token = now;
+    if (metrics_) metrics_->ObserveTimeToFirstToken(Seconds(now - s->arrived));
+  }
+  s->last_token = now;
+  s->tokens.push_back(token);
+  if (metrics_) metrics_->AddGenerationTokens(1);
+
+  EngineOutput out;
+  out.token_ids.push_back(token);
+  if (s->req.top_logprobs >= 0) {  // such rows are host-sampled: their logits are here
+    // Log-probabilities of the model's own distribution (before penalties and temperature).
+    const float mx = *std::max_element(logits, logits + options_.sampleable_vocab);
+    double sum = 0;
+    for (int64_t i = 0; i < options_.sampleable_vocab; ++i)
+      sum += std::exp(static_cast<double>(logits[i] - mx));
+    const float log_sum = static_cast<float>(std::log(sum)) + mx;
+    TokenLogprobs lp;
+    lp.chosen = {token, logits[token] - log_sum};
+    if (s->req.top_logprobs > 0) {
+      std::vector<int32_t> ids(options_.sampleable_vocab);
+      std::iota(ids.begin(), ids.end(), 0);
+      const int k = s->req.top_logprobs;
+      std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+      });
+      for (int i = 0; i < k; ++i) lp.top.push_back({ids[i], logits[ids[i]] - log_sum});
+    }
+    out.logprobs.push_back(std::move(lp));
+  }
+
+  // Why this token ends the request, if it does.
+  FinishReason finish = FinishReason::kNone;
+  const bool eos = !s->req.ignore_eos &&
+                   std::count(options_.eos_token_ids.begin(), options_.eos_token_ids.end(), token);
+  const bool stop_id =
+      std::count(s->req.stop_token_ids.begin(), s->req.stop_token_ids.end(), token);
+  if (eos || stop_id) finish = FinishReason::kStop;
+
+  // Text: whole characters only; hold back what could start a stop string.
+  std::string text;
+  if (s->detok && finish == FinishReason::kNone) {
+    absl::StatusOr<std::string> delta = s->detok->Push(token);
+    if (delta.ok()) text = *delta;
+  }
+  s->held += text;
+  std::string emit;
+  if (!s->req.stop.empty()) {
+    size_t hit = std::string::npos;
+    for (const std::string& stop : s->req.stop) hit = std::min(hit, s->held.find(stop));
+    if (hit != std::string::npos) {
+      emit = s->held.substr(0, hit);
+      s->held.clear();
+      finish = FinishReason::kStop;
+    } else {
+      size_t longest = 0;
+      for (const std::string& stop : s->req.stop) longest = std::max(longest, stop.size());
+      const size_t keep = longest - 1;
+      if (s->held.size() > keep) {
+        const size_t n = CharBoundary(s->held, s->held.size() - keep);
+        emit = s->held.substr(0, n);
+        s->held.erase(0, n);
+      }
+    }
+  } else {
+    emit.swap(s->held);
+  }
+  if (finish == FinishReason::kNone &&
+      (s->generated() >= s->req.max_tokens ||
+       static_cast<int64_t>(s->tokens.size()) >= options_.max_model_len)) {
+    finish = FinishReason::kLength;
+  }
+  if (finish != FinishReason::kNone && finish != FinishReason::kStop) {
+    // Ran out of tokens: what was held back (and any partial character) is output after all.
+    emit += s->held;
+    s->held.clear();
+    if (s->detok) emit += s->detok->Flush();
+  }
+
+  if (s->parser) {
+    std::vector<OutputEvent> events = s->parser->Push(emit);
+    if (finish != FinishReason::kNone) {
+      std::vector<OutputEvent> tail = s->parser->Finish();
+      events.insert(events.end(), tail.begin(), tail.end());
+    }
+    for (OutputEvent& e : events) {
+      switch (e.kind) {
+        case OutputEvent::Kind::kReasoning:
+          out.reasoning += e.text;
+          break;
+        case OutputEvent::Kind::kContent:
+          out.text += e.text;
+          break;
+        case OutputEvent::Kind::kToolCall:
+          out.tool_calls.push_back(std::move(e.tool_call));
+          break;
+        case OutputEvent::Kind::kError:
+          break;  // the block's text came back as content
+      }
+    }
+  } else {
+    out.text = std::move(emit);
+  }
+
+  if (finish != FinishReason::kNone) {
+    Finish(s, finish, absl::OkStatus(), std::move(out));
+  } else {
+    s->stream->Push(std::move(out));
+  }
+}
+
+void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, EngineOutput out) {
+  out.finished = true;
+  out.finish_reason = reason;
+  out.status = std::move(status);
+  out.prompt_tokens = s->prompt_len;
+  out.completion_tokens = s->generated();
+  out.cached_tokens = s->cached_tokens;
+  if (metrics_) {
+    metrics_->AddFinished(FinishReasonName(reason));
+    if (!out.status.ok() && reason == FinishReason::kError) {
+      metrics_->AddError(absl::StatusCodeToString(out.status.code()));
+    }
+    const auto now = Clock::now();
+    metrics_->ObserveEndToEnd(Seconds(now - s->arrived));
+    if (s->generated() > 1) {
+      metrics_->ObserveTimePerOutputToken(Seconds(s->last_token - s->first_token) /
+                                          (s->generated() - 1));
+    }
+  }
+  s->stream->Push(std::move(out));
+  Release(s);
+}
+
+void Engine::Release(Sequence* s) {
+  replicas_[s->replica]->manager.Free(&s->blocks);
+  s->done = true;
+  std::lock_guard<std::mutex> lock(mu_);
+  live_.erase(s->req.request_id);
+  cancelled_.erase(s->req.request_id);
+}
+
+void Engine::UpdateGauges() {
+  int64_t running = 0, waiting = 0, free = 0;
+  for (const auto& r : replicas_) {
+    running += static_cast<int64_t>(r->running.size());
+    waiting += static_cast<int64_t>(r->waiting.size());
+    free += r->manager.num_free();
+  }
+  running_count_ = running;
+  waiting_count_ = waiting;
+  free_blocks_ = free;
+  if (metrics_) {
+    metrics_->SetRunning(running);
+    metrics_->SetWaiting(waiting);
+    metrics_->SetKvBlocks(free, total_blocks_);
+    metrics_->SetKvUsage(total_blocks_ > 0 ? 1.0 - static_cast<double>(free) / total_blocks_ : 0.0);
+  }
+}
+
+void Engine::Run() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stopping_ || failed_) break;
+      const bool idle = incoming_.empty() && cancelled_.empty() && live_.empty();
+      if (idle) {
+        // Nothing to do: wake for work, or send the workers a heartbeat so that their wait for
+        // the next plan never looks like a hang to their watchdog.
+        if (!cv_.wait_for(lock, kIdleHeartbeat, [this] {
+              return stopping_ || failed_ || !incoming_.empty() || !cancelled_.empty();
+            })) {
+          lock.unlock();
+          executor_.Heartbeat();
+          continue;
+        }
+        if (stopping_ || failed_) break;
+      }
+    }
+    Intake();
+    Step();
+  }
+  // Whatever is still in flight cannot finish now.
+  for (auto& replica : replicas_) {
+    for (auto* list : {&replica->running, &replica->waiting}) {
+      for (auto& seq : *list) {
+        Finish(seq.get(), FinishReason::kError,
+               absl::UnavailableError("the server is shutting down"), EngineOutput{});
+      }
+      list->clear();
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& seq : incoming_) {
+      EngineOutput out;
+      out.finished = true;
+      out.finish_reason = FinishReason::kError;
+      out.status = absl::UnavailableError("the server is shutting down");
+      seq->stream->Push(std::move(out));
+    }
+    incoming_.clear();
+    live_.clear();
+  }
+  if (!failed_) executor_.Shutdown();
+}
+
+}  // namespace tessera

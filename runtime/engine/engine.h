@@ -1,0 +1,177 @@
+// The serving engine: continuous batching over the paged KV cache (runtime/engine/ENGINE.md is its
+// binding contract).
+//
+// Runs on rank 0, on the thread that initialised MPI: Run() is the step loop. Other threads (the
+// gRPC handlers) call Submit() and Cancel() and read each request's RequestStream. Each step the
+// engine admits, schedules (decodes first, then prefill chunks, within a token budget), builds
+// one StepPlan for every rank, executes it, samples, detokenises and streams the results.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/engine/block_manager.h"
+#include "runtime/engine/executor.h"
+#include "runtime/engine/metrics.h"
+#include "runtime/engine/sampler.h"
+#include "runtime/text/chat/output_parser.h"
+#include "runtime/text/tokenizer/tokenizer.h"
+
+namespace tessera {
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+const char* FinishReasonName(FinishReason reason);  // "stop", "length", "cancelled", "error"
+
+struct EngineRequest {
+  std::string request_id;  // unique among requests in flight
+  std::vector<int32_t> prompt;
+  int max_tokens = 16;
+  SamplingParams sampling;
+  std::vector<std::string> stop;        // stop strings (not included in the output)
+  std::vector<int32_t> stop_token_ids;  // stop ids (included in token_ids, not in text)
+  bool ignore_eos = false;
+  int top_logprobs = -1;  // < 0: none; 0: the chosen token's; n: and the n most likely
+  bool skip_special_tokens = true;
+  // Set for chat requests: split reasoning / content / tool calls out of the text.
+  std::optional<ChatOutputParser::Options> parse_chat;
+  int priority = 0;  // lower is served first; FCFS within a priority
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+};
+
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0;
+};
+
+struct TokenLogprobs {
+  TokenLogprob chosen;
+  std::vector<TokenLogprob> top;
+};
+
+// One streamed chunk. The last one of a request has `finished` set.
+struct EngineOutput {
+  std::vector<int32_t> token_ids;
+  std::string text;       // content delta (UTF-8, whole characters)
+  std::string reasoning;  // reasoning delta (chat requests)
+  std::vector<ToolCall> tool_calls;
+  std::vector<TokenLogprobs> logprobs;
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  absl::Status status;  // non-OK with kError: DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens served from the prefix cache
+};
+
+// A request's outputs, from the engine thread to its reader.
+class RequestStream {
+ public:
+  void Push(EngineOutput output);
+  // Waits up to `timeout` for the next output; false if none came.
+  bool Next(EngineOutput* output, std::chrono::milliseconds timeout);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<EngineOutput> queue_;
+  bool closed_ = false;
+};
+
+struct EngineOptions {
+  int max_num_seqs = 256;             // sequences in the running batch, per replica
+  int max_num_batched_tokens = 2048;  // tokens per step, per replica (chunked prefill)
+  int max_queue = 4096;               // requests admitted but not finished
+  bool enable_prefix_caching = true;
+  int64_t max_model_len = 0;     // prompt + max_tokens limit; 0 = max_position_embeddings
+  int64_t sampleable_vocab = 0;  // ids >= this are never sampled; 0 = the whole vocabulary
+  std::vector<int32_t> eos_token_ids;
+  uint64_t seed = 0;  // for requests without a seed
+};
+
+// The largest step an Engine with `options` plans (per replica and micro-batch), for an executor
+// of `num_kv_blocks` blocks of `block_size`: what the executor's workspace must be planned for
+// (Executor::Load). Every rank computes it from the same flags.
+StepLimits EngineStepLimits(const EngineOptions& options, const ModelConfig& config,
+                            int num_kv_blocks, int block_size);
+
+struct EngineStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t free_blocks = 0;   // free or evictable, all replicas
+  int64_t total_blocks = 0;  // all replicas
+};
+
+class Engine {
+ public:
+  // `tokenizer` may be null (token ids in, token ids out). `metrics` may be null.
+  Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics, EngineOptions options);
+  ~Engine();
+
+  // Thread-safe. Validates the request (INVALID_ARGUMENT saying why), then queues it:
+  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE while draining or stopped,
+  // ALREADY_EXISTS for a request id already in flight.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(EngineRequest request);
+  // Thread-safe. The request ends with kCancelled and its KV blocks are freed within one step.
+  void Cancel(const std::string& request_id);
+
+  // The step loop, on the MPI thread of rank 0. Returns after Stop(); then tells the workers to
+  // shut down.
+  void Run();
+  // Thread-safe: refuse new requests (in-flight ones go on).
+  void BeginDrain();
+  // Thread-safe: end Run() after the current step; requests still in flight get UNAVAILABLE.
+  void Stop();
+  // Thread-safe, callable from any thread (the watchdog): ends every request in flight with
+  // `status` now, whatever the step loop is doing.
+  void FailAll(const absl::Status& status);
+
+  EngineStats stats() const;
+  int64_t in_flight() const;
+
+ private:
+  struct Sequence;
+  struct Replica;
+
+  absl::Status Validate(const EngineRequest& request) const;
+  void Intake();
+  bool Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* scheduled);
+  void Preempt(Replica& replica, Sequence* seq);
+  void Step();
+  // `logits`: the row's logits for host-sampled rows, null for rows sampled on the device.
+  void Emit(Sequence* seq, int32_t token, const float* logits);
+  void Finish(Sequence* seq, FinishReason reason, absl::Status status, EngineOutput out);
+  void Release(Sequence* seq);
+  void UpdateGauges();
+
+  Executor& executor_;
+  const Tokenizer* tokenizer_;
+  Metrics* metrics_;
+  EngineOptions options_;
+  int64_t vocab_ = 0;
+  size_t max_stop_len_ = 0;
+
+  mutable std::mutex mu_;  // guards the fields below it up to the replicas
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Sequence>> incoming_;
+  std::set<std::string> cancelled_;
+  std::map<std::string, std::shared_ptr<RequestStream>> live_;  // all requests in flight
+  bool draining_ = false;
+  bool stopping_ = false;
+  bool failed_ = false;
+
+  // Engine thread only.
+  std::vector<std::unique_ptr<Replica>> replicas_;
+  uint64_t next_arrival_ = 0;
+  std::atomic<int64_t> running_count_{0}, waiting_count_{0}, free_blocks_{0}, total_blocks_{0};
+};
+
+}  // namespace tessera

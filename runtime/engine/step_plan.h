@@ -1,0 +1,36 @@
+// The StepPlan: what every rank executes in one engine step. Rank 0 (the coordinator) builds it
+// and broadcasts it over the control plane (MPI); every rank runs the same plan, so no rank
+// decides anything alone (docs/design.md, "A request's path").
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/engine/step.h"
+
+namespace tessera {
+
+struct StepPlan {
+  // kHeartbeat: nothing to run; sent while idle so that a worker waiting for the next plan is
+  // never mistaken for a hung rank by its watchdog.
+  enum class Kind : uint8_t { kForward = 0, kShutdown = 1, kHeartbeat = 2 };
+  Kind kind = Kind::kForward;
+  // replicas[d] = the micro-batches of attention data-parallel replica d. Every replica has the
+  // same number of micro-batches (padded with empty ones), because the ranks of a stage meet in
+  // the expert exchange once per micro-batch and layer (sized from every replica's token count).
+  std::vector<std::vector<StepBatch>> replicas;
+};
+
+// What a forward plan gives back to rank 0, in plan order (replica by replica, micro-batch by
+// micro-batch, row by row).
+struct StepOutput {
+  std::vector<int32_t> tokens;  // [logit rows]: the id sampled on the device, or -1
+  std::vector<float> logits;    // [rows with -1 above, vocab] float32
+};
+
+std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan);
+// Errors only for bytes that were not produced by SerializeStepPlan.
+absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes);
+
+}  // namespace tessera
