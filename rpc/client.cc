@@ -42,6 +42,12 @@ grpc::Status Client::Generate(const v1::GenerateRequest& request,
   return reader->Finish();
 }
 
+void Client::GenerateAsync(grpc::ClientContext* context, const v1::GenerateRequest* request,
+                           grpc::ClientReadReactor<v1::GenerateResponse>* reactor) {
+  Prepare(context);
+  stub_->async()->Generate(context, request, reactor);
+}
+
 grpc::Status Client::Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response) {
   grpc::ClientContext context;
   Prepare(&context);

@@ -26,6 +26,11 @@ class Client {
   // Streams one request; `on_chunk` sees every response. Returns the call's final status.
   grpc::Status Generate(const v1::GenerateRequest& request,
                         const std::function<void(const v1::GenerateResponse&)>& on_chunk);
+  // Starts one streamed call on gRPC's callback API: `reactor` gets the chunks and the final
+  // status; the caller then calls reactor->StartRead / StartCall, and keeps `context`, `request`
+  // and `reactor` alive until the reactor's OnDone.
+  void GenerateAsync(grpc::ClientContext* context, const v1::GenerateRequest* request,
+                     grpc::ClientReadReactor<v1::GenerateResponse>* reactor);
   grpc::Status Tokenize(const v1::TokenizeRequest& request, v1::TokenizeResponse* response);
   grpc::Status GetModelInfo(v1::ModelInfo* info);
   // grpc.health.v1 Check for `service` ("" = the whole server): SERVING, NOT_SERVING, ...

@@ -9,7 +9,7 @@ packages=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev
   libopenmpi-dev openmpi-bin
-  nlohmann-json3-dev libpcre2-dev libicu-dev
+  nlohmann-json3-dev libpcre2-dev libicu-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
   python3 python3-venv python3-pip

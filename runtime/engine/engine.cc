@@ -436,7 +436,12 @@ void Engine::Step() {
     }
   }
 
+  const auto step_start = std::chrono::steady_clock::now();
   const StepOutput result = executor_.Execute(plan);
+  if (metrics_ != nullptr) {
+    metrics_->ObserveEngineStep(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
+  }
   TESSERA_CHECK_EQ(result.tokens.size(), row_owner.size());
   size_t host_rows = 0;
   for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;

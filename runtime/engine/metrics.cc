@@ -13,7 +13,8 @@ Metrics::Metrics() {
                   0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
   tpot_.bounds = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
   e2e_.bounds = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
-  for (Histogram* h : {&ttft_, &tpot_, &e2e_}) h->counts.assign(h->bounds.size() + 1, 0);
+  step_.bounds = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0};
+  for (Histogram* h : {&ttft_, &tpot_, &e2e_, &step_}) h->counts.assign(h->bounds.size() + 1, 0);
 }
 
 uint64_t Metrics::Bits(double v) {
@@ -88,6 +89,9 @@ std::string Metrics::Render() const {
   RenderHistogram("tessera:time_per_output_token_seconds", "Time per output token after the first.",
                   tpot_, &out);
   RenderHistogram("tessera:e2e_request_latency_seconds", "End-to-end request latency.", e2e_, &out);
+  RenderHistogram("tessera:engine_step_seconds",
+                  "Engine step time, from its plan to its sampled ids (no time between steps).",
+                  step_, &out);
   absl::StrAppend(&out, "# HELP tessera:request_success_total Finished requests by reason.\n",
                   "# TYPE tessera:request_success_total counter\n");
   for (const auto& [reason, n] : finished_) {

@@ -31,6 +31,10 @@ class Metrics {
   void ObserveTimeToFirstToken(double seconds) { Observe(&ttft_, seconds); }
   void ObserveTimePerOutputToken(double seconds) { Observe(&tpot_, seconds); }
   void ObserveEndToEnd(double seconds) { Observe(&e2e_, seconds); }
+  // Per engine step: the time from its plan to its sampled ids (Executor::Execute), the
+  // engine's own cost of the step; gaps between steps are scheduling overhead (bench-serve's
+  // bound divides output tokens by this sum).
+  void ObserveEngineStep(double seconds) { Observe(&step_, seconds); }
   void AddPromptTokens(int64_t n) { prompt_tokens_ += n; }
   void AddGenerationTokens(int64_t n) { generation_tokens_ += n; }
   void AddPrefixCacheHitTokens(int64_t n) { prefix_hit_tokens_ += n; }
@@ -59,7 +63,7 @@ class Metrics {
   std::atomic<uint64_t> kv_usage_bits_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generation_tokens_{0}, prefix_hit_tokens_{0},
       preemptions_{0};
-  Histogram ttft_, tpot_, e2e_;              // guarded by mu_
+  Histogram ttft_, tpot_, e2e_, step_;       // guarded by mu_
   std::map<std::string, int64_t> finished_;  // guarded by mu_
   std::map<std::string, int64_t> errors_;    // guarded by mu_
 };
