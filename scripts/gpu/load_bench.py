@@ -19,7 +19,7 @@ def write(d):
                          num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=8,
                          head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
                          rope_theta=1000000.0, tie_word_embeddings=False, bos_token_id=151643,
-                         eos_token_id=151645, torch_dtype="bfloat16")
+                         eos_token_id=151645)
     t = time.time()
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):  # random init on the GPU: seconds, not minutes
@@ -39,14 +39,22 @@ def hf(d):
     from transformers import AutoModelForCausalLM
     torch.zeros(1, device="cuda")  # CUDA context outside the timing, as tessera's is
     torch.cuda.synchronize()
+    how = 'from_pretrained(device_map="cuda")'
     t = time.time()
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda")
+    except (ImportError, ValueError) as e:  # device_map wants accelerate in transformers 4.x
+        print(f"[hf] device_map=\"cuda\" failed ({e}); timing from_pretrained().to(\"cuda\")",
+              flush=True)
+        how = 'from_pretrained().to("cuda")'
+        t = time.time()
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).to("cuda")
     torch.cuda.synchronize()
     s = time.time() - t
     size = sum(os.path.getsize(f) for f in files(d))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"[hf] from_pretrained(device_map=\"cuda\") loaded {size / 1e9:.2f} GB in {s:.2f} s "
-          f"({size / 1e9 / s:.2f} GB/s), peak host memory {peak:.1f} MiB", flush=True)
+    print(f"[hf] {how} loaded {size / 1e9:.2f} GB in {s:.2f} s ({size / 1e9 / s:.2f} GB/s), "
+          f"peak host memory {peak:.1f} MiB", flush=True)
     del model
 
 
