@@ -86,6 +86,19 @@ struct ExpertWeights {
   const void* down = nullptr;     // W [num_local_experts, H, I]
 };
 
+// A point in the backend's stream (a CUDA event): recorded after some enqueued ops, it has passed
+// once they have all run. Host-synchronous backends' events have always passed.
+class DeviceEvent {
+ public:
+  virtual ~DeviceEvent() = default;
+  // Marks the ops enqueued so far; the event passes when they are done.
+  virtual void Record() = 0;
+  // Whether the ops before the last Record() are done (true if never recorded). Does not block.
+  virtual bool Query() = 0;
+  // Blocks until they are.
+  virtual void Wait() = 0;
+};
+
 // A recorded sequence of ops (a CUDA graph), replayed with the device pointers and launch sizes it
 // was recorded with; whatever varies per replay is read from device memory.
 class DeviceGraph {
@@ -155,6 +168,24 @@ class Backend {
   virtual void DownloadFloat(float* host_dst, const void* src, DType dtype, size_t count) = 0;
   // Waits for every op enqueued so far (CopyToHost, DownloadFloat and UploadFloat wait through it).
   virtual void Synchronize() = 0;
+
+  // Streaming uploads (the weight loader, runtime/model/weight_loader.h). The loader fills staging
+  // buffers on its reader threads and makes every call below from one thread.
+  //
+  // Host memory the device copies from asynchronously (pinned on CUDA). The default: plain
+  // host memory, for backends whose uploads are synchronous.
+  virtual DeviceBuffer AllocateStaging(size_t bytes);
+  // Enqueues the upload of `count` values of `src_dtype` from `staging` (AllocateStaging memory)
+  // to `dst` as `dst_dtype`, converted on the device as ConvertDType (kernels/base/dtype.h)
+  // converts them, bit for bit. `staging` and `scratch` must stay untouched until an event
+  // recorded after this call has passed. `scratch`: device memory of count * DTypeSize(src_dtype)
+  // bytes where UploadNeedsScratch(src_dtype, dst_dtype) says so (else ignored, may be null).
+  // The default converts on the host (ConvertToFloat) and calls UploadFloat, synchronously.
+  virtual void UploadStaged(void* dst, DType dst_dtype, const void* staging, DType src_dtype,
+                            size_t count, void* scratch);
+  virtual bool UploadNeedsScratch(DType /*src_dtype*/, DType /*dst_dtype*/) const { return false; }
+  // An event on this backend's stream. The default has always passed.
+  virtual std::unique_ptr<DeviceEvent> CreateEvent();
   // Replaces how the host waits for the stream in Synchronize() (the default: block until it
   // drains). The NCCL communicator installs a bounded wait that watches its collectives for a
   // dead or hung peer (parallel/nccl_communicator.h), since its collectives are only enqueued and

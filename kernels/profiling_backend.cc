@@ -68,6 +68,14 @@ class Profiler final : public ProfilingBackend {
     Time("DownloadFloat", [&] { b_.DownloadFloat(d, s, t, n); });
   }
   void Synchronize() override { b_.Synchronize(); }
+  DeviceBuffer AllocateStaging(size_t bytes) override { return b_.AllocateStaging(bytes); }
+  void UploadStaged(void* d, DType dt, const void* s, DType st, size_t n, void* scratch) override {
+    b_.UploadStaged(d, dt, s, st, n, scratch);
+  }
+  bool UploadNeedsScratch(DType st, DType dt) const override {
+    return b_.UploadNeedsScratch(st, dt);
+  }
+  std::unique_ptr<DeviceEvent> CreateEvent() override { return b_.CreateEvent(); }
   void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
                   float scale) override {
     b_.FillRandom(dst, dtype, count, seed, mean, scale);

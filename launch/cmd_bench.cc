@@ -193,7 +193,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   if (mpi.AnyFailed(loaded.ok()))
     return loaded.ok() ? absl::AbortedError("another rank failed") : loaded;
   const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
-  ReportLoad(mpi, "tessera bench", load_s);
+  ReportLoad(mpi, "tessera bench", load_s, &executor.model().load_stats());
   if (mpi.rank() != 0) {
     executor.RunWorker();
     return 0;

@@ -172,7 +172,8 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
     return absl::AbortedError("another rank failed to load its shard");
   }
   ReportLoad(mpi, "tessera run",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
+             &executor->model().load_stats());
   if (FaultInjected("hang-step", mpi.rank())) {
     for (;;) pause();
   }

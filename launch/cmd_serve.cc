@@ -231,7 +231,8 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                  static_cast<double>(num_blocks * per_block) / (1 << 30));
   }
   ReportLoad(mpi, "tessera serve",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
+             &executor.model().load_stats());
   if (mpi.rank() != 0) {
     if (FaultInjected("hang-step", mpi.rank())) {
       for (;;) pause();

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "kernels/base/check.h"
 #include "parallel/mpi_communicator.h"
 
@@ -76,18 +77,33 @@ double PeakHostMemoryMiB() {
 }
 }  // namespace
 
-void ReportLoad(MpiSession& mpi, const char* command, double seconds) {
-  float mine[2] = {static_cast<float>(seconds), static_cast<float>(PeakHostMemoryMiB())};
-  std::vector<float> all(2 * static_cast<size_t>(mpi.size()));
+void ReportLoad(MpiSession& mpi, const char* command, double seconds, const WeightLoadStats* read) {
+  constexpr int kFields = 6;
+  const bool have_read = read != nullptr && read->bytes > 0;
+  float mine[kFields] = {static_cast<float>(seconds),
+                         static_cast<float>(PeakHostMemoryMiB()),
+                         have_read ? static_cast<float>(read->bytes / 1e9) : 0.0f,
+                         have_read ? static_cast<float>(read->seconds) : 0.0f,
+                         have_read ? static_cast<float>(read->threads) : 0.0f,
+                         have_read ? static_cast<float>(read->staging / 1048576.0) : 0.0f};
+  std::vector<float> all(kFields * static_cast<size_t>(mpi.size()));
   if (mpi.world()) {
-    mpi.world()->AllGather(mine, all.data(), 2, DType::kF32);
+    mpi.world()->AllGather(mine, all.data(), kFields, DType::kF32);
   } else {
-    all.assign(mine, mine + 2);
+    all.assign(mine, mine + kFields);
   }
   if (mpi.rank() != 0) return;
   for (int r = 0; r < mpi.size(); ++r) {
-    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s, peak host memory %.1f MiB\n",
-                 command, r, all[2 * r], all[2 * r + 1]);
+    const float* f = &all[kFields * r];
+    std::string detail;
+    if (f[2] > 0) {
+      detail = absl::StrFormat(
+          " (%s read in %.2f s, %.2f GB/s, %d threads, %.1f MiB staging)",
+          f[2] >= 1 ? absl::StrFormat("%.2f GB", f[2]) : absl::StrFormat("%.1f MB", f[2] * 1e3),
+          f[3], f[3] > 0 ? f[2] / f[3] : 0.0f, static_cast<int>(f[4]), f[5]);
+    }
+    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s%s, peak host memory %.1f MiB\n",
+                 command, r, f[0], detail.c_str(), f[1]);
   }
 }
 

@@ -1,5 +1,6 @@
 #include "kernels/base/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -139,6 +140,32 @@ void ConvertToFloat(DType dtype, const void* src, size_t count, float* dst) {
       break;
   }
   TESSERA_CHECK(false) << "ConvertToFloat: integer dtype " << DTypeName(dtype);
+}
+
+void ConvertDType(DType src_dtype, const void* src, size_t count, DType dst_dtype, void* dst) {
+  if (src_dtype == dst_dtype) {
+    std::memcpy(dst, src, count * DTypeSize(src_dtype));
+    return;
+  }
+  if (dst_dtype == DType::kF32) {
+    ConvertToFloat(src_dtype, src, count, static_cast<float*>(dst));
+    return;
+  }
+  TESSERA_CHECK(dst_dtype == DType::kBF16)
+      << "ConvertDType: to " << DTypeName(dst_dtype) << " is not supported (F32 or BF16)";
+  constexpr size_t kPiece = 1024;
+  float piece[kPiece];
+  const auto* s = static_cast<const unsigned char*>(src);
+  auto* d = static_cast<unsigned char*>(dst);
+  const size_t src_size = DTypeSize(src_dtype);
+  for (size_t begin = 0; begin < count; begin += kPiece) {
+    const size_t n = std::min(kPiece, count - begin);
+    ConvertToFloat(src_dtype, s + begin * src_size, n, piece);
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t bits = FloatToBF16(piece[i]);
+      std::memcpy(d + (begin + i) * 2, &bits, 2);
+    }
+  }
 }
 
 }  // namespace tessera

@@ -41,4 +41,9 @@ float F8E4M3ToFloat(uint8_t bits);
 // Converts `count` elements of `dtype` at `src` to float32. Integer dtypes are not convertible.
 void ConvertToFloat(DType dtype, const void* src, size_t count, float* dst);
 
+// Converts `count` elements of `src_dtype` to `dst_dtype` (F32 or BF16): the same dtype is copied
+// byte for byte; anything else goes through float32 (ConvertToFloat, then FloatToBF16 for BF16).
+// The host reference of the weight loader's conversion on the device (Backend::UploadStaged).
+void ConvertDType(DType src_dtype, const void* src, size_t count, DType dst_dtype, void* dst);
+
 }  // namespace tessera

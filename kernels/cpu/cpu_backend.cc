@@ -44,6 +44,12 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src, count * sizeof(float));
   }
   void Synchronize() override {}
+  // NOTE: converts straight from the staging buffer: no float32 copy of the slice.
+  void UploadStaged(void* dst, DType dst_dtype, const void* staging, DType src_dtype, size_t count,
+                    void* /*scratch*/) override {
+    TESSERA_CHECK(dst_dtype == DType::kF32) << "the CPU backend stores float32 only";
+    ConvertDType(src_dtype, staging, count, dst_dtype, dst);
+  }
 
   void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
                  const int32_t* ids, int n, void* out) override {
@@ -135,6 +141,36 @@ void Backend::FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, fl
     UploadFloat(static_cast<char*>(dst) + begin * element, dtype, host.data(), n);
   }
 }
+
+DeviceBuffer Backend::AllocateStaging(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  TESSERA_CHECK(p != nullptr) << "out of host memory allocating " << bytes << " staging bytes";
+  return DeviceBuffer(p, bytes, FreeAligned);
+}
+
+void Backend::UploadStaged(void* dst, DType dst_dtype, const void* staging, DType src_dtype,
+                           size_t count, void* /*scratch*/) {
+  constexpr size_t kPiece = size_t{1} << 20;
+  std::vector<float> host(std::min(count, kPiece));
+  const size_t src_size = DTypeSize(src_dtype), dst_size = DTypeSize(dst_dtype);
+  for (size_t begin = 0; begin < count; begin += kPiece) {
+    const size_t n = std::min(kPiece, count - begin);
+    ConvertToFloat(src_dtype, static_cast<const char*>(staging) + begin * src_size, n, host.data());
+    UploadFloat(static_cast<char*>(dst) + begin * dst_size, dst_dtype, host.data(), n);
+  }
+}
+
+namespace {
+class PassedEvent final : public DeviceEvent {
+ public:
+  void Record() override {}
+  bool Query() override { return true; }
+  void Wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<DeviceEvent> Backend::CreateEvent() { return std::make_unique<PassedEvent>(); }
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 

@@ -2,11 +2,13 @@
 //
 // Every op is enqueued on the backend's stream and returns at once; the host waits only where it
 // reads results (CopyToHost, DownloadFloat, a GEMM shape's one-time tuning:
-// gemm.h) or calls Synchronize(), and every such wait goes through Synchronize() (so through
+// gemm.h) or calls Synchronize() (or waits on a weight-loading event, CreateEvent), and every
+// other wait goes through Synchronize() (so through
 // SetStreamWait's function when the NCCL communicator has installed one). Device memory is taken
 // only in Allocate() and, once, in the constructor for the cuBLASLt workspace, the MoE scratch and
-// the attention workspace; ops never allocate. fp32 <-> bf16 conversions for uploads and downloads
-// run on the host (round to nearest even, as torch).
+// the attention workspace; ops never allocate. fp32 <-> bf16 conversions for UploadFloat and
+// DownloadFloat run on the host (round to nearest even, as torch); the weight loader's
+// UploadStaged converts on the device (convert.cu), from pinned staging buffers.
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -15,6 +17,7 @@
 
 #include "kernels/base/check.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
@@ -50,6 +53,27 @@ constexpr size_t kAlign = 256;
 size_t AlignUp(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 void FreeDevice(void* p) { cudaFree(p); }  // NOTE: unchecked: may run after the context is gone
+void FreePinned(void* p) { cudaFreeHost(p); }
+
+class CudaEvent final : public DeviceEvent {
+ public:
+  explicit CudaEvent(cudaStream_t stream) : stream_(stream) {
+    CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+  }
+  ~CudaEvent() override { cudaEventDestroy(event_); }
+  void Record() override { CUDA_CHECK(cudaEventRecord(event_, stream_)); }
+  bool Query() override {
+    const cudaError_t result = cudaEventQuery(event_);
+    if (result == cudaErrorNotReady) return false;
+    CUDA_CHECK(result);
+    return true;
+  }
+  void Wait() override { CUDA_CHECK(cudaEventSynchronize(event_)); }
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t event_ = nullptr;
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -137,6 +161,31 @@ class CudaBackend final : public Backend {
     }
   }
   void SetStreamWait(std::function<void()> wait) override { stream_wait_ = std::move(wait); }
+
+  DeviceBuffer AllocateStaging(size_t bytes) override {
+    void* p = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocDefault));
+    return DeviceBuffer(p, bytes, FreePinned);
+  }
+  // NOTE: weights stored in the backend's dtype go straight from the pinned buffer to their
+  // place; others land in `scratch` and are converted there (convert.cu), so the host never
+  // converts and never holds more than the staged bytes.
+  void UploadStaged(void* dst, DType dst_dtype, const void* staging, DType src_dtype, size_t count,
+                    void* scratch) override {
+    if (count == 0) return;
+    if (src_dtype == dst_dtype) {
+      CopyToDevice(dst, staging, count * DTypeSize(src_dtype));
+      return;
+    }
+    TESSERA_CHECK(scratch != nullptr) << "UploadStaged: " << DTypeName(src_dtype) << " -> "
+                                      << DTypeName(dst_dtype) << " converts through scratch";
+    CopyToDevice(scratch, staging, count * DTypeSize(src_dtype));
+    cuda::LaunchConvert(dst, dst_dtype, scratch, src_dtype, count, stream_);
+  }
+  bool UploadNeedsScratch(DType src_dtype, DType dst_dtype) const override {
+    return src_dtype != dst_dtype;
+  }
+  std::unique_ptr<DeviceEvent> CreateEvent() override;
   // On the device, bit for bit the host default's values (random.cu), enqueued like any op.
   void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
                   float scale) override {
@@ -258,6 +307,10 @@ class CudaGraph final : public DeviceGraph {
   cudaGraphExec_t exec_;
   cudaStream_t stream_;
 };
+
+std::unique_ptr<DeviceEvent> CudaBackend::CreateEvent() {
+  return std::make_unique<CudaEvent>(stream_);
+}
 
 std::unique_ptr<DeviceGraph> CudaBackend::EndCapture() {
   cudaGraph_t graph = nullptr;

@@ -311,6 +311,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                    ParseSafetensorsImage(absl::MakeConstSpan(bytes, size), path));
   file->header_ = std::move(image.header);
   file->data_ = bytes + image.data_offset;
+  file->data_offset_ = image.data_offset;
   for (size_t i = 0; i < file->header_.tensors.size(); ++i) {
     file->index_.emplace(file->header_.tensors[i].name, i);
   }
@@ -469,8 +470,9 @@ std::vector<std::string> Checkpoint::TensorNames() const {
   return names;
 }
 
-absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start, int64_t length,
-                                   float* dst) const {
+absl::StatusOr<Checkpoint::SliceBytes> Checkpoint::LocateSlice(std::string_view name, int dim,
+                                                               int64_t start,
+                                                               int64_t length) const {
   ASSIGN_OR_RETURN(const Entry entry, Find(name));
   const TensorInfo& info = *entry.info;
   auto bad_request = [&](auto&&... parts) {
@@ -494,21 +496,51 @@ absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start
     return bad_request("slice [", start, ", ", start, " + ", length, ") runs past dimension ", dim,
                        " (size ", extent, ")");
   }
+  SliceBytes slice;
+  slice.file = entry.file;
+  slice.info = entry.info;
   // Row-major: the slice is `outer` runs of `length * inner` contiguous elements, the runs
   // `extent * inner` apart. With no element there is nothing to read (and the products below
   // could overflow); otherwise they are at most num_elements().
-  if (info.num_elements() == 0) return absl::OkStatus();
+  if (info.num_elements() == 0) return slice;
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < dim; ++i) outer *= shape[i];
   for (int i = dim + 1; i < rank; ++i) inner *= shape[i];
   const int64_t run = length * inner;
-  if (outer == 0 || run == 0) return absl::OkStatus();
-  if (dst == nullptr) return bad_request("the destination is null");
-  const size_t element = DTypeSize(info.dtype);
-  const uint8_t* base = entry.file->Data(info);
-  for (int64_t o = 0; o < outer; ++o) {
-    const uint8_t* src = base + static_cast<size_t>((o * extent + start) * inner) * element;
-    ConvertToFloat(info.dtype, src, static_cast<size_t>(run), dst + o * run);
+  if (outer == 0 || run == 0) return slice;
+  const uint64_t element = DTypeSize(info.dtype);
+  slice.elements = outer * run;
+  slice.file_offset =
+      entry.file->data_offset() + info.data_begin + static_cast<uint64_t>(start * inner) * element;
+  slice.run_bytes = static_cast<uint64_t>(run) * element;
+  slice.stride = static_cast<uint64_t>(extent * inner) * element;
+  slice.runs = outer;
+  if (length == extent || outer == 1) {  // one contiguous span
+    slice.run_bytes *= static_cast<uint64_t>(outer);
+    slice.stride = slice.run_bytes;
+    slice.runs = 1;
+  }
+  return slice;
+}
+
+absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start, int64_t length,
+                                   float* dst) const {
+  ASSIGN_OR_RETURN(const SliceBytes slice, LocateSlice(name, dim, start, length));
+  if (slice.runs == 0) return absl::OkStatus();
+  if (dst == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor \"", AsAbsl(name), "\" (", slice.file->path(), ", ",
+                     AsAbsl(DTypeName(slice.info->dtype)), " ", ShapeString(slice.info->shape),
+                     "): the destination is null"));
+  }
+  const size_t element = DTypeSize(slice.info->dtype);
+  const size_t run = slice.run_bytes / element;
+  // The mapping's first byte: file offsets index it directly.
+  const uint8_t* file_start =
+      slice.file->Data(*slice.info) - slice.info->data_begin - slice.file->data_offset();
+  for (int64_t o = 0; o < slice.runs; ++o) {
+    ConvertToFloat(slice.info->dtype, file_start + slice.file_offset + o * slice.stride, run,
+                   dst + o * run);
   }
   return absl::OkStatus();
 }

@@ -85,6 +85,9 @@ class SafetensorsFile {
   const TensorInfo* Find(std::string_view name) const;  // nullptr if absent
   // Raw bytes of a tensor, inside the mapping.
   const uint8_t* Data(const TensorInfo& info) const { return data_ + info.data_begin; }
+  // Where the data region starts in the file (8 + header length): a tensor's bytes are at file
+  // offset data_offset() + data_begin, for readers that pread rather than touch the mapping.
+  uint64_t data_offset() const { return data_offset_; }
 
  private:
   SafetensorsFile() = default;
@@ -94,6 +97,7 @@ class SafetensorsFile {
   void* mapping_ = nullptr;
   size_t mapping_size_ = 0;
   const uint8_t* data_ = nullptr;
+  uint64_t data_offset_ = 0;
 };
 
 // A checkpoint directory, in this order of preference:
@@ -129,6 +133,22 @@ class Checkpoint {
   absl::Status ReadFloat(std::string_view name, float* dst) const {
     return ReadFloat(name, 0, 0, -1, dst);
   }
+
+  // Where the slice ReadFloat(name, dim, start, length) reads lies in its file, after the same
+  // checks (with the same errors): `runs` runs of `run_bytes` contiguous bytes, the first at
+  // byte `file_offset` of the file, each `stride` bytes after the one before, in the dense
+  // row-major order of the slice. A slice that is one contiguous span is one run.
+  struct SliceBytes {
+    const SafetensorsFile* file = nullptr;
+    const TensorInfo* info = nullptr;
+    int64_t elements = 0;  // of the slice
+    uint64_t file_offset = 0;
+    uint64_t run_bytes = 0;
+    uint64_t stride = 0;
+    int64_t runs = 0;  // 0 when the slice is empty
+  };
+  absl::StatusOr<SliceBytes> LocateSlice(std::string_view name, int dim, int64_t start,
+                                         int64_t length) const;
 
   const std::string& dir() const { return dir_; }
 

@@ -6,6 +6,7 @@
 #
 #   scripts/gpu/pack.sh BUILD_DIR CHECKOUT
 #   then, on the device: bash .devcarry/cuda-correctness.sh   (with carry [".devcarry"])
+#   and/or bash .devcarry/load-bench.sh (weight loading on a real-size checkpoint)
 #
 # BUILD_DIR: a build of this tree, e.g. cmake -B build-cuda90a -DCMAKE_CUDA_ARCHITECTURES=90a.
 # CHECKOUT: the checkout the device tool sends (its .devcarry/ must be git-ignored).
@@ -17,13 +18,14 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$dest"
 for f in tessera tests/golden/cuda_golden_test tests/golden/cuda_graph_test \
-  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,random,sampling}_test \
+  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,random,sampling,convert}_test \
   tests/parallel/nccl_communicator_test; do
   strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
 done
 "$here/pack-libs.sh" "$stage/lib" "$stage"/bin/* >/dev/null
 tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
 cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/comm-bench.sh" \
+  "$here/load-bench.sh" "$here/load_bench.py" \
   "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \
   "$dest/"
 du -sh "$dest"

@@ -2,7 +2,9 @@
 #include "kernels/base/dtype.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -65,6 +67,36 @@ TEST(DTypeTest, ConvertToFloatUnaligned) {
   std::vector<float> got(33);
   ConvertToFloat(DType::kBF16, bytes.data() + 1, 33, got.data());
   EXPECT_EQ(got, expect);
+}
+
+// The host reference of the loader's conversion: the same dtype byte for byte (bf16 NaN payloads
+// included), F32 through ConvertToFloat, BF16 through ConvertToFloat then FloatToBF16, across
+// its internal pieces (1024 elements) and an odd tail.
+TEST(DTypeTest, ConvertDTypeIsCopyOrFloatRoundTrip) {
+  std::mt19937 rng(5);
+  const size_t n = 2 * 1024 + 37;
+  for (DType src : {DType::kBF16, DType::kF16, DType::kF32, DType::kF8E4M3}) {
+    std::vector<uint8_t> bytes(n * DTypeSize(src));
+    for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+    std::vector<float> as_float(n);
+    ConvertToFloat(src, bytes.data(), n, as_float.data());
+
+    std::vector<float> f32(n);
+    ConvertDType(src, bytes.data(), n, DType::kF32, f32.data());
+    EXPECT_EQ(std::memcmp(f32.data(), as_float.data(), n * 4), 0) << DTypeName(src);
+
+    std::vector<uint16_t> bf16(n);
+    ConvertDType(src, bytes.data(), n, DType::kBF16, bf16.data());
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t want;
+      if (src == DType::kBF16) {
+        std::memcpy(&want, &bytes[2 * i], 2);
+      } else {
+        want = FloatToBF16(as_float[i]);
+      }
+      ASSERT_EQ(bf16[i], want) << DTypeName(src) << " element " << i;
+    }
+  }
 }
 
 }  // namespace
