@@ -13,7 +13,7 @@ namespace tessera {
 constexpr int kMaxRequestJsonDepth = 64;
 
 absl::Status CheckUtf8(const std::string& field, const std::string& text) {
-  const size_t at = tokenizer_internal::FindInvalidUtf8(text);
+  const size_t at = FindInvalidUtf8(text);
   if (at == std::string::npos) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(field, " is not valid UTF-8 (at byte ", at, ")"));
 }
