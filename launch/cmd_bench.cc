@@ -43,6 +43,7 @@
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/executor.h"
+#include "runtime/engine/step_builder.h"
 
 namespace tessera {
 namespace {
@@ -68,28 +69,17 @@ StepPlan Plan(int dp, int bs, const std::vector<std::vector<int32_t>>& tokens,
               const std::vector<int>& end, bool logits) {
   StepPlan plan;
   plan.replicas.assign(dp, std::vector<StepBatch>(1));
-  StepBatch& b = plan.replicas[0][0];
-  b.num_seqs = static_cast<int>(tokens.size());
-  for (const auto& bl : blocks)
-    b.max_blocks_per_seq = std::max<int>(b.max_blocks_per_seq, bl.size());
-  b.block_tables.assign(static_cast<size_t>(b.num_seqs) * b.max_blocks_per_seq, 0);
-  for (int j = 0; j < b.num_seqs; ++j) {
-    std::copy(blocks[j].begin(), blocks[j].end(),
-              b.block_tables.begin() + j * b.max_blocks_per_seq);
-    for (int p = begin[j]; p < end[j]; ++p) {
-      b.token_ids.push_back(tokens[j][p]);
-      b.positions.push_back(p);
-      b.token_seq.push_back(j);
-      b.slot_mapping.push_back(blocks[j][p / bs] * bs + p % bs);
-    }
+  StepBatchBuilder b(bs);
+  for (size_t j = 0; j < tokens.size(); ++j) {
+    b.AddSequence(tokens[j], blocks[j], begin[j], end[j]);
     if (logits) {
       // Greedy on the device, as a served request without penalties or logprobs.
-      b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
       LogitRowSampling row;
       row.on_device = true;
-      b.logit_sampling.push_back(row);
+      b.AddLogitRow(b.num_tokens() - 1, row);
     }
   }
+  plan.replicas[0][0] = std::move(b).Build();
   return plan;
 }
 

@@ -13,7 +13,7 @@ namespace tessera {
 constexpr int kMaxRequestJsonDepth = 64;
 
 absl::Status CheckUtf8(const std::string& field, const std::string& text) {
-  const size_t at = tokenizer_internal::FindInvalidUtf8(text);
+  const size_t at = FindInvalidUtf8(text);
   if (at == std::string::npos) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(field, " is not valid UTF-8 (at byte ", at, ")"));
 }
@@ -38,6 +38,18 @@ absl::Status CheckMessagesUtf8(
     }
   }
   return absl::OkStatus();
+}
+
+// A request's chat messages, tools and thinking switch through the model's chat template: the one
+// rendering of GenerateRequest and TokenizeRequest alike (both carry these fields).
+template <typename Request>
+absl::StatusOr<std::string> RenderChat(const ChatTemplate& chat_template, const Request& r,
+                                       bool add_generation_prompt) {
+  std::optional<bool> thinking;
+  if (r.has_enable_thinking()) thinking = r.enable_thinking();
+  ASSIGN_OR_RETURN(ChatRequest chat,
+                   ToChatRequest(r.messages(), r.tools_json(), thinking, add_generation_prompt));
+  return chat_template.Render(chat);
 }
 
 }  // namespace
@@ -70,7 +82,6 @@ absl::StatusOr<ChatRequest> ToChatRequest(
           return absl::InvalidArgumentError(
               absl::StrCat("messages[", i, "].tool_calls[", j, "].name is empty"));
         }
-        // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
         // Arguments travel as JSON text (as in OpenAI's API); the template wants the object.
         if (JsonNestingDepth(call.arguments(), kMaxRequestJsonDepth) > kMaxRequestJsonDepth) {
           return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].tool_calls[", j,
@@ -133,10 +144,7 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
     if (frontend.tokenizer == nullptr || frontend.chat_template == nullptr) {
       return bad("this model has no chat template: send prompt or prompt_token_ids");
     }
-    std::optional<bool> thinking;
-    if (r.has_enable_thinking()) thinking = r.enable_thinking();
-    ASSIGN_OR_RETURN(ChatRequest chat, ToChatRequest(r.messages(), r.tools_json(), thinking, true));
-    ASSIGN_OR_RETURN(std::string text, frontend.chat_template->Render(chat));
+    ASSIGN_OR_RETURN(std::string text, RenderChat(*frontend.chat_template, r, true));
     ASSIGN_OR_RETURN(e.prompt, frontend.tokenizer->Encode(text));
     e.parse_chat =
         ChatOutputParser::OptionsForPrompt(text, frontend.chat_template->knows_think_tags());
@@ -209,6 +217,28 @@ v1::GenerateResponse ToResponse(const EngineOutput& o, const std::string& reques
     r.mutable_usage()->set_cached_tokens(static_cast<uint32_t>(o.cached_tokens));
   }
   return r;
+}
+
+absl::StatusOr<v1::TokenizeResponse> ToTokenizeResponse(const v1::TokenizeRequest& r,
+                                                        const Frontend& frontend) {
+  if (frontend.tokenizer == nullptr) {
+    return absl::FailedPreconditionError("this model has no tokenizer");
+  }
+  RETURN_IF_ERROR(CheckUtf8("text", r.text()));
+  v1::TokenizeResponse response;
+  std::string text = r.text();
+  if (r.messages_size() > 0) {
+    if (frontend.chat_template == nullptr) {
+      return absl::FailedPreconditionError("this model has no chat template");
+    }
+    const bool add_generation_prompt =
+        r.has_add_generation_prompt() ? r.add_generation_prompt() : true;
+    ASSIGN_OR_RETURN(text, RenderChat(*frontend.chat_template, r, add_generation_prompt));
+    response.set_rendered(text);
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, frontend.tokenizer->Encode(text));
+  for (int32_t id : ids) response.add_token_ids(id);
+  return response;
 }
 
 }  // namespace tessera

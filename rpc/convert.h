@@ -34,10 +34,17 @@ absl::StatusOr<ChatRequest> ToChatRequest(
 
 // Validates a GenerateRequest and turns it into an engine request (tokenizing the text or
 // rendering the chat). `request_id` is the id to use (the request's, or one made by the server).
+// Chat messages are rendered exactly as ToTokenizeResponse renders them.
 absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request,
                                               const Frontend& frontend,
                                               const std::string& request_id);
 
 v1::GenerateResponse ToResponse(const EngineOutput& output, const std::string& request_id);
+
+// The Tokenize RPC: the request's text, or its chat messages rendered by the chat template first
+// (the rendering Generate gives the same messages; `rendered` then holds the text), as token ids.
+// FAILED_PRECONDITION when the model lacks the tokenizer or the chat template it needs.
+absl::StatusOr<v1::TokenizeResponse> ToTokenizeResponse(const v1::TokenizeRequest& request,
+                                                        const Frontend& frontend);
 
 }  // namespace tessera

@@ -80,31 +80,9 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                         v1::TokenizeResponse* response) override {
     if (grpc::Status auth = Authenticate(*context); !auth.ok()) return Fail(auth);
-    if (frontend_.tokenizer == nullptr) {
-      return Fail(
-          grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no tokenizer"));
-    }
-    std::string text = request->text();
-    if (absl::Status s = CheckUtf8("text", text); !s.ok()) return Fail(ToGrpcStatus(s));
-    if (request->messages_size() > 0) {
-      if (frontend_.chat_template == nullptr) {
-        return Fail(
-            grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this model has no chat template"));
-      }
-      std::optional<bool> thinking;
-      if (request->has_enable_thinking()) thinking = request->enable_thinking();
-      absl::StatusOr<ChatRequest> chat = ToChatRequest(
-          request->messages(), request->tools_json(), thinking,
-          request->has_add_generation_prompt() ? request->add_generation_prompt() : true);
-      if (!chat.ok()) return Fail(ToGrpcStatus(chat.status()));
-      absl::StatusOr<std::string> rendered = frontend_.chat_template->Render(*chat);
-      if (!rendered.ok()) return Fail(ToGrpcStatus(rendered.status()));
-      text = *rendered;
-      response->set_rendered(text);
-    }
-    absl::StatusOr<std::vector<int32_t>> ids = frontend_.tokenizer->Encode(text);
-    if (!ids.ok()) return Fail(ToGrpcStatus(ids.status()));
-    for (int32_t id : *ids) response->add_token_ids(id);
+    absl::StatusOr<v1::TokenizeResponse> tokenized = ToTokenizeResponse(*request, frontend_);
+    if (!tokenized.ok()) return Fail(ToGrpcStatus(tokenized.status()));
+    *response = *std::move(tokenized);
     return grpc::Status::OK;
   }
 

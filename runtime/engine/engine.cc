@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/check.h"
+#include "runtime/engine/step_builder.h"
 
 namespace tessera {
 
@@ -400,39 +401,20 @@ void Engine::Step() {
       }
     }
     for (int m = 0; m < micro; ++m) {
-      StepBatch& b = plan.replicas[d][m];
-      int max_blocks = 1;
-      for (const auto& [s, n] : groups[m]) max_blocks = std::max<int>(max_blocks, s->blocks.size());
-      b.num_seqs = static_cast<int>(groups[m].size());
-      b.max_blocks_per_seq = max_blocks;
-      b.block_tables.assign(static_cast<size_t>(b.num_seqs) * max_blocks, 0);
-      for (int j = 0; j < b.num_seqs; ++j) {
-        Sequence* s = groups[m][j].first;
-        const int n = groups[m][j].second;
-        std::copy(s->blocks.begin(), s->blocks.end(), b.block_tables.begin() + j * max_blocks);
-        for (int p = s->num_computed; p < s->num_computed + n; ++p) {
-          b.token_ids.push_back(s->tokens[p]);
-          b.positions.push_back(p);
-          b.token_seq.push_back(j);
-          b.slot_mapping.push_back(s->blocks[p / bs] * bs + p % bs);
+      StepBatchBuilder b(bs);
+      for (const auto& [s, n] : groups[m]) {
+        b.AddSequence(s->tokens, s->blocks, s->num_computed, s->num_computed + n);
+        // A sequence whose computed tokens reach its end gives a logit row: its next token.
+        if (s->num_computed + n < static_cast<int>(s->tokens.size())) continue;
+        LogitRowSampling row;  // host-sampled rows (logprobs) return their logits
+        if (!s->host_sampled) {
+          row = DeviceSampledRow(s->req.sampling, options_.seed + s->arrival, s->tokens,
+                                 s->prompt_len, options_.sampleable_vocab);
         }
-        if (s->num_computed + n == static_cast<int>(s->tokens.size())) {
-          b.logit_tokens.push_back(static_cast<int32_t>(b.token_ids.size()) - 1);
-          LogitRowSampling row;
-          row.on_device = !s->host_sampled;
-          if (row.on_device) {
-            row.params = DeviceSamplingParams(s->req.sampling, options_.seed + s->arrival,
-                                              s->generated(), options_.sampleable_vocab);
-            if (HasPenalties(s->req.sampling)) {
-              row.penalty = DevicePenaltyRow(s->req.sampling);
-              const auto tokens = absl::MakeConstSpan(s->tokens);
-              row.penalty_entries = PenaltyEntries(tokens, tokens.subspan(s->prompt_len));
-            }
-          }
-          b.logit_sampling.push_back(row);
-          row_owner.push_back(s);
-        }
+        b.AddLogitRow(b.num_tokens() - 1, row);
+        row_owner.push_back(s);
       }
+      plan.replicas[d][m] = std::move(b).Build();
     }
   }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "runtime/engine/step_builder.h"
 
 namespace tessera {
 
@@ -65,33 +66,25 @@ absl::StatusOr<GenerateResult> Generate(Executor& executor, const std::vector<in
   // Without prompt logits the last row is sampled on the device, penalties included (the same
   // draw as the host Sampler's, so the tokens do not depend on the path).
   const bool on_device = !options.want_prompt_logits;
-  // A micro-batch of positions [begin, end) of `sequence`.
+  // A micro-batch of positions [begin, end) of `sequence` (the prompt, then the output), with the
+  // logits of every position (`all_logits`: prompt logits) or of the last (`last_logit`), built as
+  // the engine builds its steps.
   std::vector<int32_t> sequence = prompt;
   const int dp = executor.parallel().dp;
   auto micro_batch = [&](int begin, int end, bool all_logits, bool last_logit) {
-    StepBatch batch;
-    batch.num_seqs = 1;
-    batch.max_blocks_per_seq = num_blocks;
-    batch.block_tables = table;
-    for (int p = begin; p < end; ++p) {
-      batch.token_ids.push_back(sequence[p]);
-      batch.positions.push_back(p);
-      batch.token_seq.push_back(0);
-      batch.slot_mapping.push_back(table[p / bs] * bs + p % bs);
-      if (all_logits || (last_logit && p == end - 1)) batch.logit_tokens.push_back(p - begin);
+    StepBatchBuilder batch(bs);
+    batch.AddSequence(sequence, table, begin, end);
+    if (all_logits) {
+      for (int i = 0; i + 1 < end - begin; ++i) batch.AddLogitRow(i);
     }
-    if (on_device && last_logit) {  // only the last row is sampled; prompt rows return logits
-      batch.logit_sampling.resize(batch.logit_tokens.size());
-      batch.logit_sampling.back().on_device = true;
-      LogitRowSampling& row = batch.logit_sampling.back();
-      row.params = DeviceSamplingParams(options.sampling, options.default_seed,
-                                        result.tokens.size(), sampleable);
-      if (HasPenalties(options.sampling)) {
-        row.penalty = DevicePenaltyRow(options.sampling);
-        row.penalty_entries = PenaltyEntries(sequence, result.tokens);
-      }
+    if (all_logits || last_logit) {
+      batch.AddLogitRow(end - begin - 1,
+                        on_device && last_logit
+                            ? DeviceSampledRow(options.sampling, options.default_seed, sequence,
+                                               n_prompt, sampleable)
+                            : LogitRowSampling{});
     }
-    return batch;
+    return std::move(batch).Build();
   };
   // One step of `batches` as micro-batches of replica 0; the other replicas idle (empty
   // micro-batches) but still meet in the collectives.

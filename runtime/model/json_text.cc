@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/base/string_view.h"
 
 namespace tessera {
 namespace {
@@ -68,13 +69,13 @@ absl::StatusOr<json> ParseJsonText(std::string_view text, std::string_view sourc
   // JSON text never contains a raw NUL (strings must escape control characters), so reject it.
   if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
     return absl::Status(code,
-                        absl::StrCat(AsAbsl(source), ": invalid JSON: NUL byte at offset ", nul));
+                        absl::StrCat(AbslView(source), ": invalid JSON: NUL byte at offset ", nul));
   }
   // NOTE: the DOM of a hostile, deeply nested document costs far more memory than its text; the
   // files read here nest 3 or 4 levels. serde_json (behind the reference safetensors) stops at 128.
   constexpr int kMaxDepth = 128;
   if (JsonNestingDepth(text, kMaxDepth) > kMaxDepth) {
-    return absl::Status(code, absl::StrCat(AsAbsl(source), ": invalid JSON: nested deeper than ",
+    return absl::Status(code, absl::StrCat(AbslView(source), ": invalid JSON: nested deeper than ",
                                            kMaxDepth, " levels"));
   }
   json value = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
@@ -88,7 +89,7 @@ absl::StatusOr<json> ParseJsonText(std::string_view text, std::string_view sourc
     detail.erase(0, bracket + 2);
   }
   if (detail.empty()) detail = "malformed";
-  return absl::Status(code, absl::StrCat(AsAbsl(source), ": invalid JSON: ", detail));
+  return absl::Status(code, absl::StrCat(AbslView(source), ": invalid JSON: ", detail));
 }
 
 std::string DescribeJson(const json& value) {

@@ -9,15 +9,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 
 namespace tessera {
-
-// Debian's abseil keeps its own string_view type (ABSL_OPTION_USE_STD_STRING_VIEW 0), so
-// std::string_view values pass through this on their way into absl::StrCat.
-inline absl::string_view AsAbsl(std::string_view s) {
-  return absl::string_view(s.data(), s.size());
-}
 
 // Parses `text` with exceptions disabled. Invalid JSON becomes a status of `code` whose message is
 // "<source>: invalid JSON: <parser message with line and column>". A NUL byte anywhere is

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/base/string_view.h"
 #include "runtime/model/json_text.h"
 
 namespace tessera {
@@ -299,9 +300,9 @@ absl::Status ParseMoe(const FieldReader& r, ModelConfig* config) {
 absl::StatusOr<ModelConfig> ParseObject(const json& root, std::string_view source) {
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        AsAbsl(source), ": the top level must be a JSON object, got ", DescribeJson(root)));
+        AbslView(source), ": the top level must be a JSON object, got ", DescribeJson(root)));
   }
-  const FieldReader r(root, AsAbsl(source));
+  const FieldReader r(root, AbslView(source));
   ModelConfig c;
 
   RETURN_IF_ERROR(r.String("model_type", true, &c.model_type));
@@ -407,7 +408,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
     return ParseObject(root, source);
   } catch (const std::exception& e) {
     return absl::InternalError(
-        absl::StrCat(AsAbsl(source), ": unexpected error while parsing: ", e.what()));
+        absl::StrCat(AbslView(source), ": unexpected error while parsing: ", e.what()));
   }
 }
 

@@ -185,20 +185,45 @@ class Qwen3Model {
   DeviceBuffer inv_freq_;    // fp32 [D / 2]
   std::vector<Layer> layers_;
 
-  // Step workspace, planned once (PlanWorkspace; capacities in tokens / rows / table entries).
+  // Step workspace, planned once (PlanWorkspace). Shapes are capacities; a step uses the leading
+  // rows: n = token_capacity_ (tokens of one micro-batch, at least the largest decode-graph
+  // bucket), r = logit_capacity_ (logit rows). H = hidden_size, D = head_dim, E = num_experts,
+  // k = num_experts_per_tok; "per shard" = this rank's TP share.
   StepLimits limits_;
   size_t workspace_bytes_ = 0;
   int token_capacity_ = 0;
   int logit_capacity_ = 0;
   int table_capacity_ = 0;
-  DeviceBuffer ids_, positions_, token_seq_, slots_, tables_, logit_rows_;
-  DeviceBuffer residual_, hidden_, qkv_buf_, attn_, proj_, gate_up_buf_, act_;
-  DeviceBuffer router_logits_, topk_ids_, topk_weights_, selected_, logits_buf_;
+  // The step's metadata (StepBatch), uploaded before the layers run:
+  DeviceBuffer ids_;        // int32 [n]: token ids
+  DeviceBuffer positions_;  // int32 [n]
+  DeviceBuffer token_seq_;  // int32 [n]: each token's sequence in the micro-batch
+  DeviceBuffer slots_;      // int32 [n]: each token's KV-cache slot (-1: decode-graph padding)
+  DeviceBuffer tables_;     // int32 [table_capacity_]: block tables, [num_seqs, max_blocks_per_seq]
+  DeviceBuffer logit_rows_;  // int32 [r]: the token index of each logit row
+  // Activations, in the backend's activation dtype (A):
+  DeviceBuffer residual_;  // A [n, H]: the residual stream, whole on every TP rank
+  DeviceBuffer hidden_;    // A [n, H]: the normed input of attention and MLP; RunHead: [r, H]
+  DeviceBuffer qkv_buf_;   // A [n, (q_heads_local + 2 * kv_heads_local) * D] per shard: q | k | v
+  DeviceBuffer attn_;      // A [n, q_heads_local * D] per shard: attention output
+  DeviceBuffer proj_;      // A [n, H]: o_proj / MLP output, per-rank partial sums until reduced
+  DeviceBuffer gate_up_buf_;  // A [n, 2 * I_local] per shard, I_local = the larger of
+                              //   intermediate_local_ and moe_intermediate_local_: dense gate | up
+  DeviceBuffer act_;          // A [n, I_local] per shard: silu(gate) * up
+  DeviceBuffer router_logits_;  // A [n, E] (MoE; with EP, rows of this rank's token slice)
+  DeviceBuffer topk_ids_;       // int32 [n, k] (MoE): each token's experts; EP padding rows -1
+  DeviceBuffer topk_weights_;   // fp32 [n, k] (MoE): their routing weights
+  DeviceBuffer selected_;       // A [r, H]: the logit rows of residual_, gathered (RunHead)
+  DeviceBuffer logits_buf_;     // A [r, vocab_local] per shard: lm_head output
+  // float32 [tp, r, vocab_local]: the gathered logits on the host, before rows are picked out
+  // (TP rank 0 of the last stage, when not every row returns logits or tp > 1).
   std::vector<float> host_logits_;
   // Decode graphs by (padded batch, block-table capacity), recorded against the planned
   // workspace (a new plan drops them). TESSERA_CUDA_GRAPHS=0 turns them off.
   bool graphs_enabled_ = true;
   std::map<std::pair<int, int>, std::unique_ptr<DeviceGraph>> graphs_;
+  // int32 [5 * bucket + bucket * table width]: a decode graph's padded metadata, staged on the
+  // host (ids, positions, sequences, slots, logit rows, then the block tables).
   std::vector<int32_t> staged_;
   DeviceBuffer gathered_logits_;  // A [tp, logit rows, vocab_local] when tp > 1
   DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]

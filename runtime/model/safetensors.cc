@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/base/string_view.h"
 #include "runtime/model/json_text.h"
 
 namespace tessera {
@@ -54,7 +55,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name, const json&
                                             uint64_t data_size, std::string_view file_name) {
   auto corrupt = [&](auto&&... parts) {
     return absl::DataLossError(
-        absl::StrCat(AsAbsl(file_name), ": tensor \"", name, "\": ", parts...));
+        absl::StrCat(AbslView(file_name), ": tensor \"", name, "\": ", parts...));
   };
   if (!entry.is_object()) return corrupt("entry must be an object, got ", DescribeJson(entry));
   TensorInfo info;
@@ -65,7 +66,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name, const json&
   if (!dtype->is_string()) return corrupt("\"dtype\" must be a string, got ", DescribeJson(*dtype));
   if (!ParseDTypeName(dtype->get_ref<const std::string&>(), &info.dtype)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(AsAbsl(file_name), ": tensor \"", name, "\": dtype ", DescribeJson(*dtype),
+        absl::StrCat(AbslView(file_name), ": tensor \"", name, "\": dtype ", DescribeJson(*dtype),
                      " is not supported (tessera reads BF16, F16, F32, F8_E4M3, I32 and I64)"));
   }
 
@@ -95,7 +96,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name, const json&
     bytes = 0;
   }
   if (overflow) {
-    return corrupt("shape ", ShapeString(info.shape), " of ", AsAbsl(DTypeName(info.dtype)),
+    return corrupt("shape ", ShapeString(info.shape), " of ", AbslView(DTypeName(info.dtype)),
                    " overflows a 64-bit byte count");
   }
 
@@ -118,7 +119,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name, const json&
   if (info.data_end - info.data_begin != bytes) {
     return corrupt("data_offsets [", info.data_begin, ", ", info.data_end, "] span ",
                    info.data_end - info.data_begin, " bytes, but shape ", ShapeString(info.shape),
-                   " of ", AsAbsl(DTypeName(info.dtype)), " needs ", bytes);
+                   " of ", AbslView(DTypeName(info.dtype)), " needs ", bytes);
   }
   return info;
 }
@@ -130,14 +131,14 @@ absl::Status CheckLayout(const std::vector<TensorInfo>& tensors, uint64_t data_s
   const TensorInfo* last = nullptr;  // the tensor that ends at `covered`
   for (const TensorInfo& t : tensors) {
     if (t.data_begin < covered) {
-      return absl::DataLossError(absl::StrCat(AsAbsl(file_name), ": tensor \"", t.name,
+      return absl::DataLossError(absl::StrCat(AbslView(file_name), ": tensor \"", t.name,
                                               "\" (bytes [", t.data_begin, ", ", t.data_end,
                                               ")) overlaps tensor \"", last->name, "\" (bytes [",
                                               last->data_begin, ", ", last->data_end, "))"));
     }
     if (t.data_begin > covered) {
       return absl::DataLossError(
-          absl::StrCat(AsAbsl(file_name), ": bytes [", covered, ", ", t.data_begin,
+          absl::StrCat(AbslView(file_name), ": bytes [", covered, ", ", t.data_begin,
                        ") of the data region belong to no tensor (a gap before tensor \"", t.name,
                        "\"); safetensors files have none"));
     }
@@ -145,7 +146,7 @@ absl::Status CheckLayout(const std::vector<TensorInfo>& tensors, uint64_t data_s
     covered = t.data_end;
   }
   if (covered != data_size) {
-    return absl::DataLossError(absl::StrCat(AsAbsl(file_name), ": the data region is ", data_size,
+    return absl::DataLossError(absl::StrCat(AbslView(file_name), ": the data region is ", data_size,
                                             " bytes but its tensors cover ", covered, "; the last ",
                                             data_size - covered, " belong to no tensor"));
   }
@@ -158,7 +159,7 @@ absl::StatusOr<SafetensorsHeader> ParseHeaderImpl(std::string_view header_json, 
                    ParseJsonText(header_json, file_name, absl::StatusCode::kDataLoss));
   if (!root.is_object()) {
     return absl::DataLossError(absl::StrCat(
-        AsAbsl(file_name), ": the header must be a JSON object, got ", DescribeJson(root)));
+        AbslView(file_name), ": the header must be a JSON object, got ", DescribeJson(root)));
   }
   SafetensorsHeader header;
   header.tensors.reserve(root.size());
@@ -166,15 +167,15 @@ absl::StatusOr<SafetensorsHeader> ParseHeaderImpl(std::string_view header_json, 
     if (name == "__metadata__") {
       if (value.is_null()) continue;
       if (!value.is_object()) {
-        return absl::DataLossError(
-            absl::StrCat(AsAbsl(file_name), ": \"__metadata__\" must be an object of strings, got ",
-                         DescribeJson(value)));
+        return absl::DataLossError(absl::StrCat(
+            AbslView(file_name), ": \"__metadata__\" must be an object of strings, got ",
+            DescribeJson(value)));
       }
       for (const auto& [key, text] : value.items()) {
         if (!text.is_string()) {
-          return absl::DataLossError(absl::StrCat(AsAbsl(file_name), ": \"__metadata__\" value \"",
-                                                  key, "\" must be a string, got ",
-                                                  DescribeJson(text)));
+          return absl::DataLossError(absl::StrCat(AbslView(file_name),
+                                                  ": \"__metadata__\" value \"", key,
+                                                  "\" must be a string, got ", DescribeJson(text)));
         }
         header.metadata.emplace(key, text.get<std::string>());
       }
@@ -245,25 +246,25 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header
   try {
     return ParseHeaderImpl(header_json, data_size, file_name);
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(AsAbsl(file_name), ": header: ", e.what()));
+    return absl::InternalError(absl::StrCat(AbslView(file_name), ": header: ", e.what()));
   }
 }
 
 absl::StatusOr<SafetensorsImage> ParseSafetensorsImage(absl::Span<const uint8_t> image,
                                                        std::string_view file_name) {
   if (image.size() < 8) {
-    return absl::DataLossError(absl::StrCat(AsAbsl(file_name), ": ", image.size(),
+    return absl::DataLossError(absl::StrCat(AbslView(file_name), ": ", image.size(),
                                             " bytes is too short for a safetensors file"));
   }
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | image[i];
   if (header_size > kMaxSafetensorsHeaderSize) {
-    return absl::DataLossError(absl::StrCat(AsAbsl(file_name), ": header length ", header_size,
+    return absl::DataLossError(absl::StrCat(AbslView(file_name), ": header length ", header_size,
                                             " is above the limit of ", kMaxSafetensorsHeaderSize,
                                             " bytes (not a safetensors file?)"));
   }
   if (header_size > image.size() - 8) {
-    return absl::DataLossError(absl::StrCat(AsAbsl(file_name), ": header length ", header_size,
+    return absl::DataLossError(absl::StrCat(AbslView(file_name), ": header length ", header_size,
                                             " runs past the end of the file (", image.size(),
                                             " bytes; truncated?)"));
   }
@@ -436,7 +437,7 @@ absl::StatusOr<const SafetensorsFile*> Checkpoint::FileFor(std::string_view name
   auto it = tensor_to_file_.find(name);
   if (it == tensor_to_file_.end()) {
     return absl::NotFoundError(
-        absl::StrCat("tensor \"", AsAbsl(name), "\" is not in checkpoint ", dir_));
+        absl::StrCat("tensor \"", AbslView(name), "\" is not in checkpoint ", dir_));
   }
   const std::string& file_name = it->second;
   std::lock_guard<std::mutex> lock(mu_);
@@ -454,7 +455,7 @@ absl::StatusOr<Checkpoint::Entry> Checkpoint::Find(std::string_view name) const 
   const TensorInfo* info = file->Find(name);
   if (info == nullptr) {  // unreachable: FileFor checked the shard against the index
     return absl::NotFoundError(
-        absl::StrCat(file->path(), ": has no tensor \"", AsAbsl(name), "\""));
+        absl::StrCat(file->path(), ": has no tensor \"", AbslView(name), "\""));
   }
   return Entry{file, info};
 }
@@ -476,9 +477,9 @@ absl::StatusOr<Checkpoint::SliceBytes> Checkpoint::LocateSlice(std::string_view 
   ASSIGN_OR_RETURN(const Entry entry, Find(name));
   const TensorInfo& info = *entry.info;
   auto bad_request = [&](auto&&... parts) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor \"", AsAbsl(name), "\" (", entry.file->path(), ", ",
-                     AsAbsl(DTypeName(info.dtype)), " ", ShapeString(info.shape), "): ", parts...));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor \"", AbslView(name), "\" (", entry.file->path(), ", ",
+        AbslView(DTypeName(info.dtype)), " ", ShapeString(info.shape), "): ", parts...));
   };
   if (info.dtype == DType::kI32 || info.dtype == DType::kI64) {
     return bad_request("an integer tensor cannot be read as float");
@@ -529,8 +530,8 @@ absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start
   if (slice.runs == 0) return absl::OkStatus();
   if (dst == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("tensor \"", AsAbsl(name), "\" (", slice.file->path(), ", ",
-                     AsAbsl(DTypeName(slice.info->dtype)), " ", ShapeString(slice.info->shape),
+        absl::StrCat("tensor \"", AbslView(name), "\" (", slice.file->path(), ", ",
+                     AbslView(DTypeName(slice.info->dtype)), " ", ShapeString(slice.info->shape),
                      "): the destination is null"));
   }
   const size_t element = DTypeSize(slice.info->dtype);

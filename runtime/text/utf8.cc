@@ -1,9 +1,9 @@
-// UTF-8 validation and lossy conversion (see utf8.h).
+// UTF-8 validation, decoding and lossy conversion (see utf8.h).
 #include "runtime/text/utf8.h"
 
 #include <cstring>
 
-namespace tessera::tokenizer_internal {
+namespace tessera {
 namespace {
 
 inline bool IsContinuation(unsigned char b) { return (b & 0xC0) == 0x80; }
@@ -114,4 +114,37 @@ void AppendUtf8(char32_t c, std::string* out) {
   }
 }
 
-}  // namespace tessera::tokenizer_internal
+bool IsAscii(std::string_view text) { return AsciiPrefix(text) == text.size(); }
+
+char32_t NextCodePoint(std::string_view text, size_t* pos) {
+  const Utf8Step step = NextUtf8Step(text, *pos);
+  if (step.kind != Utf8Step::kValid) {
+    ++*pos;
+    return 0xFFFD;
+  }
+  const char32_t c = DecodeUtf8(text.data() + *pos, step.length);
+  *pos += step.length;
+  return c;
+}
+
+std::u32string DecodeUtf8(std::string_view text) {
+  std::u32string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) out.push_back(NextCodePoint(text, &i));
+  return out;
+}
+
+std::string EncodeUtf8(std::u32string_view code_points) {
+  std::string out;
+  out.reserve(code_points.size());
+  for (char32_t c : code_points) AppendUtf8(c, &out);
+  return out;
+}
+
+size_t CodePointCount(std::string_view text) {
+  size_t n = 0;
+  for (char c : text) n += IsContinuation(static_cast<unsigned char>(c)) ? 0 : 1;
+  return n;
+}
+
+}  // namespace tessera

@@ -1,6 +1,9 @@
-// UTF-8 helpers for the tokenizer: validation with the offending offset, and the lossy conversion
-// that Hugging Face's ByteLevel decoder applies (Rust's String::from_utf8_lossy).
+// UTF-8, the one module for runtime/text (tokenizer, detokenizer, chat templates, output parser)
+// and the request checks of rpc/: validation with the offending offset, decoding and encoding of
+// code points, and the lossy conversion that Hugging Face's ByteLevel decoder applies (Rust's
+// String::from_utf8_lossy).
 //
+// Well-formed means Unicode Table 3-7: no overlong forms, no surrogates, nothing above U+10FFFF.
 // The lossy rule replaces each "maximal subpart" of an ill-formed sequence with one U+FFFD (Unicode
 // §3.9, "U+FFFD substitution of maximal subparts"). The rule is prefix-stable: converting a byte
 // string piece by piece, holding back a trailing incomplete character until more bytes arrive,
@@ -12,14 +15,7 @@
 #include <string>
 #include <string_view>
 
-#include "absl/strings/string_view.h"
-
-namespace tessera::tokenizer_internal {
-
-// Debian's abseil keeps its own string_view type; its hash maps look keys up by that type.
-inline absl::string_view AbslView(std::string_view s) {
-  return absl::string_view(s.data(), s.size());
-}
+namespace tessera {
 
 inline constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -66,4 +62,19 @@ inline char32_t DecodeUtf8(const char* p, int length) {
 // Appends the UTF-8 encoding of a Unicode scalar value.
 void AppendUtf8(char32_t c, std::string* out);
 
-}  // namespace tessera::tokenizer_internal
+// True when every byte is ASCII.
+bool IsAscii(std::string_view text);
+
+// Decodes the character at text[*pos] and advances *pos past it. A byte that does not start a
+// well-formed character decodes as U+FFFD and advances by one (callers validate their input
+// first; this only keeps them safe from bytes they did not).
+char32_t NextCodePoint(std::string_view text, size_t* pos);
+
+// The code points of `text` (NextCodePoint's), and back.
+std::u32string DecodeUtf8(std::string_view text);
+std::string EncodeUtf8(std::u32string_view code_points);
+
+// The number of characters of valid UTF-8 `text` (bytes that are not continuation bytes).
+size_t CodePointCount(std::string_view text);
+
+}  // namespace tessera

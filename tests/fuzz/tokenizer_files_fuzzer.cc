@@ -30,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (int32_t id : *ids) TESSERA_CHECK(id >= 0 && id < (*tok)->vocab_size());
       auto back = (*tok)->Decode(*ids, !parse_special);
       TESSERA_CHECK(back.ok()) << back.status();
-      TESSERA_CHECK(tessera::tokenizer_internal::FindInvalidUtf8(*back) == std::string::npos);
+      TESSERA_CHECK(tessera::FindInvalidUtf8(*back) == std::string::npos);
     }
   }
   return 0;

@@ -22,9 +22,9 @@
 
 namespace {
 
+using tessera::FindInvalidUtf8;
 using tessera::StreamingDetokenizer;
 using tessera::Tokenizer;
-using tessera::tokenizer_internal::FindInvalidUtf8;
 
 const Tokenizer& Qwen3() {
   static const Tokenizer* tok = [] {

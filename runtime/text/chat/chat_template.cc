@@ -138,7 +138,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromString(
   absl::StatusOr<jinja::Template> compiled = jinja::Template::Parse(source);
   if (!compiled.ok()) {
     return absl::InvalidArgumentError(
-        Concat("chat template: ", jinja::StdView(compiled.status().message())));
+        Concat("chat template: ", StdView(compiled.status().message())));
   }
   ChatTemplate t;
   t.templates_.push_back({"default", std::move(*compiled)});
@@ -226,7 +226,7 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Load(const std::string& dir) {
     absl::StatusOr<jinja::Template> compiled = jinja::Template::Parse(sources[i].second);
     if (!compiled.ok()) {
       return absl::InvalidArgumentError(Concat(origins[i], ": chat template '", sources[i].first,
-                                               "': ", jinja::StdView(compiled.status().message())));
+                                               "': ", StdView(compiled.status().message())));
     }
     t.templates_.push_back({sources[i].first, std::move(*compiled)});
     t.knows_think_tags_ |= sources[i].second.find("</think>") != std::string::npos;
@@ -315,7 +315,7 @@ absl::StatusOr<std::string> ChatTemplate::Render(const ChatRequest& request) con
   if (!text.ok()) {
     const std::string which = named_set_ ? Concat(": chat template '", chosen->name, "'") : "";
     return absl::InvalidArgumentError(
-        Concat(origin_, which, ": ", jinja::StdView(text.status().message())));
+        Concat(origin_, which, ": ", StdView(text.status().message())));
   }
   return text;
 }

@@ -1,8 +1,8 @@
 // String concatenation for the chat module.
 //
-// The Abseil this project builds against keeps its own absl::string_view type
-// (ABSL_OPTION_USE_STD_STRING_VIEW == 0), so absl::StrCat does not accept std::string_view, which
-// this module uses throughout. Concat accepts strings, string views, characters and integers.
+// The Abseil this project builds against keeps its own absl::string_view type, so absl::StrCat
+// does not accept std::string_view, which this module uses throughout (kernels/base/string_view.h).
+// Concat accepts strings, string views, characters and integers.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "absl/strings/string_view.h"
+#include "kernels/base/string_view.h"
 
 namespace tessera::jinja {
 namespace concat_internal {
@@ -27,9 +28,6 @@ void Append(std::string* out, T v) {
 }
 
 }  // namespace concat_internal
-
-inline absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
-inline std::string_view StdView(absl::string_view s) { return {s.data(), s.size()}; }
 
 template <typename... Args>
 std::string Concat(const Args&... args) {

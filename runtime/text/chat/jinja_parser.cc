@@ -1720,9 +1720,9 @@ std::string NormalizeNewlines(std::string_view source) {
 }  // namespace
 
 absl::StatusOr<Body> ParseTemplate(std::string_view source) {
-  if (std::optional<size_t> bad = FindInvalidUtf8(source)) {
+  if (const size_t bad = FindInvalidUtf8(source); bad != std::string_view::npos) {
     return absl::InvalidArgumentError(
-        Concat("template is not valid UTF-8 (byte offset ", *bad, ")"));
+        Concat("template is not valid UTF-8 (byte offset ", bad, ")"));
   }
   const std::string normalized = NormalizeNewlines(source);
   const SourceMap map(normalized);

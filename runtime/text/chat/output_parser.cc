@@ -205,7 +205,7 @@ void ChatOutputParser::HandleToolCall(std::string_view body, bool closed,
     absl::StatusOr<std::string> arguments =
         jinja::PyJsonDumps(jinja::FromJson(call["arguments"]), jinja::JsonDumpsOptions{});
     if (!arguments.ok()) {
-      error = jinja::Concat("tool call arguments: ", jinja::StdView(arguments.status().message()));
+      error = jinja::Concat("tool call arguments: ", StdView(arguments.status().message()));
     } else {
       OutputEvent e;
       e.kind = OutputEvent::Kind::kToolCall;

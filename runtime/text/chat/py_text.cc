@@ -1,7 +1,5 @@
 #include "runtime/text/chat/py_text.h"
 
-#include "runtime/text/utf8.h"
-
 #include <unicode/locid.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
@@ -13,45 +11,6 @@
 
 namespace tessera::jinja {
 namespace {
-
-// Decodes one code point at s[*i], advancing *i. Invalid bytes give U+FFFD and advance by one.
-char32_t NextCodePoint(std::string_view s, size_t* i) {
-  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char b0 = byte(*i);
-  if (b0 < 0x80) {
-    ++*i;
-    return b0;
-  }
-  int len = 0;
-  char32_t cp = 0;
-  if ((b0 & 0xE0) == 0xC0) {
-    len = 2;
-    cp = b0 & 0x1F;
-  } else if ((b0 & 0xF0) == 0xE0) {
-    len = 3;
-    cp = b0 & 0x0F;
-  } else if ((b0 & 0xF8) == 0xF0) {
-    len = 4;
-    cp = b0 & 0x07;
-  } else {
-    ++*i;
-    return 0xFFFD;
-  }
-  if (*i + len > s.size()) {
-    ++*i;
-    return 0xFFFD;
-  }
-  for (int k = 1; k < len; ++k) {
-    const unsigned char b = byte(*i + k);
-    if ((b & 0xC0) != 0x80) {
-      ++*i;
-      return 0xFFFD;
-    }
-    cp = (cp << 6) | (b & 0x3F);
-  }
-  *i += len;
-  return cp;
-}
 
 std::string FromIcu(const icu::UnicodeString& u) {
   std::string out;
@@ -117,69 +76,6 @@ bool AllChars(std::string_view s, Pred pred) {
 }
 
 }  // namespace
-
-std::optional<size_t> FindInvalidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char b0 = static_cast<unsigned char>(s[i]);
-    if (b0 < 0x80) {
-      ++i;
-      continue;
-    }
-    int len;
-    char32_t min;
-    char32_t cp;
-    if ((b0 & 0xE0) == 0xC0) {
-      len = 2, min = 0x80, cp = b0 & 0x1F;
-    } else if ((b0 & 0xF0) == 0xE0) {
-      len = 3, min = 0x800, cp = b0 & 0x0F;
-    } else if ((b0 & 0xF8) == 0xF0) {
-      len = 4, min = 0x10000, cp = b0 & 0x07;
-    } else {
-      return i;
-    }
-    if (i + len > s.size()) return i;
-    for (int k = 1; k < len; ++k) {
-      const unsigned char b = static_cast<unsigned char>(s[i + k]);
-      if ((b & 0xC0) != 0x80) return i;
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
-    i += len;
-  }
-  return std::nullopt;
-}
-
-bool IsAscii(std::string_view s) {
-  for (char c : s) {
-    if (static_cast<unsigned char>(c) >= 0x80) return false;
-  }
-  return true;
-}
-
-std::u32string DecodeUtf8(std::string_view s) {
-  std::u32string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size();) out.push_back(NextCodePoint(s, &i));
-  return out;
-}
-
-void AppendUtf8(char32_t c, std::string* out) { tokenizer_internal::AppendUtf8(c, out); }
-
-std::string EncodeUtf8(std::u32string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char32_t c : s) AppendUtf8(c, &out);
-  return out;
-}
-
-size_t CodePointCount(std::string_view s) {
-  size_t n = 0;
-  for (char c : s) {
-    if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++n;
-  }
-  return n;
-}
 
 bool PyIsSpace(char32_t c) {
   if (c <= 0x20) return c == ' ' || (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x1F);

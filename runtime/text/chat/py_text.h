@@ -3,7 +3,8 @@
 // Chat templates are Python code at heart: `'x'.strip()`, `s[::-1]`, `len(s)` and `repr(1e16)` must
 // give what CPython gives, or the rendered prompt differs from transformers' by a byte. Strings
 // stay UTF-8 everywhere; operations that Python defines per code point (indexing, length, strip
-// sets, case mapping) decode on demand. Case mapping and character classes come from ICU.
+// sets, case mapping) decode on demand (runtime/text/utf8.h: validation, code points). Case
+// mapping and character classes come from ICU.
 #pragma once
 
 #include <cstdint>
@@ -12,16 +13,9 @@
 #include <string_view>
 #include <vector>
 
-namespace tessera::jinja {
+#include "runtime/text/utf8.h"
 
-// UTF-8 validation: returns the byte offset of the first invalid sequence, or nullopt when valid.
-std::optional<size_t> FindInvalidUtf8(std::string_view s);
-bool IsAscii(std::string_view s);
-// Decodes valid UTF-8 (invalid bytes decode as U+FFFD; callers validate their inputs first).
-std::u32string DecodeUtf8(std::string_view s);
-std::string EncodeUtf8(std::u32string_view s);
-void AppendUtf8(char32_t c, std::string* out);
-size_t CodePointCount(std::string_view s);
+namespace tessera::jinja {
 
 // str.isspace() for one code point.
 bool PyIsSpace(char32_t c);

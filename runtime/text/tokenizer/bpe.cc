@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "kernels/base/string_view.h"
 #include "runtime/text/utf8.h"
 
 namespace tessera::tokenizer_internal {

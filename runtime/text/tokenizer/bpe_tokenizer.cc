@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/base/string_view.h"
 #include "runtime/text/tokenizer/byte_level.h"
 #include "runtime/text/utf8.h"
 

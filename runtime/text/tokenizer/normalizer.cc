@@ -7,29 +7,14 @@
 #include <unicode/uniset.h>
 #include <unicode/unistr.h>
 
-#include <cstring>
 #include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/check.h"
+#include "runtime/text/utf8.h"
 
 namespace tessera::tokenizer_internal {
-namespace {
-
-bool IsAscii(std::string_view s) {
-  size_t i = 0;
-  uint64_t any = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    uint64_t word;
-    std::memcpy(&word, s.data() + i, 8);
-    any |= word;
-  }
-  for (; i < s.size(); ++i) any |= static_cast<unsigned char>(s[i]);
-  return (any & 0x8080808080808080ull) == 0;
-}
-
-}  // namespace
 
 absl::StatusOr<NfcNormalizer> NfcNormalizer::Create() {
   // Built once: ICU's NFC restricted to the characters of HF's Unicode version (see the header).

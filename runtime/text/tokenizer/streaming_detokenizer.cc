@@ -10,9 +10,6 @@
 
 namespace tessera {
 
-using tokenizer_internal::AppendUtf8LossyStable;
-using tokenizer_internal::kReplacementChar;
-
 StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tokenizer, bool skip_special_tokens)
     : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
 

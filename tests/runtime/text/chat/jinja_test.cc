@@ -297,9 +297,6 @@ TEST(PyText, StripSplitCase) {
   EXPECT_EQ(PyUpper("straße"), "STRASSE");
   EXPECT_EQ(PyTitle("hello wORLD's"), "Hello World'S");
   EXPECT_EQ(PyCapitalize("éCOLE"), "École");
-  EXPECT_EQ(FindInvalidUtf8("ok é"), std::nullopt);
-  EXPECT_EQ(FindInvalidUtf8("ab\xc0\x80"), 2u);    // overlong
-  EXPECT_EQ(FindInvalidUtf8("\xed\xa0\x80"), 0u);  // surrogate
 }
 
 TEST(PyJson, DumpsLikePython) {

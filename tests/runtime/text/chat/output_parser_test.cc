@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "runtime/text/chat/chat_template.h"
-#include "runtime/text/chat/py_text.h"
+#include "runtime/text/utf8.h"
 
 namespace tessera {
 namespace {
@@ -192,7 +192,7 @@ std::vector<OutputEvent> Stream(const std::vector<std::string>& chunks, Options 
   std::vector<OutputEvent> all;
   const auto take = [&](std::vector<OutputEvent> events) {
     for (OutputEvent& e : events) {
-      EXPECT_EQ(jinja::FindInvalidUtf8(e.text), std::nullopt) << "delta splits a character";
+      EXPECT_EQ(FindInvalidUtf8(e.text), std::string_view::npos) << "delta splits a character";
       all.push_back(std::move(e));
     }
   };

@@ -1,5 +1,5 @@
-// The tokenizer's building blocks: UTF-8 handling, the byte-level alphabet, the Oniguruma ->
-// PCRE2 pattern translation, NFC, and the added-token matcher.
+// The tokenizer's building blocks: the byte-level alphabet, the Oniguruma -> PCRE2 pattern
+// translation, NFC, and the added-token matcher (UTF-8 itself: tests/runtime/text/utf8_test.cc).
 #include <string>
 #include <vector>
 
@@ -10,62 +10,11 @@
 #include "runtime/text/tokenizer/byte_level.h"
 #include "runtime/text/tokenizer/normalizer.h"
 #include "runtime/text/tokenizer/pre_tokenizer.h"
-#include "runtime/text/utf8.h"
 
 namespace tessera::tokenizer_internal {
 namespace {
 
 using ::testing::ElementsAre;
-
-std::string Lossy(std::string_view bytes) {
-  std::string out;
-  AppendUtf8Lossy(bytes, &out);
-  return out;
-}
-
-constexpr char kFffd[] = "\xEF\xBF\xBD";
-
-TEST(Utf8Test, FindInvalid) {
-  EXPECT_EQ(FindInvalidUtf8(""), std::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("plain ascii that is longer than eight bytes"), std::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("\xC3\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80\xF4\x8F\xBF\xBF"),
-            std::string_view::npos);
-  EXPECT_EQ(FindInvalidUtf8("0123456789\x80"), 10u);
-  EXPECT_EQ(FindInvalidUtf8("ab\xC0\x80"), 2u);        // overlong
-  EXPECT_EQ(FindInvalidUtf8("ab\xE0\x9F\xBF"), 2u);    // overlong 3-byte
-  EXPECT_EQ(FindInvalidUtf8("\xED\xBF\xBF"), 0u);      // surrogate
-  EXPECT_EQ(FindInvalidUtf8("\xF4\x90\x80\x80"), 0u);  // above U+10FFFF
-  EXPECT_EQ(FindInvalidUtf8("\xF5\x80\x80\x80"), 0u);
-  EXPECT_EQ(FindInvalidUtf8("x\xE4\xB8"), 1u);  // truncated
-}
-
-// Rust's String::from_utf8_lossy (which Hugging Face's decoder uses): one U+FFFD per maximal
-// subpart of an ill-formed sequence (Unicode §3.9, Table 3-8's example included).
-TEST(Utf8Test, LossyReplacesMaximalSubparts) {
-  EXPECT_EQ(Lossy("a\xC3\xA9z"), "a\xC3\xA9z");
-  EXPECT_EQ(Lossy("\xC0\xAF"), std::string(kFffd) + kFffd);
-  EXPECT_EQ(Lossy("\xE0\x80"), std::string(kFffd) + kFffd);
-  EXPECT_EQ(Lossy("\xF0\x9F\x98"), kFffd);
-  EXPECT_EQ(Lossy("\xF0\x9F\x98"
-                  "a"),
-            std::string(kFffd) + "a");
-  EXPECT_EQ(Lossy("\xED\xA0\x80"), std::string(kFffd) + kFffd + kFffd);
-  EXPECT_EQ(Lossy("\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
-            std::string("a") + kFffd + kFffd + kFffd + "b" + kFffd + "c" + kFffd + kFffd + "d");
-}
-
-TEST(Utf8Test, StablePrefixHoldsIncompleteTail) {
-  std::string out;
-  EXPECT_EQ(AppendUtf8LossyStable("ab\xF0\x9F", &out), 2u);
-  EXPECT_EQ(out, "ab");
-  out.clear();
-  EXPECT_EQ(AppendUtf8LossyStable("\xF0\x9F\x98\x80", &out), 4u);
-  EXPECT_EQ(out, "\xF0\x9F\x98\x80");
-  out.clear();
-  // An ill-formed prefix is final at once; only a well-formed incomplete one waits.
-  EXPECT_EQ(AppendUtf8LossyStable("\xF0\x41", &out), 2u);
-  EXPECT_EQ(out, std::string(kFffd) + "A");
-}
 
 TEST(ByteLevelTest, Alphabet) {
   const ByteLevelAlphabet& a = ByteLevelAlphabet::Get();

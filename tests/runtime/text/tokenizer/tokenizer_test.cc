@@ -183,7 +183,7 @@ std::string RandomText(std::mt19937& rng) {
     const auto [lo, hi] = kRanges[pick(rng)];
     char32_t c = std::uniform_int_distribution<char32_t>(lo, hi)(rng);
     if (c >= 0xD800 && c <= 0xDFFF) c = 'x';
-    tokenizer_internal::AppendUtf8(c, &s);
+    AppendUtf8(c, &s);
   }
   return s;
 }
@@ -355,7 +355,7 @@ TEST_P(Qwen3Test, StreamingEmojiAcrossTokens) {
   ASSERT_TRUE(ids.ok());
   std::string joined;
   for (const std::string& piece : Stream(tok(), *ids, false)) {
-    EXPECT_EQ(tokenizer_internal::FindInvalidUtf8(piece), std::string_view::npos);
+    EXPECT_EQ(FindInvalidUtf8(piece), std::string_view::npos);
     joined += piece;
   }
   EXPECT_EQ(joined, "x " + family + " y");
@@ -407,7 +407,7 @@ TEST_P(Qwen3Test, StreamingMatchesDecode) {
     for (bool skip : {false, true}) {
       std::string joined;
       for (const std::string& piece : Stream(tok(), ids, skip)) {
-        ASSERT_EQ(tokenizer_internal::FindInvalidUtf8(piece), std::string_view::npos);
+        ASSERT_EQ(FindInvalidUtf8(piece), std::string_view::npos);
         joined += piece;
       }
       EXPECT_EQ(joined, *tok().Decode(ids, skip));
