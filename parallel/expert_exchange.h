@@ -3,9 +3,10 @@
 // on what they received, and each partial sum returns to the token's home rank, which adds them
 // in increasing rank order.
 //
-// Why: the all-gather exchange it replaces (TESSERA_EP_EXCHANGE=allgather, runtime/ENGINE.md)
-// sends every rank's rows to every rank; at EP8 top-8 of 128 a token reaches ~5.3 of the 8 ranks,
-// and the all-gather's bytes grow with the rank count while these stay bounded by top_k.
+// Why: the all-gather exchange it replaces (TESSERA_EP_EXCHANGE=allgather; see
+// runtime/engine/ENGINE.md) sends every rank's rows to every rank; at EP8 top-8 of 128 a token
+// reaches ~5.3 of the 8 ranks, and the all-gather's bytes grow with the rank count while these
+// stay bounded by top_k.
 //
 // One call of Dispatch + Combine, with S ranks, m rows on this rank, E experts, k = top_k:
 //   1. Layout (Backend::MoeDispatchLayout): per destination rank the count of rows and their
