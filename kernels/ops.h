@@ -276,6 +276,32 @@ class Backend {
   virtual void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                           const ExpertWeights& experts, void* out) = 0;
 
+  // Expert-parallel dispatch over all-to-all (parallel/expert_exchange.h), in three ops. S ranks
+  // each hold `experts_per_rank` consecutive experts (rank r: [r * experts_per_rank, ...)).
+  //
+  // Layout, from ids int32 [n, top_k] (global expert ids, distinct within a row; < 0: padding):
+  //   rank_counts   int32 [S]               send rows for rank r: tokens with an expert on r
+  //   expert_counts int32 [S * experts_per_rank]  (tokens, slot) pairs per expert; may be null
+  //   send_tokens   int32 [n * min(top_k, S)]     token of each send row, grouped by rank in
+  //                                               increasing order, tokens ascending within a
+  //                                               rank (entries past the total untouched)
+  //   token_slots   int32 [n, top_k]              send rows of token t in increasing rank, then -1
+  // Each token is sent once to every rank owning one of its experts (never once per expert). The
+  // order depends on the ids alone (no atomics).
+  virtual void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
+                                 int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,
+                                 int32_t* send_tokens, int32_t* token_slots) = 0;
+  // The `rows` send rows in layout order: send_x A[rows, H] = x A[n, H][send_tokens[i]], and the
+  // token's ids int32 [rows, top_k] and weights fp32 [rows, top_k].
+  virtual void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
+                               const int32_t* send_tokens, int rows, int64_t hidden, int top_k,
+                               void* send_x, int32_t* send_ids, float* send_weights) = 0;
+  // Combine on the tokens' home rank: out A[n, H] = sum over token t's send rows, in increasing
+  // destination rank (token_slots' order), of y A[*, H] (each rank's partial sum over its experts,
+  // returned to the send row it came from), in fp32 and rounded once; 0 for a token with no row.
+  virtual void MoeCombineRanks(const void* y, const int32_t* token_slots, int n, int top_k,
+                               int64_t hidden, void* out) = 0;
+
   // tokens int32[rows] = one id per row drawn from logits A by the rule of
   // kernels/base/sampling_rule.h (temperature -> top-k -> top-p -> min-p -> draw), with
   // params[rows] (device memory). The logits are `shards` vocabulary shards as a TP all-gather

@@ -388,6 +388,26 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   } else {
     executor.Shutdown();
   }
+  // Expert load over everything above (this stage's MoE layers, all EP ranks): how far the
+  // busiest expert and the busiest rank are above the mean.
+  const Qwen3Model::ExpertLoad load = executor.model().expert_load();
+  if (!load.tokens_per_expert.empty()) {
+    auto max_over_mean = [](const std::vector<int64_t>& v) {
+      int64_t sum = 0, max = 0;
+      for (int64_t x : v) {
+        sum += x;
+        max = std::max(max, x);
+      }
+      return sum > 0 ? static_cast<double>(max) * static_cast<double>(v.size()) / sum : 0.0;
+    };
+    const double experts = max_over_mean(load.tokens_per_expert);
+    const double ranks = max_over_mean(load.rows_per_rank);
+    result["expert_load"] = {{"max_over_mean_expert", experts},
+                             {"max_over_mean_rank", ranks},
+                             {"tokens_per_expert", load.tokens_per_expert},
+                             {"rows_per_rank", load.rows_per_rank}};
+    std::fprintf(stderr, "expert load (max/mean): experts %.3f, EP ranks %.3f\n", experts, ranks);
+  }
   if (flags.GetBool("json")) std::printf("%s\n", result.dump(1).c_str());
   const bool failed =
       result.contains("throughput") && result["throughput"]["failures"].get<int64_t>() > 0;

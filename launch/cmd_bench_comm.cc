@@ -3,6 +3,8 @@
 //   mpirun -np N tessera bench-comm [--device cuda|cpu] [--sizes-kb 8,16,32,64,80,128,256]
 //       [--bw-sizes-mb 1,4,16,64,256] [--a2a-sizes-mb 1,4,16,64,256] [--rs-ag-sizes-mb 16,256]
 //       [--skew-mb 16] [--graph-ops 32] [--repeats 20] [--warmup 5] [--json]
+//       [--moe-tokens 1,16,128,512,1024,4096] [--moe-hidden 4096] [--moe-experts 128]
+//       [--moe-top-k 8] [--moe-layout-ranks 8]
 //
 // Reports, on rank 0 (a table on stderr; --json adds one JSON object on stdout):
 //   - all-reduce latency at decode sizes (in place, activation dtype): eager (enqueue + host wait
@@ -14,7 +16,14 @@
 //   - all-to-all(v) through AllToAllV at MoE dispatch sizes (total bytes each rank sends, equal
 //     blocks per peer) and one skewed pattern (each rank sends 4x more to its next neighbour):
 //     busbw = algbw * (n-1)/n;
-//   - reduce-scatter and all-gather (bytes = the full, gathered buffer): busbw = algbw * (n-1)/n.
+//   - reduce-scatter and all-gather (bytes = the full, gathered buffer): busbw = algbw * (n-1)/n;
+//   - MoE dispatch at Qwen3-235B-A22B's shapes by default (hidden 4096, top-8 of 128 experts,
+//     uniform random routing, activation-dtype payload), per --moe-tokens tokens per rank: the
+//     layout kernels alone for --moe-layout-ranks ranks (layout, pack, combine; no
+//     communication), then with 2 or more ranks the whole exchange over the world (Dispatch +
+//     Combine of parallel/expert_exchange.h, experts not run) beside the all-gather /
+//     reduce-scatter exchange it replaces (TESSERA_EP_EXCHANGE=allgather).
+// With one rank only the MoE layout kernels are measured.
 // Every figure is the median over --repeats timed runs after --warmup untimed ones, the slowest
 // rank's median (max over ranks). On CUDA, times come from cudaEvents on the backend's stream;
 // with --device cpu (the default without a GPU) the MPI communicator is timed on host buffers with
@@ -26,6 +35,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -38,6 +48,7 @@
 #include "launch/flags.h"
 #include "launch/mpi_session.h"
 #include "nlohmann/json.hpp"
+#include "parallel/expert_exchange.h"
 
 #if defined(TESSERA_HAVE_CUDA)
 #include "kernels/cuda/cuda_check.h"
@@ -144,9 +155,141 @@ double GraphAllReduceSeconds(Backend& backend, Communicator& comm, Timer& timer,
   return timer.Seconds(warmup, repeats, [&] { graph->Replay(); }) / ops;
 }
 
+// Distinct experts per token, uniform over [0, experts): ids int32 [tokens, top_k].
+std::vector<int32_t> RandomRouting(int tokens, int experts, int top_k, std::mt19937& rng) {
+  std::vector<int32_t> ids(static_cast<size_t>(tokens) * top_k), all(experts);
+  for (int e = 0; e < experts; ++e) all[e] = e;
+  for (int t = 0; t < tokens; ++t) {
+    // A partial Fisher-Yates shuffle: the first top_k of `all` are the token's experts.
+    for (int k = 0; k < top_k; ++k) {
+      std::uniform_int_distribution<int> pick(k, experts - 1);
+      std::swap(all[k], all[pick(rng)]);
+      ids[static_cast<size_t>(t) * top_k + k] = all[k];
+    }
+  }
+  return ids;
+}
+
+struct MoeShape {
+  std::vector<int64_t> tokens;  // per rank
+  int64_t hidden;
+  int experts, top_k, layout_ranks;
+};
+
+// The MoE dispatch measurements (see the file comment): JSON {"layout": [...], "exchange": [...]}.
+json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const MoeShape& shape,
+                      int warm, int rep, const std::function<void(const std::string&)>& say) {
+  const int n = comm.size(), k = shape.top_k, E = shape.experts;
+  const int64_t H = shape.hidden;
+  const DType dtype = backend.activation_dtype();
+  const size_t es = DTypeSize(dtype);
+  const int max_m = static_cast<int>(*std::max_element(shape.tokens.begin(), shape.tokens.end()));
+  std::mt19937 rng(1234 + comm.rank());
+  // Inputs for the largest count: rows A [max_m, H], ids, weights; send/receive rows for the
+  // layout kernels' S ranks and for the exchanges.
+  const int64_t slots = std::min(k, std::max(shape.layout_ranks, n));
+  const int64_t rows_cap = static_cast<int64_t>(max_m) * std::max<int64_t>(slots, n);
+  DeviceBuffer x = backend.Allocate(static_cast<size_t>(max_m) * H * es);
+  DeviceBuffer ids = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(int32_t));
+  DeviceBuffer weights = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(float));
+  DeviceBuffer counts = backend.Allocate((shape.layout_ranks + E) * sizeof(int32_t));
+  DeviceBuffer send_tokens = backend.Allocate(rows_cap * sizeof(int32_t));
+  DeviceBuffer token_slots = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(int32_t));
+  DeviceBuffer rows_a = backend.Allocate(static_cast<size_t>(rows_cap) * H * es);
+  DeviceBuffer rows_b = backend.Allocate(static_cast<size_t>(rows_cap) * H * es);
+  DeviceBuffer rows_ids = backend.Allocate(rows_cap * k * sizeof(int32_t));
+  DeviceBuffer rows_w = backend.Allocate(rows_cap * k * sizeof(float));
+  backend.FillRandom(x.data(), dtype, static_cast<size_t>(max_m) * H, 3, 0.0f, 1.0f);
+  backend.FillRandom(rows_b.data(), dtype, static_cast<size_t>(rows_cap) * H, 4, 0.0f, 0.0f);
+  backend.FillRandom(weights.data(), DType::kF32, static_cast<size_t>(max_m) * k, 5, 0.5f, 0.1f);
+  json out = json::object();
+
+  // Layout kernels for layout_ranks simulated ranks (this rank's routing to all of them).
+  say(absl::StrFormat(
+      "\nMoE dispatch kernels: hidden %lld, top-%d of %d experts over %d ranks (no communication)",
+      static_cast<long long>(H), k, E, shape.layout_ranks));
+  say(absl::StrFormat("  %8s %8s %10s %10s %10s %12s %12s", "tokens", "rows", "layout us",
+                      "pack us", "combine us", "pack GB/s", "combine GB/s"));
+  json layout = json::array();
+  const int S = shape.layout_ranks;
+  for (int64_t m64 : shape.tokens) {
+    const int m = static_cast<int>(m64);
+    const std::vector<int32_t> host_ids = RandomRouting(m, E, k, rng);
+    backend.CopyToDevice(ids.data(), host_ids.data(), host_ids.size() * sizeof(int32_t));
+    auto* c = counts.as<int32_t>();
+    auto run_layout = [&] {
+      backend.MoeDispatchLayout(ids.as<int32_t>(), m, k, S, E / S, c, c + S,
+                                send_tokens.as<int32_t>(), token_slots.as<int32_t>());
+    };
+    const double t_layout = timer.Seconds(warm, rep, run_layout);
+    std::vector<int32_t> rank_rows(S);
+    backend.CopyToHost(rank_rows.data(), c, S * sizeof(int32_t));
+    int rows = 0;
+    for (int v : rank_rows) rows += v;
+    const double t_pack = timer.Seconds(warm, rep, [&] {
+      backend.MoeDispatchPack(x.data(), ids.as<int32_t>(), weights.as<float>(),
+                              send_tokens.as<int32_t>(), rows, H, k, rows_a.data(),
+                              rows_ids.as<int32_t>(), rows_w.as<float>());
+    });
+    const double t_combine = timer.Seconds(warm, rep, [&] {
+      backend.MoeCombineRanks(rows_b.data(), token_slots.as<int32_t>(), m, k, H, x.data());
+    });
+    // Bytes: pack reads and writes each row; combine reads each row and writes each token.
+    const double pack_bytes = 2.0 * rows * H * es, combine_bytes = (rows + m) * H * es * 1.0;
+    layout.push_back({{"tokens", m},
+                      {"rows", rows},
+                      {"layout_us", t_layout * 1e6},
+                      {"pack_us", t_pack * 1e6},
+                      {"combine_us", t_combine * 1e6},
+                      {"pack_gbs", pack_bytes / t_pack * 1e-9},
+                      {"combine_gbs", combine_bytes / t_combine * 1e-9}});
+    say(absl::StrFormat("  %8d %8d %10.1f %10.1f %10.1f %12.1f %12.1f", m, rows, t_layout * 1e6,
+                        t_pack * 1e6, t_combine * 1e6, pack_bytes / t_pack * 1e-9,
+                        combine_bytes / t_combine * 1e-9));
+  }
+  out["layout"] = layout;
+  if (n < 2 || E % n != 0) return out;
+
+  // The exchange over the world: all-to-all against all-gather / reduce-scatter.
+  ExpertExchange exchange(comm, backend, {H, k, E, max_m});
+  say(absl::StrFormat(
+      "\nMoE exchange over %d ranks (dispatch + combine, experts not run; all-gather = "
+      "TESSERA_EP_EXCHANGE=allgather)",
+      n));
+  say(absl::StrFormat("  %8s %10s %14s %14s %8s", "tokens", "rows/rank", "all-to-all us",
+                      "all-gather us", "ratio"));
+  json exchange_rows = json::array();
+  for (int64_t m64 : shape.tokens) {
+    const int m = static_cast<int>(m64);
+    const std::vector<int32_t> host_ids = RandomRouting(m, E, k, rng);
+    backend.CopyToDevice(ids.data(), host_ids.data(), host_ids.size() * sizeof(int32_t));
+    int received = 0;
+    const double t_a2a = timer.Seconds(warm, rep, [&] {
+      received = exchange.Dispatch(x.data(), ids.as<int32_t>(), weights.as<float>(), m);
+      exchange.Combine(x.data());
+    });
+    // The all-gather exchange moves every rank's m rows (its padding to the largest slice aside).
+    const double t_ag = timer.Seconds(warm, rep, [&] {
+      comm.AllGather(x.data(), rows_a.data(), static_cast<size_t>(m) * H, dtype);
+      comm.AllGather(ids.data(), rows_ids.data(), static_cast<size_t>(m) * k, DType::kI32);
+      comm.AllGather(weights.data(), rows_w.data(), static_cast<size_t>(m) * k, DType::kF32);
+      comm.ReduceScatterSum(rows_b.data(), x.data(), static_cast<size_t>(m) * H, dtype);
+    });
+    exchange_rows.push_back({{"tokens", m},
+                             {"received_rows", received},
+                             {"alltoall_us", t_a2a * 1e6},
+                             {"allgather_us", t_ag * 1e6}});
+    say(absl::StrFormat("  %8d %10d %14.1f %14.1f %8.2f", m, received, t_a2a * 1e6, t_ag * 1e6,
+                        t_ag / t_a2a));
+  }
+  out["exchange"] = exchange_rows;
+  return out;
+}
+
 absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
   Flags flags({"device", "sizes-kb", "bw-sizes-mb", "a2a-sizes-mb", "rs-ag-sizes-mb", "skew-mb",
-               "graph-ops", "repeats", "warmup"},
+               "graph-ops", "repeats", "warmup", "moe-tokens", "moe-hidden", "moe-experts",
+               "moe-top-k", "moe-layout-ranks"},
               {"json"});
   RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
   const std::string device =
@@ -174,9 +317,30 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
     return absl::InvalidArgumentError(
         "--graph-ops and --repeats must be >= 1, --warmup and --skew-mb >= 0");
   }
-  if (mpi.world() == nullptr || mpi.size() < 2) {
+  MoeShape moe;
+  ASSIGN_OR_RETURN(moe.tokens, list("moe-tokens", {1, 16, 128, 512, 1024, 4096}));
+  ASSIGN_OR_RETURN(moe.hidden, flags.GetInt("moe-hidden", 4096));
+  ASSIGN_OR_RETURN(int64_t moe_experts, flags.GetInt("moe-experts", 128));
+  ASSIGN_OR_RETURN(int64_t moe_top_k, flags.GetInt("moe-top-k", 8));
+  ASSIGN_OR_RETURN(int64_t layout_ranks, flags.GetInt("moe-layout-ranks", 8));
+  moe.experts = static_cast<int>(moe_experts);
+  moe.top_k = static_cast<int>(moe_top_k);
+  moe.layout_ranks = static_cast<int>(layout_ranks);
+  if (moe.hidden < 1 || moe_top_k < 1 || moe_top_k > moe_experts || layout_ranks < 1 ||
+      moe_experts % layout_ranks != 0) {
     return absl::InvalidArgumentError(
-        "bench-comm measures communication between ranks: run it under mpirun with 2 or more");
+        "--moe-hidden, --moe-top-k >= 1, --moe-top-k <= --moe-experts, and --moe-layout-ranks "
+        "must divide --moe-experts");
+  }
+  if (mpi.world() == nullptr) {
+    return absl::InvalidArgumentError("bench-comm runs under mpirun");
+  }
+  if (mpi.size() < 2) {  // nothing to communicate: the MoE layout kernels alone
+    latency_kb.clear();
+    bw_mb.clear();
+    a2a_mb.clear();
+    rs_ag_mb.clear();
+    skew_mb = 0;
   }
   ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
   Backend& backend = *compute.backend;
@@ -372,6 +536,7 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
   result["reduce_scatter"] = rs;
   result["all_gather"] = ag;
   if (ref) say("\nreference: the issue's H200 measurements for the same number of GPUs");
+  result["moe_dispatch"] = BenchMoeDispatch(backend, comm, timer, moe, warm, rep, say);
 
   if (rank0 && flags.GetBool("json")) std::printf("%s\n", result.dump(1).c_str());
   return 0;

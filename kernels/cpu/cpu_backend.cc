@@ -112,6 +112,22 @@ class CpuBackend final : public Backend {
                     experts.hidden, experts.intermediate, F(experts.gate_up), F(experts.down),
                     F(out));
   }
+  void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
+                         int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
+                         int32_t* token_slots) override {
+    cpu::MoeDispatchLayout(ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts,
+                           send_tokens, token_slots);
+  }
+  void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
+                       const int32_t* send_tokens, int rows, int64_t hidden, int top_k,
+                       void* send_x, int32_t* send_ids, float* send_weights) override {
+    cpu::MoeDispatchPack(F(x), ids, weights, send_tokens, rows, hidden, top_k, F(send_x), send_ids,
+                         send_weights);
+  }
+  void MoeCombineRanks(const void* y, const int32_t* token_slots, int n, int top_k, int64_t hidden,
+                       void* out) override {
+    cpu::MoeCombineRanks(F(y), token_slots, n, top_k, hidden, F(out));
+  }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {

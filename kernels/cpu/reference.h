@@ -42,6 +42,16 @@ void MoeGroupRows(const int32_t* ids, int n, int top_k, int first_expert, int nu
 void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
                 int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
                 const float* gate_up, const float* down, float* out);
+// Expert-parallel dispatch over all-to-all (Backend::MoeDispatchLayout / MoeDispatchPack /
+// MoeCombineRanks in kernels/ops.h have the layout).
+void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
+                       int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
+                       int32_t* token_slots);
+void MoeDispatchPack(const float* x, const int32_t* ids, const float* weights,
+                     const int32_t* send_tokens, int rows, int64_t hidden, int top_k, float* send_x,
+                     int32_t* send_ids, float* send_weights);
+void MoeCombineRanks(const float* y, const int32_t* token_slots, int n, int top_k, int64_t hidden,
+                     float* out);
 
 // One row x[vocab] (contiguous) by the rule of kernels/base/sampling_rule.h.
 int32_t SampleRow(const float* x, int64_t vocab, const SamplingRowParams& params);

@@ -23,6 +23,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/cuda/moe_dispatch.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/random.h"
 #include "kernels/cuda/rope.h"
@@ -280,6 +281,22 @@ class CudaBackend final : public Backend {
   }
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                   const ExpertWeights& experts, void* out) override;
+  void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
+                         int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
+                         int32_t* token_slots) override {
+    cuda::LaunchMoeDispatchLayout(ids, n, top_k, num_ranks, experts_per_rank, rank_counts,
+                                  expert_counts, send_tokens, token_slots, stream_);
+  }
+  void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
+                       const int32_t* send_tokens, int rows, int64_t hidden, int top_k,
+                       void* send_x, int32_t* send_ids, float* send_weights) override {
+    cuda::LaunchMoeDispatchPack(B(x), ids, weights, send_tokens, rows, hidden, top_k, B(send_x),
+                                send_ids, send_weights, stream_);
+  }
+  void MoeCombineRanks(const void* y, const int32_t* token_slots, int n, int top_k, int64_t hidden,
+                       void* out) override {
+    cuda::LaunchMoeCombineRanks(B(y), token_slots, n, top_k, hidden, B(out), stream_);
+  }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {

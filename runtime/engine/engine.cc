@@ -438,7 +438,13 @@ void Engine::Step() {
       replicas_[d]->manager.Register(s->tokens, s->blocks, s->num_computed, &s->num_registered);
     }
   }
-  if (metrics_) metrics_->AddPromptTokens(prompt_tokens);
+  if (metrics_) {
+    metrics_->AddPromptTokens(prompt_tokens);
+    const Qwen3Model::ExpertLoad load = executor_.model().expert_load();
+    if (!load.tokens_per_expert.empty()) {
+      metrics_->SetExpertLoad(load.tokens_per_expert, load.rows_per_rank);
+    }
+  }
   size_t h = 0;  // host rows' logits, in row order
   for (size_t k = 0; k < row_owner.size(); ++k) {
     Sequence* s = row_owner[k];

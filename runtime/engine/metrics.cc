@@ -104,7 +104,33 @@ std::string Metrics::Render() const {
   for (const auto& [code, n] : errors_) {
     absl::StrAppend(&out, "tessera:request_errors_total{code=\"", code, "\"} ", n, "\n");
   }
+  if (!expert_tokens_.empty()) {
+    absl::StrAppend(&out,
+                    "# HELP tessera:moe_expert_tokens_total (Token, expert) pairs routed to each "
+                    "expert of the first stage's MoE layers, summed over layers.\n",
+                    "# TYPE tessera:moe_expert_tokens_total counter\n");
+    for (size_t e = 0; e < expert_tokens_.size(); ++e) {
+      absl::StrAppend(&out, "tessera:moe_expert_tokens_total{expert=\"", e, "\"} ",
+                      expert_tokens_[e], "\n");
+    }
+    absl::StrAppend(&out,
+                    "# HELP tessera:moe_rank_tokens_total Tokens each expert-parallel rank of the "
+                    "first stage received (once per rank however many of its experts), summed "
+                    "over layers.\n",
+                    "# TYPE tessera:moe_rank_tokens_total counter\n");
+    for (size_t r = 0; r < rank_rows_.size(); ++r) {
+      absl::StrAppend(&out, "tessera:moe_rank_tokens_total{ep_rank=\"", r, "\"} ", rank_rows_[r],
+                      "\n");
+    }
+  }
   return out;
+}
+
+void Metrics::SetExpertLoad(const std::vector<int64_t>& tokens_per_expert,
+                            const std::vector<int64_t>& rows_per_rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  expert_tokens_ = tokens_per_expert;
+  rank_rows_ = rows_per_rank;
 }
 
 }  // namespace tessera

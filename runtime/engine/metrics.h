@@ -43,6 +43,10 @@ class Metrics {
   void AddFinished(const std::string& reason);
   // `code`: the gRPC status code name, e.g. INVALID_ARGUMENT.
   void AddError(const std::string& code);
+  // Expert parallelism's load on rank 0's stage, totals since start (Qwen3Model::expert_load):
+  // (token, expert) pairs per expert and rows received per EP rank.
+  void SetExpertLoad(const std::vector<int64_t>& tokens_per_expert,
+                     const std::vector<int64_t>& rows_per_rank);
 
   std::string Render() const;
 
@@ -66,6 +70,8 @@ class Metrics {
   Histogram ttft_, tpot_, e2e_, step_;       // guarded by mu_
   std::map<std::string, int64_t> finished_;  // guarded by mu_
   std::map<std::string, int64_t> errors_;    // guarded by mu_
+  std::vector<int64_t> expert_tokens_;       // guarded by mu_
+  std::vector<int64_t> rank_rows_;           // guarded by mu_
 };
 
 }  // namespace tessera

@@ -111,6 +111,8 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, Backend& backend, const ShardS
     : config_(config), backend_(backend), shard_(shard), rope_(ComputeRopeTables(config)) {
   const char* graphs = std::getenv("TESSERA_CUDA_GRAPHS");
   if (graphs != nullptr && std::string(graphs) == "0") graphs_enabled_ = false;
+  const char* exchange = std::getenv("TESSERA_EP_EXCHANGE");
+  if (exchange != nullptr && std::string(exchange) == "allgather") ep_allgather_ = true;
   const int tp = shard.tp_size;
   q_heads_local_ = config.num_attention_heads / tp;
   kv_heads_local_ = std::max<int64_t>(1, config.num_key_value_heads / tp);
@@ -344,13 +346,24 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
     if (shard_.ep_size > 1) {
       // Each rank's slice is at most ceil(tokens / tp) rows; the gathered rows are ep_size such.
       const int64_t slice = (n + shard_.tp_size - 1) / shard_.tp_size;
-      ep_capacity_ = shard_.ep_size * slice;
-      alloc(&ep_x_, ep_capacity_ * H * a);
-      alloc(&ep_y_, ep_capacity_ * H * a);
-      alloc(&ep_ids_, ep_capacity_ * k * sizeof(int32_t));
-      alloc(&ep_weights_, ep_capacity_ * k * sizeof(float));
       if (shard_.tp_size > 1) alloc(&ep_out_, slice * H * a);
-      ep_pad_ids_.assign(static_cast<size_t>(slice * k), -1);
+      ep_exchange_.reset();  // the old plan's memory goes back first
+      if (ep_allgather_) {
+        ep_capacity_ = shard_.ep_size * slice;
+        alloc(&ep_x_, ep_capacity_ * H * a);
+        alloc(&ep_y_, ep_capacity_ * H * a);
+        alloc(&ep_ids_, ep_capacity_ * k * sizeof(int32_t));
+        alloc(&ep_weights_, ep_capacity_ * k * sizeof(float));
+        ep_pad_ids_.assign(static_cast<size_t>(slice * k), -1);
+      } else {
+        ExpertExchangeShape shape;
+        shape.hidden = H;
+        shape.top_k = static_cast<int>(k);
+        shape.num_experts = static_cast<int>(c.num_experts);
+        shape.max_tokens = static_cast<int>(slice);
+        ep_exchange_ = std::make_unique<ExpertExchange>(*shard_.ep, backend_, shape);
+        total += ep_exchange_->workspace_bytes();
+      }
     }
   }
   alloc(&logit_rows_, r * sizeof(int32_t));
@@ -438,6 +451,7 @@ void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_to
       ep_tp_displs_[r] = static_cast<size_t>(b * H);
     }
   }
+  if (ep_exchange_ != nullptr) return;  // no padding: each rank sends exactly its slice
   TESSERA_CHECK_LE(static_cast<int64_t>(S) * rows, ep_capacity_)
       << "expert-parallel rows of one step (planned workspace)";
   // The M rows sent from hidden_ start at the slice: within the planned tokens (ceil(c / T) +
@@ -460,20 +474,48 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer) {
   const int num_experts = static_cast<int>(c.num_experts);
   const DType act = backend_.activation_dtype();
   const size_t a = DTypeSize(act);
-  Communicator& ep = *shard_.ep;
-  const int S = ep.size();
   const int M = ep_rows_, begin = ep_begin_, m = ep_count_;
   if (M == 0) return;  // every replica's micro-batch is empty: no rank of the stage calls
 
   // TP ranks hold identical hidden states, so each routes only its slice [begin, begin + m) of
-  // the micro-batch's tokens: no expert work is duplicated. Rows [m, M) of the slice are padding,
-  // with ids -1 (PrepareExpertParallel), so no expert takes them.
+  // the micro-batch's tokens: no expert work is duplicated. For the all-gather exchange, rows
+  // [m, M) of the slice are padding, with ids -1 (PrepareExpertParallel), so no expert takes them.
   const char* slice = hidden_.as<char>() + begin * H * a;
   if (m > 0) {
     backend_.Linear(slice, layer.router.data(), m, num_experts, H, router_logits_.data());
     backend_.RouterTopK(router_logits_.data(), m, num_experts, k, c.norm_topk_prob,
                         topk_ids_.as<int32_t>(), topk_weights_.as<float>());
   }
+  const int T = shard_.tp_size;
+  void* out = T > 1 ? ep_out_.data() : proj_.data();
+  if (ep_exchange_ != nullptr) {
+    // Each token to the ranks owning its experts, their partial sums back in rank order.
+    const int received =
+        ep_exchange_->Dispatch(slice, topk_ids_.as<int32_t>(), topk_weights_.as<float>(), m);
+    backend_.MoeExperts(ep_exchange_->recv_x(), received, ep_exchange_->recv_ids(),
+                        ep_exchange_->recv_weights(), k, LocalExperts(layer),
+                        ep_exchange_->recv_y());
+    ep_exchange_->Combine(out);
+  } else {
+    AllGatherExchange(layer, slice, out);
+  }
+  if (T == 1) return;
+
+  // Gather the TP group's slices back into all the micro-batch's tokens.
+  shard_.tp->AllGatherV(ep_out_.data(), static_cast<size_t>(m) * H, proj_.data(), ep_tp_counts_,
+                        ep_tp_displs_, act);
+}
+
+// The all-gather exchange (TESSERA_EP_EXCHANGE=allgather): every rank's M-row slice (padding rows
+// carry ids -1) to every rank of the stage, each rank's experts over all S * M rows, and the
+// partial sums reduce-scattered back to their slices: out A[M, H].
+void Qwen3Model::AllGatherExchange(const Layer& layer, const void* slice, void* out) {
+  const int64_t H = config_.hidden_size;
+  const int k = static_cast<int>(config_.num_experts_per_tok);
+  const DType act = backend_.activation_dtype();
+  Communicator& ep = *shard_.ep;
+  const int S = ep.size();
+  const int M = ep_rows_;
   // Dispatch: every rank of the stage gets every rank's M rows, [S, M] in EP rank order.
   ep.AllGather(slice, ep_x_.data(), static_cast<size_t>(M) * H, act);
   ep.AllGather(topk_ids_.data(), ep_ids_.data(), static_cast<size_t>(M) * k, DType::kI32);
@@ -485,14 +527,16 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer) {
                       LocalExperts(layer), ep_y_.data());
 
   // Combine: block r of the partial sums belongs to rank r's slice; summed over the owners.
-  const int T = shard_.tp_size;
-  void* out = T > 1 ? ep_out_.data() : proj_.data();
   ep.ReduceScatterSum(ep_y_.data(), out, static_cast<size_t>(M) * H, act);
-  if (T == 1) return;
+}
 
-  // Gather the TP group's slices back into all the micro-batch's tokens.
-  shard_.tp->AllGatherV(ep_out_.data(), static_cast<size_t>(m) * H, proj_.data(), ep_tp_counts_,
-                        ep_tp_displs_, act);
+Qwen3Model::ExpertLoad Qwen3Model::expert_load() const {
+  ExpertLoad load;
+  if (ep_exchange_ != nullptr) {
+    load.tokens_per_expert = ep_exchange_->tokens_per_expert();
+    load.rows_per_rank = ep_exchange_->rows_per_rank();
+  }
+  return load;
 }
 
 // Embedding (or the previous stage's hidden states), this stage's layers, and the hand-off to

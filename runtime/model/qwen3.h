@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/ops.h"
 #include "parallel/communicator.h"
+#include "parallel/expert_exchange.h"
 #include "runtime/engine/step.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_config.h"
@@ -123,6 +124,15 @@ class Qwen3Model {
   // Bytes of device memory the current plan holds.
   size_t workspace_bytes() const { return workspace_bytes_; }
 
+  // Expert load of this stage's MoE layers (all layers and steps since the plan, every rank of
+  // the stage alike): (token, expert) pairs per expert and rows each EP rank received. Empty
+  // without expert parallelism or on the all-gather exchange.
+  struct ExpertLoad {
+    std::vector<int64_t> tokens_per_expert;  // [E]
+    std::vector<int64_t> rows_per_rank;      // [ep_size]
+  };
+  ExpertLoad expert_load() const;
+
  private:
   struct Layer {
     DeviceBuffer input_norm;  // W [H]
@@ -159,11 +169,15 @@ class Qwen3Model {
   // group (from every replica's token count), and ids -1 for the padding rows of topk_ids_.
   void PrepareExpertParallel(int n, const std::vector<int>& replica_tokens);
   // MoE layer with experts spread over the stage (ep_size > 1), all on the device: route this
-  // rank's slice of the tokens, all-gather every rank's M rows (hidden, ids, weights) over the
-  // stage, run this rank's experts over all of them, reduce-scatter the partial sums back to
-  // their slices, and gather the TP group's slices. hidden_ -> proj_, for the micro-batch
+  // rank's slice of the tokens, send each token to the ranks owning its experts (ExpertExchange,
+  // all-to-all; or, with TESSERA_EP_EXCHANGE=allgather, all-gather every rank's M rows over the
+  // stage and reduce-scatter the partial sums back), run this rank's experts on what arrived,
+  // bring the sums home, and gather the TP group's slices. hidden_ -> proj_, for the micro-batch
   // PrepareExpertParallel set up.
   void ExpertParallelMoe(const Layer& layer);
+  // ExpertParallelMoe's exchange with TESSERA_EP_EXCHANGE=allgather: this rank's M-row `slice`
+  // of hidden_ in, its summed rows out A[M, H].
+  void AllGatherExchange(const Layer& layer, const void* slice, void* out);
 
   ModelConfig config_;
   Backend& backend_;
@@ -236,7 +250,11 @@ class Qwen3Model {
   int64_t penalty_entries_capacity_ = 0;
   std::vector<SamplingPenaltyRow> host_penalty_rows_;
   std::vector<int32_t> host_penalty_entries_;
-  // Expert-parallel exchange, [ep_size, M] rows gathered from the stage's slices (M <=
+  // Expert-parallel exchange over all-to-all (the default), for slices of up to
+  // ceil(tokens / tp_size) rows per rank; null with TESSERA_EP_EXCHANGE=allgather.
+  bool ep_allgather_ = false;
+  std::unique_ptr<ExpertExchange> ep_exchange_;
+  // The all-gather exchange: [ep_size, M] rows gathered from the stage's slices (M <=
   // ceil(tokens / tp_size): ep_capacity_ = ep_size such slices):
   int64_t ep_capacity_ = 0;
   DeviceBuffer ep_x_;                // A [ep_capacity, H]: every rank's slice of hidden_

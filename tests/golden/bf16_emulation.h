@@ -147,6 +147,24 @@ class Bf16EmulationBackend final : public Backend {
       Round(o + t * H, H);
     }
   }
+  void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
+                         int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
+                         int32_t* token_slots) override {
+    cpu_->MoeDispatchLayout(ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts,
+                            send_tokens, token_slots);
+  }
+  void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
+                       const int32_t* send_tokens, int rows, int64_t hidden, int top_k,
+                       void* send_x, int32_t* send_ids, float* send_weights) override {
+    cpu_->MoeDispatchPack(x, ids, weights, send_tokens, rows, hidden, top_k, send_x, send_ids,
+                          send_weights);
+  }
+  // As the CUDA backend: the ranks' partial sums added in fp32, then rounded once.
+  void MoeCombineRanks(const void* y, const int32_t* token_slots, int n, int top_k, int64_t hidden,
+                       void* out) override {
+    cpu_->MoeCombineRanks(y, token_slots, n, top_k, hidden, out);
+    Round(out, n * hidden);
+  }
 
  private:
   static void Round(void* p, int64_t count) {

@@ -128,6 +128,22 @@ class RoutingRecorder final : public Backend {
                   const ExpertWeights& experts, void* out) override {
     b_.MoeExperts(x, n, ids, weights, top_k, experts, out);
   }
+  void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
+                         int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
+                         int32_t* token_slots) override {
+    b_.MoeDispatchLayout(ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts,
+                         send_tokens, token_slots);
+  }
+  void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
+                       const int32_t* send_tokens, int rows, int64_t hidden, int top_k,
+                       void* send_x, int32_t* send_ids, float* send_weights) override {
+    b_.MoeDispatchPack(x, ids, weights, send_tokens, rows, hidden, top_k, send_x, send_ids,
+                       send_weights);
+  }
+  void MoeCombineRanks(const void* y, const int32_t* token_slots, int n, int top_k, int64_t hidden,
+                       void* out) override {
+    b_.MoeCombineRanks(y, token_slots, n, top_k, hidden, out);
+  }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {

@@ -40,6 +40,12 @@ LAYOUTS = [
     # EP8, the layout of Qwen3-235B-A22B on one 8-GPU node: attention DP8, or TP2 x DP4.
     ("moe_norm_topk", 8, ["--ep", "8"]),
     ("moe_no_norm", 8, ["--tp", "2", "--ep", "8"]),
+    # PP x EP: experts spread over each stage's ranks, pipelined micro-batches (a replica's
+    # micro-batch may be empty while its peer's is not: it joins the exchange with no rows).
+    ("moe_mixed_layers", 4, ["--pp", "2", "--ep", "2", "--prefill-chunk", "9"]),
+    # The all-gather expert exchange, kept as a fallback (TESSERA_EP_EXCHANGE=allgather).
+    ("moe_norm_topk", 4, ["--ep", "4"], {"TESSERA_EP_EXCHANGE": "allgather"}),
+    ("moe_mixed_layers", 4, ["--tp", "2", "--ep", "4"], {"TESSERA_EP_EXCHANGE": "allgather"}),
 ]
 
 
@@ -47,7 +53,7 @@ def rel_l2(got, want):
     return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
 
 
-def run(fixture, ranks, flags, out):
+def run(fixture, ranks, flags, out, extra_env=None):
     d = os.path.join(FIXTURES, fixture)
     expected = json.load(open(os.path.join(d, "expected.json")))
     prompt = ",".join(map(str, expected["prompt_ids"]))
@@ -56,7 +62,7 @@ def run(fixture, ranks, flags, out):
            *flags]
     if ranks > 1:
         cmd = [MPIRUN, *MPI_FLAGS, "-np", str(ranks), *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(extra_env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr}")
@@ -69,13 +75,16 @@ def run(fixture, ranks, flags, out):
 failures, passed = [], 0
 with tempfile.TemporaryDirectory() as tmp:
     single = {}
-    for fixture, ranks, flags in LAYOUTS:
+    for fixture, ranks, flags, *extra in LAYOUTS:
+        extra_env = extra[0] if extra else None
         name = f"{fixture} np={ranks} {' '.join(flags)}"
+        if extra_env:
+            name += " " + " ".join(f"{k}={v}" for k, v in extra_env.items())
         try:
             if fixture not in single:
                 single[fixture] = run(fixture, 1, [], os.path.join(tmp, fixture + ".npy"))
             _, base_logits, expected = single[fixture]
-            out, logits, _ = run(fixture, ranks, flags, os.path.join(tmp, "layout.npy"))
+            out, logits, _ = run(fixture, ranks, flags, os.path.join(tmp, "layout.npy"), extra_env)
             golden = np.load(os.path.join(FIXTURES, fixture, "prompt_logits.npy"))
             e_single, e_golden = rel_l2(logits, base_logits), rel_l2(logits, golden)
             ok = (e_single <= 1e-5 and e_golden <= 1e-4 and out["tokens"] == expected["greedy_tokens"]

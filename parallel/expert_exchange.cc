@@ -1,0 +1,118 @@
+#include "parallel/expert_exchange.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/base/check.h"
+
+namespace tessera {
+
+ExpertExchange::ExpertExchange(Communicator& ep, Backend& backend, const ExpertExchangeShape& shape)
+    : ep_(ep),
+      backend_(backend),
+      shape_(shape),
+      ranks_(ep.size()),
+      act_(backend.activation_dtype()) {
+  const int S = ranks_, k = shape.top_k;
+  TESSERA_CHECK(shape.hidden > 0 && k >= 1 && shape.max_tokens >= 0) << "expert exchange shape";
+  TESSERA_CHECK(shape.num_experts % S == 0)
+      << shape.num_experts << " experts over " << S << " expert-parallel ranks";
+  experts_per_rank_ = shape.num_experts / S;
+  send_capacity_ = static_cast<int64_t>(shape.max_tokens) * std::min(k, S);
+  recv_capacity_ = static_cast<int64_t>(S) * shape.max_tokens;
+  TESSERA_CHECK_LE(recv_capacity_, int64_t{INT32_MAX}) << "expert exchange rows per call";
+  const size_t a = DTypeSize(act_);
+  auto alloc = [&](DeviceBuffer* buf, int64_t bytes) {
+    *buf = backend_.Allocate(static_cast<size_t>(std::max<int64_t>(bytes, 16)));
+    workspace_bytes_ += buf->bytes();
+  };
+  alloc(&counts_, (1 + S) * (S + shape.num_experts) * sizeof(int32_t));
+  alloc(&send_tokens_, send_capacity_ * sizeof(int32_t));
+  alloc(&token_slots_, static_cast<int64_t>(shape.max_tokens) * k * sizeof(int32_t));
+  alloc(&send_x_, send_capacity_ * shape.hidden * a);
+  alloc(&send_ids_, send_capacity_ * k * sizeof(int32_t));
+  alloc(&send_w_, send_capacity_ * k * sizeof(float));
+  alloc(&recv_x_, recv_capacity_ * shape.hidden * a);
+  alloc(&recv_ids_, recv_capacity_ * k * sizeof(int32_t));
+  alloc(&recv_w_, recv_capacity_ * k * sizeof(float));
+  alloc(&recv_y_, recv_capacity_ * shape.hidden * a);
+  host_counts_.resize(static_cast<size_t>(S) * (S + shape.num_experts));
+  send_rows_.resize(S);
+  send_displs_.resize(S);
+  recv_rows_.resize(S);
+  recv_displs_.resize(S);
+  scaled_a_.resize(S);
+  scaled_b_.resize(S);
+  scaled_c_.resize(S);
+  scaled_d_.resize(S);
+  tokens_per_expert_.assign(shape.num_experts, 0);
+  rows_per_rank_.assign(S, 0);
+}
+
+int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* weights, int m) {
+  const int S = ranks_, k = shape_.top_k, E = shape_.num_experts;
+  const int64_t H = shape_.hidden;
+  TESSERA_CHECK(m >= 0 && m <= shape_.max_tokens)
+      << m << " rows to dispatch (expert exchange planned for " << shape_.max_tokens << ")";
+  const int row = S + E;  // one rank's counts: rows for each rank | pairs for each expert
+  int32_t* counts = counts_.as<int32_t>();
+  backend_.MoeDispatchLayout(ids, m, k, S, experts_per_rank_, counts, counts + S,
+                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>());
+  ep_.AllGather(counts, counts + row, static_cast<size_t>(row), DType::kI32);
+  backend_.CopyToHost(host_counts_.data(), counts + row, host_counts_.size() * sizeof(int32_t));
+  // after this loop: rows to and from each peer, and where they sit (send rows grouped by
+  // destination, received rows by source, both in rank order); the group's load added up.
+  const int me = ep_.rank();
+  size_t sent = 0, received = 0;
+  for (int r = 0; r < S; ++r) {
+    const int32_t* theirs = host_counts_.data() + static_cast<size_t>(r) * row;
+    send_rows_[r] = static_cast<size_t>(host_counts_[static_cast<size_t>(me) * row + r]);
+    recv_rows_[r] = static_cast<size_t>(theirs[me]);
+    send_displs_[r] = sent;
+    recv_displs_[r] = received;
+    sent += send_rows_[r];
+    received += recv_rows_[r];
+    for (int d = 0; d < S; ++d) rows_per_rank_[d] += theirs[d];
+    for (int e = 0; e < E; ++e) tokens_per_expert_[e] += theirs[S + e];
+  }
+  TESSERA_CHECK_LE(static_cast<int64_t>(received), recv_capacity_)
+      << "rows received by the expert exchange (planned for " << shape_.max_tokens << " per rank)";
+  m_ = m;
+  received_ = static_cast<int>(received);
+
+  backend_.MoeDispatchPack(x, ids, weights, send_tokens_.as<int32_t>(), static_cast<int>(sent), H,
+                           k, send_x_.data(), send_ids_.as<int32_t>(), send_w_.as<float>());
+  auto scale = [S](const std::vector<size_t>& v, int64_t by, std::vector<size_t>* out) {
+    for (int r = 0; r < S; ++r) (*out)[r] = v[r] * static_cast<size_t>(by);
+  };
+  scale(send_rows_, H, &scaled_a_);
+  scale(send_displs_, H, &scaled_b_);
+  scale(recv_rows_, H, &scaled_c_);
+  scale(recv_displs_, H, &scaled_d_);
+  ep_.AllToAllV(send_x_.data(), scaled_a_, scaled_b_, recv_x_.data(), scaled_c_, scaled_d_, act_);
+  scale(send_rows_, k, &scaled_a_);
+  scale(send_displs_, k, &scaled_b_);
+  scale(recv_rows_, k, &scaled_c_);
+  scale(recv_displs_, k, &scaled_d_);
+  ep_.AllToAllV(send_ids_.data(), scaled_a_, scaled_b_, recv_ids_.data(), scaled_c_, scaled_d_,
+                DType::kI32);
+  ep_.AllToAllV(send_w_.data(), scaled_a_, scaled_b_, recv_w_.data(), scaled_c_, scaled_d_,
+                DType::kF32);
+  return received_;
+}
+
+void ExpertExchange::Combine(void* out) {
+  const int S = ranks_;
+  const int64_t H = shape_.hidden;
+  for (int r = 0; r < S; ++r) {
+    scaled_a_[r] = recv_rows_[r] * static_cast<size_t>(H);
+    scaled_b_[r] = recv_displs_[r] * static_cast<size_t>(H);
+    scaled_c_[r] = send_rows_[r] * static_cast<size_t>(H);
+    scaled_d_[r] = send_displs_[r] * static_cast<size_t>(H);
+  }
+  // The partial sums land in the send rows they answer (send_x_ is free once dispatched).
+  ep_.AllToAllV(recv_y_.data(), scaled_a_, scaled_b_, send_x_.data(), scaled_c_, scaled_d_, act_);
+  backend_.MoeCombineRanks(send_x_.data(), token_slots_.as<int32_t>(), m_, shape_.top_k, H, out);
+}
+
+}  // namespace tessera

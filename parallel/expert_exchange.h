@@ -1,0 +1,112 @@
+// Expert parallelism's token exchange over all-to-all (normal mode): each rank sends each of its
+// routed tokens once to every rank that owns one of its experts, the receivers run their experts
+// on what they received, and each partial sum returns to the token's home rank, which adds them
+// in increasing rank order.
+//
+// Why: the all-gather exchange it replaces (TESSERA_EP_EXCHANGE=allgather; see
+// runtime/engine/ENGINE.md) sends every rank's rows to every rank; at EP8 top-8 of 128 a token
+// reaches ~5.3 of the 8 ranks, and the all-gather's bytes grow with the rank count while these
+// stay bounded by top_k.
+//
+// One call of Dispatch + Combine, with S ranks, m rows on this rank, E experts, k = top_k:
+//   1. Layout (Backend::MoeDispatchLayout): per destination rank the count of rows and their
+//      tokens, in a fixed order (rank, then token); per token its send rows by increasing rank.
+//   2. Counts: each rank's S send counts and E routed-pair counts (S + E int32) are all-gathered
+//      on the device over the Communicator, then come to the host (one stream wait per MoE
+//      layer: the payload's sizes must be known when NCCL's send/recv are enqueued, as in
+//      DeepEP's normal mode). NOTE: an all-gather rather than an all-to-all of the S counts: a
+//      few hundred bytes more per rank, and every rank then sees the whole stage's expert load.
+//   3. Payload: the rows (activation dtype), the tokens' ids (int32) and weights (fp32), by
+//      Communicator::AllToAllV (MPI_Alltoallv on the CPU backend; grouped ncclSend/ncclRecv on
+//      the CUDA one). Rank d receives, in source-rank order, each source's rows for it in token
+//      order, so every rank's expert input is fixed by the routing alone.
+//   4. The caller runs its experts on recv_x() -> recv_y() (Backend::MoeExperts: the sum over
+//      the experts held here, in increasing expert id).
+//   5. Combine: recv_y() goes back by the reverse AllToAllV into the send rows, and
+//      Backend::MoeCombineRanks sums each token's rows in increasing rank order, in fp32, rounded
+//      once: the same bits on every run.
+//
+// Every rank of `ep` must call Dispatch and Combine the same number of times, including ranks
+// with no rows (m = 0: an idle DP replica joins with empty counts). Buffers are allocated once, for
+// `max_tokens` rows per rank per call.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/ops.h"
+#include "parallel/communicator.h"
+
+namespace tessera {
+
+struct ExpertExchangeShape {
+  int64_t hidden = 0;   // H
+  int top_k = 0;        // k
+  int num_experts = 0;  // E over all ranks; rank r holds [r E / S, (r + 1) E / S)
+  int max_tokens = 0;   // the most rows any rank dispatches in one call
+};
+
+class ExpertExchange {
+ public:
+  ExpertExchange(Communicator& ep, Backend& backend, const ExpertExchangeShape& shape);
+
+  // Collective over `ep`. Sends rows x A[m, H] with their routing ids int32 [m, k] and weights
+  // fp32 [m, k] (ids < 0: padding, sent nowhere) to the ranks owning their experts; returns the
+  // rows this rank received. Waits for the stream once (the counts).
+  int Dispatch(const void* x, const int32_t* ids, const float* weights, int m);
+
+  // The rows received by the last Dispatch: recv_x A[received, H], recv_ids int32 [received, k],
+  // recv_weights fp32 [received, k]; recv_y A[received, H] is for the caller's expert outputs.
+  const void* recv_x() const { return recv_x_.data(); }
+  const int32_t* recv_ids() const { return recv_ids_.as<int32_t>(); }
+  const float* recv_weights() const { return recv_w_.as<float>(); }
+  void* recv_y() const { return recv_y_.data(); }
+
+  // Collective over `ep`. Returns recv_y()'s rows to their home ranks: out A[m, H] (m of the last
+  // Dispatch) = per token the sum of its ranks' partial sums in increasing rank order.
+  void Combine(void* out);
+
+  // Expert load over the whole group (the same on every rank), summed over every Dispatch since
+  // construction: (token, expert) pairs routed to each expert [E], and rows each rank received
+  // [S] (a token counts once per rank however many of its experts live there).
+  const std::vector<int64_t>& tokens_per_expert() const { return tokens_per_expert_; }
+  const std::vector<int64_t>& rows_per_rank() const { return rows_per_rank_; }
+
+  // Device bytes held by the exchange's buffers.
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
+ private:
+  Communicator& ep_;
+  Backend& backend_;
+  ExpertExchangeShape shape_;
+  int ranks_;
+  int experts_per_rank_;
+  int64_t send_capacity_;  // rows: max_tokens * min(k, S)
+  int64_t recv_capacity_;  // rows: S * max_tokens
+  DType act_;
+
+  DeviceBuffer counts_;       // int32 [(1 + S), S + E]: ours (send counts | routed per expert),
+                              // then every rank's, gathered
+  DeviceBuffer send_tokens_;  // int32 [send_capacity]
+  DeviceBuffer token_slots_;  // int32 [max_tokens, k]
+  DeviceBuffer send_x_;       // A [send_capacity, H]; also the combine's landing rows
+  DeviceBuffer send_ids_;     // int32 [send_capacity, k]
+  DeviceBuffer send_w_;       // fp32 [send_capacity, k]
+  DeviceBuffer recv_x_;       // A [recv_capacity, H]
+  DeviceBuffer recv_ids_;     // int32 [recv_capacity, k]
+  DeviceBuffer recv_w_;       // fp32 [recv_capacity, k]
+  DeviceBuffer recv_y_;       // A [recv_capacity, H]
+  size_t workspace_bytes_ = 0;
+
+  // The last Dispatch: rows per peer (counts and displacements), and m.
+  std::vector<int32_t> host_counts_;  // [S, S + E]: every rank's counts
+  std::vector<size_t> send_rows_, send_displs_, recv_rows_, recv_displs_;
+  std::vector<size_t> scaled_a_, scaled_b_, scaled_c_, scaled_d_;  // per-call element counts
+  int m_ = 0;
+  int received_ = 0;
+
+  std::vector<int64_t> tokens_per_expert_;
+  std::vector<int64_t> rows_per_rank_;
+};
+
+}  // namespace tessera
