@@ -297,6 +297,10 @@ class Backend {
   // amax = max |x| over the group, scale = amax / 448 (fp32 division; 1 where amax is 0) and
   // data = e4m3(x / scale) (round to nearest even, saturating). out.scale_stride >= m.
   virtual void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out);
+  // QuantizeFp8 of silu(gate_up[:, :I]) * gate_up[:, I:] (SiluMul fused in front, computed in
+  // fp32 and not rounded to the activation dtype first); out is [m, I].
+  virtual void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
+                                  const Fp8Activations& out);
   // W8A8: y A[m, n] = X @ W^T with X and W dequantized, products summed in fp32 and scaled per
   // 128-k group. x as QuantizeFp8 leaves it (the same m and k).
   virtual void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n,

@@ -129,6 +129,10 @@ class Profiler final : public ProfilingBackend {
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     Time("QuantizeFp8", [&] { b_.QuantizeFp8(x, m, k, out); });
   }
+  void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t inter,
+                          const Fp8Activations& out) override {
+    Time("SiluMulQuantizeFp8", [&] { b_.SiluMulQuantizeFp8(gate_up, m, inter, out); });
+  }
   void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                  void* y) override {
     Time(absl::StrCat("LinearFp8 n=", n, " k=", k),

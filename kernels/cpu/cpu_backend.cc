@@ -118,6 +118,14 @@ class CpuBackend final : public Backend {
     TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
     cpu::QuantizeFp8(F(x), m, k, static_cast<uint8_t*>(out.data), out.scale, out.scale_stride);
   }
+  void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
+                          const Fp8Activations& out) override {
+    TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
+    std::vector<float> act(m * intermediate);
+    cpu::SiluMul(F(gate_up), m, intermediate, act.data());
+    cpu::QuantizeFp8(act.data(), m, intermediate, static_cast<uint8_t*>(out.data), out.scale,
+                     out.scale_stride);
+  }
   void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                  void* y) override {
     TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k)) << "weight scale stride " << w.scale_stride;
@@ -191,6 +199,9 @@ class PassedEvent final : public DeviceEvent {
 std::unique_ptr<DeviceEvent> Backend::CreateEvent() { return std::make_unique<PassedEvent>(); }
 
 void Backend::QuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::SiluMulQuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 void Backend::LinearFp8(const Fp8Activations&, const Fp8Weight&, int64_t, int64_t, int64_t,

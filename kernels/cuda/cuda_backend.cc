@@ -237,6 +237,11 @@ class CudaBackend final : public Backend {
     cuda::LaunchQuantizeFp8(B(x), m, k, static_cast<uint8_t*>(out.data), out.scale,
                             out.scale_stride, stream_);
   }
+  void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
+                          const Fp8Activations& out) override {
+    cuda::LaunchSiluMulQuantizeFp8(B(gate_up), m, intermediate, static_cast<uint8_t*>(out.data),
+                                   out.scale, out.scale_stride, stream_);
+  }
   void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                  void* y) override {
     if (m == 0 || n == 0) return;

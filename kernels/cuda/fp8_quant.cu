@@ -22,19 +22,10 @@ __device__ __forceinline__ uint16_t ToE4M3x2(float a, float b) {
   return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
 }
 
+// The lane's 4 elements of a row from column j (0 past k).
 template <bool kVector>
-__global__ void __launch_bounds__(kThreads)
-    QuantizeFp8Kernel(const bf16* __restrict__ x, int64_t m, int64_t k, int64_t groups,
-                      uint8_t* __restrict__ data, float* __restrict__ scale,
-                      int64_t scale_stride) {
-  const int lane = threadIdx.x & 31;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kGroupsPerBlock + (threadIdx.x >> 5);
-  if (item >= m * groups) return;  // whole warps leave together
-  const int64_t t = item / groups, g = item % groups;
-  const int64_t j = g * kFp8Block + lane * 4;  // this lane's first column
-  const bf16* row = x + t * k;
-  float v[4];
-  if (kVector) {  // k % 4 == 0 and x 8-byte aligned: the lane's 4 elements are all in or all out
+__device__ __forceinline__ void Load4(const bf16* row, int64_t j, int64_t k, float (&v)[4]) {
+  if (kVector) {  // k % 4 == 0 and rows 8-byte aligned: the 4 elements are all in or all out
     if (j < k) {
       const uint2 bits = *reinterpret_cast<const uint2*>(row + j);
       v[0] = __uint_as_float(bits.x << 16);
@@ -47,6 +38,31 @@ __global__ void __launch_bounds__(kThreads)
   } else {
 #pragma unroll
     for (int e = 0; e < 4; ++e) v[e] = j + e < k ? ToFloat(row[j + e]) : 0.0f;
+  }
+}
+
+// kSiluMul: x is gate_up [m, 2k] and the quantized value silu(gate) * up, in fp32 (the formula of
+// elementwise.cu's SiluMul, without its bf16 rounding).
+template <bool kVector, bool kSiluMul>
+__global__ void __launch_bounds__(kThreads)
+    QuantizeFp8Kernel(const bf16* __restrict__ x, int64_t m, int64_t k, int64_t groups,
+                      uint8_t* __restrict__ data, float* __restrict__ scale,
+                      int64_t scale_stride) {
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kGroupsPerBlock + (threadIdx.x >> 5);
+  if (item >= m * groups) return;  // whole warps leave together
+  const int64_t t = item / groups, g = item % groups;
+  const int64_t j = g * kFp8Block + lane * 4;  // this lane's first column
+  float v[4];
+  if constexpr (kSiluMul) {
+    const bf16* gate = x + t * 2 * k;
+    float u[4];
+    Load4<kVector>(gate, j, k, v);
+    Load4<kVector>(gate + k, j, k, u);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.0f + expf(-v[e])) * u[e];
+  } else {
+    Load4<kVector>(x + t * k, j, k, v);
   }
   const float amax = WarpMax(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
   const float s = amax > 0.0f ? __fdiv_rn(amax, kFp8Max) : 1.0f;
@@ -65,23 +81,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-}  // namespace
-
-void LaunchQuantizeFp8(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale,
-                       int64_t scale_stride, cudaStream_t stream) {
+template <bool kSiluMul>
+void Launch(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale, int64_t scale_stride,
+            cudaStream_t stream) {
   TESSERA_CHECK(scale_stride >= m) << "activation scale stride " << scale_stride << " < m " << m;
   if (m == 0 || k == 0) return;
   const int64_t groups = Fp8Blocks(k);
   const int64_t blocks = (m * groups + kGroupsPerBlock - 1) / kGroupsPerBlock;
   TESSERA_CHECK(blocks < (int64_t{1} << 31));
+  const auto grid = static_cast<unsigned>(blocks);
   if (k % 4 == 0 && IsAligned(x, 8) && IsAligned(data, 4)) {
-    QuantizeFp8Kernel<true><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        x, m, k, groups, data, scale, scale_stride);
+    QuantizeFp8Kernel<true, kSiluMul>
+        <<<grid, kThreads, 0, stream>>>(x, m, k, groups, data, scale, scale_stride);
   } else {
-    QuantizeFp8Kernel<false><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        x, m, k, groups, data, scale, scale_stride);
+    QuantizeFp8Kernel<false, kSiluMul>
+        <<<grid, kThreads, 0, stream>>>(x, m, k, groups, data, scale, scale_stride);
   }
   CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void LaunchQuantizeFp8(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale,
+                       int64_t scale_stride, cudaStream_t stream) {
+  Launch<false>(x, m, k, data, scale, scale_stride, stream);
+}
+
+void LaunchSiluMulQuantizeFp8(const bf16* gate_up, int64_t m, int64_t intermediate, uint8_t* data,
+                              float* scale, int64_t scale_stride, cudaStream_t stream) {
+  Launch<true>(gate_up, m, intermediate, data, scale, scale_stride, stream);
 }
 
 }  // namespace tessera::cuda

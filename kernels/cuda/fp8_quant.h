@@ -3,7 +3,8 @@
 //
 // Bit for bit the CPU reference's (kernels/cpu/fp8.cc): amax in fp32, scale = amax / 448 (IEEE
 // division; 1 for an all-zero group), data = cvt.rn.satfinite.e4m3(x / scale). One warp per
-// (token, group): 4 elements per lane, one 8-byte load where the row allows it.
+// (token, group): 4 elements per lane, one 8-byte load where the row allows it. A variant fuses
+// the SwiGLU activation in front (the down projection's input).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -17,5 +18,12 @@ namespace tessera::cuda {
 // scale_stride >= m). Any k; no alignment required.
 void LaunchQuantizeFp8(const __nv_bfloat16* x, int64_t m, int64_t k, uint8_t* data, float* scale,
                        int64_t scale_stride, cudaStream_t stream);
+
+// Fused SwiGLU + quantization (Backend::SiluMulQuantizeFp8): quantizes silu(gate) * up, computed
+// in fp32 from gate_up bf16 [m, 2 * intermediate], into data [m, intermediate] and its scales,
+// saving SiluMul's bf16 round trip through memory before the down projection.
+void LaunchSiluMulQuantizeFp8(const __nv_bfloat16* gate_up, int64_t m, int64_t intermediate,
+                              uint8_t* data, float* scale, int64_t scale_stride,
+                              cudaStream_t stream);
 
 }  // namespace tessera::cuda

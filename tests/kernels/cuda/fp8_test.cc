@@ -1,6 +1,7 @@
 // The FP8 kernels (kernels/cuda/fp8_*.h) against the CPU reference (kernels/cpu/fp8.cc), on seeded
 // random inputs at odd sizes (m not a multiple of 4, n and k not multiples of 128):
-//   - QuantizeFp8: bytes and scales identical to the reference (vector and scalar paths);
+//   - QuantizeFp8: bytes and scales identical to the reference (vector and scalar paths); the
+//     fused SiluMulQuantizeFp8 within exp's last-bit differences;
 //   - the W8A16 GEMV (decode) and mma.sync GEMM, the W8A8 mma.sync GEMM and cuBLASLt's
 //     block-scaled GEMM (Hopper; skipped with a message where cuBLASLt offers no algorithm): relative
 //     L2 within one bf16 rounding of the reference fed the same quantized values;
@@ -8,6 +9,7 @@
 //     TESSERA_FP8_W8A16=1 switch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -81,6 +83,35 @@ TEST_P(CudaFp8Test, QuantizeMatchesReferenceExactly) {
             << "scale of token " << t << " group " << g << " offset " << offset;
     ASSERT_EQ(got, ref_data) << "offset " << offset;
   }
+}
+
+TEST_P(CudaFp8Test, SiluMulQuantizeMatchesReference) {
+  // exp differs between the host's libm and the device's expf by an ulp at times: bytes may differ
+  // where a value sits on a rounding boundary, so they are compared by count and by dequantized
+  // relative L2 (e4m3's half-step is 2^-4 relative: one differing byte is far below 1e-3).
+  const auto [m, n, k] = GetParam();
+  (void)n;
+  std::mt19937 rng(m * 17 + k);
+  const auto gate_up = testing::RandomBf16(m * 2 * k, rng, -6.0f, 6.0f);
+  std::vector<float> act(m * k);
+  cpu::SiluMul(gate_up.data(), m, k, act.data());
+  const int64_t stride = Fp8ActivationScaleStride(m);
+  std::vector<uint8_t> ref_data(m * k);
+  std::vector<float> ref_scale(Fp8Blocks(k) * stride, 0.0f), ref(m * k), got(m * k);
+  cpu::QuantizeFp8(act.data(), m, k, ref_data.data(), ref_scale.data(), stride);
+  cpu::DequantizeFp8Activations(ref_data.data(), ref_scale.data(), stride, m, k, ref.data());
+  DeviceBuffer dg = testing::UploadBf16(gpu(), gate_up);
+  DeviceBuffer data = gpu().Allocate(m * k), scale = gpu().Allocate(ref_scale.size() * 4);
+  gpu().SiluMulQuantizeFp8(dg.data(), m, k, {data.data(), scale.as<float>(), stride});
+  const auto got_data = testing::DownloadRaw<uint8_t>(gpu(), data, m * k);
+  const auto got_scale = testing::DownloadRaw<float>(gpu(), scale, ref_scale.size());
+  cpu::DequantizeFp8Activations(got_data.data(), got_scale.data(), stride, m, k, got.data());
+  int64_t differing = 0;
+  for (int64_t i = 0; i < m * k; ++i) differing += got_data[i] != ref_data[i];
+  EXPECT_LE(differing, std::max<int64_t>(2, m * k / 1000)) << differing << " bytes differ";
+  char what[96];
+  std::snprintf(what, sizeof(what), "SiluMulQuantizeFp8 m=%ld k=%ld", long(m), long(k));
+  testing::ExpectRelativeL2(what, got, ref, 1e-3);
 }
 
 TEST_P(CudaFp8Test, WeightOnlyMatchesReference) {
