@@ -135,8 +135,7 @@ class Profiler final : public ProfilingBackend {
   }
   void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                  void* y) override {
-    Time(absl::StrCat("LinearFp8 n=", n, " k=", k),
-         [&] { b_.LinearFp8(x, w, m, n, k, y); });
+    Time(absl::StrCat("LinearFp8 n=", n, " k=", k), [&] { b_.LinearFp8(x, w, m, n, k, y); });
   }
   void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                            void* y) override {

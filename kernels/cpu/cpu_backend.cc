@@ -135,8 +135,8 @@ class CpuBackend final : public Backend {
   void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                            void* y) override {
     TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k)) << "weight scale stride " << w.scale_stride;
-    cpu::LinearFp8WeightOnly(F(x), static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride,
-                             m, n, k, F(y));
+    cpu::LinearFp8WeightOnly(F(x), static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m,
+                             n, k, F(y));
   }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
@@ -204,8 +204,7 @@ void Backend::QuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) 
 void Backend::SiluMulQuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
-void Backend::LinearFp8(const Fp8Activations&, const Fp8Weight&, int64_t, int64_t, int64_t,
-                        void*) {
+void Backend::LinearFp8(const Fp8Activations&, const Fp8Weight&, int64_t, int64_t, int64_t, void*) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 void Backend::LinearFp8WeightOnly(const void*, const Fp8Weight&, int64_t, int64_t, int64_t, void*) {

@@ -68,8 +68,8 @@ void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stri
         const int64_t j0 = g * kFp8Block, j1 = std::min(k, j0 + kFp8Block);
         float partial = 0.0f;
         for (int64_t j = j0; j < j1; ++j) partial += xf[t * k + j] * wf[i * k + j];
-        acc += partial * (x_scale[g * x_scale_stride + t] *
-                          w_scale[(i / kFp8Block) * w_scale_stride + g]);
+        acc += partial *
+               (x_scale[g * x_scale_stride + t] * w_scale[(i / kFp8Block) * w_scale_stride + g]);
       }
       y[t * n + i] = acc;
     }

@@ -119,8 +119,8 @@ void LtFp8Gemm::Linear(const uint8_t* x, const float* x_scale, const uint8_t* w,
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                                               &x_scale, sizeof(x_scale)));
   const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout,
-                              &beta, y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,
+  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
+                              y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,
                               workspace_bytes_, stream));
 }
 

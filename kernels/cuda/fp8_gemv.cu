@@ -127,8 +127,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int M>
-void LaunchForRows(const bf16* x, const uint8_t* w, const float* scale, int64_t scale_stride,
-                   int n, int k, bf16* y, cudaStream_t stream, int rows) {
+void LaunchForRows(const bf16* x, const uint8_t* w, const float* scale, int64_t scale_stride, int n,
+                   int k, bf16* y, cudaStream_t stream, int rows) {
   const auto blocks = [&](int r) { return (n + r - 1) / r; };
   switch (rows) {
     case 2:
@@ -161,9 +161,9 @@ void LaunchFp8Gemv(const bf16* x, const uint8_t* w, const float* scale, int64_t 
   const int rows = rows_per_block > 0 ? rows_per_block : (k < 4096 ? 4 : 2);
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   switch (m) {
-#define TESSERA_FP8_GEMV_CASE(M)                                              \
-  case M:                                                                     \
-    LaunchForRows<M>(x, w, scale, scale_stride, ni, ki, y, stream, rows);     \
+#define TESSERA_FP8_GEMV_CASE(M)                                          \
+  case M:                                                                 \
+    LaunchForRows<M>(x, w, scale, scale_stride, ni, ki, y, stream, rows); \
     break;
     TESSERA_FP8_GEMV_CASE(1)
     TESSERA_FP8_GEMV_CASE(2)

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   constexpr int kStageBytes = AStageBytes<kAFp8>() + kBStageBytes;
-  const uint32_t a_wide = smem_base + kStages * kStageBytes;  // bf16 [64, 64] (e4m3 A only)
+  const uint32_t a_wide = smem_base + kStages * kStageBytes;     // bf16 [64, 64] (e4m3 A only)
   const uint32_t b_wide = a_wide + (kAFp8 ? kBM * kBK * 2 : 0);  // bf16 [128, 64]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
@@ -84,16 +84,16 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
     if (kAFp8) {  // 64 rows x 4 chunks of 16 e4m3
       const int row = tid / 4, ch = tid % 4, gk = k0 + ch * 16;
       const bool ok = m0 + row < p.m && gk < p.k;
-      const auto* src = static_cast<const uint8_t*>(p.a) +
-                        (ok ? static_cast<int64_t>(m0 + row) * p.k + gk : 0);
+      const auto* src =
+          static_cast<const uint8_t*>(p.a) + (ok ? static_cast<int64_t>(m0 + row) * p.k + gk : 0);
       CpAsync16(a_dst + row * kBK + ch * 16, src, ok);
     } else {  // 64 rows x 8 chunks of 8 bf16, stored swizzled for ldmatrix
 #pragma unroll
       for (int c = tid; c < kBM * 8; c += kThreads) {
         const int row = c / 8, ch = c % 8, gk = k0 + ch * 8;
         const bool ok = m0 + row < p.m && gk < p.k;
-        const auto* src = static_cast<const bf16*>(p.a) +
-                          (ok ? static_cast<int64_t>(m0 + row) * p.k + gk : 0);
+        const auto* src =
+            static_cast<const bf16*>(p.a) + (ok ? static_cast<int64_t>(m0 + row) * p.k + gk : 0);
         CpAsync16(TileAddr<kBK>(a_dst, row, ch), src, ok);
       }
     }
@@ -137,7 +137,8 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
       const int row = c / 4, ch = c % 4;
       uint4 lo, hi;
       WidenE4M3(*reinterpret_cast<const uint4*>(b_raw + row * kBK + ch * 16), lo, hi);
-      const uint32_t d0 = TileAddr<kBK>(b_wide, row, 2 * ch), d1 = TileAddr<kBK>(b_wide, row, 2 * ch + 1);
+      const uint32_t d0 = TileAddr<kBK>(b_wide, row, 2 * ch),
+                     d1 = TileAddr<kBK>(b_wide, row, 2 * ch + 1);
       asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d0), "r"(lo.x), "r"(lo.y),
                    "r"(lo.z), "r"(lo.w));
       asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d1), "r"(hi.x), "r"(hi.y),
@@ -147,7 +148,8 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
       const int row = tid / 4, ch = tid % 4;
       uint4 lo, hi;
       WidenE4M3(*reinterpret_cast<const uint4*>(a_raw + row * kBK + ch * 16), lo, hi);
-      const uint32_t d0 = TileAddr<kBK>(a_wide, row, 2 * ch), d1 = TileAddr<kBK>(a_wide, row, 2 * ch + 1);
+      const uint32_t d0 = TileAddr<kBK>(a_wide, row, 2 * ch),
+                     d1 = TileAddr<kBK>(a_wide, row, 2 * ch + 1);
       asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d0), "r"(lo.x), "r"(lo.y),
                    "r"(lo.z), "r"(lo.w));
       asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d1), "r"(hi.x), "r"(hi.y),
@@ -161,7 +163,8 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
       uint32_t a[2][4], b[2][4];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
-        LdMatrixX4(a[mi], TileAddr<kBK>(a_tile, wm * 32 + mi * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+        LdMatrixX4(a[mi],
+                   TileAddr<kBK>(a_tile, wm * 32 + mi * 16 + (lane & 15), ks * 2 + (lane >> 4)));
 #pragma unroll
       for (int nj = 0; nj < 2; ++nj)
         LdMatrixX4(b[nj], TileAddr<kBK>(b_wide, wn * 32 + nj * 16 + (lane >> 4) * 8 + (lane & 7),
@@ -210,7 +213,8 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int col = n0 + wn * 32 + ni * 8 + 2 * (lane & 3) + e;
-          if (col < p.n) p.y[static_cast<int64_t>(row) * p.n + col] = ToBf16(acc[mi][ni][2 * h + e]);
+          if (col < p.n)
+            p.y[static_cast<int64_t>(row) * p.n + col] = ToBf16(acc[mi][ni][2 * h + e]);
         }
     }
 }

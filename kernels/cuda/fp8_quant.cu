@@ -46,8 +46,7 @@ __device__ __forceinline__ void Load4(const bf16* row, int64_t j, int64_t k, flo
 template <bool kVector, bool kSiluMul>
 __global__ void __launch_bounds__(kThreads)
     QuantizeFp8Kernel(const bf16* __restrict__ x, int64_t m, int64_t k, int64_t groups,
-                      uint8_t* __restrict__ data, float* __restrict__ scale,
-                      int64_t scale_stride) {
+                      uint8_t* __restrict__ data, float* __restrict__ scale, int64_t scale_stride) {
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kGroupsPerBlock + (threadIdx.x >> 5);
   if (item >= m * groups) return;  // whole warps leave together
@@ -64,7 +63,8 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     Load4<kVector>(x + t * k, j, k, v);
   }
-  const float amax = WarpMax(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
+  const float amax =
+      WarpMax(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
   const float s = amax > 0.0f ? __fdiv_rn(amax, kFp8Max) : 1.0f;
   if (lane == 0) scale[g * scale_stride + t] = s;
   const uint16_t lo = ToE4M3x2(__fdiv_rn(v[0], s), __fdiv_rn(v[1], s));

@@ -47,11 +47,11 @@ TEST(Fp8Test, KnownValues) {
   EXPECT_EQ(FloatToF8E4M3(-INFINITY), 0xfe);
   EXPECT_EQ(FloatToF8E4M3(INFINITY), 0x7e);
   EXPECT_EQ(FloatToF8E4M3(NAN) & 0x7f, 0x7f);
-  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.0f, -9)), 0x01);   // smallest subnormal
-  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.0f, -10)), 0x00);  // half of it: tie to even (0)
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.0f, -9)), 0x01);       // smallest subnormal
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.0f, -10)), 0x00);      // half of it: tie to even (0)
   EXPECT_EQ(FloatToF8E4M3(3 * std::ldexp(1.0f, -10)), 0x02);  // 1.5 steps: tie to even (2)
-  EXPECT_EQ(FloatToF8E4M3(1.0625f), 0x38);  // halfway 1 and 1.125: to even (1)
-  EXPECT_EQ(FloatToF8E4M3(1.1875f), 0x3a);  // halfway 1.125 and 1.25: to even (1.25)
+  EXPECT_EQ(FloatToF8E4M3(1.0625f), 0x38);                    // halfway 1 and 1.125: to even (1)
+  EXPECT_EQ(FloatToF8E4M3(1.1875f), 0x3a);                 // halfway 1.125 and 1.25: to even (1.25)
   EXPECT_EQ(FloatToF8E4M3(std::ldexp(15.0f, -10)), 0x08);  // rounds up to the smallest normal
 }
 

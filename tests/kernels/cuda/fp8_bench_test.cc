@@ -111,12 +111,13 @@ class CudaFp8Bench : public testing::CudaTest {
     const double fp8_bytes = double(n) * k, bf16_bytes = 2.0 * n * k;
 
     us["bf16 cuBLASLt"] = MedianMicros(
-        stream(), [&](int c) { gpu().Linear(x.data(), w.bf16[c % copies].data(), m, n, k, y.data()); },
+        stream(),
+        [&](int c) { gpu().Linear(x.data(), w.bf16[c % copies].data(), m, n, k, y.data()); },
         run_ms);
     Report("bf16 Linear", m, n, k, bf16_bytes, us["bf16 cuBLASLt"]);
 
-    us["quantize"] = MedianMicros(stream(), [&](int) { gpu().QuantizeFp8(x.data(), m, k, act); },
-                                  run_ms);
+    us["quantize"] = MedianMicros(
+        stream(), [&](int) { gpu().QuantizeFp8(x.data(), m, k, act); }, run_ms);
     Report("quantize x", m, 0, k, 0, us["quantize"]);
 
     constexpr size_t kWorkspace = 32u << 20;
@@ -139,10 +140,9 @@ class CudaFp8Bench : public testing::CudaTest {
     us["W8A8 mma"] = MedianMicros(
         stream(),
         [&](int c) {
-          cuda::LaunchFp8MmaW8A8(xq.as<uint8_t>(), xs.as<float>(), xs_stride,
-                                 w.fp8[c % copies].data.as<uint8_t>(),
-                                 w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
-                                 stream());
+          cuda::LaunchFp8MmaW8A8(
+              xq.as<uint8_t>(), xs.as<float>(), xs_stride, w.fp8[c % copies].data.as<uint8_t>(),
+              w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb, stream());
         },
         run_ms);
     Report("W8A8 mma.sync", m, n, k, fp8_bytes, us["W8A8 mma"]);
@@ -177,10 +177,8 @@ TEST_F(CudaFp8Bench, Decode14B) {
     const char* name;
     int64_t n, k;
   };
-  const Proj projs[] = {{"qkv", 7168, 5120},
-                        {"o", 5120, 5120},
-                        {"gate_up", 34816, 5120},
-                        {"down", 5120, 17408}};
+  const Proj projs[] = {
+      {"qkv", 7168, 5120}, {"o", 5120, 5120}, {"gate_up", 34816, 5120}, {"down", 5120, 17408}};
   for (int64_t m : {1, 16, 64}) {
     std::map<std::string, float> total;
     for (const Proj& p : projs) {
@@ -188,8 +186,8 @@ TEST_F(CudaFp8Bench, Decode14B) {
       for (const auto& [path, us] : TimeShape(m, p.n, p.k, 20.0f)) total[path] += us;
     }
     for (const auto& [path, us] : total) {
-      std::printf("FP8BENCH 14B m=%ld: %-14s 40 layers of linears %.3f ms\n", long(m),
-                  path.c_str(), 40 * us / 1000.0f);
+      std::printf("FP8BENCH 14B m=%ld: %-14s 40 layers of linears %.3f ms\n", long(m), path.c_str(),
+                  40 * us / 1000.0f);
     }
   }
 }

@@ -3,8 +3,8 @@
 //   - QuantizeFp8: bytes and scales identical to the reference (vector and scalar paths); the
 //     fused SiluMulQuantizeFp8 within exp's last-bit differences;
 //   - the W8A16 GEMV (decode) and mma.sync GEMM, the W8A8 mma.sync GEMM and cuBLASLt's
-//     block-scaled GEMM (Hopper; skipped with a message where cuBLASLt offers no algorithm): relative
-//     L2 within one bf16 rounding of the reference fed the same quantized values;
+//     block-scaled GEMM (Hopper; skipped with a message where cuBLASLt offers no algorithm):
+//     relative L2 within one bf16 rounding of the reference fed the same quantized values;
 //   - the ops table (Backend::QuantizeFp8 / LinearFp8 / LinearFp8WeightOnly) and the
 //     TESSERA_FP8_W8A16=1 switch.
 #include <gtest/gtest.h>
@@ -163,9 +163,8 @@ TEST_P(CudaFp8Test, W8A8MatchesReference) {
   char what[96];
 
   DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
-  cuda::LaunchFp8MmaW8A8(q.data.as<uint8_t>(), q.scale.as<float>(), q.stride,
-                         dw.data.as<uint8_t>(), dw.scale.as<float>(), w.stride, m, n, k,
-                         dy.as<__nv_bfloat16>(), stream());
+  cuda::LaunchFp8MmaW8A8(q.data.as<uint8_t>(), q.scale.as<float>(), q.stride, dw.data.as<uint8_t>(),
+                         dw.scale.as<float>(), w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream());
   std::snprintf(what, sizeof(what), "FP8 mma W8A8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
   testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
 
@@ -233,8 +232,8 @@ TEST(CudaFp8LayoutProbe, CublasLtScaleLayouts) {
   cuda::LtFp8Gemm lt(workspace.data(), kWorkspace);
   DeviceBuffer dx = testing::UploadRaw(*gpu, xq), dw = testing::UploadRaw(*gpu, w.data);
   DeviceBuffer dy = gpu->Allocate(m * n * 2);
-  if (!lt.Supported(dx.as<uint8_t>(), dw.as<uint8_t>(), dy.as<__nv_bfloat16>(), m, n, k,
-                    ws_stride, xs_stride)) {
+  if (!lt.Supported(dx.as<uint8_t>(), dw.as<uint8_t>(), dy.as<__nv_bfloat16>(), m, n, k, ws_stride,
+                    xs_stride)) {
     GTEST_SKIP() << "no block-scaled FP8 in cuBLASLt on this device";
   }
   for (int side = 0; side < 2; ++side) {  // 0: activation scales vary, 1: weight scales vary
@@ -252,9 +251,10 @@ TEST(CudaFp8LayoutProbe, CublasLtScaleLayouts) {
         [&](int64_t i, int64_t g) { return ws_buf[g * nblocks + i / 128]; });
     const double e_doc = testing::RelativeL2(y, documented);
     const double e_tr = testing::RelativeL2(y, transposed);
-    std::printf("[cuda] cuBLASLt scale layout probe, %s scales vary: documented layout %.3e, "
-                "transposed %.3e\n",
-                side == 0 ? "activation" : "weight", e_doc, e_tr);
+    std::printf(
+        "[cuda] cuBLASLt scale layout probe, %s scales vary: documented layout %.3e, "
+        "transposed %.3e\n",
+        side == 0 ? "activation" : "weight", e_doc, e_tr);
     EXPECT_LE(e_doc, kOneRounding);
   }
 }

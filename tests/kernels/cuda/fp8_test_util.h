@@ -37,9 +37,7 @@ inline HostFp8Weight RandomFp8Weight(int64_t n, int64_t k, std::mt19937& rng) {
 // The weight's bytes and scales on the backend's device.
 struct DeviceFp8Weight {
   DeviceBuffer data, scale;
-  Fp8Weight view(int64_t stride) const {
-    return {data.data(), scale.as<float>(), stride};
-  }
+  Fp8Weight view(int64_t stride) const { return {data.data(), scale.as<float>(), stride}; }
 };
 
 inline DeviceFp8Weight UploadFp8Weight(Backend& b, const HostFp8Weight& w) {
