@@ -116,10 +116,10 @@ inline int64_t Fp8ActivationScaleStride(int64_t m) { return (m + 3) / 4 * 4; }
 
 // A block-scaled FP8 weight W[n, k] = data[i, j] * scale[i / 128][j / 128].
 struct Fp8Weight {
-  const void* data = nullptr;  // e4m3 [n, k], row-major
-  const float* scale =
-      nullptr;               // fp32 [ceil(n / 128), scale_stride]; columns >= ceil(k/128) unused
-  int64_t scale_stride = 0;  // Fp8WeightScaleStride(k) (other strides >= ceil(k/128): CPU only)
+  const void* data = nullptr;    // e4m3 [n, k], row-major
+  const float* scale = nullptr;  // fp32 [ceil(n / 128), scale_stride]
+  // Fp8WeightScaleStride(k) for cuBLASLt; the other kernels take any stride >= ceil(k / 128).
+  int64_t scale_stride = 0;
 };
 
 // FP8 activations x[m, k] = data[t, j] * scale[j / 128][t], written by QuantizeFp8.
