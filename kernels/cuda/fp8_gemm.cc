@@ -39,6 +39,7 @@ LtFp8Gemm::~LtFp8Gemm() {
     cublasLtMatrixLayoutDestroy(plan.x_layout);
     cublasLtMatrixLayoutDestroy(plan.y_layout);
     cublasLtMatmulDescDestroy(plan.desc);
+    cublasLtMatmulPreferenceDestroy(plan.pref);
   }
   cublasLtDestroy(handle_);
 }
@@ -88,7 +89,7 @@ LtFp8Gemm::Plan& LtFp8Gemm::GetPlan(const Key& key) {
   const cublasStatus_t status =
       cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.w_layout, plan.x_layout,
                                      plan.y_layout, plan.y_layout, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
+  plan.pref = pref;
   plan.ok = status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
   if (plan.ok) plan.algo = result.algo;
   return plans_.emplace(key, plan).first->second;
@@ -121,6 +122,43 @@ void LtFp8Gemm::Linear(const uint8_t* x, const float* x_scale, const uint8_t* w,
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
                               y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,
+                              workspace_bytes_, stream));
+}
+
+std::vector<cublasLtMatmulAlgo_t> LtFp8Gemm::Candidates(const Plan& plan) {
+  constexpr int kWanted = 16;
+  std::vector<cublasLtMatmulHeuristicResult_t> results(kWanted);
+  int found = 0;
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  if (cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.w_layout, plan.x_layout,
+                                     plan.y_layout, plan.y_layout, plan.pref, kWanted,
+                                     results.data(), &found) != CUBLAS_STATUS_SUCCESS) {
+    return algos;
+  }
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) algos.push_back(results[i].algo);
+  return algos;
+}
+
+int LtFp8Gemm::CandidateCount(const uint8_t* x, const uint8_t* w, const __nv_bfloat16* y, int64_t m,
+                              int64_t n, int64_t k) {
+  return static_cast<int>(
+      Candidates(GetPlan({m, n, k, Alignment(x), Alignment(w), Alignment(y)})).size());
+}
+
+void LtFp8Gemm::LinearWithCandidate(int i, const uint8_t* x, const float* x_scale, const uint8_t* w,
+                                    const float* w_scale, int64_t m, int64_t n, int64_t k,
+                                    __nv_bfloat16* y, cudaStream_t stream) {
+  Plan& plan = GetPlan({m, n, k, Alignment(x), Alignment(w), Alignment(y)});
+  const std::vector<cublasLtMatmulAlgo_t> algos = Candidates(plan);
+  TESSERA_CHECK(i >= 0 && i < static_cast<int>(algos.size())) << "candidate " << i;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                              &w_scale, sizeof(w_scale)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                              &x_scale, sizeof(x_scale)));
+  const float alpha = 1.0f, beta = 0.0f;
+  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
+                              y, plan.y_layout, y, plan.y_layout, &algos[i], workspace_,
                               workspace_bytes_, stream));
 }
 

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <map>
 #include <tuple>
+#include <vector>
 
 namespace tessera::cuda {
 
@@ -38,6 +39,14 @@ class LtFp8Gemm {
   void Linear(const uint8_t* x, const float* x_scale, const uint8_t* w, const float* w_scale,
               int64_t m, int64_t n, int64_t k, __nv_bfloat16* y, cudaStream_t stream);
 
+  // For the benchmark: how many algorithms the heuristic lists for a Supported shape (up to 16),
+  // and a call with the i-th (0 is Linear's choice).
+  int CandidateCount(const uint8_t* x, const uint8_t* w, const __nv_bfloat16* y, int64_t m,
+                     int64_t n, int64_t k);
+  void LinearWithCandidate(int i, const uint8_t* x, const float* x_scale, const uint8_t* w,
+                           const float* w_scale, int64_t m, int64_t n, int64_t k, __nv_bfloat16* y,
+                           cudaStream_t stream);
+
  private:
   // (m, n, k, alignment of x, w, y in bytes)
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int>;
@@ -46,7 +55,9 @@ class LtFp8Gemm {
     cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
     cublasLtMatmulAlgo_t algo;
     bool ok = false;  // the heuristic offered an algorithm
+    cublasLtMatmulPreference_t pref = nullptr;
   };
+  std::vector<cublasLtMatmulAlgo_t> Candidates(const Plan& plan);
   Plan& GetPlan(const Key& key);
 
   cublasLtHandle_t handle_ = nullptr;

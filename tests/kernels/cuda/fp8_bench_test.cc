@@ -156,21 +156,56 @@ class CudaFp8Bench : public testing::CudaTest {
         run_ms);
     Report("W8A16 mma.sync", m, n, k, fp8_bytes, us["W8A16 mma"]);
     if (m <= cuda::kFp8GemvMaxRows) {
-      us["W8A16 GEMV"] = MedianMicros(
-          stream(),
-          [&](int c) {
-            cuda::LaunchFp8Gemv(xb, w.fp8[c % copies].data.as<uint8_t>(),
-                                w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
-                                stream());
-          },
-          run_ms);
-      Report("W8A16 GEMV", m, n, k, fp8_bytes, us["W8A16 GEMV"]);
+      for (int variant : {1, 2}) {
+        const std::string name = variant == 1 ? "W8A16 GEMV cvt" : "W8A16 GEMV shift";
+        us[name] = MedianMicros(
+            stream(),
+            [&](int c) {
+              cuda::LaunchFp8Gemv(xb, w.fp8[c % copies].data.as<uint8_t>(),
+                                  w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
+                                  stream(), 0, variant);
+            },
+            run_ms);
+        Report(name.c_str(), m, n, k, fp8_bytes, us[name]);
+      }
     }
     return us;
   }
 };
 
-TEST_F(CudaFp8Bench, Prefill) { TimeShape(4096, 5120, 17408, 200.0f); }
+TEST_F(CudaFp8Bench, Prefill) {
+  TimeShape(4096, 5120, 17408, 200.0f);
+  // Every algorithm cuBLASLt's heuristic lists for the prefill shape.
+  const int64_t m = 4096, n = 5120, k = 17408;
+  const Weights w = MakeWeights(gpu(), n, k, false);
+  const int copies = static_cast<int>(w.fp8.size());
+  DeviceBuffer x = gpu().Allocate(m * k * 2), y = gpu().Allocate(m * n * 2);
+  gpu().FillRandom(x.data(), DType::kBF16, m * k, 7, 0, 1.0f);
+  const int64_t xs_stride = Fp8ActivationScaleStride(m);
+  DeviceBuffer xq = gpu().Allocate(m * k), xs = gpu().Allocate(Fp8Blocks(k) * xs_stride * 4);
+  gpu().QuantizeFp8(x.data(), m, k, {xq.data(), xs.as<float>(), xs_stride});
+  constexpr size_t kWorkspace = 32u << 20;
+  DeviceBuffer workspace = gpu().Allocate(kWorkspace);
+  cuda::LtFp8Gemm lt(workspace.data(), kWorkspace);
+  auto* yb = y.as<__nv_bfloat16>();
+  if (!lt.Supported(xq.as<uint8_t>(), w.fp8[0].data.as<uint8_t>(), yb, m, n, k, w.stride,
+                    xs_stride)) {
+    return;
+  }
+  const int count = lt.CandidateCount(xq.as<uint8_t>(), w.fp8[0].data.as<uint8_t>(), yb, m, n, k);
+  for (int i = 0; i < count; ++i) {
+    const float us = MedianMicros(
+        stream(),
+        [&](int c) {
+          lt.LinearWithCandidate(i, xq.as<uint8_t>(), xs.as<float>(),
+                                 w.fp8[c % copies].data.as<uint8_t>(),
+                                 w.fp8[c % copies].scale.as<float>(), m, n, k, yb, stream());
+        },
+        100.0f);
+    const std::string name = "W8A8 cuBLASLt #" + std::to_string(i);
+    Report(name.c_str(), m, n, k, double(n) * k, us);
+  }
+}
 
 TEST_F(CudaFp8Bench, Decode14B) {
   struct Proj {
