@@ -51,9 +51,11 @@ __device__ __forceinline__ void Unpack16(const uint4& v, float (&f)[16]) {
 // bits become float's low exponent bits and top mantissa bits (e4m3 subnormals become float
 // subnormals, exactly), the sign bit float's sign.
 // NOTE: no conversion instructions (cvt runs at a quarter of the FMA rate on Hopper, and
-// Unpack16 needs 1.5 per element). The 2^120 goes into the block scale. Products of tiny
-// activations with these small floats can be float subnormals: their error (<= 2^-150 absolute,
-// i.e. 2^-30 after the 2^120) is far below bf16's output rounding.
+// Unpack16 needs 1.5 per element); the 2^120 goes into the block scale. Measured no faster on an
+// H100 (1.58-2.37 TB/s against cvt's 1.62-2.41, docs/perf/2026-12-07-fp8-kernels.md): the three
+// integer operations per element cost as much. Kept as variant 2 for that comparison. Products of
+// tiny activations with these small floats can be float subnormals: their error (<= 2^-150
+// absolute, i.e. 2^-30 after the 2^120) is far below bf16's output rounding.
 __device__ __forceinline__ void Unpack16Shifted(const uint4& v, float (&f)[16]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -170,7 +172,7 @@ void LaunchForRows(const bf16* x, const uint8_t* w, const float* scale, int64_t 
 template <int M>
 void LaunchForRows(const bf16* x, const uint8_t* w, const float* scale, int64_t scale_stride, int n,
                    int k, bf16* y, cudaStream_t stream, int rows, int variant) {
-  if (variant == 1) {
+  if (variant != 2) {
     LaunchForRows<M, false>(x, w, scale, scale_stride, n, k, y, stream, rows);
   } else {
     LaunchForRows<M, true>(x, w, scale, scale_stride, n, k, y, stream, rows);
