@@ -99,6 +99,41 @@ class DeviceEvent {
   virtual void Wait() = 0;
 };
 
+// FP8 (OCP E4M3, "e4m3fn") with fp32 block scales, as Qwen3's FP8 checkpoints store linear
+// weights (quantization_config: fmt e4m3, weight_block_size [128, 128], activation_scheme
+// dynamic): value = e4m3 element * the scale of its block. Weights have one scale per 128 x 128
+// block (`*.weight_scale_inv`); activations one per 1 x 128 group of a row (computed per step by
+// QuantizeFp8). Partial blocks at the ends of n, k and m are blocks too.
+constexpr int64_t kFp8Block = 128;
+constexpr float kFp8Max = 448.0f;  // the largest finite e4m3 value
+inline int64_t Fp8Blocks(int64_t elements) { return (elements + kFp8Block - 1) / kFp8Block; }
+// The row stride (in floats) of a weight's scale table: ceil(k / 128) rounded up to 4.
+// NOTE: cuBLASLt's 128x128 block-scale layout (16-byte rows); the loader pads the checkpoint's
+// [ceil(n/128), ceil(k/128)] table to it (a no-op for Qwen3's k, all multiples of 512).
+inline int64_t Fp8WeightScaleStride(int64_t k) { return (Fp8Blocks(k) + 3) / 4 * 4; }
+// The row stride of an activation scale table: m rounded up to 4 (cuBLASLt's 1x128 layout).
+inline int64_t Fp8ActivationScaleStride(int64_t m) { return (m + 3) / 4 * 4; }
+
+// A block-scaled FP8 weight W[n, k] = data[i, j] * scale[i / 128][j / 128].
+struct Fp8Weight {
+  const void* data = nullptr;    // e4m3 [n, k], row-major
+  const float* scale = nullptr;  // fp32 [ceil(n / 128), scale_stride]
+  // Fp8WeightScaleStride(k) for cuBLASLt; the other kernels take any stride >= ceil(k / 128).
+  int64_t scale_stride = 0;
+};
+
+// FP8 activations x[m, k] = data[t, j] * scale[j / 128][t], written by QuantizeFp8.
+// NOTE: the scales are stored transposed (tokens fastest), cuBLASLt's layout for 1x128 groups.
+struct Fp8Activations {
+  void* data = nullptr;      // e4m3 [m, k], row-major
+  float* scale = nullptr;    // fp32 [ceil(k / 128), scale_stride]
+  int64_t scale_stride = 0;  // >= Fp8ActivationScaleStride(m)
+};
+
+// Which FP8 linear a backend runs: none, weights only (W8A16: bf16 activations, FP8 weights
+// dequantized inside the GEMM; Ampere) or weights and activations (W8A8: FP8 tensor cores; Hopper).
+enum class Fp8Mode { kNone, kW8A16, kW8A8 };
+
 // A recorded sequence of ops (a CUDA graph), replayed with the device pointers and launch sizes it
 // was recorded with; whatever varies per replay is read from device memory.
 class DeviceGraph {
@@ -255,6 +290,25 @@ class Backend {
   virtual void Attention(const void* q, int64_t q_row_stride, const void* k_cache,
                          const void* v_cache, const AttentionBatch& batch, int q_heads,
                          int kv_heads, int head_dim, float scale, void* out) = 0;
+
+  // FP8 linear layers. fp8_mode() says which path the backend prefers (kNone: none of the three
+  // ops below is implemented); both paths are implemented wherever one is.
+  virtual Fp8Mode fp8_mode() const { return Fp8Mode::kNone; }
+  // Per-token dynamic quantization of x A[m, k] in 1 x 128 groups: for each row t and group g,
+  // amax = max |x| over the group, scale = amax / 448 (fp32 division; 1 where amax is 0) and
+  // data = e4m3(x / scale) (round to nearest even, saturating). out.scale_stride >= m.
+  virtual void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out);
+  // QuantizeFp8 of silu(gate_up[:, :I]) * gate_up[:, I:] (SiluMul fused in front, computed in
+  // fp32 and not rounded to the activation dtype first); out is [m, I].
+  virtual void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
+                                  const Fp8Activations& out);
+  // W8A8: y A[m, n] = X @ W^T with X and W dequantized, products summed in fp32 and scaled per
+  // 128-k group. x as QuantizeFp8 leaves it (the same m and k).
+  virtual void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n,
+                         int64_t k, void* y);
+  // W8A16: y A[m, n] = x A[m, k] @ W^T, x unquantized, W dequantized.
+  virtual void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n,
+                                   int64_t k, void* y);
 
   // out A[m, I] = silu(gate_up[:, :I]) * gate_up[:, I:], gate_up A[m, 2I].
   virtual void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) = 0;

@@ -125,6 +125,23 @@ class Profiler final : public ProfilingBackend {
       b_.Attention(q, stride, k_cache, v_cache, batch, q_heads, kv_heads, head_dim, scale, out);
     });
   }
+  Fp8Mode fp8_mode() const override { return b_.fp8_mode(); }
+  void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
+    Time("QuantizeFp8", [&] { b_.QuantizeFp8(x, m, k, out); });
+  }
+  void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t inter,
+                          const Fp8Activations& out) override {
+    Time("SiluMulQuantizeFp8", [&] { b_.SiluMulQuantizeFp8(gate_up, m, inter, out); });
+  }
+  void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
+                 void* y) override {
+    Time(absl::StrCat("LinearFp8 n=", n, " k=", k), [&] { b_.LinearFp8(x, w, m, n, k, y); });
+  }
+  void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
+                           void* y) override {
+    Time(absl::StrCat("LinearFp8WeightOnly n=", n, " k=", k),
+         [&] { b_.LinearFp8WeightOnly(x, w, m, n, k, y); });
+  }
   void SiluMul(const void* gate_up, int64_t m, int64_t inter, void* out) override {
     Time("SiluMul", [&] { b_.SiluMul(gate_up, m, inter, out); });
   }

@@ -106,6 +106,29 @@ float F8E4M3ToFloat(uint8_t bits) {
   return sign ? -value : value;
 }
 
+uint8_t FloatToF8E4M3(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7f;  // NaN
+  float mag;
+  std::memcpy(&mag, &a, sizeof(mag));
+  if (mag >= 448.0f) return sign | 0x7e;  // saturate (448 = 0x7e; 0x7f is NaN)
+  if (mag < 0.015625f) {
+    // Subnormal range (below 2^-6): steps of 2^-9. mag * 512 is exact (a power-of-two scaling of
+    // a value far above float's subnormals, or a float subnormal that rounds to 0), and
+    // nearbyint rounds it to nearest even; 8 steps is the smallest normal, encoded as 0x08.
+    return sign | static_cast<uint8_t>(std::nearbyint(mag * 512.0f));
+  }
+  // Normal: keep 3 of float's 23 mantissa bits, rounding to nearest even; a carry out of the
+  // mantissa moves to the next binade, as it should.
+  uint32_t r = a + 0x7ffffu + ((a >> 20) & 1u);
+  const int exponent = static_cast<int>(r >> 23) - 127 + 7;  // e4m3 bias 7
+  if (exponent > 15 || (exponent == 15 && ((r >> 20) & 7u) == 7u)) return sign | 0x7e;
+  return sign | static_cast<uint8_t>((exponent << 3) | ((r >> 20) & 7u));
+}
+
 void ConvertToFloat(DType dtype, const void* src, size_t count, float* dst) {
   switch (dtype) {
     case DType::kF32:

@@ -37,6 +37,10 @@ float F16ToFloat(uint16_t bits);
 uint16_t FloatToF16(float f);
 // OCP FP8 E4M3 (the "fn" variant: no infinities, 0x7f/0xff are NaN), as in Qwen3 FP8 checkpoints.
 float F8E4M3ToFloat(uint8_t bits);
+// float32 -> E4M3 as Hopper's cvt.rn.satfinite.e4m3x2.f32 does it: round to nearest even,
+// magnitudes past the largest finite value (448, infinities included) saturate to +-448, NaN
+// becomes NaN (0x7f with the sign). The FP8 kernels' CPU references quantize through this.
+uint8_t FloatToF8E4M3(float f);
 
 // Converts `count` elements of `dtype` at `src` to float32. Integer dtypes are not convertible.
 void ConvertToFloat(DType dtype, const void* src, size_t count, float* dst);

@@ -128,6 +128,32 @@ class CpuBackend final : public Backend {
                        void* out) override {
     cpu::MoeCombineRanks(F(y), token_slots, n, top_k, hidden, F(out));
   }
+  // FP8: activations are float32 here; weights are e4m3 bytes with fp32 scales, as on the GPU.
+  Fp8Mode fp8_mode() const override { return Fp8Mode::kW8A8; }
+  void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
+    TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
+    cpu::QuantizeFp8(F(x), m, k, static_cast<uint8_t*>(out.data), out.scale, out.scale_stride);
+  }
+  void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
+                          const Fp8Activations& out) override {
+    TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
+    std::vector<float> act(m * intermediate);
+    cpu::SiluMul(F(gate_up), m, intermediate, act.data());
+    cpu::QuantizeFp8(act.data(), m, intermediate, static_cast<uint8_t*>(out.data), out.scale,
+                     out.scale_stride);
+  }
+  void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
+                 void* y) override {
+    TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k)) << "weight scale stride " << w.scale_stride;
+    cpu::LinearFp8(static_cast<const uint8_t*>(x.data), x.scale, x.scale_stride,
+                   static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m, n, k, F(y));
+  }
+  void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
+                           void* y) override {
+    TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k)) << "weight scale stride " << w.scale_stride;
+    cpu::LinearFp8WeightOnly(F(x), static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m,
+                             n, k, F(y));
+  }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {
@@ -187,6 +213,19 @@ class PassedEvent final : public DeviceEvent {
 }  // namespace
 
 std::unique_ptr<DeviceEvent> Backend::CreateEvent() { return std::make_unique<PassedEvent>(); }
+
+void Backend::QuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::SiluMulQuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::LinearFp8(const Fp8Activations&, const Fp8Weight&, int64_t, int64_t, int64_t, void*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::LinearFp8WeightOnly(const void*, const Fp8Weight&, int64_t, int64_t, int64_t, void*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 

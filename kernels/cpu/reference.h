@@ -53,6 +53,28 @@ void MoeDispatchPack(const float* x, const int32_t* ids, const float* weights,
 void MoeCombineRanks(const float* y, const int32_t* token_slots, int n, int top_k, int64_t hidden,
                      float* out);
 
+// FP8 (kernels/ops.h: Fp8Weight, Fp8Activations, QuantizeFp8, LinearFp8): the arithmetic the GPU
+// kernels do, bit for bit where they promise it (quantization), in float32 otherwise.
+// The scale of a 1 x 128 activation group with largest magnitude `amax`: amax / 448, 1 for 0.
+float Fp8GroupScale(float amax);
+// x [m, k] -> data e4m3 [m, k], scale [ceil(k/128), scale_stride] (tokens fastest).
+void QuantizeFp8(const float* x, int64_t m, int64_t k, uint8_t* data, float* scale,
+                 int64_t scale_stride);
+// The block-scaled weight w [n, k] = data * scale[i / 128][j / 128] as float32.
+void DequantizeFp8Weight(const uint8_t* data, const float* scale, int64_t scale_stride, int64_t n,
+                         int64_t k, float* w);
+// The activations x [m, k] = data * scale[j / 128][t] as float32.
+void DequantizeFp8Activations(const uint8_t* data, const float* scale, int64_t scale_stride,
+                              int64_t m, int64_t k, float* x);
+// W8A8: y [m, n] = sum over 128-k groups g of (sum_{j in g} xq[t, j] * wq[i, j]) * xs[g][t] *
+// ws[i / 128][g], the sums in float32 (the GPU's fp32 scale promotion per k group).
+void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stride,
+               const uint8_t* w_data, const float* w_scale, int64_t w_scale_stride, int64_t m,
+               int64_t n, int64_t k, float* y);
+// W8A16: y [m, n] = x [m, k] @ DequantizeFp8Weight(w)^T.
+void LinearFp8WeightOnly(const float* x, const uint8_t* w_data, const float* w_scale,
+                         int64_t w_scale_stride, int64_t m, int64_t n, int64_t k, float* y);
+
 // One row x[vocab] (contiguous) by the rule of kernels/base/sampling_rule.h.
 int32_t SampleRow(const float* x, int64_t vocab, const SamplingRowParams& params);
 // Penalises row x[vocab] in place by `row`'s entries of `entries` (SamplingPenaltyRow).

@@ -10,6 +10,7 @@
 // DownloadFloat run on the host (round to nearest even, as torch); the weight loader's
 // UploadStaged converts on the device (convert.cu), from pinned staging buffers.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -20,6 +21,10 @@
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/fp8_gemv.h"
+#include "kernels/cuda/fp8_mma.h"
+#include "kernels/cuda/fp8_quant.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemv.h"
 #include "kernels/cuda/moe.h"
@@ -87,10 +92,13 @@ class CudaBackend final : public Backend {
     // The GEMM's one-time tuning waits for the stream the way every other host wait does.
     gemm_ = std::make_unique<cuda::LtGemm>(gemm_workspace_.data(), kGemmWorkspaceBytes,
                                            [this] { Synchronize(); });
+    fp8_gemm_ = std::make_unique<cuda::LtFp8Gemm>(gemm_workspace_.data(), kGemmWorkspaceBytes);
+    fp8_mode_ = Fp8ModeFor(device);
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     gemm_.reset();
+    fp8_gemm_.reset();
     cudaStreamDestroy(stream_);
   }
 
@@ -222,6 +230,43 @@ class CudaBackend final : public Backend {
     }
     gemm_->Linear(B(x), B(w), m, n, k, B(y), stream_);
   }
+
+  // FP8: W8A8 on Hopper (cuBLASLt's block-scaled GEMM, the mma.sync kernel where cuBLASLt has no
+  // algorithm), W8A16 elsewhere (sm_80+) and wherever TESSERA_FP8_W8A16=1 forces it.
+  Fp8Mode fp8_mode() const override { return fp8_mode_; }
+  void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
+    cuda::LaunchQuantizeFp8(B(x), m, k, static_cast<uint8_t*>(out.data), out.scale,
+                            out.scale_stride, stream_);
+  }
+  void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
+                          const Fp8Activations& out) override {
+    cuda::LaunchSiluMulQuantizeFp8(B(gate_up), m, intermediate, static_cast<uint8_t*>(out.data),
+                                   out.scale, out.scale_stride, stream_);
+  }
+  void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
+                 void* y) override {
+    if (m == 0 || n == 0) return;
+    const auto* xq = static_cast<const uint8_t*>(x.data);
+    const auto* wq = static_cast<const uint8_t*>(w.data);
+    if (fp8_gemm_->Supported(xq, wq, B(y), m, n, k, w.scale_stride, x.scale_stride)) {
+      fp8_gemm_->Linear(xq, x.scale, wq, w.scale, m, n, k, B(y), stream_);
+      return;
+    }
+    cuda::LaunchFp8MmaW8A8(xq, x.scale, x.scale_stride, wq, w.scale, w.scale_stride, m, n, k, B(y),
+                           stream_);
+  }
+  void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
+                           void* y) override {
+    if (m == 0 || n == 0) return;
+    const auto* wq = static_cast<const uint8_t*>(w.data);
+    // NOTE: decode batches stream w once: the GEMV; larger m: the mma.sync kernel.
+    if (cuda::Fp8GemvSupported(B(x), wq, m, k)) {
+      cuda::LaunchFp8Gemv(B(x), wq, w.scale, w.scale_stride, m, n, k, B(y), stream_);
+      return;
+    }
+    cuda::LaunchFp8MmaW8A16(B(x), wq, w.scale, w.scale_stride, m, n, k, B(y), stream_);
+  }
+
   void HeadNormRope(void* x, int64_t row_stride, int n, int heads, int head_dim,
                     const void* norm_weight, float eps, const int32_t* positions,
                     const float* inv_freq, float attention_scaling) override {
@@ -312,6 +357,16 @@ class CudaBackend final : public Backend {
   DeviceBuffer moe_scratch_;
   DeviceBuffer attention_workspace_;  // split-KV decode partials, kAttentionWorkspaceBytes
   std::unique_ptr<cuda::LtGemm> gemm_;
+  std::unique_ptr<cuda::LtFp8Gemm> fp8_gemm_;
+  Fp8Mode fp8_mode_ = Fp8Mode::kNone;
+
+  static Fp8Mode Fp8ModeFor(int device) {
+    int major = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    const char* force = std::getenv("TESSERA_FP8_W8A16");
+    if (major >= 9 && !(force != nullptr && std::strcmp(force, "1") == 0)) return Fp8Mode::kW8A8;
+    return major >= 8 ? Fp8Mode::kW8A16 : Fp8Mode::kNone;
+  }
 };
 
 class CudaGraph final : public DeviceGraph {

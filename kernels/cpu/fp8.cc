@@ -1,0 +1,86 @@
+// FP8 (E4M3, block scales): the CPU reference for the FP8 kernels (kernels/cuda/fp8_*.cu).
+//
+// Quantization is the GPU's bit for bit: the same fp32 amax, the same correctly rounded division
+// for the scale and for x / scale, and E4M3 rounding as Hopper's cvt.rn.satfinite does it
+// (kernels/base/dtype.h FloatToF8E4M3). The products sum in fp32 per 128-k group and each group's
+// sum is scaled once (the wgmma kernels' "scale promotion"), in a fixed order.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/base/dtype.h"
+#include "kernels/cpu/reference.h"
+
+namespace tessera::cpu {
+
+float Fp8GroupScale(float amax) { return amax > 0.0f ? amax / kFp8Max : 1.0f; }
+
+void QuantizeFp8(const float* x, int64_t m, int64_t k, uint8_t* data, float* scale,
+                 int64_t scale_stride) {
+  const int64_t groups = Fp8Blocks(k);
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < m; ++t) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t j0 = g * kFp8Block, j1 = std::min(k, j0 + kFp8Block);
+      float amax = 0.0f;
+      for (int64_t j = j0; j < j1; ++j) amax = std::max(amax, std::fabs(x[t * k + j]));
+      const float s = Fp8GroupScale(amax);
+      scale[g * scale_stride + t] = s;
+      for (int64_t j = j0; j < j1; ++j) data[t * k + j] = FloatToF8E4M3(x[t * k + j] / s);
+    }
+  }
+}
+
+void DequantizeFp8Weight(const uint8_t* data, const float* scale, int64_t scale_stride, int64_t n,
+                         int64_t k, float* w) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      w[i * k + j] =
+          F8E4M3ToFloat(data[i * k + j]) * scale[(i / kFp8Block) * scale_stride + j / kFp8Block];
+    }
+  }
+}
+
+void DequantizeFp8Activations(const uint8_t* data, const float* scale, int64_t scale_stride,
+                              int64_t m, int64_t k, float* x) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < m; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      x[t * k + j] = F8E4M3ToFloat(data[t * k + j]) * scale[(j / kFp8Block) * scale_stride + t];
+    }
+  }
+}
+
+void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stride,
+               const uint8_t* w_data, const float* w_scale, int64_t w_scale_stride, int64_t m,
+               int64_t n, int64_t k, float* y) {
+  // The unscaled e4m3 values as floats (exact), so the inner loop is a plain dot product.
+  std::vector<float> xf(m * k), wf(n * k);
+  for (int64_t i = 0; i < m * k; ++i) xf[i] = F8E4M3ToFloat(x_data[i]);
+  for (int64_t i = 0; i < n * k; ++i) wf[i] = F8E4M3ToFloat(w_data[i]);
+  const int64_t groups = Fp8Blocks(k);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t t = 0; t < m; ++t) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t j0 = g * kFp8Block, j1 = std::min(k, j0 + kFp8Block);
+        float partial = 0.0f;
+        for (int64_t j = j0; j < j1; ++j) partial += xf[t * k + j] * wf[i * k + j];
+        acc += partial *
+               (x_scale[g * x_scale_stride + t] * w_scale[(i / kFp8Block) * w_scale_stride + g]);
+      }
+      y[t * n + i] = acc;
+    }
+  }
+}
+
+void LinearFp8WeightOnly(const float* x, const uint8_t* w_data, const float* w_scale,
+                         int64_t w_scale_stride, int64_t m, int64_t n, int64_t k, float* y) {
+  std::vector<float> w(n * k);
+  DequantizeFp8Weight(w_data, w_scale, w_scale_stride, n, k, w.data());
+  Linear(x, w.data(), m, n, k, y);
+}
+
+}  // namespace tessera::cpu

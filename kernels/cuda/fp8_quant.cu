@@ -1,0 +1,115 @@
+// Per-token 1 x 128 FP8 quantization (see fp8_quant.h).
+#include "kernels/cuda/fp8_quant.h"
+
+#include <cuda_fp8.h>
+
+#include "kernels/base/check.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/ops.h"
+
+namespace tessera::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kGroupsPerBlock = kThreads / 32;  // one warp per group
+static_assert(kFp8Block == 32 * 4, "a warp covers one group with 4 elements per lane");
+
+// NOTE: x / scale (not x * (1 / scale)) and amax / 448 with IEEE division, as the CPU reference
+// computes them: the bytes and scales match it exactly. The kernel is bound by memory, not by the
+// division.
+__device__ __forceinline__ uint16_t ToE4M3x2(float a, float b) {
+  return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+}
+
+// The lane's 4 elements of a row from column j (0 past k).
+template <bool kVector>
+__device__ __forceinline__ void Load4(const bf16* row, int64_t j, int64_t k, float (&v)[4]) {
+  if (kVector) {  // k % 4 == 0 and rows 8-byte aligned: the 4 elements are all in or all out
+    if (j < k) {
+      const uint2 bits = *reinterpret_cast<const uint2*>(row + j);
+      v[0] = __uint_as_float(bits.x << 16);
+      v[1] = __uint_as_float(bits.x & 0xffff0000u);
+      v[2] = __uint_as_float(bits.y << 16);
+      v[3] = __uint_as_float(bits.y & 0xffff0000u);
+    } else {
+      v[0] = v[1] = v[2] = v[3] = 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = j + e < k ? ToFloat(row[j + e]) : 0.0f;
+  }
+}
+
+// kSiluMul: x is gate_up [m, 2k] and the quantized value silu(gate) * up, in fp32 (the formula of
+// elementwise.cu's SiluMul, without its bf16 rounding).
+template <bool kVector, bool kSiluMul>
+__global__ void __launch_bounds__(kThreads)
+    QuantizeFp8Kernel(const bf16* __restrict__ x, int64_t m, int64_t k, int64_t groups,
+                      uint8_t* __restrict__ data, float* __restrict__ scale, int64_t scale_stride) {
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kGroupsPerBlock + (threadIdx.x >> 5);
+  if (item >= m * groups) return;  // whole warps leave together
+  const int64_t t = item / groups, g = item % groups;
+  const int64_t j = g * kFp8Block + lane * 4;  // this lane's first column
+  float v[4];
+  if constexpr (kSiluMul) {
+    const bf16* gate = x + t * 2 * k;
+    float u[4];
+    Load4<kVector>(gate, j, k, v);
+    Load4<kVector>(gate + k, j, k, u);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.0f + expf(-v[e])) * u[e];
+  } else {
+    Load4<kVector>(x + t * k, j, k, v);
+  }
+  const float amax =
+      WarpMax(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
+  const float s = amax > 0.0f ? __fdiv_rn(amax, kFp8Max) : 1.0f;
+  if (lane == 0) scale[g * scale_stride + t] = s;
+  const uint16_t lo = ToE4M3x2(__fdiv_rn(v[0], s), __fdiv_rn(v[1], s));
+  const uint16_t hi = ToE4M3x2(__fdiv_rn(v[2], s), __fdiv_rn(v[3], s));
+  uint8_t* out = data + t * k;
+  if (kVector) {
+    if (j < k) *reinterpret_cast<uint32_t*>(out + j) = lo | (static_cast<uint32_t>(hi) << 16);
+  } else {
+    const uint8_t b[4] = {static_cast<uint8_t>(lo), static_cast<uint8_t>(lo >> 8),
+                          static_cast<uint8_t>(hi), static_cast<uint8_t>(hi >> 8)};
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (j + e < k) out[j + e] = b[e];
+  }
+}
+
+template <bool kSiluMul>
+void Launch(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale, int64_t scale_stride,
+            cudaStream_t stream) {
+  TESSERA_CHECK(scale_stride >= m) << "activation scale stride " << scale_stride << " < m " << m;
+  if (m == 0 || k == 0) return;
+  const int64_t groups = Fp8Blocks(k);
+  const int64_t blocks = (m * groups + kGroupsPerBlock - 1) / kGroupsPerBlock;
+  TESSERA_CHECK(blocks < (int64_t{1} << 31));
+  const auto grid = static_cast<unsigned>(blocks);
+  if (k % 4 == 0 && IsAligned(x, 8) && IsAligned(data, 4)) {
+    QuantizeFp8Kernel<true, kSiluMul>
+        <<<grid, kThreads, 0, stream>>>(x, m, k, groups, data, scale, scale_stride);
+  } else {
+    QuantizeFp8Kernel<false, kSiluMul>
+        <<<grid, kThreads, 0, stream>>>(x, m, k, groups, data, scale, scale_stride);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void LaunchQuantizeFp8(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale,
+                       int64_t scale_stride, cudaStream_t stream) {
+  Launch<false>(x, m, k, data, scale, scale_stride, stream);
+}
+
+void LaunchSiluMulQuantizeFp8(const bf16* gate_up, int64_t m, int64_t intermediate, uint8_t* data,
+                              float* scale, int64_t scale_stride, cudaStream_t stream) {
+  Launch<true>(gate_up, m, intermediate, data, scale, scale_stride, stream);
+}
+
+}  // namespace tessera::cuda

@@ -1,0 +1,29 @@
+// Per-token dynamic FP8 quantization of bf16 activations in 1 x 128 groups (Backend::QuantizeFp8,
+// kernels/ops.h), the input side of the W8A8 GEMMs (fp8_gemm.h, fp8_mma.h).
+//
+// Bit for bit the CPU reference's (kernels/cpu/fp8.cc): amax in fp32, scale = amax / 448 (IEEE
+// division; 1 for an all-zero group), data = cvt.rn.satfinite.e4m3(x / scale). One warp per
+// (token, group): 4 elements per lane, one 8-byte load where the row allows it. A variant fuses
+// the SwiGLU activation in front (the down projection's input).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace tessera::cuda {
+
+// x bf16 [m, k] -> data e4m3 [m, k], scale fp32 [ceil(k / 128), scale_stride] (tokens fastest;
+// scale_stride >= m). Any k; no alignment required.
+void LaunchQuantizeFp8(const __nv_bfloat16* x, int64_t m, int64_t k, uint8_t* data, float* scale,
+                       int64_t scale_stride, cudaStream_t stream);
+
+// Fused SwiGLU + quantization (Backend::SiluMulQuantizeFp8): quantizes silu(gate) * up, computed
+// in fp32 from gate_up bf16 [m, 2 * intermediate], into data [m, intermediate] and its scales,
+// saving SiluMul's bf16 round trip through memory before the down projection.
+void LaunchSiluMulQuantizeFp8(const __nv_bfloat16* gate_up, int64_t m, int64_t intermediate,
+                              uint8_t* data, float* scale, int64_t scale_stride,
+                              cudaStream_t stream);
+
+}  // namespace tessera::cuda

@@ -1,0 +1,202 @@
+// The FP8 CPU reference (kernels/cpu/fp8.cc): E4M3 rounding against a brute-force nearest-value
+// search and known bit patterns, per-token 1x128 quantization (scales, layout, error bound, zero
+// groups), and the W8A8 / W8A16 products against dequantize-then-fp32-GEMM, at odd sizes (k and n
+// not multiples of 128, m not a multiple of 4); and the CPU backend's FP8 ops.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/base/dtype.h"
+#include "kernels/cpu/reference.h"
+#include "kernels/ops.h"
+#include "tests/kernels/cpu/test_util.h"
+
+namespace tessera {
+namespace {
+
+// The nearest finite E4M3 value by exhaustive search, ties to the even encoding, saturating.
+uint8_t NearestE4M3(float f) {
+  if (std::isnan(f)) return std::signbit(f) ? 0xff : 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const double a = std::fabs(static_cast<double>(f));
+  if (a >= 448.0) return sign | 0x7e;
+  uint8_t best = 0;
+  double best_d = INFINITY;
+  for (int b = 0; b <= 0x7e; ++b) {
+    const double d = std::fabs(F8E4M3ToFloat(static_cast<uint8_t>(b)) - a);
+    if (d < best_d || (d == best_d && (b & 1) == 0)) {
+      best = static_cast<uint8_t>(b);
+      best_d = d;
+    }
+  }
+  return sign | best;
+}
+
+TEST(Fp8Test, KnownValues) {
+  EXPECT_EQ(FloatToF8E4M3(0.0f), 0x00);
+  EXPECT_EQ(FloatToF8E4M3(-0.0f), 0x80);
+  EXPECT_EQ(FloatToF8E4M3(1.0f), 0x38);
+  EXPECT_EQ(FloatToF8E4M3(-2.0f), 0xc0);
+  EXPECT_EQ(FloatToF8E4M3(448.0f), 0x7e);
+  EXPECT_EQ(FloatToF8E4M3(460.0f), 0x7e);  // past the largest finite value: saturates
+  EXPECT_EQ(FloatToF8E4M3(1e9f), 0x7e);
+  EXPECT_EQ(FloatToF8E4M3(-INFINITY), 0xfe);
+  EXPECT_EQ(FloatToF8E4M3(INFINITY), 0x7e);
+  EXPECT_EQ(FloatToF8E4M3(NAN) & 0x7f, 0x7f);
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.0f, -9)), 0x01);       // smallest subnormal
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(1.0f, -10)), 0x00);      // half of it: tie to even (0)
+  EXPECT_EQ(FloatToF8E4M3(3 * std::ldexp(1.0f, -10)), 0x02);  // 1.5 steps: tie to even (2)
+  EXPECT_EQ(FloatToF8E4M3(1.0625f), 0x38);                    // halfway 1 and 1.125: to even (1)
+  EXPECT_EQ(FloatToF8E4M3(1.1875f), 0x3a);                 // halfway 1.125 and 1.25: to even (1.25)
+  EXPECT_EQ(FloatToF8E4M3(std::ldexp(15.0f, -10)), 0x08);  // rounds up to the smallest normal
+}
+
+TEST(Fp8Test, EveryEncodingRoundTrips) {
+  for (int b = 0; b < 256; ++b) {
+    if ((b & 0x7f) == 0x7f) continue;  // NaN
+    EXPECT_EQ(FloatToF8E4M3(F8E4M3ToFloat(static_cast<uint8_t>(b))), b) << "bits " << b;
+  }
+}
+
+TEST(Fp8Test, RoundingMatchesNearestValue) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> mantissa(1.0f, 2.0f);
+  std::uniform_int_distribution<int> exponent(-13, 9);
+  for (int i = 0; i < 200000; ++i) {
+    float f = std::ldexp(mantissa(rng), exponent(rng)) * (i % 2 ? -1.0f : 1.0f);
+    if (i % 3 == 0) {  // exact midpoints between neighbouring encodings
+      const uint8_t b = static_cast<uint8_t>(rng() % 0x7e);
+      f = 0.5f * (F8E4M3ToFloat(b) + F8E4M3ToFloat(b + 1));
+    }
+    ASSERT_EQ(FloatToF8E4M3(f), NearestE4M3(f)) << "f = " << f;
+  }
+}
+
+TEST(Fp8Test, QuantizeActivations) {
+  const int64_t m = 5, k = 300;  // a partial last group (300 = 2 * 128 + 44); m not a multiple of 4
+  std::mt19937 rng(11);
+  auto x = testing::RandomVector(m * k, rng, -3.0f, 3.0f);
+  for (int64_t j = 128; j < 256; ++j) x[2 * k + j] = 0.0f;  // an all-zero group: scale 1
+  const int64_t stride = Fp8ActivationScaleStride(m);
+  ASSERT_EQ(stride, 8);
+  std::vector<uint8_t> q(m * k);
+  std::vector<float> s(Fp8Blocks(k) * stride, NAN);
+  cpu::QuantizeFp8(x.data(), m, k, q.data(), s.data(), stride);
+  std::vector<float> back(m * k);
+  cpu::DequantizeFp8Activations(q.data(), s.data(), stride, m, k, back.data());
+  for (int64_t t = 0; t < m; ++t) {
+    for (int64_t g = 0; g < Fp8Blocks(k); ++g) {
+      const int64_t j0 = g * 128, j1 = std::min<int64_t>(k, j0 + 128);
+      float amax = 0;
+      for (int64_t j = j0; j < j1; ++j) amax = std::max(amax, std::fabs(x[t * k + j]));
+      const float scale = s[g * stride + t];
+      EXPECT_EQ(scale, amax > 0 ? amax / 448.0f : 1.0f) << t << "," << g;
+      for (int64_t j = j0; j < j1; ++j) {
+        // 3 mantissa bits: within 2^-4 relative for normals, half a subnormal step below.
+        EXPECT_LE(std::fabs(back[t * k + j] - x[t * k + j]),
+                  std::fabs(x[t * k + j]) / 16 + scale * std::ldexp(1.0f, -10))
+            << t << "," << j;
+        EXPECT_LE(std::fabs(F8E4M3ToFloat(q[t * k + j])), 448.0f);
+      }
+    }
+  }
+  for (int64_t j = 128; j < 256; ++j) EXPECT_EQ(q[2 * k + j], 0);
+}
+
+struct Shape {
+  int64_t m, n, k;
+};
+
+// Random e4m3 weights (bytes of finite values) and block scales around `scale_mean`.
+void RandomWeight(int64_t n, int64_t k, std::mt19937& rng, std::vector<uint8_t>* data,
+                  std::vector<float>* scale, int64_t stride) {
+  data->resize(n * k);
+  for (auto& b : *data) {
+    b = static_cast<uint8_t>(rng() & 0xff);
+    if ((b & 0x7f) == 0x7f || (b & 0x78) >= 0x50) b &= 0xc7;  // keep |w| < 2^4 and finite
+  }
+  std::uniform_real_distribution<float> s(0.5e-2f, 2e-2f);
+  scale->assign(Fp8Blocks(n) * stride, NAN);  // padding columns must never be read
+  for (int64_t i = 0; i < Fp8Blocks(n); ++i)
+    for (int64_t g = 0; g < Fp8Blocks(k); ++g) (*scale)[i * stride + g] = s(rng);
+}
+
+class Fp8LinearTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(Fp8LinearTest, MatchesDequantizedGemm) {
+  const auto [m, n, k] = GetParam();
+  std::mt19937 rng(m * 7919 + n * 31 + k);
+  const int64_t ws = Fp8WeightScaleStride(k), xs = Fp8ActivationScaleStride(m);
+  std::vector<uint8_t> wq;
+  std::vector<float> wscale;
+  RandomWeight(n, k, rng, &wq, &wscale, ws);
+  auto x = testing::RandomVector(m * k, rng, -2.0f, 2.0f);
+  std::vector<uint8_t> xq(m * k);
+  std::vector<float> xscale(Fp8Blocks(k) * xs, NAN);
+  cpu::QuantizeFp8(x.data(), m, k, xq.data(), xscale.data(), xs);
+
+  std::vector<float> wf(n * k), xf(m * k), ref(m * n), y(m * n);
+  cpu::DequantizeFp8Weight(wq.data(), wscale.data(), ws, n, k, wf.data());
+  cpu::DequantizeFp8Activations(xq.data(), xscale.data(), xs, m, k, xf.data());
+  cpu::Linear(xf.data(), wf.data(), m, n, k, ref.data());
+  cpu::LinearFp8(xq.data(), xscale.data(), xs, wq.data(), wscale.data(), ws, m, n, k, y.data());
+  std::vector<double> ref_d(ref.begin(), ref.end());
+  testing::ExpectClose(y, ref_d, 1e-5, 1e-4);
+
+  // W8A16: x unquantized.
+  cpu::Linear(x.data(), wf.data(), m, n, k, ref.data());
+  cpu::LinearFp8WeightOnly(x.data(), wq.data(), wscale.data(), ws, m, n, k, y.data());
+  ref_d.assign(ref.begin(), ref.end());
+  testing::ExpectClose(y, ref_d, 1e-6, 1e-6);
+
+  // And the W8A8 product is the W8A16 one up to the activations' quantization error.
+  std::vector<float> y8(m * n);
+  cpu::LinearFp8(xq.data(), xscale.data(), xs, wq.data(), wscale.data(), ws, m, n, k, y8.data());
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < m * n; ++i) {
+    diff += (y8[i] - ref[i]) * (y8[i] - ref[i]);
+    norm += ref[i] * ref[i];
+  }
+  EXPECT_LT(std::sqrt(diff / norm), 0.05);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Fp8LinearTest,
+                         ::testing::Values(Shape{1, 128, 128}, Shape{3, 200, 300},
+                                           Shape{17, 129, 720}, Shape{4, 384, 1040},
+                                           Shape{33, 61, 77}));
+
+TEST(Fp8BackendTest, CpuOpsMatchReference) {
+  auto cpu_backend = MakeCpuBackend();
+  ASSERT_EQ(cpu_backend->fp8_mode(), Fp8Mode::kW8A8);
+  const int64_t m = 6, n = 130, k = 260;
+  std::mt19937 rng(3);
+  const int64_t ws = Fp8WeightScaleStride(k), xs = Fp8ActivationScaleStride(m);
+  std::vector<uint8_t> wq;
+  std::vector<float> wscale;
+  RandomWeight(n, k, rng, &wq, &wscale, ws);
+  auto x = testing::RandomVector(m * k, rng);
+  std::vector<uint8_t> xq(m * k);
+  std::vector<float> xscale(Fp8Blocks(k) * xs);
+  const Fp8Activations act{xq.data(), xscale.data(), xs};
+  cpu_backend->QuantizeFp8(x.data(), m, k, act);
+  const Fp8Weight w{wq.data(), wscale.data(), ws};
+  std::vector<float> y(m * n), ref(m * n);
+  cpu_backend->LinearFp8(act, w, m, n, k, y.data());
+  std::vector<uint8_t> xq_ref(m * k);
+  std::vector<float> xscale_ref(Fp8Blocks(k) * xs);
+  cpu::QuantizeFp8(x.data(), m, k, xq_ref.data(), xscale_ref.data(), xs);
+  EXPECT_EQ(xq, xq_ref);
+  cpu::LinearFp8(xq_ref.data(), xscale_ref.data(), xs, wq.data(), wscale.data(), ws, m, n, k,
+                 ref.data());
+  EXPECT_EQ(y, ref);
+  cpu_backend->LinearFp8WeightOnly(x.data(), w, m, n, k, y.data());
+  cpu::LinearFp8WeightOnly(x.data(), wq.data(), wscale.data(), ws, m, n, k, ref.data());
+  EXPECT_EQ(y, ref);
+}
+
+}  // namespace
+}  // namespace tessera

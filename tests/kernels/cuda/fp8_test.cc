@@ -1,0 +1,275 @@
+// The FP8 kernels (kernels/cuda/fp8_*.h) against the CPU reference (kernels/cpu/fp8.cc), on seeded
+// random inputs at odd sizes (m not a multiple of 4, n and k not multiples of 128):
+//   - QuantizeFp8: bytes and scales identical to the reference (vector and scalar paths); the
+//     fused SiluMulQuantizeFp8 within exp's last-bit differences;
+//   - the W8A16 GEMV (decode) and mma.sync GEMM, the W8A8 mma.sync GEMM and cuBLASLt's
+//     block-scaled GEMM (Hopper; skipped with a message where cuBLASLt offers no algorithm):
+//     relative L2 within one bf16 rounding of the reference fed the same quantized values;
+//   - the ops table (Backend::QuantizeFp8 / LinearFp8 / LinearFp8WeightOnly) and the
+//     TESSERA_FP8_W8A16=1 switch.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <vector>
+
+#include "kernels/base/dtype.h"
+#include "kernels/cpu/reference.h"
+#include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/fp8_gemv.h"
+#include "kernels/cuda/fp8_mma.h"
+#include "kernels/cuda/fp8_quant.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/kernels/cuda/fp8_test_util.h"
+
+namespace tessera {
+namespace {
+
+using testing::kOneRounding;
+
+struct Shape {
+  int64_t m, n, k;
+};
+
+class CudaFp8Test : public testing::CudaParamTest<Shape> {
+ protected:
+  cudaStream_t stream() { return static_cast<cudaStream_t>(gpu().stream()); }
+
+  // x (bf16 values) quantized on the GPU; returns the device buffers and the host copies.
+  struct Quantized {
+    DeviceBuffer data, scale;
+    std::vector<uint8_t> host_data;
+    std::vector<float> host_scale;
+    int64_t stride;
+  };
+  Quantized QuantizeOnGpu(const DeviceBuffer& dx, int64_t m, int64_t k) {
+    Quantized q;
+    q.stride = Fp8ActivationScaleStride(m);
+    q.data = gpu().Allocate(m * k);
+    q.scale = gpu().Allocate(Fp8Blocks(k) * q.stride * sizeof(float));
+    gpu().QuantizeFp8(dx.data(), m, k, {q.data.data(), q.scale.as<float>(), q.stride});
+    q.host_data = testing::DownloadRaw<uint8_t>(gpu(), q.data, m * k);
+    q.host_scale = testing::DownloadRaw<float>(gpu(), q.scale, Fp8Blocks(k) * q.stride);
+    return q;
+  }
+};
+
+TEST_P(CudaFp8Test, QuantizeMatchesReferenceExactly) {
+  const auto [m, n, k] = GetParam();
+  (void)n;
+  std::mt19937 rng(m * 131 + k);
+  auto x = testing::RandomBf16(m * k + 1, rng, -4.0f, 4.0f);
+  if (k >= 256) {
+    for (int64_t j = 128; j < 256; ++j) x[j] = 0.0f;  // row 0's second group: scale 1
+  }
+  const int64_t stride = Fp8ActivationScaleStride(m);
+  std::vector<uint8_t> ref_data(m * k);
+  std::vector<float> ref_scale(Fp8Blocks(k) * stride, 0.0f);
+  for (int offset : {0, 1}) {  // offset 1: unaligned rows, the scalar path
+    cpu::QuantizeFp8(x.data() + offset, m, k, ref_data.data(), ref_scale.data(), stride);
+    DeviceBuffer dx = testing::UploadBf16(gpu(), x);
+    DeviceBuffer data = gpu().Allocate(m * k + 1), scale = gpu().Allocate(ref_scale.size() * 4);
+    cuda::LaunchQuantizeFp8(dx.as<__nv_bfloat16>() + offset, m, k, data.as<uint8_t>() + offset,
+                            scale.as<float>(), stride, stream());
+    auto got = testing::DownloadRaw<uint8_t>(gpu(), data, m * k + 1);
+    got.erase(got.begin(), got.begin() + offset);
+    got.resize(m * k);
+    auto got_scale = testing::DownloadRaw<float>(gpu(), scale, ref_scale.size());
+    for (int64_t g = 0; g < Fp8Blocks(k); ++g)
+      for (int64_t t = 0; t < m; ++t)
+        ASSERT_EQ(got_scale[g * stride + t], ref_scale[g * stride + t])
+            << "scale of token " << t << " group " << g << " offset " << offset;
+    ASSERT_EQ(got, ref_data) << "offset " << offset;
+  }
+}
+
+TEST_P(CudaFp8Test, SiluMulQuantizeMatchesReference) {
+  // exp differs between the host's libm and the device's expf by an ulp at times: bytes may differ
+  // where a value sits on a rounding boundary, so they are compared by count and by dequantized
+  // relative L2 (e4m3's half-step is 2^-4 relative: one differing byte is far below 1e-3).
+  const auto [m, n, k] = GetParam();
+  (void)n;
+  std::mt19937 rng(m * 17 + k);
+  const auto gate_up = testing::RandomBf16(m * 2 * k, rng, -6.0f, 6.0f);
+  std::vector<float> act(m * k);
+  cpu::SiluMul(gate_up.data(), m, k, act.data());
+  const int64_t stride = Fp8ActivationScaleStride(m);
+  std::vector<uint8_t> ref_data(m * k);
+  std::vector<float> ref_scale(Fp8Blocks(k) * stride, 0.0f), ref(m * k), got(m * k);
+  cpu::QuantizeFp8(act.data(), m, k, ref_data.data(), ref_scale.data(), stride);
+  cpu::DequantizeFp8Activations(ref_data.data(), ref_scale.data(), stride, m, k, ref.data());
+  DeviceBuffer dg = testing::UploadBf16(gpu(), gate_up);
+  DeviceBuffer data = gpu().Allocate(m * k), scale = gpu().Allocate(ref_scale.size() * 4);
+  gpu().SiluMulQuantizeFp8(dg.data(), m, k, {data.data(), scale.as<float>(), stride});
+  const auto got_data = testing::DownloadRaw<uint8_t>(gpu(), data, m * k);
+  const auto got_scale = testing::DownloadRaw<float>(gpu(), scale, ref_scale.size());
+  cpu::DequantizeFp8Activations(got_data.data(), got_scale.data(), stride, m, k, got.data());
+  int64_t differing = 0;
+  for (int64_t i = 0; i < m * k; ++i) differing += got_data[i] != ref_data[i];
+  EXPECT_LE(differing, std::max<int64_t>(2, m * k / 1000)) << differing << " bytes differ";
+  char what[96];
+  std::snprintf(what, sizeof(what), "SiluMulQuantizeFp8 m=%ld k=%ld", long(m), long(k));
+  testing::ExpectRelativeL2(what, got, ref, 1e-3);
+}
+
+TEST_P(CudaFp8Test, WeightOnlyMatchesReference) {
+  const auto [m, n, k] = GetParam();
+  std::mt19937 rng(m * 7 + n * 13 + k);
+  const auto w = testing::RandomFp8Weight(n, k, rng);
+  const auto x = testing::RandomBf16(m * k, rng);
+  std::vector<float> ref(m * n);
+  cpu::LinearFp8WeightOnly(x.data(), w.data.data(), w.scale.data(), w.stride, m, n, k, ref.data());
+  const auto dw = testing::UploadFp8Weight(gpu(), w);
+  DeviceBuffer dx = testing::UploadBf16(gpu(), x);
+  char what[96];
+  if (m <= cuda::kFp8GemvMaxRows) {
+    for (int rows : {2, 4})
+      for (int variant : {1, 2}) {
+        DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
+        cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
+                            w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream(), rows, variant);
+        std::snprintf(what, sizeof(what), "FP8 GEMV m=%ld n=%ld k=%ld rows=%d variant=%d", long(m),
+                      long(n), long(k), rows, variant);
+        testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+      }
+  }
+  DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
+  cuda::LaunchFp8MmaW8A16(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
+                          w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream());
+  std::snprintf(what, sizeof(what), "FP8 mma W8A16 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
+  testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+
+  dy = testing::PoisonedBf16(gpu(), m * n);
+  gpu().LinearFp8WeightOnly(dx.data(), dw.view(w.stride), m, n, k, dy.data());
+  std::snprintf(what, sizeof(what), "LinearFp8WeightOnly m=%ld n=%ld k=%ld", long(m), long(n),
+                long(k));
+  testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+}
+
+TEST_P(CudaFp8Test, W8A8MatchesReference) {
+  const auto [m, n, k] = GetParam();
+  std::mt19937 rng(m * 5 + n * 11 + k * 3);
+  const auto w = testing::RandomFp8Weight(n, k, rng);
+  const auto x = testing::RandomBf16(m * k, rng);
+  const auto dw = testing::UploadFp8Weight(gpu(), w);
+  DeviceBuffer dx = testing::UploadBf16(gpu(), x);
+  Quantized q = QuantizeOnGpu(dx, m, k);
+  // The reference on the GPU's own quantized activations (QuantizeMatchesReferenceExactly shows
+  // they are the reference's).
+  std::vector<float> ref(m * n);
+  cpu::LinearFp8(q.host_data.data(), q.host_scale.data(), q.stride, w.data.data(), w.scale.data(),
+                 w.stride, m, n, k, ref.data());
+  char what[96];
+
+  DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
+  cuda::LaunchFp8MmaW8A8(q.data.as<uint8_t>(), q.scale.as<float>(), q.stride, dw.data.as<uint8_t>(),
+                         dw.scale.as<float>(), w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream());
+  std::snprintf(what, sizeof(what), "FP8 mma W8A8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
+  testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+
+  constexpr size_t kWorkspace = 32u << 20;
+  DeviceBuffer workspace = gpu().Allocate(kWorkspace);
+  cuda::LtFp8Gemm lt(workspace.data(), kWorkspace);
+  dy = testing::PoisonedBf16(gpu(), m * n);
+  if (lt.Supported(q.data.as<uint8_t>(), dw.data.as<uint8_t>(), dy.as<__nv_bfloat16>(), m, n, k,
+                   w.stride, q.stride)) {
+    lt.Linear(q.data.as<uint8_t>(), q.scale.as<float>(), dw.data.as<uint8_t>(),
+              dw.scale.as<float>(), m, n, k, dy.as<__nv_bfloat16>(), stream());
+    std::snprintf(what, sizeof(what), "cuBLASLt FP8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
+    testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+  } else {
+    std::printf("[cuda] cuBLASLt FP8 m=%ld n=%ld k=%ld: not supported here\n", long(m), long(n),
+                long(k));
+  }
+
+  dy = testing::PoisonedBf16(gpu(), m * n);
+  gpu().LinearFp8({q.data.data(), q.scale.as<float>(), q.stride}, dw.view(w.stride), m, n, k,
+                  dy.data());
+  std::snprintf(what, sizeof(what), "LinearFp8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
+  testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaFp8Test,
+                         ::testing::Values(Shape{1, 1, 16}, Shape{1, 130, 720}, Shape{3, 257, 1040},
+                                           Shape{8, 384, 4096}, Shape{17, 61, 304},
+                                           Shape{64, 128, 256}, Shape{100, 300, 1024},
+                                           Shape{256, 1024, 2048}, Shape{333, 520, 1168}));
+
+// y [m, n] from e4m3 bytes with the scales given by functions (for the layout probe below).
+std::vector<float> ScaledProduct(const std::vector<uint8_t>& xq, const std::vector<uint8_t>& wq,
+                                 int64_t m, int64_t n, int64_t k,
+                                 const std::function<float(int64_t, int64_t)>& xs,
+                                 const std::function<float(int64_t, int64_t)>& ws) {
+  std::vector<float> y(m * n);
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t i = 0; i < n; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < k; ++j)
+        acc += double(F8E4M3ToFloat(xq[t * k + j])) * F8E4M3ToFloat(wq[i * k + j]) *
+               xs(t, j / 128) * ws(i, j / 128);
+      y[t * n + i] = static_cast<float>(acc);
+    }
+  return y;
+}
+
+// Which scale layouts cuBLASLt reads (the documented ones, fp8_gemm.h, or their transposes):
+// non-uniform scales on one side at a time, the error against each interpretation printed, the
+// documented one asserted. Informative where the W8A8 test fails.
+TEST(CudaFp8LayoutProbe, CublasLtScaleLayouts) {
+  TESSERA_REQUIRE_CUDA();
+  auto gpu = MakeCudaBackend(0);
+  const int64_t m = 256, n = 384, k = 512, groups = k / 128, nblocks = n / 128;
+  std::mt19937 rng(5);
+  const auto w = testing::RandomFp8Weight(n, k, rng);
+  std::vector<uint8_t> xq(m * k);
+  for (auto& b : xq) b = static_cast<uint8_t>(rng() & 0xc7);  // |x| < 1, finite
+  const int64_t xs_stride = Fp8ActivationScaleStride(m), ws_stride = w.stride;
+  std::uniform_real_distribution<float> dist(0.25f, 4.0f);
+  std::vector<float> xs_buf(groups * xs_stride), ws_buf(nblocks * ws_stride);
+  constexpr size_t kWorkspace = 32u << 20;
+  DeviceBuffer workspace = gpu->Allocate(kWorkspace);
+  cuda::LtFp8Gemm lt(workspace.data(), kWorkspace);
+  DeviceBuffer dx = testing::UploadRaw(*gpu, xq), dw = testing::UploadRaw(*gpu, w.data);
+  DeviceBuffer dy = gpu->Allocate(m * n * 2);
+  if (!lt.Supported(dx.as<uint8_t>(), dw.as<uint8_t>(), dy.as<__nv_bfloat16>(), m, n, k, ws_stride,
+                    xs_stride)) {
+    GTEST_SKIP() << "no block-scaled FP8 in cuBLASLt on this device";
+  }
+  for (int side = 0; side < 2; ++side) {  // 0: activation scales vary, 1: weight scales vary
+    for (auto& v : xs_buf) v = side == 0 ? dist(rng) : 1.0f;
+    for (auto& v : ws_buf) v = side == 1 ? dist(rng) : 1.0f;
+    DeviceBuffer dxs = testing::UploadRaw(*gpu, xs_buf), dws = testing::UploadRaw(*gpu, ws_buf);
+    lt.Linear(dx.as<uint8_t>(), dxs.as<float>(), dw.as<uint8_t>(), dws.as<float>(), m, n, k,
+              dy.as<__nv_bfloat16>(), static_cast<cudaStream_t>(gpu->stream()));
+    const auto y = testing::DownloadBf16(*gpu, dy, m * n);
+    const auto documented = ScaledProduct(
+        xq, w.data, m, n, k, [&](int64_t t, int64_t g) { return xs_buf[g * xs_stride + t]; },
+        [&](int64_t i, int64_t g) { return ws_buf[(i / 128) * ws_stride + g]; });
+    const auto transposed = ScaledProduct(
+        xq, w.data, m, n, k, [&](int64_t t, int64_t g) { return xs_buf[t * groups + g]; },
+        [&](int64_t i, int64_t g) { return ws_buf[g * nblocks + i / 128]; });
+    const double e_doc = testing::RelativeL2(y, documented);
+    const double e_tr = testing::RelativeL2(y, transposed);
+    std::printf(
+        "[cuda] cuBLASLt scale layout probe, %s scales vary: documented layout %.3e, "
+        "transposed %.3e\n",
+        side == 0 ? "activation" : "weight", e_doc, e_tr);
+    EXPECT_LE(e_doc, kOneRounding);
+  }
+}
+
+TEST(CudaFp8ModeTest, PicksByArchitectureAndFlag) {
+  TESSERA_REQUIRE_CUDA();
+  int major = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  const Fp8Mode expected = major >= 9 ? Fp8Mode::kW8A8 : Fp8Mode::kW8A16;
+  EXPECT_EQ(MakeCudaBackend(0)->fp8_mode(), expected);
+  setenv("TESSERA_FP8_W8A16", "1", 1);
+  EXPECT_EQ(MakeCudaBackend(0)->fp8_mode(), Fp8Mode::kW8A16);
+  unsetenv("TESSERA_FP8_W8A16");
+}
+
+}  // namespace
+}  // namespace tessera
