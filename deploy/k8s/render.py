@@ -2,7 +2,8 @@
 """Renders tessera's Kubernetes manifests from values (deploy/k8s/values.yaml + overrides).
 
     deploy/k8s/render.py [-f VALUES.yaml ...] [--set key.path=value ...] [-o OUT.yaml]
-    deploy/k8s/render.py -f deploy/k8s/examples/2x8-ep16.yaml --set image.tag=0.2.0 \
+    deploy/k8s/render.py -f deploy/k8s/examples/2x8-ep16.yaml \
+        --set image.ref=registry.example.com/tessera:0.2.0 \
         | kubectl apply -f -
 
 Why a script and not a Helm chart: Helm is neither a Debian 12 package nor on PyPI, and CI must
@@ -730,7 +731,7 @@ def main(argv=None):
     parser.add_argument("-f", "--values", action="append", default=[],
                         help="values file (repeatable; later files win)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="one value, e.g. --set image.tag=0.2.0 (repeatable; wins over -f)")
+                        help="one value, e.g. --set image.ref=REGISTRY/tessera:TAG (repeatable; wins over -f)")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args(argv)
     try:
