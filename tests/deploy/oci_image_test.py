@@ -109,6 +109,12 @@ class ImageTest(unittest.TestCase):
         return data
 
     def image_config(self):
+        """The configuration, after checking every blob's digest and size (once)."""
+        if not hasattr(ImageTest, "config"):
+            ImageTest.config = self.read_image_config()
+        return ImageTest.config
+
+    def read_image_config(self):
         with open(os.path.join(self.layout, "index.json")) as f:
             index = json.load(f)
         [entry] = index["manifests"]
