@@ -19,7 +19,8 @@
 # Configuration as the Dockerfile's runtime stage: user 10001, entrypoint tessera-entrypoint,
 # command serve, ports 50051/9400/2222, the same environment.
 #
-# Needs root (mmdebstrap's root mode), mmdebstrap and umoci (Debian packages; scripts/install-deps.sh)
+# Needs root (mmdebstrap's root mode), mmdebstrap and umoci (Debian packages, in
+# scripts/install-deps.sh)
 # and network access to a Debian mirror. Downloaded .debs are kept in TESSERA_IMAGE_CACHE
 # (default ~/.cache/tessera/image-debs); apt checks each against the mirror's signed index, so the
 # cache only saves downloads. TESSERA_DEBIAN_MIRROR replaces mmdebstrap's default mirrors
@@ -103,12 +104,16 @@ mkdir -p "$cache"
 mirrors=()
 if [[ -n ${TESSERA_DEBIAN_MIRROR:-} ]]; then read -r -a mirrors <<<"$TESSERA_DEBIAN_MIRROR"; fi
 # The cache hooks follow mmdebstrap(1)'s example: debs in before the download, out before cleanup.
-# No fsync per file in dpkg: a half-written root filesystem is thrown away anyway.
+# No fsync per file in dpkg: a half-written root filesystem is thrown away anyway. No manuals,
+# translations or documentation but the copyright files.
+archives="\"\$1/var/cache/apt/archives\"" # expanded by mmdebstrap's hook shell
 mmdebstrap --quiet --mode=root --variant=apt --include="$packages" --dpkgopt=force-unsafe-io \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --skip=download/empty --skip=essential/unlink \
-  --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\"" \
-  --setup-hook="find '$cache' -maxdepth 1 -name '*.deb' -exec cp -t \"\$1/var/cache/apt/archives\" {} +" \
-  --customize-hook="find \"\$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -u -t '$cache' {} +" \
+  --setup-hook="mkdir -p $archives" \
+  --setup-hook="find '$cache' -maxdepth 1 -name '*.deb' -exec cp -t $archives {} +" \
+  --customize-hook="find $archives -maxdepth 1 -name '*.deb' -exec cp -u -t '$cache' {} +" \
   --customize-hook="cp -a '$work/cuda/.' '$work/tree/.' \"\$1/\"" \
   --customize-hook="chroot \"\$1\" /opt/tessera/libexec/tessera/image-setup.sh" \
   --customize-hook="mv \"\$1/opt/tessera\" '$work/opt-tessera'" \

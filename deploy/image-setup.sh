@@ -16,8 +16,8 @@ if ! getent passwd tessera >/dev/null; then
   useradd --uid 10001 --gid 10001 --create-home --shell /bin/bash tessera
 fi
 ldconfig
-missing=$(ldd /opt/tessera/bin/tessera | grep -v -e libcuda.so -e libnvidia-ml.so | grep 'not found' ||
-  true)
+missing=$(ldd /opt/tessera/bin/tessera | grep -v -e libcuda.so -e libnvidia-ml.so |
+  grep 'not found' || true)
 if [[ -n $missing ]]; then
   echo "image-setup: tessera's libraries do not all resolve:" >&2
   echo "$missing" >&2

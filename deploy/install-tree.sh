@@ -10,9 +10,9 @@
 #   bin/tessera, share/tessera/qwen3-tokenizer/   the CMake install rules (stripped)
 #   bin/tessera-entrypoint                        deploy/entrypoint.sh
 #   libexec/tessera/image-setup.sh                deploy/image-setup.sh, run once in the image
-#   share/tessera/image-packages.txt              the distribution packages the image needs: those
-#                                                 owning tessera's libraries (deploy/runtime-packages.sh)
-#                                                 plus Open MPI and ssh (multi-node)
+#   share/tessera/image-packages.txt              the distribution packages the image needs:
+#                                                 those owning tessera's libraries
+#                                                 (deploy/runtime-packages.sh), Open MPI, ssh
 set -euo pipefail
 
 [[ $# -eq 2 ]] || {

@@ -14,9 +14,10 @@ for `kubectl apply -f` without Python; CI checks it is current.
 
 One node renders a Deployment, several a LeaderWorkerSet (leader runs mpirun across the group,
 workers run sshd); both get a Service (gRPC + metrics), a PodDisruptionBudget and optionally a
-PersistentVolumeClaim and a HorizontalPodAutoscaler. Values that cannot work (a parallel layout
-that does not fit the world, a memory limit smaller than /dev/shm, ...) are errors here, not at
-pod start.
+PersistentVolumeClaim, an autoscaler (HorizontalPodAutoscaler or KEDA ScaledObject), a
+ServiceMonitor or PodMonitor, and the Grafana dashboard as a ConfigMap. Values that cannot work
+(a parallel layout that does not fit the world, a memory limit smaller than /dev/shm, ...) are
+errors here, not at pod start.
 """
 
 import argparse
@@ -419,7 +420,8 @@ def parse_image(where, ref):
     m = IMAGE_REF.match(str(ref))
     if not m or not (m.group("tag") or m.group("digest")):
         raise ValuesError(f"{where}: '{ref}' is not an image reference like "
-                          "registry.example.com/tessera:0.2.0 (a tag or @sha256 digest is required)")
+                          "registry.example.com/tessera:0.2.0 (a tag or @sha256 digest is "
+                          "required)")
     return m.group("repository"), m.group("tag") or "", m.group("digest") or ""
 
 
@@ -731,7 +733,8 @@ def main(argv=None):
     parser.add_argument("-f", "--values", action="append", default=[],
                         help="values file (repeatable; later files win)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="one value, e.g. --set image.ref=REGISTRY/tessera:TAG (repeatable; wins over -f)")
+                        help="one value, e.g. --set image.ref=REGISTRY/tessera:TAG "
+                        "(repeatable; wins over -f)")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args(argv)
     try:

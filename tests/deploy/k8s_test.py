@@ -417,7 +417,8 @@ class BadValuesTest(unittest.TestCase):
         self.refused("nodes=0", message="nodes must be an integer >= 1")
         self.refused("image.ref=tessera", message="a tag or @sha256 digest is required")
         self.refused("image.tag=0.2.0", message="unknown value 'image.tag'")
-        self.refused("image.ref=r.example/tessera@sha256:" + "a" * 64, "model.download.enabled=true",
+        self.refused("image.ref=r.example/tessera@sha256:" + "a" * 64,
+                     "model.download.enabled=true",
                      message="pinned by digest: set model.download.image")
         self.refused("extraVolumeMounts=[{name: tls, mountPath: /tls}]",
                      message="mounts volume 'tls', which extraVolumes does not define")
@@ -466,7 +467,8 @@ class ClusterValuesTest(unittest.TestCase):
         image = "registry.internal:5000/team/tessera:2.1.0"
         for example in ("1x1.yaml", "2x8-ep16.yaml"):
             docs = rendered_docs("-f", os.path.join(K8S, "examples", example),
-                                 "--set", f"image.ref={image}", "--set", "imagePullSecrets=[regcred]",
+                                 "--set", f"image.ref={image}",
+                                 "--set", "imagePullSecrets=[regcred]",
                                  "--set", "model.download.enabled=true",
                                  "--set", "model.download.tokenSecret.name=hf")
             images, secrets = set(), []
@@ -486,7 +488,8 @@ class ClusterValuesTest(unittest.TestCase):
         docs = rendered_docs("--set", f"image.ref={digest}")
         self.assertEqual(of_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0][
             "image"], digest)
-        self.assertNotIn("app.kubernetes.io/version", of_kind(docs, "Service")["metadata"]["labels"])
+        self.assertNotIn("app.kubernetes.io/version",
+                         of_kind(docs, "Service")["metadata"]["labels"])
         # No example pins an image of its own: the one value governs them all.
         for example in examples():
             with open(example) as f:

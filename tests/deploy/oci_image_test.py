@@ -168,7 +168,8 @@ class ImageTest(unittest.TestCase):
         with open(os.path.join(self.root, "opt/tessera/share/tessera/image-packages.txt")) as f:
             packages = f.read().split()
         self.assertLessEqual({"openmpi-bin", "openssh-server", "libgrpc++1.51"}, set(packages))
-        status = subprocess.run(["dpkg-query", "--admindir", os.path.join(self.root, "var/lib/dpkg"),
+        status = subprocess.run(["dpkg-query", "--admindir",
+                                 os.path.join(self.root, "var/lib/dpkg"),
                                  "-W", "-f", "${Package} ${db:Status-Abbrev}\n"] + packages,
                                 capture_output=True, text=True)
         self.assertEqual(status.returncode, 0, status.stderr)
