@@ -14,6 +14,7 @@ packages=(
   clang libclang-rt-14-dev clang-format
   python3 python3-venv python3-pip
   openssh-client # ssh-keygen, for the test of deploy/k8s/make-ssh-secret.sh
+  mmdebstrap umoci # deploy/build-image.sh: the container image from Debian packages, offline
 )
 
 sudo_cmd=()

@@ -2,7 +2,8 @@
 """Renders tessera's Kubernetes manifests from values (deploy/k8s/values.yaml + overrides).
 
     deploy/k8s/render.py [-f VALUES.yaml ...] [--set key.path=value ...] [-o OUT.yaml]
-    deploy/k8s/render.py -f deploy/k8s/examples/2x8-ep16.yaml --set image.tag=0.2.0 \
+    deploy/k8s/render.py -f deploy/k8s/examples/2x8-ep16.yaml \
+        --set image.ref=registry.example.com/tessera:0.2.0 \
         | kubectl apply -f -
 
 Why a script and not a Helm chart: Helm is neither a Debian 12 package nor on PyPI, and CI must
@@ -13,9 +14,10 @@ for `kubectl apply -f` without Python; CI checks it is current.
 
 One node renders a Deployment, several a LeaderWorkerSet (leader runs mpirun across the group,
 workers run sshd); both get a Service (gRPC + metrics), a PodDisruptionBudget and optionally a
-PersistentVolumeClaim and a HorizontalPodAutoscaler. Values that cannot work (a parallel layout
-that does not fit the world, a memory limit smaller than /dev/shm, ...) are errors here, not at
-pod start.
+PersistentVolumeClaim, an autoscaler (HorizontalPodAutoscaler or KEDA ScaledObject), a
+ServiceMonitor or PodMonitor, and the Grafana dashboard as a ConfigMap. Values that cannot work
+(a parallel layout that does not fit the world, a memory limit smaller than /dev/shm, ...) are
+errors here, not at pod start.
 """
 
 import argparse
@@ -165,7 +167,33 @@ def check(v, layout):
                               "ReadWriteMany or ReadOnlyMany")
     if layout.multi_node and not v["ssh"]["secretName"]:
         raise ValuesError("nodes > 1 needs ssh.secretName (deploy/k8s/make-ssh-secret.sh)")
+    builtin = {"dshm", "tmp", "models", "models-rw", "ssh"}
+    names = set()
+    for vol in v["extraVolumes"]:
+        if not isinstance(vol, dict) or not vol.get("name"):
+            raise ValuesError(f"extraVolumes: every entry needs a name, got {vol!r}")
+        if vol["name"] in builtin | names:
+            raise ValuesError(f"extraVolumes: the name '{vol['name']}' is taken")
+        names.add(vol["name"])
+    for mount in v["extraVolumeMounts"]:
+        if not isinstance(mount, dict) or not mount.get("mountPath"):
+            raise ValuesError(f"extraVolumeMounts: every entry needs a mountPath, got {mount!r}")
+        if mount.get("name") not in names | builtin:
+            raise ValuesError(f"extraVolumeMounts: {mount['mountPath']} mounts volume "
+                              f"'{mount.get('name')}', which extraVolumes does not define")
+    if not isinstance(v["hostNetwork"], bool):
+        raise ValuesError(f"hostNetwork must be true or false, got {v['hostNetwork']!r}")
+    if v["podSecurityContext"].get("runAsNonRoot") is False or \
+            v["podSecurityContext"].get("runAsUser", UID) == 0:
+        raise ValuesError("podSecurityContext: the image runs as uid 10001, not root "
+                          "(mpirun refuses root)")
     a = v["autoscaling"]
+    if a["kind"] not in ("hpa", "keda"):
+        raise ValuesError(f"autoscaling.kind must be hpa or keda, got {a['kind']!r}")
+    m = v["monitoring"]
+    if m["serviceMonitor"]["enabled"] and m["podMonitor"]["enabled"]:
+        raise ValuesError("monitoring: enable serviceMonitor or podMonitor, not both (rank 0 "
+                          "would be scraped twice)")
     if a["enabled"] and not 1 <= a["minReplicas"] <= a["maxReplicas"]:
         raise ValuesError("autoscaling needs 1 <= minReplicas <= maxReplicas")
 
@@ -185,9 +213,11 @@ def metadata(v, name=None, component=None, annotations=None):
     md = {"name": name or v["name"]}
     if v["namespace"]:
         md["namespace"] = v["namespace"]
-    md["labels"] = dict(labels(v, component), **{
-        "app.kubernetes.io/version": str(v["image"]["tag"]),
-        "app.kubernetes.io/managed-by": "tessera-render"})
+    md["labels"] = labels(v, component)
+    _, tag, _ = parse_image("image.ref", v["image"]["ref"])
+    if re.match(r"^[A-Za-z0-9]([-\w.]{0,61}[A-Za-z0-9])?$", tag):
+        md["labels"]["app.kubernetes.io/version"] = tag
+    md["labels"]["app.kubernetes.io/managed-by"] = "tessera-render"
     if annotations:
         md["annotations"] = annotations
     return md
@@ -231,8 +261,12 @@ def server_env(v, layout):
         if n["debug"]:
             env["NCCL_DEBUG"] = n["debug"]
         env.update(n["extraEnv"])
-    env.update(v["extraEnv"])
+    extra = v["extraEnv"]
+    if isinstance(extra, dict):
+        env.update(extra)
     out = env_list(env)
+    if isinstance(extra, list):  # full EnvVar entries, e.g. valueFrom a Secret
+        out += copy.deepcopy(extra)
     key = v["server"]["apiKeySecret"]
     if key["name"]:
         out.append({"name": "TESSERA_API_KEY", "valueFrom": {"secretKeyRef": {
@@ -274,9 +308,23 @@ def probes(v):
     }
 
 
-def container_security():
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]}}
+def deep_merge(base, override):
+    """override's maps merge into a copy of base; its lists and scalars replace."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def container_security(v, extra=True):
+    """Locked down, plus the values' securityContext on tessera's containers (e.g.
+    capabilities.add: [IPC_LOCK] for RDMA, which still drops every other capability)."""
+    return deep_merge({"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                       "capabilities": {"drop": ["ALL"]}},
+                      v["securityContext"] if extra else {})
 
 
 def volumes(v, layout, ssh):
@@ -292,6 +340,9 @@ def volumes(v, layout, ssh):
         vols.append({"name": "ssh", "secret": {"secretName": v["ssh"]["secretName"],
                                                "defaultMode": 0o400}})
         mounts.append({"name": "ssh", "mountPath": "/etc/tessera/ssh", "readOnly": True})
+    # The values' own: Secrets (TLS certificates, CA bundles), ConfigMaps (chat templates), ...
+    vols += copy.deepcopy(v["extraVolumes"])
+    mounts += copy.deepcopy(v["extraVolumeMounts"])
     return vols, mounts
 
 
@@ -305,12 +356,12 @@ def fetch_init_container(v):
             "name": d["tokenSecret"]["name"], "key": d["tokenSecret"]["key"]}}})
     return {
         "name": "fetch-model",
-        "image": d["image"],
+        "image": fetch_image(v),
         "imagePullPolicy": v["image"]["pullPolicy"],
         "args": [d["repo"], m["path"], str(d["revision"])],
         "env": env,
         "resources": d["resources"],
-        "securityContext": container_security(),
+        "securityContext": container_security(v, extra=False),
         # Writable here, read-only for the server.
         "volumeMounts": [{"name": "models-rw", "mountPath": m["mountPath"]},
                          {"name": "tmp", "mountPath": "/tmp"}],
@@ -322,9 +373,15 @@ def pod_spec(v, layout, containers, vols, init=None):
         "terminationGracePeriodSeconds": grace_seconds(v),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-                            "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": deep_merge(
+            {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+             "seccompProfile": {"type": "RuntimeDefault"}}, v["podSecurityContext"]),
     }
+    if v["hostNetwork"]:
+        # The node's network namespace (its RDMA interfaces, no overlay); cluster DNS still
+        # resolves the group's pod names.
+        spec["hostNetwork"] = True
+        spec["dnsPolicy"] = "ClusterFirstWithHostNet"
     if v["serviceAccountName"]:
         spec["serviceAccountName"] = v["serviceAccountName"]
     if v["priorityClassName"]:
@@ -353,8 +410,35 @@ def pod_metadata(v, component, serving):
     return md
 
 
+IMAGE_REF = re.compile(r"^(?P<repository>[a-z0-9][a-z0-9._/:-]*?[a-z0-9]|[a-z0-9])"
+                       r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+
+
+def parse_image(where, ref):
+    """(repository, tag or "", digest or "") of an image reference; a registry host:port may
+    precede the repository."""
+    m = IMAGE_REF.match(str(ref))
+    if not m or not (m.group("tag") or m.group("digest")):
+        raise ValuesError(f"{where}: '{ref}' is not an image reference like "
+                          "registry.example.com/tessera:0.2.0 (a tag or @sha256 digest is "
+                          "required)")
+    return m.group("repository"), m.group("tag") or "", m.group("digest") or ""
+
+
 def image(v):
-    return f"{v['image']['repository']}:{v['image']['tag']}"
+    return v["image"]["ref"]
+
+
+def fetch_image(v):
+    """model.download.image, or the server image's repository + "-fetch" at the same tag: the
+    Dockerfile's model-fetch target, pushed beside the server image."""
+    d = v["model"]["download"]
+    if d["image"]:
+        return d["image"]
+    repository, tag, digest = parse_image("image.ref", v["image"]["ref"])
+    if not tag or digest:
+        raise ValuesError("image.ref is pinned by digest: set model.download.image too")
+    return f"{repository}-fetch:{tag}"
 
 
 def server_pod(v, layout, mode):
@@ -381,7 +465,7 @@ def server_pod(v, layout, mode):
         container["lifecycle"] = {"preStop": {"exec": {
             "command": ["sleep", str(s["preStopSleepSeconds"])]}}}
     container["resources"] = resources(v, layout)
-    container["securityContext"] = container_security()
+    container["securityContext"] = container_security(v)
     container["volumeMounts"] = mounts
     init = None
     if v["model"]["download"]["enabled"]:
@@ -408,7 +492,7 @@ def worker_pod(v, layout):
         "livenessProbe": {"tcpSocket": {"port": "ssh"}, "periodSeconds": 10,
                           "failureThreshold": 6},
         "resources": resources(v, layout),
-        "securityContext": container_security(),
+        "securityContext": container_security(v),
         "volumeMounts": mounts,
     }
     return {"metadata": pod_metadata(v, "worker", False),
@@ -492,9 +576,7 @@ def claim(v):
 
 def autoscaler(v, layout):
     a = v["autoscaling"]
-    target = ({"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": v["name"]}
-              if layout.multi_node else
-              {"apiVersion": "apps/v1", "kind": "Deployment", "name": v["name"]})
+    target = scale_target(v, layout)
     return {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": metadata(v),
@@ -505,14 +587,98 @@ def autoscaler(v, layout):
             "metrics": [{"type": "Pods", "pods": {
                 "metric": {"name": a["metric"]},
                 "target": {"type": "AverageValue", "averageValue": str(a["averageWaiting"])}}}],
-            "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 60,
-                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
-                # A copy of the model is expensive to start: shed capacity slowly.
-                "scaleDown": {"stabilizationWindowSeconds": a["scaleDownStabilizationSeconds"],
-                              "policies": [{"type": "Pods", "value": 1,
-                                            "periodSeconds": 600}]},
-            },
+            "behavior": scale_behavior(a),
+        },
+    }
+
+
+PROMETHEUS_OPERATOR_API = "monitoring.coreos.com/v1"
+KEDA_API = "keda.sh/v1alpha1"
+DASHBOARD = os.path.join(REPO, "deploy", "monitoring", "grafana-dashboard.json")
+# Pod labels that Prometheus keeps on tessera's series (as app_kubernetes_io_instance, ...): the
+# dashboard's and the KEDA query's selectors.
+TARGET_LABELS = ["app.kubernetes.io/instance", "app.kubernetes.io/component"]
+
+
+def with_labels(md, extra):
+    if extra:
+        md["labels"].update(extra)
+    return md
+
+
+def service_monitor(v):
+    m = v["monitoring"]["serviceMonitor"]
+    return {"apiVersion": PROMETHEUS_OPERATOR_API, "kind": "ServiceMonitor",
+            "metadata": with_labels(metadata(v), m["labels"]),
+            "spec": {
+                # The Service selects rank 0's pods only: the one rank that exports metrics.
+                "selector": {"matchLabels": labels(v)},
+                "podTargetLabels": list(TARGET_LABELS),
+                "endpoints": [{"port": "metrics", "path": "/metrics",
+                               "interval": m["interval"]}]}}
+
+
+def pod_monitor(v):
+    m = v["monitoring"]["podMonitor"]
+    return {"apiVersion": PROMETHEUS_OPERATOR_API, "kind": "PodMonitor",
+            "metadata": with_labels(metadata(v), m["labels"]),
+            "spec": {
+                "selector": {"matchLabels": labels(v, "server")},
+                "podTargetLabels": list(TARGET_LABELS),
+                "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics",
+                                         "interval": m["interval"]}]}}
+
+
+def dashboard_config_map(v):
+    d = v["monitoring"]["dashboard"]
+    md = with_labels(metadata(v, name=f"{v['name']}-dashboard"), d["labels"])
+    # The label Grafana's dashboard sidecar watches (kube-prometheus-stack: grafana_dashboard).
+    md["labels"][d["sidecarLabel"]] = str(d["sidecarLabelValue"])
+    if d["annotations"]:
+        md["annotations"] = dict(d["annotations"])
+    with open(DASHBOARD) as f:
+        text = f.read()
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": md,
+            "data": {"tessera.json": text}}
+
+
+def scale_behavior(a):
+    return {
+        "scaleUp": {"stabilizationWindowSeconds": 60,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+        # A copy of the model is expensive to start: shed capacity slowly.
+        "scaleDown": {"stabilizationWindowSeconds": a["scaleDownStabilizationSeconds"],
+                      "policies": [{"type": "Pods", "value": 1, "periodSeconds": 600}]},
+    }
+
+
+def scale_target(v, layout):
+    return ({"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "name": v["name"]}
+            if layout.multi_node else
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": v["name"]})
+
+
+def scaled_object(v, layout):
+    """KEDA: the same policy as the HorizontalPodAutoscaler, from Prometheus directly (no
+    custom-metrics adapter). KEDA creates and owns the HPA."""
+    a, k = v["autoscaling"], v["autoscaling"]["keda"]
+    selector = f'app_kubernetes_io_instance="{v["name"]}"'
+    if v["namespace"]:
+        selector = f'namespace="{v["namespace"]}",' + selector
+    return {
+        "apiVersion": KEDA_API, "kind": "ScaledObject", "metadata": metadata(v),
+        "spec": {
+            "scaleTargetRef": scale_target(v, layout),
+            "pollingInterval": k["pollingIntervalSeconds"],
+            "minReplicaCount": a["minReplicas"], "maxReplicaCount": a["maxReplicas"],
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": scale_behavior(a)}},
+            "triggers": [{
+                "type": "prometheus",
+                # AverageValue: the HPA divides the sum by the number of copies.
+                "metricType": "AverageValue",
+                "metadata": {"serverAddress": k["prometheusAddress"],
+                             "query": f"sum(tessera:num_requests_waiting{{{selector}}})",
+                             "threshold": str(a["averageWaiting"])}}],
         },
     }
 
@@ -527,8 +693,16 @@ def render(v):
     objects.append(leader_worker_set(v, layout) if layout.multi_node else deployment(v, layout))
     if v["podDisruptionBudget"]["enabled"]:
         objects.append(disruption_budget(v))
-    if v["autoscaling"]["enabled"]:
-        objects.append(autoscaler(v, layout))
+    a = v["autoscaling"]
+    if a["enabled"]:
+        objects.append(autoscaler(v, layout) if a["kind"] == "hpa" else scaled_object(v, layout))
+    m = v["monitoring"]
+    if m["serviceMonitor"]["enabled"]:
+        objects.append(service_monitor(v))
+    if m["podMonitor"]["enabled"]:
+        objects.append(pod_monitor(v))
+    if m["dashboard"]["enabled"]:
+        objects.append(dashboard_config_map(v))
     return objects
 
 
@@ -537,6 +711,15 @@ class Dumper(yaml.SafeDumper):
 
     def increase_indent(self, flow=False, indentless=False):
         return super().increase_indent(flow, False)
+
+
+def represent_str(dumper, text):
+    # Multi-line text (the dashboard's JSON) as a literal block, readable in the output.
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+Dumper.add_representer(str, represent_str)
 
 
 def dump(objects, header):
@@ -550,7 +733,8 @@ def main(argv=None):
     parser.add_argument("-f", "--values", action="append", default=[],
                         help="values file (repeatable; later files win)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="one value, e.g. --set image.tag=0.2.0 (repeatable; wins over -f)")
+                        help="one value, e.g. --set image.ref=REGISTRY/tessera:TAG "
+                        "(repeatable; wins over -f)")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args(argv)
     try:

@@ -89,8 +89,10 @@ class DockerfileTest(unittest.TestCase):
         self.assertIn("./scripts/install-deps.sh", read("README.md"))
         self.assertRegex(runs, r"cmake -S \. -B build -G Ninja -DTESSERA_CUDA=ON")
         self.assertIn("cmake --build build", runs)
-        self.assertIn("cmake --install build --prefix /opt/tessera", runs)
-        self.assertIn("deploy/runtime-packages.sh /opt/tessera/bin/tessera", runs)
+        # The same script deploy/build-image.sh runs: both images get the same /opt/tessera.
+        self.assertIn("deploy/install-tree.sh build /opt/tessera", runs)
+        self.assertIn('"$here/install-tree.sh" "$build" "$work/tree/opt/tessera"',
+                      read("deploy/build-image.sh"))
 
     def test_runtime_stage_is_non_root_and_uses_the_entrypoint(self):
         runtime = stages()["runtime"]
@@ -99,8 +101,10 @@ class DockerfileTest(unittest.TestCase):
         entrypoint = [rest for word, rest in runtime if word == "ENTRYPOINT"]
         self.assertEqual(entrypoint, ['["/opt/tessera/bin/tessera-entrypoint"]'])
         runs = " ".join(rest for word, rest in runtime if word == "RUN")
-        for package in ("openmpi-bin", "openssh-server", "runtime-packages.txt"):
-            self.assertIn(package, runs)
+        for step in ("xargs -a /opt/tessera/share/tessera/image-packages.txt",
+                     "/opt/tessera/libexec/tessera/image-setup.sh"):
+            self.assertIn(step, runs)
+        self.assertIn("image-setup.sh", read("deploy/build-image.sh"))
         self.assertIn("rm -rf /var/lib/apt/lists/*", runs)
         copies = [rest for word, rest in runtime if word == "COPY"]
         self.assertEqual(copies, ["--from=build /opt/tessera /opt/tessera"],
@@ -190,7 +194,9 @@ class DockerignoreTest(unittest.TestCase):
         for text in (read(f) for f in self.tracked if f.endswith("CMakeLists.txt")
                      and not f.startswith("tests/")):
             needed += re.findall(r"\$\{PROJECT_SOURCE_DIR\}/([\w./-]+\.json)", text)
-        needed += ["deploy/entrypoint.sh", "deploy/runtime-packages.sh"]
+        needed += ["deploy/entrypoint.sh", "deploy/runtime-packages.sh", "deploy/image-setup.sh"]
+        needed += re.findall(r"deploy/[\w-]+\.sh", " ".join(
+            rest for word, rest in dockerfile_instructions() if word == "RUN"))
         for path in needed:
             self.assertTrue(os.path.exists(os.path.join(SOURCE, path)), path)
             self.assertFalse(docker_ignored(self.patterns, path), path + " is left out")

@@ -2,10 +2,11 @@
 copy in deploy/k8s/rendered/, passes Kubernetes' schemas (kubernetes-validate, strict: unknown
 fields are errors) at the oldest and newest versions we support, and keeps the promises
 docs/deploy.md makes (GPUs requested, grace period covers the drain, native gRPC probes, /dev/shm,
-selectors that match, ...). The LeaderWorkerSet is checked against
-deploy/k8s/schemas/leaderworkerset-v1.json and its pod templates against Kubernetes'
-PodTemplateSpec. Also: bad values are refused with a reason, the ssh Secret generator's output,
-and yamllint.
+selectors that match, ...). Custom resources are checked against the committed schemas in
+deploy/k8s/schemas/ (LeaderWorkerSet, ServiceMonitor, PodMonitor, KEDA ScaledObject) and the
+LeaderWorkerSet's pod templates against Kubernetes' PodTemplateSpec. Also: the values real
+clusters need (one image value, extra volumes, security contexts, host network, monitoring
+objects), bad values refused with a reason, the ssh Secret generator's output, and yamllint.
 
     python3 k8s_test.py SOURCE_DIR
 """
@@ -82,10 +83,54 @@ def bytes_of(quantity):
                                 "Ti": 2**40}[m.group(2)]
 
 
+# Custom resources: kind -> committed schema.
+CUSTOM_SCHEMAS = {"LeaderWorkerSet": "leaderworkerset-v1.json",
+                  "ServiceMonitor": "servicemonitor-v1.json",
+                  "PodMonitor": "podmonitor-v1.json",
+                  "ScaledObject": "scaledobject-v1alpha1.json"}
+
+
+def custom_schema(kind):
+    with open(os.path.join(K8S, "schemas", CUSTOM_SCHEMAS[kind])) as f:
+        return json.load(f)
+
+
+def validate(test, doc, where):
+    """Kubernetes' own schemas for built-in kinds (strict), the committed ones for custom
+    resources; a LeaderWorkerSet's pod templates as PodTemplates."""
+    if doc["kind"] in CUSTOM_SCHEMAS:
+        try:
+            jsonschema.validate(doc, custom_schema(doc["kind"]),
+                                cls=jsonschema.Draft202012Validator)
+        except jsonschema.ValidationError as e:
+            test.fail(f"{where}: {e.message} at {'/'.join(map(str, e.absolute_path))}")
+        for role, template in pod_templates(doc):
+            wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
+                       "metadata": {"name": f"{doc['metadata']['name']}-{role}"},
+                       "template": template}
+            validate(test, wrapped, f"{where} {role} template")
+        return
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(map(str, e.absolute_path))
+            test.fail(f"{where} (Kubernetes {version}): {e.message} at {path}")
+
+
+def rendered_docs(*args):
+    result = render(*args)
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(result.stdout))
+
+
+def of_kind(docs, kind):
+    return next(d for d in docs if d["kind"] == kind)
+
+
 class RenderedExamplesTest(unittest.TestCase):
     def setUp(self):
-        with open(os.path.join(K8S, "schemas", "leaderworkerset-v1.json")) as f:
-            self.lws_schema = json.load(f)
+        self.lws_schema = custom_schema("LeaderWorkerSet")
 
     def rendered(self, example):
         result = render("-f", example)
@@ -106,29 +151,18 @@ class RenderedExamplesTest(unittest.TestCase):
                                  f"{os.path.basename(example)}: {RENDER_HINT}")
 
     def validate(self, doc, where):
-        if doc["kind"] == "LeaderWorkerSet":
-            try:
-                jsonschema.validate(doc, self.lws_schema,
-                                    cls=jsonschema.Draft202012Validator)
-            except jsonschema.ValidationError as e:
-                self.fail(f"{where}: {e.message} at {'/'.join(map(str, e.absolute_path))}")
-            for role, template in pod_templates(doc):
-                wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
-                           "metadata": {"name": f"{doc['metadata']['name']}-{role}"},
-                           "template": template}
-                self.validate(wrapped, f"{where} {role} template")
-            return
-        for version in KUBERNETES_VERSIONS:
-            try:
-                kubernetes_validate.validate(doc, version, strict=True)
-            except kubernetes_validate.ValidationError as e:
-                path = "/".join(map(str, e.absolute_path))
-                self.fail(f"{where} (Kubernetes {version}): {e.message} at {path}")
+        validate(self, doc, where)
 
     def test_schemas(self):
+        kinds = set()
         for example in examples():
             for doc in yaml.safe_load_all(self.rendered(example)):
                 self.validate(doc, f"{os.path.basename(example)} {doc['kind']}")
+                kinds.add(doc["kind"])
+        # Every kind the renderer can produce appears in some example, so all are validated.
+        self.assertLessEqual({"Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget",
+                              "PersistentVolumeClaim", "HorizontalPodAutoscaler", "ScaledObject",
+                              "ServiceMonitor", "PodMonitor", "ConfigMap"}, kinds)
 
     def test_the_validation_catches_mistakes(self):
         # Guards against a validator that accepts anything.
@@ -150,6 +184,25 @@ class RenderedExamplesTest(unittest.TestCase):
             "port"] = "grpc"  # gRPC probes take a number, not a port name
         with self.assertRaises(AssertionError):
             self.validate(deployment, "named grpc port")
+        # The custom resources' schemas reject typos and wrong types too.
+        docs = list(yaml.safe_load_all(self.rendered(os.path.join(K8S, "examples",
+                                                                  "2x8-ep16.yaml"))))
+        for kind, path, value in (
+                ("ScaledObject", ("spec", "triggers", 0, "metadata", "threshold"), 16),
+                ("ScaledObject", ("spec", "maxReplicaCout"), 3),
+                ("ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "15s"),
+                ("ServiceMonitor", ("spec", "endpoints", 0, "interval"), "15 seconds")):
+            bad = copy.deepcopy(of_kind(docs, kind))
+            node = bad
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            with self.assertRaises(AssertionError, msg=f"{kind} {path}"):
+                self.validate(bad, "mistake")
+        bad = copy.deepcopy(of_kind(docs, "ScaledObject"))
+        del bad["spec"]["triggers"][0]["metadata"]["query"]
+        with self.assertRaises(AssertionError):
+            self.validate(bad, "prometheus trigger without a query")
 
     def test_promises(self):
         for example in examples():
@@ -190,10 +243,20 @@ class RenderedExamplesTest(unittest.TestCase):
             self.assertIn({"name": "dshm", "mountPath": "/dev/shm"}, c["volumeMounts"])
             self.assertGreater(bytes_of(res["limits"]["memory"]),
                                bytes_of(shm["emptyDir"]["sizeLimit"]))
-            # Non-root, as the image's USER.
+            # Non-root, as the image's USER; every capability dropped but the ones asked for.
             self.assertTrue(spec["securityContext"]["runAsNonRoot"])
             self.assertEqual(spec["securityContext"]["runAsUser"], 10001)
             self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+            self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
+            self.assertEqual(c["securityContext"]["capabilities"].get("add"),
+                             v["securityContext"].get("capabilities", {}).get("add"))
+            # The one image value names every container's image.
+            self.assertEqual(c["image"], v["image"]["ref"], role)
+            # Extra volumes reach every pod, and tessera's container mounts them.
+            for vol in v["extraVolumes"]:
+                self.assertIn(vol, spec["volumes"], role)
+            for mount in v["extraVolumeMounts"]:
+                self.assertIn(mount, c["volumeMounts"], role)
             self.assertIn({"name": "tmp", "mountPath": "/tmp"}, c["volumeMounts"])
             # Every pod of a group waits for the drain: the grace period covers preStop + drain.
             pre_stop = int(c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get(
@@ -205,12 +268,19 @@ class RenderedExamplesTest(unittest.TestCase):
             if v["model"]["claimName"]:
                 self.assertIn({"name": "models", "mountPath": v["model"]["mountPath"],
                                "readOnly": True}, c["volumeMounts"])
-        # Probes: Kubernetes' native gRPC probes on grpc.health.v1 at the server's port.
+        # Probes: Kubernetes' native gRPC probes on grpc.health.v1 at the server's port, or
+        # GET /health on the metrics port for a TLS server (gRPC probes cannot speak TLS).
         port = int(arg(args, "--port"))
-        self.assertEqual(container["readinessProbe"]["grpc"],
-                         {"port": port, "service": "tessera.v1.Generation"})
-        self.assertEqual(container["livenessProbe"]["grpc"]["port"], port)
-        self.assertEqual(container["startupProbe"]["grpc"]["port"], port)
+        if v["probes"]["kind"] == "grpc":
+            self.assertNotIn("--tls-cert", args)
+            self.assertEqual(container["readinessProbe"]["grpc"],
+                             {"port": port, "service": "tessera.v1.Generation"})
+            self.assertEqual(container["livenessProbe"]["grpc"]["port"], port)
+            self.assertEqual(container["startupProbe"]["grpc"]["port"], port)
+        else:
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                self.assertEqual(container[probe]["httpGet"],
+                                 {"path": "/health", "port": "metrics"})
         startup = container["startupProbe"]
         self.assertGreaterEqual(startup["periodSeconds"] * startup["failureThreshold"],
                                 v["probes"]["startupSeconds"])
@@ -233,19 +303,69 @@ class RenderedExamplesTest(unittest.TestCase):
                                  server["metadata"]["labels"].items())
         else:
             self.check_lws(v, workload, container, templates)
-        if v["autoscaling"]["enabled"]:
-            hpa = docs[kinds.index("HorizontalPodAutoscaler")]
-            target = hpa["spec"]["scaleTargetRef"]
-            self.assertEqual((target["kind"], target["name"]),
-                             (workload["kind"], workload["metadata"]["name"]))
+        a = v["autoscaling"]
+        scaler_kind = {"hpa": "HorizontalPodAutoscaler", "keda": "ScaledObject"}[a["kind"]]
+        if a["enabled"]:
+            scaler = docs[kinds.index(scaler_kind)]
+            target = scaler["spec"]["scaleTargetRef"]
+            self.assertEqual((target["apiVersion"], target["kind"], target["name"]),
+                             (workload["apiVersion"], workload["kind"],
+                              workload["metadata"]["name"]))
             self.assertNotIn("replicas", workload["spec"], "the autoscaler owns the count")
+            self.assertEqual(len({"HorizontalPodAutoscaler", "ScaledObject"} & set(kinds)), 1)
+            if a["kind"] == "keda":
+                trigger = scaler["spec"]["triggers"][0]
+                self.assertEqual(trigger["type"], "prometheus")
+                # The series carry the instance label because the monitors keep it.
+                self.assertIn(f'app_kubernetes_io_instance="{v["name"]}"',
+                              trigger["metadata"]["query"])
+                self.assertIn("tessera:num_requests_waiting", trigger["metadata"]["query"])
+                self.assertEqual(trigger["metadata"]["threshold"], str(a["averageWaiting"]))
         else:
             self.assertNotIn("HorizontalPodAutoscaler", kinds)
+            self.assertNotIn("ScaledObject", kinds)
             self.assertEqual(workload["spec"]["replicas"], v["replicas"])
+        self.check_monitoring(v, docs, svc, server, container)
         if v["model"]["download"]["enabled"]:
             init = server["spec"]["initContainers"][0]
             self.assertEqual(init["args"], [v["model"]["download"]["repo"], v["model"]["path"],
                                             str(v["model"]["download"]["revision"])])
+            self.assertEqual(init["image"], v["model"]["download"]["image"] or
+                             v["image"]["ref"].replace("/tessera:", "/tessera-fetch:"))
+            self.assertEqual(init["imagePullPolicy"], v["image"]["pullPolicy"])
+
+    def check_monitoring(self, v, docs, svc, server, container):
+        m = v["monitoring"]
+        kinds = [d["kind"] for d in docs]
+        ports = {p["name"] for p in container["ports"]}
+        if m["serviceMonitor"]["enabled"]:
+            sm = docs[kinds.index("ServiceMonitor")]
+            self.assertLessEqual(sm["spec"]["selector"]["matchLabels"].items(),
+                                 svc["metadata"]["labels"].items())
+            self.assertIn(sm["spec"]["endpoints"][0]["port"],
+                          {p["name"] for p in svc["spec"]["ports"]})
+            self.assertLessEqual(m["serviceMonitor"]["labels"].items(),
+                                 sm["metadata"]["labels"].items())
+            self.assertIn("app.kubernetes.io/instance", sm["spec"]["podTargetLabels"])
+        else:
+            self.assertNotIn("ServiceMonitor", kinds)
+        if m["podMonitor"]["enabled"]:
+            pm = docs[kinds.index("PodMonitor")]
+            self.assertLessEqual(pm["spec"]["selector"]["matchLabels"].items(),
+                                 server["metadata"]["labels"].items())
+            self.assertIn(pm["spec"]["podMetricsEndpoints"][0]["port"], ports)
+            self.assertIn("app.kubernetes.io/instance", pm["spec"]["podTargetLabels"])
+        else:
+            self.assertNotIn("PodMonitor", kinds)
+        if m["dashboard"]["enabled"]:
+            cm = docs[kinds.index("ConfigMap")]
+            self.assertEqual(cm["metadata"]["labels"][m["dashboard"]["sidecarLabel"]],
+                             m["dashboard"]["sidecarLabelValue"])
+            with open(os.path.join(SOURCE, "deploy", "monitoring",
+                                   "grafana-dashboard.json")) as f:
+                self.assertEqual(cm["data"]["tessera.json"], f.read())
+        else:
+            self.assertNotIn("ConfigMap", kinds)
 
     def check_lws(self, v, lws, leader, templates):
         t = lws["spec"]["leaderWorkerTemplate"]
@@ -295,21 +415,35 @@ class BadValuesTest(unittest.TestCase):
         self.refused("model.path=/weights/x", message="not under model.mountPath /models")
         self.refused("probes.kind=tcp", message="probes.kind must be grpc or http")
         self.refused("nodes=0", message="nodes must be an integer >= 1")
+        self.refused("image.ref=tessera", message="a tag or @sha256 digest is required")
+        self.refused("image.tag=0.2.0", message="unknown value 'image.tag'")
+        self.refused("image.ref=r.example/tessera@sha256:" + "a" * 64,
+                     "model.download.enabled=true",
+                     message="pinned by digest: set model.download.image")
+        self.refused("extraVolumeMounts=[{name: tls, mountPath: /tls}]",
+                     message="mounts volume 'tls', which extraVolumes does not define")
+        self.refused("extraVolumes=[{name: tmp, emptyDir: {}}]", message="'tmp' is taken")
+        self.refused("podSecurityContext={runAsUser: 0}", message="not root")
+        self.refused("hostNetwork=yes please", message="hostNetwork must be true or false")
+        self.refused("monitoring.serviceMonitor.enabled=true",
+                     "monitoring.podMonitor.enabled=true", message="not both")
+        self.refused("autoscaling.kind=vpa", message="autoscaling.kind must be hpa or keda")
 
     def test_set_and_files_override_in_order(self):
         tmp = tempfile.mkdtemp(prefix="render-")
         self.addCleanup(shutil.rmtree, tmp, True)
         values = os.path.join(tmp, "v.yaml")
         with open(values, "w") as f:
-            f.write("image: {tag: '1.0'}\nserver: {drainTimeoutSeconds: 45}\n")
+            f.write("image: {ref: 'r.example/tessera:0.9'}\nserver: {drainTimeoutSeconds: 45}\n")
         result = render("-f", values, "--set", "server.drainTimeoutSeconds=50",
+                        "--set", "image.ref=r.example/tessera:1.0",
                         "-o", os.path.join(tmp, "out.yaml"))
         self.assertEqual(result.returncode, 0, result.stderr)
         with open(os.path.join(tmp, "out.yaml")) as f:
             docs = list(yaml.safe_load_all(f))
         deployment = next(d for d in docs if d["kind"] == "Deployment")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        self.assertEqual(container["image"], "registry.example.com/tessera:1.0")
+        self.assertEqual(container["image"], "r.example/tessera:1.0")
         self.assertEqual(arg(container["args"], "--drain-timeout"), "50")
         self.assertEqual(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
                          5 + 50 + 20)
@@ -324,6 +458,122 @@ class BadValuesTest(unittest.TestCase):
         self.assertEqual(c["readinessProbe"]["httpGet"], {"path": "/health", "port": "metrics"})
         self.assertEqual(c["args"][-4:], ["--tls-cert", "/tls/tls.crt", "--tls-key",
                                           "/tls/tls.key"])
+
+
+class ClusterValuesTest(unittest.TestCase):
+    """The values real clusters need, each rendered and validated."""
+
+    def test_one_value_names_every_image(self):
+        image = "registry.internal:5000/team/tessera:2.1.0"
+        for example in ("1x1.yaml", "2x8-ep16.yaml"):
+            docs = rendered_docs("-f", os.path.join(K8S, "examples", example),
+                                 "--set", f"image.ref={image}",
+                                 "--set", "imagePullSecrets=[regcred]",
+                                 "--set", "model.download.enabled=true",
+                                 "--set", "model.download.tokenSecret.name=hf")
+            images, secrets = set(), []
+            for doc in docs:
+                for role, template in pod_templates(doc):
+                    spec = template["spec"]
+                    secrets.append(spec["imagePullSecrets"])
+                    images |= {c["image"] for c in spec["containers"] +
+                               spec.get("initContainers", [])}
+            self.assertEqual(images, {image, "registry.internal:5000/team/tessera-fetch:2.1.0"},
+                             example)
+            self.assertTrue(secrets and all(s == [{"name": "regcred"}] for s in secrets))
+            self.assertEqual(of_kind(docs, "Service")["metadata"]["labels"][
+                "app.kubernetes.io/version"], "2.1.0")
+        # A digest pins the image; the version label is left out.
+        digest = "r.example/tessera@sha256:" + "0" * 64
+        docs = rendered_docs("--set", f"image.ref={digest}")
+        self.assertEqual(of_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0][
+            "image"], digest)
+        self.assertNotIn("app.kubernetes.io/version",
+                         of_kind(docs, "Service")["metadata"]["labels"])
+        # No example pins an image of its own: the one value governs them all.
+        for example in examples():
+            with open(example) as f:
+                self.assertNotIn("image", yaml.safe_load(f), os.path.basename(example))
+
+    def test_rdma_example(self):
+        docs = rendered_docs("-f", os.path.join(K8S, "examples", "2x8-ep16.yaml"))
+        lws = of_kind(docs, "LeaderWorkerSet")
+        for role, template in pod_templates(lws):
+            c = template["spec"]["containers"][0]
+            self.assertEqual(c["securityContext"]["capabilities"], {"drop": ["ALL"],
+                                                                    "add": ["IPC_LOCK"]}, role)
+            self.assertEqual(c["resources"]["limits"]["rdma/rdma_shared_device_a"], 1, role)
+            self.assertFalse(c["securityContext"]["allowPrivilegeEscalation"])
+        env = env_of(pod_templates(lws)[0][1]["spec"]["containers"][0])
+        self.assertEqual(env["NCCL_IB_HCA"], "mlx5")
+
+    def test_host_network_and_security_contexts(self):
+        docs = rendered_docs("-f", os.path.join(K8S, "examples", "cpu-smoke-2node.yaml"),
+                             "--set", "hostNetwork=true",
+                             "--set", "podSecurityContext={supplementalGroups: [44]}",
+                             "--set", "securityContext={readOnlyRootFilesystem: false}")
+        lws = of_kind(docs, "LeaderWorkerSet")
+        for role, template in pod_templates(lws):
+            spec = template["spec"]
+            self.assertTrue(spec["hostNetwork"], role)
+            self.assertEqual(spec["dnsPolicy"], "ClusterFirstWithHostNet", role)
+            self.assertEqual(spec["securityContext"]["supplementalGroups"], [44])
+            self.assertEqual(spec["securityContext"]["runAsUser"], 10001)
+            c = spec["containers"][0]["securityContext"]
+            self.assertFalse(c["readOnlyRootFilesystem"])
+            self.assertEqual(c["capabilities"], {"drop": ["ALL"]})
+        validate(self, lws, "hostNetwork")
+        default = rendered_docs()
+        self.assertNotIn("hostNetwork", of_kind(default, "Deployment")["spec"]["template"]["spec"])
+
+    def test_extra_env_as_env_vars(self):
+        docs = rendered_docs("--set", "extraEnv=[{name: HF_TOKEN, valueFrom: {secretKeyRef: "
+                                      "{name: hf, key: token}}}]")
+        deployment = of_kind(docs, "Deployment")
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        self.assertIn({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf",
+                                                                          "key": "token"}}}, env)
+        validate(self, deployment, "extraEnv list")
+
+    def test_tls_example_mounts_its_secret_and_probes_over_http(self):
+        docs = rendered_docs("-f", os.path.join(K8S, "examples", "cpu-smoke-tls.yaml"))
+        spec = of_kind(docs, "Deployment")["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        tls = next(vol for vol in spec["volumes"] if vol["name"] == "tls")
+        self.assertEqual(tls["secret"]["secretName"], "tessera-tls")
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
+        # The flags read the Secret's keys (kubernetes.io/tls: tls.crt, tls.key) at the mount.
+        self.assertEqual(arg(c["args"], "--tls-cert"), mount["mountPath"] + "/tls.crt")
+        self.assertEqual(arg(c["args"], "--tls-key"), mount["mountPath"] + "/tls.key")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            self.assertEqual(c[probe]["httpGet"], {"path": "/health", "port": "metrics"})
+        # tests/deploy/tls_test.py starts the server with these arguments.
+
+    def test_gpu_example_admits_the_gpus_its_comment_names(self):
+        path = os.path.join(K8S, "examples", "1x8-tp8.yaml")
+        with open(path) as f:
+            comment = f.read().split("\nname:")[0]
+        self.assertIn("80 GB", comment)
+        self.assertIn("141 GB", comment)
+        spec = of_kind(rendered_docs("-f", path), "Deployment")["spec"]["template"]["spec"]
+        self.assertNotIn("nodeSelector", spec)
+        terms = spec["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        products = terms[0]["matchExpressions"][0]["values"]
+        self.assertIn("NVIDIA-H100-80GB-HBM3", products)
+        self.assertIn("NVIDIA-H200", products)
+
+    def test_dashboard_config_map(self):
+        docs = rendered_docs("--set", "monitoring.dashboard.enabled=true",
+                             "--set", "monitoring.dashboard.annotations={grafana_folder: LLM}")
+        cm = of_kind(docs, "ConfigMap")
+        self.assertEqual(cm["metadata"]["labels"]["grafana_dashboard"], "1")
+        self.assertEqual(cm["metadata"]["annotations"], {"grafana_folder": "LLM"})
+        dashboard = json.loads(cm["data"]["tessera.json"])
+        # Provisioned by the sidecar (no import dialog): the data source must be a variable.
+        self.assertNotIn("__inputs", dashboard)
+        self.assertIn("datasource", [t["name"] for t in dashboard["templating"]["list"]])
+        validate(self, cm, "dashboard ConfigMap")
 
 
 class SshSecretTest(unittest.TestCase):
@@ -366,9 +616,13 @@ class LintTest(unittest.TestCase):
                   "document-start: disable}}")
         result = subprocess.run([yamllint, "--strict", "-d", config,
                                  os.path.join(K8S, "values.yaml"), os.path.join(K8S, "examples"),
-                                 os.path.join(K8S, "rendered"),
                                  os.path.join(SOURCE, "deploy", "monitoring")],
                                 capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        # Generated output: the dashboard's JSON lines stay as they are in its ConfigMap.
+        result = subprocess.run([yamllint, "--strict", "-d", config.replace(
+            "{max: 100}", "disable"), os.path.join(K8S, "rendered")],
+            capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
 
