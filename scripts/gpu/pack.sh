@@ -18,7 +18,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$dest"
 for f in tessera tests/golden/cuda_golden_test tests/golden/cuda_graph_test \
-  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,random,sampling,convert}_test \
+  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,moe_dispatch,random,sampling,convert,fp8}_test \
   tests/parallel/nccl_communicator_test; do
   strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
 done
