@@ -108,11 +108,18 @@ class DashboardTest(unittest.TestCase):
                        "tessera:kv_cache_usage_perc", "tessera:request_errors_total",
                        "tessera:request_success_total"):
             self.assertIn(needed, exprs)
-        for histogram in ("time_to_first_token_seconds", "time_per_output_token_seconds",
+        for histogram in ("time_to_first_token_seconds", "inter_token_latency_seconds",
                           "e2e_request_latency_seconds"):
             for q in ("0.5", "0.9", "0.99"):
                 self.assertIn(f"histogram_quantile({q}, sum by (le) (rate(tessera:{histogram}"
                               "_bucket", exprs)
+
+    def test_prefix_cache_hit_ratio_is_hits_over_prompt_tokens(self):
+        exprs = [e for title, e in expressions(dashboard()) if title == "Prefix cache hit ratio"]
+        self.assertEqual(len(exprs), 1)
+        hits, _, prompt = exprs[0].partition(" / ")
+        self.assertIn("tessera:prefix_cache_hit_tokens_total", hits)
+        self.assertIn("tessera:prompt_tokens_total", prompt)
 
     def test_expressions_are_well_formed(self):
         for title, expr in expressions(dashboard()):
