@@ -40,7 +40,8 @@ class Scrape:
         port_file = os.path.join(tmp, "port")
         env = dict(os.environ, XDG_CACHE_HOME=os.path.join(tmp, "cache"), OMP_NUM_THREADS="1")
         server = subprocess.Popen([TESSERA, "serve", "--host", "127.0.0.1", "--port", "0",
-                                   "--metrics-port", "0", "--port-file", port_file],
+                                   "--metrics-port", "0", "--http-port", "0",
+                                   "--port-file", port_file],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.time() + 120
@@ -50,7 +51,7 @@ class Scrape:
                                        server.stderr.read().decode())
                 time.sleep(0.1)
             with open(port_file) as f:
-                grpc_port, metrics_port, _ = f.read().split()
+                grpc_port, metrics_port = f.read().split()[:2]
             client = [TESSERA, "client", "--address", f"127.0.0.1:{grpc_port}", "generate",
                       "--max-tokens", "3"]
             subprocess.run(client + ["--prompt", "hi"], check=True, capture_output=True,

@@ -52,6 +52,8 @@ class ServerJob {
                                      "0",
                                      "--metrics-port",
                                      "0",
+                                     "--http-port",
+                                     "0",
                                      "--port-file",
                                      port_file_};
     argv.insert(argv.end(), args.begin(), args.end());
