@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -455,6 +456,68 @@ class OpenAITest(unittest.TestCase):
         self.assertEqual(status, 200)
         return time.monotonic() - start
 
+
+class OwnServerTest(unittest.TestCase):
+    def test_tls(self):
+        curl = shutil.which("curl")
+        if curl is None:
+            self.skipTest("no curl")
+        tmp = tempfile.mkdtemp(prefix="openai-tls-")
+        try:
+            cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
+                            "1", "-subj", "/CN=localhost", "-addext",
+                            "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out",
+                            cert], check=True, capture_output=True)
+            server = Server("--tls-cert", cert, "--tls-key", key)
+            try:
+                url = f"https://127.0.0.1:{server.http_port}/v1/models"
+                out = subprocess.run([curl, "-sS", "--cacert", cert, url, "-H",
+                                      f"Authorization: Bearer {KEY}"],
+                                     capture_output=True, check=True, timeout=30).stdout
+                self.assertEqual(json.loads(out)["data"][0]["id"], "tessera-tiny")
+                plain = subprocess.run([curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                        url.replace("https", "http")],
+                                       capture_output=True, timeout=30)
+                self.assertNotEqual(plain.stdout, b"200")
+                # The metrics port stays plain HTTP for scrapers and probes.
+                self.assertEqual(server.get("/health", port=server.metrics_port)[0], 200)
+            finally:
+                server.stop()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_a_failed_rank_is_503(self):
+        server = Server("--collective-timeout", "3")
+        try:
+            client = server.client()
+            result = {}
+
+            def whole():
+                try:
+                    client.chat.completions.create(model="tessera-tiny", messages=HELLO,
+                                                   max_tokens=4000,
+                                                   extra_body={"ignore_eos": True})
+                except openai.APIStatusError as e:
+                    result["status"] = e.status_code
+                except openai.APIError as e:
+                    result["error"] = repr(e)
+
+            thread = threading.Thread(target=whole)
+            thread.start()
+            deadline = time.time() + 30
+            while sample(server.metrics(), "tessera:num_requests_running") == 0:
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.02)
+            children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                      text=True).stdout.split()
+            rank1 = [int(p) for p in children if int(p) != server.pid]
+            self.assertEqual(len(rank1), 1, children)
+            os.kill(rank1[0], signal.SIGSTOP)  # hung: rank 0's watchdog fires
+            thread.join(timeout=60)
+            self.assertEqual(result, {"status": 503})
+        finally:
+            server.stop()
 
 class DrainTest(unittest.TestCase):
     def test_draining_is_503(self):
