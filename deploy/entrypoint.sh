@@ -219,7 +219,7 @@ on_signal() {
   fi
   draining=1
   local _grpc _metrics pid=
-  if [[ -s $port_file ]]; then read -r _grpc _metrics pid <"$port_file" || true; fi
+  if [[ -s $port_file ]]; then read -r _grpc _metrics pid _http <"$port_file" || true; fi
   if [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null; then
     log "SIG$1: draining rank 0 (pid $pid)"
   else

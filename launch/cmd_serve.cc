@@ -1,14 +1,18 @@
-// tessera serve: the gRPC coordinator on rank 0, the other ranks executing its step plans.
+// tessera serve: the gRPC coordinator and the OpenAI-compatible HTTP API on rank 0, the other
+// ranks executing its step plans.
 //
-//   [mpirun -np N] tessera serve [--model DIR] [--host H] [--port P] [--metrics-port M]
+//   [mpirun -np N] tessera serve [--model DIR] [--host H] [--port P] [--http-port H]
+//       [--metrics-port M]
 //       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu|cuda] [--max-num-seqs N]
 //       [--max-num-batched-tokens N]
 //       [--kv-cache-memory BYTES | --num-kv-blocks N | --gpu-memory-utilization F]
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
 //
-// --port 0 and --metrics-port 0 pick free ports; --port-file F then receives
-// "GRPC_PORT METRICS_PORT RANK0_PID" once the server is up (for scripts and tests).
+// --http-port (default 8000) serves OpenAI's API, /health and /metrics (rpc/openai_server.h), with
+// the same --api-key and TLS files as gRPC; --metrics-port (default 9400) serves /health and
+// /metrics alone. -1 turns either off. Port 0 picks a free port; --port-file F then receives
+// "GRPC_PORT METRICS_PORT RANK0_PID HTTP_PORT" once the server is up (for scripts and tests).
 //
 // The KV cache: --num-kv-blocks, or --kv-cache-memory per rank, or by default on GPUs the part of
 // each GPU that --gpu-memory-utilization (0.9) leaves after the weights and the planned step
@@ -38,7 +42,7 @@
 #include "launch/flags.h"
 #include "launch/model_dir.h"
 #include "launch/mpi_session.h"
-#include "rpc/http_endpoint.h"
+#include "rpc/openai_server.h"
 #include "rpc/server.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/executor.h"
@@ -80,6 +84,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                "host",
                "port",
                "metrics-port",
+               "http-port",
                "tp",
                "pp",
                "ep",
@@ -118,12 +123,13 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   absl::StatusOr<int64_t> tp = int_flag("tp", 1), pp = int_flag("pp", 1), ep = int_flag("ep", 1),
                           dp = int_flag("dp", 0), port = int_flag("port", 50051),
                           metrics_port = int_flag("metrics-port", 9400),
+                          http_port = int_flag("http-port", 8000),
                           max_seqs = int_flag("max-num-seqs", 256),
                           max_tokens = int_flag("max-num-batched-tokens", 2048),
                           block_size = int_flag("block-size", 16),
                           max_queue = int_flag("max-queue", 4096), seed = int_flag("seed", 0);
-  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &max_seqs, &max_tokens,
-                        &block_size, &max_queue, &seed}) {
+  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &http_port, &max_seqs,
+                        &max_tokens, &block_size, &max_queue, &seed}) {
     if (!v->ok()) return fail(v->status());
   }
   absl::StatusOr<double> drain_timeout = flags.GetDouble("drain-timeout", 30.0);
@@ -251,7 +257,16 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   engine_options.sampleable_vocab = model->sampleable_vocab;
   engine_options.eos_token_ids = model->eos_token_ids;
   engine_options.seed = static_cast<uint64_t>(*seed);
+  // The name clients send as `model`: the directory's, or the embedded model's.
+  std::string model_name = "tessera-tiny";
+  if (flags.GetString("model")) {
+    std::string dir = model->dir;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    model_name = dir.substr(dir.find_last_of('/') + 1);
+  }
   Metrics metrics;
+  metrics.SetModelName(model_name);
+  metrics.SetCacheConfig(*block_size, num_blocks, engine_options.enable_prefix_caching);
   Engine engine(executor, model->tokenizer.get(), &metrics, engine_options);
 
   ServerOptions server_options;
@@ -269,29 +284,46 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     return fail(server.status());
   }
   std::atomic<bool> serving{true};
-  std::unique_ptr<HttpEndpoint> http;
-  if (*metrics_port >= 0) {
-    absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint = HttpEndpoint::Start(
-        server_options.host, static_cast<int>(*metrics_port),
-        [&metrics] { return metrics.Render(); }, [&serving] { return serving.load(); });
-    if (!endpoint.ok()) {
+  HttpOptions http_options;
+  http_options.host = server_options.host;
+  http_options.api_key = server_options.api_key;
+  http_options.tls_cert = server_options.tls_cert;
+  http_options.tls_key = server_options.tls_key;
+  http_options.model_name = model_name;
+  http_options.max_model_len =
+      std::min<int64_t>(c.max_position_embeddings, num_blocks * *block_size);
+  // A thread per connection: the streams the queue admits, plus room for idle and slow clients.
+  http_options.max_threads = static_cast<int>(std::min<int64_t>(*max_queue + 512, 100000));
+  std::unique_ptr<HttpServer> http, api;
+  for (auto [which, port_flag] : {std::pair{&http, *metrics_port}, std::pair{&api, *http_port}}) {
+    if (port_flag < 0) continue;
+    HttpOptions o = http_options;
+    o.port = static_cast<int>(port_flag);
+    o.openai = which == &api;
+    if (!o.openai) o.tls_cert = o.tls_key = "";  // metrics stay plain HTTP, as before
+    absl::StatusOr<std::unique_ptr<HttpServer>> started =
+        HttpServer::Start(o, &engine, &frontend, metrics, [&serving] { return serving.load(); });
+    if (!started.ok()) {
       (*server)->Shutdown(std::chrono::milliseconds(0));
       executor.Shutdown();
-      return fail(endpoint.status());
+      return fail(started.status());
     }
-    http = std::move(*endpoint);
+    *which = std::move(*started);
   }
   std::fprintf(
       stderr,
-      "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %lld per replica\n",
+      "tessera serve: %s on %s:%d (HTTP %s, metrics %s), model %s (%s), %s, %lld KV blocks of "
+      "%lld per replica\n",
       "listening", server_options.host.c_str(), (*server)->port(),
+      api ? absl::StrCat(server_options.host, ":", api->port()).c_str() : "off",
       http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str()
            : "off",
-      model->dir.c_str(), parallel->ToString().c_str(), static_cast<long long>(num_blocks),
-      static_cast<long long>(*block_size));
+      model_name.c_str(), model->dir.c_str(), parallel->ToString().c_str(),
+      static_cast<long long>(num_blocks), static_cast<long long>(*block_size));
   if (auto file = flags.GetString("port-file")) {
     std::ofstream out(*file + ".tmp");
-    out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << "\n";
+    out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << " "
+        << (api ? api->port() : -1) << "\n";
     out.close();
     std::rename((*file + ".tmp").c_str(), file->c_str());
   }
@@ -350,6 +382,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   finished = true;
   signals.join();
   (*server)->Shutdown(std::chrono::milliseconds(1000));
+  api.reset();
   http.reset();
   std::fprintf(stderr, "tessera serve: stopped\n");
   return exit_code;

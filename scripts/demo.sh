@@ -19,14 +19,14 @@ trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 echo "== starting: mpirun -np 2 $tessera serve (embedded tiny Qwen3, CPU backend)"
 mpirun --oversubscribe --bind-to none -np 2 "$tessera" serve --host 127.0.0.1 --port 0 \
-  --metrics-port 0 --port-file "$work/port" >"$work/serve.log" 2>&1 &
+  --metrics-port 0 --http-port 0 --port-file "$work/port" >"$work/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 1 300); do
   [ -s "$work/port" ] && break
   kill -0 "$server" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
   sleep 0.1
 done
-read -r port metrics pid <"$work/port"
+read -r port metrics pid http <"$work/port"
 head -n 1 "$work/serve.log"
 echo "== health: $("$tessera" client --address "127.0.0.1:$port" health)"
 echo "== chat (streamed; the weights are random, so the words are too): $question"

@@ -343,10 +343,7 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
     if (s->blocks.empty() && s->num_computed == 0) {
       s->num_computed = bm.MatchPrefix(s->tokens, 1, &s->blocks);
       s->num_registered = s->num_computed / bm.block_size();
-      if (!s->admitted_once) {
-        s->cached_tokens = s->num_computed;
-        if (metrics_) metrics_->AddPrefixCacheHitTokens(s->num_computed);
-      }
+      if (!s->admitted_once) s->cached_tokens = s->num_computed;
     }
     const int n = std::min(static_cast<int>(s->tokens.size()) - s->num_computed, budget);
     if (!bm.Reserve(&s->blocks, s->num_computed + n)) {
@@ -354,6 +351,11 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
       s->num_computed = 0;
       s->num_registered = 0;
       break;
+    }
+    // Counted once per request (not per retry or recomputation): hits / prompt = hit ratio.
+    if (!s->admitted_once && metrics_) {
+      metrics_->AddPromptTokens(s->prompt_len);
+      metrics_->AddPrefixCacheHitTokens(s->cached_tokens);
     }
     s->admitted_once = true;
     replica.running.push_back(std::move(replica.waiting.front()));
@@ -429,17 +431,13 @@ void Engine::Step() {
   for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;
   TESSERA_CHECK_EQ(result.logits.size(), host_rows * static_cast<size_t>(vocab_));
 
-  int64_t prompt_tokens = 0;
   for (int d = 0; d < dp; ++d) {
     for (const auto& [s, n] : scheduled[d]) {
-      if (s->num_computed < s->prompt_len)
-        prompt_tokens += std::min(n, s->prompt_len - s->num_computed);
       s->num_computed += n;
       replicas_[d]->manager.Register(s->tokens, s->blocks, s->num_computed, &s->num_registered);
     }
   }
   if (metrics_) {
-    metrics_->AddPromptTokens(prompt_tokens);
     const Qwen3Model::ExpertLoad load = executor_.model().expert_load();
     if (!load.tokens_per_expert.empty()) {
       metrics_->SetExpertLoad(load.tokens_per_expert, load.rows_per_rank);
@@ -474,6 +472,8 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
   if (s->generated() == 0) {
     s->first_token = now;
     if (metrics_) metrics_->ObserveTimeToFirstToken(Seconds(now - s->arrived));
+  } else if (metrics_) {
+    metrics_->ObserveInterTokenLatency(Seconds(now - s->last_token));
   }
   s->last_token = now;
   s->tokens.push_back(token);
@@ -590,9 +590,11 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
   out.completion_tokens = s->generated();
   out.cached_tokens = s->cached_tokens;
   if (metrics_) {
-    metrics_->AddFinished(FinishReasonName(reason));
-    if (!out.status.ok() && reason == FinishReason::kError) {
+    // Exactly one of the two counters per request.
+    if (reason == FinishReason::kError) {
       metrics_->AddError(absl::StatusCodeToString(out.status.code()));
+    } else {
+      metrics_->AddFinished(FinishReasonName(reason));
     }
     const auto now = Clock::now();
     metrics_->ObserveEndToEnd(Seconds(now - s->arrived));

@@ -7,14 +7,55 @@
 
 namespace tessera {
 
+namespace {
+
+// Prometheus label values: backslash, double quote and newline escaped.
+std::string EscapeLabel(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
 Metrics::Metrics() {
-  // Buckets as vLLM uses them (seconds).
-  ttft_.bounds = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                  0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
-  tpot_.bounds = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
-  e2e_.bounds = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
+  // Buckets as vLLM v1 uses them (seconds): TTFT up to ~43 minutes, inter-token gaps up to
+  // 80 s, whole requests up to ~2 hours.
+  ttft_.bounds = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
+                  1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+  itl_.bounds = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                 0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+  tpot_.bounds = itl_.bounds;
+  e2e_.bounds = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
+                 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
   step_.bounds = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0};
-  for (Histogram* h : {&ttft_, &tpot_, &e2e_, &step_}) h->counts.assign(h->bounds.size() + 1, 0);
+  for (Histogram* h : {&ttft_, &itl_, &tpot_, &e2e_, &step_}) {
+    h->counts.assign(h->bounds.size() + 1, 0);
+  }
+}
+
+void Metrics::SetModelName(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  model_name_ = name;
+}
+
+void Metrics::SetCacheConfig(int64_t block_size, int64_t num_blocks, bool prefix_caching) {
+  std::lock_guard<std::mutex> lock(mu_);
+  cache_config_ =
+      absl::StrCat("block_size=\"", block_size, "\",num_gpu_blocks=\"", num_blocks,
+                   "\",enable_prefix_caching=\"", prefix_caching ? "True" : "False", "\"");
+}
+
+std::string Metrics::Labels(const std::string& extra) const {
+  return absl::StrCat("{model_name=\"", EscapeLabel(model_name_), "\"", extra.empty() ? "" : ",",
+                      extra, "}");
 }
 
 uint64_t Metrics::Bits(double v) {
@@ -43,28 +84,32 @@ void Metrics::AddError(const std::string& code) {
 }
 
 void Metrics::RenderHistogram(const std::string& name, const std::string& help, const Histogram& h,
-                              std::string* out) {
+                              std::string* out) const {
   absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
   uint64_t cumulative = 0;
   for (size_t i = 0; i < h.bounds.size(); ++i) {
     cumulative += h.counts[i];
-    absl::StrAppend(out, name, "_bucket{le=\"", absl::StrFormat("%g", h.bounds[i]), "\"} ",
+    absl::StrAppend(out, name, "_bucket",
+                    Labels(absl::StrCat("le=\"", absl::StrFormat("%g", h.bounds[i]), "\"")), " ",
                     cumulative, "\n");
   }
   cumulative += h.counts.back();
-  absl::StrAppend(out, name, "_bucket{le=\"+Inf\"} ", cumulative, "\n", name, "_sum ",
-                  absl::StrFormat("%.9g", h.sum), "\n", name, "_count ", h.count, "\n");
+  absl::StrAppend(out, name, "_bucket", Labels("le=\"+Inf\""), " ", cumulative, "\n", name, "_sum",
+                  Labels(), " ", absl::StrFormat("%.9g", h.sum), "\n", name, "_count", Labels(),
+                  " ", h.count, "\n");
 }
 
 std::string Metrics::Render() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::string out;
-  auto gauge = [&out](const char* name, const char* help, const std::string& value) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n", name, " ",
-                    value, "\n");
+  const std::string labels = Labels();
+  auto gauge = [&](const char* name, const char* help, const std::string& value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " gauge\n", name, labels,
+                    " ", value, "\n");
   };
-  auto counter = [&out](const char* name, const char* help, int64_t value) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, " ",
-                    value, "\n");
+  auto counter = [&](const char* name, const char* help, int64_t value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " counter\n", name, labels,
+                    " ", value, "\n");
   };
   double usage;
   const uint64_t bits = kv_usage_bits_.load();
@@ -78,15 +123,30 @@ std::string Metrics::Render() const {
   gauge("tessera:kv_cache_free_blocks", "KV-cache blocks free or evictable.",
         absl::StrCat(kv_free_.load()));
   gauge("tessera:kv_cache_total_blocks", "KV-cache blocks in all.", absl::StrCat(kv_total_.load()));
-  counter("tessera:prompt_tokens_total", "Prefill tokens processed.", prompt_tokens_.load());
+  if (!cache_config_.empty()) {
+    absl::StrAppend(&out,
+                    "# HELP tessera:cache_config_info Information of the KV cache configuration.\n"
+                    "# TYPE tessera:cache_config_info gauge\n"
+                    "tessera:cache_config_info",
+                    Labels(cache_config_), " 1\n");
+  }
+  counter("tessera:prompt_tokens_total",
+          "Prompt tokens of the requests admitted (prefix-cache hits included).",
+          prompt_tokens_.load());
   counter("tessera:generation_tokens_total", "Generated tokens.", generation_tokens_.load());
   counter("tessera:prefix_cache_hit_tokens_total", "Prompt tokens served from the prefix cache.",
           prefix_hit_tokens_.load());
   counter("tessera:num_preemptions_total", "Sequences preempted (recomputed later).",
           preemptions_.load());
-  std::lock_guard<std::mutex> lock(mu_);
   RenderHistogram("tessera:time_to_first_token_seconds", "Time to first token.", ttft_, &out);
-  RenderHistogram("tessera:time_per_output_token_seconds", "Time per output token after the first.",
+  RenderHistogram("tessera:inter_token_latency_seconds",
+                  "Gap before each output token after the first (one sample per token).", itl_,
+                  &out);
+  // The same samples under the older name, as vLLM keeps it.
+  RenderHistogram("tessera:time_per_output_token_seconds",
+                  "Time per output token after the first (one sample per token).", itl_, &out);
+  RenderHistogram("tessera:request_time_per_output_token_seconds",
+                  "A request's mean time per output token after the first (one per request).",
                   tpot_, &out);
   RenderHistogram("tessera:e2e_request_latency_seconds", "End-to-end request latency.", e2e_, &out);
   RenderHistogram("tessera:engine_step_seconds",
@@ -95,14 +155,16 @@ std::string Metrics::Render() const {
   absl::StrAppend(&out, "# HELP tessera:request_success_total Finished requests by reason.\n",
                   "# TYPE tessera:request_success_total counter\n");
   for (const auto& [reason, n] : finished_) {
-    absl::StrAppend(&out, "tessera:request_success_total{finished_reason=\"", reason, "\"} ", n,
-                    "\n");
+    absl::StrAppend(&out, "tessera:request_success_total",
+                    Labels(absl::StrCat("finished_reason=\"", reason, "\"")), " ", n, "\n");
   }
   absl::StrAppend(
-      &out, "# HELP tessera:request_errors_total Requests that ended in an error, by gRPC code.\n",
+      &out,
+      "# HELP tessera:request_errors_total Requests that ended in an error, by status code.\n",
       "# TYPE tessera:request_errors_total counter\n");
   for (const auto& [code, n] : errors_) {
-    absl::StrAppend(&out, "tessera:request_errors_total{code=\"", code, "\"} ", n, "\n");
+    absl::StrAppend(&out, "tessera:request_errors_total",
+                    Labels(absl::StrCat("code=\"", code, "\"")), " ", n, "\n");
   }
   if (!expert_tokens_.empty()) {
     absl::StrAppend(&out,

@@ -1,11 +1,16 @@
 // Process metrics in Prometheus' text format (exposition format 0.0.4).
 //
-// Names follow vLLM's (vllm:num_requests_running -> tessera:num_requests_running, ...) so
-// dashboards carry over by swapping the prefix. Thread-safe: the engine thread records, the HTTP
-// endpoint renders.
+// Names, meanings and histogram buckets follow vLLM's (vllm:num_requests_running ->
+// tessera:num_requests_running, ...) so dashboards carry over by swapping the prefix; every sample
+// carries a model_name label. Thread-safe: the engine thread records, the HTTP endpoint renders.
+//
+// Each request ends in exactly one of request_success_total{finished_reason} (stop, length,
+// cancelled) and request_errors_total{code}: the engine counts the requests it accepted, the front
+// ends count only those they refuse before Engine::Submit accepts them.
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,6 +23,11 @@ class Metrics {
  public:
   Metrics();
 
+  // Set once at start (before serving).
+  void SetModelName(const std::string& name);
+  // cache_config_info{block_size, num_gpu_blocks, enable_prefix_caching} 1, for routers.
+  void SetCacheConfig(int64_t block_size, int64_t num_blocks, bool prefix_caching);
+
   // Gauges (set by the engine every step).
   void SetRunning(int64_t n) { running_ = n; }
   void SetWaiting(int64_t n) { waiting_ = n; }
@@ -29,19 +39,23 @@ class Metrics {
 
   // Per request.
   void ObserveTimeToFirstToken(double seconds) { Observe(&ttft_, seconds); }
+  // The gap before each generated token after the first (one observation per token).
+  void ObserveInterTokenLatency(double seconds) { Observe(&itl_, seconds); }
+  // A request's mean gap between tokens (one observation per request).
   void ObserveTimePerOutputToken(double seconds) { Observe(&tpot_, seconds); }
   void ObserveEndToEnd(double seconds) { Observe(&e2e_, seconds); }
   // Per engine step: the time from its plan to its sampled ids (Executor::Execute), the
   // engine's own cost of the step; gaps between steps are scheduling overhead (bench-serve's
   // bound divides output tokens by this sum).
   void ObserveEngineStep(double seconds) { Observe(&step_, seconds); }
+  // Prompt tokens of each request, once, cached ones included (hits / prompt = hit ratio).
   void AddPromptTokens(int64_t n) { prompt_tokens_ += n; }
   void AddGenerationTokens(int64_t n) { generation_tokens_ += n; }
   void AddPrefixCacheHitTokens(int64_t n) { prefix_hit_tokens_ += n; }
   void AddPreemption() { ++preemptions_; }
-  // `reason`: stop, length, cancelled, error.
+  // A request that ended without error; `reason`: stop, length, cancelled.
   void AddFinished(const std::string& reason);
-  // `code`: the gRPC status code name, e.g. INVALID_ARGUMENT.
+  // A request that ended in an error; `code`: the status code name, e.g. INVALID_ARGUMENT.
   void AddError(const std::string& code);
   // Expert parallelism's load on rank 0's stage, totals since start (Qwen3Model::expert_load):
   // (token, expert) pairs per expert and rows received per EP rank.
@@ -59,19 +73,23 @@ class Metrics {
   };
   static uint64_t Bits(double v);
   void Observe(Histogram* h, double v);
-  static void RenderHistogram(const std::string& name, const std::string& help, const Histogram& h,
-                              std::string* out);
+  void RenderHistogram(const std::string& name, const std::string& help, const Histogram& h,
+                       std::string* out) const;
+  // `{model_name="...",<extra>}`.
+  std::string Labels(const std::string& extra = "") const;
 
   mutable std::mutex mu_;
   std::atomic<int64_t> running_{0}, waiting_{0}, kv_free_{0}, kv_total_{0};
   std::atomic<uint64_t> kv_usage_bits_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generation_tokens_{0}, prefix_hit_tokens_{0},
       preemptions_{0};
-  Histogram ttft_, tpot_, e2e_, step_;       // guarded by mu_
-  std::map<std::string, int64_t> finished_;  // guarded by mu_
-  std::map<std::string, int64_t> errors_;    // guarded by mu_
-  std::vector<int64_t> expert_tokens_;       // guarded by mu_
-  std::vector<int64_t> rank_rows_;           // guarded by mu_
+  std::string model_name_ = "tessera";        // set before serving
+  std::string cache_config_;                  // the cache_config_info labels; set before serving
+  Histogram ttft_, itl_, tpot_, e2e_, step_;  // guarded by mu_
+  std::map<std::string, int64_t> finished_;   // guarded by mu_
+  std::map<std::string, int64_t> errors_;     // guarded by mu_
+  std::vector<int64_t> expert_tokens_;        // guarded by mu_
+  std::vector<int64_t> rank_rows_;            // guarded by mu_
 };
 
 }  // namespace tessera

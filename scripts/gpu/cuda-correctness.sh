@@ -35,7 +35,7 @@ gpus=$(nvidia-smi -L | wc -l)
 serve_check() {  # serve_check LABEL [mpirun -np N] -- serve flags
   local label=$1; shift
   rm -f /tmp/port
-  "$@" --port 0 --metrics-port -1 --port-file /tmp/port --model tests/golden/fixtures/dense_gqa \
+  "$@" --port 0 --metrics-port -1 --http-port -1 --port-file /tmp/port --model tests/golden/fixtures/dense_gqa \
     --device cuda --kv-cache-memory 64MiB >/tmp/serve.log 2>&1 &
   local pid=$!
   for _ in $(seq 120); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done

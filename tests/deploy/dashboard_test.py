@@ -40,7 +40,8 @@ class Scrape:
         port_file = os.path.join(tmp, "port")
         env = dict(os.environ, XDG_CACHE_HOME=os.path.join(tmp, "cache"), OMP_NUM_THREADS="1")
         server = subprocess.Popen([TESSERA, "serve", "--host", "127.0.0.1", "--port", "0",
-                                   "--metrics-port", "0", "--port-file", port_file],
+                                   "--metrics-port", "0", "--http-port", "0",
+                                   "--port-file", port_file],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.time() + 120
@@ -50,7 +51,7 @@ class Scrape:
                                        server.stderr.read().decode())
                 time.sleep(0.1)
             with open(port_file) as f:
-                grpc_port, metrics_port, _ = f.read().split()
+                grpc_port, metrics_port = f.read().split()[:2]
             client = [TESSERA, "client", "--address", f"127.0.0.1:{grpc_port}", "generate",
                       "--max-tokens", "3"]
             subprocess.run(client + ["--prompt", "hi"], check=True, capture_output=True,
@@ -108,11 +109,18 @@ class DashboardTest(unittest.TestCase):
                        "tessera:kv_cache_usage_perc", "tessera:request_errors_total",
                        "tessera:request_success_total"):
             self.assertIn(needed, exprs)
-        for histogram in ("time_to_first_token_seconds", "time_per_output_token_seconds",
+        for histogram in ("time_to_first_token_seconds", "inter_token_latency_seconds",
                           "e2e_request_latency_seconds"):
             for q in ("0.5", "0.9", "0.99"):
                 self.assertIn(f"histogram_quantile({q}, sum by (le) (rate(tessera:{histogram}"
                               "_bucket", exprs)
+
+    def test_prefix_cache_hit_ratio_is_hits_over_prompt_tokens(self):
+        exprs = [e for title, e in expressions(dashboard()) if title == "Prefix cache hit ratio"]
+        self.assertEqual(len(exprs), 1)
+        hits, _, prompt = exprs[0].partition(" / ")
+        self.assertIn("tessera:prefix_cache_hit_tokens_total", hits)
+        self.assertIn("tessera:prompt_tokens_total", prompt)
 
     def test_expressions_are_well_formed(self):
         for title, expr in expressions(dashboard()):

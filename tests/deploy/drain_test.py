@@ -62,6 +62,7 @@ class Job:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [ENTRYPOINT, mode, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+             "--http-port", "0",
              "--drain-timeout", "120"] + list(args),
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         test.addCleanup(self.kill)
@@ -75,7 +76,7 @@ class Job:
                 self.test.fail(f"the job exited with {self.proc.returncode}:\n{self.output()}")
             if os.path.exists(port_file):
                 with open(port_file) as f:
-                    self.grpc_port, self.metrics_port, self.rank0_pid = map(int, f.read().split())
+                    self.grpc_port, self.metrics_port, self.rank0_pid = map(int, f.read().split()[:3])
                 return
             time.sleep(0.1)
         self.test.fail("the server did not come up:\n" + self.output())

@@ -104,7 +104,7 @@ pids+=("$worker")
   LWS_WORKER_INDEX=0 TESSERA_RANKS_PER_NODE=1 TESSERA_BIN="$tessera" \
   XDG_CACHE_HOME="$work/cache" OMP_NUM_THREADS=1 TESSERA_WORKER_WAIT_SECONDS=60 \
   TESSERA_MPIRUN_ARGS="--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo" \
-  "$entrypoint" leader --host 127.0.0.1 --port 0 --metrics-port 0 --drain-timeout 60 \
+  "$entrypoint" leader --host 127.0.0.1 --port 0 --metrics-port 0 --http-port 0 --drain-timeout 60 \
   >"$work/leader.log" 2>&1) &
 leader=$!
 pids+=("$leader")
@@ -115,7 +115,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 [[ -s $work/leader/port ]] || fail "the group did not start serving"
-read -r grpc metrics rank0 <"$work/leader/port"
+read -r grpc metrics rank0 _http <"$work/leader/port"
 grep -q "world 2 " "$work/leader.log" || fail "not a world of 2"
 grep -q "Accepted publickey for tessera" "$work/worker.log" || fail "no ssh login on the worker"
 
@@ -124,7 +124,7 @@ grep -q "Accepted publickey for tessera" "$work/worker.log" || fail "no ssh logi
 stream=$!
 pids+=("$stream")
 for _ in $(seq 300); do
-  curl -s "http://127.0.0.1:$metrics/metrics" | grep -q '^tessera:num_requests_running 1' && break
+  curl -s "http://127.0.0.1:$metrics/metrics" | grep -Eq '^tessera:num_requests_running(\{[^}]*\})? 1$' && break
   sleep 0.05
 done
 

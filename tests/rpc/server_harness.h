@@ -52,6 +52,8 @@ class ServerJob {
                                      "0",
                                      "--metrics-port",
                                      "0",
+                                     "--http-port",
+                                     "0",
                                      "--port-file",
                                      port_file_};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -117,7 +119,7 @@ class ServerJob {
     ss << in.rdbuf();
     return ss.str();
   }
-  // GET /metrics; the value of one unlabelled sample (or -1).
+  // GET /metrics; the value of a sample with no labels but model_name (or -1).
   double Metric(const std::string& name) const {
     const std::string cmd =
         "curl -s http://127.0.0.1:" + std::to_string(metrics_port_) + "/metrics";
@@ -128,6 +130,12 @@ class ServerJob {
     while (fgets(line, sizeof(line), pipe)) {
       const std::string l(line);
       if (l.rfind(name + " ", 0) == 0) value = std::stod(l.substr(name.size() + 1));
+      const std::string labelled = name + "{model_name=\"";
+      const size_t close = l.find("} ");
+      if (l.rfind(labelled, 0) == 0 && close != std::string::npos &&
+          l.find(',', labelled.size()) > close) {
+        value = std::stod(l.substr(close + 2));
+      }
     }
     pclose(pipe);
     return value;
