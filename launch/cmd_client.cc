@@ -47,7 +47,7 @@ const char* FinishName(v1::FinishReason reason) {
 absl::Status FillSampling(const Flags& flags, v1::GenerateRequest* request) {
   ASSIGN_OR_RETURN(int64_t max_tokens, flags.GetInt("max-tokens", 64));
   if (max_tokens < 0) return absl::InvalidArgumentError("--max-tokens must be >= 0");
-  request->set_max_tokens(static_cast<uint32_t>(max_tokens));
+  request->set_max_tokens(static_cast<uint64_t>(max_tokens));
   v1::SamplingParams* s = request->mutable_sampling();
   if (flags.Has("temperature")) {
     ASSIGN_OR_RETURN(double v, flags.GetDouble("temperature", 0));
@@ -63,7 +63,7 @@ absl::Status FillSampling(const Flags& flags, v1::GenerateRequest* request) {
   }
   if (flags.Has("top-k")) {
     ASSIGN_OR_RETURN(int64_t v, flags.GetInt("top-k", 0));
-    s->set_top_k(static_cast<int32_t>(v));
+    s->set_top_k(v);
   }
   if (flags.Has("seed")) {
     ASSIGN_OR_RETURN(int64_t v, flags.GetInt("seed", 0));
@@ -72,7 +72,7 @@ absl::Status FillSampling(const Flags& flags, v1::GenerateRequest* request) {
   if (auto stop = flags.GetString("stop")) request->add_stop(*stop);
   if (flags.Has("logprobs")) {
     ASSIGN_OR_RETURN(int64_t v, flags.GetInt("logprobs", 0));
-    request->set_logprobs(static_cast<uint32_t>(v));
+    request->set_logprobs(static_cast<uint64_t>(v));
   }
   if (auto id = flags.GetString("request-id")) request->set_request_id(*id);
   if (flags.GetBool("ignore-eos")) request->set_ignore_eos(true);
@@ -161,7 +161,7 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
     v1::GenerateRequest request;
     if (auto prompt = flags.GetString("prompt")) request.set_prompt(*prompt);
     ASSIGN_OR_RETURN(std::vector<int64_t> ids, flags.GetIntList("prompt-ids"));
-    for (int64_t id : ids) request.add_prompt_token_ids(static_cast<int32_t>(id));
+    for (int64_t id : ids) request.add_prompt_token_ids(id);
     RETURN_IF_ERROR(FillSampling(flags, &request));
     return Stream(client, request, as_json);
   }

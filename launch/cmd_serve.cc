@@ -8,6 +8,7 @@
 //       [--kv-cache-memory BYTES | --num-kv-blocks N | --gpu-memory-utilization F]
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
+//       [--engine-stall-timeout S] [--client-keepalive S] [--client-keepalive-timeout S]
 //
 // --http-port (default 8000) serves OpenAI's API, /health and /metrics (rpc/openai_server.h), with
 // the same --api-key and TLS files as gRPC; --metrics-port (default 9400) serves /health and
@@ -22,7 +23,11 @@
 // SIGTERM/SIGINT drain: health turns NOT_SERVING at once, new requests get UNAVAILABLE, requests
 // in flight finish within --drain-timeout, then the job exits 0 (1 if some had to be cut off).
 // A rank that dies or hangs past the collective watchdog fails the requests in flight with
-// UNAVAILABLE, turns health NOT_SERVING and ends the job non-zero.
+// UNAVAILABLE, turns health NOT_SERVING and ends the job non-zero. Health also turns NOT_SERVING
+// while the engine makes no progress for --engine-stall-timeout (default 30 s; idle, a heartbeat
+// every rank answers runs each second). Clients that answer no HTTP/2 ping within
+// --client-keepalive-timeout (20 s) of one sent every --client-keepalive (30 s) are dropped and
+// their requests cancelled. docs/reliability.md lists every such bound and its test.
 #include <signal.h>
 #include <unistd.h>
 
@@ -103,7 +108,10 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
                "drain-timeout",
                "collective-timeout",
                "port-file",
-               "seed"},
+               "seed",
+               "engine-stall-timeout",
+               "client-keepalive",
+               "client-keepalive-timeout"},
               {"no-prefix-caching"});
   // Errors every rank sees alike are reported by rank 0 only.
   auto fail = [&](const absl::Status& status) {
@@ -137,6 +145,20 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   if (!drain_timeout.ok()) return fail(drain_timeout.status());
   if (!timeout.ok()) return fail(timeout.status());
   CollectiveTimeoutSeconds() = *timeout;
+  absl::StatusOr<double> stall_timeout = flags.GetDouble("engine-stall-timeout", 30.0);
+  absl::StatusOr<double> keepalive = flags.GetDouble("client-keepalive", 30.0);
+  absl::StatusOr<double> keepalive_timeout = flags.GetDouble("client-keepalive-timeout", 20.0);
+  for (const auto* v : {&stall_timeout, &keepalive, &keepalive_timeout}) {
+    if (!v->ok()) return fail(v->status());
+  }
+  if (*keepalive <= 0 || *keepalive_timeout <= 0) {
+    return fail(absl::InvalidArgumentError(
+        "--client-keepalive and --client-keepalive-timeout must be > 0"));
+  }
+  if (auto key = flags.GetString("api-key"); key && key->empty()) {
+    return fail(absl::InvalidArgumentError(
+        "--api-key is empty: that would serve without authentication; omit the flag for that"));
+  }
   if (*block_size < 1 || *max_seqs < 1 || *max_tokens < 1 || *max_queue < 1) {
     return fail(absl::InvalidArgumentError(
         "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1"));
@@ -264,6 +286,17 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
     model_name = dir.substr(dir.find_last_of('/') + 1);
   }
+  if (FaultInjected("stall-step", 0)) engine_options.fault_after_steps = FaultAfterSteps();
+  if (FaultInjected("cuda-error", 0) && backend->kind() == DeviceKind::kCuda) {
+    // A CUDA call that fails (a copy from an address no allocation owns), through the backend's
+    // own error check, as a device fault mid-serving would.
+    engine_options.fault_after_steps = FaultAfterSteps();
+    engine_options.fault = [&backend] {
+      std::fprintf(stderr, "tessera serve: injecting a CUDA error (TESSERA_FAULT)\n");
+      uint32_t sink = 0;
+      backend->CopyToHost(&sink, reinterpret_cast<const void*>(uintptr_t{16}), sizeof(sink));
+    };
+  }
   Metrics metrics;
   metrics.SetModelName(model_name);
   metrics.SetCacheConfig(*block_size, num_blocks, engine_options.enable_prefix_caching);
@@ -275,7 +308,9 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   server_options.api_key = flags.GetString("api-key").value_or("");
   server_options.tls_cert = flags.GetString("tls-cert").value_or("");
   server_options.tls_key = flags.GetString("tls-key").value_or("");
-  server_options.max_threads = static_cast<int>(std::min<int64_t>(*max_queue + 64, 100000));
+  server_options.engine_stall_timeout_s = *stall_timeout;
+  server_options.keepalive_time_s = *keepalive;
+  server_options.keepalive_timeout_s = *keepalive_timeout;
   ModelDescription description{model->dir, device};
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
@@ -302,7 +337,8 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     o.openai = which == &api;
     if (!o.openai) o.tls_cert = o.tls_key = "";  // metrics stay plain HTTP, as before
     absl::StatusOr<std::unique_ptr<HttpServer>> started =
-        HttpServer::Start(o, &engine, &frontend, metrics, [&serving] { return serving.load(); });
+        HttpServer::Start(o, &engine, &frontend, metrics,
+                          [&serving, &server] { return serving.load() && (*server)->serving(); });
     if (!started.ok()) {
       (*server)->Shutdown(std::chrono::milliseconds(0));
       executor.Shutdown();
@@ -364,10 +400,10 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     if (engine.in_flight() > 0) {
       std::fprintf(stderr, "tessera serve: drain timeout: %lld requests cut off\n",
                    static_cast<long long>(engine.in_flight()));
-      engine.FailAll(absl::UnavailableError("the server shut down before the request finished"));
       exit_code = 1;
     }
-    engine.Stop();
+    // Cut off what is left; the ranks are fine, so the workers are told to shut down.
+    engine.Stop(absl::UnavailableError("the server shut down before the request finished"));
     // If the step loop is stuck (a dead peer), it never returns: leave anyway.
     for (int i = 0; i < 250 && !finished; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));

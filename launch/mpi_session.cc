@@ -3,6 +3,7 @@
 #include <mpi.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -114,6 +115,11 @@ bool FaultInjected(const char* kind, int rank) {
   const size_t at = s.find('@');
   if (at == std::string::npos) return false;
   return s.substr(0, at) == kind && std::atoi(s.c_str() + at + 1) == rank;
+}
+
+int64_t FaultAfterSteps() {
+  const char* steps = std::getenv("TESSERA_FAULT_AFTER_STEPS");
+  return steps ? std::max<int64_t>(0, std::atoll(steps)) : 0;
 }
 
 }  // namespace tessera

@@ -6,6 +6,7 @@
 // OMP_NUM_THREADS is set), and records the local rank, which picks the GPU on GPU nodes.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "parallel/communicator.h"
@@ -50,6 +51,11 @@ void ReportLoad(MpiSession& mpi, const char* command, double seconds,
 //   fail-load   the rank's model load returns an error
 //   crash-load  the rank aborts while loading (an unexpected crash or exception)
 //   hang-step   the rank stops responding in its first step (exercises the watchdog)
+//   stall-step  (serve, rank 0) the engine's step loop stalls after TESSERA_FAULT_AFTER_STEPS
+//               forward steps: no more steps or heartbeats (exercises --engine-stall-timeout)
+//   cuda-error  (serve, rank 0, CUDA backend) a CUDA error after TESSERA_FAULT_AFTER_STEPS steps
 bool FaultInjected(const char* kind, int rank);
+// TESSERA_FAULT_AFTER_STEPS (default 0): when a step fault strikes.
+int64_t FaultAfterSteps();
 
 }  // namespace tessera

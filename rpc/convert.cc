@@ -134,7 +134,15 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
       (r.prompt_token_ids_size() > 0) + !r.prompt().empty() + (r.messages_size() > 0);
   if (inputs == 0) return bad("the prompt is empty: give prompt_token_ids, prompt or messages");
   if (inputs > 1) return bad("give exactly one of prompt_token_ids, prompt and messages");
+  // 64-bit on the wire (generation.proto): what does not fit the engine's 32 bits is refused here.
+  const auto out_of_range = [](int64_t v) { return v < INT32_MIN || v > INT32_MAX; };
   if (r.prompt_token_ids_size() > 0) {
+    for (int i = 0; i < r.prompt_token_ids_size(); ++i) {
+      if (out_of_range(r.prompt_token_ids(i))) {
+        return bad("prompt token ", i, " has id ", r.prompt_token_ids(i),
+                   ", outside the vocabulary");
+      }
+    }
     e.prompt.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
   } else if (!r.prompt().empty()) {
     if (frontend.tokenizer == nullptr)
@@ -151,14 +159,18 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
     e.parse_chat->tool_calls = !r.tools_json().empty();
   }
   if (r.max_tokens() == 0) return bad("max_tokens must be >= 1");
-  if (r.max_tokens() > static_cast<uint32_t>(INT32_MAX)) return bad("max_tokens is too large");
+  if (r.max_tokens() > static_cast<uint64_t>(INT32_MAX))
+    return bad("max_tokens is too large: ", r.max_tokens());
   e.max_tokens = static_cast<int>(r.max_tokens());
 
   e.sampling = frontend.default_sampling;
   const v1::SamplingParams& s = r.sampling();
   if (s.has_temperature()) e.sampling.temperature = s.temperature();
   if (s.has_top_p()) e.sampling.top_p = s.top_p();
-  if (s.has_top_k()) e.sampling.top_k = s.top_k();
+  if (s.has_top_k()) {
+    if (out_of_range(s.top_k())) return bad("top_k is out of range: ", s.top_k());
+    e.sampling.top_k = static_cast<int>(s.top_k());
+  }
   if (s.has_min_p()) e.sampling.min_p = s.min_p();
   if (s.has_repetition_penalty()) e.sampling.repetition_penalty = s.repetition_penalty();
   if (s.has_presence_penalty()) e.sampling.presence_penalty = s.presence_penalty();
@@ -166,11 +178,20 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
   if (s.has_seed()) e.sampling.seed = s.seed();
 
   e.stop.assign(r.stop().begin(), r.stop().end());
+  for (int64_t id : r.stop_token_ids()) {
+    if (out_of_range(id)) return bad("stop token id ", id, " is outside the vocabulary");
+  }
   e.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   e.ignore_eos = r.ignore_eos();
-  if (r.has_logprobs()) e.top_logprobs = static_cast<int>(std::min<uint32_t>(r.logprobs(), 1000));
+  if (r.has_logprobs()) {
+    // The engine checks the limit; a value past int32 is refused here with the value sent.
+    if (r.logprobs() > static_cast<uint64_t>(INT32_MAX))
+      return bad("logprobs must be <= ", kMaxTopLogprobs, ", got ", r.logprobs());
+    e.top_logprobs = static_cast<int>(r.logprobs());
+  }
   e.skip_special_tokens = r.has_skip_special_tokens() ? r.skip_special_tokens() : true;
-  e.priority = r.priority();
+  if (out_of_range(r.priority())) return bad("priority is out of range: ", r.priority());
+  e.priority = static_cast<int>(r.priority());
   return e;
 }
 

@@ -1,5 +1,6 @@
 #include "rpc/server.h"
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -11,7 +12,6 @@
 namespace tessera {
 namespace {
 
-constexpr auto kPoll = std::chrono::milliseconds(20);
 constexpr char kServiceName[] = "tessera.v1.Generation";
 
 std::string ReadFile(const std::string& path, bool* ok) {
@@ -24,7 +24,46 @@ std::string ReadFile(const std::string& path, bool* ok) {
 
 }  // namespace
 
-class CoordinatorServer::Service final : public v1::Generation::Service {
+// Generate on the callback API: the server's callback threads call its reactions, the engine's
+// thread calls Pump through the stream's listener. At most one write is in flight; outputs that
+// arrive meanwhile wait in the RequestStream (bounded: Engine ends a request whose reader falls
+// too far behind).
+class CoordinatorServer::GenerateReactor final
+    : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  GenerateReactor(Service& service, grpc::CallbackServerContext* context,
+                  const v1::GenerateRequest& request);
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  // Writes the next output if no write is in flight, or finishes the call after the last one.
+  void Pump();
+  // Ends the call once (guarded by mu_'s caller).
+  void FinishLocked(grpc::Status status, std::unique_lock<std::mutex>& lock);
+
+  // What the stream's listener holds: it may outlive the reactor (the engine keeps the stream
+  // until the request ends), so OnDone clears `reactor` under `mu` before the reactor goes away.
+  struct Relay {
+    std::mutex mu;
+    GenerateReactor* reactor = nullptr;
+  };
+
+  Service& service_;
+  std::string id_;
+  std::shared_ptr<RequestStream> stream_;
+  std::shared_ptr<Relay> relay_ = std::make_shared<Relay>();
+  std::mutex mu_;
+  bool writing_ = false;
+  bool finishing_ = false;
+  bool cancelled_ = false;                   // by the client, a failed write or the transport
+  std::optional<grpc::Status> after_write_;  // the status to finish with once the write is done
+  v1::GenerateResponse response_;            // the write in flight
+};
+
+class CoordinatorServer::Service final
+    : public v1::Generation::WithCallbackMethod_Generate<v1::Generation::Service> {
  public:
   Service(Engine& engine, const Frontend& frontend, Metrics& metrics, const Executor& executor,
           const ModelDescription& model, std::string api_key)
@@ -35,46 +74,9 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
         model_(model),
         api_key_(std::move(api_key)) {}
 
-  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
-                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
-    if (grpc::Status auth = Authenticate(*context); !auth.ok()) return Fail(auth);
-    const std::string id = request->request_id().empty()
-                               ? absl::StrCat("req-", next_id_.fetch_add(1))
-                               : request->request_id();
-    absl::StatusOr<EngineRequest> converted = ToEngineRequest(*request, frontend_, id);
-    if (!converted.ok()) return Fail(ToGrpcStatus(converted.status()));
-    if (context->deadline() != std::chrono::system_clock::time_point::max()) {
-      converted->deadline = std::chrono::steady_clock::now() +
-                            (context->deadline() - std::chrono::system_clock::now());
-    }
-    absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine_.Submit(*std::move(converted));
-    if (!stream.ok()) return Fail(ToGrpcStatus(stream.status()));
-
-    // Relay outputs until the last one. A client that cancels or disconnects (or whose deadline
-    // passes) has its request cancelled: the engine frees its KV blocks within one step.
-    bool cancelled = false;
-    for (;;) {
-      EngineOutput out;
-      if (!(*stream)->Next(&out, kPoll)) {
-        if (!cancelled && context->IsCancelled()) {
-          engine_.Cancel(id);
-          cancelled = true;
-        }
-        continue;
-      }
-      if (!out.finished || out.status.ok() || out.finish_reason == FinishReason::kCancelled) {
-        if (!cancelled && !writer->Write(ToResponse(out, id))) {
-          engine_.Cancel(id);  // the client went away
-          cancelled = true;
-        }
-      }
-      if (!out.finished) continue;
-      if (out.finish_reason == FinishReason::kError) return Fail(ToGrpcStatus(out.status));
-      if (out.finish_reason == FinishReason::kCancelled || cancelled) {
-        return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
-      }
-      return grpc::Status::OK;
-    }
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override {
+    return new GenerateReactor(*this, context, *request);
   }
 
   grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
@@ -110,7 +112,9 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
   }
 
  private:
-  grpc::Status Authenticate(const grpc::ServerContext& context) const {
+  friend class GenerateReactor;
+
+  grpc::Status Authenticate(const grpc::ServerContextBase& context) const {
     if (api_key_.empty()) return grpc::Status::OK;
     const auto& md = context.client_metadata();
     auto it = md.find("authorization");
@@ -135,6 +139,117 @@ class CoordinatorServer::Service final : public v1::Generation::Service {
   std::string api_key_;
   std::atomic<uint64_t> next_id_{1};
 };
+
+CoordinatorServer::GenerateReactor::GenerateReactor(Service& service,
+                                                    grpc::CallbackServerContext* context,
+                                                    const v1::GenerateRequest& request)
+    : service_(service) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (grpc::Status auth = service_.Authenticate(*context); !auth.ok()) {
+    FinishLocked(service_.Fail(auth), lock);
+    return;
+  }
+  id_ = request.request_id().empty() ? absl::StrCat("req-", service_.next_id_.fetch_add(1))
+                                     : request.request_id();
+  absl::StatusOr<EngineRequest> converted = ToEngineRequest(request, service_.frontend_, id_);
+  if (!converted.ok()) {
+    FinishLocked(service_.Fail(ToGrpcStatus(converted.status())), lock);
+    return;
+  }
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    converted->deadline =
+        std::chrono::steady_clock::now() + (context->deadline() - std::chrono::system_clock::now());
+  }
+  absl::StatusOr<std::shared_ptr<RequestStream>> stream =
+      service_.engine_.Submit(*std::move(converted));
+  if (!stream.ok()) {
+    FinishLocked(service_.Fail(ToGrpcStatus(stream.status())), lock);
+    return;
+  }
+  stream_ = *std::move(stream);
+  lock.unlock();
+  relay_->reactor = this;
+  stream_->SetListener([relay = relay_] {
+    std::lock_guard<std::mutex> guard(relay->mu);
+    if (relay->reactor != nullptr) relay->reactor->Pump();
+  });
+}
+
+void CoordinatorServer::GenerateReactor::Pump() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (writing_ || finishing_) return;
+  EngineOutput out;
+  if (!stream_->TryNext(&out)) return;
+  // A client that cancelled or went away gets no more writes; its request ends cancelled.
+  if (cancelled_) {
+    if (out.finished) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"), lock);
+    return;
+  }
+  std::optional<grpc::Status> final_status;
+  if (out.finished) {
+    // Errors the engine ended the request with are counted by the engine (request_errors_total).
+    if (out.finish_reason == FinishReason::kError) {
+      FinishLocked(ToGrpcStatus(out.status), lock);
+      return;
+    }
+    final_status = out.finish_reason == FinishReason::kCancelled
+                       ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client")
+                       : grpc::Status::OK;
+  }
+  response_ = ToResponse(out, id_);
+  writing_ = true;
+  after_write_ = final_status;
+  lock.unlock();
+  StartWrite(&response_);
+}
+
+void CoordinatorServer::GenerateReactor::OnWriteDone(bool ok) {
+  std::unique_lock<std::mutex> lock(mu_);
+  writing_ = false;
+  if (!ok && !cancelled_) {
+    cancelled_ = true;  // the client went away
+    lock.unlock();
+    service_.engine_.Cancel(id_);
+    lock.lock();
+  }
+  if (after_write_ || cancelled_) {
+    FinishLocked(
+        cancelled_ ? grpc::Status(grpc::StatusCode::CANCELLED, "cancelled") : *after_write_, lock);
+    return;
+  }
+  lock.unlock();
+  Pump();  // outputs that arrived during the write
+}
+
+void CoordinatorServer::GenerateReactor::OnCancel() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (cancelled_ || !stream_) return;
+  cancelled_ = true;
+  const bool idle = !writing_;
+  lock.unlock();
+  // The engine ends the request and frees its KV blocks within one step.
+  service_.engine_.Cancel(id_);
+  if (idle) {
+    lock.lock();
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"), lock);
+  }
+}
+
+void CoordinatorServer::GenerateReactor::FinishLocked(grpc::Status status,
+                                                      std::unique_lock<std::mutex>& lock) {
+  if (finishing_ || writing_) return;
+  finishing_ = true;
+  lock.unlock();
+  Finish(std::move(status));
+}
+
+void CoordinatorServer::GenerateReactor::OnDone() {
+  {
+    std::lock_guard<std::mutex> guard(relay_->mu);  // waits out a Pump from the engine's thread
+    relay_->reactor = nullptr;
+  }
+  delete this;
+}
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     const ServerOptions& options, Engine& engine, const Frontend& frontend, Metrics& metrics,
@@ -170,6 +285,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::ResourceQuota quota("tessera");
   quota.SetMaxThreads(options.max_threads);
   builder.SetResourceQuota(quota);
+  // Keepalive: a frozen client (one that answers no ping) loses its connection and calls.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(options.keepalive_time_s * 1000));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(options.keepalive_timeout_s * 1000));
+  // Pings go on while a stream sends no data (a client whose flow-control window is full).
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   server->server_ = builder.BuildAndStart();
   if (!server->server_ || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address, " (in use?)"));
@@ -177,7 +299,36 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
+  if (options.engine_stall_timeout_s > 0) {
+    CoordinatorServer* self = server.get();
+    const double stall = options.engine_stall_timeout_s;
+    server->monitor_ = std::thread([self, &engine, stall] { self->MonitorHealth(engine, stall); });
+  }
   return server;
+}
+
+void CoordinatorServer::MonitorHealth(const Engine& engine, double stall_timeout_s) {
+  bool stalled = false;
+  std::unique_lock<std::mutex> lock(monitor_mu_);
+  while (!stopping_) {
+    monitor_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (stopping_ || not_serving_) continue;
+    const double since = std::chrono::duration<double>(engine.SinceProgress()).count();
+    if ((since > stall_timeout_s) == stalled) continue;
+    stalled = !stalled;
+    std::fprintf(stderr,
+                 stalled ? "tessera serve: the engine made no progress for %.1f s: NOT_SERVING\n"
+                         : "tessera serve: the engine made progress again (%.1f s): SERVING\n",
+                 since);
+    SetHealth(!stalled);
+  }
+}
+
+void CoordinatorServer::SetHealth(bool serving) {
+  serving_ = serving;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(kServiceName, serving);
 }
 
 CoordinatorServer::~CoordinatorServer() {
@@ -185,12 +336,18 @@ CoordinatorServer::~CoordinatorServer() {
 }
 
 void CoordinatorServer::SetNotServing() {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  health->SetServingStatus("", false);
-  health->SetServingStatus(kServiceName, false);
+  std::lock_guard<std::mutex> lock(monitor_mu_);
+  not_serving_ = true;
+  SetHealth(false);
 }
 
 void CoordinatorServer::Shutdown(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> lock(monitor_mu_);
+    stopping_ = true;
+    monitor_cv_.notify_all();
+  }
+  if (monitor_.joinable()) monitor_.join();
   if (!server_) return;
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();

@@ -13,7 +13,7 @@ seconds=${1:-60}
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${TESSERA_FUZZ_BUILD_DIR:-$root/build-fuzz}
 jobs=${TESSERA_BUILD_JOBS:-2}
-targets=(safetensors_header config tokenizer tokenizer_files)
+targets=(safetensors_header config tokenizer tokenizer_files generate_request)
 
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DTESSERA_FUZZ=ON \
   -DTESSERA_CUDA=OFF -DBUILD_TESTING=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

@@ -13,7 +13,6 @@ namespace tessera {
 namespace {
 using Clock = std::chrono::steady_clock;
 constexpr auto kIdleHeartbeat = std::chrono::milliseconds(1000);
-constexpr int kMaxTopLogprobs = 20;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -41,12 +40,19 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
-void RequestStream::Push(EngineOutput output) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (closed_) return;  // a request ends once
-  closed_ = output.finished;
-  queue_.push_back(std::move(output));
-  cv_.notify_all();
+RequestStream::PushResult RequestStream::Push(EngineOutput output) {
+  std::shared_ptr<std::function<void()>> listener;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return PushResult::kClosed;  // a request ends once
+    if (!output.finished && queue_.size() >= max_buffered_) return PushResult::kFull;
+    closed_ = output.finished;
+    queue_.push_back(std::move(output));
+    cv_.notify_all();
+    listener = listener_;
+  }
+  if (listener) (*listener)();
+  return PushResult::kQueued;
 }
 
 bool RequestStream::Next(EngineOutput* output, std::chrono::milliseconds timeout) {
@@ -55,6 +61,24 @@ bool RequestStream::Next(EngineOutput* output, std::chrono::milliseconds timeout
   *output = std::move(queue_.front());
   queue_.pop_front();
   return true;
+}
+
+bool RequestStream::TryNext(EngineOutput* output) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (queue_.empty()) return false;
+  *output = std::move(queue_.front());
+  queue_.pop_front();
+  return true;
+}
+
+void RequestStream::SetListener(std::function<void()> listener) {
+  std::shared_ptr<std::function<void()>> now;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    listener_ = listener ? std::make_shared<std::function<void()>>(std::move(listener)) : nullptr;
+    if (!queue_.empty()) now = listener_;
+  }
+  if (now) (*now)();
 }
 
 struct Engine::Sequence {
@@ -136,6 +160,7 @@ Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
   total_blocks_ = static_cast<int64_t>(executor_.num_kv_blocks()) * executor_.parallel().dp;
   free_blocks_ = total_blocks_.load();
   UpdateGauges();  // scrapes before the first request see the idle state
+  last_progress_ns_ = Clock::now().time_since_epoch().count();
 }
 
 Engine::~Engine() = default;
@@ -175,7 +200,7 @@ absl::Status Engine::Validate(const EngineRequest& r) const {
 absl::StatusOr<std::shared_ptr<RequestStream>> Engine::Submit(EngineRequest request) {
   if (absl::Status s = Validate(request); !s.ok()) return s;
   auto seq = std::make_unique<Sequence>();
-  seq->stream = std::make_shared<RequestStream>();
+  seq->stream = std::make_shared<RequestStream>(options_.max_buffered_outputs);
   seq->arrived = Clock::now();
   seq->req = std::move(request);
   std::shared_ptr<RequestStream> stream = seq->stream;
@@ -208,8 +233,9 @@ void Engine::BeginDrain() {
   draining_ = true;
 }
 
-void Engine::Stop() {
+void Engine::Stop(absl::Status status) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!stopping_) stop_status_ = std::move(status);
   stopping_ = true;
   cv_.notify_all();
 }
@@ -220,14 +246,22 @@ void Engine::FailAll(const absl::Status& status) {
     std::lock_guard<std::mutex> lock(mu_);
     failed_ = true;
     live = live_;
+    cv_.notify_all();
   }
   for (auto& [id, stream] : live) {
     EngineOutput out;
     out.finished = true;
     out.finish_reason = FinishReason::kError;
     out.status = status;
-    stream->Push(std::move(out));
+    // Counted here, once: the step loop's own Finish of these requests finds them closed.
+    if (stream->Push(std::move(out)) == RequestStream::PushResult::kQueued && metrics_) {
+      metrics_->AddError(absl::StatusCodeToString(status.code()));
+    }
   }
+}
+
+std::chrono::steady_clock::duration Engine::SinceProgress() const {
+  return Clock::now() - Clock::time_point(Clock::duration(last_progress_ns_.load()));
 }
 
 EngineStats Engine::stats() const {
@@ -422,6 +456,7 @@ void Engine::Step() {
 
   const auto step_start = std::chrono::steady_clock::now();
   const StepOutput result = executor_.Execute(plan);
+  ++steps_;
   if (metrics_ != nullptr) {
     metrics_->ObserveEngineStep(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
@@ -577,8 +612,13 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
 
   if (finish != FinishReason::kNone) {
     Finish(s, finish, absl::OkStatus(), std::move(out));
-  } else {
-    s->stream->Push(std::move(out));
+  } else if (s->stream->Push(std::move(out)) == RequestStream::PushResult::kFull) {
+    // The reader is too far behind (a stalled client): end the request rather than buffer more.
+    Finish(
+        s, FinishReason::kError,
+        absl::ResourceExhaustedError(absl::StrCat(
+            "the client reads too slowly (", options_.max_buffered_outputs, " outputs buffered)")),
+        EngineOutput{});
   }
 }
 
@@ -589,10 +629,13 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
   out.prompt_tokens = s->prompt_len;
   out.completion_tokens = s->generated();
   out.cached_tokens = s->cached_tokens;
-  if (metrics_) {
-    // Exactly one of the two counters per request.
+  const std::string code = absl::StatusCodeToString(out.status.code());
+  // Counted only if this output ends the request (FailAll may have ended it already), and in
+  // exactly one of the two counters.
+  const bool ended = s->stream->Push(std::move(out)) == RequestStream::PushResult::kQueued;
+  if (metrics_ && ended) {
     if (reason == FinishReason::kError) {
-      metrics_->AddError(absl::StatusCodeToString(out.status.code()));
+      metrics_->AddError(code);
     } else {
       metrics_->AddFinished(FinishReasonName(reason));
     }
@@ -603,7 +646,6 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
                                           (s->generated() - 1));
     }
   }
-  s->stream->Push(std::move(out));
   Release(s);
 }
 
@@ -634,19 +676,34 @@ void Engine::UpdateGauges() {
 }
 
 void Engine::Run() {
+  const auto progress = [this] { last_progress_ns_ = Clock::now().time_since_epoch().count(); };
+  progress();
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (stopping_ || failed_) break;
+      if (options_.fault_after_steps >= 0 && steps_ >= options_.fault_after_steps) {
+        if (options_.fault) {
+          options_.fault_after_steps = -1;  // once
+          lock.unlock();
+          options_.fault();
+          continue;
+        }
+        // Injected wedge: no more steps or heartbeats, but Stop() still ends the loop.
+        cv_.wait(lock, [this] { return stopping_ || failed_; });
+        break;
+      }
       const bool idle = incoming_.empty() && cancelled_.empty() && live_.empty();
       if (idle) {
-        // Nothing to do: wake for work, or send the workers a heartbeat so that their wait for
-        // the next plan never looks like a hang to their watchdog.
+        // Nothing to do: wake for work, or send the workers a heartbeat that every rank answers:
+        // their wait for the next plan never looks like a hang to their watchdog, and a hung
+        // rank stalls this loop (SinceProgress) and then trips rank 0's watchdog.
         if (!cv_.wait_for(lock, kIdleHeartbeat, [this] {
               return stopping_ || failed_ || !incoming_.empty() || !cancelled_.empty();
             })) {
           lock.unlock();
           executor_.Heartbeat();
+          progress();
           continue;
         }
         if (stopping_ || failed_) break;
@@ -654,14 +711,18 @@ void Engine::Run() {
     }
     Intake();
     Step();
+    progress();
+  }
+  absl::Status stop_status;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_status =
+        stop_status_.ok() ? absl::UnavailableError("the server is shutting down") : stop_status_;
   }
   // Whatever is still in flight cannot finish now.
   for (auto& replica : replicas_) {
     for (auto* list : {&replica->running, &replica->waiting}) {
-      for (auto& seq : *list) {
-        Finish(seq.get(), FinishReason::kError,
-               absl::UnavailableError("the server is shutting down"), EngineOutput{});
-      }
+      for (auto& seq : *list) Finish(seq.get(), FinishReason::kError, stop_status, EngineOutput{});
       list->clear();
     }
   }
@@ -671,12 +732,17 @@ void Engine::Run() {
       EngineOutput out;
       out.finished = true;
       out.finish_reason = FinishReason::kError;
-      out.status = absl::UnavailableError("the server is shutting down");
-      seq->stream->Push(std::move(out));
+      out.status = stop_status;
+      if (seq->stream->Push(std::move(out)) == RequestStream::PushResult::kQueued && metrics_) {
+        metrics_->AddFinished(FinishReasonName(FinishReason::kError));
+        metrics_->AddError(absl::StatusCodeToString(stop_status.code()));
+      }
     }
     incoming_.clear();
     live_.clear();
   }
+  // After a rank failed (FailAll) the workers cannot be reached; otherwise they are told to stop,
+  // also when requests were cut off (a drain timeout).
   if (!failed_) executor_.Shutdown();
 }
 

@@ -7,9 +7,12 @@
 // one StepPlan for every rank, executes it, samples, detokenises and streams the results.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,6 +33,9 @@ namespace tessera {
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
 const char* FinishReasonName(FinishReason reason);  // "stop", "length", "cancelled", "error"
+
+// The most alternatives a request may ask log-probabilities for (EngineRequest::top_logprobs).
+constexpr int kMaxTopLogprobs = 20;
 
 struct EngineRequest {
   std::string request_id;  // unique among requests in flight
@@ -72,18 +78,33 @@ struct EngineOutput {
   int64_t cached_tokens = 0;  // prompt tokens served from the prefix cache
 };
 
-// A request's outputs, from the engine thread to its reader.
+// A request's outputs, from the engine thread to its reader. Readers either poll (Next) or are
+// told (SetListener): the listener runs on the pushing thread (the engine's) after each output is
+// queued, so it must return at once without blocking (post work elsewhere, never wait).
+// The buffer is bounded: a reader that falls `max_buffered` outputs behind has its request ended
+// by the engine (RESOURCE_EXHAUSTED); the last output of a request is always queued.
 class RequestStream {
  public:
-  void Push(EngineOutput output);
+  explicit RequestStream(size_t max_buffered = SIZE_MAX) : max_buffered_(max_buffered) {}
+
+  enum class PushResult { kQueued, kFull, kClosed };
+  // kFull: not queued (buffer full and `output` not the last); kClosed: the request had ended.
+  PushResult Push(EngineOutput output);
   // Waits up to `timeout` for the next output; false if none came.
   bool Next(EngineOutput* output, std::chrono::milliseconds timeout);
+  // The next output if one is queued; never waits.
+  bool TryNext(EngineOutput* output);
+  // Calls `listener` after every later Push that queues an output, and once now if outputs are
+  // already queued. Set it once, before relying on it; an empty function removes it.
+  void SetListener(std::function<void()> listener);
 
  private:
+  const size_t max_buffered_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<EngineOutput> queue_;
   bool closed_ = false;
+  std::shared_ptr<std::function<void()>> listener_;
 };
 
 struct EngineOptions {
@@ -95,6 +116,14 @@ struct EngineOptions {
   int64_t sampleable_vocab = 0;  // ids >= this are never sampled; 0 = the whole vocabulary
   std::vector<int32_t> eos_token_ids;
   uint64_t seed = 0;  // for requests without a seed
+  // Outputs a request's reader may fall behind before the request is ended (RESOURCE_EXHAUSTED).
+  size_t max_buffered_outputs = 4096;
+  // Fault injection (tests; TESSERA_FAULT in `tessera serve`): once this many forward steps have
+  // run (< 0: never), `fault` runs on the step loop's thread before the next step (cuda-error);
+  // without `fault` the loop stalls for good: no more steps or heartbeats, though Stop() still
+  // ends it (stall-step).
+  int64_t fault_after_steps = -1;
+  std::function<void()> fault;
 };
 
 // The largest step an Engine with `options` plans (per replica and micro-batch), for an executor
@@ -128,11 +157,18 @@ class Engine {
   void Run();
   // Thread-safe: refuse new requests (in-flight ones go on).
   void BeginDrain();
-  // Thread-safe: end Run() after the current step; requests still in flight get UNAVAILABLE.
-  void Stop();
+  // Thread-safe: end Run() after the current step; requests still in flight end with `status`,
+  // and the workers are told to shut down.
+  void Stop(absl::Status status = absl::UnavailableError("the server is shutting down"));
   // Thread-safe, callable from any thread (the watchdog): ends every request in flight with
-  // `status` now, whatever the step loop is doing.
+  // `status` now, whatever the step loop is doing. For a failed rank only: Run() then returns
+  // without telling the workers to shut down (they cannot be reached).
   void FailAll(const absl::Status& status);
+
+  // Thread-safe: time since the step loop last made progress: a step completed, or (idle) a
+  // heartbeat every rank answered. The loop makes progress at least every second while healthy
+  // (idle heartbeats), so a large value means a wedged loop or a hung rank.
+  std::chrono::steady_clock::duration SinceProgress() const;
 
   EngineStats stats() const;
   int64_t in_flight() const;
@@ -167,10 +203,13 @@ class Engine {
   bool draining_ = false;
   bool stopping_ = false;
   bool failed_ = false;
+  absl::Status stop_status_;
 
   // Engine thread only.
   std::vector<std::unique_ptr<Replica>> replicas_;
   uint64_t next_arrival_ = 0;
+  int64_t steps_ = 0;                         // forward steps run
+  std::atomic<int64_t> last_progress_ns_{0};  // steady_clock, since its epoch
   std::atomic<int64_t> running_count_{0}, waiting_count_{0}, free_blocks_{0}, total_blocks_{0};
 };
 

@@ -179,6 +179,9 @@ void Executor::Heartbeat() {
   plan.kind = StepPlan::Kind::kHeartbeat;
   std::vector<uint8_t> bytes = SerializeStepPlan(plan);
   world_->BroadcastBytes(&bytes, 0);
+  // NOTE: a broadcast can complete on the root before a receiver takes it (eager sends), so an
+  // idle hung rank would go unseen; the barrier needs every rank to answer.
+  world_->Barrier();
 }
 
 void Executor::RunWorker() {
@@ -189,7 +192,10 @@ void Executor::RunWorker() {
     absl::StatusOr<StepPlan> plan = DeserializeStepPlan(bytes);
     TESSERA_CHECK(plan.ok()) << plan.status();
     if (plan->kind == StepPlan::Kind::kShutdown) return;
-    if (plan->kind == StepPlan::Kind::kHeartbeat) continue;
+    if (plan->kind == StepPlan::Kind::kHeartbeat) {
+      world_->Barrier();  // rank 0 waits for every rank's answer (Heartbeat)
+      continue;
+    }
     StepOutput unused;
     Run(*plan, &unused);
   }

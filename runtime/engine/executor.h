@@ -67,7 +67,9 @@ class Executor {
   StepOutput Execute(const StepPlan& plan);
   // Rank 0 only: tells the workers to return from RunWorker().
   void Shutdown();
-  // Rank 0 only: an empty plan that keeps idle workers' watchdogs quiet.
+  // Rank 0 only: an empty plan that keeps idle workers' watchdogs quiet, then a barrier: it
+  // returns only once every rank has answered (a hung rank keeps it, and rank 0's watchdog,
+  // waiting).
   void Heartbeat();
   // Ranks other than 0: executes broadcast plans until shutdown.
   void RunWorker();

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -160,6 +161,24 @@ absl::StatusOr<SafetensorsHeader> ParseHeaderImpl(std::string_view header_json, 
   if (!root.is_object()) {
     return absl::DataLossError(absl::StrCat(
         AbslView(file_name), ": the header must be a JSON object, got ", DescribeJson(root)));
+  }
+  // JSON lets an object repeat a key (the parser keeps the last); a header that names a tensor
+  // twice is corrupt, so its keys are read once more to find repeats.
+  std::set<std::string> keys;
+  std::string repeated;
+  json::parser_callback_t on_key = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1 && repeated.empty() &&
+        !keys.insert(parsed.get<std::string>()).second) {
+      repeated = parsed.get<std::string>();
+    }
+    return true;
+  };
+  const bool parsed =
+      !json::parse(header_json.begin(), header_json.end(), on_key, /*allow_exceptions=*/false)
+           .is_discarded();
+  if (parsed && !repeated.empty()) {
+    return absl::DataLossError(
+        absl::StrCat(AsAbsl(file_name), ": the header names \"", repeated, "\" more than once"));
   }
   SafetensorsHeader header;
   header.tensors.reserve(root.size());

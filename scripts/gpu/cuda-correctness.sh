@@ -46,6 +46,23 @@ serve_check() {  # serve_check LABEL [mpirun -np N] -- serve flags
 }
 echo "===== tessera serve --device cuda" | tee -a $S
 serve_check "serve 1 GPU" $B/tessera serve
+echo "===== injected CUDA error (TESSERA_FAULT=cuda-error@0 after 20 steps)" | tee -a $S
+# Want: the client's stream ends UNAVAILABLE, serve exits non-zero within seconds naming the CUDA
+# error, and the GPU's memory is back to the idle figure once it is gone.
+mem_idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0)
+rm -f /tmp/port
+TESSERA_FAULT=cuda-error@0 TESSERA_FAULT_AFTER_STEPS=20 $B/tessera serve --port 0 --metrics-port -1 \
+  --port-file /tmp/port --model tests/golden/fixtures/dense_gqa --device cuda \
+  --kv-cache-memory 64MiB >/tmp/fault.log 2>&1 &
+pid=$!
+for _ in $(seq 120); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done
+port=$(cut -d' ' -f1 /tmp/port 2>/dev/null)
+fault_start=$(date +%s)
+echo "cuda-error client: $(timeout 60 $B/tessera client --address 127.0.0.1:$port generate --prompt-ids 1,2,3 --max-tokens 200 --ignore-eos --json 2>&1 | tail -1)" | tee -a $S
+timeout 60 tail --pid=$pid -f /dev/null; wait $pid; code=$?
+sleep 2
+echo "cuda-error: serve exit $code after $(( $(date +%s) - fault_start )) s (want non-zero); $(grep -E 'injecting|CUDA|cuda' /tmp/fault.log | head -3 | tr '\n' ' ')" | tee -a $S
+echo "cuda-error: GPU 0 memory used $mem_idle MiB before, $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0) MiB after exit (want equal)" | tee -a $S
 if [ "$gpus" -ge 2 ]; then
   echo "===== $gpus GPUs: NCCL" | tee -a $S
   MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE"

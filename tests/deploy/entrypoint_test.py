@@ -180,9 +180,12 @@ class WorkerTest(unittest.TestCase):
             trap 'exit 0' TERM
             while true; do sleep 0.1; done
             """)
+        # A stopping worker waits for this pod's ranks, found by process name; on a shared
+        # machine "tessera" may be another job's, so the tests name processes of their own.
         self.env = base_env(self.tmp, TESSERA_SSH_SECRET_DIR=self.secret,
                             TESSERA_SSHD=self.fake_sshd, TESSERA_SSH_PORT="2345",
-                            LWS_WORKER_INDEX="1")
+                            LWS_WORKER_INDEX="1",
+                            TESSERA_RANK_PROCESSES=f"norank{os.getpid()}"[:15])
         self.ssh_dir = os.path.join(self.tmp, "run", "ssh")
 
     def tearDown(self):

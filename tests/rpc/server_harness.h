@@ -92,6 +92,7 @@ class ServerJob {
   }
   std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
   int rank0_pid() const { return rank0_pid_; }
+  int metrics_port() const { return metrics_port_; }
   pid_t mpirun_pid() const { return mpirun_pid_; }
   std::unique_ptr<Client> MakeClient(const std::string& api_key = "") const {
     ClientOptions options;

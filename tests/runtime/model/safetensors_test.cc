@@ -225,6 +225,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadHeader{F32_2("[0, 8]"), 12, kDataLoss, "",
                   "the data region is 12 bytes but its tensors cover 8"},
         BadHeader{"{}", 4, kDataLoss, "", "the data region is 4 bytes but its tensors cover 0"},
+        // A name given twice: JSON parsers keep one entry, which would hide the other.
+        BadHeader{R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                      "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})",
+                  8, kDataLoss, "\"w\"", "more than once"},
         // Metadata.
         BadHeader{R"({"__metadata__": 5})", 0, kDataLoss, "\"__metadata__\"",
                   "must be an object of strings, got 5"},
