@@ -6,6 +6,7 @@
 //       [--kv-cache-memory BYTES | --num-kv-blocks N | --gpu-memory-utilization F]
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
+//                                                       (tessera serve --help: every flag)
 //
 // --port 0 and --metrics-port 0 pick free ports; --port-file F then receives
 // "GRPC_PORT METRICS_PORT RANK0_PID" once the server is up (for scripts and tests).
@@ -30,269 +31,125 @@
 #include <fstream>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/device.h"
-#include "launch/flags.h"
-#include "launch/model_dir.h"
 #include "launch/mpi_session.h"
+#include "launch/rank.h"
 #include "rpc/http_endpoint.h"
 #include "rpc/server.h"
 #include "runtime/engine/engine.h"
-#include "runtime/engine/executor.h"
-#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {
 
-// "1073741824", "512MiB", "2GiB", "1.5GB".
-absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
-  static const struct {
-    const char* suffix;
-    double scale;
-  } kUnits[] = {{"GiB", 1024.0 * 1024 * 1024},
-                {"MiB", 1024.0 * 1024},
-                {"KiB", 1024.0},
-                {"GB", 1e9},
-                {"MB", 1e6},
-                {"KB", 1e3},
-                {"B", 1.0},
-                {"", 1.0}};
-  for (const auto& unit : kUnits) {
-    const std::string suffix = unit.suffix;
-    if (text.size() < suffix.size() ||
-        text.compare(text.size() - suffix.size(), suffix.size(), suffix))
-      continue;
-    double value;
-    if (absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &value) && value > 0) {
-      return static_cast<int64_t>(value * unit.scale);
-    }
-    break;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--kv-cache-memory: cannot read '", text, "' as a size"));
+struct ServeFlags {
+  RankOptions rank;
+  EngineOptions engine;
+  ServerOptions server;
+  int metrics_port = 9400;
+  std::string port_file;
+  double drain_timeout = 30;
+  bool no_prefix_caching = false;
+};
+
+void AddServeFlags(CLI::App& app, ServeFlags* f) {
+  AddModelFlags(app, &f->rank);
+  // The server.
+  app.add_option("--host", f->server.host, "address the gRPC server and metrics listen on");
+  app.add_option("--port", f->server.port, "gRPC port (0: a free one, see --port-file)");
+  app.add_option("--metrics-port", f->metrics_port,
+                 "Prometheus /metrics and /health port (0: a free one; -1: off)");
+  app.add_option("--port-file", f->port_file,
+                 "once up, write \"GRPC_PORT METRICS_PORT RANK0_PID\" to this file")
+      ->type_name("FILE");
+  app.add_option("--api-key", f->server.api_key,
+                 "require \"authorization: Bearer KEY\" on every Generation call")
+      ->type_name("KEY");
+  app.add_option("--tls-cert", f->server.tls_cert, "TLS certificate (PEM; with --tls-key)")
+      ->type_name("FILE");
+  app.add_option("--tls-key", f->server.tls_key, "TLS private key (PEM; with --tls-cert)")
+      ->type_name("FILE");
+  app.add_option("--drain-timeout", f->drain_timeout,
+                 "on SIGTERM/SIGINT, seconds requests in flight may take to finish")
+      ->type_name("SECONDS");
+  // The engine.
+  app.add_option("--max-num-seqs", f->engine.max_num_seqs,
+                 "sequences in the running batch, per replica");
+  app.add_option("--max-num-batched-tokens", f->engine.max_num_batched_tokens,
+                 "tokens per step, per replica (longer prompts are prefilled in chunks)");
+  app.add_option("--max-queue", f->engine.max_queue,
+                 "requests admitted and not finished; more get RESOURCE_EXHAUSTED");
+  app.add_flag("--no-prefix-caching", f->no_prefix_caching,
+               "do not reuse the KV blocks of earlier prompts' common prefixes");
+  app.add_option("--seed", f->engine.seed, "sampling seed of requests that give none");
+  AddParallelFlags(app, &f->rank);
+  AddKvCacheFlags(app, &f->rank, "--num-kv-blocks", "by the memory flags below",
+                  /*memory_flags=*/true);
 }
 
-int ServeMain(MpiSession& mpi, int argc, char** argv) {
-  Flags flags({"model",
-               "host",
-               "port",
-               "metrics-port",
-               "tp",
-               "pp",
-               "ep",
-               "dp",
-               "device",
-               "max-num-seqs",
-               "max-num-batched-tokens",
-               "kv-cache-memory",
-               "gpu-memory-utilization",
-               "num-kv-blocks",
-               "block-size",
-               "max-queue",
-               "api-key",
-               "tls-cert",
-               "tls-key",
-               "drain-timeout",
-               "collective-timeout",
-               "port-file",
-               "seed"},
-              {"no-prefix-caching"});
-  // Errors every rank sees alike are reported by rank 0 only.
-  auto fail = [&](const absl::Status& status) {
-    if (mpi.rank() == 0)
-      std::fprintf(stderr, "tessera serve: %s\n", std::string(status.message()).c_str());
-    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  };
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return fail(s);
-  if (!flags.positional().empty()) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("unexpected argument '", flags.positional()[0], "'")));
+absl::Status Validate(const ServeFlags& f) {
+  if (f.engine.max_num_seqs < 1 || f.engine.max_num_batched_tokens < 1 || f.engine.max_queue < 1 ||
+      f.rank.block_size < 1) {
+    return absl::InvalidArgumentError(
+        "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1");
   }
-  const std::string device = flags.GetString("device").value_or("cpu");
-  absl::StatusOr<ModelDirectory> model = ResolveModelDirectory(flags.GetString("model"));
-  if (!model.ok()) return fail(model.status());
-  auto int_flag = [&](const char* name, int64_t fallback) { return flags.GetInt(name, fallback); };
-  absl::StatusOr<int64_t> tp = int_flag("tp", 1), pp = int_flag("pp", 1), ep = int_flag("ep", 1),
-                          dp = int_flag("dp", 0), port = int_flag("port", 50051),
-                          metrics_port = int_flag("metrics-port", 9400),
-                          max_seqs = int_flag("max-num-seqs", 256),
-                          max_tokens = int_flag("max-num-batched-tokens", 2048),
-                          block_size = int_flag("block-size", 16),
-                          max_queue = int_flag("max-queue", 4096), seed = int_flag("seed", 0);
-  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &max_seqs, &max_tokens,
-                        &block_size, &max_queue, &seed}) {
-    if (!v->ok()) return fail(v->status());
-  }
-  absl::StatusOr<double> drain_timeout = flags.GetDouble("drain-timeout", 30.0);
-  absl::StatusOr<double> timeout = flags.GetDouble("collective-timeout", 60.0);
-  if (!drain_timeout.ok()) return fail(drain_timeout.status());
-  if (!timeout.ok()) return fail(timeout.status());
-  CollectiveTimeoutSeconds() = *timeout;
-  if (*block_size < 1 || *max_seqs < 1 || *max_tokens < 1 || *max_queue < 1) {
-    return fail(absl::InvalidArgumentError(
-        "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1"));
-  }
+  return absl::OkStatus();
+}
 
-  absl::StatusOr<ParallelConfig> parallel = ParallelConfig::Create(
-      mpi.size(), mpi.rank(), static_cast<int>(*tp), static_cast<int>(*pp), static_cast<int>(*ep),
-      static_cast<int>(*dp), ModelDimsOf(model->config));
-  if (!parallel.ok()) return fail(parallel.status());
-
-  // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
-  absl::StatusOr<RankCompute> compute = SetUpRankCompute(device, mpi);
-  if (!compute.ok()) return fail(compute.status());
-  std::unique_ptr<Backend>& backend = compute->backend;
-  Executor executor(model->config, *parallel, compute->world);
-  const ModelConfig& c = model->config;
-  // KV blocks: the same count on every rank (block tables are shared), from the tightest rank:
-  // --num-kv-blocks, else --kv-cache-memory per rank, else (on GPUs) what
-  // --gpu-memory-utilization of each GPU leaves once the weights and the workspace are in.
-  absl::StatusOr<double> utilization = flags.GetDouble("gpu-memory-utilization", 0.9);
-  if (!utilization.ok()) return fail(utilization.status());
-  if (!(*utilization > 0 && *utilization <= 1)) {
-    return fail(absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]"));
-  }
-  const int64_t layers =
-      parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
-  const int64_t kv_heads = std::max<int64_t>(1, c.num_key_value_heads / parallel->tp);
-  const int64_t per_block = 2 * layers * *block_size * kv_heads * c.head_dim *
-                            static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
-  // The tightest rank's count, on every rank.
-  auto fewest = [&](int64_t mine) {
-    std::vector<int64_t> all(mpi.size(), mine);
-    if (mpi.world()) mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
-    return *std::min_element(all.begin(), all.end());
-  };
-  size_t free_bytes = 0, total_bytes = 0;
-  const bool by_memory = !flags.GetString("num-kv-blocks") && !flags.GetString("kv-cache-memory") &&
-                         backend->MemoryInfo(&free_bytes, &total_bytes);
-  int64_t num_blocks = 0;
-  if (auto n = flags.GetString("num-kv-blocks")) {
-    if (!absl::SimpleAtoi(*n, &num_blocks) || num_blocks < 1) {
-      return fail(absl::InvalidArgumentError("--num-kv-blocks must be a positive integer"));
-    }
-  } else if (!by_memory) {
-    absl::StatusOr<int64_t> bytes =
-        ParseBytes(flags.GetString("kv-cache-memory").value_or("256MiB"));
-    if (!bytes.ok()) return fail(bytes.status());
-    num_blocks = fewest(*bytes / per_block);
-    if (num_blocks < 1) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-          "--kv-cache-memory ", *bytes, " bytes holds no KV block of ", per_block, " bytes")));
-    }
-  }
-  // Every rank plans its workspace for the engine's largest step (the same flags everywhere);
-  // sized by memory, the block count is not known yet and the longest sequence bounds the tables.
-  EngineOptions engine_options;
-  engine_options.max_num_seqs = static_cast<int>(*max_seqs);
-  engine_options.max_num_batched_tokens = static_cast<int>(*max_tokens);
-  const StepLimits limits =
-      EngineStepLimits(engine_options, c, by_memory ? INT32_MAX : static_cast<int>(num_blocks),
-                       static_cast<int>(*block_size));
-  const auto load_start = std::chrono::steady_clock::now();
-  absl::Status loaded = [&]() -> absl::Status {
-    if (FaultInjected("crash-load", mpi.rank())) std::abort();
-    if (FaultInjected("fail-load", mpi.rank()))
-      return absl::InternalError("injected load failure (TESSERA_FAULT)");
-    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model->dir));
-    if (by_memory) return executor.LoadModel(*checkpoint, *backend, limits);
-    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
-                         static_cast<int>(*block_size), limits);
-  }();
-  if (mpi.AnyFailed(loaded.ok())) {
-    if (!loaded.ok()) {
-      std::fprintf(stderr, "tessera serve: [rank %d] %s\n", mpi.rank(),
-                   std::string(loaded.message()).c_str());
-    }
-    return 1;
-  }
-  if (by_memory) {
-    backend->MemoryInfo(&free_bytes, &total_bytes);
-    const int64_t spare =
-        static_cast<int64_t>(free_bytes) -
-        static_cast<int64_t>((1.0 - *utilization) * static_cast<double>(total_bytes));
-    num_blocks = fewest(std::max<int64_t>(0, spare) / per_block);
-    if (num_blocks < 1) {
-      return fail(absl::ResourceExhaustedError(absl::StrCat(
-          "--gpu-memory-utilization ", *utilization, " leaves no KV block of ", per_block,
-          " bytes once the weights and the step workspace (", executor.model().workspace_bytes(),
-          " bytes) are loaded (", free_bytes, " of ", total_bytes,
-          " bytes free on the tightest GPU); raise it, lower "
-          "--max-num-batched-tokens, or use more GPUs")));
-    }
-    executor.AllocateKv(*backend, static_cast<int>(num_blocks), static_cast<int>(*block_size));
-  }
-  if (mpi.rank() == 0) {
-    std::fprintf(stderr, "tessera serve: KV cache %lld blocks of %lld tokens (%.2f GiB per rank)\n",
-                 static_cast<long long>(num_blocks), static_cast<long long>(*block_size),
-                 static_cast<double>(num_blocks * per_block) / (1 << 30));
-  }
-  ReportLoad(mpi, "tessera serve",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
-  if (mpi.rank() != 0) {
-    if (FaultInjected("hang-step", mpi.rank())) {
-      for (;;) pause();
-    }
-    executor.RunWorker();
-    return 0;
-  }
-
-  // Rank 0: the coordinator.
+// Rank 0 once the model is loaded: the engine, the gRPC server and the metrics endpoint, until a
+// drain or a failed rank ends the job. Returns the exit code.
+int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
+  const ModelDirectory& model = rank.model;
+  Executor& executor = *rank.executor;
   Frontend frontend;
-  frontend.tokenizer = model->tokenizer.get();
-  frontend.chat_template = model->chat_template ? &*model->chat_template : nullptr;
-  frontend.default_sampling = model->default_sampling;
-  engine_options.max_queue = static_cast<int>(*max_queue);
-  engine_options.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
-  engine_options.sampleable_vocab = model->sampleable_vocab;
-  engine_options.eos_token_ids = model->eos_token_ids;
-  engine_options.seed = static_cast<uint64_t>(*seed);
+  frontend.tokenizer = model.tokenizer.get();
+  frontend.chat_template = model.chat_template ? &*model.chat_template : nullptr;
+  frontend.default_sampling = model.default_sampling;
+  EngineOptions& engine_options = f.engine;
+  engine_options.enable_prefix_caching = !f.no_prefix_caching;
+  engine_options.sampleable_vocab = model.sampleable_vocab;
+  engine_options.eos_token_ids = model.eos_token_ids;
   Metrics metrics;
-  Engine engine(executor, model->tokenizer.get(), &metrics, engine_options);
+  Engine engine(executor, model.tokenizer.get(), &metrics, engine_options);
 
-  ServerOptions server_options;
-  server_options.host = flags.GetString("host").value_or("0.0.0.0");
-  server_options.port = static_cast<int>(*port);
-  server_options.api_key = flags.GetString("api-key").value_or("");
-  server_options.tls_cert = flags.GetString("tls-cert").value_or("");
-  server_options.tls_key = flags.GetString("tls-key").value_or("");
-  server_options.max_threads = static_cast<int>(std::min<int64_t>(*max_queue + 64, 100000));
-  ModelDescription description{model->dir, device};
+  ServerOptions& server_options = f.server;
+  server_options.max_threads =
+      static_cast<int>(std::min<int64_t>(int64_t{engine_options.max_queue} + 64, 100000));
+  ModelDescription description{model.dir, rank.device};
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
   if (!server.ok()) {
     executor.Shutdown();
-    return fail(server.status());
+    return ExitCode(mpi, f.rank.command, server.status());
   }
   std::atomic<bool> serving{true};
   std::unique_ptr<HttpEndpoint> http;
-  if (*metrics_port >= 0) {
+  if (f.metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> endpoint = HttpEndpoint::Start(
-        server_options.host, static_cast<int>(*metrics_port),
-        [&metrics] { return metrics.Render(); }, [&serving] { return serving.load(); });
+        server_options.host, f.metrics_port, [&metrics] { return metrics.Render(); },
+        [&serving] { return serving.load(); });
     if (!endpoint.ok()) {
       (*server)->Shutdown(std::chrono::milliseconds(0));
       executor.Shutdown();
-      return fail(endpoint.status());
+      return ExitCode(mpi, f.rank.command, endpoint.status());
     }
     http = std::move(*endpoint);
   }
   std::fprintf(
       stderr,
-      "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %lld per replica\n",
+      "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %d per replica\n",
       "listening", server_options.host.c_str(), (*server)->port(),
       http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str()
            : "off",
-      model->dir.c_str(), parallel->ToString().c_str(), static_cast<long long>(num_blocks),
-      static_cast<long long>(*block_size));
-  if (auto file = flags.GetString("port-file")) {
-    std::ofstream out(*file + ".tmp");
+      model.dir.c_str(), rank.parallel.ToString().c_str(),
+      static_cast<long long>(rank.num_kv_blocks), rank.block_size);
+  if (!f.port_file.empty()) {
+    std::ofstream out(f.port_file + ".tmp");
     out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << "\n";
     out.close();
-    std::rename((*file + ".tmp").c_str(), file->c_str());
+    std::rename((f.port_file + ".tmp").c_str(), f.port_file.c_str());
   }
 
   // A rank stuck in a collective (dead or hung peer): fail everything in flight, then exit.
@@ -306,6 +163,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   });
 
   // Drain on SIGTERM / SIGINT (blocked in every thread; this one waits for them).
+  const double drain_timeout = f.drain_timeout;
   std::atomic<bool> finished{false};
   std::atomic<int> exit_code{0};
   std::thread signals([&] {
@@ -318,13 +176,12 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     while (!finished && (sig = sigtimedwait(&set, nullptr, &tick)) < 0) {
     }
     if (finished) return;
-    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig,
-                 *drain_timeout);
+    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig, drain_timeout);
     serving = false;
     server_ptr->SetNotServing();
     engine.BeginDrain();
     const auto limit =
-        std::chrono::steady_clock::now() + std::chrono::duration<double>(*drain_timeout);
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(drain_timeout);
     while (engine.in_flight() > 0 && std::chrono::steady_clock::now() < limit) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
@@ -354,6 +211,22 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   return exit_code;
 }
 
+int ServeMain(MpiSession& mpi, ServeFlags& f) {
+  const std::string& command = f.rank.command;
+  if (absl::Status valid = Validate(f); !valid.ok()) return ExitCode(mpi, command, valid);
+  absl::StatusOr<std::unique_ptr<Rank>> rank = OpenRank(mpi, f.rank);
+  if (!rank.ok()) return ExitCode(mpi, command, rank.status());
+  // Every rank plans its workspace for the engine's largest step.
+  auto limits_for = [&f](const ModelConfig& config, int num_kv_blocks) {
+    return EngineStepLimits(f.engine, config, num_kv_blocks, f.rank.block_size);
+  };
+  if (absl::Status loaded = LoadRank(mpi, f.rank, limits_for, **rank); !loaded.ok()) {
+    return ExitCode(mpi, command, loaded);
+  }
+  if (ServeStepsAsWorker(mpi, **rank)) return 0;
+  return Coordinate(mpi, f, **rank);
+}
+
 }  // namespace
 
 int ServeCommand(int argc, char** argv) {
@@ -364,7 +237,15 @@ int ServeCommand(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   MpiSession mpi(&argc, &argv);
-  return ServeMain(mpi, argc, argv);
+  ServeFlags flags;
+  flags.rank.command = "tessera serve";
+  flags.rank.device = "cpu";
+  flags.rank.collective_timeout = 60;
+  std::unique_ptr<CLI::App> app = NewCommandLine(
+      "serve", "Serve the model over gRPC: rank 0 coordinates, the other ranks execute its steps.");
+  AddServeFlags(*app, &flags);
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  return ServeMain(mpi, flags);
 }
 
 }  // namespace tessera
