@@ -36,6 +36,7 @@
 #include "launch/build_commit.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/log.h"
 #include "launch/mpi_session.h"
 #include "launch/rank.h"
 #include "nlohmann/json.hpp"
@@ -109,7 +110,8 @@ void AddBenchFlags(CLI::App& app, BenchFlags* f) {
   app.add_option("--load-format", f->rank.load_format,
                  "dummy: random weights at the real shapes; safetensors: the checkpoint")
       ->check(CLI::IsMember({"dummy", "safetensors"}));
-  app.add_option("--device", f->rank.device, "cpu or cuda")
+  app.add_option("--device", f->rank.device,
+                 "cpu or cuda; default: cuda when a GPU is visible, else cpu")
       ->type_name("DEVICE")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   AddIntListFlag(app, "--ttft", &f->ttft, "prompt lengths to time prefill + first token for");
@@ -399,14 +401,14 @@ int BenchCommand(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
   BenchFlags flags;
   flags.rank.command = "tessera bench";
-  flags.rank.device = "cpu";
   flags.rank.load_format = "dummy";
   std::unique_ptr<CLI::App> app = NewCommandLine(
       "bench", "Measure TTFT, decode and throughput (by default dummy weights at real shapes).");
   AddBenchFlags(*app, &flags);
   if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
   absl::StatusOr<int> code = Bench(mpi, flags);
-  if (!code.ok()) return ExitCode(mpi, flags.rank.command, code.status());
+  if (!code.ok()) return ExitCode(mpi, code.status());
   return *code;
 }
 

@@ -20,6 +20,7 @@
 #include "kernels/base/status_macros.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/log.h"
 #include "launch/mpi_session.h"
 #include "launch/rank.h"
 #include "nlohmann/json.hpp"
@@ -179,12 +180,12 @@ int RunCommand(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
   RunFlags flags;
   flags.rank.command = "tessera run";
-  flags.rank.device = "cpu";
   std::unique_ptr<CLI::App> app =
       NewCommandLine("run", "Offline generation from a prompt (rank 0 prints the result).");
   AddRunFlags(*app, &flags);
   if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
-  return ExitCode(mpi, flags.rank.command, Run(mpi, flags));
+  InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
+  return ExitCode(mpi, Run(mpi, flags));
 }
 
 }  // namespace tessera

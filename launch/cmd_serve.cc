@@ -35,6 +35,7 @@
 #include "kernels/base/status_macros.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/log.h"
 #include "launch/mpi_session.h"
 #include "launch/rank.h"
 #include "rpc/http_endpoint.h"
@@ -52,6 +53,7 @@ struct ServeFlags {
   std::string port_file;
   double drain_timeout = 30;
   bool no_prefix_caching = false;
+  double log_stats_interval = 10;
 };
 
 void AddServeFlags(CLI::App& app, ServeFlags* f) {
@@ -84,6 +86,10 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_flag("--no-prefix-caching", f->no_prefix_caching,
                "do not reuse the KV blocks of earlier prompts' common prefixes");
   app.add_option("--seed", f->engine.seed, "sampling seed of requests that give none");
+  // Logs.
+  app.add_option("--log-stats-interval", f->log_stats_interval,
+                 "while busy, log a stats line every this many seconds (0: never)")
+      ->type_name("SECONDS");
   AddParallelFlags(app, &f->rank);
   AddKvCacheFlags(app, &f->rank, "--num-kv-blocks", "by the memory flags below",
                   /*memory_flags=*/true);
@@ -96,6 +102,42 @@ absl::Status Validate(const ServeFlags& f) {
         "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1");
   }
   return absl::OkStatus();
+}
+
+// Every `interval` seconds until `finished`, while requests are in flight or were since the last
+// line, one line of engine stats (as vLLM logs them): requests running and waiting, prompt and
+// generation throughput, KV-cache use, prefix-cache hit rate (of the prompt tokens since start).
+void LogStats(const Engine& engine, const Metrics& metrics, double interval,
+              const std::atomic<bool>& finished) {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point last = Clock::now();
+  int64_t last_prompt = metrics.prompt_tokens(), last_generation = metrics.generation_tokens();
+  while (!finished) {
+    const Clock::time_point next =
+        last + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(interval));
+    while (!finished && Clock::now() < next) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (finished) return;
+    const Clock::time_point now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - last).count();
+    const EngineStats s = engine.stats();
+    const int64_t prompt = metrics.prompt_tokens(), generation = metrics.generation_tokens();
+    const int64_t hits = metrics.prefix_cache_hit_tokens();
+    if (s.running + s.waiting > 0 || prompt != last_prompt || generation != last_generation) {
+      const double kv_used =
+          s.total_blocks > 0 ? 100.0 * (s.total_blocks - s.free_blocks) / s.total_blocks : 0.0;
+      const double hit_rate = prompt + hits > 0 ? 100.0 * hits / (prompt + hits) : 0.0;
+      spdlog::info(
+          "engine: {} running, {} waiting; prompt {:.1f} tok/s, generation {:.1f} tok/s; KV cache "
+          "{:.1f}% used; prefix cache hit rate {:.1f}%",
+          s.running, s.waiting, (prompt - last_prompt) / seconds,
+          (generation - last_generation) / seconds, kv_used, hit_rate);
+    }
+    last = now;
+    last_prompt = prompt;
+    last_generation = generation;
+  }
 }
 
 // Rank 0 once the model is loaded: the engine, the gRPC server and the metrics endpoint, until a
@@ -122,7 +164,7 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
   if (!server.ok()) {
     executor.Shutdown();
-    return ExitCode(mpi, f.rank.command, server.status());
+    return ExitCode(mpi, server.status());
   }
   std::atomic<bool> serving{true};
   std::unique_ptr<HttpEndpoint> http;
@@ -133,18 +175,15 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
     if (!endpoint.ok()) {
       (*server)->Shutdown(std::chrono::milliseconds(0));
       executor.Shutdown();
-      return ExitCode(mpi, f.rank.command, endpoint.status());
+      return ExitCode(mpi, endpoint.status());
     }
     http = std::move(*endpoint);
   }
-  std::fprintf(
-      stderr,
-      "tessera serve: %s on %s:%d (metrics %s), model %s, %s, %lld KV blocks of %d per replica\n",
-      "listening", server_options.host.c_str(), (*server)->port(),
-      http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str()
-           : "off",
-      model.dir.c_str(), rank.parallel.ToString().c_str(),
-      static_cast<long long>(rank.num_kv_blocks), rank.block_size);
+  spdlog::info(
+      "listening on {}:{} (gRPC), metrics {}; model {}, {}, {} KV blocks of {} per replica",
+      server_options.host, (*server)->port(),
+      http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics") : "off",
+      model.dir, rank.parallel.ToString(), rank.num_kv_blocks, rank.block_size);
   if (!f.port_file.empty()) {
     std::ofstream out(f.port_file + ".tmp");
     out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << "\n";
@@ -176,7 +215,7 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
     while (!finished && (sig = sigtimedwait(&set, nullptr, &tick)) < 0) {
     }
     if (finished) return;
-    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig, drain_timeout);
+    spdlog::warn("signal {}: draining (up to {:.0f} s)", sig, drain_timeout);
     serving = false;
     server_ptr->SetNotServing();
     engine.BeginDrain();
@@ -186,8 +225,7 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (engine.in_flight() > 0) {
-      std::fprintf(stderr, "tessera serve: drain timeout: %lld requests cut off\n",
-                   static_cast<long long>(engine.in_flight()));
+      spdlog::warn("drain timeout: {} requests cut off", engine.in_flight());
       engine.FailAll(absl::UnavailableError("the server shut down before the request finished"));
       exit_code = 1;
     }
@@ -196,32 +234,37 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
     for (int i = 0; i < 250 && !finished; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (!finished) {
-      std::fprintf(stderr, "tessera serve: the engine did not stop; exiting\n");
+      spdlog::error("the engine did not stop; exiting");
       std::fflush(stderr);
       std::_Exit(1);
     }
   });
 
+  std::thread stats;
+  if (f.log_stats_interval > 0) {
+    stats = std::thread([&] { LogStats(engine, metrics, f.log_stats_interval, finished); });
+  }
+
   engine.Run();  // on the MPI thread until Stop()
   finished = true;
   signals.join();
+  if (stats.joinable()) stats.join();
   (*server)->Shutdown(std::chrono::milliseconds(1000));
   http.reset();
-  std::fprintf(stderr, "tessera serve: stopped\n");
+  spdlog::info("stopped");
   return exit_code;
 }
 
 int ServeMain(MpiSession& mpi, ServeFlags& f) {
-  const std::string& command = f.rank.command;
-  if (absl::Status valid = Validate(f); !valid.ok()) return ExitCode(mpi, command, valid);
+  if (absl::Status valid = Validate(f); !valid.ok()) return ExitCode(mpi, valid);
   absl::StatusOr<std::unique_ptr<Rank>> rank = OpenRank(mpi, f.rank);
-  if (!rank.ok()) return ExitCode(mpi, command, rank.status());
+  if (!rank.ok()) return ExitCode(mpi, rank.status());
   // Every rank plans its workspace for the engine's largest step.
   auto limits_for = [&f](const ModelConfig& config, int num_kv_blocks) {
     return EngineStepLimits(f.engine, config, num_kv_blocks, f.rank.block_size);
   };
   if (absl::Status loaded = LoadRank(mpi, f.rank, limits_for, **rank); !loaded.ok()) {
-    return ExitCode(mpi, command, loaded);
+    return ExitCode(mpi, loaded);
   }
   if (ServeStepsAsWorker(mpi, **rank)) return 0;
   return Coordinate(mpi, f, **rank);
@@ -239,12 +282,12 @@ int ServeCommand(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
   ServeFlags flags;
   flags.rank.command = "tessera serve";
-  flags.rank.device = "cpu";
   flags.rank.collective_timeout = 60;
   std::unique_ptr<CLI::App> app = NewCommandLine(
       "serve", "Serve the model over gRPC: rank 0 coordinates, the other ranks execute its steps.");
   AddServeFlags(*app, &flags);
   if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
   return ServeMain(mpi, flags);
 }
 

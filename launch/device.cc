@@ -1,8 +1,7 @@
 #include "launch/device.h"
 
-#include <cstdio>
-
 #include "absl/strings/str_cat.h"
+#include "launch/log.h"
 
 #if defined(TESSERA_HAVE_NCCL)
 #include "parallel/nccl_communicator.h"
@@ -32,11 +31,8 @@ absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& requested, MpiSe
   compute.device = requested;
   if (requested.empty()) {
     compute.device = EveryRankHasGpu(mpi) ? "cuda" : "cpu";
-    if (mpi.rank() == 0) {
-      std::fprintf(stderr, "tessera: --device %s (%s; pass --device to choose)\n",
-                   compute.device.c_str(),
-                   compute.device == "cuda" ? "a GPU is visible" : "no usable GPU");
-    }
+    spdlog::info("device: {} ({}; --device chooses)", compute.device,
+                 compute.device == "cuda" ? "a GPU is visible" : "no usable GPU");
   }
   const std::string& device = compute.device;
   if (device == "cpu") {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "launch/commands.h"
+#include "launch/log.h"
 
 namespace {
 
@@ -75,7 +76,10 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   for (const auto& sub : kSubcommands) {
-    if (!std::strcmp(argv[1], sub.name)) return sub.run(argc, argv);
+    if (!std::strcmp(argv[1], sub.name)) {
+      tessera::InitLogging(std::string("tessera ") + sub.name);  // stderr, time and level
+      return sub.run(argc, argv);
+    }
   }
   if (const Subcommand* nearest = Nearest(argv[1])) {
     std::fprintf(stderr, "tessera: unknown command '%s' (did you mean '%s'?)\n", argv[1],

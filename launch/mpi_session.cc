@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/base/check.h"
+#include "launch/log.h"
 #include "parallel/mpi_communicator.h"
 
 namespace tessera {
@@ -76,7 +77,7 @@ double PeakHostMemoryMiB() {
 }
 }  // namespace
 
-void ReportLoad(MpiSession& mpi, const char* command, double seconds) {
+void ReportLoad(MpiSession& mpi, double seconds) {
   float mine[2] = {static_cast<float>(seconds), static_cast<float>(PeakHostMemoryMiB())};
   std::vector<float> all(2 * static_cast<size_t>(mpi.size()));
   if (mpi.world()) {
@@ -86,8 +87,8 @@ void ReportLoad(MpiSession& mpi, const char* command, double seconds) {
   }
   if (mpi.rank() != 0) return;
   for (int r = 0; r < mpi.size(); ++r) {
-    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s, peak host memory %.1f MiB\n",
-                 command, r, all[2 * r], all[2 * r + 1]);
+    spdlog::info("rank {} loaded its shard in {:.2f} s, peak host memory {:.1f} MiB", r, all[2 * r],
+                 all[2 * r + 1]);
   }
 }
 

@@ -38,9 +38,9 @@ class MpiSession {
   std::unique_ptr<Communicator> world_;
 };
 
-// Prints (rank 0, stderr) each rank's shard load time and peak host memory (VmHWM), gathered over
-// the world: "tessera run: rank 1 loaded its shard in 0.21 s, peak host memory 412.3 MiB".
-void ReportLoad(MpiSession& mpi, const char* command, double seconds);
+// Logs (rank 0) each rank's shard load time and peak host memory (VmHWM), gathered over the
+// world: "rank 1 loaded its shard in 0.21 s, peak host memory 412.3 MiB".
+void ReportLoad(MpiSession& mpi, double seconds);
 
 // Test-only fault injection, from TESSERA_FAULT="KIND@RANK" (e.g. "crash-load@1"):
 //   fail-load   the rank's model load returns an error

@@ -7,13 +7,17 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
 #include "launch/cli.h"
+#include "launch/log.h"
 #include "parallel/communicator.h"
+#include "runtime/model/load_progress.h"
 #include "runtime/model/safetensors.h"
 
 namespace tessera {
@@ -31,6 +35,54 @@ int64_t Fewest(MpiSession& mpi, int64_t mine) {
   if (mpi.world()) mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
   return *std::min_element(all.begin(), all.end());
 }
+
+// Logs weight loading as it goes (every 2 s: bytes read and GB/s), then each file's bytes and
+// rate; installed for the lifetime of the object.
+class LoadProgressLog {
+ public:
+  LoadProgressLog() : start_(Clock::now()), last_log_(start_) {
+    SetLoadProgress([this](const std::string& file, int64_t bytes) { Add(file, bytes); });
+  }
+  ~LoadProgressLog() {
+    SetLoadProgress(nullptr);
+    if (total_ == 0) return;
+    for (const auto& [file, f] : files_) {
+      const double s = std::chrono::duration<double>(f.last - f.first).count();
+      spdlog::info("weights: {} {:.2f} GB at {:.2f} GB/s", file, f.bytes * 1e-9,
+                   s > 0 ? f.bytes * 1e-9 / s : 0.0);
+    }
+    const double s = std::chrono::duration<double>(Clock::now() - start_).count();
+    spdlog::info("weights: {:.2f} GB read in {:.1f} s ({:.2f} GB/s)", total_ * 1e-9, s,
+                 s > 0 ? total_ * 1e-9 / s : 0.0);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct File {
+    int64_t bytes = 0;
+    Clock::time_point first, last;
+  };
+  void Add(const std::string& path, int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Clock::time_point now = Clock::now();
+    const std::string file = path.substr(path.rfind('/') + 1);
+    File& f = files_[file];
+    if (f.bytes == 0) f.first = now;
+    f.bytes += bytes;
+    f.last = now;
+    total_ += bytes;
+    if (now - last_log_ >= std::chrono::seconds(2)) {
+      last_log_ = now;
+      const double s = std::chrono::duration<double>(now - start_).count();
+      spdlog::info("loading weights: {:.2f} GB read ({:.2f} GB/s), now {}", total_ * 1e-9,
+                   total_ * 1e-9 / s, file);
+    }
+  }
+  std::mutex mu_;
+  Clock::time_point start_, last_log_;
+  int64_t total_ = 0;
+  std::map<std::string, File> files_;
+};
 
 }  // namespace
 
@@ -77,15 +129,14 @@ absl::Status PerRank(absl::Status status) {
   return status;
 }
 
-int ExitCode(MpiSession& mpi, const std::string& command, const absl::Status& status) {
+int ExitCode(MpiSession& mpi, const absl::Status& status) {
   if (status.ok()) return 0;
   if (IsPerRank(status)) {
     if (status.code() != absl::StatusCode::kAborted || mpi.rank() == 0) {
-      std::fprintf(stderr, "%s: [rank %d] %s\n", command.c_str(), mpi.rank(),
-                   std::string(status.message()).c_str());
+      spdlog::error("[rank {}] {}", mpi.rank(), std::string(status.message()));
     }
   } else if (mpi.rank() == 0) {
-    std::fprintf(stderr, "%s: %s\n", command.c_str(), std::string(status.message()).c_str());
+    spdlog::error("{}", std::string(status.message()));
   }
   return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
@@ -151,6 +202,7 @@ absl::Status LoadRank(MpiSession& mpi, const RankOptions& options, const StepLim
 
   const auto start = std::chrono::steady_clock::now();
   absl::Status loaded = [&]() -> absl::Status {
+    LoadProgressLog progress;
     if (FaultInjected("crash-load", mpi.rank())) std::abort();
     if (FaultInjected("fail-load", mpi.rank())) {
       return absl::InternalError("injected load failure (TESSERA_FAULT)");
@@ -187,13 +239,10 @@ absl::Status LoadRank(MpiSession& mpi, const RankOptions& options, const StepLim
   }
   rank.load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  ReportLoad(mpi, options.command.c_str(), rank.load_seconds);
-  if (mpi.rank() == 0) {
-    std::fprintf(stderr, "%s: KV cache %lld blocks of %d tokens (%.2f GiB per rank)\n",
-                 options.command.c_str(), static_cast<long long>(rank.num_kv_blocks),
-                 options.block_size,
-                 static_cast<double>(rank.num_kv_blocks * rank.kv_block_bytes) / (1 << 30));
-  }
+  ReportLoad(mpi, rank.load_seconds);
+  spdlog::info("KV cache: {} blocks of {} tokens per replica, {:.2f} GiB per rank",
+               rank.num_kv_blocks, options.block_size,
+               static_cast<double>(rank.num_kv_blocks * rank.kv_block_bytes) / (1 << 30));
   return absl::OkStatus();
 }
 

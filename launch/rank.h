@@ -26,11 +26,11 @@
 namespace tessera {
 
 struct RankOptions {
-  std::string command;  // "tessera serve": prefixes messages
+  std::string command;  // "tessera serve"
 
   // AddModelFlags.
   std::string model;   // --model; empty: the embedded default model
-  std::string device;  // --device; empty: cuda when a GPU is visible, else cpu
+  std::string device;  // --device; empty: cuda when a GPU is visible, else cpu (SetUpRankCompute)
   // AddParallelFlags.
   int tp = 1, pp = 1, ep = 1, dp = 0;  // dp 0: the ranks left over
   double collective_timeout = 0;       // --collective-timeout seconds; 0: keep the default
@@ -86,7 +86,8 @@ using StepLimitsFor = std::function<StepLimits(const ModelConfig& config, int nu
 absl::StatusOr<std::unique_ptr<Rank>> OpenRank(MpiSession& mpi, const RankOptions& options);
 
 // Collective: the device and its communicators, this rank's shard (or dummy weights) and the KV
-// cache sized as RankOptions says; then reports (rank 0) each rank's load time and the cache.
+// cache sized as RankOptions says, logging the weights' progress; then logs (rank 0) each rank's
+// load time and the cache.
 // A rank that fails to load returns its own error (tagged PerRank), the others an ABORTED one.
 absl::Status LoadRank(MpiSession& mpi, const RankOptions& options, const StepLimitsFor& limits,
                       Rank& rank);
@@ -99,8 +100,8 @@ bool ServeStepsAsWorker(MpiSession& mpi, Rank& rank);
 // on, tagged with the rank, instead of on rank 0 only.
 absl::Status PerRank(absl::Status status);
 
-// Prints `status` for `command` and returns the exit code: 2 for a usage error
-// (INVALID_ARGUMENT), else 1. Errors every rank meets alike are printed by rank 0 only.
-int ExitCode(MpiSession& mpi, const std::string& command, const absl::Status& status);
+// Logs `status` (an error) and returns the exit code: 0 for OK, 2 for a usage error
+// (INVALID_ARGUMENT), else 1. Errors every rank meets alike are logged by rank 0 only.
+int ExitCode(MpiSession& mpi, const absl::Status& status);
 
 }  // namespace tessera

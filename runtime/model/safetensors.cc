@@ -23,6 +23,7 @@
 #include "absl/strings/str_join.h"
 #include "kernels/base/status_macros.h"
 #include "runtime/model/json_text.h"
+#include "runtime/model/load_progress.h"
 
 namespace tessera {
 namespace {
@@ -510,6 +511,7 @@ absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start
     const uint8_t* src = base + static_cast<size_t>((o * extent + start) * inner) * element;
     ConvertToFloat(info.dtype, src, static_cast<size_t>(run), dst + o * run);
   }
+  ReportLoadProgress(entry.file->path(), outer * run * static_cast<int64_t>(element));
   return absl::OkStatus();
 }
 
