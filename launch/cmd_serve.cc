@@ -86,6 +86,9 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_flag("--no-prefix-caching", f->no_prefix_caching,
                "do not reuse the KV blocks of earlier prompts' common prefixes");
   app.add_option("--seed", f->engine.seed, "sampling seed of requests that give none");
+  app.add_option("--max-model-len", f->engine.max_model_len,
+                 "longest prompt + output a request may have, at most the model's "
+                 "max_position_embeddings (0: that); also bounds the step workspace");
   // Logs.
   app.add_option("--log-stats-interval", f->log_stats_interval,
                  "while busy, log a stats line every this many seconds (0: never)")
@@ -159,7 +162,7 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
   ServerOptions& server_options = f.server;
   server_options.max_threads =
       static_cast<int>(std::min<int64_t>(int64_t{engine_options.max_queue} + 64, 100000));
-  ModelDescription description{model.dir, rank.device};
+  ModelDescription description{model.dir, rank.device, engine_options.max_model_len};
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
   if (!server.ok()) {
@@ -259,6 +262,13 @@ int ServeMain(MpiSession& mpi, ServeFlags& f) {
   if (absl::Status valid = Validate(f); !valid.ok()) return ExitCode(mpi, valid);
   absl::StatusOr<std::unique_ptr<Rank>> rank = OpenRank(mpi, f.rank);
   if (!rank.ok()) return ExitCode(mpi, rank.status());
+  const int64_t context = (*rank)->model.config.max_position_embeddings;
+  if (f.engine.max_model_len < 0 || f.engine.max_model_len > context) {
+    return ExitCode(mpi, absl::InvalidArgumentError(absl::StrCat(
+                             "--max-model-len ", f.engine.max_model_len,
+                             " must be in [0, max_position_embeddings = ", context, "]")));
+  }
+  if (f.engine.max_model_len == 0) f.engine.max_model_len = context;
   // Every rank plans its workspace for the engine's largest step.
   auto limits_for = [&f](const ModelConfig& config, int num_kv_blocks) {
     return EngineStepLimits(f.engine, config, num_kv_blocks, f.rank.block_size);
