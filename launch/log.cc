@@ -11,7 +11,7 @@ void InitLogging(const std::string& command, bool quiet) {
   // colours: the lines go to files and `kubectl logs` as often as to a terminal.
   auto logger = std::make_shared<spdlog::logger>("tessera",
                                                  std::make_shared<spdlog::sinks::stderr_sink_mt>());
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %-5!l " + command + ": %v");
+  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %-7l " + command + ": %v");
   logger->set_level(quiet ? spdlog::level::warn : spdlog::level::info);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(std::move(logger));
