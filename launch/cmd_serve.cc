@@ -225,8 +225,8 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
   http_options.tls_cert = server_options.tls_cert;
   http_options.tls_key = server_options.tls_key;
   http_options.model_name = model_name;
-  http_options.max_model_len = std::min<int64_t>(engine_options.max_model_len,
-                                                 rank.num_kv_blocks * rank.block_size);
+  http_options.max_model_len =
+      std::min<int64_t>(engine_options.max_model_len, rank.num_kv_blocks * rank.block_size);
   // A thread per connection: the streams the queue admits, plus room for idle and slow clients.
   http_options.max_threads =
       static_cast<int>(std::min<int64_t>(int64_t{engine_options.max_queue} + 512, 100000));
@@ -363,7 +363,8 @@ int ServeCommand(int argc, char** argv) {
   flags.rank.command = "tessera serve";
   flags.rank.collective_timeout = 60;
   std::unique_ptr<CLI::App> app = NewCommandLine(
-      "serve", "Serve the model over gRPC and HTTP: rank 0 coordinates, the other ranks execute its steps.");
+      "serve",
+      "Serve the model over gRPC and HTTP: rank 0 coordinates, the other ranks execute its steps.");
   AddServeFlags(*app, &flags);
   if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
   InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
