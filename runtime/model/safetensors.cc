@@ -178,7 +178,7 @@ absl::StatusOr<SafetensorsHeader> ParseHeaderImpl(std::string_view header_json, 
            .is_discarded();
   if (parsed && !repeated.empty()) {
     return absl::DataLossError(
-        absl::StrCat(AsAbsl(file_name), ": the header names \"", repeated, "\" more than once"));
+        absl::StrCat(AbslView(file_name), ": the header names \"", repeated, "\" more than once"));
   }
   SafetensorsHeader header;
   header.tensors.reserve(root.size());
