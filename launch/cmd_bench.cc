@@ -34,11 +34,11 @@
 #include "kernels/base/status_macros.h"
 #include "kernels/profiling_backend.h"
 #include "launch/build_commit.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/device.h"
-#include "launch/flags.h"
-#include "launch/model_dir.h"
+#include "launch/log.h"
 #include "launch/mpi_session.h"
+#include "launch/rank.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
@@ -83,61 +83,64 @@ StepPlan Plan(int dp, int bs, const std::vector<std::vector<int32_t>>& tokens,
   return plan;
 }
 
-absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
-  Flags flags({"model",
-               "load-format",
-               "device",
-               "tp",
-               "pp",
-               "ep",
-               "dp",
-               "ttft",
-               "decode-batch",
-               "decode-context",
-               "decode-steps",
-               "repeats",
-               "throughput-requests",
-               "input-mean",
-               "output-mean",
-               "max-num-seqs",
-               "max-num-batched-tokens",
-               "kv-cache-memory",
-               "num-kv-blocks",
-               "block-size",
-               "seed"},
-              {"json", "op-profile"});
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
-  const std::string device = flags.GetString("device").value_or("cpu");
-  const std::string format = flags.GetString("load-format").value_or("dummy");
-  if (format != "dummy" && format != "safetensors") {
-    return absl::InvalidArgumentError("--load-format must be dummy or safetensors");
-  }
-  ASSIGN_OR_RETURN(std::string dir, flags.RequireString("model"));
-  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  ASSIGN_OR_RETURN(int64_t tp, flags.GetInt("tp", 1));
-  ASSIGN_OR_RETURN(int64_t pp, flags.GetInt("pp", 1));
-  ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
-  ASSIGN_OR_RETURN(int64_t dp, flags.GetInt("dp", 0));
-  ASSIGN_OR_RETURN(std::vector<int64_t> ttft_lens, flags.GetIntList("ttft"));
-  ASSIGN_OR_RETURN(std::vector<int64_t> batches, flags.GetIntList("decode-batch"));
-  ASSIGN_OR_RETURN(int64_t context, flags.GetInt("decode-context", 1024));
-  ASSIGN_OR_RETURN(int64_t steps, flags.GetInt("decode-steps", 32));
-  ASSIGN_OR_RETURN(int64_t repeats, flags.GetInt("repeats", 5));
-  ASSIGN_OR_RETURN(int64_t requests, flags.GetInt("throughput-requests", 0));
-  ASSIGN_OR_RETURN(double input_mean, flags.GetDouble("input-mean", 256));
-  ASSIGN_OR_RETURN(double output_mean, flags.GetDouble("output-mean", 128));
-  ASSIGN_OR_RETURN(int64_t max_seqs, flags.GetInt("max-num-seqs", 256));
-  ASSIGN_OR_RETURN(int64_t max_tokens, flags.GetInt("max-num-batched-tokens", 8192));
-  ASSIGN_OR_RETURN(int64_t block_size, flags.GetInt("block-size", 16));
-  ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
+struct BenchFlags {
+  RankOptions rank;
+  std::vector<int64_t> ttft, decode_batch;
+  int64_t decode_context = 1024, decode_steps = 32, repeats = 5, throughput_requests = 0;
+  double input_mean = 256, output_mean = 128;
+  int64_t max_num_seqs = 256, max_num_batched_tokens = 8192;
+  bool json = false;
+};
+
+void AddBenchFlags(CLI::App& app, BenchFlags* f) {
+  app.add_option("--model", f->rank.model,
+                 "model directory; with --load-format dummy only its config.json is read")
+      ->type_name("DIR")
+      ->required();
+  app.add_option("--load-format", f->rank.load_format,
+                 "dummy: random weights at the real shapes; safetensors: the checkpoint")
+      ->check(CLI::IsMember({"dummy", "safetensors"}));
+  app.add_option("--device", f->rank.device,
+                 "cpu or cuda; default: cuda when a GPU is visible, else cpu")
+      ->type_name("DEVICE")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  AddIntListFlag(app, "--ttft", &f->ttft, "prompt lengths to time prefill + first token for");
+  AddIntListFlag(app, "--decode-batch", &f->decode_batch, "decode batch sizes to time");
+  app.add_option("--decode-context", f->decode_context, "context of every decoding sequence");
+  app.add_option("--decode-steps", f->decode_steps, "decode steps timed per batch");
+  app.add_option("--repeats", f->repeats, "TTFT repeats (the median is reported)");
+  app.add_option("--throughput-requests", f->throughput_requests,
+                 "requests for the serving-engine throughput run (0: none)");
+  app.add_option("--input-mean", f->input_mean, "throughput run: mean prompt length");
+  app.add_option("--output-mean", f->output_mean, "throughput run: mean output length");
+  app.add_option("--max-num-seqs", f->max_num_seqs, "throughput run: sequences per batch");
+  app.add_option("--max-num-batched-tokens", f->max_num_batched_tokens,
+                 "tokens per step (throughput run; decode contexts prefill in such pieces)");
+  app.add_option("--seed", f->rank.dummy_seed, "seed of the dummy weights and the inputs");
+  app.add_flag("--op-profile", f->rank.op_profile,
+               "time every op (no decode graphs then): a table per measurement");
+  app.add_flag("--json", f->json, "print one JSON object of every figure on stdout");
+  AddParallelFlags(app, &f->rank);
+  AddKvCacheFlags(app, &f->rank, "--num-kv-blocks",
+                  "the largest measurement's whole blocks, plus 64", /*memory_flags=*/false);
+}
+
+absl::StatusOr<int> Bench(MpiSession& mpi, BenchFlags& f) {
+  const std::vector<int64_t>& ttft_lens = f.ttft;
+  const std::vector<int64_t>& batches = f.decode_batch;
+  const int64_t context = f.decode_context, steps = f.decode_steps, repeats = f.repeats,
+                requests = f.throughput_requests;
+  const double input_mean = f.input_mean, output_mean = f.output_mean;
+  const int64_t max_seqs = f.max_num_seqs, max_tokens = f.max_num_batched_tokens;
+  const int64_t block_size = f.rank.block_size;
+  const uint64_t seed = f.rank.dummy_seed;
   if (context < 1 || steps < 1 || repeats < 1 || block_size < 1) {
     return absl::InvalidArgumentError(
         "--decode-context, --decode-steps, --repeats, --block-size must be >= 1");
   }
-  ASSIGN_OR_RETURN(
-      ParallelConfig parallel,
-      ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp), static_cast<int>(pp),
-                             static_cast<int>(ep), static_cast<int>(dp), ModelDimsOf(config)));
+  ASSIGN_OR_RETURN(std::unique_ptr<Rank> rank, OpenRank(mpi, f.rank));
+  const ModelConfig& config = rank->model.config;
+  const ParallelConfig& parallel = rank->parallel;
 
   // KV: enough for the largest measurement, unless given.
   // (Blocks are whole per sequence: a decode batch needs batch x ceil((context + steps + 1) / B).)
@@ -146,48 +149,36 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
   for (int64_t b : batches)
     need_blocks = std::max(need_blocks, b * blocks_for(context + steps + 1));
   for (int64_t l : ttft_lens) need_blocks = std::max(need_blocks, blocks_for(l + 1));
-  ASSIGN_OR_RETURN(int64_t num_blocks, flags.GetInt("num-kv-blocks", need_blocks + 64));
+  if (f.rank.num_kv_blocks == 0) f.rank.num_kv_blocks = need_blocks + 64;
+  const int64_t num_blocks = f.rank.num_kv_blocks;
 
-  ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
-  // --op-profile: every op timed on the device (no decode graphs then); a table per measurement.
-  std::unique_ptr<ProfilingBackend> profiler;
-  if (flags.GetBool("op-profile")) profiler = MakeProfilingBackend(*compute.backend);
-  Backend* backend = profiler ? profiler.get() : compute.backend.get();
-  Executor executor(config, parallel, compute.world);
   // The largest step of any measurement: a whole TTFT prompt, a decode batch, a chunk of a decode
   // context, or the throughput engine's budget.
-  StepLimits limits;
-  int64_t max_batch = 1, max_prompt = 1, max_len = context + steps;
-  for (int64_t b : batches) max_batch = std::max(max_batch, b);
-  for (int64_t l : ttft_lens) {
-    max_prompt = std::max(max_prompt, l);
-    max_len = std::max(max_len, l + 1);
-  }
-  limits.max_tokens = static_cast<int>(std::max({max_tokens, max_batch, max_prompt}));
-  limits.max_seqs = static_cast<int>(std::max(max_batch, requests > 0 ? max_seqs : 1));
-  limits.max_logit_rows = limits.max_seqs;
-  limits.max_seq_len = static_cast<int>(requests > 0 ? num_blocks * block_size : max_len);
-  limits.max_blocks_per_seq = static_cast<int>(
-      requests > 0 ? num_blocks
-                   : std::min<int64_t>(num_blocks, (max_len + block_size - 1) / block_size));
-  const auto load_start = Clock::now();
-  absl::Status loaded = [&]() -> absl::Status {
-    if (format == "dummy") {
-      return executor.LoadDummy(*backend, static_cast<int>(num_blocks),
-                                static_cast<int>(block_size), limits, static_cast<uint64_t>(seed));
+  auto limits_for = [&](const ModelConfig&, int) {
+    StepLimits limits;
+    int64_t max_batch = 1, max_prompt = 1, max_len = context + steps;
+    for (int64_t b : batches) max_batch = std::max(max_batch, b);
+    for (int64_t l : ttft_lens) {
+      max_prompt = std::max(max_prompt, l);
+      max_len = std::max(max_len, l + 1);
     }
-    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
-    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
-                         static_cast<int>(block_size), limits);
-  }();
-  if (mpi.AnyFailed(loaded.ok()))
-    return loaded.ok() ? absl::AbortedError("another rank failed") : loaded;
-  const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
-  ReportLoad(mpi, "tessera bench", load_s, &executor.model().load_stats());
-  if (mpi.rank() != 0) {
-    executor.RunWorker();
-    return 0;
-  }
+    limits.max_tokens = static_cast<int>(std::max({max_tokens, max_batch, max_prompt}));
+    limits.max_seqs = static_cast<int>(std::max(max_batch, requests > 0 ? max_seqs : 1));
+    limits.max_logit_rows = limits.max_seqs;
+    limits.max_seq_len = static_cast<int>(requests > 0 ? num_blocks * block_size : max_len);
+    limits.max_blocks_per_seq = static_cast<int>(
+        requests > 0 ? num_blocks
+                     : std::min<int64_t>(num_blocks, (max_len + block_size - 1) / block_size));
+    return limits;
+  };
+  RETURN_IF_ERROR(LoadRank(mpi, f.rank, limits_for, *rank));
+  if (ServeStepsAsWorker(mpi, *rank)) return 0;
+  Executor& executor = *rank->executor;
+  ProfilingBackend* profiler = rank->profiler.get();
+  const double load_s = rank->load_seconds;
+  const std::string& dir = rank->model.dir;
+  const std::string& format = f.rank.load_format;
+  const std::string& device = rank->device;
 
   const int bs = static_cast<int>(block_size);
   const int replicas = parallel.dp;
@@ -408,7 +399,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
                              {"rows_per_rank", load.rows_per_rank}};
     std::fprintf(stderr, "expert load (max/mean): experts %.3f, EP ranks %.3f\n", experts, ranks);
   }
-  if (flags.GetBool("json")) std::printf("%s\n", result.dump(1).c_str());
+  if (f.json) std::printf("%s\n", result.dump(1).c_str());
   const bool failed =
       result.contains("throughput") && result["throughput"]["failures"].get<int64_t>() > 0;
   return failed ? 1 : 0;
@@ -418,12 +409,16 @@ absl::StatusOr<int> Bench(MpiSession& mpi, int argc, char** argv) {
 
 int BenchCommand(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
-  absl::StatusOr<int> code = Bench(mpi, argc, argv);
-  if (!code.ok()) {
-    if (mpi.rank() == 0)
-      std::fprintf(stderr, "tessera bench: %s\n", std::string(code.status().message()).c_str());
-    return code.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  }
+  BenchFlags flags;
+  flags.rank.command = "tessera bench";
+  flags.rank.load_format = "dummy";
+  std::unique_ptr<CLI::App> app = NewCommandLine(
+      "bench", "Measure TTFT, decode and throughput (by default dummy weights at real shapes).");
+  AddBenchFlags(*app, &flags);
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
+  absl::StatusOr<int> code = Bench(mpi, flags);
+  if (!code.ok()) return ExitCode(mpi, code.status());
   return *code;
 }
 

@@ -43,9 +43,9 @@
 #include "kernels/base/check.h"
 #include "kernels/base/status_macros.h"
 #include "launch/build_commit.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/device.h"
-#include "launch/flags.h"
 #include "launch/mpi_session.h"
 #include "nlohmann/json.hpp"
 #include "parallel/expert_exchange.h"
@@ -286,43 +286,64 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
   return out;
 }
 
-absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
-  Flags flags({"device", "sizes-kb", "bw-sizes-mb", "a2a-sizes-mb", "rs-ag-sizes-mb", "skew-mb",
-               "graph-ops", "repeats", "warmup", "moe-tokens", "moe-hidden", "moe-experts",
-               "moe-top-k", "moe-layout-ranks"},
-              {"json"});
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
-  const std::string device =
-      flags.GetString("device").value_or(CudaDeviceCount() > 0 ? "cuda" : "cpu");
-  auto list = [&](const char* name,
-                  std::vector<int64_t> fallback) -> absl::StatusOr<std::vector<int64_t>> {
-    if (!flags.Has(name)) return fallback;
-    ASSIGN_OR_RETURN(std::vector<int64_t> v, flags.GetIntList(name));
-    for (int64_t x : v) {
+struct BenchCommFlags {
+  std::string device;  // "": cuda when a GPU is visible, else cpu
+  std::vector<int64_t> latency_kb = {8, 16, 32, 64, 80, 128, 256};
+  std::vector<int64_t> bw_mb = {1, 4, 16, 64, 256};
+  std::vector<int64_t> a2a_mb = {1, 4, 16, 64, 256};
+  std::vector<int64_t> rs_ag_mb = {16, 256};
+  int64_t skew_mb = 16, graph_ops = 32, repeats = 20, warmup = 5;
+  std::vector<int64_t> moe_tokens = {1, 16, 128, 512, 1024, 4096};  // per rank
+  int64_t moe_hidden = 4096, moe_experts = 128, moe_top_k = 8, moe_layout_ranks = 8;
+  bool json = false;
+};
+
+void AddBenchCommFlags(CLI::App& app, BenchCommFlags* f) {
+  app.add_option("--device", f->device, "cpu or cuda; default: cuda when a GPU is visible")
+      ->type_name("DEVICE")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  AddIntListFlag(app, "--sizes-kb", &f->latency_kb, "all-reduce latency sizes, KB");
+  AddIntListFlag(app, "--bw-sizes-mb", &f->bw_mb, "all-reduce bandwidth sizes, MB");
+  AddIntListFlag(app, "--a2a-sizes-mb", &f->a2a_mb, "all-to-all sizes, MB");
+  AddIntListFlag(app, "--rs-ag-sizes-mb", &f->rs_ag_mb, "reduce-scatter / all-gather sizes, MB");
+  app.add_option("--skew-mb", f->skew_mb, "size of the skewed all-to-all, MB (0: none)");
+  app.add_option("--graph-ops", f->graph_ops, "all-reduces recorded in one graph");
+  app.add_option("--repeats", f->repeats, "timed repeats (the median is reported)");
+  app.add_option("--warmup", f->warmup, "untimed repeats first");
+  AddIntListFlag(app, "--moe-tokens", &f->moe_tokens, "MoE dispatch tokens per rank");
+  app.add_option("--moe-hidden", f->moe_hidden, "MoE dispatch hidden size");
+  app.add_option("--moe-experts", f->moe_experts, "MoE dispatch experts");
+  app.add_option("--moe-top-k", f->moe_top_k, "MoE dispatch experts per token");
+  app.add_option("--moe-layout-ranks", f->moe_layout_ranks,
+                 "ranks the MoE layout kernels are measured for (must divide --moe-experts)");
+  app.add_flag("--json", f->json, "print one JSON object of every figure on stdout");
+}
+
+absl::StatusOr<int> BenchComm(MpiSession& mpi, const BenchCommFlags& f) {
+  for (const auto& [name, list] :
+       {std::pair{"sizes-kb", &f.latency_kb}, std::pair{"bw-sizes-mb", &f.bw_mb},
+        std::pair{"a2a-sizes-mb", &f.a2a_mb}, std::pair{"rs-ag-sizes-mb", &f.rs_ag_mb},
+        std::pair{"moe-tokens", &f.moe_tokens}}) {
+    for (int64_t x : *list) {
       if (x < 1)
         return absl::InvalidArgumentError(absl::StrFormat("--%s: sizes must be >= 1", name));
     }
-    return v;
-  };
-  ASSIGN_OR_RETURN(std::vector<int64_t> latency_kb,
-                   list("sizes-kb", {8, 16, 32, 64, 80, 128, 256}));
-  ASSIGN_OR_RETURN(std::vector<int64_t> bw_mb, list("bw-sizes-mb", {1, 4, 16, 64, 256}));
-  ASSIGN_OR_RETURN(std::vector<int64_t> a2a_mb, list("a2a-sizes-mb", {1, 4, 16, 64, 256}));
-  ASSIGN_OR_RETURN(std::vector<int64_t> rs_ag_mb, list("rs-ag-sizes-mb", {16, 256}));
-  ASSIGN_OR_RETURN(int64_t skew_mb, flags.GetInt("skew-mb", 16));
-  ASSIGN_OR_RETURN(int64_t graph_ops, flags.GetInt("graph-ops", 32));
-  ASSIGN_OR_RETURN(int64_t repeats, flags.GetInt("repeats", 20));
-  ASSIGN_OR_RETURN(int64_t warmup, flags.GetInt("warmup", 5));
+  }
+  std::vector<int64_t> latency_kb = f.latency_kb, bw_mb = f.bw_mb, a2a_mb = f.a2a_mb,
+                       rs_ag_mb = f.rs_ag_mb;
+  int64_t skew_mb = f.skew_mb;
+  const int64_t graph_ops = f.graph_ops, repeats = f.repeats, warmup = f.warmup;
+  const std::string device =
+      !f.device.empty() ? f.device : (CudaDeviceCount() > 0 ? "cuda" : "cpu");
   if (graph_ops < 1 || repeats < 1 || warmup < 0 || skew_mb < 0) {
     return absl::InvalidArgumentError(
         "--graph-ops and --repeats must be >= 1, --warmup and --skew-mb >= 0");
   }
   MoeShape moe;
-  ASSIGN_OR_RETURN(moe.tokens, list("moe-tokens", {1, 16, 128, 512, 1024, 4096}));
-  ASSIGN_OR_RETURN(moe.hidden, flags.GetInt("moe-hidden", 4096));
-  ASSIGN_OR_RETURN(int64_t moe_experts, flags.GetInt("moe-experts", 128));
-  ASSIGN_OR_RETURN(int64_t moe_top_k, flags.GetInt("moe-top-k", 8));
-  ASSIGN_OR_RETURN(int64_t layout_ranks, flags.GetInt("moe-layout-ranks", 8));
+  moe.tokens = f.moe_tokens;
+  moe.hidden = f.moe_hidden;
+  const int64_t moe_experts = f.moe_experts, moe_top_k = f.moe_top_k,
+                layout_ranks = f.moe_layout_ranks;
   moe.experts = static_cast<int>(moe_experts);
   moe.top_k = static_cast<int>(moe_top_k);
   moe.layout_ranks = static_cast<int>(layout_ranks);
@@ -538,7 +559,7 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
   if (ref) say("\nreference: the issue's H200 measurements for the same number of GPUs");
   result["moe_dispatch"] = BenchMoeDispatch(backend, comm, timer, moe, warm, rep, say);
 
-  if (rank0 && flags.GetBool("json")) std::printf("%s\n", result.dump(1).c_str());
+  if (rank0 && f.json) std::printf("%s\n", result.dump(1).c_str());
   return 0;
 }
 
@@ -546,7 +567,13 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, int argc, char** argv) {
 
 int BenchCommCommand(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
-  absl::StatusOr<int> code = BenchComm(mpi, argc, argv);
+  BenchCommFlags flags;
+  std::unique_ptr<CLI::App> app = NewCommandLine(
+      "bench-comm",
+      "Measure all-reduce, all-to-all, reduce-scatter and all-gather (run under mpirun).");
+  AddBenchCommFlags(*app, &flags);
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  absl::StatusOr<int> code = BenchComm(mpi, flags);
   if (!code.ok()) {
     if (mpi.rank() == 0) {
       std::fprintf(stderr, "tessera bench-comm: %s\n",

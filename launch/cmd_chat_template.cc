@@ -19,8 +19,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/flags.h"
 #include "runtime/text/chat/chat_template.h"
 #include "runtime/text/tokenizer/tokenizer.h"
 
@@ -28,13 +28,6 @@ namespace tessera {
 namespace {
 
 constexpr char kName[] = "chat-template";
-constexpr char kUsage[] = "tessera chat-template --tokenizer DIR --request-file F.json [--json]";
-
-int UsageError(const std::string& message) {
-  std::fprintf(stderr, "tessera %s: %s\nusage: %s\n", kName, message.c_str(), kUsage);
-  return 2;
-}
-
 int Error(const std::string& message) {
   std::fprintf(stderr, "tessera %s: %s\n", kName, message.c_str());
   return 1;
@@ -56,17 +49,20 @@ bool ReadRequest(const std::string& path, std::string* out) {
 }  // namespace
 
 int ChatTemplateCommand(int argc, char** argv) {
-  Flags flags({"tokenizer", "request-file"}, {"json"});
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
-    return UsageError(std::string(s.message()));
-  }
-  if (!flags.positional().empty()) {
-    return UsageError("unexpected argument '" + flags.positional()[0] + "'");
-  }
-  if (!flags.Has("tokenizer")) return UsageError("--tokenizer is required");
-  if (!flags.Has("request-file")) return UsageError("--request-file is required");
-  const std::string dir = *flags.GetString("tokenizer");
-  const std::string request_path = *flags.GetString("request-file");
+  std::string dir, request_path;
+  bool as_json = false;
+  std::unique_ptr<CLI::App> app =
+      NewCommandLine(kName, "Render a chat request with a model's chat template.");
+  app->add_option("--tokenizer", dir, "model or tokenizer directory (its chat template)")
+      ->type_name("DIR")
+      ->required();
+  app->add_option("--request-file", request_path,
+                  "the request: {\"messages\": [...], \"tools\": [...], ...}; - for stdin")
+      ->type_name("FILE")
+      ->required();
+  app->add_flag("--json", as_json,
+                "print {\"text\": ..., \"ids\": [...]}, the ids from DIR's tokenizer");
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv)) return *code;
 
   std::string request_text;
   if (!ReadRequest(request_path, &request_text)) return Error(request_path + ": cannot read");
@@ -81,7 +77,7 @@ int ChatTemplateCommand(int argc, char** argv) {
   absl::StatusOr<std::string> text = chat->Render(*request);
   if (!text.ok()) return Error(std::string(text.status().message()));
 
-  if (!flags.Has("json")) {
+  if (!as_json) {
     std::fwrite(text->data(), 1, text->size(), stdout);
     return std::fflush(stdout) == 0 ? 0 : 1;
   }

@@ -14,13 +14,14 @@
 // --seed --stop (one string) --logprobs N.
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/flags.h"
 #include "nlohmann/json.hpp"
 #include "rpc/client.h"
 
@@ -44,38 +45,71 @@ const char* FinishName(v1::FinishReason reason) {
   }
 }
 
-absl::Status FillSampling(const Flags& flags, v1::GenerateRequest* request) {
-  ASSIGN_OR_RETURN(int64_t max_tokens, flags.GetInt("max-tokens", 64));
-  if (max_tokens < 0) return absl::InvalidArgumentError("--max-tokens must be >= 0");
-  request->set_max_tokens(static_cast<uint64_t>(max_tokens));
+struct ClientFlags {
+  std::string command;
+  ClientOptions connection;
+  std::optional<double> timeout;  // seconds
+  // generate / chat
+  std::string prompt, system, request_file, request_id, stop;
+  std::optional<std::string> user;
+  std::vector<int64_t> prompt_ids;
+  int64_t max_tokens = 64;
+  std::optional<double> temperature, top_p, min_p;
+  std::optional<int64_t> top_k;
+  std::optional<uint64_t> seed;
+  std::optional<uint64_t> logprobs;
+  bool json = false, no_thinking = false, ignore_eos = false;
+  // tokenize, health
+  std::optional<std::string> text;
+  std::string service;
+};
+
+void AddClientFlags(CLI::App& app, ClientFlags* f) {
+  app.add_option("command", f->command, "generate, chat, tokenize, health or info")
+      ->required()
+      ->check(CLI::IsMember({"generate", "chat", "tokenize", "health", "info"}));
+  app.add_option("--address", f->connection.address, "the server, HOST:PORT");
+  app.add_option("--api-key", f->connection.api_key, "bearer token the server asks for")
+      ->type_name("KEY");
+  app.add_option("--tls-ca", f->connection.tls_ca, "CA certificate (PEM): talk TLS")
+      ->type_name("FILE");
+  app.add_option("--timeout", f->timeout, "deadline of each call in seconds (default: none)");
+  app.add_option("--prompt", f->prompt, "generate: prompt text");
+  AddIntListFlag(app, "--prompt-ids", &f->prompt_ids, "generate: prompt token ids, e.g. 1,2,3");
+  app.add_option("--user", f->user, "chat: the user message");
+  app.add_option("--system", f->system, "chat: a system message");
+  app.add_option("--request-file", f->request_file,
+                 "chat: {\"messages\": [...], \"tools\": [...], \"enable_thinking\": ...}")
+      ->type_name("FILE");
+  app.add_flag("--no-thinking", f->no_thinking, "chat: enable_thinking false");
+  app.add_option("--max-tokens", f->max_tokens, "tokens to generate");
+  app.add_option("--temperature", f->temperature, "sampling temperature (default: the server's)");
+  app.add_option("--top-p", f->top_p, "nucleus sampling (default: the server's)");
+  app.add_option("--top-k", f->top_k, "top-k sampling (default: the server's)");
+  app.add_option("--min-p", f->min_p, "min-p sampling (default: the server's)");
+  app.add_option("--seed", f->seed, "sampling seed");
+  app.add_option("--stop", f->stop, "a stop string");
+  app.add_option("--logprobs", f->logprobs, "top log-probabilities per token");
+  app.add_option("--request-id", f->request_id, "the request's id");
+  app.add_flag("--ignore-eos", f->ignore_eos, "generate past end-of-sequence tokens");
+  app.add_flag("--json", f->json, "print one JSON object at the end instead of streaming text");
+  app.add_option("--text", f->text, "tokenize: the text");
+  app.add_option("--service", f->service, "health: the service to ask about (\"\": the server)");
+}
+
+absl::Status FillSampling(const ClientFlags& f, v1::GenerateRequest* request) {
+  if (f.max_tokens < 0) return absl::InvalidArgumentError("--max-tokens must be >= 0");
+  request->set_max_tokens(static_cast<uint64_t>(f.max_tokens));
   v1::SamplingParams* s = request->mutable_sampling();
-  if (flags.Has("temperature")) {
-    ASSIGN_OR_RETURN(double v, flags.GetDouble("temperature", 0));
-    s->set_temperature(static_cast<float>(v));
-  }
-  if (flags.Has("top-p")) {
-    ASSIGN_OR_RETURN(double v, flags.GetDouble("top-p", 1));
-    s->set_top_p(static_cast<float>(v));
-  }
-  if (flags.Has("min-p")) {
-    ASSIGN_OR_RETURN(double v, flags.GetDouble("min-p", 0));
-    s->set_min_p(static_cast<float>(v));
-  }
-  if (flags.Has("top-k")) {
-    ASSIGN_OR_RETURN(int64_t v, flags.GetInt("top-k", 0));
-    s->set_top_k(v);
-  }
-  if (flags.Has("seed")) {
-    ASSIGN_OR_RETURN(int64_t v, flags.GetInt("seed", 0));
-    s->set_seed(static_cast<uint64_t>(v));
-  }
-  if (auto stop = flags.GetString("stop")) request->add_stop(*stop);
-  if (flags.Has("logprobs")) {
-    ASSIGN_OR_RETURN(int64_t v, flags.GetInt("logprobs", 0));
-    request->set_logprobs(static_cast<uint64_t>(v));
-  }
-  if (auto id = flags.GetString("request-id")) request->set_request_id(*id);
-  if (flags.GetBool("ignore-eos")) request->set_ignore_eos(true);
+  if (f.temperature) s->set_temperature(static_cast<float>(*f.temperature));
+  if (f.top_p) s->set_top_p(static_cast<float>(*f.top_p));
+  if (f.min_p) s->set_min_p(static_cast<float>(*f.min_p));
+  if (f.top_k) s->set_top_k(*f.top_k);
+  if (f.seed) s->set_seed(*f.seed);
+  if (!f.stop.empty()) request->add_stop(f.stop);
+  if (f.logprobs) request->set_logprobs(*f.logprobs);
+  if (!f.request_id.empty()) request->set_request_id(f.request_id);
+  if (f.ignore_eos) request->set_ignore_eos(true);
   return absl::OkStatus();
 }
 
@@ -135,39 +169,26 @@ int Stream(Client& client, const v1::GenerateRequest& request, bool as_json) {
   return 0;
 }
 
-absl::StatusOr<int> ClientMain(int argc, char** argv) {
-  Flags flags(
-      {"address",     "api-key", "tls-ca",       "timeout", "prompt",  "prompt-ids", "max-tokens",
-       "temperature", "top-p",   "top-k",        "min-p",   "seed",    "stop",       "logprobs",
-       "user",        "system",  "request-file", "text",    "service", "request-id"},
-      {"json", "no-thinking", "ignore-eos"});
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
-  if (flags.positional().size() != 1) {
-    return absl::InvalidArgumentError("give one command: generate, chat, tokenize, health or info");
-  }
-  const std::string command = flags.positional()[0];
-  ClientOptions options;
-  options.address = flags.GetString("address").value_or("localhost:50051");
-  options.api_key = flags.GetString("api-key").value_or("");
-  options.tls_ca = flags.GetString("tls-ca").value_or("");
-  if (flags.Has("timeout")) {
-    ASSIGN_OR_RETURN(double seconds, flags.GetDouble("timeout", 0));
-    options.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+absl::StatusOr<int> ClientMain(const ClientFlags& f) {
+  const std::string& command = f.command;
+  ClientOptions options = f.connection;
+  if (f.timeout) {
+    options.timeout = std::chrono::milliseconds(static_cast<int64_t>(*f.timeout * 1000));
   }
   Client client(options);
-  const bool as_json = flags.GetBool("json");
+  const bool as_json = f.json;
 
   if (command == "generate") {
     v1::GenerateRequest request;
-    if (auto prompt = flags.GetString("prompt")) request.set_prompt(*prompt);
-    ASSIGN_OR_RETURN(std::vector<int64_t> ids, flags.GetIntList("prompt-ids"));
-    for (int64_t id : ids) request.add_prompt_token_ids(id);
-    RETURN_IF_ERROR(FillSampling(flags, &request));
+    if (!f.prompt.empty()) request.set_prompt(f.prompt);
+    for (int64_t id : f.prompt_ids) request.add_prompt_token_ids(id);
+    RETURN_IF_ERROR(FillSampling(f, &request));
     return Stream(client, request, as_json);
   }
   if (command == "chat") {
     v1::GenerateRequest request;
-    if (auto file = flags.GetString("request-file")) {
+    if (!f.request_file.empty()) {
+      const std::string* file = &f.request_file;
       std::ifstream in(*file);
       if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", *file));
       json j = json::parse(in, nullptr, false);
@@ -200,24 +221,24 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
         request.set_enable_thinking(j["enable_thinking"].get<bool>());
       }
     } else {
-      if (auto system = flags.GetString("system")) {
+      if (!f.system.empty()) {
         v1::ChatMessage* m = request.add_messages();
         m->set_role("system");
-        m->set_content(*system);
+        m->set_content(f.system);
       }
-      ASSIGN_OR_RETURN(std::string user, flags.RequireString("user"));
+      if (!f.user) return absl::InvalidArgumentError("--user is required");
       v1::ChatMessage* m = request.add_messages();
       m->set_role("user");
-      m->set_content(user);
+      m->set_content(*f.user);
     }
-    if (flags.GetBool("no-thinking")) request.set_enable_thinking(false);
-    RETURN_IF_ERROR(FillSampling(flags, &request));
+    if (f.no_thinking) request.set_enable_thinking(false);
+    RETURN_IF_ERROR(FillSampling(f, &request));
     return Stream(client, request, as_json);
   }
   if (command == "tokenize") {
     v1::TokenizeRequest request;
-    ASSIGN_OR_RETURN(std::string text, flags.RequireString("text"));
-    request.set_text(text);
+    if (!f.text) return absl::InvalidArgumentError("--text is required");
+    request.set_text(*f.text);
     v1::TokenizeResponse response;
     grpc::Status status = client.Tokenize(request, &response);
     if (!status.ok())
@@ -230,7 +251,7 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
   }
   if (command == "health") {
     std::string state;
-    grpc::Status status = client.Health(flags.GetString("service").value_or(""), &state);
+    grpc::Status status = client.Health(f.service, &state);
     if (!status.ok())
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                           status.error_message());
@@ -252,7 +273,14 @@ absl::StatusOr<int> ClientMain(int argc, char** argv) {
 }  // namespace
 
 int ClientCommand(int argc, char** argv) {
-  absl::StatusOr<int> result = ClientMain(argc, argv);
+  ClientFlags flags;
+  std::unique_ptr<CLI::App> app =
+      NewCommandLine("client",
+                     "Talk to a running `tessera serve`: COMMAND is generate, chat, "
+                     "tokenize, health or info.");
+  AddClientFlags(*app, &flags);
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv)) return *code;
+  absl::StatusOr<int> result = ClientMain(flags);
   if (!result.ok()) {
     std::fprintf(stderr, "tessera client: %s\n", std::string(result.status().message()).c_str());
     return result.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;

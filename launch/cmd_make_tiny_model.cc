@@ -1,30 +1,21 @@
-// tessera make-tiny-model --out DIR [--moe] [--seed S] [--layers L] [--vocab V]
+// tessera make-tiny-model --out DIR [--moe] [--seed S] [--layers L] [--vocab V]  (--help)
 // Writes a tiny random-weight Qwen3 checkpoint in the Hugging Face layout
 // (runtime/model/tiny_model.h).
 #include <cstdio>
 #include <string>
 
 #include "kernels/base/status_macros.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/flags.h"
 #include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {
 
-absl::Status MakeTinyModel(int argc, char** argv) {
-  Flags flags({"out", "seed", "layers", "vocab"}, {"moe"});
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
-  ASSIGN_OR_RETURN(std::string out, flags.RequireString("out"));
-  TinyModelOptions options;
-  options.moe = flags.GetBool("moe");
-  ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
-  ASSIGN_OR_RETURN(options.num_layers, flags.GetInt("layers", options.num_layers));
-  ASSIGN_OR_RETURN(options.vocab_size, flags.GetInt("vocab", options.vocab_size));
+absl::Status MakeTinyModel(const std::string& out, TinyModelOptions options) {
   if (options.num_layers < 1 || options.vocab_size < 1) {
     return absl::InvalidArgumentError("--layers and --vocab must be positive");
   }
-  options.seed = static_cast<uint64_t>(seed);
   RETURN_IF_ERROR(WriteTinyModel(out, options));
   std::printf("%s\n", out.c_str());
   return absl::OkStatus();
@@ -33,7 +24,18 @@ absl::Status MakeTinyModel(int argc, char** argv) {
 }  // namespace
 
 int MakeTinyModelCommand(int argc, char** argv) {
-  absl::Status status = MakeTinyModel(argc, argv);
+  std::string out;
+  TinyModelOptions options;
+  std::unique_ptr<CLI::App> app =
+      NewCommandLine("make-tiny-model",
+                     "Write a tiny random-weight Qwen3 checkpoint (config.json + safetensors).");
+  app->add_option("--out", out, "directory to write")->type_name("DIR")->required();
+  app->add_flag("--moe", options.moe, "a mixture-of-experts model (qwen3_moe)");
+  app->add_option("--seed", options.seed, "seed of the random weights");
+  app->add_option("--layers", options.num_layers, "decoder layers");
+  app->add_option("--vocab", options.vocab_size, "vocabulary size");
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv)) return *code;
+  absl::Status status = MakeTinyModel(out, options);
   if (!status.ok()) {
     std::fprintf(stderr, "tessera make-tiny-model: %s\n", std::string(status.message()).c_str());
     return 1;

@@ -1,204 +1,161 @@
-// tessera run: offline generation from a prompt of token ids.
+// tessera run: offline generation from a prompt of token ids (or text).
 //
 //   [mpirun -np N] tessera run [--model DIR] [--device cpu|cuda] --prompt-ids 1,2,3
 //               --max-new-tokens N [--temperature T] [--top-k K] [--top-p P] [--min-p P]
 //               [--seed S] [--prompt-logits-out FILE.npy] [--json] [--ignore-eos]
 //               [--prefill-chunk C] [--tp T] [--pp P] [--ep E] [--dp D]
-//               [--collective-timeout SECONDS]
+//               [--collective-timeout SECONDS]          (tessera run --help: every flag)
 //
 // Without --model it runs the embedded default (a tiny random-weight Qwen3 written on first use).
 // Under mpirun every rank loads its shard; rank 0 coordinates and alone prints results.
 // With --json it prints one object: {"prompt_tokens": [...], "tokens": [...], ...}.
 // --max-new-tokens 0 with --prompt-logits-out scores the prompt: a float32 .npy of shape
 // [n_prompt, vocab] whose row i holds the logits after token i.
-#include <unistd.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
-#include "kernels/ops.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/device.h"
-#include "launch/flags.h"
-#include "launch/model_dir.h"
+#include "launch/log.h"
 #include "launch/mpi_session.h"
+#include "launch/rank.h"
 #include "nlohmann/json.hpp"
-#include "runtime/engine/executor.h"
 #include "runtime/engine/generate.h"
-#include "runtime/model/model_config.h"
 #include "runtime/model/npy.h"
-#include "runtime/model/qwen3.h"
-#include "runtime/model/safetensors.h"
-#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {
 
+struct RunFlags {
+  RankOptions rank;
+  CLI::Option* prompt_ids_flag = nullptr;
+  std::string prompt;
+  std::vector<int64_t> prompt_ids;
+  int64_t max_new_tokens = 16;
+  // Unset: the model's generation_config.json (greedy without one).
+  std::optional<double> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int> top_k;
+  double presence_penalty = 0, frequency_penalty = 0;
+  uint64_t seed = 0;
+  int prefill_chunk = 0;
+  std::string prompt_logits_out;
+  bool json = false, ignore_eos = false;
+};
+
+void AddRunFlags(CLI::App& app, RunFlags* f) {
+  AddModelFlags(app, &f->rank);
+  CLI::Option* text = app.add_option("--prompt", f->prompt, "prompt text (needs a tokenizer)");
+  f->prompt_ids_flag =
+      AddIntListFlag(app, "--prompt-ids", &f->prompt_ids, "prompt token ids, e.g. 1,2,3")
+          ->excludes(text);
+  app.add_option("--max-new-tokens", f->max_new_tokens, "tokens to generate");
+  app.add_option("--temperature", f->temperature,
+                 "sampling temperature, 0 greedy (default: the model's generation_config.json)");
+  app.add_option("--top-k", f->top_k, "top-k sampling, 0 off (default: the model's)");
+  app.add_option("--top-p", f->top_p, "nucleus sampling in (0, 1] (default: the model's)");
+  app.add_option("--min-p", f->min_p, "min-p sampling in [0, 1] (default: the model's)");
+  app.add_option("--repetition-penalty", f->repetition_penalty,
+                 "HF repetition penalty, 1 off (default: the model's)");
+  app.add_option("--presence-penalty", f->presence_penalty, "OpenAI presence penalty in [-2, 2]");
+  app.add_option("--frequency-penalty", f->frequency_penalty,
+                 "OpenAI frequency penalty in [-2, 2]");
+  app.add_option("--seed", f->seed, "sampling seed");
+  app.add_flag("--ignore-eos", f->ignore_eos, "generate past end-of-sequence tokens");
+  app.add_option("--prefill-chunk", f->prefill_chunk,
+                 "prefill in chunks of this many tokens (0: the whole prompt in one step)");
+  app.add_option("--prompt-logits-out", f->prompt_logits_out,
+                 "write the prompt's logits, float32 .npy [n_prompt, vocab], row i after token i")
+      ->type_name("FILE");
+  app.add_flag("--json", f->json,
+               "print one JSON object: prompt_tokens, tokens, text, finish_reason, usage, model");
+  AddParallelFlags(app, &f->rank);
+  AddKvCacheFlags(app, &f->rank, "--kv-blocks,--num-kv-blocks",
+                  "whole blocks for the prompt and the new tokens", /*memory_flags=*/false);
+}
+
 // Errors before loading are the same on every rank (same flags, same files): rank 0 reports them.
 // Errors while loading are per rank: each failing rank reports its own, tagged with its rank.
-absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
-  Flags flags({"model",
-               "device",
-               "prompt-ids",
-               "max-new-tokens",
-               "temperature",
-               "top-k",
-               "top-p",
-               "min-p",
-               "seed",
-               "prompt-logits-out",
-               "prefill-chunk",
-               "repetition-penalty",
-               "presence-penalty",
-               "frequency-penalty",
-               "prompt",
-               "tp",
-               "pp",
-               "ep",
-               "dp",
-               "collective-timeout",
-               "kv-blocks",
-               "block-size"},
-              {"json", "ignore-eos"});
-  RETURN_IF_ERROR(flags.Parse(argc, argv, 2));
-  if (!flags.positional().empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unexpected argument '", flags.positional()[0], "'"));
-  }
-  const std::string device = flags.GetString("device").value_or("cpu");
-  ASSIGN_OR_RETURN(ModelDirectory model, ResolveModelDirectory(flags.GetString("model")));
-  const std::string& model_dir = model.dir;
+absl::Status Run(MpiSession& mpi, RunFlags& f) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Rank> rank, OpenRank(mpi, f.rank));
+  const ModelDirectory& model = rank->model;
   const ModelConfig& config = model.config;
-  std::vector<int64_t> prompt64;
-  if (auto text = flags.GetString("prompt")) {
-    if (flags.Has("prompt-ids"))
-      return absl::InvalidArgumentError("give --prompt or --prompt-ids, not both");
+  std::vector<int64_t> prompt64 = f.prompt_ids;
+  if (!f.prompt.empty()) {
     if (!model.tokenizer) {
       return absl::InvalidArgumentError(
-          absl::StrCat(model_dir, " has no tokenizer: use --prompt-ids"));
+          absl::StrCat(model.dir, " has no tokenizer: use --prompt-ids"));
     }
-    ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(*text));
+    ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->Encode(f.prompt));
     prompt64.assign(ids.begin(), ids.end());
-  } else {
-    if (!flags.Has("prompt-ids"))
-      return absl::InvalidArgumentError("--prompt-ids (or --prompt) is required");
-    ASSIGN_OR_RETURN(prompt64, flags.GetIntList("prompt-ids"));
+  } else if (f.prompt_ids_flag->count() == 0) {
+    return absl::InvalidArgumentError("--prompt-ids (or --prompt) is required");
   }
-  ASSIGN_OR_RETURN(int64_t max_new, flags.GetInt("max-new-tokens", 16));
-  if (max_new < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
+  if (f.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
 
   GenerateOptions options;
   options.sampling = model.default_sampling;
   options.sampleable_vocab = model.sampleable_vocab;
-  ASSIGN_OR_RETURN(double temperature,
-                   flags.GetDouble("temperature", options.sampling.temperature));
-  ASSIGN_OR_RETURN(int64_t top_k, flags.GetInt("top-k", options.sampling.top_k));
-  ASSIGN_OR_RETURN(double top_p, flags.GetDouble("top-p", options.sampling.top_p));
-  ASSIGN_OR_RETURN(double min_p, flags.GetDouble("min-p", options.sampling.min_p));
-  ASSIGN_OR_RETURN(double rep,
-                   flags.GetDouble("repetition-penalty", options.sampling.repetition_penalty));
-  ASSIGN_OR_RETURN(double presence, flags.GetDouble("presence-penalty", 0.0));
-  ASSIGN_OR_RETURN(double frequency, flags.GetDouble("frequency-penalty", 0.0));
-  ASSIGN_OR_RETURN(int64_t seed, flags.GetInt("seed", 0));
-  ASSIGN_OR_RETURN(int64_t chunk, flags.GetInt("prefill-chunk", 0));
-  options.sampling.temperature = static_cast<float>(temperature);
-  options.sampling.top_k = static_cast<int>(top_k);
-  options.sampling.top_p = static_cast<float>(top_p);
-  options.sampling.min_p = static_cast<float>(min_p);
-  options.sampling.repetition_penalty = static_cast<float>(rep);
-  options.sampling.presence_penalty = static_cast<float>(presence);
-  options.sampling.frequency_penalty = static_cast<float>(frequency);
-  options.sampling.seed = static_cast<uint64_t>(seed);
-  RETURN_IF_ERROR(ValidateSamplingParams(options.sampling));
-  options.max_new_tokens = static_cast<int>(max_new);
-  options.prefill_chunk = static_cast<int>(chunk);
-  const auto logits_out = flags.GetString("prompt-logits-out");
-  options.want_prompt_logits = logits_out.has_value();
+  SamplingParams& s = options.sampling;
+  if (f.temperature) s.temperature = static_cast<float>(*f.temperature);
+  if (f.top_k) s.top_k = *f.top_k;
+  if (f.top_p) s.top_p = static_cast<float>(*f.top_p);
+  if (f.min_p) s.min_p = static_cast<float>(*f.min_p);
+  if (f.repetition_penalty) s.repetition_penalty = static_cast<float>(*f.repetition_penalty);
+  s.presence_penalty = static_cast<float>(f.presence_penalty);
+  s.frequency_penalty = static_cast<float>(f.frequency_penalty);
+  s.seed = f.seed;
+  RETURN_IF_ERROR(ValidateSamplingParams(s));
+  options.max_new_tokens = static_cast<int>(f.max_new_tokens);
+  options.prefill_chunk = f.prefill_chunk;
+  options.want_prompt_logits = !f.prompt_logits_out.empty();
+  if (!f.ignore_eos) options.stop_token_ids = model.eos_token_ids;
+  // Validate the request before reading any weight.
+  RETURN_IF_ERROR(ValidatePrompt(config, prompt64, f.max_new_tokens));
 
-  ASSIGN_OR_RETURN(int64_t tp, flags.GetInt("tp", 1));
-  ASSIGN_OR_RETURN(int64_t pp, flags.GetInt("pp", 1));
-  ASSIGN_OR_RETURN(int64_t ep, flags.GetInt("ep", 1));
-  ASSIGN_OR_RETURN(int64_t dp, flags.GetInt("dp", 0));
-  ASSIGN_OR_RETURN(double timeout,
-                   flags.GetDouble("collective-timeout", CollectiveTimeoutSeconds()));
-  CollectiveTimeoutSeconds() = timeout;
-
-  if (!flags.GetBool("ignore-eos")) options.stop_token_ids = model.eos_token_ids;
-  // Validate the layout and the request before reading any weight.
-  ASSIGN_OR_RETURN(
-      ParallelConfig parallel,
-      ParallelConfig::Create(mpi.size(), mpi.rank(), static_cast<int>(tp), static_cast<int>(pp),
-                             static_cast<int>(ep), static_cast<int>(dp), ModelDimsOf(config)));
-  RETURN_IF_ERROR(ValidatePrompt(config, prompt64, max_new));
-  ASSIGN_OR_RETURN(int64_t block_size, flags.GetInt("block-size", 16));
-  if (block_size < 1) return absl::InvalidArgumentError("--block-size must be >= 1");
+  // KV: whole blocks for this one sequence, unless given.
+  const int64_t bs = f.rank.block_size;
   const int64_t needed_blocks =
-      (static_cast<int64_t>(prompt64.size()) + max_new + block_size - 1) / block_size;
-  ASSIGN_OR_RETURN(int64_t kv_blocks, flags.GetInt("kv-blocks", needed_blocks));
-
+      (static_cast<int64_t>(prompt64.size()) + f.max_new_tokens + bs - 1) /
+      std::max<int64_t>(1, bs);
+  if (f.rank.num_kv_blocks == 0) f.rank.num_kv_blocks = needed_blocks;
   // The largest step: the prompt (or a chunk of it) with every row's logits when asked for.
-  StepLimits limits;
-  limits.max_tokens = static_cast<int>(std::max<int64_t>(
-      1, chunk > 0 ? std::min<int64_t>(chunk, prompt64.size()) : prompt64.size()));
-  limits.max_logit_rows = options.want_prompt_logits ? limits.max_tokens : 1;
-  limits.max_seqs = 1;
-  limits.max_blocks_per_seq = static_cast<int>(std::max<int64_t>(1, needed_blocks));
-  limits.max_seq_len = static_cast<int>(prompt64.size() + max_new);
+  const int64_t chunk = f.prefill_chunk;
+  auto limits_for = [&](const ModelConfig&, int) {
+    StepLimits limits;
+    limits.max_tokens = static_cast<int>(std::max<int64_t>(
+        1, chunk > 0 ? std::min<int64_t>(chunk, prompt64.size()) : prompt64.size()));
+    limits.max_logit_rows = options.want_prompt_logits ? limits.max_tokens : 1;
+    limits.max_seqs = 1;
+    limits.max_blocks_per_seq = static_cast<int>(std::max<int64_t>(1, needed_blocks));
+    limits.max_seq_len = static_cast<int>(prompt64.size() + f.max_new_tokens);
+    return limits;
+  };
+  RETURN_IF_ERROR(LoadRank(mpi, f.rank, limits_for, *rank));
+  if (ServeStepsAsWorker(mpi, *rank)) return absl::OkStatus();
 
-  // Communicators first (collective, on every rank), then this rank's shard; every rank learns
-  // whether any rank failed before the first step.
-  ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
-  std::unique_ptr<Backend>& backend = compute.backend;
-  auto executor = std::make_unique<Executor>(config, parallel, compute.world);
-  const auto load_start = std::chrono::steady_clock::now();
-  absl::Status loaded = [&]() -> absl::Status {
-    if (FaultInjected("crash-load", mpi.rank())) std::abort();
-    if (FaultInjected("fail-load", mpi.rank())) {
-      return absl::InternalError("injected load failure (TESSERA_FAULT)");
-    }
-    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model_dir));
-    return executor->Load(*checkpoint, *backend, static_cast<int>(kv_blocks),
-                          static_cast<int>(block_size), limits);
-  }();
-  if (mpi.AnyFailed(loaded.ok())) {
-    *per_rank_error = true;
-    if (!loaded.ok()) return loaded;
-    return absl::AbortedError("another rank failed to load its shard");
-  }
-  ReportLoad(mpi, "tessera run",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
-             &executor->model().load_stats());
-  if (FaultInjected("hang-step", mpi.rank())) {
-    for (;;) pause();
-  }
-  if (mpi.rank() != 0) {
-    executor->RunWorker();
-    return absl::OkStatus();
-  }
+  Executor& executor = *rank->executor;
   std::vector<int32_t> prompt(prompt64.begin(), prompt64.end());
-  absl::StatusOr<GenerateResult> generated = Generate(*executor, prompt, options);
-  executor->Shutdown();
+  absl::StatusOr<GenerateResult> generated = Generate(executor, prompt, options);
+  executor.Shutdown();
   if (!generated.ok()) return generated.status();
   GenerateResult& result = *generated;
 
-  if (logits_out) {
-    RETURN_IF_ERROR(WriteNpyFloat32(*logits_out,
+  if (options.want_prompt_logits) {
+    RETURN_IF_ERROR(WriteNpyFloat32(f.prompt_logits_out,
                                     {static_cast<int64_t>(prompt.size()), config.vocab_size},
                                     result.prompt_logits.data()));
   }
-  if (flags.GetBool("json")) {
+  if (f.json) {
     nlohmann::json out = {
         {"prompt_tokens", prompt},
         {"tokens", result.tokens},
         {"finish_reason", result.finish_reason},
         {"usage", {{"prompt_tokens", prompt.size()}, {"completion_tokens", result.tokens.size()}}},
-        {"model", model_dir}};
+        {"model", model.dir}};
     if (model.tokenizer) {
       absl::StatusOr<std::string> text = model.tokenizer->Decode(result.tokens, true);
       if (text.ok()) out["text"] = *text;
@@ -221,18 +178,14 @@ absl::Status Run(MpiSession& mpi, int argc, char** argv, bool* per_rank_error) {
 
 int RunCommand(int argc, char** argv) {
   MpiSession mpi(&argc, &argv);
-  bool per_rank = false;
-  absl::Status status = Run(mpi, argc, argv, &per_rank);
-  if (status.ok()) return 0;
-  if (per_rank) {
-    if (status.code() != absl::StatusCode::kAborted || mpi.rank() == 0) {
-      std::fprintf(stderr, "tessera run: [rank %d] %s\n", mpi.rank(),
-                   std::string(status.message()).c_str());
-    }
-  } else if (mpi.rank() == 0) {
-    std::fprintf(stderr, "tessera run: %s\n", std::string(status.message()).c_str());
-  }
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  RunFlags flags;
+  flags.rank.command = "tessera run";
+  std::unique_ptr<CLI::App> app =
+      NewCommandLine("run", "Offline generation from a prompt (rank 0 prints the result).");
+  AddRunFlags(*app, &flags);
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
+  return ExitCode(mpi, Run(mpi, flags));
 }
 
 }  // namespace tessera

@@ -9,6 +9,7 @@
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
 //       [--engine-stall-timeout S] [--client-keepalive S] [--client-keepalive-timeout S]
+//                                                       (tessera serve --help: every flag)
 //
 // --http-port (default 8000) serves OpenAI's API, /health and /metrics (rpc/openai_server.h), with
 // the same --api-key and TLS files as gRPC; --metrics-port (default 9400) serves /health and
@@ -39,284 +40,183 @@
 #include <fstream>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/device.h"
-#include "launch/flags.h"
-#include "launch/model_dir.h"
+#include "launch/log.h"
 #include "launch/mpi_session.h"
+#include "launch/rank.h"
 #include "rpc/openai_server.h"
 #include "rpc/server.h"
 #include "runtime/engine/engine.h"
-#include "runtime/engine/executor.h"
-#include "runtime/model/tiny_model.h"
 
 namespace tessera {
 namespace {
 
-// "1073741824", "512MiB", "2GiB", "1.5GB".
-absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
-  static const struct {
-    const char* suffix;
-    double scale;
-  } kUnits[] = {{"GiB", 1024.0 * 1024 * 1024},
-                {"MiB", 1024.0 * 1024},
-                {"KiB", 1024.0},
-                {"GB", 1e9},
-                {"MB", 1e6},
-                {"KB", 1e3},
-                {"B", 1.0},
-                {"", 1.0}};
-  for (const auto& unit : kUnits) {
-    const std::string suffix = unit.suffix;
-    if (text.size() < suffix.size() ||
-        text.compare(text.size() - suffix.size(), suffix.size(), suffix))
-      continue;
-    double value;
-    if (absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &value) && value > 0) {
-      return static_cast<int64_t>(value * unit.scale);
-    }
-    break;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--kv-cache-memory: cannot read '", text, "' as a size"));
+struct ServeFlags {
+  RankOptions rank;
+  EngineOptions engine;
+  ServerOptions server;
+  int metrics_port = 9400;
+  int http_port = 8000;
+  std::string port_file;
+  double drain_timeout = 30;
+  bool no_prefix_caching = false;
+  double log_stats_interval = 10;
+};
+
+void AddServeFlags(CLI::App& app, ServeFlags* f) {
+  AddModelFlags(app, &f->rank);
+  // The server.
+  app.add_option("--host", f->server.host, "address the gRPC, HTTP and metrics servers listen on");
+  app.add_option("--port", f->server.port, "gRPC port (0: a free one, see --port-file)");
+  app.add_option("--http-port", f->http_port,
+                 "OpenAI-compatible HTTP API, /health and /metrics port (0: a free one; -1: off)");
+  app.add_option("--metrics-port", f->metrics_port,
+                 "Prometheus /metrics and /health port (0: a free one; -1: off)");
+  app.add_option("--port-file", f->port_file,
+                 "once up, write \"GRPC_PORT METRICS_PORT RANK0_PID HTTP_PORT\" to this file")
+      ->type_name("FILE");
+  app.add_option("--api-key", f->server.api_key,
+                 "require \"authorization: Bearer KEY\" on every Generation call and /v1/* "
+                 "request")
+      ->type_name("KEY");
+  app.add_option("--tls-cert", f->server.tls_cert, "TLS certificate (PEM; with --tls-key)")
+      ->type_name("FILE");
+  app.add_option("--tls-key", f->server.tls_key, "TLS private key (PEM; with --tls-cert)")
+      ->type_name("FILE");
+  app.add_option("--drain-timeout", f->drain_timeout,
+                 "on SIGTERM/SIGINT, seconds requests in flight may take to finish")
+      ->type_name("SECONDS");
+  app.add_option("--engine-stall-timeout", f->server.engine_stall_timeout_s,
+                 "health turns NOT_SERVING while the engine makes no progress this long")
+      ->type_name("SECONDS");
+  app.add_option("--client-keepalive", f->server.keepalive_time_s,
+                 "send an HTTP/2 ping to each gRPC client this often")
+      ->type_name("SECONDS");
+  app.add_option("--client-keepalive-timeout", f->server.keepalive_timeout_s,
+                 "drop a gRPC client (cancelling its requests) that answers no ping this long")
+      ->type_name("SECONDS");
+  // The engine.
+  app.add_option("--max-num-seqs", f->engine.max_num_seqs,
+                 "sequences in the running batch, per replica");
+  app.add_option("--max-num-batched-tokens", f->engine.max_num_batched_tokens,
+                 "tokens per step, per replica (longer prompts are prefilled in chunks)");
+  app.add_option("--max-queue", f->engine.max_queue,
+                 "requests admitted and not finished; more get RESOURCE_EXHAUSTED");
+  app.add_flag("--no-prefix-caching", f->no_prefix_caching,
+               "do not reuse the KV blocks of earlier prompts' common prefixes");
+  app.add_option("--seed", f->engine.seed, "sampling seed of requests that give none");
+  app.add_option("--max-model-len", f->engine.max_model_len,
+                 "longest prompt + output a request may have, at most the model's "
+                 "max_position_embeddings (0: that); also bounds the step workspace");
+  // Logs.
+  app.add_option("--log-stats-interval", f->log_stats_interval,
+                 "while busy, log a stats line every this many seconds (0: never)")
+      ->type_name("SECONDS");
+  AddParallelFlags(app, &f->rank);
+  AddKvCacheFlags(app, &f->rank, "--num-kv-blocks", "by the memory flags below",
+                  /*memory_flags=*/true);
 }
 
-int ServeMain(MpiSession& mpi, int argc, char** argv) {
-  Flags flags({"model",
-               "host",
-               "port",
-               "metrics-port",
-               "http-port",
-               "tp",
-               "pp",
-               "ep",
-               "dp",
-               "device",
-               "max-num-seqs",
-               "max-num-batched-tokens",
-               "kv-cache-memory",
-               "gpu-memory-utilization",
-               "num-kv-blocks",
-               "block-size",
-               "max-queue",
-               "api-key",
-               "tls-cert",
-               "tls-key",
-               "drain-timeout",
-               "collective-timeout",
-               "port-file",
-               "seed",
-               "engine-stall-timeout",
-               "client-keepalive",
-               "client-keepalive-timeout"},
-              {"no-prefix-caching"});
-  // Errors every rank sees alike are reported by rank 0 only.
-  auto fail = [&](const absl::Status& status) {
-    if (mpi.rank() == 0)
-      std::fprintf(stderr, "tessera serve: %s\n", std::string(status.message()).c_str());
-    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  };
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return fail(s);
-  if (!flags.positional().empty()) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("unexpected argument '", flags.positional()[0], "'")));
+absl::Status Validate(const ServeFlags& f, bool api_key_given) {
+  if (f.engine.max_num_seqs < 1 || f.engine.max_num_batched_tokens < 1 || f.engine.max_queue < 1 ||
+      f.rank.block_size < 1) {
+    return absl::InvalidArgumentError(
+        "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1");
   }
-  const std::string device = flags.GetString("device").value_or("cpu");
-  absl::StatusOr<ModelDirectory> model = ResolveModelDirectory(flags.GetString("model"));
-  if (!model.ok()) return fail(model.status());
-  auto int_flag = [&](const char* name, int64_t fallback) { return flags.GetInt(name, fallback); };
-  absl::StatusOr<int64_t> tp = int_flag("tp", 1), pp = int_flag("pp", 1), ep = int_flag("ep", 1),
-                          dp = int_flag("dp", 0), port = int_flag("port", 50051),
-                          metrics_port = int_flag("metrics-port", 9400),
-                          http_port = int_flag("http-port", 8000),
-                          max_seqs = int_flag("max-num-seqs", 256),
-                          max_tokens = int_flag("max-num-batched-tokens", 2048),
-                          block_size = int_flag("block-size", 16),
-                          max_queue = int_flag("max-queue", 4096), seed = int_flag("seed", 0);
-  for (const auto* v : {&tp, &pp, &ep, &dp, &port, &metrics_port, &http_port, &max_seqs,
-                        &max_tokens, &block_size, &max_queue, &seed}) {
-    if (!v->ok()) return fail(v->status());
+  if (f.server.keepalive_time_s <= 0 || f.server.keepalive_timeout_s <= 0) {
+    return absl::InvalidArgumentError(
+        "--client-keepalive and --client-keepalive-timeout must be > 0");
   }
-  absl::StatusOr<double> drain_timeout = flags.GetDouble("drain-timeout", 30.0);
-  absl::StatusOr<double> timeout = flags.GetDouble("collective-timeout", 60.0);
-  if (!drain_timeout.ok()) return fail(drain_timeout.status());
-  if (!timeout.ok()) return fail(timeout.status());
-  CollectiveTimeoutSeconds() = *timeout;
-  absl::StatusOr<double> stall_timeout = flags.GetDouble("engine-stall-timeout", 30.0);
-  absl::StatusOr<double> keepalive = flags.GetDouble("client-keepalive", 30.0);
-  absl::StatusOr<double> keepalive_timeout = flags.GetDouble("client-keepalive-timeout", 20.0);
-  for (const auto* v : {&stall_timeout, &keepalive, &keepalive_timeout}) {
-    if (!v->ok()) return fail(v->status());
+  if (api_key_given && f.server.api_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--api-key is empty: that would serve without authentication; omit the flag for that");
   }
-  if (*keepalive <= 0 || *keepalive_timeout <= 0) {
-    return fail(absl::InvalidArgumentError(
-        "--client-keepalive and --client-keepalive-timeout must be > 0"));
-  }
-  if (auto key = flags.GetString("api-key"); key && key->empty()) {
-    return fail(absl::InvalidArgumentError(
-        "--api-key is empty: that would serve without authentication; omit the flag for that"));
-  }
-  if (*block_size < 1 || *max_seqs < 1 || *max_tokens < 1 || *max_queue < 1) {
-    return fail(absl::InvalidArgumentError(
-        "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1"));
-  }
+  return absl::OkStatus();
+}
 
-  absl::StatusOr<ParallelConfig> parallel = ParallelConfig::Create(
-      mpi.size(), mpi.rank(), static_cast<int>(*tp), static_cast<int>(*pp), static_cast<int>(*ep),
-      static_cast<int>(*dp), ModelDimsOf(model->config));
-  if (!parallel.ok()) return fail(parallel.status());
+// Every `interval` seconds until `finished`, while requests are in flight or were since the last
+// line, one line of engine stats (as vLLM logs them): requests running and waiting, prompt and
+// generation throughput, KV-cache use, prefix-cache hit rate (of the prompt tokens since start).
+void LogStats(const Engine& engine, const Metrics& metrics, double interval,
+              const std::atomic<bool>& finished) {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point last = Clock::now();
+  int64_t last_prompt = metrics.prompt_tokens(), last_generation = metrics.generation_tokens();
+  while (!finished) {
+    const Clock::time_point next =
+        last + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(interval));
+    while (!finished && Clock::now() < next) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (finished) return;
+    const Clock::time_point now = Clock::now();
+    const double seconds = std::chrono::duration<double>(now - last).count();
+    const EngineStats s = engine.stats();
+    const int64_t prompt = metrics.prompt_tokens(), generation = metrics.generation_tokens();
+    const int64_t hits = metrics.prefix_cache_hit_tokens();
+    if (s.running + s.waiting > 0 || prompt != last_prompt || generation != last_generation) {
+      const double kv_used =
+          s.total_blocks > 0 ? 100.0 * (s.total_blocks - s.free_blocks) / s.total_blocks : 0.0;
+      const double hit_rate = prompt + hits > 0 ? 100.0 * hits / (prompt + hits) : 0.0;
+      spdlog::info(
+          "engine: {} running, {} waiting; prompt {:.1f} tok/s, generation {:.1f} tok/s; KV cache "
+          "{:.1f}% used; prefix cache hit rate {:.1f}%",
+          s.running, s.waiting, (prompt - last_prompt) / seconds,
+          (generation - last_generation) / seconds, kv_used, hit_rate);
+    }
+    last = now;
+    last_prompt = prompt;
+    last_generation = generation;
+  }
+}
 
-  // Communicators on every rank, then this rank's shard; all ranks agree on the outcome.
-  absl::StatusOr<RankCompute> compute = SetUpRankCompute(device, mpi);
-  if (!compute.ok()) return fail(compute.status());
-  std::unique_ptr<Backend>& backend = compute->backend;
-  Executor executor(model->config, *parallel, compute->world);
-  const ModelConfig& c = model->config;
-  // KV blocks: the same count on every rank (block tables are shared), from the tightest rank:
-  // --num-kv-blocks, else --kv-cache-memory per rank, else (on GPUs) what
-  // --gpu-memory-utilization of each GPU leaves once the weights and the workspace are in.
-  absl::StatusOr<double> utilization = flags.GetDouble("gpu-memory-utilization", 0.9);
-  if (!utilization.ok()) return fail(utilization.status());
-  if (!(*utilization > 0 && *utilization <= 1)) {
-    return fail(absl::InvalidArgumentError("--gpu-memory-utilization must be in (0, 1]"));
-  }
-  const int64_t layers =
-      parallel->last_layer(c.num_hidden_layers) - parallel->first_layer(c.num_hidden_layers);
-  const int64_t kv_heads = std::max<int64_t>(1, c.num_key_value_heads / parallel->tp);
-  const int64_t per_block = 2 * layers * *block_size * kv_heads * c.head_dim *
-                            static_cast<int64_t>(DTypeSize(backend->activation_dtype()));
-  // The tightest rank's count, on every rank.
-  auto fewest = [&](int64_t mine) {
-    std::vector<int64_t> all(mpi.size(), mine);
-    if (mpi.world()) mpi.world()->AllGather(&mine, all.data(), 1, DType::kI64);
-    return *std::min_element(all.begin(), all.end());
-  };
-  size_t free_bytes = 0, total_bytes = 0;
-  const bool by_memory = !flags.GetString("num-kv-blocks") && !flags.GetString("kv-cache-memory") &&
-                         backend->MemoryInfo(&free_bytes, &total_bytes);
-  int64_t num_blocks = 0;
-  if (auto n = flags.GetString("num-kv-blocks")) {
-    if (!absl::SimpleAtoi(*n, &num_blocks) || num_blocks < 1) {
-      return fail(absl::InvalidArgumentError("--num-kv-blocks must be a positive integer"));
-    }
-  } else if (!by_memory) {
-    absl::StatusOr<int64_t> bytes =
-        ParseBytes(flags.GetString("kv-cache-memory").value_or("256MiB"));
-    if (!bytes.ok()) return fail(bytes.status());
-    num_blocks = fewest(*bytes / per_block);
-    if (num_blocks < 1) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-          "--kv-cache-memory ", *bytes, " bytes holds no KV block of ", per_block, " bytes")));
-    }
-  }
-  // Every rank plans its workspace for the engine's largest step (the same flags everywhere);
-  // sized by memory, the block count is not known yet and the longest sequence bounds the tables.
-  EngineOptions engine_options;
-  engine_options.max_num_seqs = static_cast<int>(*max_seqs);
-  engine_options.max_num_batched_tokens = static_cast<int>(*max_tokens);
-  const StepLimits limits =
-      EngineStepLimits(engine_options, c, by_memory ? INT32_MAX : static_cast<int>(num_blocks),
-                       static_cast<int>(*block_size));
-  const auto load_start = std::chrono::steady_clock::now();
-  absl::Status loaded = [&]() -> absl::Status {
-    if (FaultInjected("crash-load", mpi.rank())) std::abort();
-    if (FaultInjected("fail-load", mpi.rank()))
-      return absl::InternalError("injected load failure (TESSERA_FAULT)");
-    ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(model->dir));
-    if (by_memory) return executor.LoadModel(*checkpoint, *backend, limits);
-    return executor.Load(*checkpoint, *backend, static_cast<int>(num_blocks),
-                         static_cast<int>(*block_size), limits);
-  }();
-  if (mpi.AnyFailed(loaded.ok())) {
-    if (!loaded.ok()) {
-      std::fprintf(stderr, "tessera serve: [rank %d] %s\n", mpi.rank(),
-                   std::string(loaded.message()).c_str());
-    }
-    return 1;
-  }
-  if (by_memory) {
-    backend->MemoryInfo(&free_bytes, &total_bytes);
-    const int64_t spare =
-        static_cast<int64_t>(free_bytes) -
-        static_cast<int64_t>((1.0 - *utilization) * static_cast<double>(total_bytes));
-    num_blocks = fewest(std::max<int64_t>(0, spare) / per_block);
-    if (num_blocks < 1) {
-      return fail(absl::ResourceExhaustedError(absl::StrCat(
-          "--gpu-memory-utilization ", *utilization, " leaves no KV block of ", per_block,
-          " bytes once the weights and the step workspace (", executor.model().workspace_bytes(),
-          " bytes) are loaded (", free_bytes, " of ", total_bytes,
-          " bytes free on the tightest GPU); raise it, lower "
-          "--max-num-batched-tokens, or use more GPUs")));
-    }
-    executor.AllocateKv(*backend, static_cast<int>(num_blocks), static_cast<int>(*block_size));
-  }
-  if (mpi.rank() == 0) {
-    std::fprintf(stderr, "tessera serve: KV cache %lld blocks of %lld tokens (%.2f GiB per rank)\n",
-                 static_cast<long long>(num_blocks), static_cast<long long>(*block_size),
-                 static_cast<double>(num_blocks * per_block) / (1 << 30));
-  }
-  ReportLoad(mpi, "tessera serve",
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(),
-             &executor.model().load_stats());
-  if (mpi.rank() != 0) {
-    if (FaultInjected("hang-step", mpi.rank())) {
-      for (;;) pause();
-    }
-    executor.RunWorker();
-    return 0;
-  }
-
-  // Rank 0: the coordinator.
+// Rank 0 once the model is loaded: the engine, the gRPC server, the OpenAI HTTP API and the
+// metrics endpoint, until a drain or a failed rank ends the job. Returns the exit code.
+int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
+  const ModelDirectory& model = rank.model;
+  Executor& executor = *rank.executor;
   Frontend frontend;
-  frontend.tokenizer = model->tokenizer.get();
-  frontend.chat_template = model->chat_template ? &*model->chat_template : nullptr;
-  frontend.default_sampling = model->default_sampling;
-  engine_options.max_queue = static_cast<int>(*max_queue);
-  engine_options.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
-  engine_options.sampleable_vocab = model->sampleable_vocab;
-  engine_options.eos_token_ids = model->eos_token_ids;
-  engine_options.seed = static_cast<uint64_t>(*seed);
+  frontend.tokenizer = model.tokenizer.get();
+  frontend.chat_template = model.chat_template ? &*model.chat_template : nullptr;
+  frontend.default_sampling = model.default_sampling;
+  EngineOptions& engine_options = f.engine;
+  engine_options.enable_prefix_caching = !f.no_prefix_caching;
+  engine_options.sampleable_vocab = model.sampleable_vocab;
+  engine_options.eos_token_ids = model.eos_token_ids;
   // The name clients send as `model`: the directory's, or the embedded model's.
   std::string model_name = "tessera-tiny";
-  if (flags.GetString("model")) {
-    std::string dir = model->dir;
+  if (!f.rank.model.empty()) {
+    std::string dir = model.dir;
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
     model_name = dir.substr(dir.find_last_of('/') + 1);
   }
+  Backend* backend = rank.backend;
   if (FaultInjected("stall-step", 0)) engine_options.fault_after_steps = FaultAfterSteps();
   if (FaultInjected("cuda-error", 0) && backend->kind() == DeviceKind::kCuda) {
     // A CUDA call that fails (a copy from an address no allocation owns), through the backend's
     // own error check, as a device fault mid-serving would.
     engine_options.fault_after_steps = FaultAfterSteps();
-    engine_options.fault = [&backend] {
-      std::fprintf(stderr, "tessera serve: injecting a CUDA error (TESSERA_FAULT)\n");
+    engine_options.fault = [backend] {
+      spdlog::error("injecting a CUDA error (TESSERA_FAULT)");
       uint32_t sink = 0;
       backend->CopyToHost(&sink, reinterpret_cast<const void*>(uintptr_t{16}), sizeof(sink));
     };
   }
   Metrics metrics;
   metrics.SetModelName(model_name);
-  metrics.SetCacheConfig(*block_size, num_blocks, engine_options.enable_prefix_caching);
-  Engine engine(executor, model->tokenizer.get(), &metrics, engine_options);
+  metrics.SetCacheConfig(rank.block_size, rank.num_kv_blocks, engine_options.enable_prefix_caching);
+  Engine engine(executor, model.tokenizer.get(), &metrics, engine_options);
 
-  ServerOptions server_options;
-  server_options.host = flags.GetString("host").value_or("0.0.0.0");
-  server_options.port = static_cast<int>(*port);
-  server_options.api_key = flags.GetString("api-key").value_or("");
-  server_options.tls_cert = flags.GetString("tls-cert").value_or("");
-  server_options.tls_key = flags.GetString("tls-key").value_or("");
-  server_options.engine_stall_timeout_s = *stall_timeout;
-  server_options.keepalive_time_s = *keepalive;
-  server_options.keepalive_timeout_s = *keepalive_timeout;
-  ModelDescription description{model->dir, device};
+  ServerOptions& server_options = f.server;
+  ModelDescription description{model.dir, rank.device, engine_options.max_model_len};
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
   if (!server.ok()) {
     executor.Shutdown();
-    return fail(server.status());
+    return ExitCode(mpi, server.status());
   }
   std::atomic<bool> serving{true};
   HttpOptions http_options;
@@ -326,14 +226,15 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   http_options.tls_key = server_options.tls_key;
   http_options.model_name = model_name;
   http_options.max_model_len =
-      std::min<int64_t>(c.max_position_embeddings, num_blocks * *block_size);
+      std::min<int64_t>(engine_options.max_model_len, rank.num_kv_blocks * rank.block_size);
   // A thread per connection: the streams the queue admits, plus room for idle and slow clients.
-  http_options.max_threads = static_cast<int>(std::min<int64_t>(*max_queue + 512, 100000));
+  http_options.max_threads =
+      static_cast<int>(std::min<int64_t>(int64_t{engine_options.max_queue} + 512, 100000));
   std::unique_ptr<HttpServer> http, api;
-  for (auto [which, port_flag] : {std::pair{&http, *metrics_port}, std::pair{&api, *http_port}}) {
+  for (auto [which, port_flag] : {std::pair{&http, f.metrics_port}, std::pair{&api, f.http_port}}) {
     if (port_flag < 0) continue;
     HttpOptions o = http_options;
-    o.port = static_cast<int>(port_flag);
+    o.port = port_flag;
     o.openai = which == &api;
     if (!o.openai) o.tls_cert = o.tls_key = "";  // metrics stay plain HTTP, as before
     absl::StatusOr<std::unique_ptr<HttpServer>> started =
@@ -342,26 +243,23 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     if (!started.ok()) {
       (*server)->Shutdown(std::chrono::milliseconds(0));
       executor.Shutdown();
-      return fail(started.status());
+      return ExitCode(mpi, started.status());
     }
     *which = std::move(*started);
   }
-  std::fprintf(
-      stderr,
-      "tessera serve: %s on %s:%d (HTTP %s, metrics %s), model %s (%s), %s, %lld KV blocks of "
-      "%lld per replica\n",
-      "listening", server_options.host.c_str(), (*server)->port(),
-      api ? absl::StrCat(server_options.host, ":", api->port()).c_str() : "off",
-      http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics").c_str()
-           : "off",
-      model_name.c_str(), model->dir.c_str(), parallel->ToString().c_str(),
-      static_cast<long long>(num_blocks), static_cast<long long>(*block_size));
-  if (auto file = flags.GetString("port-file")) {
-    std::ofstream out(*file + ".tmp");
+  spdlog::info(
+      "listening on {}:{} (gRPC), HTTP {}, metrics {}; model {} ({}), {}, {} KV blocks of {} per "
+      "replica",
+      server_options.host, (*server)->port(),
+      api ? absl::StrCat(server_options.host, ":", api->port()) : "off",
+      http ? absl::StrCat("http://", server_options.host, ":", http->port(), "/metrics") : "off",
+      model_name, model.dir, rank.parallel.ToString(), rank.num_kv_blocks, rank.block_size);
+  if (!f.port_file.empty()) {
+    std::ofstream out(f.port_file + ".tmp");
     out << (*server)->port() << " " << (http ? http->port() : -1) << " " << getpid() << " "
         << (api ? api->port() : -1) << "\n";
     out.close();
-    std::rename((*file + ".tmp").c_str(), file->c_str());
+    std::rename((f.port_file + ".tmp").c_str(), f.port_file.c_str());
   }
 
   // A rank stuck in a collective (dead or hung peer): fail everything in flight, then exit.
@@ -375,6 +273,7 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
   });
 
   // Drain on SIGTERM / SIGINT (blocked in every thread; this one waits for them).
+  const double drain_timeout = f.drain_timeout;
   std::atomic<bool> finished{false};
   std::atomic<int> exit_code{0};
   std::thread signals([&] {
@@ -387,19 +286,17 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     while (!finished && (sig = sigtimedwait(&set, nullptr, &tick)) < 0) {
     }
     if (finished) return;
-    std::fprintf(stderr, "tessera serve: signal %d: draining (up to %.0f s)\n", sig,
-                 *drain_timeout);
+    spdlog::warn("signal {}: draining (up to {:.0f} s)", sig, drain_timeout);
     serving = false;
     server_ptr->SetNotServing();
     engine.BeginDrain();
     const auto limit =
-        std::chrono::steady_clock::now() + std::chrono::duration<double>(*drain_timeout);
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(drain_timeout);
     while (engine.in_flight() > 0 && std::chrono::steady_clock::now() < limit) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (engine.in_flight() > 0) {
-      std::fprintf(stderr, "tessera serve: drain timeout: %lld requests cut off\n",
-                   static_cast<long long>(engine.in_flight()));
+      spdlog::warn("drain timeout: {} requests cut off", engine.in_flight());
       exit_code = 1;
     }
     // Cut off what is left; the ranks are fine, so the workers are told to shut down.
@@ -408,20 +305,48 @@ int ServeMain(MpiSession& mpi, int argc, char** argv) {
     for (int i = 0; i < 250 && !finished; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     if (!finished) {
-      std::fprintf(stderr, "tessera serve: the engine did not stop; exiting\n");
+      spdlog::error("the engine did not stop; exiting");
       std::fflush(stderr);
       std::_Exit(1);
     }
   });
 
+  std::thread stats;
+  if (f.log_stats_interval > 0) {
+    stats = std::thread([&] { LogStats(engine, metrics, f.log_stats_interval, finished); });
+  }
+
   engine.Run();  // on the MPI thread until Stop()
   finished = true;
   signals.join();
+  if (stats.joinable()) stats.join();
   (*server)->Shutdown(std::chrono::milliseconds(1000));
   api.reset();
   http.reset();
-  std::fprintf(stderr, "tessera serve: stopped\n");
+  spdlog::info("stopped");
   return exit_code;
+}
+
+int ServeMain(MpiSession& mpi, ServeFlags& f, bool api_key_given) {
+  if (absl::Status valid = Validate(f, api_key_given); !valid.ok()) return ExitCode(mpi, valid);
+  absl::StatusOr<std::unique_ptr<Rank>> rank = OpenRank(mpi, f.rank);
+  if (!rank.ok()) return ExitCode(mpi, rank.status());
+  const int64_t context = (*rank)->model.config.max_position_embeddings;
+  if (f.engine.max_model_len < 0 || f.engine.max_model_len > context) {
+    return ExitCode(mpi, absl::InvalidArgumentError(absl::StrCat(
+                             "--max-model-len ", f.engine.max_model_len,
+                             " must be in [0, max_position_embeddings = ", context, "]")));
+  }
+  if (f.engine.max_model_len == 0) f.engine.max_model_len = context;
+  // Every rank plans its workspace for the engine's largest step.
+  auto limits_for = [&f](const ModelConfig& config, int num_kv_blocks) {
+    return EngineStepLimits(f.engine, config, num_kv_blocks, f.rank.block_size);
+  };
+  if (absl::Status loaded = LoadRank(mpi, f.rank, limits_for, **rank); !loaded.ok()) {
+    return ExitCode(mpi, loaded);
+  }
+  if (ServeStepsAsWorker(mpi, **rank)) return 0;
+  return Coordinate(mpi, f, **rank);
 }
 
 }  // namespace
@@ -434,7 +359,16 @@ int ServeCommand(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   MpiSession mpi(&argc, &argv);
-  return ServeMain(mpi, argc, argv);
+  ServeFlags flags;
+  flags.rank.command = "tessera serve";
+  flags.rank.collective_timeout = 60;
+  std::unique_ptr<CLI::App> app = NewCommandLine(
+      "serve",
+      "Serve the model over gRPC and HTTP: rank 0 coordinates, the other ranks execute its steps.");
+  AddServeFlags(*app, &flags);
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv, mpi.rank() == 0)) return *code;
+  InitLogging(flags.rank.command, /*quiet=*/mpi.rank() != 0);
+  return ServeMain(mpi, flags, app->count("--api-key") > 0);
 }
 
 }  // namespace tessera

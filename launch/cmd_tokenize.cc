@@ -4,6 +4,7 @@
 //                    [--split-special-tokens] [--jsonl]
 //   tessera detokenize --tokenizer DIR (--ids 1,2,3 | --ids-file F) [--json]
 //                      [--skip-special-tokens] [--stream] [--jsonl]
+//   (--help: every flag)
 //
 // DIR is a model or tokenizer directory (tokenizer.json, or vocab.json + merges.txt +
 // tokenizer_config.json). --jsonl batches many inputs in one process: each line of the file is a
@@ -22,19 +23,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "launch/cli.h"
 #include "launch/commands.h"
-#include "launch/flags.h"
 #include "runtime/text/tokenizer/tokenizer.h"
 
 namespace tessera {
 namespace {
 
 using json = nlohmann::json;
-
-int UsageError(const char* command, const std::string& message, const char* usage) {
-  std::fprintf(stderr, "tessera %s: %s\nusage: %s\n", command, message.c_str(), usage);
-  return 2;
-}
 
 int Error(const char* command, const std::string& message) {
   std::fprintf(stderr, "tessera %s: %s\n", command, message.c_str());
@@ -62,50 +58,54 @@ std::vector<std::string> Lines(const std::string& text) {
   return lines;
 }
 
-constexpr char kTokenizeUsage[] =
-    "tessera tokenize --tokenizer DIR (--text T | --text-file F) [--json] [--no-special] "
-    "[--split-special-tokens] [--jsonl]";
-constexpr char kDetokenizeUsage[] =
-    "tessera detokenize --tokenizer DIR (--ids 1,2,3 | --ids-file F) [--json] "
-    "[--skip-special-tokens] [--stream] [--jsonl]";
-
 }  // namespace
 
 int TokenizeCommand(int argc, char** argv) {
   constexpr const char* kName = "tokenize";
-  Flags flags({"tokenizer", "text", "text-file"},
-              {"json", "jsonl", "no-special", "split-special-tokens"});
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
-    return UsageError(kName, std::string(s.message()), kTokenizeUsage);
+  std::string dir, text, text_file;
+  bool as_json = false, jsonl = false, no_special = false, split_special = false;
+  std::unique_ptr<CLI::App> app = NewCommandLine("tokenize", "Text to token ids.");
+  app->add_option("--tokenizer", dir,
+                  "model or tokenizer directory (tokenizer.json, or vocab.json + merges.txt)")
+      ->type_name("DIR")
+      ->required();
+  CLI::Option* text_flag = app->add_option("--text", text, "the text");
+  app->add_option("--text-file", text_file, "read the text from this file")
+      ->type_name("FILE")
+      ->excludes(text_flag);
+  app->add_flag("--json", as_json, "print {\"ids\": [...]} instead of ids separated by spaces");
+  app->add_flag("--jsonl", jsonl,
+                "--text-file holds one JSON string per line; print one JSON line each");
+  app->add_flag("--no-special", no_special, "special tokens in the text are plain text");
+  app->add_flag("--split-special-tokens", split_special,
+                "special tokens in the text are split as plain text (HF split_special_tokens)");
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv)) return *code;
+  auto usage = [&](const std::string& message) {
+    std::fprintf(stderr, "tessera %s: %s\nRun with --help for the flags.\n", kName,
+                 message.c_str());
+    return 2;
+  };
+  if (text_flag->count() == 0 && text_file.empty()) {
+    return usage("give exactly one of --text and --text-file");
   }
-  if (!flags.positional().empty()) {
-    return UsageError(kName, "unexpected argument '" + flags.positional()[0] + "'", kTokenizeUsage);
-  }
-  if (!flags.Has("tokenizer")) return UsageError(kName, "--tokenizer is required", kTokenizeUsage);
-  if (flags.Has("text") == flags.Has("text-file")) {
-    return UsageError(kName, "give exactly one of --text and --text-file", kTokenizeUsage);
-  }
-  if (flags.Has("jsonl") && !flags.Has("text-file")) {
-    return UsageError(kName, "--jsonl needs --text-file", kTokenizeUsage);
-  }
-  if (flags.Has("no-special") && flags.Has("split-special-tokens")) {
-    return UsageError(kName, "--no-special and --split-special-tokens exclude each other",
-                      kTokenizeUsage);
+  if (jsonl && text_file.empty()) return usage("--jsonl needs --text-file");
+  if (no_special && split_special) {
+    return usage("--no-special and --split-special-tokens exclude each other");
   }
   Tokenizer::EncodeOptions options;
-  options.parse_special = !flags.Has("no-special") && !flags.Has("split-special-tokens");
-  options.keep_non_special = flags.Has("split-special-tokens");
+  options.parse_special = !no_special && !split_special;
+  options.keep_non_special = split_special;
 
   std::string input;
-  if (flags.Has("text")) {
-    input = *flags.GetString("text");
-  } else if (!ReadWholeFile(*flags.GetString("text-file"), &input)) {
-    return Error(kName, *flags.GetString("text-file") + ": cannot read");
+  if (text_file.empty()) {
+    input = text;
+  } else if (!ReadWholeFile(text_file, &input)) {
+    return Error(kName, text_file + ": cannot read");
   }
-  auto tokenizer = Tokenizer::Load(*flags.GetString("tokenizer"));
+  auto tokenizer = Tokenizer::Load(dir);
   if (!tokenizer.ok()) return Error(kName, std::string(tokenizer.status().message()));
 
-  if (flags.Has("jsonl")) {
+  if (jsonl) {
     int rc = 0;
     std::string out;
     const std::vector<std::string> lines = Lines(input);
@@ -127,7 +127,7 @@ int TokenizeCommand(int argc, char** argv) {
   }
   auto ids = (*tokenizer)->Encode(input, options);
   if (!ids.ok()) return Error(kName, std::string(ids.status().message()));
-  if (flags.Has("json")) {
+  if (as_json) {
     std::printf("%s\n", Dump(json{{"ids", *ids}}).c_str());
   } else {
     std::printf("%s\n", absl::StrJoin(*ids, " ").c_str());
@@ -137,39 +137,47 @@ int TokenizeCommand(int argc, char** argv) {
 
 int DetokenizeCommand(int argc, char** argv) {
   constexpr const char* kName = "detokenize";
-  Flags flags({"tokenizer", "ids", "ids-file"}, {"json", "jsonl", "skip-special-tokens", "stream"});
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
-    return UsageError(kName, std::string(s.message()), kDetokenizeUsage);
+  std::string dir, ids_text, ids_file;
+  bool as_json = false, jsonl = false, skip_special = false, stream = false;
+  std::unique_ptr<CLI::App> app = NewCommandLine("detokenize", "Token ids to text.");
+  app->add_option("--tokenizer", dir,
+                  "model or tokenizer directory (tokenizer.json, or vocab.json + merges.txt)")
+      ->type_name("DIR")
+      ->required();
+  CLI::Option* ids_flag =
+      app->add_option("--ids", ids_text, "token ids, e.g. 1,2,3")->type_name("LIST");
+  app->add_option("--ids-file", ids_file,
+                  "read the ids from this file (separated by commas or whitespace)")
+      ->type_name("FILE")
+      ->excludes(ids_flag);
+  app->add_flag("--json", as_json, "print {\"text\": ...} instead of the bare text");
+  app->add_flag("--jsonl", jsonl,
+                "--ids-file holds one JSON array of ids per line; print one JSON line each");
+  app->add_flag("--skip-special-tokens", skip_special, "leave special tokens out of the text");
+  app->add_flag("--stream", stream,
+                "decode id by id as a stream would (with --json: the chunks too)");
+  if (std::optional<int> code = ParseCommandLine(*app, argc, argv)) return *code;
+  auto usage = [&](const std::string& message) {
+    std::fprintf(stderr, "tessera %s: %s\nRun with --help for the flags.\n", kName,
+                 message.c_str());
+    return 2;
+  };
+  if (ids_flag->count() == 0 && ids_file.empty()) {
+    return usage("give exactly one of --ids and --ids-file");
   }
-  if (!flags.positional().empty()) {
-    return UsageError(kName, "unexpected argument '" + flags.positional()[0] + "'",
-                      kDetokenizeUsage);
-  }
-  if (!flags.Has("tokenizer")) {
-    return UsageError(kName, "--tokenizer is required", kDetokenizeUsage);
-  }
-  if (flags.Has("ids") == flags.Has("ids-file")) {
-    return UsageError(kName, "give exactly one of --ids and --ids-file", kDetokenizeUsage);
-  }
-  if (flags.Has("jsonl") && !flags.Has("ids-file")) {
-    return UsageError(kName, "--jsonl needs --ids-file", kDetokenizeUsage);
-  }
-  const bool skip_special = flags.Has("skip-special-tokens");
-  const bool stream = flags.Has("stream");
+  if (jsonl && ids_file.empty()) return usage("--jsonl needs --ids-file");
 
   // The id lists to decode: one from --ids or a plain --ids-file, or one per --jsonl line.
   std::vector<std::vector<int64_t>> batches;
   std::vector<std::string> batch_errors;
-  if (flags.Has("ids")) {
-    auto ids = flags.GetIntList("ids");
-    if (!ids.ok()) return UsageError(kName, std::string(ids.status().message()), kDetokenizeUsage);
+  if (ids_file.empty()) {
+    auto ids = ParseIntList(ids_text);
+    if (!ids.ok()) return usage("--ids: " + std::string(ids.status().message()));
     batches.push_back(*ids);
   } else {
     std::string text;
-    if (!ReadWholeFile(*flags.GetString("ids-file"), &text)) {
-      return Error(kName, *flags.GetString("ids-file") + ": cannot read");
-    }
-    if (flags.Has("jsonl")) {
+    if (!ReadWholeFile(ids_file, &text)) return Error(kName, ids_file + ": cannot read");
+    if (jsonl) {
       const std::vector<std::string> lines = Lines(text);
       for (size_t i = 0; i < lines.size(); ++i) {
         json line = json::parse(lines[i], nullptr, /*allow_exceptions=*/false);
@@ -190,8 +198,7 @@ int DetokenizeCommand(int argc, char** argv) {
            absl::StrSplit(text, absl::ByAnyChar(", \t\r\n"), absl::SkipEmpty())) {
         int64_t v;
         if (!absl::SimpleAtoi(piece, &v)) {
-          return Error(kName, absl::StrCat(*flags.GetString("ids-file"), ": '", piece,
-                                           "' is not an integer"));
+          return Error(kName, absl::StrCat(ids_file, ": '", piece, "' is not an integer"));
         }
         ids.push_back(v);
       }
@@ -200,7 +207,7 @@ int DetokenizeCommand(int argc, char** argv) {
   }
   batch_errors.resize(batches.size());
 
-  auto tokenizer = Tokenizer::Load(*flags.GetString("tokenizer"));
+  auto tokenizer = Tokenizer::Load(dir);
   if (!tokenizer.ok()) return Error(kName, std::string(tokenizer.status().message()));
 
   // Decodes one id list; `chunks` gets the streaming detokenizer's outputs when --stream.
@@ -229,7 +236,7 @@ int DetokenizeCommand(int argc, char** argv) {
     return text + tail;
   };
 
-  if (flags.Has("jsonl")) {
+  if (jsonl) {
     int rc = 0;
     std::string out;
     for (size_t i = 0; i < batches.size(); ++i) {
@@ -252,7 +259,7 @@ int DetokenizeCommand(int argc, char** argv) {
   json chunks;
   auto text = decode(batches[0], &chunks);
   if (!text.ok()) return Error(kName, std::string(text.status().message()));
-  if (flags.Has("json")) {
+  if (as_json) {
     json result{{"text", *text}};
     if (stream) result["chunks"] = chunks;
     std::printf("%s\n", Dump(result).c_str());

@@ -10,6 +10,8 @@ int ClientCommand(int argc, char** argv);  // tessera client          (cmd_clien
 int BenchCommand(int argc, char** argv);   // tessera bench           (cmd_bench.cc)
 int BenchCommCommand(int argc,
                      char** argv);  // tessera bench-comm      (cmd_bench_comm.cc)
+int BenchServeCommand(int argc,
+                      char** argv);  // tessera bench-serve     (cmd_bench_serve.cc)
 int MakeTinyModelCommand(int argc,
                          char** argv);           // tessera make-tiny-model (cmd_make_tiny_model.cc)
 int TokenizeCommand(int argc, char** argv);      // tessera tokenize        (cmd_tokenize.cc)

@@ -1,16 +1,40 @@
 #include "launch/device.h"
 
 #include "absl/strings/str_cat.h"
+#include "launch/log.h"
 
 #if defined(TESSERA_HAVE_NCCL)
 #include "parallel/nccl_communicator.h"
 #endif
 
 namespace tessera {
+namespace {
 
-absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& device, MpiSession& mpi) {
+// Whether this build can run `mpi`'s world on GPUs, and every rank sees one (collective).
+bool EveryRankHasGpu(MpiSession& mpi) {
+#if defined(TESSERA_HAVE_CUDA)
+#if !defined(TESSERA_HAVE_NCCL)
+  if (mpi.size() > 1) return false;
+#endif
+  return !mpi.AnyFailed(CudaDeviceCount() > 0);
+#else
+  (void)mpi;
+  return false;
+#endif
+}
+
+}  // namespace
+
+absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& requested, MpiSession& mpi) {
   RankCompute compute;
   compute.world = mpi.world();
+  compute.device = requested;
+  if (requested.empty()) {
+    compute.device = EveryRankHasGpu(mpi) ? "cuda" : "cpu";
+    spdlog::info("device: {} ({}; --device chooses)", compute.device,
+                 compute.device == "cuda" ? "a GPU is visible" : "no usable GPU");
+  }
+  const std::string& device = compute.device;
   if (device == "cpu") {
     compute.backend = MakeCpuBackend();
     return compute;

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_format.h"
 #include "kernels/base/check.h"
+#include "launch/log.h"
 #include "parallel/mpi_communicator.h"
 
 namespace tessera {
@@ -78,7 +79,7 @@ double PeakHostMemoryMiB() {
 }
 }  // namespace
 
-void ReportLoad(MpiSession& mpi, const char* command, double seconds, const WeightLoadStats* read) {
+void ReportLoad(MpiSession& mpi, double seconds, const WeightLoadStats* read) {
   constexpr int kFields = 6;
   const bool have_read = read != nullptr && read->bytes > 0;
   float mine[kFields] = {static_cast<float>(seconds),
@@ -103,8 +104,8 @@ void ReportLoad(MpiSession& mpi, const char* command, double seconds, const Weig
           f[2] >= 1 ? absl::StrFormat("%.2f GB", f[2]) : absl::StrFormat("%.1f MB", f[2] * 1e3),
           f[3], f[3] > 0 ? f[2] / f[3] : 0.0f, static_cast<int>(f[4]), f[5]);
     }
-    std::fprintf(stderr, "%s: rank %d loaded its shard in %.2f s%s, peak host memory %.1f MiB\n",
-                 command, r, f[0], detail.c_str(), f[1]);
+    spdlog::info("rank {} loaded its shard in {:.2f} s{}, peak host memory {:.1f} MiB", r, f[0],
+                 detail, f[1]);
   }
 }
 

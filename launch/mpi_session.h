@@ -40,12 +40,11 @@ class MpiSession {
   std::unique_ptr<Communicator> world_;
 };
 
-// Prints (rank 0, stderr) each rank's shard load time and peak host memory (VmHWM), gathered over
-// the world, and with `read` (the checkpoint loader's totals; null or empty for dummy weights)
-// what it read: "tessera run: rank 1 loaded its shard in 0.21 s (0.03 GB read in 0.02 s, 1.50
-// GB/s, 8 threads, 256 MiB staging), peak host memory 412.3 MiB".
-void ReportLoad(MpiSession& mpi, const char* command, double seconds,
-                const WeightLoadStats* read = nullptr);
+// Logs (rank 0) each rank's shard load time and peak host memory (VmHWM), gathered over the
+// world, and with `read` (the checkpoint loader's totals; null or empty for dummy weights) what
+// it read: "rank 1 loaded its shard in 0.21 s (0.03 GB read in 0.02 s, 1.50 GB/s, 8 threads,
+// 256 MiB staging), peak host memory 412.3 MiB".
+void ReportLoad(MpiSession& mpi, double seconds, const WeightLoadStats* read = nullptr);
 
 // Test-only fault injection, from TESSERA_FAULT="KIND@RANK" (e.g. "crash-load@1"):
 //   fail-load   the rank's model load returns an error

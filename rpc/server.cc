@@ -96,7 +96,8 @@ class CoordinatorServer::Service final
     info->set_model_path(model_.model_path);
     info->set_model_type(c.model_type);
     info->set_vocab_size(static_cast<uint32_t>(c.vocab_size));
-    info->set_max_model_len(static_cast<uint32_t>(c.max_position_embeddings));
+    info->set_max_model_len(static_cast<uint32_t>(
+        model_.max_model_len > 0 ? model_.max_model_len : c.max_position_embeddings));
     info->set_num_layers(static_cast<uint32_t>(c.num_hidden_layers));
     info->set_hidden_size(static_cast<uint32_t>(c.hidden_size));
     info->set_num_experts(static_cast<uint32_t>(c.num_experts));

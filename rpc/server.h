@@ -44,6 +44,7 @@ struct ServerOptions {
 struct ModelDescription {
   std::string model_path;
   std::string backend = "cpu";
+  int64_t max_model_len = 0;  // the context the engine allows (--max-model-len); 0: the config's
 };
 
 class CoordinatorServer {

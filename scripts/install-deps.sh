@@ -10,6 +10,8 @@ packages=(
   libabsl-dev
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev libpcre2-dev libicu-dev libcpp-httplib-dev
+  libcli11-dev # command-line flags (launch/cli.h)
+  libspdlog-dev # logs with time and level (launch/log.h)
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev clang-format
   python3 python3-venv python3-pip

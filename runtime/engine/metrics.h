@@ -64,6 +64,12 @@ class Metrics {
 
   std::string Render() const;
 
+  // Totals so far (the periodic stats line of `tessera serve`). Prompt tokens count those
+  // computed; prefix-cache hits those a request found cached instead.
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t generation_tokens() const { return generation_tokens_; }
+  int64_t prefix_cache_hit_tokens() const { return prefix_hit_tokens_; }
+
  private:
   struct Histogram {
     std::vector<double> bounds;

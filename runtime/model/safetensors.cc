@@ -25,6 +25,7 @@
 #include "kernels/base/status_macros.h"
 #include "kernels/base/string_view.h"
 #include "runtime/model/json_text.h"
+#include "runtime/model/load_progress.h"
 
 namespace tessera {
 namespace {
@@ -562,6 +563,7 @@ absl::Status Checkpoint::ReadFloat(std::string_view name, int dim, int64_t start
     ConvertToFloat(slice.info->dtype, file_start + slice.file_offset + o * slice.stride, run,
                    dst + o * run);
   }
+  ReportLoadProgress(slice.file->path(), static_cast<int64_t>(slice.runs * slice.run_bytes));
   return absl::OkStatus();
 }
 

@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "runtime/model/load_progress.h"
 
 namespace tessera {
 namespace {
@@ -104,6 +105,7 @@ absl::Status WeightLoader::ReadChunk(const Chunk& chunk, int fd, uint8_t* stagin
     }
     pos += n;
   }
+  ReportLoadProgress(b.file->path(), static_cast<int64_t>(chunk.end - chunk.begin));
   return absl::OkStatus();
 }
 

@@ -93,7 +93,7 @@ class TlsTest(unittest.TestCase):
             self.assertLess(time.time(), deadline, output())
             time.sleep(0.1)
         with open(port_file) as f:
-            grpc_port, metrics_port, _ = f.read().split()
+            grpc_port, metrics_port = f.read().split()[:2]  # then RANK0_PID HTTP_PORT
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         local_port = {"grpc": grpc_port, "metrics": metrics_port}
 

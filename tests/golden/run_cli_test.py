@@ -21,7 +21,10 @@ passed = 0
 
 
 def run(*args, env=None):
-    proc = subprocess.run([TESSERA, "run", *args], capture_output=True, text=True, timeout=120,
+    # The CPU backend explicitly (--device defaults to cuda where a GPU is visible); a later
+    # --device in `args` wins.
+    proc = subprocess.run([TESSERA, "run", "--device", "cpu", *args], capture_output=True,
+                          text=True, timeout=120,
                           env=env)
     return proc.returncode, proc.stdout, proc.stderr
 

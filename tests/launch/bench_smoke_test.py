@@ -21,7 +21,7 @@ ARGS = ["--ttft", "16,48", "--decode-batch", "1,4", "--decode-context", "32", "-
         "--max-num-batched-tokens", "128", "--json"]
 for name, ranks, layout in [("dense_gqa", 1, []), ("dense_gqa", 2, ["--tp", "2"]),
                             ("moe_norm_topk", 2, ["--ep", "2"]), ("dense_yarn", 2, ["--pp", "2"])]:
-    cmd = [TESSERA, "bench", "--model", os.path.join(FIXTURES, name), *layout, *ARGS]
+    cmd = [TESSERA, "bench", "--device", "cpu", "--model", os.path.join(FIXTURES, name), *layout, *ARGS]
     if ranks > 1:
         cmd = [MPIRUN, *MPI_FLAGS, "-np", str(ranks), *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -44,7 +44,7 @@ for name, ranks, layout in [("dense_gqa", 1, []), ("dense_gqa", 2, ["--tp", "2"]
         print(f"FAIL {label}: {e}")
 
 # --op-profile: every op of a step timed; the table accounts for the whole forward.
-cmd = [TESSERA, "bench", "--model", os.path.join(FIXTURES, "dense_gqa"), "--ttft", "40",
+cmd = [TESSERA, "bench", "--device", "cpu", "--model", os.path.join(FIXTURES, "dense_gqa"), "--ttft", "40",
        "--decode-batch", "3", "--decode-context", "20", "--decode-steps", "3", "--repeats", "1",
        "--op-profile", "--json"]
 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -73,7 +73,7 @@ except Exception as e:
     print(f"FAIL --op-profile: {e}")
 # The default KV cache holds every measurement: 70 sequences of 15 + 2 + 1 positions take two
 # 16-token blocks each (140), more than their tokens' worth of blocks plus the slack (67 + 64).
-cmd = [TESSERA, "bench", "--model", os.path.join(FIXTURES, "dense_gqa"), "--decode-batch", "70",
+cmd = [TESSERA, "bench", "--device", "cpu", "--model", os.path.join(FIXTURES, "dense_gqa"), "--decode-batch", "70",
        "--decode-context", "15", "--decode-steps", "2", "--repeats", "1", "--json"]
 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 try:

@@ -42,7 +42,7 @@ def mpirun(ranks, args, env_extra=None, limit=30):
 
 moe = os.path.join(FIXTURES, "moe_norm_topk")  # sharded checkpoint
 prompt = ",".join(map(str, json.load(open(os.path.join(moe, "expected.json")))["prompt_ids"]))
-base = ["--prompt-ids", prompt, "--max-new-tokens", "4", "--temperature", "0"]
+base = ["--device", "cpu", "--prompt-ids", prompt, "--max-new-tokens", "4", "--temperature", "0"]
 
 with tempfile.TemporaryDirectory() as tmp:
     broken = os.path.join(tmp, "missing-shard")

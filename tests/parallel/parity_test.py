@@ -57,7 +57,7 @@ def run(fixture, ranks, flags, out, extra_env=None):
     d = os.path.join(FIXTURES, fixture)
     expected = json.load(open(os.path.join(d, "expected.json")))
     prompt = ",".join(map(str, expected["prompt_ids"]))
-    cmd = [TESSERA, "run", "--model", d, "--prompt-ids", prompt, "--temperature", "0", "--json",
+    cmd = [TESSERA, "run", "--device", "cpu", "--model", d, "--prompt-ids", prompt, "--temperature", "0", "--json",
            "--max-new-tokens", str(len(expected["greedy_tokens"])), "--prompt-logits-out", out,
            *flags]
     if ranks > 1:
@@ -107,7 +107,7 @@ with tempfile.TemporaryDirectory() as tmp:
     subprocess.run([TESSERA, "make-tiny-model", "--out", model], check=True, capture_output=True)
     peaks = {}
     for ranks in (1, 4):
-        cmd = [TESSERA, "run", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "1",
+        cmd = [TESSERA, "run", "--device", "cpu", "--model", model, "--prompt-ids", "1,2,3", "--max-new-tokens", "1",
                "--tp", str(ranks)]
         if ranks > 1:
             cmd = [MPIRUN, *MPI_FLAGS, "-np", str(ranks), *cmd]

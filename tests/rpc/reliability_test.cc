@@ -80,7 +80,15 @@ double LabelledMetric(const ServerJob& job, const std::string& sample) {
   char line[4096];
   double value = 0;
   while (fgets(line, sizeof(line), pipe)) {
-    const std::string l(line);
+    // Every sample carries model_name first ({model_name="...",finished_reason="..."}); `sample`
+    // names the other labels only.
+    std::string l(line);
+    const size_t model = l.find("{model_name=\"");
+    if (model != std::string::npos) {
+      const size_t end = l.find('"', model + 13);
+      const size_t cut = end != std::string::npos && l[end + 1] == ',' ? end + 2 : end + 1;
+      if (end != std::string::npos) l.erase(model + 1, cut - model - 1);
+    }
     if (l.rfind(sample + " ", 0) == 0) value = std::stod(l.substr(sample.size() + 1));
   }
   pclose(pipe);

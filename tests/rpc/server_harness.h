@@ -46,6 +46,8 @@ class ServerJob {
                                      std::to_string(ranks),
                                      TESSERA_BINARY,
                                      "serve",
+                                     "--device",  // CPU numerics; a later --device in `args` wins
+                                     "cpu",
                                      "--host",
                                      "127.0.0.1",
                                      "--port",

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""`tessera bench-serve` end to end: a real `tessera serve` (the embedded tiny model on the CPU,
+free ports) and the load generator through its gRPC API, with --metrics-address for the engine's
+bound. Checks the JSON report is whole and its figures consistent; speed itself is measured on the
+GPU machine, not here.
+
+usage: bench_serve_smoke_test.py TESSERA
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+TESSERA = sys.argv[1]
+run_dir = tempfile.mkdtemp(prefix="tessera-bench-serve-")
+port_file = os.path.join(run_dir, "port")
+log_path = os.path.join(run_dir, "serve.log")
+env = dict(os.environ, OMP_NUM_THREADS="1")
+log = open(log_path, "w")
+server = subprocess.Popen(
+    [TESSERA, "serve", "--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+     "--http-port", "-1", "--port-file", port_file, "--log-stats-interval", "0"],
+    stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def server_log():
+    with open(log_path) as f:
+        return f.read()
+
+
+code = 1
+try:
+    deadline = time.time() + 120
+    while not os.path.exists(port_file):
+        assert server.poll() is None, f"serve exited {server.returncode}:\n{server_log()}"
+        assert time.time() < deadline, f"serve did not come up:\n{server_log()}"
+        time.sleep(0.1)
+    with open(port_file) as f:
+        grpc_port, metrics_port = map(int, f.read().split()[:2])
+
+    proc = subprocess.run(
+        [TESSERA, "bench-serve", "--address", f"127.0.0.1:{grpc_port}",
+         "--metrics-address", f"127.0.0.1:{metrics_port}", "--num-prompts", "8", "--input-len", "16",
+         "--output-len", "8", "--json"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"bench-serve exit {proc.returncode}: {proc.stderr}"
+    r = json.loads(proc.stdout)
+    assert r["completed"] == 8 and r["failed"] == 0, r
+    assert r["total_output_tokens"] == 64, r
+    assert r["total_input_tokens"] == 8 * 16, r
+    for name in ("ttft_ms", "tpot_ms"):
+        assert r[name]["mean"] > 0 and r[name]["p50"] > 0 and r[name]["p99"] > 0, (name, r[name])
+    for name in ("engine_step_seconds", "engine_steps", "bound_output_throughput", "efficiency"):
+        assert name in r, (name, sorted(r))
+    assert r["engine_steps"] > 0 and r["bound_output_throughput"] > 0, r
+    assert 0 < r["efficiency"] <= 1.5, r["efficiency"]
+    assert r["output_throughput"] > 0 and r["duration_s"] > 0, r
+    print(f"ok   bench-serve: {r['output_throughput']:.0f} output tok/s, TTFT p50 "
+          f"{r['ttft_ms']['p50']:.1f} ms, TPOT p50 {r['tpot_ms']['p50']:.2f} ms, "
+          f"efficiency {r['efficiency']:.2f}")
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0, f"serve exit {server.returncode}:\n{server_log()}"
+    code = 0
+except Exception as e:
+    print(f"FAIL {e}")
+finally:
+    if server.poll() is None:
+        server.kill()
+        server.wait()
+    log.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+sys.exit(code)
