@@ -298,7 +298,8 @@ TEST(ReliabilityTest, EngineErrorsAreCountedOnce) {
   const double finished =
       LabelledMetric(job, "tessera:request_success_total{finished_reason=\"error\"}");
   EXPECT_LE(errors, kRequests);
-  EXPECT_EQ(errors, finished);
+  // Exactly one of the two counters per request: an error never shows as a finish too.
+  EXPECT_EQ(finished, 0);
 }
 
 // Thousands of queued streams opened with the async client API: one completion queue, no thread
