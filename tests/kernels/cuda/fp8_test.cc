@@ -126,7 +126,7 @@ TEST_P(CudaFp8Test, WeightOnlyMatchesReference) {
   char what[96];
   if (m <= cuda::kFp8GemvMaxRows) {
     for (int rows : {2, 4})
-      for (int variant : {1, 2}) {
+      for (int variant : {1}) {
         DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
         cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
                             w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream(), rows, variant);
