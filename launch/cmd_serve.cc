@@ -1,7 +1,8 @@
 // tessera serve: the gRPC coordinator and the OpenAI-compatible HTTP API on rank 0, the other
 // ranks executing its step plans.
 //
-//   [mpirun -np N] tessera serve [--model DIR] [--host H] [--port P] [--http-port H]
+//   [mpirun -np N] tessera serve [--model DIR [--load-format dummy]] [--host H] [--port P]
+//   [--http-port H]
 //       [--metrics-port M]
 //       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu|cuda] [--max-num-seqs N]
 //       [--max-num-batched-tokens N]
@@ -68,6 +69,10 @@ struct ServeFlags {
 
 void AddServeFlags(CLI::App& app, ServeFlags* f) {
   AddModelFlags(app, &f->rank);
+  app.add_option("--load-format", f->rank.load_format,
+                 "safetensors: the checkpoint; dummy: random weights at the real shapes (only "
+                 "config.json and the tokenizer are read; for benchmarks)")
+      ->check(CLI::IsMember({"dummy", "safetensors"}));
   // The server.
   app.add_option("--host", f->server.host, "address the gRPC, HTTP and metrics servers listen on");
   app.add_option("--port", f->server.port, "gRPC port (0: a free one, see --port-file)");

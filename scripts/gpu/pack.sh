@@ -25,7 +25,7 @@ done
 "$here/pack-libs.sh" "$stage/lib" "$stage"/bin/* >/dev/null
 tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
 cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/comm-bench.sh" \
-  "$here/load-bench.sh" "$here/load_bench.py" \
+  "$here/load-bench.sh" "$here/load_bench.py" "$here/serve-bench.sh" \
   "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \
   "$dest/"
 du -sh "$dest"

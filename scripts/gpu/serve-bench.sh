@@ -1,0 +1,51 @@
+#!/bin/bash
+# One device call: serving throughput through the real server (issue table of docs/perf), with
+# dummy weights at the real shapes. For each model in MODELS (default Qwen3-14B and
+# Qwen3-30B-A3B), `tessera serve --load-format dummy` on GPU 0, then `tessera bench-serve` runs
+# against it: a burst of BURST (1000) requests of log-normal lengths around 256 in / 128 out, and
+# for dense models concurrency 64 with 1K in / 1K out (CONC_PROMPTS requests). `tessera bench`
+# gives the engine's own decode step time at batch 64 beside it. Logs and JSON under $OUT;
+# scripts/gpu/pack.sh prepares .devcarry.
+set -u
+cd "$(dirname "$0")/.."
+root=$PWD
+[ -d .devcarry/bin ] || python3 -c "import tarfile; tarfile.open('.devcarry/pack.tar.xz').extractall('.devcarry')" || exit 1
+export PATH=$PATH:/usr/local/cuda/bin
+export LD_LIBRARY_PATH=$root/.devcarry/lib NCCL_NVLS_ENABLE=0
+B=$root/.devcarry/bin
+S=$OUT/serve-bench.txt
+J=$OUT/serve-bench.jsonl
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a $S
+tok=tests/data/qwen3/tokenizer-qwen3-0.6b
+for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
+  dir=/tmp/models/$model
+  mkdir -p $dir && cp scripts/bench/models/$model/config.json $tok/* $dir/
+  if [ "${BENCH:-1}" = 1 ]; then
+    echo "===== $model: tessera bench --decode-batch 64,128,256" | tee -a $S
+    timeout 300 $B/tessera bench --model $dir --device cuda --ttft 256 --decode-batch 1,64,128,256 \
+      --decode-context 384 --decode-steps 32 --repeats 3 --json 2>>$OUT/serve.log | tee -a $J | tail -c 2000 >>$S
+  fi
+  rm -f /tmp/port
+  $B/tessera serve --model $dir --load-format dummy --device cuda --port 0 --http-port -1 \
+    --metrics-port 0 --port-file /tmp/port --max-num-seqs ${MAX_SEQS:-256} \
+    --max-num-batched-tokens ${MAX_TOKENS:-8192} ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done
+  read -r gport mport _ </tmp/port || { echo "$model: serve did not start" | tee -a $S; continue; }
+  run() {  # run LABEL bench-serve flags...: one JSON line per run, in both logs
+    local label=$1; shift
+    echo "===== $model: $label" | tee -a $S
+    timeout 400 $B/tessera bench-serve --address 127.0.0.1:$gport --metrics-address 127.0.0.1:$mport \
+      --warmup 4 --json "$@" >/tmp/bs.txt 2>&1
+    tail -c 3000 /tmp/bs.txt >>$S
+    echo "{\"model\":\"$model\",\"run\":\"$label\",\"result\":$(tail -1 /tmp/bs.txt)}" >>$J
+  }
+  run "burst ${BURST:-1000}, log-normal 256/128" --num-prompts ${BURST:-1000} --request-rate inf \
+    --input-mean 256 --output-mean 128
+  case $model in *A3B*|*A22B*) ;; *)
+    run "concurrency 64, 1K/1K" --num-prompts ${CONC_PROMPTS:-192} --max-concurrency 64 \
+      --input-len 1024 --output-len 1024 ;;
+  esac
+  curl -s 127.0.0.1:$mport/metrics | grep -E "^tessera:(engine_step|num_preempt|prompt_tokens_total|generation_tokens_total)" >>$S
+  kill -TERM $pid; wait $pid; echo "$model serve exit $?" | tee -a $S
+done
