@@ -23,7 +23,7 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
   if [ "${BENCH:-1}" = 1 ]; then
     echo "===== $model: tessera bench --decode-batch 64,128,256" | tee -a $S
     timeout 300 $B/tessera bench --model $dir --device cuda --ttft 256 --decode-batch 1,64,128,256 \
-      --decode-context 384 --decode-steps 32 --repeats 3 --json 2>>$OUT/serve.log | tee -a $J | tail -c 2000 >>$S
+      --decode-context 384 --decode-steps 32 --repeats 3 --json 2>>$OUT/serve.log >$OUT/bench-$model.json; tail -c 1500 $OUT/bench-$model.json >>$S
   fi
   rm -f /tmp/port
   $B/tessera serve --model $dir --load-format dummy --device cuda --port 0 --http-port -1 \
@@ -36,9 +36,10 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
     local label=$1; shift
     echo "===== $model: $label" | tee -a $S
     timeout 400 $B/tessera bench-serve --address 127.0.0.1:$gport --metrics-address 127.0.0.1:$mport \
-      --warmup 4 --json "$@" >/tmp/bs.txt 2>&1
-    tail -c 3000 /tmp/bs.txt >>$S
-    echo "{\"model\":\"$model\",\"run\":\"$label\",\"result\":$(tail -1 /tmp/bs.txt)}" >>$J
+      --warmup 4 --json "$@" >/tmp/bs.json 2>/tmp/bs.err
+    tail -c 1000 /tmp/bs.err >>$S
+    python3 -c "import json,sys; r=json.load(open('/tmp/bs.json')); print(json.dumps({'model':'$model','run':'$label','result':r}))" >>$J
+    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','bound_output_throughput','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
   }
   run "burst ${BURST:-1000}, log-normal 256/128" --num-prompts ${BURST:-1000} --request-rate inf \
     --input-mean 256 --output-mean 128
