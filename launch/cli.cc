@@ -1,7 +1,10 @@
 #include "launch/cli.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -50,6 +53,43 @@ std::string DescribeExtras(const CLI::App& app, const std::vector<std::string>& 
   return absl::StrJoin(parts, "; ");
 }
 
+// NOTE: CLI11 2.1 reads numbers with strtold/strtoll: it takes "nan" and "inf" for a float, a
+// too-large integer silently becomes INT64_MAX (int64 flags), "-1" a huge unsigned, and "010" is
+// octal 8. The check below refuses those before CLI11 converts; "" means the value is fine (or
+// not a number at all, which CLI11's own conversion reports).
+std::string CheckNumber(const std::string& value, bool is_unsigned) {
+  const char* begin = value.c_str();
+  char* end = nullptr;
+  const double d = std::strtod(begin, &end);
+  if (end == begin || *end != '\0') return "";
+  if (!std::isfinite(d)) return absl::StrCat("'", value, "' is not a finite number");
+  size_t digits = value.find_first_not_of("+-");
+  const bool integer = digits <= 1 && digits < value.size() &&
+                       value.find_first_not_of("0123456789", digits) == std::string::npos;
+  if (!integer) return "";
+  if (is_unsigned && value[0] == '-') return absl::StrCat("'", value, "' is negative");
+  if (value[digits] == '0' && value.size() > digits + 1) {
+    return absl::StrCat("'", value, "' has a leading zero (write the number in decimal)");
+  }
+  errno = 0;
+  if (value[0] == '-') {
+    (void)std::strtoll(begin, &end, 10);
+  } else {
+    (void)std::strtoull(begin, &end, 10);
+  }
+  if (errno == ERANGE) return absl::StrCat("'", value, "' is out of range");
+  return "";
+}
+
+// A numeric option: CLI11's type for it, or (for those given another type name, e.g. SECONDS)
+// a default that is a number.
+bool IsNumeric(const CLI::Option& option) {
+  const std::string type = option.get_type_name();
+  if (type == "INT" || type == "UINT" || type == "FLOAT" || type == "NUMBER") return true;
+  double v;
+  return !option.get_default_str().empty() && absl::SimpleAtod(option.get_default_str(), &v);
+}
+
 }  // namespace
 
 std::unique_ptr<CLI::App> NewCommandLine(const std::string& command,
@@ -65,6 +105,12 @@ std::unique_ptr<CLI::App> NewCommandLine(const std::string& command,
 std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv, bool print) {
   std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
   std::reverse(args.begin(), args.end());  // CLI11 takes them last first
+  for (CLI::Option* option : app.get_options()) {
+    if (option->get_expected_min() < 1 || !IsNumeric(*option)) continue;
+    const bool is_unsigned = option->get_type_name() == "UINT";
+    option->check(CLI::Validator(
+        [is_unsigned](std::string& value) { return CheckNumber(value, is_unsigned); }, "", ""));
+  }
   try {
     app.parse(args);
   } catch (const CLI::CallForHelp&) {
@@ -122,7 +168,8 @@ absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
         text.compare(text.size() - suffix.size(), suffix.size(), suffix))
       continue;
     double value;
-    if (absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &value) && value > 0) {
+    if (absl::SimpleAtod(text.substr(0, text.size() - suffix.size()), &value) && value > 0 &&
+        value * unit.scale < 9e18) {
       return static_cast<int64_t>(value * unit.scale);
     }
     break;
