@@ -113,11 +113,18 @@ StepTime ScrapeStepTime(const std::string& address) {
   std::istringstream lines(res->body);
   for (std::string line; std::getline(lines, line);) {
     if (line.empty() || line[0] == '#') continue;
-    std::vector<std::string> kv = absl::StrSplit(line, ' ');
-    if (kv.size() < 2) continue;
-    const std::string name = kv[0].substr(0, kv[0].find('{'));
+    // `name{label="v",...} value [timestamp]`: label values may hold spaces (a model name), so
+    // the value is the first field after the labels' closing brace.
+    const size_t brace = line.find('{');
+    const size_t name_end = std::min(brace, line.find(' '));
+    if (name_end == std::string::npos) continue;
+    const std::string name = line.substr(0, name_end);
+    const size_t labels_end = name_end == brace ? line.rfind('}') : name_end;
+    if (labels_end == std::string::npos) continue;
+    std::vector<std::string> fields =
+        absl::StrSplit(line.substr(labels_end + 1), ' ', absl::SkipEmpty());
     double value = 0;
-    if (!absl::SimpleAtod(kv[1], &value)) continue;
+    if (fields.empty() || !absl::SimpleAtod(fields[0], &value)) continue;
     if (name == "tessera:engine_step_seconds_sum") {
       t.seconds += value;
       have_sum = true;
