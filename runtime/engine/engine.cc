@@ -297,6 +297,7 @@ void Engine::Intake() {
       s.detok = std::make_unique<StreamingDetokenizer>(*tokenizer_, s.req.skip_special_tokens);
     }
     if (s.req.parse_chat) s.parser = std::make_unique<ChatOutputParser>(*s.req.parse_chat);
+    if (options_.on_request_arrival) options_.on_request_arrival(s.req);
     // Attention-DP: the replica with the fewest sequences owns it.
     int best = 0;
     for (int d = 1; d < static_cast<int>(replicas_.size()); ++d) {
@@ -305,6 +306,7 @@ void Engine::Intake() {
       };
       if (load(d) < load(best)) best = d;
     }
+    if (const int sibling = SiblingReplica(s); sibling >= 0) best = sibling;
     s.replica = best;
     auto& waiting = replicas_[best]->waiting;
     auto pos = std::upper_bound(waiting.begin(), waiting.end(), seq,
@@ -338,6 +340,33 @@ void Engine::Preempt(Replica& replica, Sequence* seq) {
   seq->num_computed = 0;
   seq->num_registered = 0;
   if (metrics_) metrics_->AddPreemption();
+}
+
+int Engine::SiblingReplica(const Sequence& seq) const {
+  if (seq.req.prompt_group.empty()) return -1;
+  for (int d = 0; d < static_cast<int>(replicas_.size()); ++d) {
+    for (const auto* list : {&replicas_[d]->running, &replicas_[d]->waiting}) {
+      for (const auto& other : *list) {
+        if (other->req.prompt_group == seq.req.prompt_group) return d;
+      }
+    }
+  }
+  return -1;
+}
+
+bool Engine::WaitsForSibling(const Replica& replica, const Sequence& seq) const {
+  if (seq.req.prompt_group.empty() || !options_.enable_prefix_caching || seq.admitted_once) {
+    return false;
+  }
+  // The full blocks a prefix match can give it (its last prompt token is always computed).
+  const int shareable = (seq.prompt_len - 1) / replica.manager.block_size();
+  if (shareable == 0) return false;
+  for (const auto& other : replica.running) {
+    if (other->req.prompt_group == seq.req.prompt_group && other->num_registered < shareable) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* scheduled) {
@@ -374,6 +403,7 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
   while (!preempted && budget > 0 && !replica.waiting.empty() &&
          static_cast<int>(replica.running.size()) < options_.max_num_seqs) {
     Sequence* s = replica.waiting.front().get();
+    if (WaitsForSibling(replica, *s)) break;
     if (s->blocks.empty() && s->num_computed == 0) {
       s->num_computed = bm.MatchPrefix(s->tokens, 1, &s->blocks);
       s->num_registered = s->num_computed / bm.block_size();
@@ -630,9 +660,17 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
   out.completion_tokens = s->generated();
   out.cached_tokens = s->cached_tokens;
   const std::string code = absl::StatusCodeToString(out.status.code());
+  std::optional<EngineOutput> logged;
+  if (options_.on_request_finish) logged = out;
   // Counted only if this output ends the request (FailAll may have ended it already), and in
   // exactly one of the two counters.
   const bool ended = s->stream->Push(std::move(out)) == RequestStream::PushResult::kQueued;
+  if (ended && logged) {
+    const auto now = Clock::now();
+    options_.on_request_finish(s->req, *logged,
+                               s->generated() > 0 ? Seconds(s->first_token - s->arrived) : -1.0,
+                               Seconds(now - s->arrived));
+  }
   if (metrics_ && ended) {
     if (reason == FinishReason::kError) {
       metrics_->AddError(code);

@@ -51,6 +51,11 @@ struct EngineRequest {
   std::optional<ChatOutputParser::Options> parse_chat;
   int priority = 0;  // lower is served first; FCFS within a priority
   std::optional<std::chrono::steady_clock::time_point> deadline;
+  // Siblings of one request with `n` > 1 (the same prompt) share a non-empty group: the engine
+  // admits the first and holds the others until its prompt's full blocks are in the prefix
+  // cache, so the prompt is computed once (ENGINE.md, "Admission").
+  std::string prompt_group;
+  std::string origin;  // the front end that sent it ("grpc", "http"): for request logs only
 };
 
 struct TokenLogprob {
@@ -124,6 +129,12 @@ struct EngineOptions {
   // ends it (stall-step).
   int64_t fault_after_steps = -1;
   std::function<void()> fault;
+  // Request logs (serve --log-requests), called on the engine thread: once when a request is
+  // taken in, once when it ends (its last output, the time to its first token, < 0 if none came,
+  // and its end-to-end time, in seconds). They must return at once.
+  std::function<void(const EngineRequest&)> on_request_arrival;
+  std::function<void(const EngineRequest&, const EngineOutput& last, double ttft_s, double e2e_s)>
+      on_request_finish;
 };
 
 // The largest step an Engine with `options` plans (per replica and micro-batch), for an executor
@@ -181,6 +192,10 @@ class Engine {
   void Intake();
   bool Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* scheduled);
   void Preempt(Replica& replica, Sequence* seq);
+  // n > 1: the replica already holding a sibling of `seq` (-1: none), and whether `seq` must wait
+  // for a running sibling to compute and register the prompt's full blocks.
+  int SiblingReplica(const Sequence& seq) const;
+  bool WaitsForSibling(const Replica& replica, const Sequence& seq) const;
   void Step();
   // `logits`: the row's logits for host-sampled rows, null for rows sampled on the device.
   void Emit(Sequence* seq, int32_t token, const float* logits);
