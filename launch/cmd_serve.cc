@@ -3,7 +3,7 @@
 //
 //   [mpirun -np N] tessera serve [--model DIR [--load-format dummy]] [--host H] [--port P]
 //   [--http-port H]
-//       [--metrics-port M]
+//       [--metrics-port M] [--served-model-name NAME...] [--log-requests [--log-request-prompts]]
 //       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu|cuda] [--max-num-seqs N]
 //       [--max-num-batched-tokens N]
 //       [--kv-cache-memory BYTES | --num-kv-blocks N | --gpu-memory-utilization F]
@@ -39,9 +39,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <string>
 #include <thread>
+#include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "kernels/base/status_macros.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
@@ -65,6 +70,9 @@ struct ServeFlags {
   double drain_timeout = 30;
   bool no_prefix_caching = false;
   double log_stats_interval = 10;
+  std::vector<std::string> served_model_names;
+  bool log_requests = false;
+  bool log_request_prompts = false;
 };
 
 void AddServeFlags(CLI::App& app, ServeFlags* f) {
@@ -80,6 +88,12 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
                  "OpenAI-compatible HTTP API, /health and /metrics port (0: a free one; -1: off)");
   app.add_option("--metrics-port", f->metrics_port,
                  "Prometheus /metrics and /health port (0: a free one; -1: off)");
+  app.add_option("--served-model-name", f->served_model_names,
+                 "the names clients may give as `model` (others get 404); the first is reported "
+                 "(default: the model directory's basename)")
+      ->type_name("NAME...")
+      ->expected(1, CLI::detail::expected_max_vector_size)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--port-file", f->port_file,
                  "once up, write \"GRPC_PORT METRICS_PORT RANK0_PID HTTP_PORT\" to this file")
       ->type_name("FILE");
@@ -120,6 +134,11 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_option("--log-stats-interval", f->log_stats_interval,
                  "while busy, log a stats line every this many seconds (0: never)")
       ->type_name("SECONDS");
+  app.add_flag("--log-requests", f->log_requests,
+               "log each request's arrival (front end, prompt tokens, sampling) and end (finish "
+               "reason, tokens, TTFT, e2e); not the prompt text");
+  app.add_flag("--log-request-prompts", f->log_request_prompts,
+               "with --log-requests, also log each prompt's text (first 2000 bytes)");
   AddParallelFlags(app, &f->rank);
   AddKvCacheFlags(app, &f->rank, "--num-kv-blocks", "by the memory flags below",
                   /*memory_flags=*/true);
@@ -134,6 +153,12 @@ absl::Status Validate(const ServeFlags& f, bool api_key_given) {
   if (f.server.keepalive_time_s <= 0 || f.server.keepalive_timeout_s <= 0) {
     return absl::InvalidArgumentError(
         "--client-keepalive and --client-keepalive-timeout must be > 0");
+  }
+  for (const std::string& name : f.served_model_names) {
+    if (name.empty()) return absl::InvalidArgumentError("--served-model-name: a name is empty");
+  }
+  if (f.log_request_prompts && !f.log_requests) {
+    return absl::InvalidArgumentError("--log-request-prompts needs --log-requests");
   }
   if (api_key_given && f.server.api_key.empty()) {
     return absl::InvalidArgumentError(
@@ -178,6 +203,42 @@ void LogStats(const Engine& engine, const Metrics& metrics, double interval,
   }
 }
 
+// --log-requests: a line when the engine takes a request in and one when it ends. The prompt's
+// text only with --log-request-prompts (it may hold what users would not want in logs).
+void LogRequestArrival(const EngineRequest& r, const Tokenizer* tokenizer, bool with_prompt) {
+  const SamplingParams& s = r.sampling;
+  std::string prompt;
+  if (with_prompt) {
+    absl::StatusOr<std::string> text =
+        tokenizer ? tokenizer->Decode(r.prompt, /*skip_special_tokens=*/false)
+                  : absl::StatusOr<std::string>(absl::StrJoin(r.prompt, " "));
+    constexpr size_t kMaxPromptLog = 2000;
+    if (text.ok()) {
+      prompt = absl::StrCat(", prompt \"", absl::CHexEscape(text->substr(0, kMaxPromptLog)), "\"",
+                            text->size() > kMaxPromptLog ? " (cut)" : "");
+    }
+  }
+  spdlog::info(
+      "request {} arrived ({}): {} prompt tokens, max_tokens {}, temperature {}, top_p {}, top_k "
+      "{}, min_p {}, repetition_penalty {}, presence_penalty {}, frequency_penalty {}, seed {}, "
+      "stop strings {}, stop ids {}, ignore_eos {}, logprobs {}, priority {}{}",
+      r.request_id, r.origin.empty() ? "-" : r.origin, r.prompt.size(), r.max_tokens, s.temperature,
+      s.top_p, s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty, s.frequency_penalty,
+      s.seed ? absl::StrCat(*s.seed) : "none", r.stop.size(), r.stop_token_ids.size(), r.ignore_eos,
+      r.top_logprobs, r.priority, prompt);
+}
+
+void LogRequestFinish(const EngineRequest& r, const EngineOutput& last, double ttft_s,
+                      double e2e_s) {
+  spdlog::info(
+      "request {} finished: {}{}, {} prompt tokens ({} cached), {} generated, TTFT {}, e2e "
+      "{:.3f} s",
+      r.request_id, FinishReasonName(last.finish_reason),
+      last.status.ok() ? "" : absl::StrCat(" (", last.status.ToString(), ")"), last.prompt_tokens,
+      last.cached_tokens, last.completion_tokens,
+      ttft_s < 0 ? std::string("none") : absl::StrFormat("%.3f s", ttft_s), e2e_s);
+}
+
 // Rank 0 once the model is loaded: the engine, the gRPC server, the OpenAI HTTP API and the
 // metrics endpoint, until a drain or a failed rank ends the job. Returns the exit code.
 int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
@@ -191,12 +252,24 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
   engine_options.enable_prefix_caching = !f.no_prefix_caching;
   engine_options.sampleable_vocab = model.sampleable_vocab;
   engine_options.eos_token_ids = model.eos_token_ids;
-  // The name clients send as `model`: the directory's, or the embedded model's.
+  // The name clients send as `model`: --served-model-name's, else the directory's, or the
+  // embedded model's.
   std::string model_name = "tessera-tiny";
   if (!f.rank.model.empty()) {
     std::string dir = model.dir;
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
     model_name = dir.substr(dir.find_last_of('/') + 1);
+  }
+  std::vector<std::string> served_names = f.served_model_names;
+  if (served_names.empty()) served_names.push_back(model_name);
+  model_name = served_names[0];
+  if (f.log_requests) {
+    const Tokenizer* tokenizer = model.tokenizer.get();
+    const bool with_prompt = f.log_request_prompts;
+    engine_options.on_request_arrival = [tokenizer, with_prompt](const EngineRequest& r) {
+      LogRequestArrival(r, tokenizer, with_prompt);
+    };
+    engine_options.on_request_finish = LogRequestFinish;
   }
   Backend* backend = rank.backend;
   if (FaultInjected("stall-step", 0)) engine_options.fault_after_steps = FaultAfterSteps();
@@ -216,7 +289,7 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
   Engine engine(executor, model.tokenizer.get(), &metrics, engine_options);
 
   ServerOptions& server_options = f.server;
-  ModelDescription description{model.dir, rank.device, engine_options.max_model_len};
+  ModelDescription description{model.dir, rank.device, engine_options.max_model_len, served_names};
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(server_options, engine, frontend, metrics, executor, description);
   if (!server.ok()) {
@@ -229,7 +302,7 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
   http_options.api_key = server_options.api_key;
   http_options.tls_cert = server_options.tls_cert;
   http_options.tls_key = server_options.tls_key;
-  http_options.model_name = model_name;
+  http_options.model_names = served_names;
   http_options.max_model_len =
       std::min<int64_t>(engine_options.max_model_len, rank.num_kv_blocks * rank.block_size);
   // A thread per connection: the streams the queue admits, plus room for idle and slow clients.

@@ -126,6 +126,7 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& r,
   auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   EngineRequest e;
   e.request_id = request_id;
+  e.origin = "grpc";
   RETURN_IF_ERROR(CheckUtf8("request_id", r.request_id()));
   RETURN_IF_ERROR(CheckUtf8("prompt", r.prompt()));
   for (int i = 0; i < r.stop_size(); ++i)

@@ -138,7 +138,8 @@ absl::Status ReadMessages(const Json& body, v1::GenerateRequest* r) {
 }
 
 // tools + tool_choice: the tools the template sees, and whether tool calls are parsed out.
-absl::Status ReadTools(const Json& body, v1::GenerateRequest* r, bool* parse_tool_calls) {
+absl::Status ReadTools(const Json& body, v1::GenerateRequest* r, bool* parse_tool_calls,
+                       std::optional<ForcedToolChoice>* forced) {
   *parse_tool_calls = false;
   auto it = body.find("tools");
   if (it == body.end() || it->is_null()) {
@@ -188,14 +189,42 @@ absl::Status ReadTools(const Json& body, v1::GenerateRequest* r, bool* parse_too
       return InvalidField("tool_choice", "must be auto, none, required or a named function");
     }
   }
-  // NOTE: without guided decoding, `required` and a named function are requests to the model
-  // (a named function is the only tool it is shown), not constraints on its output.
   if (choice == "none") return absl::OkStatus();
+  // A named function is the only tool the model is shown.
   for (size_t i = 0; i < it->size(); ++i) {
     if (!named || names[i] == *named) tools.push_back((*it)[i]);
   }
   r->set_tools_json(Dump(tools));
   *parse_tool_calls = true;
+  // `required` with one tool is that function named.
+  if (named || (choice == "required" && names.size() == 1)) {
+    *forced = ForcedToolChoice{named.value_or(names[0]), {}};
+  } else if (choice == "required") {
+    *forced = ForcedToolChoice{"", names};
+  }
+  return absl::OkStatus();
+}
+
+// Appends the forced opening of the call to the rendered chat prompt (ForcedToolChoice).
+absl::Status ForceToolCall(const ForcedToolChoice& forced, const Frontend& frontend,
+                           EngineRequest* e) {
+  if (frontend.tokenizer == nullptr || !e->parse_chat) {
+    return InvalidField("tool_choice", "needs the model's tokenizer and chat template");
+  }
+  // NOTE: Qwen3 writes its calls after its reasoning; with nothing to constrain the decoding
+  // mid-turn, the turn starts with the empty think block of enable_thinking=false instead.
+  std::string text = e->parse_chat->reasoning ? "<think>\n\n</think>\n\n" : "";
+  absl::StrAppend(&text, "<tool_call>\n{\"name\": ");
+  if (forced.name.empty()) {
+    text += "\"";
+  } else {
+    absl::StrAppend(&text, Dump(Json(forced.name)), ", \"arguments\": ");
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, frontend.tokenizer->Encode(text));
+  e->prompt.insert(e->prompt.end(), ids.begin(), ids.end());
+  e->parse_chat->reasoning = false;  // the output continues the call: ForcedCallScanner reads it
+  e->parse_chat->tool_calls = false;
+  e->stop.push_back("</tool_call>");  // one call per choice
   return absl::OkStatus();
 }
 
@@ -332,12 +361,14 @@ absl::StatusOr<ApiRequest> ParseApiRequest(ApiKind kind, const std::string& text
   api.kind = kind;
   api.id = id;
   ASSIGN_OR_RETURN(std::optional<std::string> model, GetString(body, "model"));
-  api.model = model.value_or(context.model_name);
-  if (api.model != context.model_name) {
-    return absl::NotFoundError(absl::StrCat("The model '", api.model,
+  const std::vector<std::string>& names = context.model_names;
+  if (model && std::find(names.begin(), names.end(), *model) == names.end()) {
+    return absl::NotFoundError(absl::StrCat("The model '", *model,
                                             "' does not exist (this server serves '",
-                                            context.model_name, "')"));
+                                            absl::StrJoin(names, "', '"), "')"));
   }
+  // As vLLM: whichever served name the request gives, responses report the first.
+  api.model = names.empty() ? model.value_or("") : names[0];
   ASSIGN_OR_RETURN(std::optional<std::string> request_id, GetString(body, "request_id"));
   if (request_id && !request_id->empty()) api.id = *request_id;
   ASSIGN_OR_RETURN(std::optional<std::string> user, GetString(body, "user"));
@@ -354,7 +385,7 @@ absl::StatusOr<ApiRequest> ParseApiRequest(ApiKind kind, const std::string& text
   bool parse_tool_calls = false;
   if (kind == ApiKind::kChat) {
     RETURN_IF_ERROR(ReadMessages(body, &r));
-    RETURN_IF_ERROR(ReadTools(body, &r, &parse_tool_calls));
+    RETURN_IF_ERROR(ReadTools(body, &r, &parse_tool_calls, &api.forced_call));
     if (auto kw = body.find("chat_template_kwargs"); kw != body.end() && !kw->is_null()) {
       if (!kw->is_object()) return InvalidField("chat_template_kwargs", "must be an object");
       ASSIGN_OR_RETURN(std::optional<bool> thinking,
@@ -440,16 +471,19 @@ absl::StatusOr<ApiRequest> ParseApiRequest(ApiKind kind, const std::string& text
     return InvalidField("n", absl::StrCat("must be in [1, ", kMaxN, "]"));
 
   ASSIGN_OR_RETURN(EngineRequest base, ToEngineRequest(r, *context.frontend, api.id));
+  base.origin = "http";
+  if (base.parse_chat) base.parse_chat->tool_calls = parse_tool_calls;
+  if (api.forced_call) RETURN_IF_ERROR(ForceToolCall(*api.forced_call, *context.frontend, &base));
   if (kind == ApiKind::kChat && !max_tokens) {
     base.max_tokens = static_cast<int>(
         std::max<int64_t>(1, context.max_model_len - static_cast<int64_t>(base.prompt.size())));
   }
-  if (base.parse_chat) base.parse_chat->tool_calls = parse_tool_calls;
   const int choices = static_cast<int>(n.value_or(1));
   for (int i = 0; i < choices; ++i) {
     EngineRequest e = base;
     if (choices > 1) {
       e.request_id = absl::StrCat(api.id, "-", i);
+      e.prompt_group = api.id;  // the engine computes the shared prompt once
       if (e.sampling.seed) e.sampling.seed = *e.sampling.seed + static_cast<uint64_t>(i);
     }
     api.choices.push_back(std::move(e));
@@ -457,8 +491,100 @@ absl::StatusOr<ApiRequest> ParseApiRequest(ApiKind kind, const std::string& text
   return api;
 }
 
+ForcedCallScanner::ForcedCallScanner(const ForcedToolChoice& choice)
+    : tools_(choice.tools),
+      state_(choice.name.empty() ? State::kName : State::kArgsStart),
+      name_(choice.name) {}
+
+void ForcedCallScanner::Fail(const std::string& why) {
+  state_ = State::kFailed;
+  status_ = absl::InternalError(absl::StrCat(
+      "tool_choice required: ", why,
+      " (tessera forces the start of the call, not its content: there is no guided decoding)"));
+}
+
+std::string ForcedCallScanner::Push(std::string_view text) {
+  static constexpr std::string_view kSeparator = ",\"arguments\":";
+  std::string arguments;
+  for (const char c : text) {
+    const bool space = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+    switch (state_) {
+      case State::kName:
+        if (c == '"' && !escape_) {
+          const Json name = Json::parse("\"" + raw_name_ + "\"", nullptr, false);
+          if (name.is_discarded()) {
+            Fail("the model wrote a malformed function name");
+            return arguments;
+          }
+          name_ = name.get<std::string>();
+          if (std::find(tools_.begin(), tools_.end(), name_) == tools_.end()) {
+            Fail(absl::StrCat("the model called '", name_, "', which is not among the tools"));
+            return arguments;
+          }
+          state_ = State::kSeparator;
+        } else {
+          escape_ = !escape_ && c == '\\';
+          raw_name_ += c;
+        }
+        break;
+      case State::kSeparator:
+        // Whitespace between the JSON tokens: before ',', after it, before ':'.
+        if (space && (separator_ <= 1 || separator_ == kSeparator.size() - 1)) break;
+        if (c != kSeparator[separator_]) {
+          Fail(absl::StrCat("the model wrote no arguments after the name '", name_, "'"));
+          return arguments;
+        }
+        if (++separator_ == kSeparator.size()) state_ = State::kArgsStart;
+        break;
+      case State::kArgsStart:
+        if (space) break;
+        kind_ = c;
+        arguments += c;
+        state_ = State::kArgs;
+        if (c == '{' || c == '[') depth_ = 1;
+        in_string_ = c == '"';
+        break;
+      case State::kArgs:
+        if (kind_ != '{' && kind_ != '[' && kind_ != '"') {  // a number, true, false, null
+          if (space || c == ',' || c == '}' || c == ']') {
+            state_ = State::kDone;
+            break;
+          }
+          arguments += c;
+          break;
+        }
+        arguments += c;
+        if (in_string_) {
+          if (escape_) {
+            escape_ = false;
+          } else if (c == '\\') {
+            escape_ = true;
+          } else if (c == '"') {
+            in_string_ = false;
+            if (kind_ == '"') state_ = State::kDone;
+          }
+        } else if (c == '"') {
+          in_string_ = true;
+        } else if (c == '{' || c == '[') {
+          ++depth_;
+        } else if ((c == '}' || c == ']') && --depth_ == 0) {
+          state_ = State::kDone;
+        }
+        break;
+      case State::kDone:
+      case State::kFailed:
+        return arguments;
+    }
+  }
+  return arguments;
+}
+
 ChoiceBuilder::ChoiceBuilder(const ApiRequest& request, int index, const Tokenizer* tokenizer)
     : kind_(request.kind), logprobs_(request.logprobs), index_(index), tokenizer_(tokenizer) {
+  if (request.forced_call) {
+    forced_ = std::make_shared<ForcedCallScanner>(*request.forced_call);
+    forced_named_ = !request.forced_call->name.empty();
+  }
   if (kind_ == ApiKind::kChat) {
     logprobs_json_ = {{"content", Json::array()}};
   } else {
@@ -471,7 +597,19 @@ ChoiceBuilder::ChoiceBuilder(const ApiRequest& request, int index, const Tokeniz
 
 const char* ChoiceBuilder::FinishReasonText() const {
   if (last_.finish_reason == FinishReason::kLength) return "length";
+  // As vLLM and OpenAI: a call of a named function (tool_choice) finishes with "stop".
+  if (forced_named_) return "stop";
   return tool_calls_ > 0 ? "tool_calls" : "stop";
+}
+
+std::string ChoiceBuilder::ScanForced(const EngineOutput& out) {
+  std::string arguments = forced_->Push(out.text);
+  if (error_.ok() && !forced_->status().ok()) error_ = forced_->status();
+  if (error_.ok() && out.finished && !forced_->name_known()) {
+    error_ = absl::InternalError(
+        "tool_choice required: the output ended before the model named a function");
+  }
+  return arguments;
 }
 
 Json ChoiceBuilder::LogprobsJson(const std::vector<TokenLogprobs>& logprobs,
@@ -543,7 +681,25 @@ std::vector<Json> ChoiceBuilder::Deltas(const EngineOutput& out) {
     lp = LogprobsJson(out.logprobs, &text_offset_);
     if (kind_ == ApiKind::kChat) lp = {{"content", std::move(lp)}};
   }
-  if (kind_ == ApiKind::kChat) {
+  if (forced_) {
+    // The call's head once its name is known (at once for a named function), then the arguments
+    // as they come.
+    const std::string arguments = ScanForced(out);
+    if (error_.ok() && tool_calls_ == 0 && forced_->name_known()) {
+      tool_calls_ = 1;
+      Json head = {{"index", 0},
+                   {"id", NewToolCallId()},
+                   {"type", "function"},
+                   {"function", {{"name", forced_->name()}, {"arguments", ""}}}};
+      chunks.push_back(choice({{"tool_calls", Json::array({head})}}, nullptr, nullptr));
+    }
+    if (error_.ok() && !arguments.empty()) {
+      Json args = {{"index", 0}, {"function", {{"arguments", arguments}}}};
+      chunks.push_back(choice({{"tool_calls", Json::array({args})}}, lp, nullptr));
+    } else if (!lp.is_null()) {
+      chunks.push_back(choice(Json::object(), lp, nullptr));
+    }
+  } else if (kind_ == ApiKind::kChat) {
     Json delta = Json::object();
     if (!out.reasoning.empty()) delta["reasoning_content"] = out.reasoning;
     if (!out.text.empty()) delta["content"] = out.text;
@@ -572,7 +728,18 @@ std::vector<Json> ChoiceBuilder::Deltas(const EngineOutput& out) {
 }
 
 void ChoiceBuilder::Add(const EngineOutput& out) {
-  text_ += out.text;
+  if (forced_) {
+    forced_arguments_ += ScanForced(out);
+    if (error_.ok() && tool_calls_ == 0 && forced_->name_known()) {
+      tool_calls_ = 1;
+      tool_calls_json_.push_back({{"id", NewToolCallId()},
+                                  {"type", "function"},
+                                  {"function", {{"name", forced_->name()}, {"arguments", ""}}}});
+    }
+    if (tool_calls_ > 0) tool_calls_json_[0]["function"]["arguments"] = forced_arguments_;
+  } else {
+    text_ += out.text;
+  }
   reasoning_ += out.reasoning;
   for (const ToolCall& call : out.tool_calls) {
     ++tool_calls_;

@@ -165,6 +165,12 @@ struct Generation {
     }
     on_output(i, out);
   }
+  // A choice whose forced tool call failed fails the request (false then).
+  bool TakeError(const ChoiceBuilder& builder) {
+    if (builder.error().ok()) return true;
+    if (error.ok()) error = builder.error();
+    return false;
+  }
   void CancelAll(Engine& engine) {
     cancelled = true;
     for (size_t i = 0; i < api.choices.size(); ++i) {
@@ -186,7 +192,7 @@ class HttpServer::Impl {
         healthy_(std::move(healthy)),
         started_(std::time(nullptr)) {
     context_.frontend = frontend;
-    context_.model_name = options.model_name;
+    context_.model_names = options.model_names;
     context_.max_model_len = options.max_model_len;
   }
 
@@ -229,14 +235,17 @@ class HttpServer::Impl {
     if (options_.openai) {
       s.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
         if (absl::Status auth = Authenticate(req); !auth.ok()) return Reply(res, auth);
-        Json model = {{"id", options_.model_name},
-                      {"object", "model"},
-                      {"created", started_},
-                      {"owned_by", "tessera"},
-                      {"root", options_.model_name},
-                      {"parent", nullptr},
-                      {"max_model_len", options_.max_model_len}};
-        res.set_content(Dump({{"object", "list"}, {"data", Json::array({model})}}),
+        Json models = Json::array();
+        for (const std::string& name : options_.model_names) {
+          models.push_back({{"id", name},
+                            {"object", "model"},
+                            {"created", started_},
+                            {"owned_by", "tessera"},
+                            {"root", options_.model_names[0]},
+                            {"parent", nullptr},
+                            {"max_model_len", options_.max_model_len}});
+        }
+        res.set_content(Dump({{"object", "list"}, {"data", std::move(models)}}),
                         "application/json");
       });
       s.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -328,7 +337,10 @@ class HttpServer::Impl {
     const int fd = FindConnection(req);
     int polls = 0;
     while (!gen->Finished()) {
-      gen->Pump([&](size_t i, const EngineOutput& out) { gen->builders[i].Add(out); });
+      gen->Pump([&](size_t i, const EngineOutput& out) {
+        gen->builders[i].Add(out);
+        gen->TakeError(gen->builders[i]);
+      });
       if (!gen->error.ok() && !gen->cancelled) gen->CancelAll(*engine_);
       if (!gen->cancelled && (++polls % 4 == 0) && (PeerClosed(fd) || stopping_)) {
         gen->CancelAll(*engine_);
@@ -361,7 +373,9 @@ class HttpServer::Impl {
                 out.finish_reason != FinishReason::kLength) {
               return;  // errors and cancellation are reported once, below
             }
-            for (Json& c : gen->builders[i].Deltas(out)) chunks.push_back(std::move(c));
+            std::vector<Json> deltas = gen->builders[i].Deltas(out);
+            if (!gen->TakeError(gen->builders[i])) return;
+            for (Json& c : deltas) chunks.push_back(std::move(c));
           });
           for (Json& c : chunks) {
             Json envelope = Envelope(gen->api, true, gen->created);
@@ -416,6 +430,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions&
                                                               std::function<bool()> healthy) {
   if (options.openai && (engine == nullptr || frontend == nullptr)) {
     return absl::InvalidArgumentError("the OpenAI API needs an engine and a frontend");
+  }
+  if (options.openai && options.model_names.empty()) {
+    return absl::InvalidArgumentError("the OpenAI API needs a served model name");
   }
   std::unique_ptr<HttpServer> server(new HttpServer());
   server->impl_ = std::make_unique<Impl>(options, engine, frontend, metrics, std::move(healthy));

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "rpc/convert.h"
@@ -30,10 +31,12 @@ struct HttpOptions {
   std::string api_key;   // non-empty: /v1/* needs "Authorization: Bearer <key>"
   std::string tls_cert;  // PEM files; both or neither (HTTPS)
   std::string tls_key;
-  std::string model_name = "tessera-tiny";  // the `model` requests must name (else 404)
-  int64_t max_model_len = 0;                // chat's default max_tokens fills the context
-  int max_threads = 1024;                   // connection threads (each live stream holds one)
-  int read_timeout_s = 5;                   // per read, also for the request's headers and body
+  // The names requests may give as `model` (else 404); /v1/models lists them, responses report
+  // the first.
+  std::vector<std::string> model_names = {"tessera-tiny"};
+  int64_t max_model_len = 0;  // chat's default max_tokens fills the context
+  int max_threads = 1024;     // connection threads (each live stream holds one)
+  int read_timeout_s = 5;     // per read, also for the request's headers and body
   int write_timeout_s = 5;
   int keep_alive_timeout_s = 5;
   int keep_alive_max_count = 100;

@@ -109,6 +109,7 @@ class CoordinatorServer::Service final
     info->set_kv_block_size(executor_.block_size());
     info->set_kv_blocks_per_replica(executor_.num_kv_blocks());
     info->set_backend(model_.backend);
+    for (const std::string& name : model_.served_model_names) info->add_served_model_names(name);
     return grpc::Status::OK;
   }
 

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
@@ -45,6 +46,7 @@ struct ModelDescription {
   std::string model_path;
   std::string backend = "cpu";
   int64_t max_model_len = 0;  // the context the engine allows (--max-model-len); 0: the config's
+  std::vector<std::string> served_model_names;  // --served-model-name; the first is reported
 };
 
 class CoordinatorServer {

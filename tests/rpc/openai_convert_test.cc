@@ -15,7 +15,7 @@ namespace {
 ApiContext Context(const Frontend& frontend) {
   ApiContext c;
   c.frontend = &frontend;
-  c.model_name = "m";
+  c.model_names = {"m", "alias"};
   c.max_model_len = 100;
   return c;
 }
@@ -87,6 +87,21 @@ TEST(OpenAIConvertTest, UnknownModelIs404) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(HttpStatusOf(r.status()), 404);
   EXPECT_EQ(ErrorJson(r.status())["error"]["code"], "model_not_found");
+}
+
+TEST(OpenAIConvertTest, ServedModelNames) {
+  Frontend frontend;
+  for (const char* body : {R"({"model": "alias", "prompt": [1]})", R"({"prompt": [1]})"}) {
+    absl::StatusOr<ApiRequest> r =
+        ParseApiRequest(ApiKind::kCompletion, body, Context(frontend), "c");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->model, "m");  // responses report the first served name
+  }
+  absl::StatusOr<ApiRequest> r = ParseApiRequest(
+      ApiKind::kCompletion, R"({"model": "other", "prompt": [1]})", Context(frontend), "c");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(HttpStatusOf(r.status()), 404);
+  EXPECT_NE(r.status().message().find("'m', 'alias'"), std::string::npos) << r.status();
 }
 
 TEST(OpenAIConvertTest, HttpStatuses) {
@@ -181,6 +196,113 @@ TEST(OpenAIConvertTest, WholeChoiceWithToolCallsAndUsage) {
   EXPECT_EQ(usage["completion_tokens"], 7);
   EXPECT_EQ(usage["total_tokens"], 17);
   EXPECT_EQ(usage["prompt_tokens_details"]["cached_tokens"], 8);
+}
+
+// Feeds `text` whole and one character at a time: the same arguments either way.
+std::string ScanAll(const ForcedToolChoice& choice, const std::string& text,
+                    ForcedCallScanner* whole) {
+  std::string args = whole->Push(text);
+  ForcedCallScanner bytes(choice);
+  std::string by_byte;
+  for (char c : text) by_byte += bytes.Push(std::string(1, c));
+  EXPECT_EQ(by_byte, args) << text;
+  EXPECT_EQ(bytes.complete(), whole->complete()) << text;
+  return args;
+}
+
+TEST(OpenAIConvertTest, ForcedCallScannerNamed) {
+  const ForcedToolChoice named{"get_weather", {}};
+  ForcedCallScanner s(named);
+  EXPECT_TRUE(s.name_known());
+  EXPECT_EQ(ScanAll(named, " {\"city\": \"P}a\\\"ris\", \"n\": [1, {}]}}\n</tool_call>x", &s),
+            R"({"city": "P}a\"ris", "n": [1, {}]})");
+  EXPECT_TRUE(s.complete());
+  EXPECT_TRUE(s.status().ok());
+  EXPECT_EQ(s.Push("{more}"), "");  // after the value: ignored
+  // A scalar ends at its delimiter; a value cut short stays as far as it got.
+  ForcedCallScanner scalar(named);
+  EXPECT_EQ(ScanAll(named, "42}\n", &scalar), "42");
+  ForcedCallScanner cut(named);
+  EXPECT_EQ(ScanAll(named, "{\"city\": \"Par", &cut), "{\"city\": \"Par");
+  EXPECT_FALSE(cut.complete());
+  EXPECT_TRUE(cut.status().ok());
+}
+
+TEST(OpenAIConvertTest, ForcedCallScannerRequired) {
+  const ForcedToolChoice required{"", {"get_weather", "get_time"}};
+  ForcedCallScanner s(required);
+  EXPECT_FALSE(s.name_known());
+  EXPECT_EQ(ScanAll(required, "get_time\" ,\n \"arguments\" : {\"city\": \"Oslo\"}}", &s),
+            R"({"city": "Oslo"})");
+  EXPECT_TRUE(s.name_known());
+  EXPECT_EQ(s.name(), "get_time");
+  EXPECT_TRUE(s.complete());
+  ForcedCallScanner unknown(required);
+  unknown.Push("rm_rf\", \"arguments\": {}}");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(unknown.status().message().find("'rm_rf'"), std::string::npos);
+  EXPECT_FALSE(unknown.name_known());
+  ForcedCallScanner malformed(required);
+  malformed.Push("get_time\", \"args\": {}}");
+  EXPECT_EQ(malformed.status().code(), absl::StatusCode::kInternal);
+}
+
+TEST(OpenAIConvertTest, ForcedNamedCallStreamsAndFinishesWithStop) {
+  ApiRequest api = Chat();
+  api.forced_call = ForcedToolChoice{"get_weather", {}};
+  ChoiceBuilder b(api, 0, nullptr);
+  EngineOutput first;
+  first.text = "{\"city\": ";
+  std::vector<Json> chunks = b.Deltas(first);
+  ASSERT_EQ(chunks.size(), 3u);  // role, the call's head, its first arguments
+  const Json& head = chunks[1]["delta"]["tool_calls"][0];
+  EXPECT_EQ(head["function"]["name"], "get_weather");
+  EXPECT_EQ(head["function"]["arguments"], "");
+  EXPECT_EQ(chunks[2]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"city\": ");
+  EXPECT_FALSE(chunks[2]["delta"]["tool_calls"][0].contains("id"));
+  EngineOutput last;
+  last.text = "\"Paris\"}}\n";
+  last.finished = true;
+  last.finish_reason = FinishReason::kStop;
+  chunks = b.Deltas(last);
+  ASSERT_EQ(chunks.size(), 2u);
+  EXPECT_EQ(chunks[0]["delta"]["tool_calls"][0]["function"]["arguments"], "\"Paris\"}");
+  EXPECT_EQ(chunks[1]["finish_reason"], "stop");  // as vLLM and OpenAI for a named function
+  EXPECT_TRUE(b.error().ok());
+
+  ChoiceBuilder whole(api, 0, nullptr);
+  whole.Add(first);
+  whole.Add(last);
+  const Json c = whole.Choice();
+  EXPECT_TRUE(c["message"]["content"].is_null());
+  EXPECT_EQ(c["message"]["tool_calls"].size(), 1u);
+  EXPECT_EQ(c["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(c["message"]["tool_calls"][0]["function"]["arguments"], R"({"city": "Paris"})");
+  EXPECT_EQ(c["finish_reason"], "stop");
+}
+
+TEST(OpenAIConvertTest, ForcedRequiredCall) {
+  ApiRequest api = Chat();
+  api.forced_call = ForcedToolChoice{"", {"get_weather", "get_time"}};
+  EngineOutput out;
+  out.text = "get_time\", \"arguments\": {}}";
+  out.finished = true;
+  out.finish_reason = FinishReason::kStop;
+  ChoiceBuilder b(api, 0, nullptr);
+  b.Add(out);
+  EXPECT_TRUE(b.error().ok());
+  EXPECT_EQ(b.Choice()["message"]["tool_calls"][0]["function"]["name"], "get_time");
+  EXPECT_EQ(b.Choice()["finish_reason"], "tool_calls");
+  // The model may call a function that is not offered: the request fails (HTTP 500).
+  out.text = "nope\", \"arguments\": {}}";
+  ChoiceBuilder bad(api, 0, nullptr);
+  bad.Add(out);
+  EXPECT_EQ(HttpStatusOf(bad.error()), 500);
+  // An output that ends before the name is done fails too.
+  out.text = "get_ti";
+  ChoiceBuilder cut(api, 0, nullptr);
+  EXPECT_EQ(cut.Deltas(out).size(), 2u);  // role and finish; the server sends the error instead
+  EXPECT_FALSE(cut.error().ok());
 }
 
 TEST(OpenAIConvertTest, LogprobsWithoutATokenizerUseIds) {

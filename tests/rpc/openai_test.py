@@ -260,14 +260,16 @@ class OpenAITest(unittest.TestCase):
 
         plain = prompt_tokens()
         auto = prompt_tokens(tools=TOOLS)
-        required = prompt_tokens(tools=TOOLS, tool_choice="required")
         none = prompt_tokens(tools=TOOLS, tool_choice="none")
-        named = prompt_tokens(tools=TOOLS, tool_choice={"type": "function",
-                                                        "function": {"name": "get_time"}})
         self.assertGreater(auto, plain)  # the tools are in the prompt
-        self.assertEqual(required, auto)
         self.assertEqual(none, plain)
-        self.assertTrue(plain < named < auto)  # only the named function
+        # A named function: only it is shown, and the forced start of its call follows the
+        # prompt; `required` with one tool is that tool named.
+        weather = {"type": "function", "function": {"name": "get_weather"}}
+        named = prompt_tokens(tools=TOOLS, tool_choice=weather)
+        self.assertGreater(named, plain)
+        self.assertEqual(prompt_tokens(tools=TOOLS[:1], tool_choice="required"), named)
+        self.assertEqual(prompt_tokens(tools=TOOLS[:1], tool_choice=weather), named)
         # A conversation with a tool call and its result renders.
         history = HELLO + [
             {"role": "assistant", "content": None,
@@ -283,6 +285,78 @@ class OpenAITest(unittest.TestCase):
                 model="tessera-tiny", messages=HELLO, tools=TOOLS,
                 tool_choice={"type": "function", "function": {"name": "nope"}})
         self.assertEqual(e.exception.param, "tool_choice")
+
+    def test_tool_choice_is_enforced(self):
+        # A named function: the reply is a call of it, whatever the (random) model writes; its
+        # arguments are the model's text verbatim (here likely not valid JSON); finish "stop" as
+        # vLLM and OpenAI give for a named function.
+        named = {"type": "function", "function": {"name": "get_time"}}
+        r = self.client.chat.completions.create(model="tessera-tiny", messages=HELLO, tools=TOOLS,
+                                                tool_choice=named, max_tokens=8, n=2)
+        for c in r.choices:
+            self.assertEqual(len(c.message.tool_calls), 1)
+            call = c.message.tool_calls[0]
+            self.assertEqual(call.function.name, "get_time")
+            self.assertTrue(call.id.startswith("call_"))
+            self.assertIsInstance(call.function.arguments, str)
+            self.assertIsNone(c.message.content)
+            self.assertIn(c.finish_reason, ("stop", "length"))
+        # Streamed: the head (id, name) first, then the arguments; the same as the whole reply.
+        greedy = dict(model="tessera-tiny", messages=HELLO, tools=TOOLS, tool_choice=named,
+                      max_tokens=8, temperature=0)
+        whole = self.client.chat.completions.create(**greedy).choices[0]
+        heads, args, finish = [], "", None
+        for chunk in self.client.chat.completions.create(stream=True, **greedy):
+            for c in chunk.choices:
+                for t in c.delta.tool_calls or []:
+                    if t.id:
+                        heads.append((t.id, t.function.name))
+                    args += t.function.arguments or ""
+                finish = c.finish_reason or finish
+        self.assertEqual([name for _, name in heads], ["get_time"])
+        self.assertEqual(args, whole.message.tool_calls[0].function.arguments)
+        self.assertEqual(finish, whole.finish_reason)
+        # `required` with one tool is that function named; finish "tool_calls" (or "length").
+        one = self.client.chat.completions.create(model="tessera-tiny", messages=HELLO,
+                                                  tools=TOOLS[:1], tool_choice="required",
+                                                  max_tokens=8)
+        self.assertEqual(one.choices[0].message.tool_calls[0].function.name, "get_weather")
+        self.assertIn(one.choices[0].finish_reason, ("tool_calls", "length"))
+        # `required` among several: the model writes the name. A call of an offered function,
+        # or (a random model) an error saying it called none of them.
+        for seed in range(3):
+            try:
+                r = self.client.chat.completions.create(model="tessera-tiny", messages=HELLO,
+                                                        tools=TOOLS, tool_choice="required",
+                                                        max_tokens=24, seed=seed)
+                self.assertIn(r.choices[0].message.tool_calls[0].function.name,
+                              ("get_weather", "get_time"))
+            except openai.InternalServerError as e:
+                self.assertEqual(e.status_code, 500)
+                self.assertIn("tool_choice required", e.message)
+        wait_idle(self.server)
+
+    def test_n_computes_the_prompt_once(self):
+        # A prompt no other test sends (nothing cached): n = 4 computes it once; the other three
+        # take its full blocks from the prefix cache and compute only the last partial block.
+        prompt = [785 + i for i in range(45)]  # 45 tokens: two full blocks of 16 and 13 more
+        before = wait_idle(self.server)
+        r = self.client.completions.create(model="tessera-tiny", prompt=prompt, max_tokens=6,
+                                           n=4, temperature=1.0, seed=11)
+        after = wait_idle(self.server)
+        delta = lambda n: sample(after, n) - sample(before, n)
+        self.assertEqual(delta("tessera:prompt_tokens_total"), 4 * 45)
+        self.assertEqual(delta("tessera:prefix_cache_hit_tokens_total"), 3 * 32)
+        # The same samples as four separate requests with seeds 11..14.
+        prompt2 = [1785 + i for i in range(45)]
+        grouped = self.client.completions.create(model="tessera-tiny", prompt=prompt2,
+                                                 max_tokens=6, n=4, temperature=1.0, seed=11)
+        for i, c in enumerate(grouped.choices):
+            alone = self.client.completions.create(model="tessera-tiny", prompt=prompt2,
+                                                   max_tokens=6, temperature=1.0, seed=11 + i)
+            self.assertEqual(c.text, alone.choices[0].text, i)
+        self.assertEqual(len(r.choices), 4)
+        self.assertNotIn(" arrived (", self.server.output())  # request logs are opt-in
 
     def test_errors(self):
         c = self.client
@@ -518,6 +592,53 @@ class OwnServerTest(unittest.TestCase):
             self.assertEqual(result, {"status": 503})
         finally:
             server.stop()
+
+class ServeFlagsTest(unittest.TestCase):
+    def test_served_model_name_and_request_logs(self):
+        server = Server("--served-model-name", "my-model", "alias name", "--log-requests")
+        try:
+            client = server.client()
+            self.assertEqual([m.id for m in client.models.list().data], ["my-model", "alias name"])
+            for name in ("my-model", "alias name"):
+                r = client.chat.completions.create(model=name, messages=HELLO, max_tokens=3,
+                                                   temperature=0.5, seed=3)
+                self.assertEqual(r.model, "my-model")  # the first name, as vLLM reports
+            with self.assertRaises(openai.NotFoundError) as e:
+                client.chat.completions.create(model="tessera-tiny", messages=HELLO, max_tokens=1)
+            self.assertEqual(e.exception.code, "model_not_found")
+            metrics = wait_idle(server)
+            self.assertIn('model_name="my-model"', metrics)
+            self.assertNotIn("tessera-tiny", metrics)
+            info = subprocess.run([TESSERA, "client", "--address",
+                                   f"127.0.0.1:{server.grpc_port}", "--api-key", KEY, "info"],
+                                  capture_output=True, text=True, check=True, timeout=60).stdout
+            self.assertEqual(re.findall(r'served_model_names: "([^"]*)"', info),
+                             ["my-model", "alias name"])
+            subprocess.run([TESSERA, "client", "--address", f"127.0.0.1:{server.grpc_port}",
+                            "--api-key", KEY, "generate", "--prompt-ids", "785,6722,315",
+                            "--max-tokens", "2"], capture_output=True, check=True, timeout=60)
+            # One line at arrival and one at the end per request, never the prompt's text.
+            deadline = time.time() + 10
+            while server.output().count(" finished: ") < 3 and time.time() < deadline:
+                time.sleep(0.1)
+            log = server.output()
+            arrived = re.findall(r"request (\S+) arrived \((\w+)\): (\d+) prompt tokens, "
+                                 r"max_tokens (\d+), temperature ([\d.]+).*seed (\w+)", log)
+            finished = re.findall(r"request (\S+) finished: (\w+), (\d+) prompt tokens "
+                                  r"\((\d+) cached\), (\d+) generated, TTFT ([\d.]+ s|none), "
+                                  r"e2e ([\d.]+) s", log)
+            self.assertEqual([a[1] for a in arrived], ["http", "http", "grpc"], log)
+            self.assertEqual([a[3] for a in arrived], ["3", "3", "2"])
+            self.assertEqual([a[4] for a in arrived][:2], ["0.5", "0.5"])
+            self.assertEqual([a[5] for a in arrived], ["3", "3", "none"])
+            self.assertEqual(sorted(f[0] for f in finished), sorted(a[0] for a in arrived))
+            self.assertEqual([(f[1], f[4]) for f in finished],
+                             [("length", "3"), ("length", "3"), ("length", "2")])
+            self.assertTrue(all(f[5].endswith(" s") for f in finished))
+            self.assertNotIn("who are you", log)  # no prompt text without --log-request-prompts
+        finally:
+            server.stop()
+
 
 class DrainTest(unittest.TestCase):
     def test_draining_is_503(self):
