@@ -4,8 +4,9 @@ with the embedded tiny model (Qwen3's real tokenizer and chat template, random w
 "thinks" by default and never closes the think block, so its text is reasoning).
 
 Covers chat and completions, streaming (SSE framing by curl, include_usage), tools and
-tool_choice, n > 1, logprobs, every error status (400 naming the field, 401, 404, 429, 503),
-disconnect mid-stream (the request is cancelled, its KV blocks freed), HTTP and gRPC giving the
+tool_choice (required and named functions enforced), n > 1 (the prompt computed once), logprobs,
+--served-model-name and --log-requests, every error status (400 naming the field, 401, 404, 429,
+503), disconnect mid-stream (the request is cancelled, its KV blocks freed), HTTP and gRPC giving the
 same greedy output, the metrics (each request in exactly one of the success/error counters), and
 /health + /metrics answering within 100 ms while 100 slow clients hold connections.
 
