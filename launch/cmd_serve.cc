@@ -91,7 +91,8 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_option("--served-model-name", f->served_model_names,
                  "the names clients may give as `model` (others get 404); the first is reported "
                  "(default: the model directory's basename)")
-      ->type_name("NAME...")
+      ->type_name("NAME")
+      ->default_str("")
       ->expected(1, CLI::detail::expected_max_vector_size)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--port-file", f->port_file,
