@@ -640,6 +640,20 @@ class ServeFlagsTest(unittest.TestCase):
         finally:
             server.stop()
 
+    def test_request_logs_with_prompts(self):
+        alone = subprocess.run([TESSERA, "serve", "--log-request-prompts"], capture_output=True,
+                               text=True, timeout=60)
+        self.assertNotEqual(alone.returncode, 0)
+        self.assertIn("--log-request-prompts needs --log-requests", alone.stderr)
+        server = Server("--log-requests", "--log-request-prompts")
+        try:
+            server.client().completions.create(model="tessera-tiny", prompt='Say "hi"\n',
+                                               max_tokens=2)
+            wait_idle(server)
+            self.assertIn('prompt "Say \\"hi\\"\\n"', server.output())  # escaped, one line
+        finally:
+            server.stop()
+
 
 class DrainTest(unittest.TestCase):
     def test_draining_is_503(self):
