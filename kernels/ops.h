@@ -342,11 +342,16 @@ class Backend {
   //   token_slots   int32 [n, top_k]              send rows of token t in increasing rank, then -1
   // Each token is sent once to every rank owning one of its experts (never once per expert). The
   // order depends on the ids alone (no atomics).
+  // block_capacity C > 0 (the low-latency exchange's fixed blocks): rank r's rows start at r * C
+  // instead of after rank r - 1's, send_tokens is int32 [S * C] with each block's unused rows -1,
+  // and token_slots name those rows; every rank_counts[r] must be <= C (n <= C guarantees it).
   virtual void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
                                  int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,
-                                 int32_t* send_tokens, int32_t* token_slots) = 0;
+                                 int32_t* send_tokens, int32_t* token_slots,
+                                 int block_capacity) = 0;
   // The `rows` send rows in layout order: send_x A[rows, H] = x A[n, H][send_tokens[i]], and the
-  // token's ids int32 [rows, top_k] and weights fp32 [rows, top_k].
+  // token's ids int32 [rows, top_k] and weights fp32 [rows, top_k]; a row whose send_tokens entry
+  // is < 0 gets zeros, ids -1 and weights 0 (routed nowhere).
   virtual void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
                                const int32_t* send_tokens, int rows, int64_t hidden, int top_k,
                                void* send_x, int32_t* send_ids, float* send_weights) = 0;

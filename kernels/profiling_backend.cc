@@ -162,10 +162,10 @@ class Profiler final : public ProfilingBackend {
   }
   void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                          int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
-                         int32_t* token_slots) override {
+                         int32_t* token_slots, int block_capacity) override {
     Time("MoeDispatchLayout", [&] {
       b_.MoeDispatchLayout(ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts,
-                           send_tokens, token_slots);
+                           send_tokens, token_slots, block_capacity);
     });
   }
   void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,

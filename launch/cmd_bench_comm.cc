@@ -219,7 +219,7 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
     auto* c = counts.as<int32_t>();
     auto run_layout = [&] {
       backend.MoeDispatchLayout(ids.as<int32_t>(), m, k, S, E / S, c, c + S,
-                                send_tokens.as<int32_t>(), token_slots.as<int32_t>());
+                                send_tokens.as<int32_t>(), token_slots.as<int32_t>(), 0);
     };
     const double t_layout = timer.Seconds(warm, rep, run_layout);
     std::vector<int32_t> rank_rows(S);

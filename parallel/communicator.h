@@ -48,6 +48,28 @@ class Communicator {
                          const std::vector<size_t>& send_displs, void* recv,
                          const std::vector<size_t>& recv_counts,
                          const std::vector<size_t>& recv_displs, DType dtype) = 0;
+  // Fixed-size blocks, several arrays in one exchange (the low-latency expert exchange's rows,
+  // ids and weights): for each part, send's block r (count elements at r * count) goes to rank r,
+  // and rank r's block for us lands at recv + r * count. Sizes depend on nothing the device
+  // computes, so the NCCL backend's one group of sends and receives can be recorded in a CUDA
+  // graph. The default runs AllToAllV once per part.
+  struct AllToAllPart {
+    const void* send = nullptr;
+    void* recv = nullptr;
+    size_t count = 0;  // elements per peer
+    DType dtype = DType::kF32;
+  };
+  virtual void AllToAll(const std::vector<AllToAllPart>& parts) {
+    const int n = size();
+    std::vector<size_t> counts(n), displs(n);
+    for (const AllToAllPart& p : parts) {
+      for (int r = 0; r < n; ++r) {
+        counts[r] = p.count;
+        displs[r] = static_cast<size_t>(r) * p.count;
+      }
+      AllToAllV(p.send, counts, displs, p.recv, counts, displs, p.dtype);
+    }
+  }
   // Exchanges one int64 per peer: recv[r] = what rank r put in its send[rank()].
   virtual void AllToAllCounts(const std::vector<int64_t>& send, std::vector<int64_t>* recv) = 0;
   virtual void Send(const void* buf, size_t count, DType dtype, int peer) = 0;

@@ -14,12 +14,15 @@ ExpertExchange::ExpertExchange(Communicator& ep, Backend& backend, const ExpertE
       ranks_(ep.size()),
       act_(backend.activation_dtype()) {
   const int S = ranks_, k = shape.top_k;
-  TESSERA_CHECK(shape.hidden > 0 && k >= 1 && shape.max_tokens >= 0) << "expert exchange shape";
+  TESSERA_CHECK(shape.hidden > 0 && k >= 1 && shape.max_tokens >= 0 && shape.block_capacity >= 0)
+      << "expert exchange shape";
   TESSERA_CHECK(shape.num_experts % S == 0)
       << shape.num_experts << " experts over " << S << " expert-parallel ranks";
   experts_per_rank_ = shape.num_experts / S;
-  send_capacity_ = static_cast<int64_t>(shape.max_tokens) * std::min(k, S);
-  recv_capacity_ = static_cast<int64_t>(S) * shape.max_tokens;
+  // The two modes never run at once: they share the buffers, sized for the larger.
+  const int64_t C = shape.block_capacity;
+  send_capacity_ = std::max(static_cast<int64_t>(shape.max_tokens) * std::min(k, S), S * C);
+  recv_capacity_ = static_cast<int64_t>(S) * std::max<int64_t>(shape.max_tokens, C);
   TESSERA_CHECK_LE(recv_capacity_, int64_t{INT32_MAX}) << "expert exchange rows per call";
   const size_t a = DTypeSize(act_);
   auto alloc = [&](DeviceBuffer* buf, int64_t bytes) {
@@ -28,7 +31,7 @@ ExpertExchange::ExpertExchange(Communicator& ep, Backend& backend, const ExpertE
   };
   alloc(&counts_, (1 + S) * (S + shape.num_experts) * sizeof(int32_t));
   alloc(&send_tokens_, send_capacity_ * sizeof(int32_t));
-  alloc(&token_slots_, static_cast<int64_t>(shape.max_tokens) * k * sizeof(int32_t));
+  alloc(&token_slots_, std::max<int64_t>(shape.max_tokens, C) * k * sizeof(int32_t));
   alloc(&send_x_, send_capacity_ * shape.hidden * a);
   alloc(&send_ids_, send_capacity_ * k * sizeof(int32_t));
   alloc(&send_w_, send_capacity_ * k * sizeof(float));
@@ -50,6 +53,7 @@ ExpertExchange::ExpertExchange(Communicator& ep, Backend& backend, const ExpertE
 }
 
 int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* weights, int m) {
+  block_rows_ = 0;
   const int S = ranks_, k = shape_.top_k, E = shape_.num_experts;
   const int64_t H = shape_.hidden;
   TESSERA_CHECK(m >= 0 && m <= shape_.max_tokens)
@@ -57,7 +61,7 @@ int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* wei
   const int row = S + E;  // one rank's counts: rows for each rank | pairs for each expert
   int32_t* counts = counts_.as<int32_t>();
   backend_.MoeDispatchLayout(ids, m, k, S, experts_per_rank_, counts, counts + S,
-                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>());
+                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>(), 0);
   ep_.AllGather(counts, counts + row, static_cast<size_t>(row), DType::kI32);
   backend_.CopyToHost(host_counts_.data(), counts + row, host_counts_.size() * sizeof(int32_t));
   // after this loop: rows to and from each peer, and where they sit (send rows grouped by
@@ -101,7 +105,38 @@ int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* wei
   return received_;
 }
 
+int ExpertExchange::DispatchLowLatency(const void* x, const int32_t* ids, const float* weights,
+                                       int m, int block_rows) {
+  const int S = ranks_, k = shape_.top_k, C = block_rows;
+  const int64_t H = shape_.hidden;
+  TESSERA_CHECK(m >= 0 && m <= C && C <= shape_.block_capacity)
+      << m << " rows to dispatch in low-latency blocks of " << C << " rows (planned for "
+      << shape_.block_capacity << ")";
+  // Block d of the send rows: this rank's rows for rank d, then zeros with ids -1 up to C.
+  backend_.MoeDispatchLayout(ids, m, k, S, experts_per_rank_, counts_.as<int32_t>(), nullptr,
+                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>(), C);
+  backend_.MoeDispatchPack(x, ids, weights, send_tokens_.as<int32_t>(), S * C, H, k, send_x_.data(),
+                           send_ids_.as<int32_t>(), send_w_.as<float>());
+  const size_t rows = static_cast<size_t>(C);
+  ep_.AllToAll({{send_x_.data(), recv_x_.data(), rows * H, act_},
+                {send_ids_.data(), recv_ids_.data(), rows * k, DType::kI32},
+                {send_w_.data(), recv_w_.data(), rows * k, DType::kF32}});
+  m_ = m;
+  block_rows_ = C;
+  received_ = S * C;
+  return received_;
+}
+
+void ExpertExchange::CombineLowLatency(void* out) {
+  const size_t rows = static_cast<size_t>(block_rows_);
+  const int64_t H = shape_.hidden;
+  // Block s of recv_y answers source s's block for us; it lands in our block for s.
+  ep_.AllToAll({{recv_y_.data(), send_x_.data(), rows * H, act_}});
+  backend_.MoeCombineRanks(send_x_.data(), token_slots_.as<int32_t>(), m_, shape_.top_k, H, out);
+}
+
 void ExpertExchange::Combine(void* out) {
+  if (block_rows_ > 0) return CombineLowLatency(out);
   const int S = ranks_;
   const int64_t H = shape_.hidden;
   for (int r = 0; r < S; ++r) {

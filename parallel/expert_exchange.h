@@ -26,9 +26,26 @@
 //      Backend::MoeCombineRanks sums each token's rows in increasing rank order, in fp32, rounded
 //      once: the same bits on every run.
 //
-// Every rank of `ep` must call Dispatch and Combine the same number of times, including ranks
-// with no rows (m = 0: an idle DP replica joins with empty counts). Buffers are allocated once, for
-// `max_tokens` rows per rank per call.
+// Low-latency mode (decode): no host read at all, so the whole step records into a CUDA graph.
+// Each (source, destination) pair has a block of B rows, B fixed before the data exist (the same
+// on every rank of a call, at most block_capacity, for which the buffers are sized when the
+// exchange is built), and a rank's m <= B rows fit it whatever the routing: a token goes at most
+// once to a rank, so rows(source -> destination) <= m (the bound min(m * k, m * experts per rank,
+// m) is m for any k >= 1). Layout puts rank d's rows at block d (MoeDispatchLayout with B),
+// Pack fills a block's unused rows with zeros and ids -1, and one Communicator::AllToAll moves
+// the three arrays' S fixed blocks (one NCCL group; MPI_Alltoallv per array on the CPU backend).
+// NOTE: the count travels in-band: a block's rows past its count carry ids -1, which the
+// receiver's MoeExperts reads on the device (such rows take no expert and return zeros), so no
+// separate count header is exchanged. The receiver computes all S * B rows (as the all-gather
+// exchange does its S * M); combine returns the S blocks the same way and sums in rank order as
+// in normal mode, so both modes give the same bits. Low-latency dispatches are not in
+// tokens_per_expert() / rows_per_rank() (counting them would need the host read this mode
+// avoids).
+//
+// Every rank of `ep` must call Dispatch and Combine the same number of times with the same mode,
+// including ranks with no rows (m = 0: an idle DP replica joins with empty counts, or with empty
+// blocks in low-latency mode). Buffers are allocated once, for `max_tokens` rows per rank per call
+// (normal mode) and `block_capacity` (low-latency mode).
 #pragma once
 
 #include <cstdint>
@@ -44,6 +61,9 @@ struct ExpertExchangeShape {
   int top_k = 0;        // k
   int num_experts = 0;  // E over all ranks; rank r holds [r E / S, (r + 1) E / S)
   int max_tokens = 0;   // the most rows any rank dispatches in one call
+  // C: rows per (source, destination) block in low-latency mode, the most rows any rank
+  // dispatches in one low-latency call; 0: no low-latency mode.
+  int block_capacity = 0;
 };
 
 class ExpertExchange {
@@ -54,6 +74,11 @@ class ExpertExchange {
   // fp32 [m, k] (ids < 0: padding, sent nowhere) to the ranks owning their experts; returns the
   // rows this rank received. Waits for the stream once (the counts).
   int Dispatch(const void* x, const int32_t* ids, const float* weights, int m);
+  // The same in low-latency mode, in blocks of `block_rows` rows (m <= block_rows <=
+  // block_capacity; every rank of the call passes the same value): never waits, records into a
+  // CUDA graph, and returns S * block_rows, the rows past each block's count having ids -1.
+  int DispatchLowLatency(const void* x, const int32_t* ids, const float* weights, int m,
+                         int block_rows);
 
   // The rows received by the last Dispatch: recv_x A[received, H], recv_ids int32 [received, k],
   // recv_weights fp32 [received, k]; recv_y A[received, H] is for the caller's expert outputs.
@@ -62,8 +87,9 @@ class ExpertExchange {
   const float* recv_weights() const { return recv_w_.as<float>(); }
   void* recv_y() const { return recv_y_.data(); }
 
-  // Collective over `ep`. Returns recv_y()'s rows to their home ranks: out A[m, H] (m of the last
-  // Dispatch) = per token the sum of its ranks' partial sums in increasing rank order.
+  // Collective over `ep`, in the last Dispatch's mode. Returns recv_y()'s rows to their home
+  // ranks: out A[m, H] (m of the last Dispatch) = per token the sum of its ranks' partial sums in
+  // increasing rank order.
   void Combine(void* out);
 
   // Expert load over the whole group (the same on every rank), summed over every Dispatch since
@@ -81,14 +107,14 @@ class ExpertExchange {
   ExpertExchangeShape shape_;
   int ranks_;
   int experts_per_rank_;
-  int64_t send_capacity_;  // rows: max_tokens * min(k, S)
-  int64_t recv_capacity_;  // rows: S * max_tokens
+  int64_t send_capacity_;  // rows: max(max_tokens * min(k, S), S * C)
+  int64_t recv_capacity_;  // rows: S * max(max_tokens, C)
   DType act_;
 
   DeviceBuffer counts_;       // int32 [(1 + S), S + E]: ours (send counts | routed per expert),
                               // then every rank's, gathered
   DeviceBuffer send_tokens_;  // int32 [send_capacity]
-  DeviceBuffer token_slots_;  // int32 [max_tokens, k]
+  DeviceBuffer token_slots_;  // int32 [max(max_tokens, C), k]
   DeviceBuffer send_x_;       // A [send_capacity, H]; also the combine's landing rows
   DeviceBuffer send_ids_;     // int32 [send_capacity, k]
   DeviceBuffer send_w_;       // fp32 [send_capacity, k]
@@ -104,6 +130,9 @@ class ExpertExchange {
   std::vector<size_t> scaled_a_, scaled_b_, scaled_c_, scaled_d_;  // per-call element counts
   int m_ = 0;
   int received_ = 0;
+  int block_rows_ = 0;  // the last dispatch's blocks (low-latency mode), 0 in normal mode
+
+  void CombineLowLatency(void* out);
 
   std::vector<int64_t> tokens_per_expert_;
   std::vector<int64_t> rows_per_rank_;

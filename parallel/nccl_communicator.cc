@@ -281,6 +281,26 @@ class NcclCommunicator final : public Communicator {
     }
     NCCL_CHECK(ncclGroupEnd());
   }
+  void AllToAll(const std::vector<AllToAllPart>& parts) override {
+    if (parts.empty()) return;
+    if (!OnDeviceOrCapturing(parts[0].send, parts[0].recv)) return host_->AllToAll(parts);
+    size_t total = 0;
+    for (const AllToAllPart& p : parts) total += p.count * static_cast<size_t>(size());
+    Enqueued enqueued(this, kAllToAllV, total);
+    // One group: every part's block for every peer, so NCCL runs one fused exchange.
+    NCCL_CHECK(ncclGroupStart());
+    for (const AllToAllPart& p : parts) {
+      if (p.count == 0) continue;
+      const size_t bytes = p.count * DTypeSize(p.dtype);
+      for (int r = 0; r < size(); ++r) {
+        NCCL_CHECK(ncclSend(static_cast<const char*>(p.send) + r * bytes, p.count,
+                            NcclType(p.dtype), r, comm_, stream_));
+        NCCL_CHECK(ncclRecv(static_cast<char*>(p.recv) + r * bytes, p.count, NcclType(p.dtype), r,
+                            comm_, stream_));
+      }
+    }
+    NCCL_CHECK(ncclGroupEnd());
+  }
   void AllToAllCounts(const std::vector<int64_t>& send, std::vector<int64_t>* recv) override {
     host_->AllToAllCounts(send, recv);
   }

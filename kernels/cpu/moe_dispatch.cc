@@ -13,7 +13,7 @@ namespace tessera::cpu {
 
 void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                        int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
-                       int32_t* token_slots) {
+                       int32_t* token_slots, int block_capacity) {
   const int S = num_ranks;
   const int64_t num_experts = static_cast<int64_t>(S) * experts_per_rank;
   std::fill(rank_counts, rank_counts + S, 0);
@@ -29,16 +29,22 @@ void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int 
       if (expert_counts != nullptr) ++expert_counts[id];
     }
   }
-  // after this loop: row_of[t, r] = the send row of (t, r); rows grouped by rank, tokens ascending.
+  // after this loop: row_of[t, r] = the send row of (t, r); rows grouped by rank, tokens ascending
+  // (packed, or from r * block_capacity with the block's unused rows -1).
   std::vector<int32_t> row_of(static_cast<size_t>(n) * S, -1);
   int32_t row = 0;
   for (int r = 0; r < S; ++r) {
+    if (block_capacity > 0) row = r * block_capacity;
     for (int t = 0; t < n; ++t) {
       if (!has[static_cast<size_t>(t) * S + r]) continue;
+      TESSERA_CHECK(block_capacity == 0 || rank_counts[r] < block_capacity)
+          << "rows for rank " << r << " over the block capacity " << block_capacity;
       row_of[static_cast<size_t>(t) * S + r] = row;
       send_tokens[row++] = t;
       ++rank_counts[r];
     }
+    if (block_capacity > 0)
+      std::fill(send_tokens + row, send_tokens + (r + 1) * block_capacity, -1);
   }
   for (int t = 0; t < n; ++t) {
     int32_t* slots = token_slots + static_cast<int64_t>(t) * top_k;
@@ -56,6 +62,14 @@ void MoeDispatchPack(const float* x, const int32_t* ids, const float* weights,
                      int32_t* send_ids, float* send_weights) {
   for (int i = 0; i < rows; ++i) {
     const int64_t t = send_tokens[i];
+    if (t < 0) {  // an unused row of a fixed-capacity block: zeros, routed nowhere
+      std::fill(send_x + i * hidden, send_x + (i + 1) * hidden, 0.0f);
+      std::fill(send_ids + static_cast<int64_t>(i) * top_k,
+                send_ids + static_cast<int64_t>(i + 1) * top_k, -1);
+      std::fill(send_weights + static_cast<int64_t>(i) * top_k,
+                send_weights + static_cast<int64_t>(i + 1) * top_k, 0.0f);
+      continue;
+    }
     std::memcpy(send_x + i * hidden, x + t * hidden, hidden * sizeof(float));
     std::memcpy(send_ids + static_cast<int64_t>(i) * top_k, ids + t * top_k,
                 top_k * sizeof(int32_t));

@@ -6,11 +6,14 @@
 // on r the next row (a ballot prefix: the order is the tokens', never an atomic's), and records
 // the row in the token's slot (its number of distinct ranks below r), so slots list ranks in
 // increasing order. Block r also counts its own experts' pairs (shared-memory integer atomics:
-// exact in any order), and block 0 marks each token's unused slots -1.
+// exact in any order), and block 0 marks each token's unused slots -1. With a block capacity C
+// (the low-latency exchange's fixed blocks) r's rows start at r * C instead (pass 1's sum is not
+// needed) and block r marks its block's unused rows -1.
 //
 // Pack: one block per send row, a row copy 8 bf16 per thread access, plus the token's ids and
-// weights. Combine: one block per token, each thread 8 columns, the rows summed in fp32 in slot
-// order (increasing rank) and rounded once: the same result on every run.
+// weights (a row of no token: zeros, ids -1). Combine: one block per token, each thread 8 columns,
+// the rows summed in fp32 in slot order (increasing rank) and rounded once: the same result on
+// every run.
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
@@ -79,7 +82,7 @@ __global__ void __launch_bounds__(kLayoutThreads)
     MoeDispatchLayoutKernel(const int32_t* __restrict__ ids, int n, int top_k, int num_ranks,
                             int experts_per_rank, int32_t* __restrict__ rank_counts,
                             int32_t* __restrict__ expert_counts, int32_t* __restrict__ send_tokens,
-                            int32_t* __restrict__ token_slots) {
+                            int32_t* __restrict__ token_slots, int block_capacity) {
   extern __shared__ int local_counts[];  // [experts_per_rank] when expert_counts
   __shared__ int scratch[kLayoutThreads / 32];
   const int r = blockIdx.x;
@@ -107,7 +110,9 @@ __global__ void __launch_bounds__(kLayoutThreads)
       for (int k = all; k < top_k; ++k) token_slots[static_cast<int64_t>(t) * top_k + k] = -1;
     }
   }
-  const int base = BlockSumInt(lower, scratch);
+  // NOTE: summed in either layout: calling it only for the packed one made ptxas spill.
+  const int below_r = BlockSumInt(lower, scratch);
+  const int base = block_capacity > 0 ? r * block_capacity : below_r;
   // after this loop: rows [base, next) hold r's tokens in increasing order.
   int next = base;
   for (int t0 = 0; t0 < n; t0 += kLayoutThreads) {
@@ -124,6 +129,10 @@ __global__ void __launch_bounds__(kLayoutThreads)
     next += count;
   }
   if (threadIdx.x == 0) rank_counts[r] = next - base;
+  if (block_capacity > 0) {
+    for (int i = next + threadIdx.x; i < base + block_capacity; i += kLayoutThreads)
+      send_tokens[i] = -1;
+  }
   if (expert_counts != nullptr) {
     __syncthreads();
     for (int e = threadIdx.x; e < experts_per_rank; e += kLayoutThreads)
@@ -142,8 +151,17 @@ __global__ void __launch_bounds__(kRowThreads)
                           float* __restrict__ send_weights) {
   const int64_t i = blockIdx.x;
   const int64_t t = send_tokens[i];
-  const bf16* src = x + t * hidden;
   bf16* dst = send_x + i * hidden;
+  if (t < 0) {  // an unused row of a fixed-capacity block
+    const bf16 zero = ToBf16(0.0f);
+    for (int64_t c = threadIdx.x; c < hidden; c += kRowThreads) dst[c] = zero;
+    if (threadIdx.x < top_k) {
+      send_ids[i * top_k + threadIdx.x] = -1;
+      send_weights[i * top_k + threadIdx.x] = 0.0f;
+    }
+    return;
+  }
+  const bf16* src = x + t * hidden;
   if constexpr (kVec) {
     for (int64_t c = 8 * threadIdx.x; c < hidden; c += 8 * kRowThreads)
       Store8(dst + c, Load8(src + c));
@@ -197,16 +215,21 @@ __global__ void __launch_bounds__(kRowThreads)
 
 void LaunchMoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
                              int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,
-                             int32_t* send_tokens, int32_t* token_slots, cudaStream_t stream) {
+                             int32_t* send_tokens, int32_t* token_slots, int block_capacity,
+                             cudaStream_t stream) {
   TESSERA_CHECK(num_ranks >= 1 && num_ranks < 65536) << num_ranks << " ranks";
   TESSERA_CHECK(top_k >= 1 && top_k <= kMaxTopK) << "top_k " << top_k;
   TESSERA_CHECK(experts_per_rank >= 1 && experts_per_rank <= kMaxExpertsPerRank)
       << experts_per_rank << " experts per rank";
   TESSERA_CHECK(static_cast<int64_t>(n) * top_k < (int64_t{1} << 31)) << n << " x " << top_k;
+  TESSERA_CHECK(block_capacity == 0 ||
+                (n <= block_capacity &&
+                 static_cast<int64_t>(num_ranks) * block_capacity < (int64_t{1} << 31)))
+      << n << " tokens for blocks of " << block_capacity;
   const size_t smem = expert_counts != nullptr ? experts_per_rank * sizeof(int) : 0;
   MoeDispatchLayoutKernel<<<num_ranks, kLayoutThreads, smem, stream>>>(
       ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts, send_tokens,
-      token_slots);
+      token_slots, block_capacity);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -113,6 +113,15 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, Backend& backend, const ShardS
   if (graphs != nullptr && std::string(graphs) == "0") graphs_enabled_ = false;
   const char* exchange = std::getenv("TESSERA_EP_EXCHANGE");
   if (exchange != nullptr && std::string(exchange) == "allgather") ep_allgather_ = true;
+  const char* mode = std::getenv("TESSERA_EP_MODE");
+  if (mode != nullptr && *mode != '\0') {
+    const std::string m(mode);
+    TESSERA_CHECK(m == "auto" || m == "normal" || m == "low_latency")
+        << "TESSERA_EP_MODE=" << m << ": expected auto, normal or low_latency";
+    ep_mode_ = m == "normal"        ? EpMode::kNormal
+               : m == "low_latency" ? EpMode::kLowLatency
+                                    : EpMode::kAuto;
+  }
   const int tp = shard.tp_size;
   q_heads_local_ = config.num_attention_heads / tp;
   kv_heads_local_ = std::max<int64_t>(1, config.num_key_value_heads / tp);
@@ -361,6 +370,12 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
         shape.top_k = static_cast<int>(k);
         shape.num_experts = static_cast<int>(c.num_experts);
         shape.max_tokens = static_cast<int>(slice);
+        // Low-latency blocks: at most the largest decode graph's slice (auto), or any slice.
+        const int64_t graph_slice = (bucket + shard_.tp_size - 1) / shard_.tp_size;
+        ep_block_capacity_ = ep_mode_ == EpMode::kNormal       ? 0
+                             : ep_mode_ == EpMode::kLowLatency ? static_cast<int>(slice)
+                                                               : static_cast<int>(graph_slice);
+        shape.block_capacity = ep_block_capacity_;
         ep_exchange_ = std::make_unique<ExpertExchange>(*shard_.ep, backend_, shape);
         total += ep_exchange_->workspace_bytes();
       }
@@ -423,34 +438,31 @@ void Qwen3Model::TpAllReduce(void* buf, int64_t count) {
 }
 
 void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_tokens) {
-  const int S = shard_.ep_size, T = shard_.tp_size, t = shard_.tp_rank;
+  const int S = shard_.ep_size, T = shard_.tp_size;
   TESSERA_CHECK(shard_.ep != nullptr && shard_.ep->size() == S) << "EP communicator of size " << S;
   // The stage's EP ranks are (replica d, TP rank t) at d * T + t (ParallelConfig::ep_rank).
   TESSERA_CHECK(replica_tokens.size() == static_cast<size_t>(S / T) ||
                 (replica_tokens.empty() && S == T))
       << replica_tokens.size() << " replica token counts for an EP group of " << S << ", tp " << T;
   const int own = shard_.ep->rank() / T;
-  // after this loop: rows = the largest TP slice of any replica's micro-batch (every rank of the
-  // stage computes the same value from the same plan).
-  int rows = 0;
+  // after this loop: rows = the largest TP slice of any replica's micro-batch, blocks = the same
+  // with each micro-batch padded as a decode graph would pad it (every rank of the stage computes
+  // the same values from the same plan).
+  int rows = 0, blocks = 0;
   for (int d = 0; d < S / T; ++d) {
     const int count = replica_tokens.empty() ? n : replica_tokens[d];
     if (d == own) TESSERA_CHECK_EQ(count, n) << "this replica's token count in the plan";
     rows = std::max(rows, (count + T - 1) / T);
+    const int bucket = GraphBucket(count);
+    const int padded = bucket > 0 && bucket <= token_capacity_ ? bucket : count;
+    blocks = std::max(blocks, (padded + T - 1) / T);
   }
   ep_rows_ = rows;
-  ep_begin_ = static_cast<int>(static_cast<int64_t>(n) * t / T);
-  ep_count_ = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / T) - ep_begin_;
-  if (T > 1) {
-    const int64_t H = config_.hidden_size;
-    ep_tp_counts_.resize(T);
-    ep_tp_displs_.resize(T);
-    for (int r = 0; r < T; ++r) {
-      const int64_t b = static_cast<int64_t>(n) * r / T, e = static_cast<int64_t>(n) * (r + 1) / T;
-      ep_tp_counts_[r] = static_cast<size_t>((e - b) * H);
-      ep_tp_displs_[r] = static_cast<size_t>(b * H);
-    }
-  }
+  // Low-latency blocks when they fit (no host read; decode graphs can record the exchange).
+  // NOTE: with TESSERA_EP_MODE=low_latency the capacity is the whole planned slice, which every
+  // padded micro-batch fits (padding stays within token_capacity_).
+  ep_block_rows_ = ep_exchange_ != nullptr && blocks <= ep_block_capacity_ ? blocks : 0;
+  SetExpertSlice(n);
   if (ep_exchange_ != nullptr) return;  // no padding: each rank sends exactly its slice
   TESSERA_CHECK_LE(static_cast<int64_t>(S) * rows, ep_capacity_)
       << "expert-parallel rows of one step (planned workspace)";
@@ -464,6 +476,22 @@ void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_to
     const int64_t k = config_.num_experts_per_tok;
     backend_.CopyToDevice(topk_ids_.as<int32_t>() + ep_count_ * k, ep_pad_ids_.data(),
                           static_cast<size_t>((rows - ep_count_) * k) * sizeof(int32_t));
+  }
+}
+
+void Qwen3Model::SetExpertSlice(int n) {
+  const int T = shard_.tp_size, t = shard_.tp_rank;
+  ep_begin_ = static_cast<int>(static_cast<int64_t>(n) * t / T);
+  ep_count_ = static_cast<int>(static_cast<int64_t>(n) * (t + 1) / T) - ep_begin_;
+  if (T > 1) {
+    const int64_t H = config_.hidden_size;
+    ep_tp_counts_.resize(T);
+    ep_tp_displs_.resize(T);
+    for (int r = 0; r < T; ++r) {
+      const int64_t b = static_cast<int64_t>(n) * r / T, e = static_cast<int64_t>(n) * (r + 1) / T;
+      ep_tp_counts_[r] = static_cast<size_t>((e - b) * H);
+      ep_tp_displs_[r] = static_cast<size_t>(b * H);
+    }
   }
 }
 
@@ -490,8 +518,11 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer) {
   void* out = T > 1 ? ep_out_.data() : proj_.data();
   if (ep_exchange_ != nullptr) {
     // Each token to the ranks owning its experts, their partial sums back in rank order.
-    const int received =
-        ep_exchange_->Dispatch(slice, topk_ids_.as<int32_t>(), topk_weights_.as<float>(), m);
+    const int32_t* ids = topk_ids_.as<int32_t>();
+    const float* weights = topk_weights_.as<float>();
+    const int received = ep_block_rows_ > 0 ? ep_exchange_->DispatchLowLatency(slice, ids, weights,
+                                                                               m, ep_block_rows_)
+                                            : ep_exchange_->Dispatch(slice, ids, weights, m);
     backend_.MoeExperts(ep_exchange_->recv_x(), received, ep_exchange_->recv_ids(),
                         ep_exchange_->recv_weights(), k, LocalExperts(layer),
                         ep_exchange_->recv_y());
@@ -624,16 +655,22 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
 
 bool Qwen3Model::DecodeGraphEligible(const StepBatch& batch) const {
   if (!graphs_enabled_ || !backend_.CanCaptureGraphs()) return false;
-  // Pipeline hand-offs cannot be recorded, nor can the expert-parallel exchange: its gathered
-  // row count depends on every replica's micro-batch, and each replica would pad its own step to
-  // its own bucket (the peers' recorded collectives would not match). TP all-reduces can be
-  // (NCCL collectives are stream-ordered, parallel/nccl_communicator.h), and so can MoeExperts
-  // (its routing stays on the device).
-  if (!first_stage() || !last_stage() || (config_.is_moe() && shard_.ep_size > 1)) return false;
+  // Pipeline hand-offs cannot be recorded, nor can the expert exchange's normal mode (the host
+  // reads the counts) or the all-gather exchange (its gathered row count depends on every
+  // replica's micro-batch, and each replica pads its own step to its own bucket). Its low-latency
+  // mode can: fixed blocks whose size every rank took from the plan (PrepareExpertParallel), so
+  // a replica replaying a graph and a peer running directly make the same exchanges. TP
+  // all-reduces can be recorded too (NCCL collectives are stream-ordered,
+  // parallel/nccl_communicator.h), and so can MoeExperts (its routing stays on the device).
+  if (!first_stage() || !last_stage()) return false;
   const int n = static_cast<int>(batch.token_ids.size());
   if (n == 0 || GraphBucket(n) < 0 || batch.num_seqs != n) return false;
   // Within the planned workspace once padded (the plan covers max_seqs' bucket).
   const int b = GraphBucket(n);
+  if (config_.is_moe() && shard_.ep_size > 1) {
+    const int T = shard_.tp_size;
+    if (ep_block_rows_ == 0 || (b + T - 1) / T > ep_block_rows_) return false;
+  }
   if (b > token_capacity_ || b > logit_capacity_ ||
       static_cast<int64_t>(b) * GraphTableCapacity(batch.max_blocks_per_seq) > table_capacity_) {
     return false;
@@ -684,7 +721,11 @@ void Qwen3Model::RunDecodeGraph(const StepBatch& batch, KvCache& kv) {
   backend_.CopyToDevice(logit_rows_.data(), rows, bytes);
   backend_.CopyToDevice(tables_.data(), tables, static_cast<size_t>(b) * cap * sizeof(int32_t));
 
-  const std::pair<int, int> key(b, cap);
+  // With expert parallelism the slice of the padded batch goes through the exchange (its padding
+  // rows route like any token; their outputs are never read).
+  const bool ep = config_.is_moe() && shard_.ep_size > 1;
+  if (ep) SetExpertSlice(b);
+  const std::tuple<int, int, int> key(b, cap, ep ? ep_block_rows_ : 0);
   auto it = graphs_.find(key);
   if (it != graphs_.end()) {
     it->second->Replay();

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -166,8 +167,12 @@ class Qwen3Model {
   void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
                         std::vector<int32_t>* tokens);
   // Per step with expert parallelism: this rank's token slice, the padded slice size M of the EP
-  // group (from every replica's token count), and ids -1 for the padding rows of topk_ids_.
+  // group (from every replica's token count), the exchange's mode (ep_block_rows_), and ids -1 for
+  // the padding rows of topk_ids_.
   void PrepareExpertParallel(int n, const std::vector<int>& replica_tokens);
+  // This rank's slice of an n-token micro-batch (ep_begin_, ep_count_, ep_tp_counts_); a decode
+  // graph sets it again for its padded batch.
+  void SetExpertSlice(int n);
   // MoE layer with experts spread over the stage (ep_size > 1), all on the device: route this
   // rank's slice of the tokens, send each token to the ranks owning its experts (ExpertExchange,
   // all-to-all; or, with TESSERA_EP_EXCHANGE=allgather, all-gather every rank's M rows over the
@@ -232,10 +237,11 @@ class Qwen3Model {
   // float32 [tp, r, vocab_local]: the gathered logits on the host, before rows are picked out
   // (TP rank 0 of the last stage, when not every row returns logits or tp > 1).
   std::vector<float> host_logits_;
-  // Decode graphs by (padded batch, block-table capacity), recorded against the planned
-  // workspace (a new plan drops them). TESSERA_CUDA_GRAPHS=0 turns them off.
+  // Decode graphs by (padded batch, block-table capacity, low-latency expert blocks or 0),
+  // recorded against the planned workspace (a new plan drops them). TESSERA_CUDA_GRAPHS=0 turns
+  // them off.
   bool graphs_enabled_ = true;
-  std::map<std::pair<int, int>, std::unique_ptr<DeviceGraph>> graphs_;
+  std::map<std::tuple<int, int, int>, std::unique_ptr<DeviceGraph>> graphs_;
   // int32 [5 * bucket + bucket * table width]: a decode graph's padded metadata, staged on the
   // host (ids, positions, sequences, slots, logit rows, then the block tables).
   std::vector<int32_t> staged_;
@@ -254,6 +260,14 @@ class Qwen3Model {
   // ceil(tokens / tp_size) rows per rank; null with TESSERA_EP_EXCHANGE=allgather.
   bool ep_allgather_ = false;
   std::unique_ptr<ExpertExchange> ep_exchange_;
+  // TESSERA_EP_MODE=auto|normal|low_latency: the exchange's mode per micro-batch. auto: low
+  // latency when every replica's slice, padded to its decode-graph bucket, fits the low-latency
+  // capacity (the largest decode graph's slice), else normal; low_latency: always (capacity:
+  // the whole planned slice); normal: never.
+  enum class EpMode { kAuto, kNormal, kLowLatency };
+  EpMode ep_mode_ = EpMode::kAuto;
+  int ep_block_capacity_ = 0;  // the exchange's block_capacity (0: no low-latency mode)
+  int ep_block_rows_ = 0;      // this micro-batch's low-latency blocks; 0: normal mode
   // The all-gather exchange: [ep_size, M] rows gathered from the stage's slices (M <=
   // ceil(tokens / tp_size): ep_capacity_ = ep_size such slices):
   int64_t ep_capacity_ = 0;

@@ -2,6 +2,7 @@
 // the owners of their experts by MPI_Alltoallv, the experts run where they live, the partial sums
 // combined at home, against MoeExperts over all experts on one rank. A rank with no tokens (an
 // idle DP replica) joins every call; repeated calls reuse the buffers; the load counters add up.
+// Low-latency mode (fixed blocks, no host read) gives normal mode's bits, interleaved with it.
 #include <mpi.h>
 
 #include <numeric>
@@ -87,6 +88,69 @@ TEST(ExpertExchangeTest, MatchesOneRankAndCountsLoad) {
   std::vector<int64_t> rank0 = exchange.rows_per_rank();
   w.Broadcast(rank0.data(), rank0.size(), DType::kI64, 0);
   EXPECT_EQ(rank0, exchange.rows_per_rank());
+}
+
+// Routing of m tokens over E experts, k distinct per token; token 1 padding when m > 2.
+std::vector<int32_t> Routing(int m, int E, int k, std::mt19937& rng) {
+  std::vector<int32_t> ids(static_cast<size_t>(m) * k), all(E);
+  std::iota(all.begin(), all.end(), 0);
+  for (int t = 0; t < m; ++t) {
+    std::shuffle(all.begin(), all.end(), rng);
+    std::copy_n(all.begin(), k, ids.begin() + static_cast<size_t>(t) * k);
+  }
+  if (m > 2) std::fill_n(ids.begin() + k, k, -1);
+  return ids;
+}
+
+TEST(ExpertExchangeTest, LowLatencyGivesNormalModesBits) {
+  Communicator& w = World();
+  const int S = w.size(), per_rank = 2, E = S * per_rank, k = 4, H = 9, I = 3, cap = 6;
+  std::mt19937 weights_rng(7);
+  const auto gate_up = Random(static_cast<size_t>(E) * 2 * I * H, weights_rng);
+  const auto down = Random(static_cast<size_t>(E) * H * I, weights_rng);
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  ExpertExchangeShape shape{H, k, E, 11};
+  shape.block_capacity = cap;
+  ExpertExchange exchange(w, *cpu, shape);
+  ExpertWeights mine;
+  mine.first_expert = w.rank() * per_rank;
+  mine.num_local_experts = per_rank;
+  mine.hidden = H;
+  mine.intermediate = I;
+  mine.gate_up = gate_up.data() + static_cast<size_t>(mine.first_expert) * 2 * I * H;
+  mine.down = down.data() + static_cast<size_t>(mine.first_expert) * H * I;
+  auto run = [&](const std::vector<float>& x, const std::vector<int32_t>& ids,
+                 const std::vector<float>& wt, int m, int block_rows) {
+    const int received =
+        block_rows > 0 ? exchange.DispatchLowLatency(x.data(), ids.data(), wt.data(), m, block_rows)
+                       : exchange.Dispatch(x.data(), ids.data(), wt.data(), m);
+    cpu->MoeExperts(exchange.recv_x(), received, exchange.recv_ids(), exchange.recv_weights(), k,
+                    mine, exchange.recv_y());
+    std::vector<float> out(static_cast<size_t>(m) * H, NAN);
+    exchange.Combine(out.data());
+    return out;
+  };
+  std::mt19937 rng(300 + w.rank());
+  for (int call = 0; call < 4; ++call) {
+    // Rank 0 idle in call 1; call 3 fills the planned blocks (m = cap); blocks of 5 rows in
+    // call 2 (every rank's m <= 5 there).
+    const int m = (w.rank() == 0 && call == 1) ? 0
+                  : call == 3                  ? cap
+                  : call == 2                  ? 1 + w.rank() % 5
+                                               : 1 + (w.rank() + call) % cap;
+    const int block_rows = call == 2 ? 5 : cap;
+    const auto x = Random(static_cast<size_t>(m) * H, rng);
+    const auto wt = Random(static_cast<size_t>(m) * k, rng, 0.1f, 1.0f);
+    const auto ids = Routing(m, E, k, rng);
+    const auto low = run(x, ids, wt, m, block_rows);
+    const auto normal = run(x, ids, wt, m, 0);
+    EXPECT_EQ(low, normal) << "call " << call;
+    std::vector<float> want(static_cast<size_t>(m) * H);
+    cpu::MoeExperts(x.data(), m, ids.data(), wt.data(), k, 0, E, H, I, gate_up.data(), down.data(),
+                    want.data());
+    for (size_t i = 0; i < low.size(); ++i)
+      ASSERT_NEAR(low[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i])) << "call " << call;
+  }
 }
 
 }  // namespace

@@ -46,7 +46,18 @@ LAYOUTS = [
     # The all-gather expert exchange, kept as a fallback (TESSERA_EP_EXCHANGE=allgather).
     ("moe_norm_topk", 4, ["--ep", "4"], {"TESSERA_EP_EXCHANGE": "allgather"}),
     ("moe_mixed_layers", 4, ["--tp", "2", "--ep", "4"], {"TESSERA_EP_EXCHANGE": "allgather"}),
+    # The exchange's low-latency mode (fixed blocks, no host read) forced for prefill too; by
+    # default (auto) `run`'s decode steps take it and its prefills the normal mode.
+    ("moe_norm_topk", 2, ["--ep", "2"], {"TESSERA_EP_MODE": "low_latency"}),
+    ("moe_norm_topk", 2, ["--dp", "2", "--ep", "2"], {"TESSERA_EP_MODE": "low_latency"}),
+    ("moe_mixed_layers", 4, ["--tp", "2", "--ep", "4"], {"TESSERA_EP_MODE": "low_latency"}),
+    ("moe_mixed_layers", 4, ["--pp", "2", "--ep", "2", "--prefill-chunk", "9"],
+     {"TESSERA_EP_MODE": "low_latency"}),
 ]
+# PARITY_ONLY_EP_MODE=<mode> (local checks): only the expert-parallel layouts, all in that mode.
+if os.environ.get("PARITY_ONLY_EP_MODE"):
+    LAYOUTS = [(f, r, fl, {**(x[0] if x else {}), "TESSERA_EP_MODE": os.environ["PARITY_ONLY_EP_MODE"]})
+               for f, r, fl, *x in LAYOUTS if "--ep" in fl]
 
 
 def rel_l2(got, want):

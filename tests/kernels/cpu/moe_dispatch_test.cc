@@ -38,7 +38,7 @@ Layout MakeLayout(const std::vector<int32_t>& ids, int n, int top_k, int ranks, 
   l.send_tokens.assign(static_cast<size_t>(n) * std::min(top_k, ranks), -7);
   l.token_slots.assign(static_cast<size_t>(n) * top_k, -7);
   cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, l.rank_counts.data(),
-                         l.expert_counts.data(), l.send_tokens.data(), l.token_slots.data());
+                         l.expert_counts.data(), l.send_tokens.data(), l.token_slots.data(), 0);
   return l;
 }
 
@@ -86,6 +86,54 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DispatchLayoutTest,
                                            std::make_tuple(37, 8, 16, 8),
                                            std::make_tuple(29, 3, 3, 5),
                                            std::make_tuple(64, 16, 8, 8)));
+
+// The fixed-block layout (low-latency exchange): rank r's rows of the packed layout at r * C, the
+// rest of each block -1, slots naming the moved rows; the pack's unused rows zeros with ids -1.
+TEST(DispatchLayoutTest, FixedBlocksMovePackedRows) {
+  const int n = 23, ranks = 4, per_rank = 3, top_k = 4, hidden = 5;
+  for (int cap : {n, n + 6}) {
+    std::mt19937 rng(cap);
+    const auto ids = RandomRouting(n, ranks * per_rank, top_k, rng, 4);
+    const Layout packed = MakeLayout(ids, n, top_k, ranks, per_rank);
+    Layout l;
+    l.rank_counts.assign(ranks, -7);
+    l.send_tokens.assign(static_cast<size_t>(ranks) * cap, -7);
+    l.token_slots.assign(static_cast<size_t>(n) * top_k, -7);
+    cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, l.rank_counts.data(), nullptr,
+                           l.send_tokens.data(), l.token_slots.data(), cap);
+    EXPECT_EQ(l.rank_counts, packed.rank_counts);
+    std::vector<int32_t> moved(packed.send_tokens.size(), -1);  // packed row -> block row
+    int begin = 0;
+    for (int r = 0; r < ranks; ++r) {
+      for (int j = 0; j < cap; ++j) {
+        const int32_t want = j < packed.rank_counts[r] ? packed.send_tokens[begin + j] : -1;
+        EXPECT_EQ(l.send_tokens[r * cap + j], want) << "rank " << r << " row " << j;
+        if (j < packed.rank_counts[r]) moved[begin + j] = r * cap + j;
+      }
+      begin += packed.rank_counts[r];
+    }
+    for (int i = 0; i < n * top_k; ++i) {
+      const int32_t s = packed.token_slots[i];
+      EXPECT_EQ(l.token_slots[i], s < 0 ? -1 : moved[s]) << "slot " << i;
+    }
+    const auto x = testing::RandomVector(n * hidden, rng);
+    const auto w = testing::RandomVector(n * top_k, rng);
+    const int rows = ranks * cap;
+    std::vector<float> sx(rows * hidden, NAN), sw(rows * top_k, NAN);
+    std::vector<int32_t> si(rows * top_k, -7);
+    cpu::MoeDispatchPack(x.data(), ids.data(), w.data(), l.send_tokens.data(), rows, hidden, top_k,
+                         sx.data(), si.data(), sw.data());
+    for (int i = 0; i < rows; ++i) {
+      const int t = l.send_tokens[i];
+      for (int c = 0; c < hidden; ++c)
+        EXPECT_EQ(sx[i * hidden + c], t < 0 ? 0.0f : x[t * hidden + c]);
+      for (int k = 0; k < top_k; ++k) {
+        EXPECT_EQ(si[i * top_k + k], t < 0 ? -1 : ids[t * top_k + k]);
+        EXPECT_EQ(sw[i * top_k + k], t < 0 ? 0.0f : w[t * top_k + k]);
+      }
+    }
+  }
+}
 
 // S ranks, each with its own tokens, exchange as expert_exchange.cc does; every rank's combined
 // output must equal MoeExperts over all experts on one rank.

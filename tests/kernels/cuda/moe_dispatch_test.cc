@@ -1,7 +1,8 @@
 // The expert-parallel dispatch kernels against the CPU reference: the send layout bit for bit
 // (rank counts, expert counts, send tokens, slots) over rank counts 1..64 and odd token counts
 // with padding rows, the pack exactly (a copy), and the combine within one bf16 rounding (fp32
-// sums of bf16 rows, rounded once), unaligned widths included.
+// sums of bf16 rows, rounded once), unaligned widths included; each shape also in the fixed-block
+// layout of the low-latency exchange (block capacity n, and n + 3: blocks with unused rows).
 #include <algorithm>
 #include <numeric>
 
@@ -29,28 +30,29 @@ std::vector<int32_t> RandomRouting(int n, int experts, int top_k, std::mt19937& 
 // n, ranks, experts per rank, top_k, hidden
 class CudaDispatchTest : public testing::CudaParamTest<std::tuple<int, int, int, int, int>> {};
 
-TEST_P(CudaDispatchTest, LayoutExactPackExactCombineClose) {
-  const auto [n, ranks, per_rank, top_k, hidden] = GetParam();
-  std::mt19937 rng(n * 5 + ranks * 3 + per_rank + top_k + hidden);
+void CheckDispatch(Backend& gpu, int n, int ranks, int per_rank, int top_k, int hidden, int cap) {
+  std::mt19937 rng(n * 5 + ranks * 3 + per_rank + top_k + hidden + cap);
   const auto ids = RandomRouting(n, ranks * per_rank, top_k, rng);
-  const size_t send_cap = static_cast<size_t>(std::max(n, 1)) * std::min(top_k, ranks);
+  const size_t send_cap = cap > 0 ? static_cast<size_t>(std::max(ranks * cap, 1))
+                                  : static_cast<size_t>(std::max(n, 1)) * std::min(top_k, ranks);
 
   std::vector<int32_t> rc(ranks), ec(ranks * per_rank), st(send_cap, -7), ts(n * top_k);
   cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, rc.data(), ec.data(), st.data(),
-                         ts.data());
-  DeviceBuffer d_ids = testing::UploadRaw(gpu(), ids);
-  DeviceBuffer d_rc = testing::UploadRaw(gpu(), std::vector<int32_t>(ranks, -7));
-  DeviceBuffer d_ec = testing::UploadRaw(gpu(), std::vector<int32_t>(ranks * per_rank, -7));
-  DeviceBuffer d_st = testing::UploadRaw(gpu(), std::vector<int32_t>(send_cap, -7));
-  DeviceBuffer d_ts = testing::UploadRaw(gpu(), std::vector<int32_t>(std::max(n * top_k, 1), -7));
-  gpu().MoeDispatchLayout(d_ids.as<int32_t>(), n, top_k, ranks, per_rank, d_rc.as<int32_t>(),
-                          d_ec.as<int32_t>(), d_st.as<int32_t>(), d_ts.as<int32_t>());
-  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), d_rc, ranks), rc);
-  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), d_ec, ranks * per_rank), ec);
-  const int rows = std::accumulate(rc.begin(), rc.end(), 0);
-  const auto got_st = testing::DownloadRaw<int32_t>(gpu(), d_st, send_cap);
+                         ts.data(), cap);
+  DeviceBuffer d_ids = testing::UploadRaw(gpu, ids);
+  DeviceBuffer d_rc = testing::UploadRaw(gpu, std::vector<int32_t>(ranks, -7));
+  DeviceBuffer d_ec = testing::UploadRaw(gpu, std::vector<int32_t>(ranks * per_rank, -7));
+  DeviceBuffer d_st = testing::UploadRaw(gpu, std::vector<int32_t>(send_cap, -7));
+  DeviceBuffer d_ts = testing::UploadRaw(gpu, std::vector<int32_t>(std::max(n * top_k, 1), -7));
+  gpu.MoeDispatchLayout(d_ids.as<int32_t>(), n, top_k, ranks, per_rank, d_rc.as<int32_t>(),
+                        d_ec.as<int32_t>(), d_st.as<int32_t>(), d_ts.as<int32_t>(), cap);
+  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, d_rc, ranks), rc);
+  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, d_ec, ranks * per_rank), ec);
+  // Packed: the first sum(rc) rows; fixed blocks: all S * cap rows (unused ones -1).
+  const int rows = cap > 0 ? ranks * cap : std::accumulate(rc.begin(), rc.end(), 0);
+  const auto got_st = testing::DownloadRaw<int32_t>(gpu, d_st, send_cap);
   EXPECT_TRUE(std::equal(st.begin(), st.begin() + rows, got_st.begin()));
-  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), d_ts, n * top_k), ts);
+  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, d_ts, n * top_k), ts);
 
   // Pack: an exact copy of rows, ids and weights.
   const auto x = testing::RandomBf16(static_cast<size_t>(n) * hidden, rng);
@@ -60,28 +62,36 @@ TEST_P(CudaDispatchTest, LayoutExactPackExactCombineClose) {
   std::vector<int32_t> si(rows * top_k);
   cpu::MoeDispatchPack(x.data(), ids.data(), w.data(), st.data(), rows, hidden, top_k, sx.data(),
                        si.data(), sw.data());
-  DeviceBuffer d_x = testing::UploadBf16(gpu(), x.empty() ? std::vector<float>{0} : x);
-  DeviceBuffer d_w = testing::UploadRaw(gpu(), w.empty() ? std::vector<float>{0} : w);
-  DeviceBuffer d_sx = testing::PoisonedBf16(gpu(), std::max<size_t>(sx.size(), 1));
-  DeviceBuffer d_si =
-      testing::UploadRaw(gpu(), std::vector<int32_t>(std::max<size_t>(si.size(), 1)));
-  DeviceBuffer d_sw = testing::UploadRaw(gpu(), std::vector<float>(std::max<size_t>(sw.size(), 1)));
-  gpu().MoeDispatchPack(d_x.data(), d_ids.as<int32_t>(), d_w.as<float>(), d_st.as<int32_t>(), rows,
-                        hidden, top_k, d_sx.data(), d_si.as<int32_t>(), d_sw.as<float>());
-  EXPECT_EQ(testing::DownloadBf16(gpu(), d_sx, sx.size()), sx);
-  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), d_si, si.size()), si);
-  EXPECT_EQ(testing::DownloadRaw<float>(gpu(), d_sw, sw.size()), sw);
+  DeviceBuffer d_x = testing::UploadBf16(gpu, x.empty() ? std::vector<float>{0} : x);
+  DeviceBuffer d_w = testing::UploadRaw(gpu, w.empty() ? std::vector<float>{0} : w);
+  DeviceBuffer d_sx = testing::PoisonedBf16(gpu, std::max<size_t>(sx.size(), 1));
+  DeviceBuffer d_si = testing::UploadRaw(gpu, std::vector<int32_t>(std::max<size_t>(si.size(), 1)));
+  DeviceBuffer d_sw = testing::UploadRaw(gpu, std::vector<float>(std::max<size_t>(sw.size(), 1)));
+  gpu.MoeDispatchPack(d_x.data(), d_ids.as<int32_t>(), d_w.as<float>(), d_st.as<int32_t>(), rows,
+                      hidden, top_k, d_sx.data(), d_si.as<int32_t>(), d_sw.as<float>());
+  EXPECT_EQ(testing::DownloadBf16(gpu, d_sx, sx.size()), sx);
+  EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, d_si, si.size()), si);
+  EXPECT_EQ(testing::DownloadRaw<float>(gpu, d_sw, sw.size()), sw);
 
   // Combine: the ranks' partial sums (any bf16 rows) summed per token in slot order.
   const auto y = testing::RandomBf16(static_cast<size_t>(std::max(rows, 1)) * hidden, rng);
   std::vector<float> ref(static_cast<size_t>(n) * hidden);
   cpu::MoeCombineRanks(y.data(), ts.data(), n, top_k, hidden, ref.data());
-  DeviceBuffer d_y = testing::UploadBf16(gpu(), y);
-  DeviceBuffer d_out = testing::PoisonedBf16(gpu(), std::max<size_t>(ref.size(), 1));
-  gpu().MoeCombineRanks(d_y.data(), d_ts.as<int32_t>(), n, top_k, hidden, d_out.data());
+  DeviceBuffer d_y = testing::UploadBf16(gpu, y);
+  DeviceBuffer d_out = testing::PoisonedBf16(gpu, std::max<size_t>(ref.size(), 1));
+  gpu.MoeCombineRanks(d_y.data(), d_ts.as<int32_t>(), n, top_k, hidden, d_out.data());
   if (n > 0) {
-    testing::ExpectRelativeL2("MoeCombineRanks", testing::DownloadBf16(gpu(), d_out, ref.size()),
-                              ref, kOneRounding);
+    testing::ExpectRelativeL2("MoeCombineRanks", testing::DownloadBf16(gpu, d_out, ref.size()), ref,
+                              kOneRounding);
+  }
+}
+
+TEST_P(CudaDispatchTest, LayoutExactPackExactCombineClose) {
+  const auto [n, ranks, per_rank, top_k, hidden] = GetParam();
+  for (int cap : {0, n, n + 3}) {
+    if (cap == n && n == 0) continue;  // 0 is the packed layout, checked first
+    SCOPED_TRACE(::testing::Message() << "block capacity " << cap);
+    CheckDispatch(gpu(), n, ranks, per_rank, top_k, hidden, cap);
   }
 }
 
