@@ -309,6 +309,9 @@ class Backend {
   // W8A16: y A[m, n] = x A[m, k] @ W^T, x unquantized, W dequantized.
   virtual void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n,
                                    int64_t k, void* y);
+  // out A[m, k] = x.data[t, j] * x.scale[j / 128][t] in fp32, rounded once to the activation
+  // dtype (QuantizeFp8's output back as activations: the FP8 expert-exchange payload).
+  virtual void DequantizeFp8(const Fp8Activations& x, int64_t m, int64_t k, void* out);
 
   // out A[m, I] = silu(gate_up[:, :I]) * gate_up[:, I:], gate_up A[m, 2I].
   virtual void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) = 0;

@@ -129,6 +129,9 @@ class Profiler final : public ProfilingBackend {
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     Time("QuantizeFp8", [&] { b_.QuantizeFp8(x, m, k, out); });
   }
+  void DequantizeFp8(const Fp8Activations& x, int64_t m, int64_t k, void* out) override {
+    Time("DequantizeFp8", [&] { b_.DequantizeFp8(x, m, k, out); });
+  }
   void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t inter,
                           const Fp8Activations& out) override {
     Time("SiluMulQuantizeFp8", [&] { b_.SiluMulQuantizeFp8(gate_up, m, inter, out); });

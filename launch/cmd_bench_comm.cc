@@ -18,12 +18,15 @@
 //     busbw = algbw * (n-1)/n;
 //   - reduce-scatter and all-gather (bytes = the full, gathered buffer): busbw = algbw * (n-1)/n;
 //   - MoE dispatch at Qwen3-235B-A22B's shapes by default (hidden 4096, top-8 of 128 experts,
-//     uniform random routing, activation-dtype payload), per --moe-tokens tokens per rank: the
-//     layout kernels alone for --moe-layout-ranks ranks (layout, pack, combine; no
-//     communication), then with 2 or more ranks the whole exchange over the world (Dispatch +
-//     Combine of parallel/expert_exchange.h, experts not run) beside the all-gather /
-//     reduce-scatter exchange it replaces (TESSERA_EP_EXCHANGE=allgather).
-// With one rank only the MoE layout kernels are measured.
+//     uniform random routing), per --moe-tokens tokens per rank: the layout kernels alone for
+//     --moe-layout-ranks ranks (no communication): layout, pack and combine in the normal
+//     mode's packed layout, layout + pack in the low-latency mode's fixed blocks (blocks of m
+//     rows), and the FP8 payload's quantize + dequantize of the packed rows (where the backend
+//     has FP8 ops); then the whole exchange over the world (Dispatch + Combine of
+//     parallel/expert_exchange.h, experts not run; with one rank every block is a local copy
+//     through the same calls): normal and low-latency modes, activation-dtype and FP8 payloads,
+//     low-latency recorded in a CUDA graph and replayed (CUDA), beside the all-gather /
+//     reduce-scatter exchange of TESSERA_EP_EXCHANGE=allgather.
 // Every figure is the median over --repeats timed runs after --warmup untimed ones, the slowest
 // rank's median (max over ranks). On CUDA, times come from cudaEvents on the backend's stream;
 // with --device cpu (the default without a GPU) the MPI communicator is timed on host buffers with
@@ -187,8 +190,10 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
   std::mt19937 rng(1234 + comm.rank());
   // Inputs for the largest count: rows A [max_m, H], ids, weights; send/receive rows for the
   // layout kernels' S ranks and for the exchanges.
-  const int64_t slots = std::min(k, std::max(shape.layout_ranks, n));
-  const int64_t rows_cap = static_cast<int64_t>(max_m) * std::max<int64_t>(slots, n);
+  // Send rows: packed (at most min(k, S) per token) or in S fixed blocks of m rows.
+  const int64_t rows_cap = static_cast<int64_t>(max_m) * std::max(shape.layout_ranks, n);
+  const bool fp8 = backend.fp8_mode() != Fp8Mode::kNone;
+  const int64_t G = Fp8Blocks(H);
   DeviceBuffer x = backend.Allocate(static_cast<size_t>(max_m) * H * es);
   DeviceBuffer ids = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(int32_t));
   DeviceBuffer weights = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(float));
@@ -199,6 +204,8 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
   DeviceBuffer rows_b = backend.Allocate(static_cast<size_t>(rows_cap) * H * es);
   DeviceBuffer rows_ids = backend.Allocate(rows_cap * k * sizeof(int32_t));
   DeviceBuffer rows_w = backend.Allocate(rows_cap * k * sizeof(float));
+  DeviceBuffer rows_q = backend.Allocate(fp8 ? static_cast<size_t>(rows_cap) * H : 1);
+  DeviceBuffer rows_scale = backend.Allocate(fp8 ? rows_cap * G * sizeof(float) : 4);
   backend.FillRandom(x.data(), dtype, static_cast<size_t>(max_m) * H, 3, 0.0f, 1.0f);
   backend.FillRandom(rows_b.data(), dtype, static_cast<size_t>(rows_cap) * H, 4, 0.0f, 0.0f);
   backend.FillRandom(weights.data(), DType::kF32, static_cast<size_t>(max_m) * k, 5, 0.5f, 0.1f);
@@ -208,8 +215,9 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
   say(absl::StrFormat(
       "\nMoE dispatch kernels: hidden %lld, top-%d of %d experts over %d ranks (no communication)",
       static_cast<long long>(H), k, E, shape.layout_ranks));
-  say(absl::StrFormat("  %8s %8s %10s %10s %10s %12s %12s", "tokens", "rows", "layout us",
-                      "pack us", "combine us", "pack GB/s", "combine GB/s"));
+  say(absl::StrFormat("  %8s %8s %10s %10s %10s %12s %12s %11s %11s", "tokens", "rows", "layout us",
+                      "pack us", "combine us", "pack GB/s", "combine GB/s", "blocks us",
+                      "fp8 q+dq us"));
   json layout = json::array();
   const int S = shape.layout_ranks;
   for (int64_t m64 : shape.tokens) {
@@ -234,6 +242,26 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
     const double t_combine = timer.Seconds(warm, rep, [&] {
       backend.MoeCombineRanks(rows_b.data(), token_slots.as<int32_t>(), m, k, H, x.data());
     });
+    // Low-latency blocks of m rows: the layout and the pack of all S * m rows (unused ones zeroed).
+    const double t_blocks = timer.Seconds(warm, rep, [&] {
+      backend.MoeDispatchLayout(ids.as<int32_t>(), m, k, S, E / S, c, nullptr,
+                                send_tokens.as<int32_t>(), token_slots.as<int32_t>(), m);
+      backend.MoeDispatchPack(x.data(), ids.as<int32_t>(), weights.as<float>(),
+                              send_tokens.as<int32_t>(), S * m, H, k, rows_a.data(),
+                              rows_ids.as<int32_t>(), rows_w.as<float>());
+    });
+    // FP8 payload: the packed rows quantized, then dequantized (as one block each way).
+    double t_fp8 = 0;
+    if (fp8 && rows > 0) {
+      Fp8Activations q;
+      q.data = rows_q.data();
+      q.scale = rows_scale.as<float>();
+      q.scale_stride = rows;
+      t_fp8 = timer.Seconds(warm, rep, [&] {
+        backend.QuantizeFp8(rows_a.data(), rows, H, q);
+        backend.DequantizeFp8(q, rows, H, rows_b.data());
+      });
+    }
     // Bytes: pack reads and writes each row; combine reads each row and writes each token.
     const double pack_bytes = 2.0 * rows * H * es, combine_bytes = (rows + m) * H * es * 1.0;
     layout.push_back({{"tokens", m},
@@ -242,32 +270,62 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
                       {"pack_us", t_pack * 1e6},
                       {"combine_us", t_combine * 1e6},
                       {"pack_gbs", pack_bytes / t_pack * 1e-9},
-                      {"combine_gbs", combine_bytes / t_combine * 1e-9}});
-    say(absl::StrFormat("  %8d %8d %10.1f %10.1f %10.1f %12.1f %12.1f", m, rows, t_layout * 1e6,
-                        t_pack * 1e6, t_combine * 1e6, pack_bytes / t_pack * 1e-9,
-                        combine_bytes / t_combine * 1e-9));
+                      {"combine_gbs", combine_bytes / t_combine * 1e-9},
+                      {"blocks_layout_pack_us", t_blocks * 1e6},
+                      {"fp8_quantize_dequantize_us", t_fp8 * 1e6}});
+    say(absl::StrFormat("  %8d %8d %10.1f %10.1f %10.1f %12.1f %12.1f %11.1f %11.1f", m, rows,
+                        t_layout * 1e6, t_pack * 1e6, t_combine * 1e6, pack_bytes / t_pack * 1e-9,
+                        combine_bytes / t_combine * 1e-9, t_blocks * 1e6, t_fp8 * 1e6));
   }
   out["layout"] = layout;
-  if (n < 2 || E % n != 0) return out;
+  if (E % n != 0) return out;
 
-  // The exchange over the world: all-to-all against all-gather / reduce-scatter.
-  ExpertExchange exchange(comm, backend, {H, k, E, max_m});
+  // The exchange over the world, in each mode and payload, against all-gather / reduce-scatter.
+  // NOTE: rows_b's rows stand in for the experts' outputs (recv_y is left as it is).
+  ExpertExchangeShape xs{H, k, E, max_m};
+  xs.block_capacity = max_m;
+  ExpertExchange plain(comm, backend, xs);
+  std::optional<ExpertExchange> quant;
+  if (fp8) {
+    xs.fp8_payload = true;
+    quant.emplace(comm, backend, xs);
+  }
+  const bool graphs = backend.CanCaptureGraphs();
   say(absl::StrFormat(
-      "\nMoE exchange over %d ranks (dispatch + combine, experts not run; all-gather = "
-      "TESSERA_EP_EXCHANGE=allgather)",
+      "\nMoE exchange over %d rank(s) (dispatch + combine, experts not run; ll = low-latency "
+      "blocks of m rows; all-gather = TESSERA_EP_EXCHANGE=allgather)",
       n));
-  say(absl::StrFormat("  %8s %10s %14s %14s %8s", "tokens", "rows/rank", "all-to-all us",
-                      "all-gather us", "ratio"));
+  say(absl::StrFormat("  %8s %10s %10s %10s %10s %10s %10s %13s", "tokens", "rows/rank",
+                      "normal us", "fp8 us", "ll us", "ll fp8 us", "ll graph us", "all-gather us"));
   json exchange_rows = json::array();
   for (int64_t m64 : shape.tokens) {
     const int m = static_cast<int>(m64);
     const std::vector<int32_t> host_ids = RandomRouting(m, E, k, rng);
     backend.CopyToDevice(ids.data(), host_ids.data(), host_ids.size() * sizeof(int32_t));
     int received = 0;
-    const double t_a2a = timer.Seconds(warm, rep, [&] {
-      received = exchange.Dispatch(x.data(), ids.as<int32_t>(), weights.as<float>(), m);
-      exchange.Combine(x.data());
-    });
+    auto normal = [&](ExpertExchange& ex) {
+      received = ex.Dispatch(x.data(), ids.as<int32_t>(), weights.as<float>(), m);
+      ex.Combine(x.data());
+    };
+    auto low_latency = [&](ExpertExchange& ex) {
+      ex.DispatchLowLatency(x.data(), ids.as<int32_t>(), weights.as<float>(), m, m);
+      ex.Combine(x.data());
+    };
+    const double t_normal = timer.Seconds(warm, rep, [&] { normal(plain); });
+    const int rows = received;
+    const double t_ll = timer.Seconds(warm, rep, [&] { low_latency(plain); });
+    double t_fp8 = 0, t_ll_fp8 = 0, t_graph = 0;
+    if (quant) {
+      t_fp8 = timer.Seconds(warm, rep, [&] { normal(*quant); });
+      t_ll_fp8 = timer.Seconds(warm, rep, [&] { low_latency(*quant); });
+    }
+    if (graphs) {  // the low-latency exchange as a decode step's graph records it
+      backend.Synchronize();
+      backend.BeginCapture();
+      low_latency(plain);
+      std::unique_ptr<DeviceGraph> graph = backend.EndCapture();
+      if (graph != nullptr) t_graph = timer.Seconds(warm, rep, [&] { graph->Replay(); });
+    }
     // The all-gather exchange moves every rank's m rows (its padding to the largest slice aside).
     const double t_ag = timer.Seconds(warm, rep, [&] {
       comm.AllGather(x.data(), rows_a.data(), static_cast<size_t>(m) * H, dtype);
@@ -276,11 +334,16 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
       comm.ReduceScatterSum(rows_b.data(), x.data(), static_cast<size_t>(m) * H, dtype);
     });
     exchange_rows.push_back({{"tokens", m},
-                             {"received_rows", received},
-                             {"alltoall_us", t_a2a * 1e6},
+                             {"received_rows", rows},
+                             {"alltoall_us", t_normal * 1e6},
+                             {"alltoall_fp8_us", t_fp8 * 1e6},
+                             {"low_latency_us", t_ll * 1e6},
+                             {"low_latency_fp8_us", t_ll_fp8 * 1e6},
+                             {"low_latency_graph_us", t_graph * 1e6},
                              {"allgather_us", t_ag * 1e6}});
-    say(absl::StrFormat("  %8d %10d %14.1f %14.1f %8.2f", m, received, t_a2a * 1e6, t_ag * 1e6,
-                        t_ag / t_a2a));
+    say(absl::StrFormat("  %8d %10d %10.1f %10.1f %10.1f %10.1f %10.1f %13.1f", m, rows,
+                        t_normal * 1e6, t_fp8 * 1e6, t_ll * 1e6, t_ll_fp8 * 1e6, t_graph * 1e6,
+                        t_ag * 1e6));
   }
   out["exchange"] = exchange_rows;
   return out;

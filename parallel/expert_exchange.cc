@@ -39,6 +39,15 @@ ExpertExchange::ExpertExchange(Communicator& ep, Backend& backend, const ExpertE
   alloc(&recv_ids_, recv_capacity_ * k * sizeof(int32_t));
   alloc(&recv_w_, recv_capacity_ * k * sizeof(float));
   alloc(&recv_y_, recv_capacity_ * shape.hidden * a);
+  if (shape.fp8_payload) {
+    const int64_t G = Fp8Blocks(shape.hidden);
+    alloc(&send_q_, send_capacity_ * shape.hidden);
+    alloc(&send_scale_, send_capacity_ * G * static_cast<int64_t>(sizeof(float)));
+    alloc(&recv_q_, recv_capacity_ * shape.hidden);
+    alloc(&recv_scale_, recv_capacity_ * G * static_cast<int64_t>(sizeof(float)));
+  }
+  ll_rows_.resize(S);
+  ll_first_.resize(S);
   host_counts_.resize(static_cast<size_t>(S) * (S + shape.num_experts));
   send_rows_.resize(S);
   send_displs_.resize(S);
@@ -93,7 +102,21 @@ int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* wei
   scale(send_displs_, H, &scaled_b_);
   scale(recv_rows_, H, &scaled_c_);
   scale(recv_displs_, H, &scaled_d_);
-  ep_.AllToAllV(send_x_.data(), scaled_a_, scaled_b_, recv_x_.data(), scaled_c_, scaled_d_, act_);
+  if (shape_.fp8_payload) {
+    QuantizeBlocks(send_rows_, send_displs_);
+    ep_.AllToAllV(send_q_.data(), scaled_a_, scaled_b_, recv_q_.data(), scaled_c_, scaled_d_,
+                  DType::kF8E4M3);
+    const int64_t G = Fp8Blocks(H);
+    scale(send_rows_, G, &scaled_a_);
+    scale(send_displs_, G, &scaled_b_);
+    scale(recv_rows_, G, &scaled_c_);
+    scale(recv_displs_, G, &scaled_d_);
+    ep_.AllToAllV(send_scale_.data(), scaled_a_, scaled_b_, recv_scale_.data(), scaled_c_,
+                  scaled_d_, DType::kF32);
+    DequantizeBlocks(recv_rows_, recv_displs_);
+  } else {
+    ep_.AllToAllV(send_x_.data(), scaled_a_, scaled_b_, recv_x_.data(), scaled_c_, scaled_d_, act_);
+  }
   scale(send_rows_, k, &scaled_a_);
   scale(send_displs_, k, &scaled_b_);
   scale(recv_rows_, k, &scaled_c_);
@@ -118,13 +141,57 @@ int ExpertExchange::DispatchLowLatency(const void* x, const int32_t* ids, const 
   backend_.MoeDispatchPack(x, ids, weights, send_tokens_.as<int32_t>(), S * C, H, k, send_x_.data(),
                            send_ids_.as<int32_t>(), send_w_.as<float>());
   const size_t rows = static_cast<size_t>(C);
-  ep_.AllToAll({{send_x_.data(), recv_x_.data(), rows * H, act_},
-                {send_ids_.data(), recv_ids_.data(), rows * k, DType::kI32},
-                {send_w_.data(), recv_w_.data(), rows * k, DType::kF32}});
+  if (shape_.fp8_payload) {
+    for (int r = 0; r < S; ++r) {
+      ll_rows_[r] = rows;
+      ll_first_[r] = static_cast<size_t>(r) * rows;
+    }
+    QuantizeBlocks(ll_rows_, ll_first_);
+    const size_t G = static_cast<size_t>(Fp8Blocks(H));
+    ep_.AllToAll({{send_q_.data(), recv_q_.data(), rows * H, DType::kF8E4M3},
+                  {send_scale_.data(), recv_scale_.data(), rows * G, DType::kF32},
+                  {send_ids_.data(), recv_ids_.data(), rows * k, DType::kI32},
+                  {send_w_.data(), recv_w_.data(), rows * k, DType::kF32}});
+    DequantizeBlocks(ll_rows_, ll_first_);
+  } else {
+    ep_.AllToAll({{send_x_.data(), recv_x_.data(), rows * H, act_},
+                  {send_ids_.data(), recv_ids_.data(), rows * k, DType::kI32},
+                  {send_w_.data(), recv_w_.data(), rows * k, DType::kF32}});
+  }
   m_ = m;
   block_rows_ = C;
   received_ = S * C;
   return received_;
+}
+
+void ExpertExchange::QuantizeBlocks(const std::vector<size_t>& rows,
+                                    const std::vector<size_t>& first) {
+  const int64_t H = shape_.hidden, G = Fp8Blocks(H);
+  const size_t a = DTypeSize(act_);
+  for (int r = 0; r < ranks_; ++r) {
+    if (rows[r] == 0) continue;
+    const auto b = static_cast<int64_t>(rows[r]), f = static_cast<int64_t>(first[r]);
+    Fp8Activations q;
+    q.data = send_q_.as<uint8_t>() + f * H;
+    q.scale = send_scale_.as<float>() + f * G;
+    q.scale_stride = b;
+    backend_.QuantizeFp8(send_x_.as<char>() + f * H * a, b, H, q);
+  }
+}
+
+void ExpertExchange::DequantizeBlocks(const std::vector<size_t>& rows,
+                                      const std::vector<size_t>& first) {
+  const int64_t H = shape_.hidden, G = Fp8Blocks(H);
+  const size_t a = DTypeSize(act_);
+  for (int r = 0; r < ranks_; ++r) {
+    if (rows[r] == 0) continue;
+    const auto b = static_cast<int64_t>(rows[r]), f = static_cast<int64_t>(first[r]);
+    Fp8Activations q;
+    q.data = recv_q_.as<uint8_t>() + f * H;
+    q.scale = recv_scale_.as<float>() + f * G;
+    q.scale_stride = b;
+    backend_.DequantizeFp8(q, b, H, recv_x_.as<char>() + f * H * a);
+  }
 }
 
 void ExpertExchange::CombineLowLatency(void* out) {

@@ -42,6 +42,14 @@
 // tokens_per_expert() / rows_per_rank() (counting them would need the host read this mode
 // avoids).
 //
+// FP8 payload (fp8_payload; TESSERA_EP_PAYLOAD=fp8 for the model): the dispatched rows travel as
+// e4m3 with one fp32 scale per 1 x 128 group (Backend::QuantizeFp8, block by block so that each
+// destination's scales are contiguous: [ceil(H / 128), rows] per block) and are dequantized to
+// the activation dtype on arrival (Backend::DequantizeFp8), before the experts: about half the
+// bytes of bf16 rows (H + 4 H / 128 per row against 2 H). Each row's result is exactly
+// DequantizeFp8(QuantizeFp8(row)) (the groups are per row), so the exchange changes the numerics
+// only by that rounding. The combine's partial sums return in the activation dtype.
+//
 // Every rank of `ep` must call Dispatch and Combine the same number of times with the same mode,
 // including ranks with no rows (m = 0: an idle DP replica joins with empty counts, or with empty
 // blocks in low-latency mode). Buffers are allocated once, for `max_tokens` rows per rank per call
@@ -64,6 +72,7 @@ struct ExpertExchangeShape {
   // C: rows per (source, destination) block in low-latency mode, the most rows any rank
   // dispatches in one low-latency call; 0: no low-latency mode.
   int block_capacity = 0;
+  bool fp8_payload = false;  // rows sent as e4m3 + 1x128 fp32 scales
 };
 
 class ExpertExchange {
@@ -122,6 +131,12 @@ class ExpertExchange {
   DeviceBuffer recv_ids_;     // int32 [recv_capacity, k]
   DeviceBuffer recv_w_;       // fp32 [recv_capacity, k]
   DeviceBuffer recv_y_;       // A [recv_capacity, H]
+  // FP8 payload only, G = ceil(H / 128): per block of b rows starting at row f, its scales are
+  // fp32 [G, b] at G * f.
+  DeviceBuffer send_q_;      // e4m3 [send_capacity, H]
+  DeviceBuffer send_scale_;  // fp32 [send_capacity * G]
+  DeviceBuffer recv_q_;      // e4m3 [recv_capacity, H]
+  DeviceBuffer recv_scale_;  // fp32 [recv_capacity * G]
   size_t workspace_bytes_ = 0;
 
   // The last Dispatch: rows per peer (counts and displacements), and m.
@@ -133,6 +148,11 @@ class ExpertExchange {
   int block_rows_ = 0;  // the last dispatch's blocks (low-latency mode), 0 in normal mode
 
   void CombineLowLatency(void* out);
+  // FP8 payload: QuantizeFp8 of send_x_'s blocks (rows[r] rows from row first[r]) into send_q_ /
+  // send_scale_; DequantizeFp8 of recv_q_'s blocks into recv_x_.
+  void QuantizeBlocks(const std::vector<size_t>& rows, const std::vector<size_t>& first);
+  void DequantizeBlocks(const std::vector<size_t>& rows, const std::vector<size_t>& first);
+  std::vector<size_t> ll_rows_, ll_first_;  // the low-latency blocks, [S] each
 
   std::vector<int64_t> tokens_per_expert_;
   std::vector<int64_t> rows_per_rank_;

@@ -154,6 +154,11 @@ class CpuBackend final : public Backend {
     cpu::LinearFp8WeightOnly(F(x), static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m,
                              n, k, F(y));
   }
+  void DequantizeFp8(const Fp8Activations& x, int64_t m, int64_t k, void* out) override {
+    TESSERA_CHECK(x.scale_stride >= m) << "activation scale stride " << x.scale_stride;
+    cpu::DequantizeFp8Activations(static_cast<const uint8_t*>(x.data), x.scale, x.scale_stride, m,
+                                  k, F(out));
+  }
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {
@@ -224,6 +229,9 @@ void Backend::LinearFp8(const Fp8Activations&, const Fp8Weight&, int64_t, int64_
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 void Backend::LinearFp8WeightOnly(const void*, const Fp8Weight&, int64_t, int64_t, int64_t, void*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::DequantizeFp8(const Fp8Activations&, int64_t, int64_t, void*) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 

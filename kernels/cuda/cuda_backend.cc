@@ -238,6 +238,10 @@ class CudaBackend final : public Backend {
     cuda::LaunchQuantizeFp8(B(x), m, k, static_cast<uint8_t*>(out.data), out.scale,
                             out.scale_stride, stream_);
   }
+  void DequantizeFp8(const Fp8Activations& x, int64_t m, int64_t k, void* out) override {
+    cuda::LaunchDequantizeFp8(static_cast<const uint8_t*>(x.data), x.scale, x.scale_stride, m, k,
+                              B(out), stream_);
+  }
   void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
                           const Fp8Activations& out) override {
     cuda::LaunchSiluMulQuantizeFp8(B(gate_up), m, intermediate, static_cast<uint8_t*>(out.data),

@@ -8,12 +8,15 @@
 // increasing order. Block r also counts its own experts' pairs (shared-memory integer atomics:
 // exact in any order), and block 0 marks each token's unused slots -1. With a block capacity C
 // (the low-latency exchange's fixed blocks) r's rows start at r * C instead (pass 1's sum is not
-// needed) and block r marks its block's unused rows -1.
+// used) and block r marks its block's unused rows -1.
 //
 // Pack: one block per send row, a row copy 8 bf16 per thread access, plus the token's ids and
 // weights (a row of no token: zeros, ids -1). Combine: one block per token, each thread 8 columns,
 // the rows summed in fp32 in slot order (increasing rank) and rounded once: the same result on
-// every run.
+// every run. Dequantize (the FP8 payload's receiving end): one block per row, 8 bytes per thread
+// access where aligned.
+#include <cuda_fp8.h>
+
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
@@ -211,7 +214,52 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
+__device__ __forceinline__ float E4m3ToFloat(uint8_t v) {
+  __nv_fp8_e4m3 f;
+  f.__x = v;
+  return static_cast<float>(f);
+}
+
+template <bool kVec>
+__global__ void __launch_bounds__(kRowThreads)
+    DequantizeFp8Kernel(const uint8_t* __restrict__ data, const float* __restrict__ scale,
+                        int64_t scale_stride, int64_t k, bf16* __restrict__ out) {
+  const int64_t t = blockIdx.x;
+  const uint8_t* src = data + t * k;
+  bf16* dst = out + t * k;
+  if constexpr (kVec) {  // 8 elements share one 128-group: k % 8 == 0
+    for (int64_t c = 8 * threadIdx.x; c < k; c += 8 * kRowThreads) {
+      const uint2 bytes = *reinterpret_cast<const uint2*>(src + c);
+      const float s = scale[(c / 128) * scale_stride + t];
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v[i] = E4m3ToFloat(static_cast<uint8_t>(bytes.x >> (8 * i))) * s;
+        v[4 + i] = E4m3ToFloat(static_cast<uint8_t>(bytes.y >> (8 * i))) * s;
+      }
+      Store8(dst + c, Pack8(v));
+    }
+  } else {
+    for (int64_t c = threadIdx.x; c < k; c += kRowThreads)
+      dst[c] = ToBf16(E4m3ToFloat(src[c]) * scale[(c / 128) * scale_stride + t]);
+  }
+}
+
 }  // namespace
+
+void LaunchDequantizeFp8(const uint8_t* data, const float* scale, int64_t scale_stride, int64_t m,
+                         int64_t k, bf16* out, cudaStream_t stream) {
+  if (m == 0 || k == 0) return;
+  TESSERA_CHECK(scale_stride >= m) << "activation scale stride " << scale_stride;
+  if (k % 8 == 0 && IsAligned(data, 8) && IsAligned(out, 16)) {
+    DequantizeFp8Kernel<true>
+        <<<static_cast<unsigned>(m), kRowThreads, 0, stream>>>(data, scale, scale_stride, k, out);
+  } else {
+    DequantizeFp8Kernel<false>
+        <<<static_cast<unsigned>(m), kRowThreads, 0, stream>>>(data, scale, scale_stride, k, out);
+  }
+  CUDA_CHECK_LAUNCH();
+}
 
 void LaunchMoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
                              int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,

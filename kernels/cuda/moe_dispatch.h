@@ -27,6 +27,11 @@ void LaunchMoeDispatchPack(const __nv_bfloat16* x, const int32_t* ids, const flo
                            __nv_bfloat16* send_x, int32_t* send_ids, float* send_weights,
                            cudaStream_t stream);
 
+// out bf16 [m, k] = data e4m3 [m, k] * scale fp32 [ceil(k / 128), scale_stride][t] in fp32,
+// rounded once (Backend::DequantizeFp8: the FP8 expert-exchange payload back as activations).
+void LaunchDequantizeFp8(const uint8_t* data, const float* scale, int64_t scale_stride, int64_t m,
+                         int64_t k, __nv_bfloat16* out, cudaStream_t stream);
+
 // out [n, hidden] = sum over token t's rows of y listed in token_slots [n, top_k] (in order, up to
 // the first -1), in fp32, rounded once; 0 for a token with none.
 void LaunchMoeCombineRanks(const __nv_bfloat16* y, const int32_t* token_slots, int n, int top_k,

@@ -122,6 +122,15 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, Backend& backend, const ShardS
                : m == "low_latency" ? EpMode::kLowLatency
                                     : EpMode::kAuto;
   }
+  const char* payload = std::getenv("TESSERA_EP_PAYLOAD");
+  if (payload != nullptr && *payload != '\0') {
+    const std::string p(payload);
+    TESSERA_CHECK(p == "fp8" || p == "bf16")
+        << "TESSERA_EP_PAYLOAD=" << p << ": expected bf16 or fp8";
+    ep_fp8_payload_ = p == "fp8";
+    TESSERA_CHECK(!ep_fp8_payload_ || backend.fp8_mode() != Fp8Mode::kNone)
+        << "TESSERA_EP_PAYLOAD=fp8 needs a backend with FP8 ops";
+  }
   const int tp = shard.tp_size;
   q_heads_local_ = config.num_attention_heads / tp;
   kv_heads_local_ = std::max<int64_t>(1, config.num_key_value_heads / tp);
@@ -376,6 +385,7 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
                              : ep_mode_ == EpMode::kLowLatency ? static_cast<int>(slice)
                                                                : static_cast<int>(graph_slice);
         shape.block_capacity = ep_block_capacity_;
+        shape.fp8_payload = ep_fp8_payload_;
         ep_exchange_ = std::make_unique<ExpertExchange>(*shard_.ep, backend_, shape);
         total += ep_exchange_->workspace_bytes();
       }

@@ -268,6 +268,9 @@ class Qwen3Model {
   EpMode ep_mode_ = EpMode::kAuto;
   int ep_block_capacity_ = 0;  // the exchange's block_capacity (0: no low-latency mode)
   int ep_block_rows_ = 0;      // this micro-batch's low-latency blocks; 0: normal mode
+  // TESSERA_EP_PAYLOAD=fp8: dispatched rows as e4m3 with 1x128 scales (bf16, the default: the
+  // activation dtype).
+  bool ep_fp8_payload_ = false;
   // The all-gather exchange: [ep_size, M] rows gathered from the stage's slices (M <=
   // ceil(tokens / tp_size): ep_capacity_ = ep_size such slices):
   int64_t ep_capacity_ = 0;

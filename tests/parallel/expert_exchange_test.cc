@@ -2,7 +2,8 @@
 // the owners of their experts by MPI_Alltoallv, the experts run where they live, the partial sums
 // combined at home, against MoeExperts over all experts on one rank. A rank with no tokens (an
 // idle DP replica) joins every call; repeated calls reuse the buffers; the load counters add up.
-// Low-latency mode (fixed blocks, no host read) gives normal mode's bits, interleaved with it.
+// Low-latency mode (fixed blocks, no host read) gives normal mode's bits, interleaved with it. The
+// FP8 payload gives exactly the exchange of the rows quantized and dequantized, in both modes.
 #include <mpi.h>
 
 #include <numeric>
@@ -150,6 +151,59 @@ TEST(ExpertExchangeTest, LowLatencyGivesNormalModesBits) {
                     want.data());
     for (size_t i = 0; i < low.size(); ++i)
       ASSERT_NEAR(low[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i])) << "call " << call;
+  }
+}
+
+TEST(ExpertExchangeTest, Fp8PayloadIsQuantizeDequantizeExactly) {
+  Communicator& w = World();
+  // H = 200: a full 128-group and a partial one.
+  const int S = w.size(), per_rank = 2, E = S * per_rank, k = 2, H = 200, I = 3, cap = 7;
+  std::mt19937 weights_rng(9);
+  const auto gate_up = Random(static_cast<size_t>(E) * 2 * I * H, weights_rng);
+  const auto down = Random(static_cast<size_t>(E) * H * I, weights_rng);
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  ExpertExchangeShape shape{H, k, E, cap};
+  shape.block_capacity = cap;
+  ExpertExchange plain(w, *cpu, shape);
+  shape.fp8_payload = true;
+  ExpertExchange fp8(w, *cpu, shape);
+  ExpertWeights mine;
+  mine.first_expert = w.rank() * per_rank;
+  mine.num_local_experts = per_rank;
+  mine.hidden = H;
+  mine.intermediate = I;
+  mine.gate_up = gate_up.data() + static_cast<size_t>(mine.first_expert) * 2 * I * H;
+  mine.down = down.data() + static_cast<size_t>(mine.first_expert) * H * I;
+  auto run = [&](ExpertExchange& ex, const std::vector<float>& x, const std::vector<int32_t>& ids,
+                 const std::vector<float>& wt, int m, bool low_latency) {
+    const int received = low_latency
+                             ? ex.DispatchLowLatency(x.data(), ids.data(), wt.data(), m, cap)
+                             : ex.Dispatch(x.data(), ids.data(), wt.data(), m);
+    cpu->MoeExperts(ex.recv_x(), received, ex.recv_ids(), ex.recv_weights(), k, mine, ex.recv_y());
+    std::vector<float> out(static_cast<size_t>(m) * H, NAN);
+    ex.Combine(out.data());
+    return out;
+  };
+  std::mt19937 rng(500 + w.rank());
+  for (int call = 0; call < 4; ++call) {
+    const bool low_latency = call % 2 == 1;
+    const int m = (w.rank() == 2 && call == 0) ? 0 : 1 + (w.rank() * 3 + call) % cap;
+    auto x = Random(static_cast<size_t>(m) * H, rng, -3.0f, 3.0f);
+    if (m > 0) x[5] = 0.0f;
+    const auto wt = Random(static_cast<size_t>(m) * k, rng, 0.1f, 1.0f);
+    const auto ids = Routing(m, E, k, rng);
+    // The rows as the FP8 payload carries them: quantized, then dequantized.
+    std::vector<uint8_t> q(x.size());
+    std::vector<float> scales(static_cast<size_t>(Fp8Blocks(H)) * std::max(m, 1));
+    std::vector<float> xq(x.size());
+    cpu::QuantizeFp8(x.data(), m, H, q.data(), scales.data(), std::max(m, 1));
+    cpu::DequantizeFp8Activations(q.data(), scales.data(), std::max(m, 1), m, H, xq.data());
+    const auto got = run(fp8, x, ids, wt, m, low_latency);
+    const auto want = run(plain, xq, ids, wt, m, low_latency);
+    EXPECT_EQ(got, want) << "call " << call;
+    if (m > 0) {
+      EXPECT_NE(xq, x);  // the payload did round
+    }
   }
 }
 

@@ -2,7 +2,8 @@
 // (rank counts, expert counts, send tokens, slots) over rank counts 1..64 and odd token counts
 // with padding rows, the pack exactly (a copy), and the combine within one bf16 rounding (fp32
 // sums of bf16 rows, rounded once), unaligned widths included; each shape also in the fixed-block
-// layout of the low-latency exchange (block capacity n, and n + 3: blocks with unused rows).
+// layout of the low-latency exchange (block capacity n, and n + 3: blocks with unused rows). The
+// FP8 payload's dequantize bit for bit against the CPU reference rounded to bf16.
 #include <algorithm>
 #include <numeric>
 
@@ -101,6 +102,35 @@ INSTANTIATE_TEST_SUITE_P(
                       std::make_tuple(33, 2, 4, 2, 72), std::make_tuple(37, 3, 3, 5, 13),
                       std::make_tuple(300, 8, 16, 8, 4096), std::make_tuple(517, 64, 2, 8, 136),
                       std::make_tuple(1000, 16, 8, 8, 256)));
+
+using CudaDequantizeFp8Test = testing::CudaTest;
+
+TEST_F(CudaDequantizeFp8Test, MatchesReferenceBitForBit) {
+  // m, k: partial 128-groups, widths not a multiple of 8 (the scalar path), Qwen3-235B's hidden.
+  const std::vector<std::pair<int, int>> shapes = {
+      {1, 128}, {7, 200}, {5, 13}, {33, 4096}, {300, 4096}};
+  for (const auto& [m, k] : shapes) {
+    SCOPED_TRACE(::testing::Message() << m << " x " << k);
+    std::mt19937 rng(m * 31 + k);
+    auto x = testing::RandomBf16(static_cast<size_t>(m) * k, rng, -40.0f, 40.0f);
+    x[0] = 0.0f;
+    const int64_t stride = m + 3, groups = Fp8Blocks(k);
+    std::vector<uint8_t> data(x.size());
+    std::vector<float> scale(static_cast<size_t>(groups * stride), 1.0f), want(x.size());
+    cpu::QuantizeFp8(x.data(), m, k, data.data(), scale.data(), stride);
+    cpu::DequantizeFp8Activations(data.data(), scale.data(), stride, m, k, want.data());
+    for (float& v : want) v = testing::RoundBf16(v);
+    DeviceBuffer d_data = testing::UploadRaw(gpu(), data);
+    DeviceBuffer d_scale = testing::UploadRaw(gpu(), scale);
+    DeviceBuffer d_out = testing::PoisonedBf16(gpu(), x.size());
+    Fp8Activations q;
+    q.data = d_data.data();
+    q.scale = d_scale.as<float>();
+    q.scale_stride = stride;
+    gpu().DequantizeFp8(q, m, k, d_out.data());
+    EXPECT_EQ(testing::DownloadBf16(gpu(), d_out, x.size()), want);
+  }
+}
 
 }  // namespace
 }  // namespace tessera
