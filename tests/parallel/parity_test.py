@@ -53,11 +53,15 @@ LAYOUTS = [
     ("moe_mixed_layers", 4, ["--tp", "2", "--ep", "4"], {"TESSERA_EP_MODE": "low_latency"}),
     ("moe_mixed_layers", 4, ["--pp", "2", "--ep", "2", "--prefill-chunk", "9"],
      {"TESSERA_EP_MODE": "low_latency"}),
+    # FP8 dispatch payload (opt-in; e4m3 keeps 3 mantissa bits, <= 6.25% error per element): a
+    # looser bound and no token check. Measured on the fixtures (random weights): 2.1e-2 to 9.2e-2
+    # relative L2 per row against one rank, greedy tokens equal on 2 of 4 layouts.
+    ("moe_norm_topk", 2, ["--ep", "2"], {"TESSERA_EP_PAYLOAD": "fp8"}, 0.15),
 ]
 # PARITY_ONLY_EP_MODE=<mode> (local checks): only the expert-parallel layouts, all in that mode.
 if os.environ.get("PARITY_ONLY_EP_MODE"):
-    LAYOUTS = [(f, r, fl, {**(x[0] if x else {}), "TESSERA_EP_MODE": os.environ["PARITY_ONLY_EP_MODE"]})
-               for f, r, fl, *x in LAYOUTS if "--ep" in fl]
+    LAYOUTS = [(f, r, fl, {**(x[0] if x else {}), "TESSERA_EP_MODE": os.environ["PARITY_ONLY_EP_MODE"]},
+                *x[1:]) for f, r, fl, *x in LAYOUTS if "--ep" in fl]
 
 
 def rel_l2(got, want):
@@ -88,6 +92,7 @@ with tempfile.TemporaryDirectory() as tmp:
     single = {}
     for fixture, ranks, flags, *extra in LAYOUTS:
         extra_env = extra[0] if extra else None
+        loose = extra[1] if len(extra) > 1 else None  # a tolerance vs one rank, no token check
         name = f"{fixture} np={ranks} {' '.join(flags)}"
         if extra_env:
             name += " " + " ".join(f"{k}={v}" for k, v in extra_env.items())
@@ -100,6 +105,8 @@ with tempfile.TemporaryDirectory() as tmp:
             e_single, e_golden = rel_l2(logits, base_logits), rel_l2(logits, golden)
             ok = (e_single <= 1e-5 and e_golden <= 1e-4 and out["tokens"] == expected["greedy_tokens"]
                   and out["prompt_tokens"] == expected["prompt_ids"])
+            if loose is not None:
+                ok = e_single <= loose and out["prompt_tokens"] == expected["prompt_ids"]
             print(f"{'ok  ' if ok else 'FAIL'} {name}: vs 1 rank {e_single:.2e}, vs HF {e_golden:.2e}, "
                   f"tokens {'equal' if out['tokens'] == expected['greedy_tokens'] else out['tokens']}")
             if ok:
