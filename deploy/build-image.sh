@@ -17,7 +17,7 @@
 #      tessera (10001). The NVIDIA container toolkit mounts the driver (libcuda) at run time.
 #   2. /opt/tessera (deploy/install-tree.sh): the binary, tokenizer data, entrypoint.
 # Configuration as the Dockerfile's runtime stage: user 10001, entrypoint tessera-entrypoint,
-# command serve, ports 50051/9400/2222, the same environment.
+# command serve, ports 50051/8000/9400/2222, the same environment.
 #
 # Needs root (mmdebstrap's root mode), mmdebstrap and umoci (Debian packages, in
 # scripts/install-deps.sh)
@@ -145,7 +145,7 @@ fi
 umoci config --image "$oci:$image" --os linux --architecture amd64 "${env_args[@]}" \
   --config.user 10001 --config.workingdir /home/tessera \
   --config.entrypoint /opt/tessera/bin/tessera-entrypoint --config.cmd serve \
-  --config.exposedports 50051/tcp --config.exposedports 9400/tcp \
+  --config.exposedports 50051/tcp --config.exposedports 8000/tcp --config.exposedports 9400/tcp \
   --config.exposedports 2222/tcp --config.label "org.opencontainers.image.ref.name=$image"
 umoci gc --layout "$oci"
 tar -C "$oci" -cf "$out.tmp" .

@@ -125,6 +125,10 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
                  "tokens per step, per replica (longer prompts are prefilled in chunks)");
   app.add_option("--max-queue", f->engine.max_queue,
                  "requests admitted and not finished; more get RESOURCE_EXHAUSTED");
+  app.add_option("--max-buffered-outputs", f->engine.max_buffered_outputs,
+                 "outputs a request's stream may hold for a client that reads too slowly; "
+                 "then the request ends RESOURCE_EXHAUSTED")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--no-prefix-caching", f->no_prefix_caching,
                "do not reuse the KV blocks of earlier prompts' common prefixes");
   app.add_option("--seed", f->engine.seed, "sampling seed of requests that give none");

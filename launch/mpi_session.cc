@@ -80,14 +80,15 @@ double PeakHostMemoryMiB() {
 }  // namespace
 
 void ReportLoad(MpiSession& mpi, double seconds, const WeightLoadStats* read) {
-  constexpr int kFields = 6;
+  constexpr int kFields = 7;
   const bool have_read = read != nullptr && read->bytes > 0;
   float mine[kFields] = {static_cast<float>(seconds),
                          static_cast<float>(PeakHostMemoryMiB()),
                          have_read ? static_cast<float>(read->bytes / 1e9) : 0.0f,
                          have_read ? static_cast<float>(read->seconds) : 0.0f,
                          have_read ? static_cast<float>(read->threads) : 0.0f,
-                         have_read ? static_cast<float>(read->staging / 1048576.0) : 0.0f};
+                         have_read ? static_cast<float>(read->staging / 1048576.0) : 0.0f,
+                         have_read ? static_cast<float>(read->direct_bytes / 1e9) : 0.0f};
   std::vector<float> all(kFields * static_cast<size_t>(mpi.size()));
   if (mpi.world()) {
     mpi.world()->AllGather(mine, all.data(), kFields, DType::kF32);
@@ -100,9 +101,12 @@ void ReportLoad(MpiSession& mpi, double seconds, const WeightLoadStats* read) {
     std::string detail;
     if (f[2] > 0) {
       detail = absl::StrFormat(
-          " (%s read in %.2f s, %.2f GB/s, %d threads, %.1f MiB staging)",
+          " (%s read in %.2f s, %.2f GB/s, %d threads, %.1f MiB staging%s)",
           f[2] >= 1 ? absl::StrFormat("%.2f GB", f[2]) : absl::StrFormat("%.1f MB", f[2] * 1e3),
-          f[3], f[3] > 0 ? f[2] / f[3] : 0.0f, static_cast<int>(f[4]), f[5]);
+          f[3], f[3] > 0 ? f[2] / f[3] : 0.0f, static_cast<int>(f[4]), f[5],
+          f[6] <= 0   ? ""
+          : f[6] >= 1 ? absl::StrFormat(", %.2f GB of it O_DIRECT", f[6])
+                      : absl::StrFormat(", %.1f MB of it O_DIRECT", f[6] * 1e3));
     }
     spdlog::info("rank {} loaded its shard in {:.2f} s{}, peak host memory {:.1f} MiB", r, f[0],
                  detail, f[1]);

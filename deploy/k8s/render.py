@@ -13,11 +13,11 @@ write the result. The examples' output is committed under deploy/k8s/rendered/ f
 for `kubectl apply -f` without Python; CI checks it is current.
 
 One node renders a Deployment, several a LeaderWorkerSet (leader runs mpirun across the group,
-workers run sshd); both get a Service (gRPC + metrics), a PodDisruptionBudget and optionally a
-PersistentVolumeClaim, an autoscaler (HorizontalPodAutoscaler or KEDA ScaledObject), a
-ServiceMonitor or PodMonitor, and the Grafana dashboard as a ConfigMap. Values that cannot work
-(a parallel layout that does not fit the world, a memory limit smaller than /dev/shm, ...) are
-errors here, not at pod start.
+workers run sshd); both get a Service (gRPC, OpenAI HTTP, metrics), a PodDisruptionBudget and
+optionally a PersistentVolumeClaim, an autoscaler (HorizontalPodAutoscaler or KEDA
+ScaledObject), a ServiceMonitor or PodMonitor, and the Grafana dashboard as a ConfigMap. Values
+that cannot work (a parallel layout that does not fit the world, a memory limit smaller than
+/dev/shm, ...) are errors here, not at pod start.
 """
 
 import argparse
@@ -139,8 +139,14 @@ class Layout:
 
 def check(v, layout):
     s = v["server"]
-    for key in ("drainTimeoutSeconds", "shutdownMarginSeconds", "grpcPort", "metricsPort"):
+    for key in ("drainTimeoutSeconds", "shutdownMarginSeconds", "grpcPort", "metricsPort",
+                "engineStallTimeoutSeconds"):
         positive(f"server.{key}", s[key])
+    if s["httpPort"] is not None:
+        positive("server.httpPort", s["httpPort"])
+    named = [s["grpcPort"], s["metricsPort"]] + ([s["httpPort"]] if s["httpPort"] else [])
+    if len(set(named)) != len(named):
+        raise ValuesError(f"server.grpcPort, httpPort and metricsPort must differ, got {named}")
     positive("server.preStopSleepSeconds", s["preStopSleepSeconds"], zero=True)
     if v["probes"]["kind"] not in ("grpc", "http"):
         raise ValuesError(f"probes.kind must be grpc or http, got {v['probes']['kind']!r}")
@@ -231,8 +237,11 @@ def grace_seconds(v):
 def serve_args(v, layout):
     s = v["server"]
     args = ["--host", "0.0.0.0", "--port", str(s["grpcPort"]),
+            "--http-port", str(s["httpPort"] if s["httpPort"] is not None else -1),
             "--metrics-port", str(s["metricsPort"]),
-            "--drain-timeout", str(s["drainTimeoutSeconds"]), "--device", layout.device,
+            "--drain-timeout", str(s["drainTimeoutSeconds"]),
+            "--engine-stall-timeout", str(s["engineStallTimeoutSeconds"]),
+            "--device", layout.device,
             "--tp", str(layout.tp), "--pp", str(layout.pp), "--ep", str(layout.ep),
             "--dp", str(layout.dp)]
     if v["model"]["path"]:
@@ -457,8 +466,9 @@ def server_pod(v, layout, mode):
         "imagePullPolicy": v["image"]["pullPolicy"],
         "args": [mode] + serve_args(v, layout),
         "env": env,
-        "ports": [{"name": "grpc", "containerPort": s["grpcPort"]},
-                  {"name": "metrics", "containerPort": s["metricsPort"]}],
+        "ports": [{"name": "grpc", "containerPort": s["grpcPort"]}] +
+                 ([{"name": "http", "containerPort": s["httpPort"]}] if s["httpPort"] else []) +
+                 [{"name": "metrics", "containerPort": s["metricsPort"]}],
     }
     container.update(probes(v))
     if s["preStopSleepSeconds"]:
@@ -548,8 +558,10 @@ def service(v):
         # Rank 0's pods only: Deployment pods, or LWS leaders.
         "selector": labels(v, "server"),
         "ports": [{"name": "grpc", "port": s["grpcPort"], "targetPort": "grpc",
-                   "appProtocol": "kubernetes.io/h2c"},
-                  {"name": "metrics", "port": s["metricsPort"], "targetPort": "metrics",
+                   "appProtocol": "kubernetes.io/h2c"}] +
+                 ([{"name": "http", "port": s["httpPort"], "targetPort": "http",
+                    "appProtocol": "http"}] if s["httpPort"] else []) +
+                 [{"name": "metrics", "port": s["metricsPort"], "targetPort": "metrics",
                    "appProtocol": "http"}],
     })
     return {"apiVersion": "v1", "kind": "Service",

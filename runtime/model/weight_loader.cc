@@ -3,6 +3,7 @@
 #include "runtime/model/weight_loader.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +18,8 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
@@ -32,12 +35,43 @@ constexpr size_t kDefaultStagingMiB = 32;
 constexpr size_t kStagingAlign = 16;
 // The most one pread asks for (Linux transfers at most ~2 GiB per call anyway).
 constexpr uint64_t kMaxPread = uint64_t{1} << 30;
+// O_DIRECT's alignment of buffer, offset and length: the page size, a multiple of every logical
+// block size in use.
+constexpr uint64_t kDirectAlign = 4096;
 
 int EnvPositive(const char* name, int fallback) {
   const char* value = std::getenv(name);
   if (value == nullptr) return fallback;
   const int parsed = std::atoi(value);
   return parsed > 0 ? parsed : fallback;
+}
+
+DirectIo DirectFromEnv() {
+  const char* value = std::getenv("TESSERA_LOAD_DIRECT");
+  if (value == nullptr) return DirectIo::kAuto;
+  const std::string v(value);
+  if (v == "1" || v == "on") return DirectIo::kOn;
+  if (v == "0" || v == "off") return DirectIo::kOff;
+  return DirectIo::kAuto;
+}
+
+// Whether at least half of the file's pages are in the page cache. Mapping a file and asking
+// mincore reads nothing.
+bool MostlyCached(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || st.st_size <= 0) return true;
+  const size_t size = static_cast<size_t>(st.st_size);
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return true;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> resident((size + page - 1) / page);
+  size_t cached = resident.size();
+  if (::mincore(map, size, resident.data()) == 0) {
+    cached = 0;
+    for (unsigned char r : resident) cached += r & 1;
+  }
+  ::munmap(map, size);
+  return 2 * cached >= resident.size();
 }
 
 }  // namespace
@@ -58,6 +92,7 @@ WeightLoader::WeightLoader(const Checkpoint& checkpoint, Backend& backend,
         static_cast<size_t>(EnvPositive("TESSERA_LOAD_STAGING_MIB", kDefaultStagingMiB)) << 20;
   }
   staging_bytes_ = (staging_bytes_ + kStagingAlign - 1) / kStagingAlign * kStagingAlign;
+  direct_ = options.direct == DirectIo::kDefault ? DirectFromEnv() : options.direct;
 }
 
 WeightLoader::~WeightLoader() = default;
@@ -109,6 +144,44 @@ absl::Status WeightLoader::ReadChunk(const Chunk& chunk, int fd, uint8_t* stagin
   return absl::OkStatus();
 }
 
+absl::Status WeightLoader::ReadChunkDirect(const Chunk& chunk, int fd, uint8_t* staging,
+                                           size_t* head, bool* refused) const {
+  const Slice& slice = slices_[chunk.slice];
+  const Checkpoint::SliceBytes& b = slice.bytes;
+  const uint64_t run = chunk.begin / b.run_bytes;
+  const uint64_t offset = b.file_offset + run * b.stride + chunk.begin % b.run_bytes;
+  const uint64_t end = offset + (chunk.end - chunk.begin);
+  const uint64_t first = offset / kDirectAlign * kDirectAlign;
+  const uint64_t last = (end + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+  *head = static_cast<size_t>(offset - first);
+  *refused = false;
+  for (uint64_t done = 0; first + done < end;) {
+    const uint64_t want = std::min(last - first - done, kMaxPread);
+    const ssize_t got = ::pread(fd, staging + done, want, static_cast<off_t>(first + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0 && errno == EINVAL && done == 0) {
+      *refused = true;
+      return absl::OkStatus();
+    }
+    if (got < 0) {
+      return absl::DataLossError(absl::StrCat(
+          b.file->path(), ": tensor \"", slice.name, "\": O_DIRECT read of ", last - first - done,
+          " bytes at offset ", first + done, " failed: ", std::strerror(errno)));
+    }
+    // A read that stops off the alignment stopped at the end of the file: reading on from there
+    // would be refused as unaligned.
+    if (got > 0) done += static_cast<uint64_t>(got);
+    if (got == 0 || (done % kDirectAlign != 0 && first + done < end)) {
+      return absl::DataLossError(absl::StrCat(b.file->path(), ": tensor \"", slice.name,
+                                              "\": the file ends at byte ", first + done,
+                                              ", before the tensor's bytes up to ", end,
+                                              " (truncated or replaced after it was opened?)"));
+    }
+  }
+  ReportLoadProgress(b.file->path(), static_cast<int64_t>(chunk.end - chunk.begin));
+  return absl::OkStatus();
+}
+
 absl::Status WeightLoader::Run() {
   if (slices_.empty()) return absl::OkStatus();
   const auto start = std::chrono::steady_clock::now();
@@ -121,12 +194,16 @@ absl::Status WeightLoader::Run() {
   });
   slices_ = std::move(slices);
 
-  // One descriptor per file, closed on every path out.
-  std::map<const SafetensorsFile*, int> fds;
+  // Per file a buffered descriptor and, where O_DIRECT is chosen and allowed, a direct one (-1
+  // otherwise); closed on every path out.
+  std::map<const SafetensorsFile*, std::pair<int, int>> fds;
   struct Closer {
-    std::map<const SafetensorsFile*, int>& fds;
+    std::map<const SafetensorsFile*, std::pair<int, int>>& fds;
     ~Closer() {
-      for (const auto& [file, fd] : fds) ::close(fd);
+      for (const auto& [file, fd] : fds) {
+        ::close(fd.first);
+        if (fd.second >= 0) ::close(fd.second);
+      }
     }
   } closer{fds};
   // NOTE: buffers no larger than the largest slice: a small model takes small buffers.
@@ -136,7 +213,7 @@ absl::Status WeightLoader::Run() {
   }
   const size_t slot_bytes = static_cast<size_t>(std::min<uint64_t>(
       staging_bytes_, (largest + kStagingAlign - 1) / kStagingAlign * kStagingAlign));
-  std::vector<int> slice_fd(slices_.size());
+  std::vector<std::pair<int, int>> slice_fd(slices_.size());
   std::vector<Chunk> chunks;
   bool convert = false;
   uint64_t total = 0;
@@ -152,7 +229,11 @@ absl::Status WeightLoader::Run() {
                                                 slice.name, "\": ", std::strerror(errno)));
       }
       ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-      it = fds.emplace(file, fd).first;
+      int direct = -1;
+      if (direct_ == DirectIo::kOn || (direct_ == DirectIo::kAuto && !MostlyCached(fd))) {
+        direct = ::open(file->path().c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);  // -1: refused
+      }
+      it = fds.emplace(file, std::make_pair(fd, direct)).first;
     }
     slice_fd[i] = it->second;
     convert = convert || backend_.UploadNeedsScratch(slice.bytes.info->dtype, slice.dst_dtype);
@@ -167,13 +248,26 @@ absl::Status WeightLoader::Run() {
   // Two buffers per reader: one being read into while the other's upload runs.
   const int readers = static_cast<int>(std::min<size_t>(threads_, chunks.size()));
   const int num_slots = static_cast<int>(std::min<size_t>(2 * readers, chunks.size()));
-  // NOTE: one pinned allocation for all buffers: pinning is slow per call, not per byte.
-  DeviceBuffer staging = backend_.AllocateStaging(num_slots * slot_bytes);
+  // NOTE: one pinned allocation for all buffers: pinning is slow per call, not per byte. With
+  // O_DIRECT each buffer starts on kDirectAlign and has room for the rounding at both ends.
+  bool any_direct = false;
+  for (const auto& [file, fd] : fds) any_direct = any_direct || fd.second >= 0;
+  const size_t slot_stride =
+      any_direct ? (slot_bytes + 3 * kDirectAlign - 1) / kDirectAlign * kDirectAlign : slot_bytes;
+  DeviceBuffer staging =
+      backend_.AllocateStaging(num_slots * slot_stride + (any_direct ? kDirectAlign : 0));
+  uint8_t* staging_base = staging.as<uint8_t>();
+  if (any_direct) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(staging_base);
+    staging_base += (kDirectAlign - p % kDirectAlign) % kDirectAlign;
+  }
   DeviceBuffer scratch;
   if (convert) scratch = backend_.Allocate(num_slots * slot_bytes);
   std::vector<std::unique_ptr<DeviceEvent>> uploaded(num_slots);
   for (auto& event : uploaded) event = backend_.CreateEvent();
-  auto staging_of = [&](int slot) { return staging.as<uint8_t>() + slot * slot_bytes; };
+  auto staging_of = [&](int slot) { return staging_base + slot * slot_stride; };
+  std::vector<size_t> slot_head(num_slots, 0);  // where the chunk's bytes start in its buffer
+  std::atomic<uint64_t> direct_bytes{0};
 
   // Shared with the readers, under `mu`.
   std::mutex mu;
@@ -199,9 +293,23 @@ absl::Status WeightLoader::Run() {
         free_slots.pop_front();
         c = next_chunk++;
       }
-      absl::Status status = ReadChunk(chunks[c], slice_fd[chunks[c].slice], staging_of(slot));
+      const Chunk& chunk = chunks[c];
+      const auto [buffered_fd, direct_fd] = slice_fd[chunk.slice];
+      const uint64_t run_bytes = slices_[chunk.slice].bytes.run_bytes;
+      size_t head = 0;
+      bool refused = true;
+      absl::Status status;
+      if (direct_fd >= 0 && chunk.begin / run_bytes == (chunk.end - 1) / run_bytes) {
+        status = ReadChunkDirect(chunk, direct_fd, staging_of(slot), &head, &refused);
+        if (status.ok() && !refused) direct_bytes += chunk.end - chunk.begin;
+      }
+      if (status.ok() && refused) {
+        head = 0;
+        status = ReadChunk(chunk, buffered_fd, staging_of(slot));
+      }
       {
         std::lock_guard<std::mutex> lock(mu);
+        slot_head[slot] = head;
         if (!status.ok()) {
           if (error.ok()) error = std::move(status);
         } else {
@@ -251,7 +359,7 @@ absl::Status WeightLoader::Run() {
     const DType src_dtype = slice.bytes.info->dtype;
     const size_t src_size = DTypeSize(src_dtype);
     backend_.UploadStaged(slice.dst + chunk.begin / src_size * DTypeSize(slice.dst_dtype),
-                          slice.dst_dtype, staging_of(job.first), src_dtype,
+                          slice.dst_dtype, staging_of(job.first) + slot_head[job.first], src_dtype,
                           (chunk.end - chunk.begin) / src_size,
                           convert ? scratch.as<uint8_t>() + job.first * slot_bytes : nullptr);
     uploaded[job.first]->Record();
@@ -270,9 +378,10 @@ absl::Status WeightLoader::Run() {
   if (!status.ok()) return status;
 
   stats_.bytes += total;
+  stats_.direct_bytes += direct_bytes;
   stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats_.threads = readers;
-  stats_.staging = std::max(stats_.staging, num_slots * slot_bytes);
+  stats_.staging = std::max(stats_.staging, num_slots * slot_stride);
   stats_.chunks += static_cast<int64_t>(chunks.size());
   return absl::OkStatus();
 }

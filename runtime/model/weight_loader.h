@@ -18,6 +18,15 @@
 // bit (bf16 NaN payloads excepted: those were quieted by the float32 round trip, now they are
 // copied).
 //
+// Reads: buffered pread (the page cache and the kernel's read-ahead), or O_DIRECT for files that
+// are mostly not in the page cache (WeightLoadOptions::direct, TESSERA_LOAD_DIRECT=auto|1|0). An
+// O_DIRECT read covers the chunk's bytes rounded out to 4 KiB into a buffer aligned to 4 KiB, and
+// the upload starts at the tensor's first byte inside it. Each such pread of up to a staging
+// buffer is split by the kernel into many device requests at once, and the readers keep several
+// in flight per file: a deeper queue than read-ahead's, and no copy through the page cache.
+// Chunks of several runs (column slices) and files whose filesystem refuses O_DIRECT are read
+// buffered.
+//
 // Errors: every check of LocateSlice happens when a slice is queued (Add), so a wrong name, shape
 // or slice fails before anything is read, naming the tensor and file. A read that fails or comes
 // up short (a shard truncated or replaced after it was opened) fails Run naming the file, the
@@ -35,21 +44,30 @@
 
 namespace tessera {
 
+enum class DirectIo {
+  kDefault,  // TESSERA_LOAD_DIRECT: "auto" (or unset), "1" (kOn), "0" (kOff)
+  kAuto,     // O_DIRECT for a file of which less than half is in the page cache (mincore)
+  kOn,       // O_DIRECT for every file whose filesystem allows it
+  kOff,      // buffered reads only
+};
+
 struct WeightLoadOptions {
   // Reader threads; 0 = TESSERA_LOAD_THREADS, else 8 (but at most the hardware's threads).
   int threads = 0;
   // Bytes of each staging buffer; there are two per reader. 0 = TESSERA_LOAD_STAGING_MIB
   // (MiB per buffer), else 32 MiB. Rounded up to 16 bytes.
   size_t staging_bytes = 0;
+  DirectIo direct = DirectIo::kDefault;
 };
 
 struct WeightLoadStats {
-  uint64_t bytes = 0;  // read from the files
-  double seconds = 0;  // Run's wall time, from the first read to the last upload done
-  int threads = 0;     // readers
-  size_t staging = 0;  // bytes of pinned staging, all buffers together
-  int64_t slices = 0;  // slices queued
-  int64_t chunks = 0;  // staging-buffer loads
+  uint64_t bytes = 0;         // read from the files
+  uint64_t direct_bytes = 0;  // of `bytes`, read with O_DIRECT
+  double seconds = 0;         // Run's wall time, from the first read to the last upload done
+  int threads = 0;            // readers
+  size_t staging = 0;         // bytes of pinned staging, all buffers together
+  int64_t slices = 0;         // slices queued
+  int64_t chunks = 0;         // staging-buffer loads
   double gb_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
 };
 
@@ -87,11 +105,17 @@ class WeightLoader {
   };
   // Reads a chunk into `staging`, run by run.
   absl::Status ReadChunk(const Chunk& chunk, int fd, uint8_t* staging) const;
+  // Reads a chunk of one run with O_DIRECT into `staging` (4 KiB-aligned, the chunk's size plus
+  // 8 KiB); its bytes start at staging + *head. Sets *refused when the filesystem refuses the
+  // read (the caller reads it buffered).
+  absl::Status ReadChunkDirect(const Chunk& chunk, int fd, uint8_t* staging, size_t* head,
+                               bool* refused) const;
 
   const Checkpoint& checkpoint_;
   Backend& backend_;
   int threads_;
   size_t staging_bytes_;
+  DirectIo direct_;
   std::vector<Slice> slices_;
   WeightLoadStats stats_;
 };

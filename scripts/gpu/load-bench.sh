@@ -4,12 +4,17 @@
 # with the files in the page cache: `tessera run` on 1 GPU (load time, GB/s, peak host memory),
 # transformers' from_pretrained(device_map="cuda") on the same files, `tessera run` again; with 2+
 # GPUs the same at --tp 2 (and --tp 4 with 4+); then from a cold page cache: dd of the files
-# (the disk's speed) and `tessera run`. Everything goes to $OUT/load-bench.log.
+# (the disk's speed) and `tessera run` with each read path (TESSERA_LOAD_DIRECT=0: buffered pread,
+# 1: O_DIRECT, auto: O_DIRECT for files not in the page cache, the default), the files evicted
+# before each. Everything goes to $OUT/load-bench.log.
 #
 #   scripts/gpu/pack.sh BUILD_DIR CHECKOUT   (here), then on the device, with carry [".devcarry"]:
-#   bash .devcarry/load-bench.sh
+#   bash .devcarry/load-bench.sh               (everything, ~6 minutes)
+#   COLD_ONLY=1 bash .devcarry/load-bench.sh   (write, one warm run, then cold: dd, buffered,
+#                                               O_DIRECT, auto; ~3.5 minutes)
 # Knobs: TESSERA (binary; default .devcarry/bin/tessera), LOAD_DIR (default /tmp/qwen3-14b-shape;
-# kept with KEEP=1), COLD=0 skips the cold-cache part, HF=0 skips transformers.
+# kept with KEEP=1), COLD=0 skips the cold-cache part, HF=0 skips transformers, COLD_MODES (the
+# TESSERA_LOAD_DIRECT values to time cold; default "0 1 auto").
 set -u
 here=$(dirname "$(realpath "$0")")
 case $here in */.devcarry) root=$here/.. ;; *) root=$here/../.. ;; esac
@@ -63,31 +68,42 @@ run() {  # run LABEL "EXTRA FLAGS" [mpirun ...]
 }
 say "===== warm page cache"
 run "tessera run, 1 GPU (warm)" ""
+if [ "${COLD_ONLY:-0}" = 1 ]; then HF=0; fi
 if [ "${HF:-1}" = 1 ]; then
   timeout 200 python3 "$PY" hf "$D" > "$OUT/hf.log" 2>&1
   say "--- transformers: exit $?"
   if grep -q "^\[hf\]" "$OUT/hf.log"; then grep "^\[hf\]" "$OUT/hf.log" | tee -a "$L"
   else tail -5 "$OUT/hf.log" | tee -a "$L"; fi
 fi
-run "tessera run, 1 GPU (warm, again)" ""
-MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE"
-for tp in 2 4; do
-  [ "$gpus" -ge $tp ] && run "tessera run --tp $tp (warm)" "--tp $tp" $MPI -np $tp
-done
+if [ "${COLD_ONLY:-0}" != 1 ]; then
+  run "tessera run, 1 GPU (warm, again)" ""
+  MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x LD_LIBRARY_PATH -x NCCL_NVLS_ENABLE"
+  for tp in 2 4; do
+    [ "$gpus" -ge $tp ] && run "tessera run --tp $tp (warm)" "--tp $tp" $MPI -np $tp
+  done
+fi
 say "($(elapsed))"
 
-# The cold part reads 29.5 GB from the disk twice: only with time left in the 6-minute budget.
-if [ "${COLD:-1}" = 1 ] && [ $(( $(date +%s) - start )) -gt 210 ]; then
+# The cold part reads the 29.5 GB from the disk once per mode and once for dd (~20-25 s each
+# at ~1.4 GB/s): only with time left in the budget (6 minutes; 4 with COLD_ONLY=1).
+modes=${COLD_MODES:-0 1 auto}
+n_modes=$(echo "$modes" | wc -w)
+if [ "${COLD:-1}" = 1 ] && [ $(( $(date +%s) - start + 30 * (n_modes + 1) )) -gt 330 ]; then
   say "cold page cache: skipped, $(elapsed) already used"
 elif [ "${COLD:-1}" = 1 ]; then
-  say "===== cold page cache (POSIX_FADV_DONTNEED on every shard)"
+  say "===== cold page cache (POSIX_FADV_DONTNEED on every shard before each)"
   python3 "$PY" evict "$D" | tee -a "$L"
   t0=$(date +%s.%N)
   for f in "$D"/*.safetensors; do dd if="$f" of=/dev/null bs=16M 2>/dev/null & done; wait
   t1=$(date +%s.%N)
   say "dd, the $(find "$D" -name '*.safetensors' | wc -l) files in parallel: $(python3 -c "import glob,os; s=sum(os.path.getsize(f) for f in glob.glob('$D/*.safetensors')); print(f'{s/1e9:.2f} GB in {$t1-$t0:.2f} s = {s/1e9/($t1-$t0):.2f} GB/s')")"
-  python3 "$PY" evict "$D" | tee -a "$L"
-  run "tessera run, 1 GPU (cold)" ""
+  for mode in $modes; do
+    python3 "$PY" evict "$D" | tee -a "$L"
+    export TESSERA_LOAD_DIRECT=$mode
+    run "tessera run, 1 GPU (cold, TESSERA_LOAD_DIRECT=$mode)" ""
+    unset TESSERA_LOAD_DIRECT
+    say "($(elapsed))"
+  done
   python3 "$PY" cached "$D" | tee -a "$L"
 fi
 [ "${KEEP:-0}" = 1 ] || rm -rf "$D"

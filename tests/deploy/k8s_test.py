@@ -284,11 +284,22 @@ class RenderedExamplesTest(unittest.TestCase):
         startup = container["startupProbe"]
         self.assertGreaterEqual(startup["periodSeconds"] * startup["failureThreshold"],
                                 v["probes"]["startupSeconds"])
+        # Every port the server listens on is the container's and the Service's: gRPC, the
+        # OpenAI HTTP API, metrics.
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        self.assertEqual(ports, {"grpc": port, "metrics": int(arg(args, "--metrics-port"))})
-        # The Service reaches rank 0's pods only, on ports the container names.
+        self.assertEqual(ports, {"grpc": port, "http": int(arg(args, "--http-port")),
+                                 "metrics": int(arg(args, "--metrics-port"))})
+        self.assertEqual(ports["http"], v["server"]["httpPort"])
         svc = docs[kinds.index("Service")]
-        self.assertEqual([p["targetPort"] for p in svc["spec"]["ports"]], ["grpc", "metrics"])
+        self.assertEqual([p["targetPort"] for p in svc["spec"]["ports"]],
+                         ["grpc", "http", "metrics"])
+        self.assertEqual({p["name"]: p["port"] for p in svc["spec"]["ports"]}, ports)
+        # Liveness sees a wedged engine: the server turns health NOT_SERVING after the stall
+        # timeout, which every rendered server is given.
+        self.assertEqual(int(arg(args, "--engine-stall-timeout")),
+                         v["server"]["engineStallTimeoutSeconds"])
+        self.assertGreater(v["server"]["engineStallTimeoutSeconds"], 0)
+        # The Service reaches rank 0's pods only, on ports the container names.
         self.assertLessEqual(svc["spec"]["selector"].items(), server["metadata"]["labels"].items())
         if "worker" in templates:
             self.assertFalse(svc["spec"]["selector"].items() <=
@@ -428,6 +439,21 @@ class BadValuesTest(unittest.TestCase):
         self.refused("monitoring.serviceMonitor.enabled=true",
                      "monitoring.podMonitor.enabled=true", message="not both")
         self.refused("autoscaling.kind=vpa", message="autoscaling.kind must be hpa or keda")
+        self.refused("server.engineStallTimeoutSeconds=0",
+                     message="server.engineStallTimeoutSeconds must be an integer >= 1")
+        self.refused("server.httpPort=50051", message="must differ")
+        self.refused("server.httpPort=-1", message="server.httpPort must be an integer >= 1")
+
+    def test_http_api_can_be_turned_off(self):
+        result = render("--set", "server.httpPort=null")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        docs = list(yaml.safe_load_all(result.stdout))
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(arg(container["args"], "--http-port"), "-1")
+        self.assertEqual([p["name"] for p in container["ports"]], ["grpc", "metrics"])
+        svc = next(d for d in docs if d["kind"] == "Service")
+        self.assertEqual([p["name"] for p in svc["spec"]["ports"]], ["grpc", "metrics"])
 
     def test_set_and_files_override_in_order(self):
         tmp = tempfile.mkdtemp(prefix="render-")

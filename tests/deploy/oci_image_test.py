@@ -214,6 +214,7 @@ class ImageTest(unittest.TestCase):
                                "TESSERA_MPIRUN_ARGS=--oversubscribe",
                                "/opt/tessera/bin/tessera-entrypoint", "serve", "--device", "cpu",
                                "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+                               "--http-port", "0",
                                "--drain-timeout", "30")
         try:
             port_file = os.path.join(scratch, "tessera", "port")

@@ -1,8 +1,8 @@
 """TLS as deploy/k8s/examples/cpu-smoke-tls.yaml deploys it, run on this machine: the rendered
 container (entrypoint, arguments, environment) starts with a certificate and key where the
 rendered Secret volume is mounted, the rendered probes (HTTP GET on the metrics port) succeed, a
-client that trusts the certificate is served over TLS, a plain-text one is not, and SIGTERM drains
-to exit 0. Only the listening ports become 0 (free ports) and the host 127.0.0.1.
+client that trusts the certificate is served over TLS (gRPC and the OpenAI HTTP API), a plain-text
+one is not, and SIGTERM drains to exit 0. Only the listening ports become 0 (free ports) and the host 127.0.0.1.
 
     python3 tls_test.py SOURCE_DIR TESSERA_BINARY
 """
@@ -10,6 +10,7 @@ to exit 0. Only the listening ports become 0 (free ports) and the host 127.0.0.1
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,8 @@ class TlsTest(unittest.TestCase):
             return value
         args = [local(a) for a in c["args"]]
         self.assertEqual(args[0], "serve")
-        for flag, value in (("--port", "0"), ("--metrics-port", "0"), ("--host", "127.0.0.1")):
+        for flag, value in (("--port", "0"), ("--http-port", "0"), ("--metrics-port", "0"),
+                            ("--host", "127.0.0.1")):
             args[args.index(flag) + 1] = value
         self.assertTrue(os.path.exists(args[args.index("--tls-cert") + 1]))
         run_dir = os.path.join(self.tmp, "run")
@@ -93,9 +95,9 @@ class TlsTest(unittest.TestCase):
             self.assertLess(time.time(), deadline, output())
             time.sleep(0.1)
         with open(port_file) as f:
-            grpc_port, metrics_port = f.read().split()[:2]  # then RANK0_PID HTTP_PORT
+            grpc_port, metrics_port, _, http_port = f.read().split()[:4]
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        local_port = {"grpc": grpc_port, "metrics": metrics_port}
+        local_port = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
 
         # The rendered probes, as the kubelet runs them.
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -120,6 +122,13 @@ class TlsTest(unittest.TestCase):
         self.assertTrue(json.loads(chat.stdout)["token_ids"], chat.stdout)
         plain = client("--timeout", "5", "health")
         self.assertNotEqual(plain.returncode, 0, "a plain-text client was served")
+        # The OpenAI HTTP API on the port the container exposes as "http", over the same TLS.
+        self.assertIn("http", ports)
+        https = ssl.create_default_context(cafile=cert)
+        with urllib.request.urlopen(f"https://localhost:{http_port}/v1/models", timeout=10,
+                                    context=https) as r:
+            self.assertEqual(r.status, 200)
+            self.assertTrue(json.loads(r.read())["data"])
 
         os.kill(job.pid, 15)
         self.assertEqual(job.wait(timeout=120), 0, output())

@@ -2,10 +2,12 @@
 // on the CPU backend, driven through the real gRPC client. Each test pins one bound that
 // docs/reliability.md promises: the drain cut-off ends the job at once, a hung rank of an idle
 // server and a wedged step loop turn health NOT_SERVING, a frozen client is dropped and its KV
-// blocks freed, bad input is refused whole, and errors are counted once.
+// blocks freed, a slow reader's buffering is bounded, bad input is refused whole, errors are
+// counted once, and 5,000 queued streams leave the running batch, health and cancellation alone.
 //
-// Timing bounds are generous (a loaded 2-core CI machine) but far below what the old behaviour
-// took (a 60 s collective timeout, ~78 s for an idle hang, a generation run to its end).
+// Fault bounds are generous (a loaded 2-core CI machine) but far below what the old behaviour
+// took (a 60 s collective timeout, ~78 s for an idle hang, a generation run to its end); the
+// flood test asserts the issue's own bar, with medians, a percentile and one retry.
 #include <signal.h>
 
 #include <algorithm>
@@ -359,23 +361,74 @@ double DecodeRate(const ServerJob& job, double seconds) {
   return (job.Metric("tessera:generation_tokens_total") - before) / Since(start);
 }
 
-// Slowest of a few health checks, in seconds.
-double HealthLatency(const ServerJob& job) {
-  double worst = 0;
-  for (int i = 0; i < 5; ++i) {
-    const auto start = Clock::now();
-    EXPECT_EQ(Health(job), "SERVING");
-    worst = std::max(worst, Since(start));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return worst;
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-// The front end scales with work, not with queued streams: 5,000 queued streams cost the 32
-// running ones little decode throughput, health still answers at once, and cancelling the queued
-// streams frees them within a step or two. (The bar on an idle 2-core machine: throughput within
-// 10% of the control, health under 100 ms, cancelling within 1 s; the asserts leave room for a
-// loaded CI machine, and the test prints the figures.)
+// The `q` quantile (nearest rank) of `n` health checks 25 ms apart, in seconds.
+double HealthLatency(const ServerJob& job, int n, double q) {
+  std::vector<double> took;
+  for (int i = 0; i < n; ++i) {
+    const auto start = Clock::now();
+    EXPECT_EQ(Health(job), "SERVING");
+    took.push_back(Since(start));
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  std::sort(took.begin(), took.end());
+  return took[std::min(n - 1, static_cast<int>(q * n))];
+}
+
+// One measurement of the flood bar, on a job whose kRunning streams are decoding: the decode
+// rate in 1 s windows before the flood, with it and after cancelling it (medians compared, so
+// a burst of load from elsewhere on a shared machine moves one window, not the result); health's
+// 90th percentile over 40 checks under the flood; the time from the client's last cancel until
+// the engine's queue is empty (the server's backlog of cancels plus the step in progress; the
+// client itself takes 0.2-0.8 s to send 5,000 cancels on 2 cores, printed as `sent`).
+struct FloodFigures {
+  double control = 0, flooded = 0, health = 0, sent = 0, cancelled = 0;
+  bool MeetsTheBar() const { return flooded >= 0.9 * control && health < 0.1 && cancelled < 1.0; }
+};
+
+FloodFigures MeasureFlood(const ServerJob& job, int running, int queued) {
+  FloodFigures f;
+  std::vector<double> control, flooded;
+  for (int i = 0; i < 3; ++i) control.push_back(DecodeRate(job, 1));
+  const auto flood_start = Clock::now();
+  auto flood = std::make_unique<QueuedFlood>(job.address(), queued);
+  while (job.Metric("tessera:num_requests_waiting") < queued && Since(flood_start) < 60)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(job.Metric("tessera:num_requests_waiting"), queued);
+  EXPECT_EQ(job.Metric("tessera:num_requests_running"), running);
+  for (int i = 0; i < 5; ++i) flooded.push_back(DecodeRate(job, 1));
+  f.health = HealthLatency(job, 40, 0.9);
+  const auto cancel_start = Clock::now();
+  flood->Cancel();
+  const auto cancel_sent = Clock::now();
+  while (job.Metric("tessera:num_requests_waiting") > 0 && Since(cancel_start) < 30)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  f.cancelled = Since(cancel_sent);
+  f.sent = std::chrono::duration<double>(cancel_sent - cancel_start).count();
+  EXPECT_EQ(job.Metric("tessera:num_requests_running"), running);
+  flood.reset();
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // the cancelled calls' ends are sent
+  for (int i = 0; i < 3; ++i) control.push_back(DecodeRate(job, 1));
+  f.control = Median(control);
+  f.flooded = Median(flooded);
+  std::printf(
+      "decode %.0f tok/s with %d streams, %.0f tok/s with %d more queued (%.0f%%); health p90 "
+      "%.0f ms; %d queued streams cancelled (sent in %.2f s) and freed %.2f s after the last\n",
+      f.control, running, f.flooded, queued, 100 * f.flooded / f.control, 1000 * f.health, queued,
+      f.sent, f.cancelled);
+  return f;
+}
+
+// The front end scales with work, not with queued streams (issue 13's bar, on the CPU backend):
+// with 32 running and 5,000 queued streams, decode throughput within 10% of the 32-stream
+// control, health within 100 ms, and cancelling every queued stream frees them within 1 s. A
+// measurement that misses is taken once more (a shared CI machine has bursts of other work);
+// the test prints the figures of each.
 TEST(ReliabilityTest, QueuedStreamFloodDoesNotStarveTheRunningBatch) {
   constexpr int kRunning = 32, kQueued = 5000;
   // Two attention-DP replicas of kRunning / 2 sequences each.
@@ -383,36 +436,68 @@ TEST(ReliabilityTest, QueuedStreamFloodDoesNotStarveTheRunningBatch) {
                     "--num-kv-blocks", "2048", "--drain-timeout", "1"});
   Streams running(job, kRunning, 3900);
   running.WaitStarted(kRunning);
-  const double control = DecodeRate(job, 4);
-  const double control_health = HealthLatency(job);
-  const auto flood_start = Clock::now();
-  auto flood = std::make_unique<QueuedFlood>(job.address(), kQueued);
-  while (job.Metric("tessera:num_requests_waiting") < kQueued && Since(flood_start) < 60)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_EQ(job.Metric("tessera:num_requests_waiting"), kQueued);
-  ASSERT_EQ(job.Metric("tessera:num_requests_running"), kRunning);
-  const double flooded = DecodeRate(job, 4);
-  const double flooded_health = HealthLatency(job);
-  const auto cancel_start = Clock::now();
-  flood->Cancel();
-  while (job.Metric("tessera:num_requests_waiting") > 0 && Since(cancel_start) < 30)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  const double cancelled = Since(cancel_start);
-  std::printf(
-      "decode %.0f tok/s with %d streams, %.0f tok/s with %d more queued (%.0f%%); "
-      "health %.0f / %.0f ms; %d queued streams cancelled in %.2f s\n",
-      control, kRunning, flooded, kQueued, 100 * flooded / control, 1000 * control_health,
-      1000 * flooded_health, kQueued, cancelled);
-  EXPECT_GT(flooded, 0.75 * control);
-  EXPECT_LT(flooded_health, 0.5);
-  // Cancellations take effect at the next step, and the gauge moves after it: on a loaded CI
-  // machine a step of 32 sequences of the tiny model (151,936-entry vocabulary) can take 0.5 s.
-  EXPECT_LT(cancelled, 5.0);
-  EXPECT_EQ(job.Metric("tessera:num_requests_running"), kRunning);
-  flood.reset();
+  FloodFigures f = MeasureFlood(job, kRunning, kQueued);
+  if (!f.MeetsTheBar()) f = MeasureFlood(job, kRunning, kQueued);
+  EXPECT_GE(f.flooded, 0.9 * f.control);
+  EXPECT_LT(f.health, 0.1);
+  EXPECT_LT(f.cancelled, 1.0);
+  EXPECT_LT(f.sent + f.cancelled, 5.0);
   ASSERT_EQ(kill(job.rank0_pid(), SIGTERM), 0);  // the drain's cut-off ends the running streams
   running.Join();
   EXPECT_EQ(job.Wait(std::chrono::seconds(30)), 1) << job.Log();
+}
+
+// A client that stops reading its stream: the server's writes wait on HTTP/2 flow control, the
+// engine buffers that request's outputs up to --max-buffered-outputs and then ends it
+// RESOURCE_EXHAUSTED, freeing its KV blocks; other requests are served meanwhile. When the
+// client reads again it gets the buffered outputs, then the error.
+TEST(ReliabilityTest, SlowReaderIsBoundedAndEndedAlone) {
+  constexpr int kBuffered = 64, kMaxTokens = 400;
+  ServerJob job(2, {"--model", kFixture, "--num-kv-blocks", "256", "--max-buffered-outputs",
+                    std::to_string(kBuffered)});
+  const double idle = job.Metric("tessera:kv_cache_free_blocks");
+  ASSERT_GT(idle, 0);
+  // A small, fixed receive window (no BDP growth): the server can send a few hundred bytes of
+  // outputs before its writes wait for the client.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto stub = v1::Generation::NewStub(
+      grpc::CreateCustomChannel(job.address(), grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      stub->Generate(&context, Long(7, kMaxTokens));
+  v1::GenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response));  // started; now the client stops reading
+  const std::string too_slow = "tessera:request_errors_total{code=\"RESOURCE_EXHAUSTED\"}";
+  auto start = Clock::now();
+  while (LabelledMetric(job, too_slow) == 0 && Since(start) < 120)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(LabelledMetric(job, too_slow), 1) << "the slow reader's request was not ended";
+  start = Clock::now();
+  while (job.Metric("tessera:kv_cache_free_blocks") != idle && Since(start) < 10)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(job.Metric("tessera:kv_cache_free_blocks"), idle) << "its KV blocks stay taken";
+  const double generated = job.Metric("tessera:generation_tokens_total");
+  EXPECT_LT(generated, kMaxTokens) << "the generation ran to its end";
+  // Another client is served while the slow one still holds its stream.
+  auto client = job.MakeClient();
+  int tokens = 0;
+  grpc::Status other = client->Generate(
+      Long(8, 16), [&](const v1::GenerateResponse& r) { tokens += r.token_ids_size(); });
+  EXPECT_TRUE(other.ok()) << other.error_message();
+  EXPECT_EQ(tokens, 16);
+  // Reading again: what was buffered (the bound plus what the transport held), then the error.
+  int read = 1;
+  while (reader->Read(&response)) ++read;
+  grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_NE(status.error_message().find("reads too slowly"), std::string::npos);
+  std::printf("slow reader: ended after %.0f of %d tokens; read %d outputs afterwards\n", generated,
+              kMaxTokens, read);
+  EXPECT_GE(read, kBuffered);
+  EXPECT_LT(read, kMaxTokens);
+  EXPECT_EQ(Health(job), "SERVING");
 }
 
 // `--api-key ""` would serve without authentication: refused at start, saying why.
