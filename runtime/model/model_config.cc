@@ -445,6 +445,16 @@ absl::StatusOr<ModelConfig> ParseObject(const json& root, std::string_view sourc
 
 }  // namespace
 
+void RequestFp8Quantization(ModelConfig* config) {
+  QuantizationConfig& q = config->quantization;
+  if (q.fp8()) return;
+  q.quant_method = "fp8";
+  q.fmt = "e4m3";
+  q.activation_scheme = "dynamic";
+  q.block_n = q.block_k = kFp8BlockSize;
+  q.quantize_at_load = true;
+}
+
 bool ModelConfig::IsMoeLayer(int64_t layer) const {
   if (num_experts <= 0 || decoder_sparse_step <= 0) return false;
   if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) {

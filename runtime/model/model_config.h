@@ -84,6 +84,9 @@ struct QuantizationConfig {
   // Module names (without ".weight") that must stay unquantized; a scale tensor for one of them
   // is a load error.
   std::vector<std::string> modules_to_not_convert;
+  // Not from config.json: "--quantization fp8" on a checkpoint without FP8 weights; the model
+  // block-quantizes its linear layers at load (Qwen3Model::Load).
+  bool quantize_at_load = false;
   bool fp8() const { return quant_method == "fp8"; }
 };
 
@@ -123,6 +126,10 @@ struct ModelConfig {
   // (layer + 1) % decoder_sparse_step == 0.
   bool IsMoeLayer(int64_t layer) const;
 };
+
+// "--quantization fp8": FP8 linears for a bf16/fp16/fp32 checkpoint, quantized at load in the
+// checkpoints' format (a config that is already FP8 is left as it is).
+void RequestFp8Quantization(ModelConfig* config);
 
 // Parses config.json text. `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source);
