@@ -7,7 +7,9 @@ can move an activation across an e4m3 rounding boundary). Prints each layout's e
 
 fp8_moe's intermediate sizes (384) split a 128-block at TP2 (rank 1 starts 64 rows into block
 1, as Qwen3-235B's experts at TP8): its experts keep the checkpoint's scales for their parts,
-and its dense layer is dequantized at load.
+and its dense layer is dequantized at load, so with W8A8 that layer's activations are not
+quantized there as they are on one rank: those layouts ("split") are held to the tokens and a
+median row error of 0.1 (the FP8 error itself), printed beside the max.
 
 usage: fp8_parity_test.py TESSERA_BINARY MPIRUN [MPIRUN_FLAGS...]
 """
@@ -29,17 +31,21 @@ LAYOUTS = [
     ("fp8_dense", 2, ["--pp", "2"]),
     ("fp8_dense", 2, ["--dp", "2"]),
     ("fp8_dense", 4, ["--tp", "2", "--pp", "2"]),
-    ("fp8_moe", 2, ["--tp", "2"]),
+    ("fp8_moe", 2, ["--tp", "2"], "split"),
     ("fp8_moe", 2, ["--ep", "2"]),
-    ("fp8_moe", 2, ["--tp", "2", "--ep", "2"]),
+    ("fp8_moe", 2, ["--tp", "2", "--ep", "2"], "split"),
     ("fp8_moe", 2, ["--pp", "2"]),
     ("fp8_moe", 2, ["--dp", "2", "--ep", "2"]),
-    ("fp8_moe", 4, ["--tp", "4"]),
+    ("fp8_moe", 4, ["--tp", "4"], "split"),
 ]
 
 
 def rel_l2(got, want):
     return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
+
+
+def median_rel_l2(got, want):
+    return float(np.median(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
 
 
 def run(model, ranks, flags, out, env):
@@ -67,7 +73,7 @@ try:
         single = {}
         for fixture in sorted({layout[0] for layout in LAYOUTS}):
             single[fixture] = run(os.path.join(tmp, fixture), 1, [], out, env)
-        for fixture, ranks, flags in LAYOUTS:
+        for fixture, ranks, flags, *split in LAYOUTS:
             label = f"{mode} {fixture} -np {ranks} {' '.join(flags)}"
             try:
                 tokens, logits = run(os.path.join(tmp, fixture), ranks, flags, out, env)
@@ -76,9 +82,13 @@ try:
                 print(f"FAIL {label}: {e}", file=sys.stderr)
                 continue
             want_tokens, want = single[fixture]
-            err = rel_l2(logits, want)
-            ok = tokens == want_tokens and err <= tolerance
-            print(f"{'ok  ' if ok else 'FAIL'} {label}: rel L2 {err:.2e}, tokens "
+            err, median = rel_l2(logits, want), median_rel_l2(logits, want)
+            if split and mode == "W8A8":
+                ok = tokens == want_tokens and median <= 0.1
+            else:
+                ok = tokens == want_tokens and err <= tolerance
+            print(f"{'ok  ' if ok else 'FAIL'} {label}: rel L2 max {err:.2e} median {median:.2e}, "
+                  f"tokens "
                   f"{'equal' if tokens == want_tokens else f'{tokens} vs {want_tokens}'}")
             if ok:
                 passed += 1
