@@ -241,7 +241,8 @@ absl::StatusOr<std::unique_ptr<Qwen3Model>> Qwen3Model::LoadDummy(const ModelCon
                                                                   uint64_t seed,
                                                                   bool quantize_fp8) {
   std::unique_ptr<Qwen3Model> model(new Qwen3Model(config, backend, shard));
-  model->quantize_fp8_ = quantize_fp8 || config.quantization.quantize_at_load;
+  // An FP8 config's dummy weights are FP8 too: generated, then block-quantized.
+  model->quantize_fp8_ = quantize_fp8 || config.quantization.fp8();
   DummySource source(backend, seed);
   RETURN_IF_ERROR(model->LoadWeights(source));
   return model;
