@@ -115,12 +115,34 @@ inline int64_t Fp8WeightScaleStride(int64_t k) { return (Fp8Blocks(k) + 3) / 4 *
 inline int64_t Fp8ActivationScaleStride(int64_t m) { return (m + 3) / 4 * 4; }
 
 // A block-scaled FP8 weight W[n, k] = data[i, j] * scale[i / 128][j / 128].
+//
+// A tensor-parallel shard of a checkpoint's weight need not start on a block boundary (Qwen3-235B's
+// expert intermediate 1536 at TP8: 192 rows a rank, rank 1 from row 192 = 64 rows into block 1).
+// It keeps the checkpoint's scales for its part: its scale table holds the blocks it overlaps, and
+// row_offset / col_offset say how far into its first block row / column it starts. A fused weight
+// of `part_rows`-row parts (gate | up of one expert) restarts the block grid at each part, whose
+// scale rows start at p * part_scale_rows. Fp8ScaleIndex says where element (i, j)'s scale is.
+// The GEMMs (LinearFp8, LinearFp8WeightOnly) take aligned weights only (Fp8Aligned: no offsets,
+// one part); DequantizeFp8Weight takes any.
 struct Fp8Weight {
   const void* data = nullptr;    // e4m3 [n, k], row-major
-  const float* scale = nullptr;  // fp32 [ceil(n / 128), scale_stride]
+  const float* scale = nullptr;  // fp32 [scale rows, scale_stride]
   // Fp8WeightScaleStride(k) for cuBLASLt; the other kernels take any stride >= ceil(k / 128).
   int64_t scale_stride = 0;
+  int64_t row_offset = 0;       // in [0, 128): rows of the first block before row 0
+  int64_t col_offset = 0;       // in [0, 128): columns of the first block before column 0
+  int64_t part_rows = 0;        // rows of each part; 0 = one part
+  int64_t part_scale_rows = 0;  // scale rows of each part (when part_rows > 0)
 };
+inline bool Fp8Aligned(const Fp8Weight& w) {
+  return w.row_offset == 0 && w.col_offset == 0 && w.part_rows == 0;
+}
+inline int64_t Fp8ScaleIndex(const Fp8Weight& w, int64_t i, int64_t j) {
+  const int64_t part = w.part_rows > 0 ? i / w.part_rows : 0;
+  const int64_t row = w.part_rows > 0 ? i % w.part_rows : i;
+  return (part * w.part_scale_rows + (row + w.row_offset) / kFp8Block) * w.scale_stride +
+         (j + w.col_offset) / kFp8Block;
+}
 
 // FP8 activations x[m, k] = data[t, j] * scale[j / 128][t], written by QuantizeFp8.
 // NOTE: the scales are stored transposed (tokens fastest), cuBLASLt's layout for 1x128 groups.
@@ -312,6 +334,17 @@ class Backend {
   // out A[m, k] = x.data[t, j] * x.scale[j / 128][t] in fp32, rounded once to the activation
   // dtype (QuantizeFp8's output back as activations: the FP8 expert-exchange payload).
   virtual void DequantizeFp8(const Fp8Activations& x, int64_t m, int64_t k, void* out);
+  // out W[batch, n, k] (weight_dtype()) = the `batch` weights w[b] (data + b * n * k bytes, scale
+  // + b * scale_batch_stride) dequantized: e4m3 value * its block's scale (Fp8ScaleIndex), the
+  // product in fp32, rounded once to the weight dtype. Any offsets and parts. Where the FP8 GEMMs
+  // do not reach (MoE experts, shards that split a block), the model runs on this.
+  virtual void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
+                                   int64_t scale_batch_stride, void* out);
+  // Block-quantizes w W[n, k] (weight_dtype()) into out (aligned: no offsets, one part) as
+  // transformers' FineGrainedFP8 quantizer does: per 128 x 128 block, amax = max |w| (fp32),
+  // s = 448 / amax (1 where amax is 0), data = e4m3(w * s) (nearest even, saturating) and
+  // scale = 1 / s (what checkpoints store as weight_scale_inv). out.scale_stride >= ceil(k / 128).
+  virtual void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out);
 
   // out A[m, I] = silu(gate_up[:, :I]) * gate_up[:, I:], gate_up A[m, 2I].
   virtual void SiluMul(const void* gate_up, int64_t m, int64_t intermediate, void* out) = 0;

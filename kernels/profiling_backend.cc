@@ -145,6 +145,14 @@ class Profiler final : public ProfilingBackend {
     Time(absl::StrCat("LinearFp8WeightOnly n=", n, " k=", k),
          [&] { b_.LinearFp8WeightOnly(x, w, m, n, k, y); });
   }
+  void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
+                           int64_t scale_batch_stride, void* out) override {
+    Time(absl::StrCat("DequantizeFp8Weight n=", n, " k=", k),
+         [&] { b_.DequantizeFp8Weight(w, n, k, batch, scale_batch_stride, out); });
+  }
+  void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out) override {
+    b_.QuantizeFp8Weight(w, n, k, out);
+  }
   void SiluMul(const void* gate_up, int64_t m, int64_t inter, void* out) override {
     Time("SiluMul", [&] { b_.SiluMul(gate_up, m, inter, out); });
   }

@@ -100,6 +100,7 @@ void AddBenchFlags(CLI::App& app, BenchFlags* f) {
   app.add_option("--load-format", f->rank.load_format,
                  "dummy: random weights at the real shapes; safetensors: the checkpoint")
       ->check(CLI::IsMember({"dummy", "safetensors"}));
+  AddQuantizationFlag(app, &f->rank);
   app.add_option("--device", f->rank.device,
                  "cpu or cuda; default: cuda when a GPU is visible, else cpu")
       ->type_name("DEVICE")
@@ -210,6 +211,7 @@ absl::StatusOr<int> Bench(MpiSession& mpi, BenchFlags& f) {
   if (profiler) profiler->Take();  // drop the load's copies
   json result = {{"model", dir},
                  {"load_format", format},
+                 {"quantization", rank->model.config.quantization.fp8() ? "fp8" : "none"},
                  {"device", device},
                  {"layout", parallel.ToString()},
                  {"commit", BuildCommit()},

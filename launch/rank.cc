@@ -95,6 +95,15 @@ void AddModelFlags(CLI::App& app, RankOptions* options) {
                  "cpu or cuda; default: cuda when a GPU is visible, else cpu")
       ->type_name("DEVICE")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  AddQuantizationFlag(app, options);
+}
+
+void AddQuantizationFlag(CLI::App& app, RankOptions* options) {
+  app.add_option("--quantization", options->quantization,
+                 "fp8: block-quantize the linear layers to FP8 at load (128x128 blocks, as Qwen's "
+                 "FP8 checkpoints); default: as the checkpoint is (its quantization_config)")
+      ->type_name("METHOD")
+      ->check(CLI::IsMember({"fp8"}));
 }
 
 void AddParallelFlags(CLI::App& app, RankOptions* options) {
@@ -155,6 +164,12 @@ absl::StatusOr<std::unique_ptr<Rank>> OpenRank(MpiSession& mpi, const RankOption
   std::optional<std::string> dir;
   if (!options.model.empty()) dir = options.model;
   ASSIGN_OR_RETURN(rank->model, ResolveModelDirectory(dir));
+  if (!options.quantization.empty()) {
+    if (options.quantization != "fp8") {
+      return absl::InvalidArgumentError("--quantization must be fp8");
+    }
+    RequestFp8Quantization(&rank->model.config);
+  }
   ASSIGN_OR_RETURN(rank->parallel,
                    ParallelConfig::Create(mpi.size(), mpi.rank(), options.tp, options.pp,
                                           options.ep, options.dp, ModelDimsOf(rank->model.config)));

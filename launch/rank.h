@@ -38,6 +38,9 @@ struct RankOptions {
   // Weights: "safetensors" from the model directory, or "dummy" (random at the real shapes, only
   // config.json needed) with `dummy_seed`. `op_profile` times every op (ProfilingBackend).
   std::string load_format = "safetensors";
+  // --quantization: empty = from the checkpoint (FP8 where its config.json and files say so);
+  // "fp8" = also block-quantize a bf16/fp16/fp32 checkpoint's (or dummy) linears at load.
+  std::string quantization;
   uint64_t dummy_seed = 0;
   bool op_profile = false;
 
@@ -52,7 +55,7 @@ struct RankOptions {
   int64_t default_kv_cache_memory = int64_t{256} << 20;
 };
 
-// --model, --device.
+// --model, --device, --quantization.
 void AddModelFlags(CLI::App& app, RankOptions* options);
 // --tp, --pp, --ep, --dp, and --collective-timeout (its default is options->collective_timeout
 // when > 0, else the watchdog's).
@@ -62,6 +65,9 @@ void AddParallelFlags(CLI::App& app, RankOptions* options);
 CLI::Option* AddKvCacheFlags(CLI::App& app, RankOptions* options,
                              const std::string& num_blocks_flag, const std::string& default_blocks,
                              bool memory_flags);
+
+// --quantization (also for commands that take --model themselves).
+void AddQuantizationFlag(CLI::App& app, RankOptions* options);
 
 struct Rank {
   ModelDirectory model;

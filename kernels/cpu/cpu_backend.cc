@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "kernels/base/check.h"
@@ -47,7 +48,9 @@ class CpuBackend final : public Backend {
   // NOTE: converts straight from the staging buffer: no float32 copy of the slice.
   void UploadStaged(void* dst, DType dst_dtype, const void* staging, DType src_dtype, size_t count,
                     void* /*scratch*/) override {
-    TESSERA_CHECK(dst_dtype == DType::kF32) << "the CPU backend stores float32 only";
+    // FP8 weights stay e4m3 bytes (src_dtype == dst_dtype: copied), like on the GPU.
+    TESSERA_CHECK(dst_dtype == DType::kF32 || dst_dtype == src_dtype)
+        << "the CPU backend stores float32 (and e4m3 weights as they are) only";
     ConvertDType(src_dtype, staging, count, dst_dtype, dst);
   }
 
@@ -129,7 +132,8 @@ class CpuBackend final : public Backend {
     cpu::MoeCombineRanks(F(y), token_slots, n, top_k, hidden, F(out));
   }
   // FP8: activations are float32 here; weights are e4m3 bytes with fp32 scales, as on the GPU.
-  Fp8Mode fp8_mode() const override { return Fp8Mode::kW8A8; }
+  // W8A8 as on Hopper; TESSERA_FP8_W8A16=1 forces the weight-only path, as on the CUDA backend.
+  Fp8Mode fp8_mode() const override { return fp8_mode_; }
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
     cpu::QuantizeFp8(F(x), m, k, static_cast<uint8_t*>(out.data), out.scale, out.scale_stride);
@@ -144,13 +148,15 @@ class CpuBackend final : public Backend {
   }
   void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                  void* y) override {
-    TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k)) << "weight scale stride " << w.scale_stride;
+    TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k) && Fp8Aligned(w))
+        << "weight scale stride " << w.scale_stride << " (aligned weights only)";
     cpu::LinearFp8(static_cast<const uint8_t*>(x.data), x.scale, x.scale_stride,
                    static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m, n, k, F(y));
   }
   void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                            void* y) override {
-    TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k)) << "weight scale stride " << w.scale_stride;
+    TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k) && Fp8Aligned(w))
+        << "weight scale stride " << w.scale_stride << " (aligned weights only)";
     cpu::LinearFp8WeightOnly(F(x), static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m,
                              n, k, F(y));
   }
@@ -159,6 +165,24 @@ class CpuBackend final : public Backend {
     cpu::DequantizeFp8Activations(static_cast<const uint8_t*>(x.data), x.scale, x.scale_stride, m,
                                   k, F(out));
   }
+  void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
+                           int64_t scale_batch_stride, void* out) override {
+    cpu::DequantizeFp8Blocks(static_cast<const uint8_t*>(w.data), w, n, k, batch,
+                             scale_batch_stride, F(out));
+  }
+  void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out) override {
+    TESSERA_CHECK(Fp8Aligned(out) && out.scale_stride >= Fp8Blocks(k))
+        << "QuantizeFp8Weight: an aligned output with scale stride >= ceil(k / 128)";
+    cpu::QuantizeFp8Weight(F(w), n, k, static_cast<uint8_t*>(const_cast<void*>(out.data)),
+                           const_cast<float*>(out.scale), out.scale_stride);
+  }
+  static Fp8Mode Fp8ModeFromEnv() {
+    const char* force = std::getenv("TESSERA_FP8_W8A16");
+    return force != nullptr && std::string(force) == "1" ? Fp8Mode::kW8A16 : Fp8Mode::kW8A8;
+  }
+  const Fp8Mode fp8_mode_ = Fp8ModeFromEnv();
+
+ public:
   void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {
@@ -232,6 +256,12 @@ void Backend::LinearFp8WeightOnly(const void*, const Fp8Weight&, int64_t, int64_
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 void Backend::DequantizeFp8(const Fp8Activations&, int64_t, int64_t, void*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::DequantizeFp8Weight(const Fp8Weight&, int64_t, int64_t, int64_t, int64_t, void*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::QuantizeFp8Weight(const void*, int64_t, int64_t, const Fp8Weight&) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 

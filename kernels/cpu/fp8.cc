@@ -76,6 +76,41 @@ void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stri
   }
 }
 
+void DequantizeFp8Blocks(const uint8_t* data, const Fp8Weight& layout, int64_t n, int64_t k,
+                         int64_t batch, int64_t scale_batch_stride, float* w) {
+  for (int64_t b = 0; b < batch; ++b) {
+    const uint8_t* d = data + b * n * k;
+    const float* scale = layout.scale + b * scale_batch_stride;
+    float* out = w + b * n * k;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        out[i * k + j] = F8E4M3ToFloat(d[i * k + j]) * scale[Fp8ScaleIndex(layout, i, j)];
+      }
+    }
+  }
+}
+
+void QuantizeFp8Weight(const float* w, int64_t n, int64_t k, uint8_t* data, float* scale,
+                       int64_t scale_stride) {
+  const int64_t row_blocks = Fp8Blocks(n), col_blocks = Fp8Blocks(k);
+#pragma omp parallel for schedule(static)
+  for (int64_t bi = 0; bi < row_blocks; ++bi) {
+    const int64_t i0 = bi * kFp8Block, i1 = std::min(n, i0 + kFp8Block);
+    for (int64_t bj = 0; bj < col_blocks; ++bj) {
+      const int64_t j0 = bj * kFp8Block, j1 = std::min(k, j0 + kFp8Block);
+      float amax = 0.0f;
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) amax = std::max(amax, std::fabs(w[i * k + j]));
+      // transformers: scales = 448 / amax, stored as its reciprocal; 1 for an all-zero block.
+      const float s = amax > 0.0f ? kFp8Max / amax : 1.0f;
+      scale[bi * scale_stride + bj] = 1.0f / s;
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) data[i * k + j] = FloatToF8E4M3(w[i * k + j] * s);
+    }
+  }
+}
+
 void LinearFp8WeightOnly(const float* x, const uint8_t* w_data, const float* w_scale,
                          int64_t w_scale_stride, int64_t m, int64_t n, int64_t k, float* y) {
   std::vector<float> w(n * k);

@@ -71,6 +71,14 @@ void DequantizeFp8Activations(const uint8_t* data, const float* scale, int64_t s
 void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stride,
                const uint8_t* w_data, const float* w_scale, int64_t w_scale_stride, int64_t m,
                int64_t n, int64_t k, float* y);
+// w [batch, n, k] = the batch of e4m3 weights `data` with the scales and layout of `layout`
+// (Backend::DequantizeFp8Weight; layout.data is ignored), in float32.
+void DequantizeFp8Blocks(const uint8_t* data, const Fp8Weight& layout, int64_t n, int64_t k,
+                         int64_t batch, int64_t scale_batch_stride, float* w);
+// w [n, k] -> data e4m3 [n, k], scale [ceil(n/128), scale_stride] as transformers quantizes
+// weights (Backend::QuantizeFp8Weight).
+void QuantizeFp8Weight(const float* w, int64_t n, int64_t k, uint8_t* data, float* scale,
+                       int64_t scale_stride);
 // W8A16: y [m, n] = x [m, k] @ DequantizeFp8Weight(w)^T.
 void LinearFp8WeightOnly(const float* x, const uint8_t* w_data, const float* w_scale,
                          int64_t w_scale_stride, int64_t m, int64_t n, int64_t k, float* y);

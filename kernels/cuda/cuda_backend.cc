@@ -250,6 +250,7 @@ class CudaBackend final : public Backend {
   void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                  void* y) override {
     if (m == 0 || n == 0) return;
+    TESSERA_CHECK(Fp8Aligned(w)) << "LinearFp8: aligned weights only (DequantizeFp8Weight)";
     const auto* xq = static_cast<const uint8_t*>(x.data);
     const auto* wq = static_cast<const uint8_t*>(w.data);
     if (fp8_gemm_->Supported(xq, wq, B(y), m, n, k, w.scale_stride, x.scale_stride)) {
@@ -262,6 +263,7 @@ class CudaBackend final : public Backend {
   void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                            void* y) override {
     if (m == 0 || n == 0) return;
+    TESSERA_CHECK(Fp8Aligned(w)) << "LinearFp8WeightOnly: aligned weights only";
     const auto* wq = static_cast<const uint8_t*>(w.data);
     // NOTE: decode batches stream w once: the GEMV; larger m: the mma.sync kernel.
     if (cuda::Fp8GemvSupported(B(x), wq, m, k)) {
@@ -269,6 +271,15 @@ class CudaBackend final : public Backend {
       return;
     }
     cuda::LaunchFp8MmaW8A16(B(x), wq, w.scale, w.scale_stride, m, n, k, B(y), stream_);
+  }
+  void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
+                           int64_t scale_batch_stride, void* out) override {
+    cuda::LaunchDequantizeFp8Weight(w, n, k, batch, scale_batch_stride, B(out), stream_);
+  }
+  void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out) override {
+    TESSERA_CHECK(Fp8Aligned(out)) << "QuantizeFp8Weight: an aligned output";
+    cuda::LaunchQuantizeFp8Weight(B(w), n, k, static_cast<uint8_t*>(const_cast<void*>(out.data)),
+                                  const_cast<float*>(out.scale), out.scale_stride, stream_);
   }
 
   void HeadNormRope(void* x, int64_t row_stride, int n, int heads, int head_dim,

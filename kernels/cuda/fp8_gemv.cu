@@ -47,27 +47,7 @@ __device__ __forceinline__ void Unpack16(const uint4& v, float (&f)[16]) {
   }
 }
 
-// 16 e4m3 -> 16 floats equal to the e4m3 values times 2^-120, by bit moves alone: the 7 magnitude
-// bits become float's low exponent bits and top mantissa bits (e4m3 subnormals become float
-// subnormals, exactly), the sign bit float's sign.
-// NOTE: no conversion instructions (cvt runs at a quarter of the FMA rate on Hopper, and
-// Unpack16 needs 1.5 per element); the 2^120 goes into the block scale. Measured no faster on an
-// H100 (1.58-2.37 TB/s against cvt's 1.62-2.41, docs/perf/2026-12-07-fp8-kernels.md): the three
-// integer operations per element cost as much. Kept as variant 2 for that comparison. Products of
-// tiny activations with these small floats can be float subnormals: their error (<= 2^-150
-// absolute, i.e. 2^-30 after the 2^120) is far below bf16's output rounding.
-__device__ __forceinline__ void Unpack16Shifted(const uint4& v, float (&f)[16]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[4 * i] = __uint_as_float(((w[i] << 20) & 0x07f00000u) | ((w[i] << 24) & 0x80000000u));
-    f[4 * i + 1] = __uint_as_float(((w[i] << 12) & 0x07f00000u) | ((w[i] << 16) & 0x80000000u));
-    f[4 * i + 2] = __uint_as_float(((w[i] << 4) & 0x07f00000u) | ((w[i] << 8) & 0x80000000u));
-    f[4 * i + 3] = __uint_as_float(((w[i] >> 4) & 0x07f00000u) | (w[i] & 0x80000000u));
-  }
-}
-
-template <int M, int R, bool kShifted>
+template <int M, int R>
 __global__ void __launch_bounds__(kThreads)
     Fp8GemvKernel(const bf16* __restrict__ x, const uint8_t* __restrict__ w,
                   const float* __restrict__ scale, int64_t scale_stride, int n, int k,
@@ -106,13 +86,8 @@ __global__ void __launch_bounds__(kThreads)
       float wf[R][16], s[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        if (kShifted) {
-          Unpack16Shifted(wv[u][r], wf[r]);
-          s[r] = __ldg(sr[r] + v / kVectorsPerBlock) * 0x1p120f;
-        } else {
-          Unpack16(wv[u][r], wf[r]);
-          s[r] = __ldg(sr[r] + v / kVectorsPerBlock);
-        }
+        Unpack16(wv[u][r], wf[r]);
+        s[r] = __ldg(sr[r] + v / kVectorsPerBlock);
       }
 #pragma unroll
       for (int i = 0; i < M; ++i) {
@@ -151,32 +126,20 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int M, bool kShifted>
+template <int M>
 void LaunchForRows(const bf16* x, const uint8_t* w, const float* scale, int64_t scale_stride, int n,
                    int k, bf16* y, cudaStream_t stream, int rows) {
   const auto blocks = [&](int r) { return (n + r - 1) / r; };
   switch (rows) {
     case 2:
-      Fp8GemvKernel<M, 2, kShifted>
-          <<<blocks(2), kThreads, 0, stream>>>(x, w, scale, scale_stride, n, k, y);
+      Fp8GemvKernel<M, 2><<<blocks(2), kThreads, 0, stream>>>(x, w, scale, scale_stride, n, k, y);
       break;
     case 4:
-      Fp8GemvKernel<M, 4, kShifted>
-          <<<blocks(4), kThreads, 0, stream>>>(x, w, scale, scale_stride, n, k, y);
+      Fp8GemvKernel<M, 4><<<blocks(4), kThreads, 0, stream>>>(x, w, scale, scale_stride, n, k, y);
       break;
     default:
       TESSERA_CHECK(false) << "FP8 GEMV rows per block must be 2 or 4, not " << rows;
   }
-}
-
-template <int M>
-void LaunchForRows(const bf16* x, const uint8_t* w, const float* scale, int64_t scale_stride, int n,
-                   int k, bf16* y, cudaStream_t stream, int rows, int variant) {
-  // NOTE: variant 2 (Unpack16Shifted) is not instantiated: it measured no faster than cvt on an
-  // H100, and its M = 1, R = 4 instance spills 8 bytes of registers for sm_80, which the build's
-  // -warn-spills turns into an error. Every variant runs the cvt kernel.
-  (void)variant;
-  LaunchForRows<M, false>(x, w, scale, scale_stride, n, k, y, stream, rows);
 }
 
 }  // namespace
@@ -188,7 +151,7 @@ bool Fp8GemvSupported(const bf16* x, const uint8_t* w, int64_t m, int64_t k) {
 
 void LaunchFp8Gemv(const bf16* x, const uint8_t* w, const float* scale, int64_t scale_stride,
                    int64_t m, int64_t n, int64_t k, bf16* y, cudaStream_t stream,
-                   int rows_per_block, int variant) {
+                   int rows_per_block) {
   TESSERA_CHECK(Fp8GemvSupported(x, w, m, k))
       << "FP8 GEMV needs 1 <= m <= " << kFp8GemvMaxRows
       << ", k % 16 == 0 and 16-byte aligned x and w (m=" << m << " k=" << k << ")";
@@ -198,9 +161,9 @@ void LaunchFp8Gemv(const bf16* x, const uint8_t* w, const float* scale, int64_t 
   const int rows = rows_per_block > 0 ? rows_per_block : (k < 4096 ? 4 : 2);
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   switch (m) {
-#define TESSERA_FP8_GEMV_CASE(M)                                                   \
-  case M:                                                                          \
-    LaunchForRows<M>(x, w, scale, scale_stride, ni, ki, y, stream, rows, variant); \
+#define TESSERA_FP8_GEMV_CASE(M)                                          \
+  case M:                                                                 \
+    LaunchForRows<M>(x, w, scale, scale_stride, ni, ki, y, stream, rows); \
     break;
     TESSERA_FP8_GEMV_CASE(1)
     TESSERA_FP8_GEMV_CASE(2)
@@ -210,7 +173,7 @@ void LaunchFp8Gemv(const bf16* x, const uint8_t* w, const float* scale, int64_t 
     TESSERA_FP8_GEMV_CASE(6)
     TESSERA_FP8_GEMV_CASE(7)
     default:
-      LaunchForRows<8>(x, w, scale, scale_stride, ni, ki, y, stream, rows, variant);
+      LaunchForRows<8>(x, w, scale, scale_stride, ni, ki, y, stream, rows);
       break;
 #undef TESSERA_FP8_GEMV_CASE
   }

@@ -27,11 +27,11 @@ constexpr int64_t kFp8GemvMaxRows = 8;
 bool Fp8GemvSupported(const __nv_bfloat16* x, const uint8_t* w, int64_t m, int64_t k);
 
 // y [m, n] = x [m, k] @ (w [n, k] * scale [ceil(n/128), scale_stride] per 128x128 block)^T.
-// `rows_per_block` 0 picks by k; else 2 or 4. `variant`: how e4m3 becomes fp32, 1 by the
-// hardware's cvt (e4m3x2 -> f16x2 -> f32); 0 picks (1). Variant 2 (bit moves) is kept in the
-// source but not built (fp8_gemv.cu says why): it runs as 1.
+// `rows_per_block` 0 picks by k; else 2 or 4. e4m3 becomes fp32 by the hardware's cvt
+// (e4m3x2 -> f16x2 -> f32); a bit-move unpacking measured no faster on an H100
+// (docs/perf/2026-12-07-fp8-kernels.md) and was dropped.
 void LaunchFp8Gemv(const __nv_bfloat16* x, const uint8_t* w, const float* scale,
                    int64_t scale_stride, int64_t m, int64_t n, int64_t k, __nv_bfloat16* y,
-                   cudaStream_t stream, int rows_per_block = 0, int variant = 0);
+                   cudaStream_t stream, int rows_per_block = 0);
 
 }  // namespace tessera::cuda

@@ -3,6 +3,8 @@
 
 #include <cuda_fp8.h>
 
+#include <algorithm>
+
 #include "kernels/base/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -100,7 +102,79 @@ void Launch(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale, in
   CUDA_CHECK_LAUNCH();
 }
 
+// One thread per output element (grid-stride): the scale index is Fp8ScaleIndex's.
+__global__ void __launch_bounds__(kThreads)
+    DequantizeFp8WeightKernel(const uint8_t* __restrict__ data, const float* __restrict__ scale,
+                              Fp8Weight layout, int64_t n, int64_t k, int64_t scale_batch_stride,
+                              int64_t total, bf16* __restrict__ out) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; idx < total;
+       idx += stride) {
+    const int64_t b = idx / (n * k), rem = idx % (n * k);
+    const int64_t i = rem / k, j = rem % k;
+    const int64_t part = layout.part_rows > 0 ? i / layout.part_rows : 0;
+    const int64_t row = layout.part_rows > 0 ? i % layout.part_rows : i;
+    const float s = scale[b * scale_batch_stride +
+                          (part * layout.part_scale_rows + (row + layout.row_offset) / kFp8Block) *
+                              layout.scale_stride +
+                          (j + layout.col_offset) / kFp8Block];
+    const __half_raw h = __nv_cvt_fp8_to_halfraw(data[idx], __NV_E4M3);
+    out[idx] = ToBf16(__half2float(__half(h)) * s);
+  }
+}
+
+// One block per 128 x 128 weight block: amax over the block (warp shuffles, then the 8 warps in
+// shared memory), then every element scaled and converted.
+__global__ void __launch_bounds__(kThreads)
+    QuantizeFp8WeightKernel(const bf16* __restrict__ w, int64_t n, int64_t k,
+                            uint8_t* __restrict__ data, float* __restrict__ scale,
+                            int64_t scale_stride) {
+  __shared__ float warp_amax[kThreads / 32];
+  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kFp8Block;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kFp8Block;
+  float amax = 0.0f;
+  for (int e = threadIdx.x; e < kFp8Block * kFp8Block; e += kThreads) {
+    const int64_t i = i0 + e / kFp8Block, j = j0 + e % kFp8Block;
+    if (i < n && j < k) amax = fmaxf(amax, fabsf(ToFloat(w[i * k + j])));
+  }
+  amax = WarpMax(amax);
+  if ((threadIdx.x & 31) == 0) warp_amax[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  amax = warp_amax[0];
+#pragma unroll
+  for (int i = 1; i < kThreads / 32; ++i) amax = fmaxf(amax, warp_amax[i]);
+  const float s = amax > 0.0f ? __fdiv_rn(kFp8Max, amax) : 1.0f;
+  if (threadIdx.x == 0) scale[blockIdx.y * scale_stride + blockIdx.x] = __fdiv_rn(1.0f, s);
+  for (int e = threadIdx.x; e < kFp8Block * kFp8Block; e += kThreads) {
+    const int64_t i = i0 + e / kFp8Block, j = j0 + e % kFp8Block;
+    if (i < n && j < k) {
+      data[i * k + j] = static_cast<uint8_t>(
+          __nv_cvt_float_to_fp8(__fmul_rn(ToFloat(w[i * k + j]), s), __NV_SATFINITE, __NV_E4M3));
+    }
+  }
+}
+
 }  // namespace
+
+void LaunchDequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
+                               int64_t scale_batch_stride, bf16* out, cudaStream_t stream) {
+  const int64_t total = batch * n * k;
+  if (total == 0) return;
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65536);
+  DequantizeFp8WeightKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      static_cast<const uint8_t*>(w.data), w.scale, w, n, k, scale_batch_stride, total, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void LaunchQuantizeFp8Weight(const bf16* w, int64_t n, int64_t k, uint8_t* data, float* scale,
+                             int64_t scale_stride, cudaStream_t stream) {
+  TESSERA_CHECK(scale_stride >= Fp8Blocks(k)) << "weight scale stride " << scale_stride;
+  if (n == 0 || k == 0) return;
+  TESSERA_CHECK(Fp8Blocks(n) < 65536) << "QuantizeFp8Weight: " << n << " rows";
+  const dim3 grid(static_cast<unsigned>(Fp8Blocks(k)), static_cast<unsigned>(Fp8Blocks(n)));
+  QuantizeFp8WeightKernel<<<grid, kThreads, 0, stream>>>(w, n, k, data, scale, scale_stride);
+  CUDA_CHECK_LAUNCH();
+}
 
 void LaunchQuantizeFp8(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale,
                        int64_t scale_stride, cudaStream_t stream) {

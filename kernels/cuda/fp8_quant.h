@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "kernels/ops.h"
+
 namespace tessera::cuda {
 
 // x bf16 [m, k] -> data e4m3 [m, k], scale fp32 [ceil(k / 128), scale_stride] (tokens fastest;
@@ -25,5 +27,18 @@ void LaunchQuantizeFp8(const __nv_bfloat16* x, int64_t m, int64_t k, uint8_t* da
 void LaunchSiluMulQuantizeFp8(const __nv_bfloat16* gate_up, int64_t m, int64_t intermediate,
                               uint8_t* data, float* scale, int64_t scale_stride,
                               cudaStream_t stream);
+
+// out bf16 [batch, n, k] = the batch of e4m3 weights (w.data + b * n * k, w.scale +
+// b * scale_batch_stride) times their block scales (Fp8ScaleIndex: offsets and parts allowed),
+// the product in fp32 rounded once (Backend::DequantizeFp8Weight; bit for bit the CPU reference's
+// float32 product, rounded to bf16).
+void LaunchDequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
+                               int64_t scale_batch_stride, __nv_bfloat16* out, cudaStream_t stream);
+
+// Block quantization of a bf16 weight [n, k] as transformers' FineGrainedFP8 quantizer does it
+// (Backend::QuantizeFp8Weight): one thread block per 128 x 128 block, amax in fp32, s = 448 / amax,
+// data = cvt.rn.satfinite.e4m3(w * s), scale = 1 / s. Bit for bit the CPU reference.
+void LaunchQuantizeFp8Weight(const __nv_bfloat16* w, int64_t n, int64_t k, uint8_t* data,
+                             float* scale, int64_t scale_stride, cudaStream_t stream);
 
 }  // namespace tessera::cuda

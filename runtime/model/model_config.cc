@@ -24,6 +24,9 @@ using json = nlohmann::json;
 // Sizes, counts and token ids are capped at 2^31 - 1 so that products of two of them (e.g.
 // vocab_size * hidden_size) cannot overflow int64 downstream. Real Qwen3 values are far below.
 constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+// The FP8 weight block the kernels take (kernels/ops.h kFp8Block; runtime/model does not depend on
+// the op table here, the model checks the two agree).
+constexpr int64_t kFp8BlockSize = 128;
 
 // The value of `key` in `object`, or nullptr when the key is absent.
 const json* Find(const json& object, absl::string_view key) {
@@ -297,6 +300,56 @@ absl::Status ParseMoe(const FieldReader& r, ModelConfig* config) {
   return absl::OkStatus();
 }
 
+// quantization_config: only what the FP8 kernels run (kernels/ops.h, Fp8Weight) is accepted.
+absl::Status ParseQuantization(const FieldReader& root, ModelConfig* c) {
+  const json* value = FindNonNull(root.object(), "quantization_config");
+  if (value == nullptr) return absl::OkStatus();
+  if (!value->is_object()) return root.Invalid("quantization_config", "an object", *value);
+  const FieldReader r = root.Nested(*value, "quantization_config");
+  QuantizationConfig& q = c->quantization;
+  RETURN_IF_ERROR(r.String("quant_method", true, &q.quant_method));
+  if (q.quant_method != "fp8") {
+    return r.Invalid("quant_method", "\"fp8\" (the only quantization tessera reads)",
+                     json(q.quant_method));
+  }
+  q.fmt = "e4m3";  // transformers' default
+  RETURN_IF_ERROR(r.String("fmt", false, &q.fmt));
+  if (q.fmt != "e4m3") {
+    return r.Invalid("fmt", "\"e4m3\" (float8_e4m3fn weights)", json(q.fmt));
+  }
+  q.activation_scheme = "dynamic";
+  RETURN_IF_ERROR(r.String("activation_scheme", false, &q.activation_scheme));
+  if (q.activation_scheme != "dynamic") {
+    return r.Invalid("activation_scheme",
+                     "\"dynamic\" (per-token 1x128 activation scales computed per step)",
+                     json(q.activation_scheme));
+  }
+  q.block_n = q.block_k = kFp8BlockSize;
+  if (const json* block = FindNonNull(*value, "weight_block_size"); block != nullptr) {
+    if (!block->is_array() || block->size() != 2 || !(*block)[0].is_number_integer() ||
+        !(*block)[1].is_number_integer() || (*block)[0].get<int64_t>() != kFp8BlockSize ||
+        (*block)[1].get<int64_t>() != kFp8BlockSize) {
+      return r.Invalid("weight_block_size",
+                       "[128, 128] (the block size the FP8 kernels take; per-tensor or "
+                       "per-channel FP8 checkpoints are not supported)",
+                       *block);
+    }
+  } else {
+    return r.Missing("weight_block_size", "[128, 128]");
+  }
+  if (const json* skip = FindNonNull(*value, "modules_to_not_convert"); skip != nullptr) {
+    if (!skip->is_array()) return r.Invalid("modules_to_not_convert", "a list of names", *skip);
+    for (size_t i = 0; i < skip->size(); ++i) {
+      const json& name = (*skip)[i];
+      if (!name.is_string()) {
+        return r.Invalid(absl::StrCat("modules_to_not_convert[", i, "]"), "a string", name);
+      }
+      q.modules_to_not_convert.push_back(name.get<std::string>());
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ParseObject(const json& root, std::string_view source) {
   if (!root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -366,6 +419,7 @@ absl::StatusOr<ModelConfig> ParseObject(const json& root, std::string_view sourc
 
   RETURN_IF_ERROR(ParseRope(r, &c));
   if (c.model_type == "qwen3_moe") RETURN_IF_ERROR(ParseMoe(r, &c));
+  RETURN_IF_ERROR(ParseQuantization(r, &c));
 
   if (const json* eos = FindNonNull(root, "eos_token_id"); eos != nullptr) {
     constexpr absl::string_view kRequirement = "a token id or a list of token ids";
@@ -390,6 +444,16 @@ absl::StatusOr<ModelConfig> ParseObject(const json& root, std::string_view sourc
 }
 
 }  // namespace
+
+void RequestFp8Quantization(ModelConfig* config) {
+  QuantizationConfig& q = config->quantization;
+  if (q.fp8()) return;
+  q.quant_method = "fp8";
+  q.fmt = "e4m3";
+  q.activation_scheme = "dynamic";
+  q.block_n = q.block_k = kFp8BlockSize;
+  q.quantize_at_load = true;
+}
 
 bool ModelConfig::IsMoeLayer(int64_t layer) const {
   if (num_experts <= 0 || decoder_sparse_step <= 0) return false;

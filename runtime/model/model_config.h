@@ -15,6 +15,9 @@
 // (qwen3_moe): num_experts >= 1, num_experts_per_tok in [1, num_experts],
 // moe_intermediate_size >= 1, decoder_sparse_step >= 1, mlp_only_layers within
 // [0, num_hidden_layers). Optional fields may be absent or null; unknown fields are ignored.
+// quantization_config (FP8 checkpoints, QuantizationConfig below): quant_method "fp8", fmt
+// "e4m3", activation_scheme "dynamic", weight_block_size [128, 128]; anything else is an error,
+// so an unsupported checkpoint fails before any weight is read.
 #pragma once
 
 #include <cstdint>
@@ -67,6 +70,26 @@ struct RopeConfig {
   bool truncate = true;           // "truncate"
 };
 
+// "quantization_config" of an FP8 checkpoint, as transformers' FineGrainedFP8 integration writes
+// it: {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+// "weight_block_size": [128, 128], "modules_to_not_convert": [...]}. Each quantized linear then
+// has `<name>.weight` float8_e4m3fn [out, in] and `<name>.weight_scale_inv` float32
+// [ceil(out / 128), ceil(in / 128)]; the loader follows the files (a linear with a scale tensor is
+// FP8, any other tensor keeps its dtype), so modules_to_not_convert is only cross-checked.
+struct QuantizationConfig {
+  std::string quant_method;          // "" = none (a bf16/fp16/fp32 checkpoint), else "fp8"
+  std::string fmt;                   // "e4m3" (the only format the kernels take)
+  std::string activation_scheme;     // "dynamic": per-token 1x128 groups, scaled per step
+  int64_t block_n = 0, block_k = 0;  // weight_block_size: 128 x 128
+  // Module names (without ".weight") that must stay unquantized; a scale tensor for one of them
+  // is a load error.
+  std::vector<std::string> modules_to_not_convert;
+  // Not from config.json: "--quantization fp8" on a checkpoint without FP8 weights; the model
+  // block-quantizes its linear layers at load (Qwen3Model::Load).
+  bool quantize_at_load = false;
+  bool fp8() const { return quant_method == "fp8"; }
+};
+
 struct ModelConfig {
   std::string model_type;  // "qwen3" or "qwen3_moe"
   int64_t vocab_size = 0;
@@ -93,6 +116,8 @@ struct ModelConfig {
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
 
+  QuantizationConfig quantization;  // "quantization_config"; quant_method "" when absent
+
   std::vector<int64_t> eos_token_ids;  // "eos_token_id": int or list; may be empty
   int64_t bos_token_id = -1;           // -1 = absent
 
@@ -101,6 +126,10 @@ struct ModelConfig {
   // (layer + 1) % decoder_sparse_step == 0.
   bool IsMoeLayer(int64_t layer) const;
 };
+
+// "--quantization fp8": FP8 linears for a bf16/fp16/fp32 checkpoint, quantized at load in the
+// checkpoints' format (a config that is already FP8 is left as it is).
+void RequestFp8Quantization(ModelConfig* config);
 
 // Parses config.json text. `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source);

@@ -169,6 +169,87 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Fp8LinearTest,
                                            Shape{17, 129, 720}, Shape{4, 384, 1040},
                                            Shape{33, 61, 77}));
 
+// Block quantization (transformers' formula): every element within half an e4m3 step of the
+// original, the block's largest magnitude at +-448, scales 1 / (448 / amax); odd sizes.
+TEST(Fp8WeightQuantizeTest, MatchesTransformersFormula) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist(0.0f, 0.05f);
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{200, 300}, {128, 128}, {5, 129}}) {
+    std::vector<float> w(n * k);
+    for (float& v : w) v = dist(rng);
+    const int64_t stride = Fp8WeightScaleStride(k);
+    std::vector<uint8_t> data(n * k);
+    std::vector<float> scale(Fp8Blocks(n) * stride, NAN);
+    cpu::QuantizeFp8Weight(w.data(), n, k, data.data(), scale.data(), stride);
+    for (int64_t bi = 0; bi < Fp8Blocks(n); ++bi) {
+      for (int64_t bj = 0; bj < Fp8Blocks(k); ++bj) {
+        float amax = 0.0f;
+        for (int64_t i = bi * 128; i < std::min(n, bi * 128 + 128); ++i)
+          for (int64_t j = bj * 128; j < std::min(k, bj * 128 + 128); ++j)
+            amax = std::max(amax, std::fabs(w[i * k + j]));
+        const float s = 448.0f / amax;
+        ASSERT_EQ(scale[bi * stride + bj], 1.0f / s) << bi << "," << bj;
+        for (int64_t i = bi * 128; i < std::min(n, bi * 128 + 128); ++i)
+          for (int64_t j = bj * 128; j < std::min(k, bj * 128 + 128); ++j)
+            ASSERT_EQ(data[i * k + j], NearestE4M3(w[i * k + j] * s)) << i << "," << j;
+      }
+    }
+  }
+}
+
+// A TP slice that starts inside a block keeps the checkpoint's scales for its part: dequantizing
+// the slice with row/col offsets (and gate|up parts) gives exactly the slice of the whole
+// tensor's dequantization.
+TEST(Fp8WeightQuantizeTest, OffsetSlicesDequantizeAsTheWholeTensor) {
+  std::mt19937 rng(3);
+  const int64_t n = 384, k = 384;  // 3 x 3 blocks, as a 235B expert (1536) at a smaller scale
+  std::vector<uint8_t> gate, up;
+  std::vector<float> gate_scale, up_scale;
+  RandomWeight(n, k, rng, &gate, &gate_scale, 3);
+  RandomWeight(n, k, rng, &up, &up_scale, 3);
+  std::vector<float> gate_full(n * k), up_full(n * k);
+  cpu::DequantizeFp8Weight(gate.data(), gate_scale.data(), 3, n, k, gate_full.data());
+  cpu::DequantizeFp8Weight(up.data(), up_scale.data(), 3, n, k, up_full.data());
+  for (int64_t start : {int64_t{0}, int64_t{96}, int64_t{192}, int64_t{288}}) {
+    const int64_t len = 96;  // TP4: rank r holds rows [96 r, 96 r + 96)
+    const int64_t first = start / 128, nb = (start + len - 1) / 128 - first + 1;
+    // Column-parallel gate|up: [gate rows | up rows] [2 len, k], scale rows [gate nb | up nb].
+    std::vector<uint8_t> fused(2 * len * k);
+    std::copy_n(gate.begin() + start * k, len * k, fused.begin());
+    std::copy_n(up.begin() + start * k, len * k, fused.begin() + len * k);
+    std::vector<float> fused_scale(2 * nb * 3);
+    std::copy_n(gate_scale.begin() + first * 3, nb * 3, fused_scale.begin());
+    std::copy_n(up_scale.begin() + first * 3, nb * 3, fused_scale.begin() + nb * 3);
+    Fp8Weight layout;
+    layout.scale = fused_scale.data();
+    layout.scale_stride = 3;
+    layout.row_offset = start % 128;
+    layout.part_rows = len;
+    layout.part_scale_rows = nb;
+    std::vector<float> got(2 * len * k);
+    cpu::DequantizeFp8Blocks(fused.data(), layout, 2 * len, k, 1, 0, got.data());
+    for (int64_t i = 0; i < len * k; ++i) {
+      ASSERT_EQ(got[i], gate_full[start * k + i]) << start << " gate " << i;
+      ASSERT_EQ(got[len * k + i], up_full[start * k + i]) << start << " up " << i;
+    }
+    // Row-parallel down [n, len]: the columns [start, start + len), scale columns overlapped.
+    std::vector<uint8_t> cols(n * len);
+    std::vector<float> col_scale(3 * nb);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(gate.begin() + i * k + start, len, &cols[i * len]);
+    for (int64_t b = 0; b < 3; ++b)
+      std::copy_n(gate_scale.begin() + b * 3 + first, nb, &col_scale[b * nb]);
+    Fp8Weight down;
+    down.scale = col_scale.data();
+    down.scale_stride = nb;
+    down.col_offset = start % 128;
+    std::vector<float> got_down(n * len);
+    cpu::DequantizeFp8Blocks(cols.data(), down, n, len, 1, 0, got_down.data());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < len; ++j)
+        ASSERT_EQ(got_down[i * len + j], gate_full[i * k + start + j]) << start << " down";
+  }
+}
+
 TEST(Fp8BackendTest, CpuOpsMatchReference) {
   auto cpu_backend = MakeCpuBackend();
   ASSERT_EQ(cpu_backend->fp8_mode(), Fp8Mode::kW8A8);

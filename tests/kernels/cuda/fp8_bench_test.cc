@@ -156,18 +156,16 @@ class CudaFp8Bench : public testing::CudaTest {
         run_ms);
     Report("W8A16 mma.sync", m, n, k, fp8_bytes, us["W8A16 mma"]);
     if (m <= cuda::kFp8GemvMaxRows) {
-      for (int variant : {1}) {
-        const std::string name = variant == 1 ? "W8A16 GEMV cvt" : "W8A16 GEMV shift";
-        us[name] = MedianMicros(
-            stream(),
-            [&](int c) {
-              cuda::LaunchFp8Gemv(xb, w.fp8[c % copies].data.as<uint8_t>(),
-                                  w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
-                                  stream(), 0, variant);
-            },
-            run_ms);
-        Report(name.c_str(), m, n, k, fp8_bytes, us[name]);
-      }
+      const std::string name = "W8A16 GEMV";
+      us[name] = MedianMicros(
+          stream(),
+          [&](int c) {
+            cuda::LaunchFp8Gemv(xb, w.fp8[c % copies].data.as<uint8_t>(),
+                                w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
+                                stream());
+          },
+          run_ms);
+      Report(name.c_str(), m, n, k, fp8_bytes, us[name]);
     }
     return us;
   }

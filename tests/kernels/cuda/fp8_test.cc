@@ -6,7 +6,8 @@
 //     block-scaled GEMM (Hopper; skipped with a message where cuBLASLt offers no algorithm):
 //     relative L2 within one bf16 rounding of the reference fed the same quantized values;
 //   - the ops table (Backend::QuantizeFp8 / LinearFp8 / LinearFp8WeightOnly) and the
-//     TESSERA_FP8_W8A16=1 switch.
+//     TESSERA_FP8_W8A16=1 switch;
+//   - DequantizeFp8Weight (offsets, parts, batches) and QuantizeFp8Weight: bit for bit.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -125,15 +126,14 @@ TEST_P(CudaFp8Test, WeightOnlyMatchesReference) {
   DeviceBuffer dx = testing::UploadBf16(gpu(), x);
   char what[96];
   if (m <= cuda::kFp8GemvMaxRows) {
-    for (int rows : {2, 4})
-      for (int variant : {1}) {
-        DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
-        cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
-                            w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream(), rows, variant);
-        std::snprintf(what, sizeof(what), "FP8 GEMV m=%ld n=%ld k=%ld rows=%d variant=%d", long(m),
-                      long(n), long(k), rows, variant);
-        testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
-      }
+    for (int rows : {2, 4}) {
+      DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
+      cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
+                          w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream(), rows);
+      std::snprintf(what, sizeof(what), "FP8 GEMV m=%ld n=%ld k=%ld rows=%d", long(m), long(n),
+                    long(k), rows);
+      testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+    }
   }
   DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
   cuda::LaunchFp8MmaW8A16(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
@@ -189,6 +189,64 @@ TEST_P(CudaFp8Test, W8A8MatchesReference) {
                   dy.data());
   std::snprintf(what, sizeof(what), "LinearFp8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
   testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+}
+
+// DequantizeFp8Weight (the MoE experts' per-step path, shards split inside a block): bf16
+// values identical to the reference's float32 product rounded once, for an aligned weight and for
+// a batch of two with row / column offsets and gate|up parts.
+TEST_P(CudaFp8Test, DequantizeWeightMatchesReference) {
+  const auto [m, n, k] = GetParam();
+  (void)m;
+  std::mt19937 rng(static_cast<unsigned>(n * 31 + k));
+  for (const bool split : {false, true}) {
+    Fp8Weight layout;
+    const int64_t batch = split ? 2 : 1;
+    if (split && n >= 2) {
+      layout.row_offset = 64;
+      layout.col_offset = 32;
+      layout.part_rows = n / 2;
+      layout.part_scale_rows = Fp8Blocks(n / 2 + 64);
+    }
+    const int64_t rows = layout.part_rows > 0 ? (n + layout.part_rows - 1) / layout.part_rows *
+                                                    layout.part_scale_rows
+                                              : Fp8Blocks(n + layout.row_offset);
+    layout.scale_stride = Fp8Blocks(k + layout.col_offset);
+    const int64_t per = rows * layout.scale_stride;
+    testing::HostFp8Weight w = testing::RandomFp8Weight(batch * n, k, rng);
+    std::vector<float> scale(batch * per);
+    std::uniform_real_distribution<float> s(0.5e-2f, 2e-2f);
+    for (float& v : scale) v = s(rng);
+    std::vector<float> ref(batch * n * k);
+    layout.scale = scale.data();
+    cpu::DequantizeFp8Blocks(w.data.data(), layout, n, k, batch, per, ref.data());
+    for (float& v : ref) v = testing::RoundBf16(v);
+    DeviceBuffer dd = testing::UploadRaw(gpu(), w.data), ds = testing::UploadRaw(gpu(), scale);
+    DeviceBuffer out = testing::PoisonedBf16(gpu(), batch * n * k);
+    layout.data = dd.data();
+    layout.scale = ds.as<float>();
+    gpu().DequantizeFp8Weight(layout, n, k, batch, per, out.data());
+    const std::vector<float> got = testing::DownloadBf16(gpu(), out, batch * n * k);
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], ref[i]) << "split " << split << " element " << i;
+  }
+}
+
+// QuantizeFp8Weight (--quantization fp8): bytes and scales identical to the reference's.
+TEST_P(CudaFp8Test, QuantizeWeightMatchesReference) {
+  const auto [m, n, k] = GetParam();
+  (void)m;
+  std::mt19937 rng(static_cast<unsigned>(n * 7 + k));
+  const std::vector<float> w = testing::RandomBf16(n * k, rng, -0.1f, 0.1f);
+  const int64_t stride = Fp8WeightScaleStride(k);
+  std::vector<uint8_t> ref_data(n * k);
+  std::vector<float> ref_scale(Fp8Blocks(n) * stride, 0.0f);
+  cpu::QuantizeFp8Weight(w.data(), n, k, ref_data.data(), ref_scale.data(), stride);
+  DeviceBuffer dw = testing::UploadBf16(gpu(), w);
+  DeviceBuffer data = gpu().Allocate(n * k);
+  DeviceBuffer scale = testing::UploadRaw(gpu(), std::vector<float>(ref_scale.size(), 0.0f));
+  gpu().QuantizeFp8Weight(dw.data(), n, k, {data.data(), scale.as<float>(), stride});
+  EXPECT_EQ(testing::DownloadRaw<uint8_t>(gpu(), data, n * k), ref_data);
+  EXPECT_EQ(testing::DownloadRaw<float>(gpu(), scale, ref_scale.size()), ref_scale);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaFp8Test,

@@ -576,6 +576,57 @@ TEST(ModelConfigTest, LoadModelConfig) {
   std::filesystem::remove_all(dir);
 }
 
+// ---- quantization_config ------------------------------------------------------------------------
+
+TEST(ModelConfigTest, Fp8QuantizationConfigs) {
+  const ModelConfig dense = LoadOrDie("Qwen3-32B-FP8.config.json");
+  EXPECT_TRUE(dense.quantization.fp8());
+  EXPECT_EQ(dense.quantization.fmt, "e4m3");
+  EXPECT_EQ(dense.quantization.activation_scheme, "dynamic");
+  EXPECT_EQ(dense.quantization.block_n, 128);
+  EXPECT_EQ(dense.quantization.block_k, 128);
+  EXPECT_TRUE(dense.quantization.modules_to_not_convert.empty());
+  const ModelConfig moe = LoadOrDie("Qwen3-235B-A22B-FP8.config.json");
+  EXPECT_TRUE(moe.quantization.fp8());
+  ASSERT_FALSE(moe.quantization.modules_to_not_convert.empty());
+  EXPECT_EQ(moe.quantization.modules_to_not_convert[0], "lm_head");
+  EXPECT_FALSE(LoadOrDie("Qwen3-8B.config.json").quantization.fp8());
+}
+
+TEST(ModelConfigTest, UnsupportedQuantizationIsRefused) {
+  const json base = json::parse(ReadFile(kData + "Qwen3-32B-FP8.config.json"));
+  struct Case {
+    const char* key;
+    json value;
+    const char* message;
+  };
+  for (const Case& c : {
+           Case{"quant_method", "awq", "\"quantization_config.quant_method\" must be \"fp8\""},
+           Case{"fmt", "e5m2", "\"quantization_config.fmt\" must be \"e4m3\""},
+           Case{"activation_scheme", "static",
+                "\"quantization_config.activation_scheme\" must be \"dynamic\""},
+           Case{"weight_block_size", json::array({64, 64}),
+                "\"quantization_config.weight_block_size\" must be [128, 128]"},
+           Case{"weight_block_size", nullptr,
+                "\"quantization_config.weight_block_size\" is missing"},
+           Case{"modules_to_not_convert", json::array({1}),
+                "\"quantization_config.modules_to_not_convert[0]\" must be a string"},
+       }) {
+    json config = base;
+    if (c.value.is_null()) {
+      config["quantization_config"].erase(c.key);
+    } else {
+      config["quantization_config"][c.key] = c.value;
+    }
+    const auto parsed = ParseModelConfig(config.dump(), "cfg.json");
+    EXPECT_EQ(parsed.status().code(), kInvalid) << c.key;
+    EXPECT_THAT(Msg(parsed.status()), HasSubstr(c.message)) << c.key;
+  }
+  json config = base;
+  config["quantization_config"] = "fp8";
+  EXPECT_EQ(ParseModelConfig(config.dump(), "cfg.json").status().code(), kInvalid);
+}
+
 TEST(ModelConfigTest, IsMoeLayerOnDenseConfig) {
   ModelConfig dense;
   dense.num_hidden_layers = 4;

@@ -1,0 +1,27 @@
+#!/bin/bash
+# One device call: the FP8 fixtures (written here by tests/golden/make_fp8_fixtures.py) against
+# transformers' FP8 (FineGrainedFP8, bf16 compute) on the GPU, `tessera run --device cuda` W8A8
+# and W8A16 against it, cuda_fp8_test, and a dummy-weight bench of a real shape in bf16 and FP8
+# (MODEL=dir with a config.json, e.g. scripts/bench/models/Qwen3-14B; BENCH=0 skips it).
+# scripts/gpu/pack.sh prepares .devcarry; run as: bash .devcarry/fp8-golden.sh
+set -u
+cd "$(dirname "$0")/.."
+root=$PWD
+python3 -c "import tarfile; tarfile.open('.devcarry/pack.tar.xz').extractall('.devcarry')" || exit 1
+export PATH=$PATH:/usr/local/cuda/bin LD_LIBRARY_PATH=$root/.devcarry/lib OMP_NUM_THREADS=8
+mkdir -p /work && { [ -e /work/wt-cuda ] || ln -s "$root" /work/wt-cuda; }  # TESSERA_SOURCE_DIR
+B=$root/.devcarry/bin
+S=$OUT/summary.txt
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a $S
+[ -x $B/cuda_fp8_test ] && { timeout 300 $B/cuda_fp8_test > $OUT/cuda_fp8_test.log 2>&1; echo "cuda_fp8_test: exit $? ($(grep -c '^\[       OK' $OUT/cuda_fp8_test.log) OK)" | tee -a $S; }
+fx=/tmp/fp8-fixtures
+python3 tests/golden/make_fp8_fixtures.py --out $fx 2>&1 | tee -a $S
+python3 .devcarry/fp8_golden.py $fx $B/tessera $OUT 2>&1 | grep -v Warning | tee -a $S
+if [ "${BENCH:-1}" = 1 ]; then
+  m=${MODEL:-scripts/bench/models/Qwen3-14B}
+  for q in "" "--quantization fp8"; do
+    echo "===== bench $m $q" | tee -a $S
+    timeout 400 $B/tessera bench --model $m --device cuda --ttft 4096 --decode-batch 1,64 \
+      --throughput-requests 0 $q 2>>$OUT/bench.log | tee -a $S
+  done
+fi
