@@ -326,7 +326,8 @@ void Engine::Intake() {
     }
     s.replica = best;
     by_id_[s.req.request_id] = &s;
-    if (s.req.deadline) deadlines_.emplace(*s.req.deadline, std::make_pair(s.arrival, s.req.request_id));
+    if (s.req.deadline)
+      deadlines_.emplace(*s.req.deadline, std::make_pair(s.arrival, s.req.request_id));
     auto& waiting = replicas_[best]->waiting;
     auto pos = std::upper_bound(waiting.begin(), waiting.end(), seq,
                                 [](const auto& a, const auto& b) { return a->Before(*b); });

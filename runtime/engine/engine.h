@@ -233,18 +233,17 @@ class Engine {
   // Engine thread only.
   std::vector<std::unique_ptr<Replica>> replicas_;
   uint64_t next_arrival_ = 0;
-  int64_t steps_ = 0;                         // forward steps run
-  std::unique_ptr<StepTrace> trace_;          // null without options_.step_trace_path
-  std::vector<OutputItem> outputs_;           // output work of this step, in order
+  int64_t steps_ = 0;                               // forward steps run
+  std::unique_ptr<StepTrace> trace_;                // null without options_.step_trace_path
+  std::vector<OutputItem> outputs_;                 // output work of this step, in order
   std::vector<std::unique_ptr<Sequence>> retired_;  // ended; freed once no output work names them
   std::vector<std::unique_ptr<Sequence>> retired_handed_;  // freed when the output thread is done
-  bool any_ended_ = false;                    // some sequence in the lists has ended
-  bool handed_ = false;                       // a batch is with the output thread, not joined
-  std::map<std::string, Sequence*> by_id_;    // sequences in the lists, by request id
+  bool any_ended_ = false;                                 // some sequence in the lists has ended
+  bool handed_ = false;                     // a batch is with the output thread, not joined
+  std::map<std::string, Sequence*> by_id_;  // sequences in the lists, by request id
   // Deadlines in time order: (arrival, request id) of each request that has one; entries of
   // requests that ended before their deadline are skipped when they come up.
-  std::multimap<std::chrono::steady_clock::time_point, std::pair<uint64_t, std::string>>
-      deadlines_;
+  std::multimap<std::chrono::steady_clock::time_point, std::pair<uint64_t, std::string>> deadlines_;
 
   // The output thread (async_output). out_mu_ guards the handover: the engine thread hands a
   // batch and later waits for it to be done; between the two only the output thread touches

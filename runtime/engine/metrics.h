@@ -93,13 +93,13 @@ class Metrics {
   std::atomic<uint64_t> kv_usage_bits_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generation_tokens_{0}, prefix_hit_tokens_{0},
       preemptions_{0};
-  std::string model_name_ = "tessera";        // set before serving
-  std::string cache_config_;                  // the cache_config_info labels; set before serving
+  std::string model_name_ = "tessera";  // set before serving
+  std::string cache_config_;            // the cache_config_info labels; set before serving
   Histogram ttft_, itl_, tpot_, e2e_, step_, host_;  // guarded by mu_
-  std::map<std::string, int64_t> finished_;   // guarded by mu_
-  std::map<std::string, int64_t> errors_;     // guarded by mu_
-  std::vector<int64_t> expert_tokens_;        // guarded by mu_
-  std::vector<int64_t> rank_rows_;            // guarded by mu_
+  std::map<std::string, int64_t> finished_;          // guarded by mu_
+  std::map<std::string, int64_t> errors_;            // guarded by mu_
+  std::vector<int64_t> expert_tokens_;               // guarded by mu_
+  std::vector<int64_t> rank_rows_;                   // guarded by mu_
 };
 
 }  // namespace tessera

@@ -20,14 +20,14 @@
 namespace tessera {
 
 enum class StepPhase : uint8_t {
-  kIntake,    // new requests, cancellations, deadlines
-  kSchedule,  // which sequences run, KV blocks reserved
-  kPlan,      // the StepPlan built (token ids, slots, block tables, sampling rows)
-  kBroadcast, // the plan serialised and broadcast to the other ranks
-  kForward,   // rank 0's forward, and the wait for every replica's ids and logits
-  kSample,    // host bookkeeping after the step: computed tokens, prefix-cache registration,
-              // host sampling, id-based stops
-  kOutput,    // detokenise, stop strings, output parser, stream pushes
+  kIntake,     // new requests, cancellations, deadlines
+  kSchedule,   // which sequences run, KV blocks reserved
+  kPlan,       // the StepPlan built (token ids, slots, block tables, sampling rows)
+  kBroadcast,  // the plan serialised and broadcast to the other ranks
+  kForward,    // rank 0's forward, and the wait for every replica's ids and logits
+  kSample,     // host bookkeeping after the step: computed tokens, prefix-cache registration,
+               // host sampling, id-based stops
+  kOutput,     // detokenise, stop strings, output parser, stream pushes
   kCount,
 };
 const char* StepPhaseName(StepPhase phase);
@@ -38,19 +38,17 @@ struct StepRecord {
   int64_t step = 0;
   int64_t begin_ns[static_cast<int>(StepPhase::kCount)] = {};
   int64_t end_ns[static_cast<int>(StepPhase::kCount)] = {};
-  int seqs = 0;            // sequences in the step
-  int prefill_tokens = 0;  // tokens of prompt chunks (and recomputation after preemption)
-  int decode_tokens = 0;   // one per decoding sequence
-  int running = 0;         // sequences running after scheduling, all replicas
-  int waiting = 0;         // sequences waiting after scheduling, all replicas
-  bool pure_decode = false;  // every micro-batch one token per sequence: decode-graph eligible
-  bool output_async = false; // kOutput ran on the output thread, overlapping the next step
+  int seqs = 0;               // sequences in the step
+  int prefill_tokens = 0;     // tokens of prompt chunks (and recomputation after preemption)
+  int decode_tokens = 0;      // one per decoding sequence
+  int running = 0;            // sequences running after scheduling, all replicas
+  int waiting = 0;            // sequences waiting after scheduling, all replicas
+  bool pure_decode = false;   // every micro-batch one token per sequence: decode-graph eligible
+  bool output_async = false;  // kOutput ran on the output thread, overlapping the next step
 
   void Begin(StepPhase p) { begin_ns[static_cast<int>(p)] = Now(); }
   void End(StepPhase p) { end_ns[static_cast<int>(p)] = Now(); }
-  static int64_t Now() {
-    return std::chrono::steady_clock::now().time_since_epoch().count();
-  }
+  static int64_t Now() { return std::chrono::steady_clock::now().time_since_epoch().count(); }
 };
 
 class StepTrace {

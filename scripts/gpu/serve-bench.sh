@@ -42,7 +42,7 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
       --warmup 4 --json "$@" >/tmp/bs.json 2>/tmp/bs.err
     tail -c 1000 /tmp/bs.err >>$S
     python3 -c "import json,sys; r=json.load(open('/tmp/bs.json')); print(json.dumps({'model':'$model','run':'$label','result':r}))" >>$J
-    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','bound_output_throughput','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
+    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','bound_output_throughput','host_us_per_step','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
   }
   run "burst ${BURST:-1000}, log-normal 256/128" --num-prompts ${BURST:-1000} --request-rate inf \
     --input-mean 256 --output-mean 128

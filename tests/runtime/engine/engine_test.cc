@@ -69,8 +69,8 @@ Result Drain(RequestStream& stream) {
 class EngineLoadTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto tok = Tokenizer::Load(std::string(TESSERA_SOURCE_DIR) +
-                               "/tests/data/qwen3/tokenizer-qwen3-0.6b");
+    auto tok =
+        Tokenizer::Load(std::string(TESSERA_SOURCE_DIR) + "/tests/data/qwen3/tokenizer-qwen3-0.6b");
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = tok->release();
     backend_ = MakeCpuBackend().release();
@@ -152,7 +152,6 @@ void AddStopStrings(std::vector<EngineRequest>* requests, const std::vector<Resu
   }
 }
 
-
 TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
   std::vector<EngineRequest> requests = Requests(36);
   const std::vector<Result> plain = OneAtATime(requests);
@@ -161,8 +160,8 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
   int stopped_by_string = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     ASSERT_LE(expected[i].tokens.size(), plain[i].tokens.size());
-    EXPECT_TRUE(std::equal(expected[i].tokens.begin(), expected[i].tokens.end(),
-                           plain[i].tokens.begin()))
+    EXPECT_TRUE(
+        std::equal(expected[i].tokens.begin(), expected[i].tokens.end(), plain[i].tokens.begin()))
         << i;
     if (!requests[i].stop.empty() && expected[i].reason == FinishReason::kStop) ++stopped_by_string;
   }
@@ -229,8 +228,8 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
     ss << in.rdbuf();
     const std::string json = ss.str();
     EXPECT_EQ(json.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u) << json.size();
-    for (const char* phase : {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"",
-                              "\"sample\"", "\"output\"", "\"prefill_tokens\":"}) {
+    for (const char* phase : {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"", "\"sample\"",
+                              "\"output\"", "\"prefill_tokens\":"}) {
       EXPECT_NE(json.find(phase), std::string::npos) << phase;
     }
     EXPECT_EQ(json.find("\"output_async\":true") != std::string::npos, async_output);
