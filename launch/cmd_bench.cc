@@ -40,6 +40,7 @@
 #include "launch/mpi_session.h"
 #include "launch/rank.h"
 #include "nlohmann/json.hpp"
+#include "rpc/bench_lengths.h"
 #include "runtime/engine/block_manager.h"
 #include "runtime/engine/engine.h"
 #include "runtime/engine/executor.h"
@@ -299,8 +300,8 @@ absl::StatusOr<int> Bench(MpiSession& mpi, BenchFlags& f) {
     options.max_model_len =
         std::min<int64_t>(config.max_position_embeddings, num_blocks * block_size);
     Engine engine(executor, nullptr, nullptr, options);
-    std::lognormal_distribution<double> in_len(std::log(input_mean) - 0.5, 1.0),
-        out_len(std::log(output_mean) - 0.5, 1.0);
+    std::lognormal_distribution<double> in_len = LogNormalLengths(input_mean),
+                                        out_len = LogNormalLengths(output_mean);
     std::vector<double> ttfts, tpots;
     std::atomic<int64_t> output_tokens{0}, failures{0};
     std::mutex mu;

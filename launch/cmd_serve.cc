@@ -38,6 +38,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -135,6 +136,17 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_option("--max-model-len", f->engine.max_model_len,
                  "longest prompt + output a request may have, at most the model's "
                  "max_position_embeddings (0: that); also bounds the step workspace");
+  app.add_flag("--async-output,!--no-async-output", f->engine.async_output,
+               "detokenise, match stop strings and stream on the output thread while the next "
+               "step runs (default on; a stop string is then seen one step late, its extra token "
+               "discarded)");
+  app.add_option("--step-trace", f->engine.step_trace_path,
+                 "write the engine's step timeline (Chrome trace JSON, for Perfetto) to this file "
+                 "when serving ends (default: $TESSERA_STEP_TRACE)")
+      ->type_name("FILE");
+  app.add_option("--step-trace-steps", f->engine.step_trace_steps,
+                 "the step timeline keeps this many last steps")
+      ->type_name("N");
   // Logs.
   app.add_option("--log-stats-interval", f->log_stats_interval,
                  "while busy, log a stats line every this many seconds (0: never)")
@@ -155,6 +167,8 @@ absl::Status Validate(const ServeFlags& f, bool api_key_given) {
     return absl::InvalidArgumentError(
         "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1");
   }
+  if (f.engine.step_trace_steps < 1)
+    return absl::InvalidArgumentError("--step-trace-steps must be >= 1");
   if (f.server.keepalive_time_s <= 0 || f.server.keepalive_timeout_s <= 0) {
     return absl::InvalidArgumentError(
         "--client-keepalive and --client-keepalive-timeout must be > 0");
@@ -255,6 +269,9 @@ int Coordinate(MpiSession& mpi, ServeFlags& f, Rank& rank) {
   frontend.default_sampling = model.default_sampling;
   EngineOptions& engine_options = f.engine;
   engine_options.enable_prefix_caching = !f.no_prefix_caching;
+  if (engine_options.step_trace_path.empty()) {
+    if (const char* env = std::getenv("TESSERA_STEP_TRACE")) engine_options.step_trace_path = env;
+  }
   engine_options.sampleable_vocab = model.sampleable_vocab;
   engine_options.eos_token_ids = model.eos_token_ids;
   // The name clients send as `model`: --served-model-name's, else the directory's, or the

@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "rpc/bench_lengths.h"
 
 namespace tessera {
 namespace {
@@ -97,6 +98,7 @@ struct StepTime {
   bool ok = false;  // false: the endpoint could not be read or does not export them
   double seconds = 0;
   int64_t steps = 0;
+  double host_seconds = 0;  // tessera:engine_step_host_seconds_sum (0 from older servers)
 };
 
 StepTime ScrapeStepTime(const std::string& address) {
@@ -129,6 +131,7 @@ StepTime ScrapeStepTime(const std::string& address) {
       t.seconds += value;
       have_sum = true;
     }
+    if (name == "tessera:engine_step_host_seconds_sum") t.host_seconds += value;
     if (name == "tessera:engine_step_seconds_count") {
       t.steps += static_cast<int64_t>(value);
       have_count = true;
@@ -154,8 +157,8 @@ LatencySummary Summarize(const std::vector<double>& values) {
 std::vector<std::pair<int, int>> DrawLengths(const BenchServeOptions& o, int count,
                                              int max_model_len) {
   std::mt19937_64 rng(o.seed);
-  std::lognormal_distribution<double> in_len(std::log(o.input_mean) - 0.5, 1.0),
-      out_len(std::log(o.output_mean) - 0.5, 1.0);
+  std::lognormal_distribution<double> in_len = LogNormalLengths(o.input_mean),
+                                      out_len = LogNormalLengths(o.output_mean);
   std::vector<std::pair<int, int>> lengths;
   for (int i = 0; i < count; ++i) {
     int in = o.input_len > 0 ? o.input_len
@@ -303,6 +306,8 @@ absl::StatusOr<BenchServeResult> RunBenchServe(const BenchServeOptions& options)
     r.engine_steps = after.steps - before.steps;
     r.bound_output_throughput = static_cast<double>(r.output_tokens) / r.engine_step_seconds;
     r.efficiency = r.output_throughput / r.bound_output_throughput;
+    r.engine_host_seconds = after.host_seconds - before.host_seconds;
+    if (r.engine_steps > 0) r.host_us_per_step = 1e6 * r.engine_host_seconds / r.engine_steps;
   }
   return r;
 }
@@ -343,6 +348,8 @@ std::string BenchServeReport(const BenchServeOptions& o, const BenchServeResult&
     line("Bound: output tok/s at zero overhead",
          absl::StrFormat("%.2f", r.bound_output_throughput));
     line("Engine efficiency", absl::StrFormat("%.1f%%", 100 * r.efficiency));
+    line("Engine host time (s), us per step",
+         absl::StrFormat("%.2f, %.0f", r.engine_host_seconds, r.host_us_per_step));
   } else if (!o.metrics_address.empty()) {
     line("Bound", "not available (metrics endpoint unreadable or without engine step time)");
   }
@@ -382,6 +389,8 @@ std::string BenchServeJson(const BenchServeOptions& o, const BenchServeResult& r
     j["engine_steps"] = r.engine_steps;
     j["bound_output_throughput"] = r.bound_output_throughput;
     j["efficiency"] = r.efficiency;
+    j["engine_host_seconds"] = r.engine_host_seconds;
+    j["host_us_per_step"] = r.host_us_per_step;
   }
   return j.dump(2);
 }

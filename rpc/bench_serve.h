@@ -65,6 +65,10 @@ struct BenchServeResult {
   int64_t engine_steps = 0;
   double bound_output_throughput = 0;  // output tokens / engine step seconds
   double efficiency = 0;               // output_throughput / bound_output_throughput
+  // Rank 0's host time outside the forwards over the run (tessera:engine_step_host_seconds):
+  // what the device waits for each step unless the engine overlaps it.
+  double engine_host_seconds = 0;
+  double host_us_per_step = 0;
 };
 
 // Runs the benchmark against a live server. Errors only when the server cannot be reached at all;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -99,7 +100,10 @@ struct Engine::Sequence {
   std::unique_ptr<StreamingDetokenizer> detok;
   std::unique_ptr<ChatOutputParser> parser;
   std::string held;  // text held back: it may be the start of a stop string
-  bool done = false;
+  // Engine thread: ended (blocks freed); it leaves the lists at the next RemoveEnded.
+  bool ended = false;
+  // Output side: its last output was pushed (later output work for it is dropped).
+  bool output_ended = false;
 
   int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
   // Scheduling order: priority, then arrival (FCFS).
@@ -113,7 +117,19 @@ struct Engine::Replica {
       : manager(blocks, block_size, caching) {}
   BlockManager manager;
   std::vector<std::unique_ptr<Sequence>> running;  // in scheduling order
-  std::vector<std::unique_ptr<Sequence>> waiting;  // in scheduling order
+  std::deque<std::unique_ptr<Sequence>> waiting;   // in scheduling order
+};
+
+// One token's (or one end's) output work, queued by the engine thread in order.
+struct Engine::OutputItem {
+  Sequence* seq = nullptr;
+  int32_t token = -1;  // -1: no token, an end decided by the engine (cancel, deadline, shutdown)
+  int generated = 0;   // tokens generated, this one included
+  Clock::time_point time;                     // the token's time (or the last token's for an end)
+  FinishReason finish = FinishReason::kNone;  // ids-based stop, or the engine's end
+  bool length = false;                        // max_tokens or the context window reached
+  absl::Status status;
+  std::vector<TokenLogprobs> logprobs;
 };
 
 StepLimits EngineStepLimits(const EngineOptions& options, const ModelConfig& config,
@@ -159,6 +175,9 @@ Engine::Engine(Executor& executor, const Tokenizer* tokenizer, Metrics* metrics,
   }
   total_blocks_ = static_cast<int64_t>(executor_.num_kv_blocks()) * executor_.parallel().dp;
   free_blocks_ = total_blocks_.load();
+  if (!options_.step_trace_path.empty()) {
+    trace_ = std::make_unique<StepTrace>(options_.step_trace_path, options_.step_trace_steps);
+  }
   UpdateGauges();  // scrapes before the first request see the idle state
   last_progress_ns_ = Clock::now().time_since_epoch().count();
 }
@@ -308,29 +327,52 @@ void Engine::Intake() {
     }
     if (const int sibling = SiblingReplica(s); sibling >= 0) best = sibling;
     s.replica = best;
+    by_id_[s.req.request_id] = &s;
+    if (s.req.deadline)
+      deadlines_.emplace(*s.req.deadline, std::make_pair(s.arrival, s.req.request_id));
     auto& waiting = replicas_[best]->waiting;
     auto pos = std::upper_bound(waiting.begin(), waiting.end(), seq,
                                 [](const auto& a, const auto& b) { return a->Before(*b); });
     waiting.insert(pos, std::move(seq));
   }
   // Cancellations and deadlines: end the request and free its blocks now.
-  const auto now = Clock::now();
-  for (auto& replica : replicas_) {
-    for (auto* list : {&replica->running, &replica->waiting}) {
-      for (auto& seq : *list) {
-        if (cancelled.count(seq->req.request_id)) {
-          EngineOutput out;
-          Finish(seq.get(), FinishReason::kCancelled,
-                 absl::CancelledError("cancelled by the client"), std::move(out));
-        } else if (seq->req.deadline && now >= *seq->req.deadline) {
-          EngineOutput out;
-          Finish(seq.get(), FinishReason::kError,
-                 absl::DeadlineExceededError("the request's deadline passed"), std::move(out));
-        }
-      }
-      list->erase(std::remove_if(list->begin(), list->end(), [](const auto& s) { return s->done; }),
-                  list->end());
+  // NOTE: by id and by a time-ordered map: a step never scans every sequence in flight for them.
+  for (const std::string& id : cancelled) {
+    auto it = by_id_.find(id);
+    if (it != by_id_.end()) {
+      End(it->second, FinishReason::kCancelled, absl::CancelledError("cancelled by the client"));
     }
+  }
+  const auto now = Clock::now();
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    const auto [arrival, id] = deadlines_.begin()->second;
+    deadlines_.erase(deadlines_.begin());
+    auto it = by_id_.find(id);
+    if (it == by_id_.end() || it->second->arrival != arrival) continue;  // ended before
+    End(it->second, FinishReason::kError,
+        absl::DeadlineExceededError("the request's deadline passed"));
+  }
+  RemoveEnded();
+}
+
+void Engine::RemoveEnded() {
+  if (!any_ended_) return;
+  any_ended_ = false;
+  const auto sweep = [this](auto* list) {
+    auto keep = list->begin();
+    for (auto it = list->begin(); it != list->end(); ++it) {
+      if ((*it)->ended) {
+        retired_.push_back(std::move(*it));
+      } else {
+        if (keep != it) *keep = std::move(*it);
+        ++keep;
+      }
+    }
+    list->erase(keep, list->end());
+  };
+  for (auto& replica : replicas_) {
+    sweep(&replica->running);
+    sweep(&replica->waiting);
   }
 }
 
@@ -423,22 +465,36 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
     }
     s->admitted_once = true;
     replica.running.push_back(std::move(replica.waiting.front()));
-    replica.waiting.erase(replica.waiting.begin());
+    replica.waiting.pop_front();
     scheduled->push_back({s, n});
     budget -= n;
   }
   return !scheduled->empty();
 }
 
-void Engine::Step() {
+void Engine::Step(StepRecord* rec) {
   const int dp = static_cast<int>(replicas_.size());
   const int pp = executor_.parallel().pp;
   const int bs = executor_.block_size();
+  rec->Begin(StepPhase::kSchedule);
+  RemoveEnded();
   std::vector<std::vector<std::pair<Sequence*, int>>> scheduled(dp);
   bool any = false;
   for (int d = 0; d < dp; ++d) any |= Schedule(*replicas_[d], &scheduled[d]);
+  rec->End(StepPhase::kSchedule);
+  if (!any) {
+    // Nothing to run: finish the output work still pending (ends from Intake, the last step's).
+    JoinOutputs();
+    FlushOutputs(-1);
+    JoinOutputs();
+    RemoveEnded();
+    UpdateGauges();
+    return;
+  }
   UpdateGauges();
-  if (!any) return;
+  rec->running = static_cast<int>(running_count_);
+  rec->waiting = static_cast<int>(waiting_count_);
+  rec->Begin(StepPhase::kPlan);
 
   // Micro-batches: with pipeline stages, split each replica's sequences into up to `pp` groups
   // of similar token counts; every replica gets the same number of micro-batches.
@@ -483,14 +539,29 @@ void Engine::Step() {
       plan.replicas[d][m] = std::move(b).Build();
     }
   }
+  rec->pure_decode = true;
+  for (int d = 0; d < dp; ++d) {
+    for (const auto& [s, n] : scheduled[d]) {
+      ++rec->seqs;
+      const bool decode = s->num_computed + n == static_cast<int>(s->tokens.size()) && n == 1 &&
+                          s->num_computed >= s->prompt_len;
+      (decode ? rec->decode_tokens : rec->prefill_tokens) += n;
+      rec->pure_decode &= decode;
+    }
+  }
+  rec->End(StepPhase::kPlan);
 
   const auto step_start = std::chrono::steady_clock::now();
-  const StepOutput result = executor_.Execute(plan);
-  ++steps_;
+  const StepOutput result = executor_.Execute(plan, rec);
+  rec->step = steps_++;
   if (metrics_ != nullptr) {
     metrics_->ObserveEngineStep(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
   }
+  rec->Begin(StepPhase::kSample);
+  // The output work of the previous step ran beside this forward; what it ended (stop strings,
+  // slow readers) is freed now, and such a sequence's token of this step is discarded.
+  JoinOutputs();
   TESSERA_CHECK_EQ(result.tokens.size(), row_owner.size());
   size_t host_rows = 0;
   for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;
@@ -511,28 +582,29 @@ void Engine::Step() {
   size_t h = 0;  // host rows' logits, in row order
   for (size_t k = 0; k < row_owner.size(); ++k) {
     Sequence* s = row_owner[k];
+    const float* row = s->host_sampled ? result.logits.data() + h++ * vocab_ : nullptr;
+    if (s->ended) continue;  // ended by the previous step's output work
     if (!s->host_sampled) {
       TESSERA_CHECK(result.tokens[k] >= 0 && result.tokens[k] < options_.sampleable_vocab)
           << "device sampled id " << result.tokens[k];
-      Emit(s, result.tokens[k], nullptr);
+      Accept(s, result.tokens[k], nullptr);
       continue;
     }
-    const float* row = result.logits.data() + h++ * vocab_;
     const std::vector<int32_t> generated(s->tokens.begin() + s->prompt_len, s->tokens.end());
     const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_),
                                              options_.sampleable_vocab, s->tokens, generated);
-    Emit(s, token, row);
+    Accept(s, token, row);
   }
-  for (auto& replica : replicas_) {
-    auto& running = replica->running;
-    running.erase(
-        std::remove_if(running.begin(), running.end(), [](const auto& s) { return s->done; }),
-        running.end());
-  }
+  rec->End(StepPhase::kSample);
+  rec->output_async = out_thread_.joinable();
+  if (!rec->output_async) rec->Begin(StepPhase::kOutput);
+  FlushOutputs(rec->step);
+  if (!rec->output_async) rec->End(StepPhase::kOutput);
+  RemoveEnded();
   UpdateGauges();
 }
 
-void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
+void Engine::Accept(Sequence* s, int32_t token, const float* logits) {
   const auto now = Clock::now();
   if (s->generated() == 0) {
     s->first_token = now;
@@ -544,8 +616,11 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
   s->tokens.push_back(token);
   if (metrics_) metrics_->AddGenerationTokens(1);
 
-  EngineOutput out;
-  out.token_ids.push_back(token);
+  OutputItem item;
+  item.seq = s;
+  item.token = token;
+  item.generated = s->generated();
+  item.time = now;
   if (s->req.top_logprobs >= 0) {  // such rows are host-sampled: their logits are here
     // Log-probabilities of the model's own distribution (before penalties and temperature).
     const float mx = *std::max_element(logits, logits + options_.sampleable_vocab);
@@ -564,16 +639,44 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
       });
       for (int i = 0; i < k; ++i) lp.top.push_back({ids[i], logits[ids[i]] - log_sum});
     }
-    out.logprobs.push_back(std::move(lp));
+    item.logprobs.push_back(std::move(lp));
   }
-
-  // Why this token ends the request, if it does.
-  FinishReason finish = FinishReason::kNone;
+  // The ids-based ends are decided here, exactly: the sequence is not scheduled again.
   const bool eos = !s->req.ignore_eos &&
                    std::count(options_.eos_token_ids.begin(), options_.eos_token_ids.end(), token);
   const bool stop_id =
       std::count(s->req.stop_token_ids.begin(), s->req.stop_token_ids.end(), token);
-  if (eos || stop_id) finish = FinishReason::kStop;
+  if (eos || stop_id) item.finish = FinishReason::kStop;
+  item.length = s->generated() >= s->req.max_tokens ||
+                static_cast<int64_t>(s->tokens.size()) >= options_.max_model_len;
+  if (item.finish != FinishReason::kNone || item.length) Release(s);
+  outputs_.push_back(std::move(item));
+}
+
+void Engine::End(Sequence* s, FinishReason reason, absl::Status status) {
+  if (s->ended) return;
+  OutputItem item;
+  item.seq = s;
+  item.generated = s->generated();
+  item.time = s->generated() > 0 ? s->last_token : Clock::now();
+  item.finish = reason;
+  item.status = std::move(status);
+  Release(s);
+  outputs_.push_back(std::move(item));
+}
+
+void Engine::ProcessOutput(OutputItem& item) {
+  Sequence* s = item.seq;
+  if (s->output_ended) return;  // its last output is out (a stop string one step earlier)
+  if (item.token < 0) {
+    PushFinal(item, item.finish, item.status, EngineOutput{});
+    return;
+  }
+  const int32_t token = item.token;
+  EngineOutput out;
+  out.token_ids.push_back(token);
+  out.logprobs = std::move(item.logprobs);
+  FinishReason finish = item.finish;
 
   // Text: whole characters only; hold back what could start a stop string.
   std::string text;
@@ -603,11 +706,7 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
   } else {
     emit.swap(s->held);
   }
-  if (finish == FinishReason::kNone &&
-      (s->generated() >= s->req.max_tokens ||
-       static_cast<int64_t>(s->tokens.size()) >= options_.max_model_len)) {
-    finish = FinishReason::kLength;
-  }
+  if (finish == FinishReason::kNone && item.length) finish = FinishReason::kLength;
   if (finish != FinishReason::kNone && finish != FinishReason::kStop) {
     // Ran out of tokens: what was held back (and any partial character) is output after all.
     emit += s->held;
@@ -641,23 +740,25 @@ void Engine::Emit(Sequence* s, int32_t token, const float* logits) {
   }
 
   if (finish != FinishReason::kNone) {
-    Finish(s, finish, absl::OkStatus(), std::move(out));
+    PushFinal(item, finish, absl::OkStatus(), std::move(out));
   } else if (s->stream->Push(std::move(out)) == RequestStream::PushResult::kFull) {
     // The reader is too far behind (a stalled client): end the request rather than buffer more.
-    Finish(
-        s, FinishReason::kError,
+    PushFinal(
+        item, FinishReason::kError,
         absl::ResourceExhaustedError(absl::StrCat(
             "the client reads too slowly (", options_.max_buffered_outputs, " outputs buffered)")),
         EngineOutput{});
   }
 }
 
-void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, EngineOutput out) {
+void Engine::PushFinal(OutputItem& item, FinishReason reason, absl::Status status,
+                       EngineOutput out) {
+  Sequence* s = item.seq;
   out.finished = true;
   out.finish_reason = reason;
   out.status = std::move(status);
   out.prompt_tokens = s->prompt_len;
-  out.completion_tokens = s->generated();
+  out.completion_tokens = item.generated;
   out.cached_tokens = s->cached_tokens;
   const std::string code = absl::StatusCodeToString(out.status.code());
   std::optional<EngineOutput> logged;
@@ -668,7 +769,7 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
   if (ended && logged) {
     const auto now = Clock::now();
     options_.on_request_finish(s->req, *logged,
-                               s->generated() > 0 ? Seconds(s->first_token - s->arrived) : -1.0,
+                               item.generated > 0 ? Seconds(s->first_token - s->arrived) : -1.0,
                                Seconds(now - s->arrived));
   }
   if (metrics_ && ended) {
@@ -677,22 +778,90 @@ void Engine::Finish(Sequence* s, FinishReason reason, absl::Status status, Engin
     } else {
       metrics_->AddFinished(FinishReasonName(reason));
     }
-    const auto now = Clock::now();
-    metrics_->ObserveEndToEnd(Seconds(now - s->arrived));
-    if (s->generated() > 1) {
-      metrics_->ObserveTimePerOutputToken(Seconds(s->last_token - s->first_token) /
-                                          (s->generated() - 1));
+    metrics_->ObserveEndToEnd(Seconds(Clock::now() - s->arrived));
+    if (item.generated > 1) {
+      metrics_->ObserveTimePerOutputToken(Seconds(item.time - s->first_token) /
+                                          (item.generated - 1));
     }
   }
-  Release(s);
-}
-
-void Engine::Release(Sequence* s) {
-  replicas_[s->replica]->manager.Free(&s->blocks);
-  s->done = true;
+  s->output_ended = true;
+  output_ended_.push_back(s);
   std::lock_guard<std::mutex> lock(mu_);
   live_.erase(s->req.request_id);
   cancelled_.erase(s->req.request_id);
+}
+
+void Engine::Release(Sequence* s) {
+  if (s->ended) return;
+  replicas_[s->replica]->manager.Free(&s->blocks);
+  s->ended = true;
+  any_ended_ = true;
+  auto it = by_id_.find(s->req.request_id);
+  if (it != by_id_.end() && it->second == s) by_id_.erase(it);
+}
+
+void Engine::FlushOutputs(int64_t step) {
+  if (out_thread_.joinable()) {
+    if (outputs_.empty()) {
+      if (!handed_) retired_.clear();  // no output work names them
+      return;
+    }
+    std::lock_guard<std::mutex> lock(out_mu_);
+    TESSERA_CHECK(!handed_ && out_batch_.empty());
+    out_batch_.swap(outputs_);
+    out_step_ = step;
+    out_busy_ = true;
+    retired_handed_ = std::move(retired_);
+    retired_.clear();
+    handed_ = true;
+    out_cv_.notify_all();
+    return;
+  }
+  for (OutputItem& item : outputs_) ProcessOutput(item);
+  outputs_.clear();
+  for (Sequence* s : output_ended_) Release(s);
+  output_ended_.clear();
+  RemoveEnded();
+  retired_.clear();
+}
+
+void Engine::JoinOutputs() {
+  if (!handed_) return;
+  std::vector<Sequence*> ended;
+  int64_t step, begin_ns, end_ns;
+  {
+    std::unique_lock<std::mutex> lock(out_mu_);
+    out_cv_.wait(lock, [this] { return !out_busy_; });
+    ended.swap(output_ended_);
+    step = out_done_step_;
+    begin_ns = out_begin_ns_;
+    end_ns = out_end_ns_;
+  }
+  handed_ = false;
+  if (trace_ && step >= 0) trace_->SetOutput(step, begin_ns, end_ns);
+  for (Sequence* s : ended) Release(s);  // before retired_handed_ goes: it may hold them
+  retired_handed_.clear();
+}
+
+void Engine::OutputLoop() {
+  std::unique_lock<std::mutex> lock(out_mu_);
+  for (;;) {
+    out_cv_.wait(lock, [this] { return out_busy_ || out_quit_; });
+    if (!out_busy_) return;  // quit with nothing pending
+    std::vector<OutputItem> batch;
+    batch.swap(out_batch_);
+    const int64_t step = out_step_;
+    lock.unlock();
+    const int64_t begin = StepRecord::Now();
+    for (OutputItem& item : batch) ProcessOutput(item);
+    const int64_t end = StepRecord::Now();
+    lock.lock();
+    out_done_step_ = step;
+    out_begin_ns_ = begin;
+    out_end_ns_ = end;
+    out_busy_ = false;
+    out_cv_.notify_all();
+  }
 }
 
 void Engine::UpdateGauges() {
@@ -716,7 +885,12 @@ void Engine::UpdateGauges() {
 void Engine::Run() {
   const auto progress = [this] { last_progress_ns_ = Clock::now().time_since_epoch().count(); };
   progress();
+  if (options_.async_output) out_thread_ = std::thread(&Engine::OutputLoop, this);
   for (;;) {
+    // Sequences still in the lists (or output work not joined) keep the loop stepping, so that
+    // what their output ended is freed before the loop idles.
+    bool pending = handed_ || !outputs_.empty();
+    for (const auto& r : replicas_) pending |= !r->running.empty() || !r->waiting.empty();
     {
       std::unique_lock<std::mutex> lock(mu_);
       if (stopping_ || failed_) break;
@@ -731,7 +905,7 @@ void Engine::Run() {
         cv_.wait(lock, [this] { return stopping_ || failed_; });
         break;
       }
-      const bool idle = incoming_.empty() && cancelled_.empty() && live_.empty();
+      const bool idle = incoming_.empty() && cancelled_.empty() && live_.empty() && !pending;
       if (idle) {
         // Nothing to do: wake for work, or send the workers a heartbeat that every rank answers:
         // their wait for the next plan never looks like a hang to their watchdog, and a hung
@@ -747,8 +921,24 @@ void Engine::Run() {
         if (stopping_ || failed_) break;
       }
     }
+    StepRecord rec;
+    rec.Begin(StepPhase::kIntake);
     Intake();
-    Step();
+    rec.End(StepPhase::kIntake);
+    Step(&rec);
+    if (rec.end_ns[static_cast<int>(StepPhase::kForward)] != 0) {
+      // A forward ran: its host time is the loop's time outside the forward.
+      int64_t last = 0;
+      for (int p = 0; p < static_cast<int>(StepPhase::kCount); ++p) {
+        if (!(rec.output_async && p == static_cast<int>(StepPhase::kOutput)))
+          last = std::max(last, rec.end_ns[p]);
+      }
+      const int64_t host = last - rec.begin_ns[static_cast<int>(StepPhase::kIntake)] -
+                           (rec.end_ns[static_cast<int>(StepPhase::kForward)] -
+                            rec.begin_ns[static_cast<int>(StepPhase::kForward)]);
+      if (metrics_) metrics_->ObserveEngineHost(static_cast<double>(host) / 1e9);
+      if (trace_) trace_->Add(rec);
+    }
     progress();
   }
   absl::Status stop_status;
@@ -757,13 +947,27 @@ void Engine::Run() {
     stop_status =
         stop_status_.ok() ? absl::UnavailableError("the server is shutting down") : stop_status_;
   }
+  // The output thread's work ends first; from here on outputs are pushed on this thread.
+  JoinOutputs();
+  if (out_thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(out_mu_);
+      out_quit_ = true;
+      out_cv_.notify_all();
+    }
+    out_thread_.join();
+  }
   // Whatever is still in flight cannot finish now.
   for (auto& replica : replicas_) {
-    for (auto* list : {&replica->running, &replica->waiting}) {
-      for (auto& seq : *list) Finish(seq.get(), FinishReason::kError, stop_status, EngineOutput{});
-      list->clear();
-    }
+    for (auto& seq : replica->running) End(seq.get(), FinishReason::kError, stop_status);
+    for (auto& seq : replica->waiting) End(seq.get(), FinishReason::kError, stop_status);
   }
+  FlushOutputs(-1);
+  for (auto& replica : replicas_) {
+    replica->running.clear();
+    replica->waiting.clear();
+  }
+  by_id_.clear();
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& seq : incoming_) {
@@ -782,6 +986,11 @@ void Engine::Run() {
   // After a rank failed (FailAll) the workers cannot be reached; otherwise they are told to stop,
   // also when requests were cut off (a drain timeout).
   if (!failed_) executor_.Shutdown();
+  if (trace_) {
+    if (absl::Status s = trace_->Write(); !s.ok()) {
+      std::fprintf(stderr, "tessera: %s\n", std::string(s.message()).c_str());
+    }
+  }
 }
 
 }  // namespace tessera

@@ -19,6 +19,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,6 +27,7 @@
 #include "runtime/engine/executor.h"
 #include "runtime/engine/metrics.h"
 #include "runtime/engine/sampler.h"
+#include "runtime/engine/step_trace.h"
 #include "runtime/text/chat/output_parser.h"
 #include "runtime/text/tokenizer/tokenizer.h"
 
@@ -129,12 +131,22 @@ struct EngineOptions {
   // ends it (stall-step).
   int64_t fault_after_steps = -1;
   std::function<void()> fault;
-  // Request logs (serve --log-requests), called on the engine thread: once when a request is
-  // taken in, once when it ends (its last output, the time to its first token, < 0 if none came,
-  // and its end-to-end time, in seconds). They must return at once.
+  // Request logs (serve --log-requests), called on the engine thread (the finish, with async
+  // output, on its output thread): once when a request is taken in, once when it ends (its last
+  // output, the time to its first token, < 0 if none came, and its end-to-end time, in seconds).
+  // They must return at once.
   std::function<void(const EngineRequest&)> on_request_arrival;
   std::function<void(const EngineRequest&, const EngineOutput& last, double ttft_s, double e2e_s)>
       on_request_finish;
+  // The step timeline (runtime/engine/step_trace.h): "" = none; else the last
+  // `step_trace_steps` forward steps are written to this file when Run() returns.
+  std::string step_trace_path;
+  int64_t step_trace_steps = 20000;
+  // Output work (detokenising, stop strings, the output parser, stream pushes and their
+  // listeners) on the engine's output thread, overlapping the next step's forward. A stop string
+  // is then seen one step late: the sequence's token of that next step is discarded (its KV
+  // written, never output). Ids-based ends (EOS, stop ids, max_tokens, the context) stay exact.
+  bool async_output = true;
 };
 
 // The largest step an Engine with `options` plans (per replica and micro-batch), for an executor
@@ -187,6 +199,7 @@ class Engine {
  private:
   struct Sequence;
   struct Replica;
+  struct OutputItem;
 
   absl::Status Validate(const EngineRequest& request) const;
   void Intake();
@@ -196,11 +209,24 @@ class Engine {
   // for a running sibling to compute and register the prompt's full blocks.
   int SiblingReplica(const Sequence& seq) const;
   bool WaitsForSibling(const Replica& replica, const Sequence& seq) const;
-  void Step();
-  // `logits`: the row's logits for host-sampled rows, null for rows sampled on the device.
-  void Emit(Sequence* seq, int32_t token, const float* logits);
-  void Finish(Sequence* seq, FinishReason reason, absl::Status status, EngineOutput out);
+  void Step(StepRecord* record);
+  // The engine thread's part of a new token: appends it, times it, decides the ids-based ends,
+  // and queues its output work. `logits`: the row's logits for host-sampled rows, else null.
+  void Accept(Sequence* seq, int32_t token, const float* logits);
+  // Ends `seq` now on the engine thread (cancellation, deadline, shutdown): its blocks are freed
+  // and its last output is queued behind its earlier ones.
+  void End(Sequence* seq, FinishReason reason, absl::Status status);
+  // Frees the sequence's blocks; it leaves the scheduler's lists at the next cleanup.
   void Release(Sequence* seq);
+  // The output work of one item: text, stops, parser, stream push (output thread or engine).
+  void ProcessOutput(OutputItem& item);
+  void PushFinal(OutputItem& item, FinishReason reason, absl::Status status, EngineOutput out);
+  // Hands the queued output work over (async) or does it now; then applies the ends it found.
+  void FlushOutputs(int64_t step);
+  // Waits for the output thread's batch, then frees what it ended (stop strings, slow readers).
+  void JoinOutputs();
+  void OutputLoop();
+  void RemoveEnded();
   void UpdateGauges();
 
   Executor& executor_;
@@ -223,7 +249,29 @@ class Engine {
   // Engine thread only.
   std::vector<std::unique_ptr<Replica>> replicas_;
   uint64_t next_arrival_ = 0;
-  int64_t steps_ = 0;                         // forward steps run
+  int64_t steps_ = 0;                               // forward steps run
+  std::unique_ptr<StepTrace> trace_;                // null without options_.step_trace_path
+  std::vector<OutputItem> outputs_;                 // output work of this step, in order
+  std::vector<std::unique_ptr<Sequence>> retired_;  // ended; freed once no output work names them
+  std::vector<std::unique_ptr<Sequence>> retired_handed_;  // freed when the output thread is done
+  bool any_ended_ = false;                                 // some sequence in the lists has ended
+  bool handed_ = false;                     // a batch is with the output thread, not joined
+  std::map<std::string, Sequence*> by_id_;  // sequences in the lists, by request id
+  // Deadlines in time order: (arrival, request id) of each request that has one; entries of
+  // requests that ended before their deadline are skipped when they come up.
+  std::multimap<std::chrono::steady_clock::time_point, std::pair<uint64_t, std::string>> deadlines_;
+
+  // The output thread (async_output). out_mu_ guards the handover: the engine thread hands a
+  // batch and later waits for it to be done; between the two only the output thread touches
+  // the sequences' output state (detokenizer, parser, held text) and output_ended_.
+  std::mutex out_mu_;
+  std::condition_variable out_cv_;
+  std::vector<OutputItem> out_batch_;
+  int64_t out_step_ = -1;  // the step whose output work out_batch_ is
+  bool out_busy_ = false, out_quit_ = false;
+  int64_t out_begin_ns_ = 0, out_end_ns_ = 0, out_done_step_ = -1;
+  std::vector<Sequence*> output_ended_;  // ended by their output work (stop string, full stream)
+  std::thread out_thread_;
   std::atomic<int64_t> last_progress_ns_{0};  // steady_clock, since its epoch
   std::atomic<int64_t> running_count_{0}, waiting_count_{0}, free_blocks_{0}, total_blocks_{0};
 };

@@ -152,14 +152,18 @@ void Executor::Run(const StepPlan& plan, StepOutput* output) {
   }
 }
 
-StepOutput Executor::Execute(const StepPlan& plan) {
+StepOutput Executor::Execute(const StepPlan& plan, StepRecord* record) {
   TESSERA_CHECK_EQ(parallel_.rank, 0);
   if (world_ != nullptr && parallel_.world_size > 1) {
+    if (record != nullptr) record->Begin(StepPhase::kBroadcast);
     std::vector<uint8_t> bytes = SerializeStepPlan(plan);
     world_->BroadcastBytes(&bytes, 0);
+    if (record != nullptr) record->End(StepPhase::kBroadcast);
   }
+  if (record != nullptr) record->Begin(StepPhase::kForward);
   StepOutput output;
   Run(plan, &output);
+  if (record != nullptr) record->End(StepPhase::kForward);
   return output;
 }
 

@@ -16,6 +16,7 @@
 #include "parallel/communicator.h"
 #include "parallel/parallel_config.h"
 #include "runtime/engine/step_plan.h"
+#include "runtime/engine/step_trace.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/qwen3.h"
 
@@ -63,8 +64,9 @@ class Executor {
   const Qwen3Model& model() const { return *model_; }
 
   // Rank 0 only. Broadcasts and runs `plan`; returns every replica's logit rows in plan order:
-  // the ids of rows sampled on the device, the logits of the others (StepOutput).
-  StepOutput Execute(const StepPlan& plan);
+  // the ids of rows sampled on the device, the logits of the others (StepOutput). `record`, if
+  // given, gets the times of the broadcast and of the forward (with the wait for its results).
+  StepOutput Execute(const StepPlan& plan, StepRecord* record = nullptr);
   // Rank 0 only: tells the workers to return from RunWorker().
   void Shutdown();
   // Rank 0 only: an empty plan that keeps idle workers' watchdogs quiet, then a barrier: it

@@ -36,7 +36,8 @@ Metrics::Metrics() {
   e2e_.bounds = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
                  30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
   step_.bounds = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0};
-  for (Histogram* h : {&ttft_, &itl_, &tpot_, &e2e_, &step_}) {
+  host_.bounds = {0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5};
+  for (Histogram* h : {&ttft_, &itl_, &tpot_, &e2e_, &step_, &host_}) {
     h->counts.assign(h->bounds.size() + 1, 0);
   }
 }
@@ -152,6 +153,10 @@ std::string Metrics::Render() const {
   RenderHistogram("tessera:engine_step_seconds",
                   "Engine step time, from its plan to its sampled ids (no time between steps).",
                   step_, &out);
+  RenderHistogram("tessera:engine_step_host_seconds",
+                  "Rank 0's host time per forward step outside the forward (intake, scheduling, "
+                  "plan, broadcast, sampling, outputs on the step loop).",
+                  host_, &out);
   absl::StrAppend(&out, "# HELP tessera:request_success_total Finished requests by reason.\n",
                   "# TYPE tessera:request_success_total counter\n");
   for (const auto& [reason, n] : finished_) {

@@ -48,6 +48,10 @@ class Metrics {
   // engine's own cost of the step; gaps between steps are scheduling overhead (bench-serve's
   // bound divides output tokens by this sum).
   void ObserveEngineStep(double seconds) { Observe(&step_, seconds); }
+  // Rank 0's host time of one forward step outside its forward: intake, scheduling, the plan,
+  // its broadcast, sampling bookkeeping and the output work done on the step loop. On a GPU the
+  // device idles for about this long per step (less what the output thread overlaps).
+  void ObserveEngineHost(double seconds) { Observe(&host_, seconds); }
   // Prompt tokens of each request, once, cached ones included (hits / prompt = hit ratio).
   void AddPromptTokens(int64_t n) { prompt_tokens_ += n; }
   void AddGenerationTokens(int64_t n) { generation_tokens_ += n; }
@@ -89,13 +93,13 @@ class Metrics {
   std::atomic<uint64_t> kv_usage_bits_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generation_tokens_{0}, prefix_hit_tokens_{0},
       preemptions_{0};
-  std::string model_name_ = "tessera";        // set before serving
-  std::string cache_config_;                  // the cache_config_info labels; set before serving
-  Histogram ttft_, itl_, tpot_, e2e_, step_;  // guarded by mu_
-  std::map<std::string, int64_t> finished_;   // guarded by mu_
-  std::map<std::string, int64_t> errors_;     // guarded by mu_
-  std::vector<int64_t> expert_tokens_;        // guarded by mu_
-  std::vector<int64_t> rank_rows_;            // guarded by mu_
+  std::string model_name_ = "tessera";  // set before serving
+  std::string cache_config_;            // the cache_config_info labels; set before serving
+  Histogram ttft_, itl_, tpot_, e2e_, step_, host_;  // guarded by mu_
+  std::map<std::string, int64_t> finished_;          // guarded by mu_
+  std::map<std::string, int64_t> errors_;            // guarded by mu_
+  std::vector<int64_t> expert_tokens_;               // guarded by mu_
+  std::vector<int64_t> rank_rows_;                   // guarded by mu_
 };
 
 }  // namespace tessera

@@ -5,7 +5,9 @@
 # against it: a burst of BURST (1000) requests of log-normal lengths around 256 in / 128 out, and
 # for dense models concurrency 64 with 1K in / 1K out (CONC_PROMPTS requests). `tessera bench`
 # gives the engine's own decode step time at batch 64 beside it. Logs and JSON under $OUT;
-# scripts/gpu/pack.sh prepares .devcarry.
+# scripts/gpu/pack.sh prepares .devcarry. The server writes its step timeline (--step-trace, the
+# last TRACE_STEPS steps): $OUT/steps-MODEL.json.gz (Perfetto opens it) and a per-phase summary
+# in serve-bench.txt. SERVE_FLAGS=--no-async-output measures without the output thread.
 set -u
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,7 +30,8 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
   rm -f /tmp/port
   $B/tessera serve --model $dir --load-format dummy --device cuda --port 0 --http-port -1 \
     --metrics-port 0 --port-file /tmp/port --max-num-seqs ${MAX_SEQS:-256} \
-    --max-num-batched-tokens ${MAX_TOKENS:-8192} ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
+    --max-num-batched-tokens ${MAX_TOKENS:-8192} --step-trace /tmp/steps-$model.json \
+    --step-trace-steps ${TRACE_STEPS:-3000} ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
   pid=$!
   for _ in $(seq 600); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done
   read -r gport mport _ </tmp/port || { echo "$model: serve did not start" | tee -a $S; continue; }
@@ -39,7 +42,7 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
       --warmup 4 --json "$@" >/tmp/bs.json 2>/tmp/bs.err
     tail -c 1000 /tmp/bs.err >>$S
     python3 -c "import json,sys; r=json.load(open('/tmp/bs.json')); print(json.dumps({'model':'$model','run':'$label','result':r}))" >>$J
-    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','bound_output_throughput','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
+    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','bound_output_throughput','host_us_per_step','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
   }
   run "burst ${BURST:-1000}, log-normal 256/128" --num-prompts ${BURST:-1000} --request-rate inf \
     --input-mean 256 --output-mean 128
@@ -49,4 +52,22 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
   esac
   curl -s 127.0.0.1:$mport/metrics | grep -E "^tessera:(engine_step|num_preempt|prompt_tokens_total|generation_tokens_total)" >>$S
   kill -TERM $pid; wait $pid; echo "$model serve exit $?" | tee -a $S
+  if [ -s /tmp/steps-$model.json ]; then
+    python3 - /tmp/steps-$model.json <<'PY' | tee -a $S
+import json, statistics, sys
+ev = json.load(open(sys.argv[1]))["traceEvents"]
+steps = {e["args"]["step"]: e["args"] for e in ev if e.get("cat") == "step"}
+for kind, want in (("pure decode", True), ("mixed/prefill", False)):
+    ids = {s for s, a in steps.items() if a["pure_decode"] == want}
+    if not ids: continue
+    seqs = statistics.median(steps[s]["seqs"] for s in ids)
+    line = [f"step trace, {kind}: {len(ids)} steps, median {seqs:.0f} seqs; phase p50/mean us:"]
+    for name in ("intake", "schedule", "plan", "broadcast", "forward", "sample", "output"):
+        d = [e["dur"] for e in ev if e.get("cat") == "phase" and e["name"] == name
+             and e["args"]["step"] in ids]
+        if d: line.append(f"{name} {statistics.median(d):.0f}/{statistics.mean(d):.0f}")
+    print(" ".join(line))
+PY
+    gzip -c /tmp/steps-$model.json >$OUT/steps-$model.json.gz
+  fi
 done

@@ -2,7 +2,8 @@
 """`tessera bench-serve` end to end: a real `tessera serve` (the embedded tiny model on the CPU,
 free ports) and the load generator through its gRPC API, with --metrics-address for the engine's
 bound. Checks the JSON report is whole and its figures consistent; speed itself is measured on the
-GPU machine, not here.
+GPU machine, not here. The server runs with --step-trace: after it drains, the step timeline is
+Chrome trace JSON with every step's phases and composition.
 
 usage: bench_serve_smoke_test.py TESSERA
 """
@@ -18,12 +19,14 @@ import time
 TESSERA = sys.argv[1]
 run_dir = tempfile.mkdtemp(prefix="tessera-bench-serve-")
 port_file = os.path.join(run_dir, "port")
+trace_path = os.path.join(run_dir, "steps.json")
 log_path = os.path.join(run_dir, "serve.log")
 env = dict(os.environ, OMP_NUM_THREADS="1")
 log = open(log_path, "w")
 server = subprocess.Popen(
     [TESSERA, "serve", "--device", "cpu", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-     "--http-port", "-1", "--port-file", port_file, "--log-stats-interval", "0"],
+     "--http-port", "-1", "--port-file", port_file, "--log-stats-interval", "0",
+     "--step-trace", trace_path],
     stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
@@ -54,7 +57,8 @@ try:
     assert r["total_input_tokens"] == 8 * 16, r
     for name in ("ttft_ms", "tpot_ms"):
         assert r[name]["mean"] > 0 and r[name]["p50"] > 0 and r[name]["p99"] > 0, (name, r[name])
-    for name in ("engine_step_seconds", "engine_steps", "bound_output_throughput", "efficiency"):
+    for name in ("engine_step_seconds", "engine_steps", "bound_output_throughput", "efficiency",
+                 "engine_host_seconds", "host_us_per_step"):
         assert name in r, (name, sorted(r))
     assert r["engine_steps"] > 0 and r["bound_output_throughput"] > 0, r
     assert 0 < r["efficiency"] <= 1.5, r["efficiency"]
@@ -63,8 +67,29 @@ try:
           f"{r['ttft_ms']['p50']:.1f} ms, TPOT p50 {r['tpot_ms']['p50']:.2f} ms, "
           f"efficiency {r['efficiency']:.2f}")
 
+    assert r["engine_host_seconds"] > 0 and r["host_us_per_step"] > 0, r
+
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0, f"serve exit {server.returncode}:\n{server_log()}"
+    with open(trace_path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"]
+    steps = [e for e in events if e.get("cat") == "step"]
+    phases = [e for e in events if e.get("cat") == "phase"]
+    assert len(steps) >= r["engine_steps"] > 0, (len(steps), r["engine_steps"])
+    names = {e["name"] for e in phases}
+    for name in ("intake", "schedule", "plan", "forward", "sample", "output"):
+        assert name in names, (name, names)
+    for e in steps + phases:
+        assert e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0, e
+    decode = sum(e["args"]["decode_tokens"] for e in steps)
+    prefill = sum(e["args"]["prefill_tokens"] for e in steps)
+    assert prefill >= 8 * 16 and decode >= 8 * 7, (prefill, decode)
+    assert any(e["args"]["pure_decode"] for e in steps), steps
+    for e in steps:
+        a = e["args"]
+        assert a["seqs"] >= 1 and a["decode_tokens"] + a["prefill_tokens"] >= a["seqs"], a
+    print(f"ok   step trace: {len(steps)} steps, {len(phases)} phases")
     code = 0
 except Exception as e:
     print(f"FAIL {e}")

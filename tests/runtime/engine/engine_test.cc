@@ -1,0 +1,242 @@
+// The engine under load on the CPU backend (random weights at a tiny shape, Qwen3's real
+// tokenizer): many concurrent requests with chunked prefill, preemption, stop strings, max_tokens
+// and cancellations give the same greedy outputs as one request at a time, with the output work
+// on the output thread (async_output, one step late for stop strings) and without it. The step
+// trace of such a run has its phases and the output thread's track.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/ops.h"
+#include "runtime/engine/engine.h"
+#include "runtime/engine/executor.h"
+
+namespace tessera {
+namespace {
+
+constexpr int kBlockSize = 16;
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.model_type = "qwen3";
+  c.vocab_size = 151936;  // Qwen3's, so that the real tokenizer's ids are all in it
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.max_position_embeddings = 512;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+struct Result {
+  std::vector<int32_t> tokens;
+  std::string text;
+  FinishReason reason = FinishReason::kNone;
+  int64_t completion_tokens = 0;
+};
+
+// Reads a stream to its end.
+Result Drain(RequestStream& stream) {
+  Result r;
+  for (;;) {
+    EngineOutput out;
+    if (!stream.Next(&out, std::chrono::milliseconds(120000))) {
+      ADD_FAILURE() << "no output for 120 s";
+      return r;
+    }
+    r.tokens.insert(r.tokens.end(), out.token_ids.begin(), out.token_ids.end());
+    r.text += out.text;
+    if (out.finished) {
+      r.reason = out.finish_reason;
+      r.completion_tokens = out.completion_tokens;
+      return r;
+    }
+  }
+}
+
+class EngineLoadTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto tok =
+        Tokenizer::Load(std::string(TESSERA_SOURCE_DIR) + "/tests/data/qwen3/tokenizer-qwen3-0.6b");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_ = tok->release();
+    backend_ = MakeCpuBackend().release();
+  }
+
+  // An engine over a fresh executor with `blocks` KV blocks, running on its own thread.
+  struct Running {
+    std::unique_ptr<Executor> executor;
+    std::unique_ptr<Engine> engine;
+    std::thread thread;
+    ~Running() {
+      engine->Stop();
+      thread.join();
+    }
+  };
+  std::unique_ptr<Running> Start(EngineOptions options, int blocks, Metrics* metrics) {
+    const ModelConfig config = TinyConfig();
+    auto parallel = ParallelConfig::Create(1, 0, 1, 1, 1, 1, ModelDimsOf(config));
+    EXPECT_TRUE(parallel.ok()) << parallel.status();
+    auto r = std::make_unique<Running>();
+    r->executor = std::make_unique<Executor>(config, *parallel, nullptr);
+    options.sampleable_vocab = tokenizer_->vocab_size();
+    const StepLimits limits = EngineStepLimits(options, config, blocks, kBlockSize);
+    absl::Status s = r->executor->LoadDummy(*backend_, blocks, kBlockSize, limits, /*seed=*/7);
+    EXPECT_TRUE(s.ok()) << s;
+    r->engine = std::make_unique<Engine>(*r->executor, tokenizer_, metrics, options);
+    Engine* engine = r->engine.get();
+    r->thread = std::thread([engine] { engine->Run(); });
+    return r;
+  }
+
+  // The requests: seeded prompts of 5..100 tokens, 4..20 new tokens, greedy.
+  static std::vector<EngineRequest> Requests(int count) {
+    std::mt19937 rng(1234);
+    std::vector<EngineRequest> requests;
+    for (int i = 0; i < count; ++i) {
+      EngineRequest r;
+      r.request_id = "r" + std::to_string(i);
+      const int len = std::uniform_int_distribution<int>(5, 100)(rng);
+      for (int t = 0; t < len; ++t)
+        r.prompt.push_back(std::uniform_int_distribution<int>(100, 20000)(rng));
+      r.max_tokens = std::uniform_int_distribution<int>(4, 20)(rng);
+      r.sampling.temperature = 0;
+      requests.push_back(std::move(r));
+    }
+    return requests;
+  }
+
+  // One request at a time on a plain engine (no output thread).
+  std::vector<Result> OneAtATime(const std::vector<EngineRequest>& requests) {
+    EngineOptions options;
+    options.max_num_seqs = 1;
+    options.async_output = false;
+    auto r = Start(options, 64, nullptr);
+    std::vector<Result> results;
+    for (const EngineRequest& req : requests) {
+      auto stream = r->engine->Submit(req);
+      EXPECT_TRUE(stream.ok()) << stream.status();
+      results.push_back(Drain(**stream));
+    }
+    return results;
+  }
+
+  static const Tokenizer* tokenizer_;
+  static Backend* backend_;
+};
+const Tokenizer* EngineLoadTest::tokenizer_ = nullptr;
+Backend* EngineLoadTest::backend_ = nullptr;
+
+// The stop strings: for every third request a piece from the middle of its unstopped text.
+void AddStopStrings(std::vector<EngineRequest>* requests, const std::vector<Result>& plain) {
+  for (size_t i = 0; i < requests->size(); i += 3) {
+    const std::string& text = plain[i].text;
+    size_t at = text.size() / 2;
+    while (at > 0 && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) --at;
+    size_t end = std::min(text.size(), at + 2);
+    while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) ++end;
+    if (end > at) (*requests)[i].stop = {text.substr(at, end - at)};
+  }
+}
+
+TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
+  std::vector<EngineRequest> requests = Requests(36);
+  const std::vector<Result> plain = OneAtATime(requests);
+  AddStopStrings(&requests, plain);
+  const std::vector<Result> expected = OneAtATime(requests);
+  int stopped_by_string = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_LE(expected[i].tokens.size(), plain[i].tokens.size());
+    EXPECT_TRUE(
+        std::equal(expected[i].tokens.begin(), expected[i].tokens.end(), plain[i].tokens.begin()))
+        << i;
+    if (!requests[i].stop.empty() && expected[i].reason == FinishReason::kStop) ++stopped_by_string;
+  }
+  EXPECT_GE(stopped_by_string, 6) << "the stop strings should end several requests";
+
+  for (bool async_output : {true, false}) {
+    SCOPED_TRACE(async_output ? "async output" : "output on the step loop");
+    Metrics metrics;
+    EngineOptions options;
+    options.max_num_seqs = 12;
+    options.max_num_batched_tokens = 48;  // prompts up to 100 tokens: chunked prefill
+    options.async_output = async_output;
+    const std::string trace = ::testing::TempDir() + "/engine-test-steps-" +
+                              std::to_string(async_output) + "-" + std::to_string(getpid()) +
+                              ".json";
+    options.step_trace_path = trace;
+    std::vector<Result> got(requests.size());
+    std::vector<Result> cancelled;
+    {
+      // 40 blocks of 16 for up to 12 sequences of up to 120 tokens: preemption.
+      auto r = Start(options, 40, &metrics);
+      std::vector<std::shared_ptr<RequestStream>> streams;
+      for (const EngineRequest& req : requests) {
+        auto stream = r->engine->Submit(req);
+        ASSERT_TRUE(stream.ok()) << stream.status();
+        streams.push_back(*stream);
+      }
+      // Extra requests cancelled mid-flight.
+      std::vector<std::shared_ptr<RequestStream>> to_cancel;
+      for (int i = 0; i < 4; ++i) {
+        EngineRequest req = requests[i];
+        req.request_id = "cancel" + std::to_string(i);
+        req.max_tokens = 200;
+        req.stop.clear();
+        auto stream = r->engine->Submit(req);
+        ASSERT_TRUE(stream.ok()) << stream.status();
+        to_cancel.push_back(*stream);
+      }
+      for (int i = 0; i < 4; ++i) r->engine->Cancel("cancel" + std::to_string(i));
+      for (size_t i = 0; i < streams.size(); ++i) got[i] = Drain(*streams[i]);
+      for (auto& s : to_cancel) cancelled.push_back(Drain(*s));
+      // Every block comes back once the requests are done (and they leave the in-flight count
+      // just after their last output is queued).
+      for (int i = 0; i < 200 && (r->engine->stats().free_blocks != 40 || r->engine->in_flight());
+           ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      EXPECT_EQ(r->engine->stats().free_blocks, 40);
+      EXPECT_EQ(r->engine->in_flight(), 0);
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
+      EXPECT_EQ(got[i].text, expected[i].text) << "request " << i;
+      EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
+      EXPECT_EQ(got[i].completion_tokens, expected[i].completion_tokens) << "request " << i;
+    }
+    for (const Result& c : cancelled) EXPECT_EQ(c.reason, FinishReason::kCancelled);
+    const std::string rendered = metrics.Render();
+    EXPECT_EQ(rendered.find("tessera:num_preemptions_total 0\n"), std::string::npos)
+        << "the run should preempt";
+    EXPECT_NE(rendered.find("tessera:engine_step_host_seconds_count"), std::string::npos);
+
+    std::ifstream in(trace);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string json = ss.str();
+    EXPECT_EQ(json.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u) << json.size();
+    for (const char* phase : {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"", "\"sample\"",
+                              "\"output\"", "\"prefill_tokens\":"}) {
+      EXPECT_NE(json.find(phase), std::string::npos) << phase;
+    }
+    EXPECT_EQ(json.find("\"output_async\":true") != std::string::npos, async_output);
+    EXPECT_EQ(json.find("\"tid\":2,\"ts\"") != std::string::npos, async_output);
+    std::remove(trace.c_str());
+  }
+}
+
+}  // namespace
+}  // namespace tessera
