@@ -386,12 +386,14 @@ void Engine::Preempt(Replica& replica, Sequence* seq) {
 
 int Engine::SiblingReplica(const Sequence& seq) const {
   if (seq.req.prompt_group.empty()) return -1;
-  for (int d = 0; d < static_cast<int>(replicas_.size()); ++d) {
-    for (const auto* list : {&replicas_[d]->running, &replicas_[d]->waiting}) {
-      for (const auto& other : *list) {
-        if (other->req.prompt_group == seq.req.prompt_group) return d;
-      }
+  auto holds = [&seq](const auto& list) {
+    for (const auto& other : list) {
+      if (other->req.prompt_group == seq.req.prompt_group) return true;
     }
+    return false;
+  };
+  for (int d = 0; d < static_cast<int>(replicas_.size()); ++d) {
+    if (holds(replicas_[d]->running) || holds(replicas_[d]->waiting)) return d;
   }
   return -1;
 }
