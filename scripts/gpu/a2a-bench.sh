@@ -26,11 +26,12 @@ grep -E "^\[  (PASSED|FAILED) " "$L" | tail -3
 # Only the MoE section matters here: the other sections at their smallest.
 flags=(--device cuda --json --sizes-kb 8 --bw-sizes-mb 1 --a2a-sizes-mb 1 --rs-ag-sizes-mb 16
   --skew-mb 1 --moe-tokens 1,2,4,8,16,32,64,128,256,512,1024,2048,4096 --repeats 20 --warmup 5)
+MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
 echo "===== bench-comm, 1 GPU" | tee -a "$L"
-timeout 400 "$B/tessera" bench-comm "${flags[@]}" > "$OUT/a2a-1gpu.json" 2>> "$L" || status=1
+timeout 400 $MPI -np 1 "$B/tessera" bench-comm "${flags[@]}" > "$OUT/a2a-1gpu.json" 2>> "$L" ||
+  status=1
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" -ge 2 ]; then
-  MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE -x LD_LIBRARY_PATH"
   echo "===== bench-comm, $gpus GPUs" | tee -a "$L"
   timeout 400 $MPI -np "$gpus" "$B/tessera" bench-comm "${flags[@]}" \
     > "$OUT/a2a-${gpus}gpu.json" 2>> "$L" || status=1

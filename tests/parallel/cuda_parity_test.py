@@ -39,10 +39,14 @@ LAYOUTS = [
     ("dense_gqa_kv2", 4, ["--tp", "4"]),
     ("moe_mixed_layers", 4, ["--tp", "2", "--ep", "4"]),
     ("dense_gqa", 4, ["--tp", "2", "--pp", "2"]),
+    # EP layouts above take the exchange's low-latency mode for decode (steps in CUDA graphs) and
+    # the normal one for prefill; these force one mode for both.
+    ("moe_norm_topk", 2, ["--ep", "2"], {"TESSERA_EP_MODE": "low_latency"}),
+    ("moe_norm_topk", 2, ["--dp", "2", "--ep", "2"], {"TESSERA_EP_MODE": "normal"}),
 ]
 
 
-def run(fixture, ranks, flags, out, device="cuda", prompt=None, new_tokens=None):
+def run(fixture, ranks, flags, out, device="cuda", prompt=None, new_tokens=None, env=None):
     d = os.path.join(FIXTURES, fixture)
     expected = json.load(open(os.path.join(d, "expected.json")))
     prompt = expected["prompt_ids"] if prompt is None else prompt
@@ -51,8 +55,10 @@ def run(fixture, ranks, flags, out, device="cuda", prompt=None, new_tokens=None)
            ",".join(map(str, prompt)), "--temperature", "0", "--json", "--max-new-tokens",
            str(new_tokens), "--prompt-logits-out", out, *flags]
     if ranks > 1:
-        cmd = [MPIRUN, *MPI_FLAGS, "-x", "LD_LIBRARY_PATH", "-np", str(ranks), *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        exported = [a for k in (env or {}) for a in ("-x", k)]
+        cmd = [MPIRUN, *MPI_FLAGS, "-x", "LD_LIBRARY_PATH", *exported, "-np", str(ranks), *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1]), np.load(out), expected
@@ -77,15 +83,17 @@ with tempfile.TemporaryDirectory() as tmp:
         sys.exit(77)
     failures, passed, skipped = [], 0, 0
     cache = {}
-    for fixture, ranks, flags in LAYOUTS:
-        name = f"{fixture} np={ranks} {' '.join(flags)}"
+    for fixture, ranks, flags, *extra in LAYOUTS:
+        env = extra[0] if extra else None
+        name = f"{fixture} np={ranks} {' '.join(flags)}" + "".join(f" {k}={v}" for k, v in (env or {}).items())
         if ranks > GPUS:
             skipped += 1
             continue
         try:
             if fixture not in cache:
                 cache[fixture] = margins(fixture, tmp)
-            out, logits, expected = run(fixture, ranks, flags, os.path.join(tmp, "layout.npy"))
+            out, logits, expected = run(fixture, ranks, flags, os.path.join(tmp, "layout.npy"),
+                                        env=env)
             golden = np.load(os.path.join(FIXTURES, fixture, "prompt_logits.npy"))
             rows = np.linalg.norm(logits - golden, axis=1) / np.linalg.norm(golden, axis=1)
             want = expected["greedy_tokens"]
