@@ -62,7 +62,8 @@ for kind, want in (("pure decode", True), ("mixed/prefill", False)):
     if not ids: continue
     seqs = statistics.median(steps[s]["seqs"] for s in ids)
     line = [f"step trace, {kind}: {len(ids)} steps, median {seqs:.0f} seqs; phase p50/mean us:"]
-    for name in ("intake", "schedule", "plan", "broadcast", "forward", "sample", "output"):
+    for name in ("intake", "schedule", "plan", "broadcast", "forward", "output_wait", "sample",
+                 "output"):
         d = [e["dur"] for e in ev if e.get("cat") == "phase" and e["name"] == name
              and e["args"]["step"] in ids]
         if d: line.append(f"{name} {statistics.median(d):.0f}/{statistics.mean(d):.0f}")
