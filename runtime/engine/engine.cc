@@ -560,10 +560,12 @@ void Engine::Step(StepRecord* rec) {
     metrics_->ObserveEngineStep(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
   }
-  rec->Begin(StepPhase::kSample);
   // The output work of the previous step ran beside this forward; what it ended (stop strings,
   // slow readers) is freed now, and such a sequence's token of this step is discarded.
+  rec->Begin(StepPhase::kOutputWait);
   JoinOutputs();
+  rec->End(StepPhase::kOutputWait);
+  rec->Begin(StepPhase::kSample);
   TESSERA_CHECK_EQ(result.tokens.size(), row_owner.size());
   size_t host_rows = 0;
   for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;

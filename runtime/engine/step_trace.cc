@@ -21,6 +21,8 @@ const char* StepPhaseName(StepPhase phase) {
       return "broadcast";
     case StepPhase::kForward:
       return "forward";
+    case StepPhase::kOutputWait:
+      return "output_wait";
     case StepPhase::kSample:
       return "sample";
     case StepPhase::kOutput:

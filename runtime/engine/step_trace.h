@@ -1,10 +1,10 @@
 // The engine's own step timeline: where rank 0's host time goes, step by step, written as Chrome
 // trace-event JSON (open it in Perfetto or chrome://tracing). The GPU machine has no profiler, so
 // the engine times its own phases: intake, schedule, plan, execute (broadcast, then forward and
-// the wait for the sampled ids), sample, and the output work (detokenise, stop strings, streams),
-// which runs on the output thread when outputs are processed asynchronously. Each step carries
-// its composition (sequences, prefill and decode tokens, running and waiting sequences, whether it
-// was pure decode, i.e. eligible for a decode graph).
+// the wait for the sampled ids), the wait for the output thread, sample, and the output work
+// (detokenise, stop strings, streams), which runs on the output thread when outputs are processed
+// asynchronously. Each step carries its composition (sequences, prefill and decode tokens, running
+// and waiting sequences, whether it was pure decode, i.e. eligible for a decode graph).
 //
 // Bounded: a ring of the last `capacity` steps, written once by Write() (at the end of serving).
 #pragma once
@@ -20,14 +20,15 @@
 namespace tessera {
 
 enum class StepPhase : uint8_t {
-  kIntake,     // new requests, cancellations, deadlines
-  kSchedule,   // which sequences run, KV blocks reserved
-  kPlan,       // the StepPlan built (token ids, slots, block tables, sampling rows)
-  kBroadcast,  // the plan serialised and broadcast to the other ranks
-  kForward,    // rank 0's forward, and the wait for every replica's ids and logits
-  kSample,     // host bookkeeping after the step: computed tokens, prefix-cache registration,
-               // host sampling, id-based stops
-  kOutput,     // detokenise, stop strings, output parser, stream pushes
+  kIntake,      // new requests, cancellations, deadlines
+  kSchedule,    // which sequences run, KV blocks reserved
+  kPlan,        // the StepPlan built (token ids, slots, block tables, sampling rows)
+  kBroadcast,   // the plan serialised and broadcast to the other ranks
+  kForward,     // rank 0's forward, and the wait for every replica's ids and logits
+  kOutputWait,  // waiting for the output thread's previous batch (it did not keep up)
+  kSample,      // host bookkeeping after the step: computed tokens, prefix-cache registration,
+                // host sampling, id-based stops
+  kOutput,      // detokenise, stop strings, output parser, stream pushes
   kCount,
 };
 const char* StepPhaseName(StepPhase phase);

@@ -27,11 +27,13 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
     timeout 300 $B/tessera bench --model $dir --device cuda --ttft 256 --decode-batch 1,64,128,256 \
       --decode-context 384 --decode-steps 32 --repeats 3 --json 2>>$OUT/serve.log >$OUT/bench-$model.json; tail -c 1500 $OUT/bench-$model.json >>$S
   fi
-  rm -f /tmp/port
+  rm -f /tmp/port /tmp/steps-$model.json
+  trace=  # older binaries (main before the step trace) have no --step-trace
+  $B/tessera serve --help 2>&1 | grep -q -- --step-trace &&
+    trace="--step-trace /tmp/steps-$model.json --step-trace-steps ${TRACE_STEPS:-3000}"
   $B/tessera serve --model $dir --load-format dummy --device cuda --port 0 --http-port -1 \
     --metrics-port 0 --port-file /tmp/port --max-num-seqs ${MAX_SEQS:-256} \
-    --max-num-batched-tokens ${MAX_TOKENS:-8192} --step-trace /tmp/steps-$model.json \
-    --step-trace-steps ${TRACE_STEPS:-3000} ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
+    --max-num-batched-tokens ${MAX_TOKENS:-8192} $trace ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
   pid=$!
   for _ in $(seq 600); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done
   read -r gport mport _ </tmp/port || { echo "$model: serve did not start" | tee -a $S; continue; }
@@ -62,7 +64,8 @@ for kind, want in (("pure decode", True), ("mixed/prefill", False)):
     if not ids: continue
     seqs = statistics.median(steps[s]["seqs"] for s in ids)
     line = [f"step trace, {kind}: {len(ids)} steps, median {seqs:.0f} seqs; phase p50/mean us:"]
-    for name in ("intake", "schedule", "plan", "broadcast", "forward", "sample", "output"):
+    for name in ("intake", "schedule", "plan", "broadcast", "forward", "output_wait", "sample",
+                 "output"):
         d = [e["dur"] for e in ev if e.get("cat") == "phase" and e["name"] == name
              and e["args"]["step"] in ids]
         if d: line.append(f"{name} {statistics.median(d):.0f}/{statistics.mean(d):.0f}")

@@ -78,7 +78,7 @@ try:
     phases = [e for e in events if e.get("cat") == "phase"]
     assert len(steps) >= r["engine_steps"] > 0, (len(steps), r["engine_steps"])
     names = {e["name"] for e in phases}
-    for name in ("intake", "schedule", "plan", "forward", "sample", "output"):
+    for name in ("intake", "schedule", "plan", "forward", "output_wait", "sample", "output"):
         assert name in names, (name, names)
     for e in steps + phases:
         assert e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0, e

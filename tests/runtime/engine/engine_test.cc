@@ -229,7 +229,7 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
     const std::string json = ss.str();
     EXPECT_EQ(json.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u) << json.size();
     for (const char* phase : {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"", "\"sample\"",
-                              "\"output\"", "\"prefill_tokens\":"}) {
+                              "\"output_wait\"", "\"output\"", "\"prefill_tokens\":"}) {
       EXPECT_NE(json.find(phase), std::string::npos) << phase;
     }
     EXPECT_EQ(json.find("\"output_async\":true") != std::string::npos, async_output);
