@@ -337,9 +337,13 @@ class Backend {
   // out W[batch, n, k] (weight_dtype()) = the `batch` weights w[b] (data + b * n * k bytes, scale
   // + b * scale_batch_stride) dequantized: e4m3 value * its block's scale (Fp8ScaleIndex), the
   // product in fp32, rounded once to the weight dtype. Any offsets and parts. Where the FP8 GEMMs
-  // do not reach (MoE experts, shards that split a block), the model runs on this.
+  // do not reach (MoE experts, shards that split a block), the model runs on this. `only`: null,
+  // or int32 [batch] on the device: weights b with only[b] == 0 are skipped (out left as it was).
   virtual void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
-                                   int64_t scale_batch_stride, void* out);
+                                   int64_t scale_batch_stride, void* out, const int32_t* only);
+  // used int32 [num] = 1 where expert first + e appears among ids int32 [count], else 0 (which of
+  // a MoE layer's local experts a step routes to: the others need no dequantization).
+  virtual void MarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used);
   // Block-quantizes w W[n, k] (weight_dtype()) into out (aligned: no offsets, one part) as
   // transformers' FineGrainedFP8 quantizer does: per 128 x 128 block, amax = max |w| (fp32),
   // s = 448 / amax (1 where amax is 0), data = e4m3(w * s) (nearest even, saturating) and

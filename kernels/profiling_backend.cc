@@ -146,9 +146,12 @@ class Profiler final : public ProfilingBackend {
          [&] { b_.LinearFp8WeightOnly(x, w, m, n, k, y); });
   }
   void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
-                           int64_t scale_batch_stride, void* out) override {
+                           int64_t scale_batch_stride, void* out, const int32_t* only) override {
     Time(absl::StrCat("DequantizeFp8Weight n=", n, " k=", k),
-         [&] { b_.DequantizeFp8Weight(w, n, k, batch, scale_batch_stride, out); });
+         [&] { b_.DequantizeFp8Weight(w, n, k, batch, scale_batch_stride, out, only); });
+  }
+  void MarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used) override {
+    Time("MarkExperts", [&] { b_.MarkExperts(ids, count, first, num, used); });
   }
   void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out) override {
     b_.QuantizeFp8Weight(w, n, k, out);

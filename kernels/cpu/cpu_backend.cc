@@ -166,9 +166,12 @@ class CpuBackend final : public Backend {
                                   k, F(out));
   }
   void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
-                           int64_t scale_batch_stride, void* out) override {
+                           int64_t scale_batch_stride, void* out, const int32_t* only) override {
     cpu::DequantizeFp8Blocks(static_cast<const uint8_t*>(w.data), w, n, k, batch,
-                             scale_batch_stride, F(out));
+                             scale_batch_stride, F(out), only);
+  }
+  void MarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used) override {
+    cpu::MarkExperts(ids, count, first, num, used);
   }
   void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out) override {
     TESSERA_CHECK(Fp8Aligned(out) && out.scale_stride >= Fp8Blocks(k))
@@ -258,7 +261,11 @@ void Backend::LinearFp8WeightOnly(const void*, const Fp8Weight&, int64_t, int64_
 void Backend::DequantizeFp8(const Fp8Activations&, int64_t, int64_t, void*) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
-void Backend::DequantizeFp8Weight(const Fp8Weight&, int64_t, int64_t, int64_t, int64_t, void*) {
+void Backend::DequantizeFp8Weight(const Fp8Weight&, int64_t, int64_t, int64_t, int64_t, void*,
+                                  const int32_t*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::MarkExperts(const int32_t*, int64_t, int, int, int32_t*) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }
 void Backend::QuantizeFp8Weight(const void*, int64_t, int64_t, const Fp8Weight&) {

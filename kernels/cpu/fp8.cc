@@ -77,8 +77,9 @@ void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stri
 }
 
 void DequantizeFp8Blocks(const uint8_t* data, const Fp8Weight& layout, int64_t n, int64_t k,
-                         int64_t batch, int64_t scale_batch_stride, float* w) {
+                         int64_t batch, int64_t scale_batch_stride, float* w, const int32_t* only) {
   for (int64_t b = 0; b < batch; ++b) {
+    if (only != nullptr && only[b] == 0) continue;
     const uint8_t* d = data + b * n * k;
     const float* scale = layout.scale + b * scale_batch_stride;
     float* out = w + b * n * k;
@@ -88,6 +89,13 @@ void DequantizeFp8Blocks(const uint8_t* data, const Fp8Weight& layout, int64_t n
         out[i * k + j] = F8E4M3ToFloat(d[i * k + j]) * scale[Fp8ScaleIndex(layout, i, j)];
       }
     }
+  }
+}
+
+void MarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used) {
+  std::fill(used, used + num, 0);
+  for (int64_t i = 0; i < count; ++i) {
+    if (ids[i] >= first && ids[i] < first + num) used[ids[i] - first] = 1;
   }
 }
 

@@ -74,7 +74,9 @@ void LinearFp8(const uint8_t* x_data, const float* x_scale, int64_t x_scale_stri
 // w [batch, n, k] = the batch of e4m3 weights `data` with the scales and layout of `layout`
 // (Backend::DequantizeFp8Weight; layout.data is ignored), in float32.
 void DequantizeFp8Blocks(const uint8_t* data, const Fp8Weight& layout, int64_t n, int64_t k,
-                         int64_t batch, int64_t scale_batch_stride, float* w);
+                         int64_t batch, int64_t scale_batch_stride, float* w,
+                         const int32_t* only = nullptr);
+void MarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used);
 // w [n, k] -> data e4m3 [n, k], scale [ceil(n/128), scale_stride] as transformers quantizes
 // weights (Backend::QuantizeFp8Weight).
 void QuantizeFp8Weight(const float* w, int64_t n, int64_t k, uint8_t* data, float* scale,

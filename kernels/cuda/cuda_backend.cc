@@ -273,8 +273,11 @@ class CudaBackend final : public Backend {
     cuda::LaunchFp8MmaW8A16(B(x), wq, w.scale, w.scale_stride, m, n, k, B(y), stream_);
   }
   void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
-                           int64_t scale_batch_stride, void* out) override {
-    cuda::LaunchDequantizeFp8Weight(w, n, k, batch, scale_batch_stride, B(out), stream_);
+                           int64_t scale_batch_stride, void* out, const int32_t* only) override {
+    cuda::LaunchDequantizeFp8Weight(w, n, k, batch, scale_batch_stride, B(out), only, stream_);
+  }
+  void MarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used) override {
+    cuda::LaunchMarkExperts(ids, count, first, num, used, stream_);
   }
   void QuantizeFp8Weight(const void* w, int64_t n, int64_t k, const Fp8Weight& out) override {
     TESSERA_CHECK(Fp8Aligned(out)) << "QuantizeFp8Weight: an aligned output";

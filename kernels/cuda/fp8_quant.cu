@@ -102,24 +102,40 @@ void Launch(const bf16* x, int64_t m, int64_t k, uint8_t* data, float* scale, in
   CUDA_CHECK_LAUNCH();
 }
 
-// One thread per output element (grid-stride): the scale index is Fp8ScaleIndex's.
+// Grid (x: blocks over one weight's n * k elements, grid-stride; y: the batch). A weight that
+// `only` skips returns before touching memory. The scale index is Fp8ScaleIndex's.
 __global__ void __launch_bounds__(kThreads)
     DequantizeFp8WeightKernel(const uint8_t* __restrict__ data, const float* __restrict__ scale,
                               Fp8Weight layout, int64_t n, int64_t k, int64_t scale_batch_stride,
-                              int64_t total, bf16* __restrict__ out) {
+                              const int32_t* __restrict__ only, bf16* __restrict__ out) {
+  const int64_t b = blockIdx.y;
+  if (only != nullptr && only[b] == 0) return;
+  const int64_t total = n * k;
+  data += b * total;
+  out += b * total;
+  scale += b * scale_batch_stride;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; idx < total;
        idx += stride) {
-    const int64_t b = idx / (n * k), rem = idx % (n * k);
-    const int64_t i = rem / k, j = rem % k;
+    const int64_t i = idx / k, j = idx % k;
     const int64_t part = layout.part_rows > 0 ? i / layout.part_rows : 0;
     const int64_t row = layout.part_rows > 0 ? i % layout.part_rows : i;
-    const float s = scale[b * scale_batch_stride +
-                          (part * layout.part_scale_rows + (row + layout.row_offset) / kFp8Block) *
+    const float s = scale[(part * layout.part_scale_rows + (row + layout.row_offset) / kFp8Block) *
                               layout.scale_stride +
                           (j + layout.col_offset) / kFp8Block];
     const __half_raw h = __nv_cvt_fp8_to_halfraw(data[idx], __NV_E4M3);
     out[idx] = ToBf16(__half2float(__half(h)) * s);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    MarkExpertsKernel(const int32_t* __restrict__ ids, int64_t count, int first, int num,
+                      int32_t* __restrict__ used) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < count;
+       i += stride) {
+    const int e = ids[i] - first;
+    if (e >= 0 && e < num) used[e] = 1;  // every writer stores 1: no atomics needed
   }
 }
 
@@ -157,12 +173,28 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void LaunchDequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
-                               int64_t scale_batch_stride, bf16* out, cudaStream_t stream) {
-  const int64_t total = batch * n * k;
-  if (total == 0) return;
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65536);
-  DequantizeFp8WeightKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      static_cast<const uint8_t*>(w.data), w.scale, w, n, k, scale_batch_stride, total, out);
+                               int64_t scale_batch_stride, bf16* out, const int32_t* only,
+                               cudaStream_t stream) {
+  const int64_t total = n * k;
+  if (total == 0 || batch == 0) return;
+  TESSERA_CHECK(batch < 65536) << "DequantizeFp8Weight: batch " << batch;
+  // NOTE: about 2 waves of a 132-SM GPU over the whole batch, whatever its size.
+  const int64_t per = std::max<int64_t>(
+      1, std::min<int64_t>((total + kThreads - 1) / kThreads, (2048 + batch - 1) / batch));
+  const dim3 grid(static_cast<unsigned>(per), static_cast<unsigned>(batch));
+  DequantizeFp8WeightKernel<<<grid, kThreads, 0, stream>>>(
+      static_cast<const uint8_t*>(w.data), w.scale, w, n, k, scale_batch_stride, only, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void LaunchMarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used,
+                       cudaStream_t stream) {
+  if (num == 0) return;
+  CUDA_CHECK(cudaMemsetAsync(used, 0, static_cast<size_t>(num) * sizeof(int32_t), stream));
+  if (count == 0) return;
+  const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 1024);
+  MarkExpertsKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(ids, count, first, num,
+                                                                            used);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -32,8 +32,15 @@ void LaunchSiluMulQuantizeFp8(const __nv_bfloat16* gate_up, int64_t m, int64_t i
 // b * scale_batch_stride) times their block scales (Fp8ScaleIndex: offsets and parts allowed),
 // the product in fp32 rounded once (Backend::DequantizeFp8Weight; bit for bit the CPU reference's
 // float32 product, rounded to bf16).
+// `only`: null or int32 [batch]: weights with only[b] == 0 are skipped (whole thread blocks
+// return at once, so an unused expert costs one load).
 void LaunchDequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
-                               int64_t scale_batch_stride, __nv_bfloat16* out, cudaStream_t stream);
+                               int64_t scale_batch_stride, __nv_bfloat16* out, const int32_t* only,
+                               cudaStream_t stream);
+
+// used [num] = 1 where first + e occurs in ids [count], else 0 (Backend::MarkExperts).
+void LaunchMarkExperts(const int32_t* ids, int64_t count, int first, int num, int32_t* used,
+                       cudaStream_t stream);
 
 // Block quantization of a bf16 weight [n, k] as transformers' FineGrainedFP8 quantizer does it
 // (Backend::QuantizeFp8Weight): one thread block per 128 x 128 block, amax in fp32, s = 448 / amax,

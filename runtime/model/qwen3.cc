@@ -587,7 +587,9 @@ absl::Status Qwen3Model::LoadWeights(WeightSource& source) {
     RETURN_IF_ERROR(quantize_layer());
   }
   RETURN_IF_ERROR(source.Finish());
-  for (Pending& job : pending) backend_.DequantizeFp8Weight(job.w, job.n, job.k, 1, 0, job.dst);
+  for (Pending& job : pending) {
+    backend_.DequantizeFp8Weight(job.w, job.n, job.k, 1, 0, job.dst, nullptr);
+  }
   backend_.Synchronize();
   return absl::OkStatus();
 }
@@ -663,6 +665,7 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
           num_local_experts_ * 2 * moe_intermediate_local_ * H * static_cast<int64_t>(w));
     alloc(&expert_down_,
           num_local_experts_ * H * moe_intermediate_local_ * static_cast<int64_t>(w));
+    alloc(&expert_used_, num_local_experts_ * static_cast<int64_t>(sizeof(int32_t)));
   }
   if (c.is_moe()) {
     const int64_t k = c.num_experts_per_tok;
@@ -769,16 +772,21 @@ void Qwen3Model::RunLinear(const DeviceBuffer& w, const Fp8Linear& fp8, const vo
   backend_.LinearFp8WeightOnly(x, fp8.w, m, n, k, y);
 }
 
-ExpertWeights Qwen3Model::LocalExperts(const Layer& layer) const {
+ExpertWeights Qwen3Model::LocalExperts(const Layer& layer, const int32_t* ids,
+                                       int64_t num_ids) const {
   if (layer.gate_up_fp8.on()) {
-    // NOTE: no grouped FP8 expert GEMM yet: the layer's experts are dequantized into one layer's
-    // W scratch per step and run by the bf16 grouped GEMMs (weights stay FP8 in memory).
+    // NOTE: no grouped FP8 expert GEMM yet: the experts this step routes to are dequantized into
+    // one layer's W scratch and run by the bf16 grouped GEMMs (weights stay FP8 in memory; an
+    // expert no token chose is skipped, which is most of them at decode batch sizes).
     const int64_t H = config_.hidden_size, I = moe_intermediate_local_;
     const int64_t E = num_local_experts_;
+    auto* used = expert_used_.as<int32_t>();
+    backend_.MarkExperts(ids, num_ids, static_cast<int>(first_expert_), static_cast<int>(E), used);
     backend_.DequantizeFp8Weight(layer.gate_up_fp8.w, 2 * I, H, E,
-                                 layer.gate_up_fp8.scale_batch_stride, expert_gate_up_.data());
+                                 layer.gate_up_fp8.scale_batch_stride, expert_gate_up_.data(),
+                                 used);
     backend_.DequantizeFp8Weight(layer.down_fp8.w, H, I, E, layer.down_fp8.scale_batch_stride,
-                                 expert_down_.data());
+                                 expert_down_.data(), used);
   }
   ExpertWeights experts;
   experts.first_expert = static_cast<int>(first_expert_);
@@ -883,7 +891,8 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer) {
                                                                                m, ep_block_rows_)
                                             : ep_exchange_->Dispatch(slice, ids, weights, m);
     backend_.MoeExperts(ep_exchange_->recv_x(), received, ep_exchange_->recv_ids(),
-                        ep_exchange_->recv_weights(), k, LocalExperts(layer),
+                        ep_exchange_->recv_weights(), k,
+                        LocalExperts(layer, ep_exchange_->recv_ids(), int64_t{received} * k),
                         ep_exchange_->recv_y());
     ep_exchange_->Combine(out);
   } else {
@@ -914,7 +923,7 @@ void Qwen3Model::AllGatherExchange(const Layer& layer, const void* slice, void* 
   // This rank's experts over all S * M rows: each row's partial sum over the experts held here
   // (0 for rows none of whose experts are here).
   backend_.MoeExperts(ep_x_.data(), S * M, ep_ids_.as<int32_t>(), ep_weights_.as<float>(), k,
-                      LocalExperts(layer), ep_y_.data());
+                      LocalExperts(layer, ep_ids_.as<int32_t>(), int64_t{S} * M * k), ep_y_.data());
 
   // Combine: block r of the partial sums belongs to rank r's slice; summed over the owners.
   ep.ReduceScatterSum(ep_y_.data(), out, static_cast<size_t>(M) * H, act);
@@ -1003,7 +1012,8 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
         backend_.RouterTopK(router_logits_.data(), n, num_experts, top_k, c.norm_topk_prob,
                             topk_ids_.as<int32_t>(), topk_weights_.as<float>());
         backend_.MoeExperts(hidden_.data(), n, topk_ids_.as<int32_t>(), topk_weights_.as<float>(),
-                            top_k, LocalExperts(layer), proj_.data());
+                            top_k, LocalExperts(layer, topk_ids_.as<int32_t>(), int64_t{n} * top_k),
+                            proj_.data());
       }
       TpAllReduce(proj_.data(), n * H);  // experts split along their intermediate dimension
     }

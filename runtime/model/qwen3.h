@@ -201,8 +201,9 @@ class Qwen3Model {
   bool DecodeGraphEligible(const StepBatch& batch) const;
   void RunDecodeGraph(const StepBatch& batch, KvCache& kv);
   void TpAllReduce(void* buf, int64_t count);
-  // The experts of `layer` this rank holds, as MoeExperts takes them.
-  ExpertWeights LocalExperts(const Layer& layer) const;
+  // The experts of `layer` this rank holds, as MoeExperts takes them; FP8 experts that `ids`
+  // (int32 [num_ids] on the device: the step's routed expert ids) route to are dequantized first.
+  ExpertWeights LocalExperts(const Layer& layer, const int32_t* ids, int64_t num_ids) const;
   // Forward's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the
   // device; on TP rank 0, ids of the rows sampled on the device and the logits of the others.
   void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
@@ -307,6 +308,7 @@ class Qwen3Model {
   DeviceBuffer xq_scale_;        // fp32 [ceil(fp8_max_k_ / 128), Fp8ActivationScaleStride(n)]
   DeviceBuffer expert_gate_up_;  // W [E_local, 2 * I_moe_local, H]
   DeviceBuffer expert_down_;     // W [E_local, H, I_moe_local]
+  DeviceBuffer expert_used_;     // int32 [E_local]: which of them this step routes to
   // Expert-parallel exchange over all-to-all (the default), for slices of up to
   // ceil(tokens / tp_size) rows per rank; null with TESSERA_EP_EXCHANGE=allgather.
   bool ep_allgather_ = false;

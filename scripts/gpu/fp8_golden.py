@@ -18,7 +18,11 @@ def rel(a, b):
 
 
 def hf(d, prompt):
-    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda").eval()
+    try:
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda")
+    except (ImportError, ValueError):  # no accelerate: load, then move
+        m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).to("cuda")
+    m = m.eval()
     ids = torch.tensor([prompt], device="cuda")
     with torch.no_grad():
         logits = m(ids).logits[0].float().cpu().numpy()

@@ -197,6 +197,21 @@ TEST(Fp8WeightQuantizeTest, MatchesTransformersFormula) {
   }
 }
 
+TEST(Fp8WeightQuantizeTest, MarkExpertsAndSkip) {
+  std::vector<int32_t> used(3, 7);
+  const std::vector<int32_t> ids = {4, 9, -1, 6, 4};
+  cpu::MarkExperts(ids.data(), static_cast<int64_t>(ids.size()), 4, 3, used.data());
+  EXPECT_EQ(used, (std::vector<int32_t>{1, 0, 1}));
+  std::vector<uint8_t> data(3 * 2 * 2, 0x38);  // e4m3 1.0
+  const std::vector<float> scale = {2.0f, 3.0f, 4.0f};
+  Fp8Weight layout;
+  layout.scale = scale.data();
+  layout.scale_stride = 1;
+  std::vector<float> out(12, -1.0f);
+  cpu::DequantizeFp8Blocks(data.data(), layout, 2, 2, 3, 1, out.data(), used.data());
+  EXPECT_EQ(out, (std::vector<float>{2, 2, 2, 2, -1, -1, -1, -1, 4, 4, 4, 4}));
+}
+
 // A TP slice that starts inside a block keeps the checkpoint's scales for its part: dequantizing
 // the slice with row/col offsets (and gate|up parts) gives exactly the slice of the whole
 // tensor's dequantization.

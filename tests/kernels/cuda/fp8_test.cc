@@ -224,10 +224,19 @@ TEST_P(CudaFp8Test, DequantizeWeightMatchesReference) {
     DeviceBuffer out = testing::PoisonedBf16(gpu(), batch * n * k);
     layout.data = dd.data();
     layout.scale = ds.as<float>();
-    gpu().DequantizeFp8Weight(layout, n, k, batch, per, out.data());
+    // The split batch skips its second weight (MarkExperts: expert 1 of [7, 9) unused).
+    DeviceBuffer used = gpu().Allocate(2 * sizeof(int32_t));
+    DeviceBuffer ids = testing::UploadRaw(gpu(), std::vector<int32_t>{3, 7, -1, 7, 12});
+    gpu().MarkExperts(ids.as<int32_t>(), 5, 7, 2, used.as<int32_t>());
+    EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu(), used, 2), (std::vector<int32_t>{1, 0}));
+    gpu().DequantizeFp8Weight(layout, n, k, batch, per, out.data(),
+                              split ? used.as<int32_t>() : nullptr);
     const std::vector<float> got = testing::DownloadBf16(gpu(), out, batch * n * k);
-    for (size_t i = 0; i < got.size(); ++i)
+    for (int64_t i = 0; i < n * k; ++i)
       ASSERT_EQ(got[i], ref[i]) << "split " << split << " element " << i;
+    if (split) {
+      EXPECT_EQ(testing::CountNaN(got), static_cast<size_t>(n * k)) << "skipped weight";
+    }
   }
 }
 
