@@ -979,8 +979,8 @@ void Engine::Run() {
       out.finished = true;
       out.finish_reason = FinishReason::kError;
       out.status = stop_status;
+      // One counter per request: an error is never counted as a finish too.
       if (seq->stream->Push(std::move(out)) == RequestStream::PushResult::kQueued && metrics_) {
-        metrics_->AddFinished(FinishReasonName(FinishReason::kError));
         metrics_->AddError(absl::StatusCodeToString(stop_status.code()));
       }
     }
