@@ -30,6 +30,20 @@ std::vector<float> Random(size_t n, std::mt19937& rng, float lo = -1.0f, float h
   return v;
 }
 
+// Rank `rank`'s experts [rank * per_rank, (rank + 1) * per_rank) of the full expert weights
+// (gate_up [E, 2I, H], down [E, H, I]), which every rank holds alike.
+ExpertWeights RankExperts(int rank, int per_rank, int H, int I, const std::vector<float>& gate_up,
+                          const std::vector<float>& down) {
+  ExpertWeights mine;
+  mine.first_expert = rank * per_rank;
+  mine.num_local_experts = per_rank;
+  mine.hidden = H;
+  mine.intermediate = I;
+  mine.gate_up = gate_up.data() + static_cast<size_t>(mine.first_expert) * 2 * I * H;
+  mine.down = down.data() + static_cast<size_t>(mine.first_expert) * H * I;
+  return mine;
+}
+
 TEST(ExpertExchangeTest, MatchesOneRankAndCountsLoad) {
   Communicator& w = World();
   const int S = w.size(), per_rank = 4, E = S * per_rank, k = 3, H = 13, I = 5, max_tokens = 9;
@@ -38,13 +52,7 @@ TEST(ExpertExchangeTest, MatchesOneRankAndCountsLoad) {
   const auto down = Random(static_cast<size_t>(E) * H * I, weights_rng);
   std::unique_ptr<Backend> cpu = MakeCpuBackend();
   ExpertExchange exchange(w, *cpu, {H, k, E, max_tokens});
-  ExpertWeights mine;
-  mine.first_expert = w.rank() * per_rank;
-  mine.num_local_experts = per_rank;
-  mine.hidden = H;
-  mine.intermediate = I;
-  mine.gate_up = gate_up.data() + static_cast<size_t>(mine.first_expert) * 2 * I * H;
-  mine.down = down.data() + static_cast<size_t>(mine.first_expert) * H * I;
+  const ExpertWeights mine = RankExperts(w.rank(), per_rank, H, I, gate_up, down);
 
   std::mt19937 rng(100 + w.rank());
   int64_t routed = 0;
@@ -113,13 +121,7 @@ TEST(ExpertExchangeTest, LowLatencyGivesNormalModesBits) {
   ExpertExchangeShape shape{H, k, E, 11};
   shape.block_capacity = cap;
   ExpertExchange exchange(w, *cpu, shape);
-  ExpertWeights mine;
-  mine.first_expert = w.rank() * per_rank;
-  mine.num_local_experts = per_rank;
-  mine.hidden = H;
-  mine.intermediate = I;
-  mine.gate_up = gate_up.data() + static_cast<size_t>(mine.first_expert) * 2 * I * H;
-  mine.down = down.data() + static_cast<size_t>(mine.first_expert) * H * I;
+  const ExpertWeights mine = RankExperts(w.rank(), per_rank, H, I, gate_up, down);
   auto run = [&](const std::vector<float>& x, const std::vector<int32_t>& ids,
                  const std::vector<float>& wt, int m, int block_rows) {
     const int received =
@@ -167,13 +169,7 @@ TEST(ExpertExchangeTest, Fp8PayloadIsQuantizeDequantizeExactly) {
   ExpertExchange plain(w, *cpu, shape);
   shape.fp8_payload = true;
   ExpertExchange fp8(w, *cpu, shape);
-  ExpertWeights mine;
-  mine.first_expert = w.rank() * per_rank;
-  mine.num_local_experts = per_rank;
-  mine.hidden = H;
-  mine.intermediate = I;
-  mine.gate_up = gate_up.data() + static_cast<size_t>(mine.first_expert) * 2 * I * H;
-  mine.down = down.data() + static_cast<size_t>(mine.first_expert) * H * I;
+  const ExpertWeights mine = RankExperts(w.rank(), per_rank, H, I, gate_up, down);
   auto run = [&](ExpertExchange& ex, const std::vector<float>& x, const std::vector<int32_t>& ids,
                  const std::vector<float>& wt, int m, bool low_latency) {
     const int received = low_latency
