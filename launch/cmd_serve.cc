@@ -5,7 +5,7 @@
 //   [--http-port H]
 //       [--metrics-port M] [--served-model-name NAME...] [--log-requests [--log-request-prompts]]
 //       [--tp T] [--pp P] [--ep E] [--dp D] [--device cpu|cuda] [--max-num-seqs N]
-//       [--max-num-batched-tokens N]
+//       [--max-num-batched-tokens N] [--long-prefill-token-threshold N]
 //       [--kv-cache-memory BYTES | --num-kv-blocks N | --gpu-memory-utilization F]
 //       [--block-size B] [--max-queue N] [--no-prefix-caching] [--api-key K]
 //       [--tls-cert F --tls-key F] [--drain-timeout S] [--collective-timeout S] [--port-file F]
@@ -124,6 +124,9 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
                  "sequences in the running batch, per replica");
   app.add_option("--max-num-batched-tokens", f->engine.max_num_batched_tokens,
                  "tokens per step, per replica (longer prompts are prefilled in chunks)");
+  app.add_option("--long-prefill-token-threshold", f->engine.long_prefill_token_threshold,
+                 "most tokens one prompt's prefill takes per step (0: the whole budget); smaller "
+                 "chunks keep decodes flowing beside long prompts");
   app.add_option("--max-queue", f->engine.max_queue,
                  "requests admitted and not finished; more get RESOURCE_EXHAUSTED");
   app.add_option("--max-buffered-outputs", f->engine.max_buffered_outputs,
@@ -167,6 +170,8 @@ absl::Status Validate(const ServeFlags& f, bool api_key_given) {
     return absl::InvalidArgumentError(
         "--block-size, --max-num-seqs, --max-num-batched-tokens and --max-queue must be >= 1");
   }
+  if (f.engine.long_prefill_token_threshold < 0)
+    return absl::InvalidArgumentError("--long-prefill-token-threshold must be >= 0");
   if (f.engine.step_trace_steps < 1)
     return absl::InvalidArgumentError("--step-trace-steps must be >= 1");
   if (f.server.keepalive_time_s <= 0 || f.server.keepalive_timeout_s <= 0) {

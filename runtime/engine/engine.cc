@@ -416,12 +416,16 @@ bool Engine::WaitsForSibling(const Replica& replica, const Sequence& seq) const 
 bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* scheduled) {
   BlockManager& bm = replica.manager;
   int budget = options_.max_num_batched_tokens;
+  // The most tokens one sequence may take this step: the budget left, and for a prefill
+  // `--long-prefill-token-threshold` (a decode's one token is always below it).
+  const int cap = options_.long_prefill_token_threshold;
+  auto ChunkLimit = [cap](int left) { return cap > 0 ? std::min(left, cap) : left; };
   bool preempted = false;
   // Running sequences first, in order: decodes (1 token) and unfinished prefills (a chunk).
   for (size_t i = 0; i < replica.running.size() && budget > 0;) {
     Sequence* s = replica.running[i].get();
     const int need = static_cast<int>(s->tokens.size()) - s->num_computed;
-    const int n = std::min(need, budget);
+    const int n = std::min(need, ChunkLimit(budget));
     bool self_preempted = false;
     while (!bm.Reserve(&s->blocks, s->num_computed + n)) {
       // Out of blocks: preempt the last-served running sequence (maybe this one).
@@ -453,7 +457,8 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
       s->num_registered = s->num_computed / bm.block_size();
       if (!s->admitted_once) s->cached_tokens = s->num_computed;
     }
-    const int n = std::min(static_cast<int>(s->tokens.size()) - s->num_computed, budget);
+    const int n =
+        std::min(static_cast<int>(s->tokens.size()) - s->num_computed, ChunkLimit(budget));
     if (!bm.Reserve(&s->blocks, s->num_computed + n)) {
       bm.Free(&s->blocks);  // give back the prefix match; try again next step
       s->num_computed = 0;

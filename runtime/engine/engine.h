@@ -117,7 +117,10 @@ class RequestStream {
 struct EngineOptions {
   int max_num_seqs = 256;             // sequences in the running batch, per replica
   int max_num_batched_tokens = 2048;  // tokens per step, per replica (chunked prefill)
-  int max_queue = 4096;               // requests admitted but not finished
+  // > 0: a prefill takes at most this many tokens per step (its chunks), so a long prompt shares
+  // steps with the decodes instead of stalling them for a whole-prompt step; 0 = the budget.
+  int long_prefill_token_threshold = 0;
+  int max_queue = 4096;  // requests admitted but not finished
   bool enable_prefix_caching = true;
   int64_t max_model_len = 0;     // prompt + max_tokens limit; 0 = max_position_embeddings
   int64_t sampleable_vocab = 0;  // ids >= this are never sampled; 0 = the whole vocabulary

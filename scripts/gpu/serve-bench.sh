@@ -7,7 +7,8 @@
 # gives the engine's own decode step time at batch 64 beside it. Logs and JSON under $OUT;
 # scripts/gpu/pack.sh prepares .devcarry. The server writes its step timeline (--step-trace, the
 # last TRACE_STEPS steps): $OUT/steps-MODEL.json.gz (Perfetto opens it) and a per-phase summary
-# in serve-bench.txt. SERVE_FLAGS=--no-async-output measures without the output thread.
+# in serve-bench.txt. SERVE_FLAGS=--no-async-output measures without the output thread;
+# LONG_PREFILL="256 512" repeats concurrency 64 with --long-prefill-token-threshold at each value.
 set -u
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -27,16 +28,20 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
     timeout 300 $B/tessera bench --model $dir --device cuda --ttft 256 --decode-batch 1,64,128,256 \
       --decode-context 384 --decode-steps 32 --repeats 3 --json 2>>$OUT/serve.log >$OUT/bench-$model.json; tail -c 1500 $OUT/bench-$model.json >>$S
   fi
-  rm -f /tmp/port /tmp/steps-$model.json
+  start() {  # start FLAGS...: tessera serve on GPU 0 in the background; sets pid, gport, mport
+    rm -f /tmp/port
+    $B/tessera serve --model $dir --load-format dummy --device cuda --port 0 --http-port -1 \
+      --metrics-port 0 --port-file /tmp/port --max-num-seqs ${MAX_SEQS:-256} \
+      --max-num-batched-tokens ${MAX_TOKENS:-8192} "$@" ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done
+    read -r gport mport _ </tmp/port
+  }
+  rm -f /tmp/steps-$model.json
   trace=  # older binaries (main before the step trace) have no --step-trace
   $B/tessera serve --help 2>&1 | grep -q -- --step-trace &&
     trace="--step-trace /tmp/steps-$model.json --step-trace-steps ${TRACE_STEPS:-3000}"
-  $B/tessera serve --model $dir --load-format dummy --device cuda --port 0 --http-port -1 \
-    --metrics-port 0 --port-file /tmp/port --max-num-seqs ${MAX_SEQS:-256} \
-    --max-num-batched-tokens ${MAX_TOKENS:-8192} $trace ${SERVE_FLAGS:-} >>$OUT/serve.log 2>&1 &
-  pid=$!
-  for _ in $(seq 600); do { [ -s /tmp/port ] || ! kill -0 $pid; } && break; sleep 0.5; done
-  read -r gport mport _ </tmp/port || { echo "$model: serve did not start" | tee -a $S; continue; }
+  start $trace || { echo "$model: serve did not start" | tee -a $S; continue; }
   run() {  # run LABEL bench-serve flags...: one JSON line per run, in both logs
     local label=$1; shift
     echo "===== $model: $label" | tee -a $S
@@ -54,6 +59,16 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
   esac
   curl -s 127.0.0.1:$mport/metrics | grep -E "^tessera:(engine_step|num_preempt|prompt_tokens_total|generation_tokens_total)" >>$S
   kill -TERM $pid; wait $pid; echo "$model serve exit $?" | tee -a $S
+  # LONG_PREFILL="256 512": concurrency 64 again on a server whose prompts are prefilled in chunks
+  # of at most that many tokens (--long-prefill-token-threshold), for the ITL p99 target.
+  case $model in *A3B*|*A22B*) ;; *)
+    for cap in ${LONG_PREFILL:-}; do
+      start --long-prefill-token-threshold $cap || { echo "$model: serve did not start" | tee -a $S; continue; }
+      run "concurrency 64, 1K/1K, long-prefill-token-threshold $cap" --num-prompts ${CONC_PROMPTS:-192} \
+        --max-concurrency 64 --input-len 1024 --output-len 1024
+      kill -TERM $pid; wait $pid
+    done ;;
+  esac
   if [ -s /tmp/steps-$model.json ]; then
     python3 - /tmp/steps-$model.json <<'PY' | tee -a $S
 import json, statistics, sys

@@ -238,5 +238,61 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
   }
 }
 
+// --long-prefill-token-threshold: a prompt is prefilled in chunks of at most that many tokens
+// (the step trace's largest prefill is the cap, one sequence at a time), decodes ride beside them,
+// and the greedy outputs are those of whole-prompt prefills.
+TEST_F(EngineLoadTest, LongPrefillThresholdChunksPromptsAndKeepsOutputs) {
+  const std::vector<EngineRequest> requests = Requests(12);
+  const std::vector<Result> expected = OneAtATime(requests);
+  for (int max_seqs : {1, 6}) {
+    SCOPED_TRACE("max_num_seqs " + std::to_string(max_seqs));
+    EngineOptions options;
+    options.max_num_seqs = max_seqs;
+    options.long_prefill_token_threshold = 16;
+    const std::string trace = ::testing::TempDir() + "/engine-test-long-prefill-" +
+                              std::to_string(max_seqs) + "-" + std::to_string(getpid()) + ".json";
+    options.step_trace_path = trace;
+    std::vector<Result> got;
+    {
+      auto r = Start(options, 64, nullptr);
+      std::vector<std::shared_ptr<RequestStream>> streams;
+      for (const EngineRequest& req : requests) {
+        auto stream = r->engine->Submit(req);
+        ASSERT_TRUE(stream.ok()) << stream.status();
+        streams.push_back(*stream);
+      }
+      for (auto& s : streams) got.push_back(Drain(*s));
+    }
+    for (size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
+      EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
+    }
+    std::ifstream in(trace);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string json = ss.str();
+    int largest = 0, steps = 0, mixed = 0;
+    const std::string key = "\"prefill_tokens\":", decode_key = "\"decode_tokens\":";
+    for (size_t at = json.find(key); at != std::string::npos; at = json.find(key, at + 1)) {
+      const int prefill = std::atoi(json.c_str() + at + key.size());
+      const size_t d = json.find(decode_key, at);
+      ASSERT_NE(d, std::string::npos);
+      const int decode = std::atoi(json.c_str() + d + decode_key.size());
+      largest = std::max(largest, prefill);
+      mixed += prefill > 0 && decode > 0;
+      ++steps;
+    }
+    ASSERT_GT(steps, 0) << json.size();
+    // One sequence: every prefill row is one prompt's chunk. Several: at most one chunk each.
+    if (max_seqs == 1) {
+      EXPECT_EQ(largest, 16);
+    } else {
+      EXPECT_LE(largest, 16 * max_seqs);
+      EXPECT_GT(mixed, 0) << "decodes should share steps with prompt chunks";
+    }
+    std::remove(trace.c_str());
+  }
+}
+
 }  // namespace
 }  // namespace tessera
