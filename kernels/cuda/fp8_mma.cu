@@ -8,12 +8,10 @@
 // every second tile (and after the last).
 #include "kernels/cuda/fp8_mma.h"
 
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-
 #include "kernels/base/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/fp8.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/ops.h"
 
@@ -45,25 +43,6 @@ template <bool kAFp8>
 __host__ __device__ constexpr int SmemBytes() {
   return kStages * (AStageBytes<kAFp8>() + kBStageBytes) + (kAFp8 ? kBM * kBK * 2 : 0) +
          kBN * kBK * 2;
-}
-
-// 16 e4m3 bytes -> 16 bf16 (two 16-byte chunks), exactly.
-__device__ __forceinline__ void WidenE4M3(const uint4& v, uint4& lo, uint4& hi) {
-  const uint32_t in[4] = {v.x, v.y, v.z, v.w};
-  uint32_t out[8];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(
-          static_cast<__nv_fp8x2_storage_t>(in[i] >> (16 * h)), __NV_E4M3);
-      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&raw));
-      const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
-      out[2 * i + h] = *reinterpret_cast<const uint32_t*>(&b);
-    }
-  }
-  lo = make_uint4(out[0], out[1], out[2], out[3]);
-  hi = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
 template <bool kAFp8>
@@ -136,24 +115,16 @@ __global__ void __launch_bounds__(kThreads) Fp8MmaKernel(const Params p) {
     for (int c = tid; c < kBN * 4; c += kThreads) {
       const int row = c / 4, ch = c % 4;
       uint4 lo, hi;
-      WidenE4M3(*reinterpret_cast<const uint4*>(b_raw + row * kBK + ch * 16), lo, hi);
-      const uint32_t d0 = TileAddr<kBK>(b_wide, row, 2 * ch),
-                     d1 = TileAddr<kBK>(b_wide, row, 2 * ch + 1);
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d0), "r"(lo.x), "r"(lo.y),
-                   "r"(lo.z), "r"(lo.w));
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d1), "r"(hi.x), "r"(hi.y),
-                   "r"(hi.z), "r"(hi.w));
+      WidenE4M3<false>(*reinterpret_cast<const uint4*>(b_raw + row * kBK + ch * 16), 1.0f, lo, hi);
+      StoreChunks(TileAddr<kBK>(b_wide, row, 2 * ch), TileAddr<kBK>(b_wide, row, 2 * ch + 1), lo,
+                  hi);
     }
     if (kAFp8) {
       const int row = tid / 4, ch = tid % 4;
       uint4 lo, hi;
-      WidenE4M3(*reinterpret_cast<const uint4*>(a_raw + row * kBK + ch * 16), lo, hi);
-      const uint32_t d0 = TileAddr<kBK>(a_wide, row, 2 * ch),
-                     d1 = TileAddr<kBK>(a_wide, row, 2 * ch + 1);
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d0), "r"(lo.x), "r"(lo.y),
-                   "r"(lo.z), "r"(lo.w));
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(d1), "r"(hi.x), "r"(hi.y),
-                   "r"(hi.z), "r"(hi.w));
+      WidenE4M3<false>(*reinterpret_cast<const uint4*>(a_raw + row * kBK + ch * 16), 1.0f, lo, hi);
+      StoreChunks(TileAddr<kBK>(a_wide, row, 2 * ch), TileAddr<kBK>(a_wide, row, 2 * ch + 1), lo,
+                  hi);
     }
     __syncthreads();  // the widened tiles are complete
 
