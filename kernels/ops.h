@@ -156,6 +156,21 @@ struct Fp8Activations {
 // dequantized inside the GEMM; Ampere) or weights and activations (W8A8: FP8 tensor cores; Hopper).
 enum class Fp8Mode { kNone, kW8A16, kW8A8 };
 
+// A MoE layer's local experts as block-scaled FP8 weights (Backend::MoeExpertsFp8): ExpertWeights'
+// shapes in e4m3, expert e's weight at data + e * rows * cols bytes and its scale table at
+// scale + e * *_scale_batch_stride. Any offsets and parts (a TP slice inside a block; gate and up
+// as two parts of gate_up).
+struct ExpertWeightsFp8 {
+  int first_expert = 0;  // global id of local expert 0
+  int num_local_experts = 0;
+  int64_t hidden = 0;        // H
+  int64_t intermediate = 0;  // I (per shard when experts are TP-split)
+  Fp8Weight gate_up;         // e4m3 [num_local_experts, 2*I, H]: gate rows then up rows
+  int64_t gate_up_scale_batch_stride = 0;
+  Fp8Weight down;  // e4m3 [num_local_experts, H, I]
+  int64_t down_scale_batch_stride = 0;
+};
+
 // A recorded sequence of ops (a CUDA graph), replayed with the device pointers and launch sizes it
 // was recorded with; whatever varies per replay is read from device memory.
 class DeviceGraph {
@@ -369,6 +384,15 @@ class Backend {
   // rank holds (others contribute 0), Expert(x) = down @ (silu(gate @ x) * (up @ x)).
   virtual void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                           const ExpertWeights& experts, void* out) = 0;
+  // MoeExperts with FP8 experts (W8A16): each expert weight is dequantized inside the grouped
+  // GEMMs (e4m3 value * its block's scale in fp32, rounded once to weight_dtype(), as
+  // DequantizeFp8Weight rounds it) and multiplied with the unquantized activations, so the result
+  // equals DequantizeFp8Weight of the routed experts followed by MoeExperts, with no weight
+  // scratch and no host read of the routing (graph-capturable). MoeExpertsFp8Supported says
+  // whether the backend takes this layout (else the caller dequantizes and calls MoeExperts).
+  virtual bool MoeExpertsFp8Supported(const ExpertWeightsFp8& /*experts*/) const { return false; }
+  virtual void MoeExpertsFp8(const void* x, int n, const int32_t* ids, const float* weights,
+                             int top_k, const ExpertWeightsFp8& experts, void* out);
 
   // Expert-parallel dispatch over all-to-all (parallel/expert_exchange.h), in three ops. S ranks
   // each hold `experts_per_rank` consecutive experts (rank r: [r * experts_per_rank, ...)).

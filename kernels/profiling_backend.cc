@@ -174,6 +174,13 @@ class Profiler final : public ProfilingBackend {
                   const ExpertWeights& experts, void* out) override {
     Time("MoeExperts", [&] { b_.MoeExperts(x, n, ids, weights, top_k, experts, out); });
   }
+  bool MoeExpertsFp8Supported(const ExpertWeightsFp8& experts) const override {
+    return b_.MoeExpertsFp8Supported(experts);
+  }
+  void MoeExpertsFp8(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                     const ExpertWeightsFp8& experts, void* out) override {
+    Time("MoeExpertsFp8", [&] { b_.MoeExpertsFp8(x, n, ids, weights, top_k, experts, out); });
+  }
   void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                          int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
                          int32_t* token_slots, int block_capacity) override {

@@ -115,6 +115,11 @@ class CpuBackend final : public Backend {
                     experts.hidden, experts.intermediate, F(experts.gate_up), F(experts.down),
                     F(out));
   }
+  bool MoeExpertsFp8Supported(const ExpertWeightsFp8& /*experts*/) const override { return true; }
+  void MoeExpertsFp8(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                     const ExpertWeightsFp8& experts, void* out) override {
+    cpu::MoeExpertsFp8(F(x), n, ids, weights, top_k, experts, F(out));
+  }
   void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                          int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
                          int32_t* token_slots, int block_capacity) override {
@@ -270,6 +275,10 @@ void Backend::MarkExperts(const int32_t*, int64_t, int, int, int32_t*) {
 }
 void Backend::QuantizeFp8Weight(const void*, int64_t, int64_t, const Fp8Weight&) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
+}
+void Backend::MoeExpertsFp8(const void*, int, const int32_t*, const float*, int,
+                            const ExpertWeightsFp8&, void*) {
+  TESSERA_CHECK(false) << "this backend has no FP8 expert GEMMs (MoeExpertsFp8Supported)";
 }
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }

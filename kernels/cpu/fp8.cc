@@ -126,4 +126,24 @@ void LinearFp8WeightOnly(const float* x, const uint8_t* w_data, const float* w_s
   Linear(x, w.data(), m, n, k, y);
 }
 
+void MoeExpertsFp8(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
+                   const ExpertWeightsFp8& experts, float* out) {
+  const int64_t H = experts.hidden, I = experts.intermediate;
+  std::vector<float> gate_up(2 * I * H), down(H * I);
+  MoeExpertsWith(
+      x, n, ids, weights, top_k, experts.first_expert, experts.num_local_experts, H, I,
+      [&](int e, const float** gu, const float** dn) {
+        const auto* gu_data = static_cast<const uint8_t*>(experts.gate_up.data);
+        const auto* dn_data = static_cast<const uint8_t*>(experts.down.data);
+        Fp8Weight gu_layout = experts.gate_up, dn_layout = experts.down;
+        gu_layout.scale += e * experts.gate_up_scale_batch_stride;
+        dn_layout.scale += e * experts.down_scale_batch_stride;
+        DequantizeFp8Blocks(gu_data + e * 2 * I * H, gu_layout, 2 * I, H, 1, 0, gate_up.data());
+        DequantizeFp8Blocks(dn_data + e * H * I, dn_layout, H, I, 1, 0, down.data());
+        *gu = gate_up.data();
+        *dn = down.data();
+      },
+      out);
+}
+
 }  // namespace tessera::cpu

@@ -62,6 +62,19 @@ void MoeGroupRows(const int32_t* ids, int n, int top_k, int first_expert, int nu
 void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
                 int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
                 const float* gate_up, const float* down, float* out) {
+  MoeExpertsWith(
+      x, n, ids, weights, top_k, first_expert, num_local_experts, hidden, intermediate,
+      [&](int e, const float** gu, const float** dn) {
+        *gu = gate_up + e * 2 * intermediate * hidden;
+        *dn = down + e * hidden * intermediate;
+      },
+      out);
+}
+
+void MoeExpertsWith(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
+                    int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
+                    const std::function<void(int, const float**, const float**)>& expert_weights,
+                    float* out) {
   // Pairs grouped by local expert (as the CUDA backend groups them), so each expert's weights are
   // read once.
   const int64_t pairs = static_cast<int64_t>(n) * top_k;
@@ -77,11 +90,13 @@ void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights,
   for (int e = 0; e < num_local_experts; ++e) {
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
     if (m == 0) continue;
-    Linear(rows.data() + b * hidden, gate_up + e * 2 * intermediate * hidden, m, 2 * intermediate,
-           hidden, gu.data() + b * 2 * intermediate);
+    const float* gate_up = nullptr;
+    const float* down = nullptr;
+    expert_weights(e, &gate_up, &down);
+    Linear(rows.data() + b * hidden, gate_up, m, 2 * intermediate, hidden,
+           gu.data() + b * 2 * intermediate);
     SiluMul(gu.data() + b * 2 * intermediate, m, intermediate, act.data() + b * intermediate);
-    Linear(act.data() + b * intermediate, down + e * hidden * intermediate, m, hidden, intermediate,
-           y.data() + b * hidden);
+    Linear(act.data() + b * intermediate, down, m, hidden, intermediate, y.data() + b * hidden);
   }
   // Each token's expert outputs summed in increasing expert id: its local rows in row order.
   std::fill(out, out + static_cast<int64_t>(n) * hidden, 0.0f);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "kernels/ops.h"
 
@@ -42,6 +43,13 @@ void MoeGroupRows(const int32_t* ids, int n, int top_k, int first_expert, int nu
 void MoeExperts(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
                 int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
                 const float* gate_up, const float* down, float* out);
+// MoeExperts with each local expert's weights from `expert_weights(e, &gate_up, &down)`: called
+// once for each expert with rows, in increasing e; the pointers ([2I, H] and [H, I]) are used
+// before the next call.
+void MoeExpertsWith(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
+                    int first_expert, int num_local_experts, int64_t hidden, int64_t intermediate,
+                    const std::function<void(int, const float**, const float**)>& expert_weights,
+                    float* out);
 // Expert-parallel dispatch over all-to-all (Backend::MoeDispatchLayout / MoeDispatchPack /
 // MoeCombineRanks in kernels/ops.h have the layout).
 void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
@@ -84,6 +92,11 @@ void QuantizeFp8Weight(const float* w, int64_t n, int64_t k, uint8_t* data, floa
 // W8A16: y [m, n] = x [m, k] @ DequantizeFp8Weight(w)^T.
 void LinearFp8WeightOnly(const float* x, const uint8_t* w_data, const float* w_scale,
                          int64_t w_scale_stride, int64_t m, int64_t n, int64_t k, float* y);
+// Backend::MoeExpertsFp8: each routed expert's gate_up and down dequantized exactly
+// (DequantizeFp8Blocks, any offsets and parts) and run as MoeExperts runs them, so the result is
+// the dequantize-then-MoeExperts path's bit for bit.
+void MoeExpertsFp8(const float* x, int n, const int32_t* ids, const float* weights, int top_k,
+                   const ExpertWeightsFp8& experts, float* out);
 
 // One row x[vocab] (contiguous) by the rule of kernels/base/sampling_rule.h.
 int32_t SampleRow(const float* x, int64_t vocab, const SamplingRowParams& params);

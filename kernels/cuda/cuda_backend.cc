@@ -343,7 +343,17 @@ class CudaBackend final : public Backend {
     cuda::LaunchRouterTopK(B(logits), n, num_experts, top_k, normalize, ids, weights, stream_);
   }
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
-                  const ExpertWeights& experts, void* out) override;
+                  const ExpertWeights& experts, void* out) override {
+    RunMoe(x, n, ids, weights, top_k, &experts, nullptr, out);
+  }
+  bool MoeExpertsFp8Supported(const ExpertWeightsFp8& experts) const override {
+    return cuda::MoeFp8Supported(experts.gate_up, experts.hidden) &&
+           cuda::MoeFp8Supported(experts.down, experts.intermediate);
+  }
+  void MoeExpertsFp8(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                     const ExpertWeightsFp8& experts, void* out) override {
+    RunMoe(x, n, ids, weights, top_k, nullptr, &experts, out);
+  }
   void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                          int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
                          int32_t* token_slots, int block_capacity) override {
@@ -368,6 +378,11 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // MoeExperts (bf16_experts) or MoeExpertsFp8 (fp8_experts): grouping, the grouped GEMMs and
+  // the combine, in chunks of tokens that fit the MoE scratch.
+  void RunMoe(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+              const ExpertWeights* bf16_experts, const ExpertWeightsFp8* fp8_experts, void* out);
+
   int device_;
   cudaStream_t stream_ = nullptr;
   std::function<void()> stream_wait_;  // SetStreamWait; empty: cudaStreamSynchronize
@@ -426,13 +441,16 @@ std::unique_ptr<DeviceGraph> CudaBackend::EndCapture() {
 // increasing expert id (deterministic, fp32). Every size is bounded by the chunk's n * top_k
 // pairs, so the launches are fixed by n alone and the layer records into a CUDA graph. Chunks
 // bound the scratch to kMoeScratchBytes; they reuse it in stream order.
-void CudaBackend::MoeExperts(const void* x, int n, const int32_t* ids, const float* weights,
-                             int top_k, const ExpertWeights& experts, void* out) {
+void CudaBackend::RunMoe(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                         const ExpertWeights* bf16_experts, const ExpertWeightsFp8* fp8_experts,
+                         void* out) {
   if (n == 0) return;
   constexpr int kMaxTopK = 64;
   TESSERA_CHECK(top_k >= 1 && top_k <= kMaxTopK) << "top_k " << top_k;
-  const int64_t H = experts.hidden, I = experts.intermediate;
-  const int E = experts.num_local_experts;
+  const int64_t H = bf16_experts ? bf16_experts->hidden : fp8_experts->hidden;
+  const int64_t I = bf16_experts ? bf16_experts->intermediate : fp8_experts->intermediate;
+  const int E = bf16_experts ? bf16_experts->num_local_experts : fp8_experts->num_local_experts;
+  const int first = bf16_experts ? bf16_experts->first_expert : fp8_experts->first_expert;
   // Scratch per token: top_k pairs of (gather entry, pair_row entry, activation, expert output).
   const size_t token_bytes = static_cast<size_t>(top_k) *
                              (2 * sizeof(int32_t) + static_cast<size_t>(I + H) * sizeof(bf16));
@@ -460,11 +478,18 @@ void CudaBackend::MoeExperts(const void* x, int n, const int32_t* ids, const flo
     const int c = std::min(chunk, n - t0);
     const int max_rows = c * top_k;
     const int32_t* chunk_ids = ids + static_cast<int64_t>(t0) * top_k;
-    cuda::LaunchMoeGroup(chunk_ids, c, top_k, experts.first_expert, E, offsets, gather, pair_row,
-                         stream_);
-    cuda::LaunchMoeGateUp(B(x) + static_cast<int64_t>(t0) * H, gather, offsets, E, max_rows,
-                          B(experts.gate_up), H, I, act, stream_);
-    cuda::LaunchMoeDown(act, offsets, E, max_rows, B(experts.down), H, I, y, stream_);
+    cuda::LaunchMoeGroup(chunk_ids, c, top_k, first, E, offsets, gather, pair_row, stream_);
+    const bf16* chunk_x = B(x) + static_cast<int64_t>(t0) * H;
+    if (bf16_experts != nullptr) {
+      cuda::LaunchMoeGateUp(chunk_x, gather, offsets, E, max_rows, B(bf16_experts->gate_up), H, I,
+                            act, stream_);
+      cuda::LaunchMoeDown(act, offsets, E, max_rows, B(bf16_experts->down), H, I, y, stream_);
+    } else {
+      cuda::LaunchMoeGateUpFp8(chunk_x, gather, offsets, E, max_rows, fp8_experts->gate_up,
+                               fp8_experts->gate_up_scale_batch_stride, H, I, act, stream_);
+      cuda::LaunchMoeDownFp8(act, offsets, E, max_rows, fp8_experts->down,
+                             fp8_experts->down_scale_batch_stride, H, I, y, stream_);
+    }
     cuda::LaunchMoeCombine(y, chunk_ids, pair_row, weights + static_cast<int64_t>(t0) * top_k, c,
                            top_k, H, B(out) + static_cast<int64_t>(t0) * H, stream_);
   }

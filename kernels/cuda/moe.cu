@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/fp8.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/moe.h"
 
@@ -169,6 +170,14 @@ __global__ void __launch_bounds__(kGroupThreads)
 // tile counts); CTAs past the last tile exit. Operand tiles are [rows, 64] bf16 in shared memory
 // (128-byte rows, XOR-swizzled chunks: mma.cuh's TileAddr), filled by cp.async kStages deep.
 //
+// FP8 weights (kFp8W, W8A16): the stages hold the raw e4m3 weight tile ([kBN, 64] bytes, 4
+// chunks a row); once a stage lands, each thread widens its chunks to bf16, times the chunk's
+// block scale in fp32 and rounded once (the bits DequantizeFp8Weight writes), into one swizzled
+// [kBN, 64] bf16 tile the warps read as they read the bf16 weights' tiles. A chunk of 16 columns
+// lies in one 128-column scale block when col_offset % 16 == 0 (MoeFp8Supported); rows may start
+// anywhere in a block and gate|up may be two parts (Fp8ScaleIndex), so TP slices that split a
+// block run here too. The products are then those of the dequantize-then-bf16 path, bit for bit.
+//
 // A CTA's kBN weight rows are two halves. In the gate|up GEMM (kFused) the first half is gate
 // rows [a0, a0 + kBN/2) and the second the matching up rows [I + a0, ...), so a thread holds
 // gate and up of the same activation column in its accumulators and the epilogue writes
@@ -186,11 +195,17 @@ struct GemmParams {
   const int32_t* a_rows;   // grouped row -> A row (the gather), or null for A row = grouped row
   const int32_t* offsets;  // [E + 1]
   int num_experts;
-  const bf16* w;  // [E, w_rows, K]
+  const bf16* w;  // [E, w_rows, K] (bf16 weights)
   int64_t w_rows;
   int64_t n;  // output columns: I (kFused) or w_rows
   int64_t k;
   bf16* out;  // [P, n]
+  // FP8 weights (kFp8W): e4m3 [E, w_rows, K] with expert e's scale table at
+  // w_scale + e * w_scale_batch_stride, indexed as kernels/ops.h's Fp8ScaleIndex.
+  const uint8_t* w8;
+  const float* w_scale;
+  int64_t w_scale_batch_stride;
+  Fp8Weight w_layout;
 };
 
 template <int kBM_, int kWarpsM_, int kWarpsN_, int kNH_, int kStages_, int kMinBlocks_>
@@ -207,6 +222,11 @@ struct GemmConfig {
   // The stages, then the CTA's (expert, row tile): in dynamic shared memory, so the opt-in past
   // 48 KB counts every byte the CTA uses.
   static constexpr int kSmemBytes = kStages * kStageBytes + 16;
+  // FP8 weights: e4m3 weight tiles in the stages, plus the one widened bf16 weight tile.
+  static constexpr int kB8Chunks = kBN * 4 / kThreads;  // 16-byte e4m3 chunks per thread
+  static constexpr int kStageBytes8 = (2 * kBM + kBN) * kBK;
+  static constexpr int kSmemBytes8 = kStages * kStageBytes8 + kBN * kBK * 2 + 16;
+  static_assert(kB8Chunks >= 1 && kBN * 4 == kB8Chunks * kThreads, "e4m3 chunks split evenly");
   static_assert(kMI >= 1 && kBM == kMI * 16 * kWarpsM, "whole m16 fragments per warp");
   static_assert(kAChunks >= 1 && kBM * 8 == kAChunks * kThreads, "A tile chunks split evenly");
   static_assert(kBChunks >= 1 && kBN * 8 == kBChunks * kThreads, "B tile chunks split evenly");
@@ -242,12 +262,17 @@ __device__ __forceinline__ float SiluTimes(float g, float u) {
   return g / (1.0f + expf(-g)) * u;  // as elementwise.cu's SiluMul
 }
 
-template <typename Cfg, bool kFused, bool kAligned>
+template <typename Cfg, bool kFused, bool kAligned, bool kFp8W>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     MoeGemmKernel(const GemmParams p) {
+  static_assert(!kFp8W || kAligned, "FP8 weights take the cp.async path only");
+  constexpr int kStageBytes = kFp8W ? Cfg::kStageBytes8 : Cfg::kStageBytes;
+  constexpr int kWideBytes = kFp8W ? Cfg::kBN * kBK * 2 : 0;  // the widened weight tile
+  constexpr int kBLoads = kFp8W ? Cfg::kB8Chunks : Cfg::kBChunks;
+  constexpr int kRowChunks = kFp8W ? 4 : 8;  // 16-byte chunks per weight row of a k tile
   extern __shared__ __align__(128) unsigned char smem[];
-  int& tile_expert = reinterpret_cast<int*>(smem + Cfg::kStages * Cfg::kStageBytes)[0];
-  int& tile_row = reinterpret_cast<int*>(smem + Cfg::kStages * Cfg::kStageBytes)[1];
+  int& tile_expert = reinterpret_cast<int*>(smem + Cfg::kStages * kStageBytes + kWideBytes)[0];
+  int& tile_row = reinterpret_cast<int*>(smem + Cfg::kStages * kStageBytes + kWideBytes)[1];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   // Which expert and row tile blockIdx.y is: warp 0 scans the experts' tile counts.
@@ -278,7 +303,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   if (expert < 0) return;
   const int row0 = p.offsets[expert] + tile_row * Cfg::kBM;
   const int rows = min(Cfg::kBM, p.offsets[expert + 1] - row0);
-  const bf16* w = p.w + static_cast<int64_t>(expert) * p.w_rows * p.k;
+  [[maybe_unused]] const bf16* w =
+      kFp8W ? nullptr : p.w + static_cast<int64_t>(expert) * p.w_rows * p.k;
+  [[maybe_unused]] const uint8_t* w8 =
+      kFp8W ? p.w8 + static_cast<int64_t>(expert) * p.w_rows * p.k : nullptr;
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * (kFused ? Cfg::kHalf : Cfg::kBN);
 
   // Each thread's chunks: fixed rows, so their sources are resolved once.
@@ -290,10 +318,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     const int r = (tid + i * Cfg::kThreads) / 8;
     a_row[i] = r >= rows ? -1 : p.a_rows != nullptr ? p.a_rows[row0 + r] : row0 + r;
   }
-  int b_row[Cfg::kBChunks];
+  int b_row[kBLoads];
 #pragma unroll
-  for (int i = 0; i < Cfg::kBChunks; ++i) {
-    const int r = (tid + i * Cfg::kThreads) / 8;
+  for (int i = 0; i < kBLoads; ++i) {
+    const int r = (tid + i * Cfg::kThreads) / kRowChunks;
     if constexpr (kFused) {
       const int64_t c = col0 + (r < Cfg::kHalf ? r : r - Cfg::kHalf);
       b_row[i] = c >= p.n ? -1 : static_cast<int>(r < Cfg::kHalf ? c : p.n + c);
@@ -301,10 +329,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       b_row[i] = col0 + r >= p.n ? -1 : static_cast<int>(col0 + r);
     }
   }
+  // FP8: where each chunk's row of block scales starts (its column block is added per k tile).
+  [[maybe_unused]] const float* b_scale[kFp8W ? kBLoads : 1];
+  if constexpr (kFp8W) {
+    const Fp8Weight& l = p.w_layout;
+#pragma unroll
+    for (int i = 0; i < kBLoads; ++i) {
+      const int64_t r = max(b_row[i], 0);
+      const int64_t part = l.part_rows > 0 ? r / l.part_rows : 0;
+      const int64_t in_part = l.part_rows > 0 ? r % l.part_rows : r;
+      b_scale[i] =
+          p.w_scale + expert * p.w_scale_batch_stride +
+          (part * l.part_scale_rows + (in_part + l.row_offset) / kFp8Block) * l.scale_stride;
+    }
+  }
 
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  [[maybe_unused]] const uint32_t b_wide =
+      smem_base + Cfg::kStages * kStageBytes;  // FP8: bf16 [kBN, 64]
   auto load_stage = [&](int stage, int64_t k0) {
-    const uint32_t a_tile = smem_base + stage * Cfg::kStageBytes;
+    const uint32_t a_tile = smem_base + stage * kStageBytes;
     const uint32_t b_tile = a_tile + Cfg::kBM * kBK * 2;
 #pragma unroll
     for (int i = 0; i < Cfg::kAChunks; ++i) {
@@ -313,12 +357,23 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
                           p.a + static_cast<int64_t>(max(a_row[i], 0)) * p.k, k0 + (c % 8) * 8, p.k,
                           a_row[i] >= 0);
     }
+    if constexpr (kFp8W) {
 #pragma unroll
-    for (int i = 0; i < Cfg::kBChunks; ++i) {
-      const int c = tid + i * Cfg::kThreads;
-      LoadChunk<kAligned>(TileAddr<kBK>(b_tile, c / 8, c % 8),
-                          w + static_cast<int64_t>(max(b_row[i], 0)) * p.k, k0 + (c % 8) * 8, p.k,
-                          b_row[i] >= 0);
+      for (int i = 0; i < kBLoads; ++i) {  // raw e4m3, unswizzled: [kBN, 64] bytes
+        const int c = tid + i * Cfg::kThreads;
+        const int64_t col = k0 + (c % 4) * 16;
+        const bool in = b_row[i] >= 0 && col < p.k;
+        CpAsync16(b_tile + (c / 4) * kBK + (c % 4) * 16,
+                  in ? w8 + static_cast<int64_t>(b_row[i]) * p.k + col : w8, in);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kBLoads; ++i) {
+        const int c = tid + i * Cfg::kThreads;
+        LoadChunk<kAligned>(TileAddr<kBK>(b_tile, c / 8, c % 8),
+                            w + static_cast<int64_t>(max(b_row[i], 0)) * p.k, k0 + (c % 8) * 8, p.k,
+                            b_row[i] >= 0);
+      }
     }
   };
 
@@ -337,8 +392,29 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     if (next < k_tiles) load_stage(next % Cfg::kStages, static_cast<int64_t>(next) * kBK);
     CpAsyncCommit();
 
-    const uint32_t a_tile = smem_base + (kt % Cfg::kStages) * Cfg::kStageBytes;
-    const uint32_t b_tile = a_tile + Cfg::kBM * kBK * 2;
+    const uint32_t a_tile = smem_base + (kt % Cfg::kStages) * kStageBytes;
+    uint32_t b_tile = a_tile + Cfg::kBM * kBK * 2;
+    if constexpr (kFp8W) {
+      // Widen this stage's e4m3 tile, each chunk times its block's scale. The barrier above also
+      // ended the previous tile's reads of b_wide.
+      const unsigned char* b_raw = smem + (kt % Cfg::kStages) * kStageBytes + Cfg::kBM * kBK * 2;
+      const int64_t k0 = static_cast<int64_t>(kt) * kBK;
+#pragma unroll
+      for (int i = 0; i < kBLoads; ++i) {
+        const int c = tid + i * Cfg::kThreads, row = c / 4, ch = c % 4;
+        const int64_t col = k0 + ch * 16;
+        const float scale = b_row[i] >= 0 && col < p.k
+                                ? __ldg(b_scale[i] + (col + p.w_layout.col_offset) / kFp8Block)
+                                : 0.0f;
+        uint4 lo, hi;
+        WidenE4M3<true>(*reinterpret_cast<const uint4*>(b_raw + row * kBK + ch * 16), scale, lo,
+                        hi);
+        StoreChunks(TileAddr<kBK>(b_wide, row, 2 * ch), TileAddr<kBK>(b_wide, row, 2 * ch + 1), lo,
+                    hi);
+      }
+      __syncthreads();  // the widened tile is complete
+      b_tile = b_wide;
+    }
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk) {
       uint32_t a[Cfg::kMI][4];
@@ -470,7 +546,7 @@ int RowTileBound(int max_rows, int bm, int num_experts) {
   return std::min<int64_t>(max_rows, max_rows / bm + num_experts);
 }
 
-template <typename Cfg, bool kFused, bool kAligned>
+template <typename Cfg, bool kFused, bool kAligned, bool kFp8W = false>
 void LaunchGemm(const GemmParams& p, int max_rows, cudaStream_t stream) {
   const int64_t cols = kFused ? p.n : p.w_rows;
   const int64_t col_tiles =
@@ -478,10 +554,10 @@ void LaunchGemm(const GemmParams& p, int max_rows, cudaStream_t stream) {
   const int row_tiles = RowTileBound(max_rows, Cfg::kBM, p.num_experts);
   TESSERA_CHECK(col_tiles < (int64_t{1} << 31) && row_tiles < 65536)
       << col_tiles << " x " << row_tiles << " MoE GEMM tiles";
-  auto* kernel = MoeGemmKernel<Cfg, kFused, kAligned>;
-  AllowDynamicSmem(reinterpret_cast<const void*>(kernel), Cfg::kSmemBytes);
-  kernel<<<dim3(static_cast<unsigned>(col_tiles), row_tiles), Cfg::kThreads, Cfg::kSmemBytes,
-           stream>>>(p);
+  auto* kernel = MoeGemmKernel<Cfg, kFused, kAligned, kFp8W>;
+  constexpr int kSmem = kFp8W ? Cfg::kSmemBytes8 : Cfg::kSmemBytes;
+  AllowDynamicSmem(reinterpret_cast<const void*>(kernel), kSmem);
+  kernel<<<dim3(static_cast<unsigned>(col_tiles), row_tiles), Cfg::kThreads, kSmem, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -507,7 +583,70 @@ void LaunchGroupedGemm(const GemmParams& p, int max_rows, cudaStream_t stream) {
   }
 }
 
+// FP8 weights: the same tile choice, cp.async only (MoeFp8Supported).
+template <bool kFused>
+void LaunchGroupedGemmFp8(const GemmParams& p, int max_rows, cudaStream_t stream) {
+  if (max_rows == 0) return;
+  TESSERA_CHECK(p.num_experts >= 1) << p.num_experts << " local experts";
+  TESSERA_CHECK(MoeFp8Supported(p.w_layout, p.k) && IsAligned(p.a, 16))
+      << "grouped FP8 expert GEMM: k % 16 == 0, col_offset % 16 == 0 and 16-byte aligned "
+         "operands (k "
+      << p.k << ", col_offset " << p.w_layout.col_offset << ")";
+  TESSERA_CHECK(p.w_layout.scale_stride >= 1 && p.w_scale != nullptr) << "FP8 expert scales";
+  const int64_t per_expert = max_rows / p.num_experts;
+  if (per_expert <= 24) {
+    LaunchGemm<DecodeGemm, kFused, true, true>(p, max_rows, stream);
+  } else if (per_expert <= 96) {
+    LaunchGemm<MediumGemm, kFused, true, true>(p, max_rows, stream);
+  } else {
+    LaunchGemm<PrefillGemm, kFused, true, true>(p, max_rows, stream);
+  }
+}
+
 }  // namespace
+
+bool MoeFp8Supported(const Fp8Weight& w, int64_t k) {
+  return k > 0 && k % 16 == 0 && w.col_offset % 16 == 0 && IsAligned(w.data, 16);
+}
+
+void LaunchMoeGateUpFp8(const bf16* x, const int32_t* gather, const int32_t* offsets,
+                        int num_local_experts, int max_rows, const Fp8Weight& gate_up,
+                        int64_t scale_batch_stride, int64_t hidden, int64_t intermediate, bf16* act,
+                        cudaStream_t stream) {
+  GemmParams p{};
+  p.a = x;
+  p.a_rows = gather;
+  p.offsets = offsets;
+  p.num_experts = num_local_experts;
+  p.w_rows = 2 * intermediate;
+  p.n = intermediate;
+  p.k = hidden;
+  p.out = act;
+  p.w8 = static_cast<const uint8_t*>(gate_up.data);
+  p.w_scale = gate_up.scale;
+  p.w_scale_batch_stride = scale_batch_stride;
+  p.w_layout = gate_up;
+  LaunchGroupedGemmFp8<true>(p, max_rows, stream);
+}
+
+void LaunchMoeDownFp8(const bf16* act, const int32_t* offsets, int num_local_experts, int max_rows,
+                      const Fp8Weight& down, int64_t scale_batch_stride, int64_t hidden,
+                      int64_t intermediate, bf16* y, cudaStream_t stream) {
+  GemmParams p{};
+  p.a = act;
+  p.a_rows = nullptr;
+  p.offsets = offsets;
+  p.num_experts = num_local_experts;
+  p.w_rows = hidden;
+  p.n = hidden;
+  p.k = intermediate;
+  p.out = y;
+  p.w8 = static_cast<const uint8_t*>(down.data);
+  p.w_scale = down.scale;
+  p.w_scale_batch_stride = scale_batch_stride;
+  p.w_layout = down;
+  LaunchGroupedGemmFp8<false>(p, max_rows, stream);
+}
 
 void LaunchRouterTopK(const bf16* logits, int n, int num_experts, int top_k, bool normalize,
                       int32_t* ids, float* weights, cudaStream_t stream) {
@@ -535,7 +674,7 @@ void LaunchMoeGroup(const int32_t* ids, int n, int top_k, int first_expert, int 
 void LaunchMoeGateUp(const bf16* x, const int32_t* gather, const int32_t* offsets,
                      int num_local_experts, int max_rows, const bf16* gate_up, int64_t hidden,
                      int64_t intermediate, bf16* act, cudaStream_t stream) {
-  GemmParams p;
+  GemmParams p{};
   p.a = x;
   p.a_rows = gather;
   p.offsets = offsets;
@@ -551,7 +690,7 @@ void LaunchMoeGateUp(const bf16* x, const int32_t* gather, const int32_t* offset
 void LaunchMoeDown(const bf16* act, const int32_t* offsets, int num_local_experts, int max_rows,
                    const bf16* down, int64_t hidden, int64_t intermediate, bf16* y,
                    cudaStream_t stream) {
-  GemmParams p;
+  GemmParams p{};
   p.a = act;
   p.a_rows = nullptr;
   p.offsets = offsets;

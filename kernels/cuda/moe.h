@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "kernels/ops.h"
+
 namespace tessera::cuda {
 
 // probs = softmax(logits [n, num_experts]) in fp32; the top_k largest per row (ties to the lower
@@ -41,6 +43,22 @@ void LaunchMoeGateUp(const __nv_bfloat16* x, const int32_t* gather, const int32_
 void LaunchMoeDown(const __nv_bfloat16* act, const int32_t* offsets, int num_local_experts,
                    int max_rows, const __nv_bfloat16* down, int64_t hidden, int64_t intermediate,
                    __nv_bfloat16* y, cudaStream_t stream);
+
+// The same two GEMMs with FP8 experts (W8A16, kernels/ops.h MoeExpertsFp8): each e4m3 weight
+// tile is widened to bf16 in shared memory times its 128 x 128 block's scale (rounded once, as
+// DequantizeFp8Weight), so act and y equal the dequantize-then-bf16 path's bit for bit. Expert
+// e's weight starts at w.data + e * rows * cols bytes, its scale table at
+// w.scale + e * scale_batch_stride; any row offset and parts (gate|up), col_offset % 16 == 0.
+// Graph-capturable (the tiles are read from `offsets` on the device); an expert with no rows
+// launches no tile, one with up to a tile's rows (32 at decode) reads its weights once.
+bool MoeFp8Supported(const Fp8Weight& w, int64_t k);
+void LaunchMoeGateUpFp8(const __nv_bfloat16* x, const int32_t* gather, const int32_t* offsets,
+                        int num_local_experts, int max_rows, const Fp8Weight& gate_up,
+                        int64_t scale_batch_stride, int64_t hidden, int64_t intermediate,
+                        __nv_bfloat16* act, cudaStream_t stream);
+void LaunchMoeDownFp8(const __nv_bfloat16* act, const int32_t* offsets, int num_local_experts,
+                      int max_rows, const Fp8Weight& down, int64_t scale_batch_stride,
+                      int64_t hidden, int64_t intermediate, __nv_bfloat16* y, cudaStream_t stream);
 
 // out [n, hidden] = sum over the token's local slots, in increasing expert id, of
 // weights[t, k] * y[pair_row[t, k]], in fp32 (the CPU reference's order: deterministic on every

@@ -1,7 +1,8 @@
 // The FP8 CPU reference (kernels/cpu/fp8.cc): E4M3 rounding against a brute-force nearest-value
 // search and known bit patterns, per-token 1x128 quantization (scales, layout, error bound, zero
 // groups), and the W8A8 / W8A16 products against dequantize-then-fp32-GEMM, at odd sizes (k and n
-// not multiples of 128, m not a multiple of 4); and the CPU backend's FP8 ops.
+// not multiples of 128, m not a multiple of 4); the CPU backend's FP8 ops; and MoeExpertsFp8
+// against a naive dequantize + fp32 expert MLP, TP slices inside a block included.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -293,6 +294,138 @@ TEST(Fp8BackendTest, CpuOpsMatchReference) {
   cpu::LinearFp8WeightOnly(x.data(), wq.data(), wscale.data(), ws, m, n, k, ref.data());
   EXPECT_EQ(y, ref);
 }
+
+// One MoE layer's FP8 experts as a rank holds them: `num` local experts of intermediate slice
+// [start, start + len) of I_full, in ExpertWeightsFp8's layout, and each expert's whole weights
+// dequantized naively (element * scale[i / 128][j / 128]) for the reference.
+struct Fp8Experts {
+  std::vector<uint8_t> gate_up, down;             // [E, 2 len, H], [E, H, len]
+  std::vector<float> gate_up_scale, down_scale;   // E tables [2 nb, hb], [hb, nb]
+  std::vector<std::vector<double>> gate, up, dn;  // per expert: [I_full, H] x2, [H, I_full]
+  ExpertWeightsFp8 view;
+};
+
+Fp8Experts MakeFp8Experts(int first, int num, int64_t H, int64_t I_full, int64_t start, int64_t len,
+                          std::mt19937& rng) {
+  Fp8Experts x;
+  const int64_t hb = Fp8Blocks(H), ib = Fp8Blocks(I_full);
+  const int64_t first_block = start / kFp8Block;
+  const int64_t nb = (start + len - 1) / kFp8Block - first_block + 1;
+  x.gate_up.resize(num * 2 * len * H);
+  x.down.resize(num * H * len);
+  x.gate_up_scale.resize(num * 2 * nb * hb);
+  x.down_scale.resize(num * hb * nb);
+  auto dequantize = [](const std::vector<uint8_t>& d, const std::vector<float>& s, int64_t n,
+                       int64_t k, int64_t stride) {
+    std::vector<double> w(n * k);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        w[i * k + j] = static_cast<double>(F8E4M3ToFloat(d[i * k + j])) *
+                       s[(i / kFp8Block) * stride + j / kFp8Block];
+    return w;
+  };
+  for (int e = 0; e < num; ++e) {
+    std::vector<uint8_t> g, u, d;
+    std::vector<float> gs, us, ds;
+    RandomWeight(I_full, H, rng, &g, &gs, hb);
+    RandomWeight(I_full, H, rng, &u, &us, hb);
+    RandomWeight(H, I_full, rng, &d, &ds, ib);
+    x.gate.push_back(dequantize(g, gs, I_full, H, hb));
+    x.up.push_back(dequantize(u, us, I_full, H, hb));
+    x.dn.push_back(dequantize(d, ds, H, I_full, ib));
+    uint8_t* gu = x.gate_up.data() + e * 2 * len * H;
+    std::copy_n(g.begin() + start * H, len * H, gu);
+    std::copy_n(u.begin() + start * H, len * H, gu + len * H);
+    float* gus = x.gate_up_scale.data() + e * 2 * nb * hb;
+    std::copy_n(gs.begin() + first_block * hb, nb * hb, gus);
+    std::copy_n(us.begin() + first_block * hb, nb * hb, gus + nb * hb);
+    for (int64_t i = 0; i < H; ++i) {
+      std::copy_n(d.begin() + i * I_full + start, len, x.down.begin() + (e * H + i) * len);
+    }
+    for (int64_t b = 0; b < hb; ++b) {
+      std::copy_n(ds.begin() + b * ib + first_block, nb,
+                  x.down_scale.begin() + e * hb * nb + b * nb);
+    }
+  }
+  ExpertWeightsFp8& v = x.view;
+  v.first_expert = first;
+  v.num_local_experts = num;
+  v.hidden = H;
+  v.intermediate = len;
+  v.gate_up = {x.gate_up.data(), x.gate_up_scale.data(), hb, start % kFp8Block, 0, len, nb};
+  v.gate_up_scale_batch_stride = 2 * nb * hb;
+  v.down = {x.down.data(), x.down_scale.data(), nb, 0, start % kFp8Block, 0, 0};
+  v.down_scale_batch_stride = hb * nb;
+  return x;
+}
+
+// (I_full, start, len): the whole intermediate, and TP slices that start inside a block.
+class MoeExpertsFp8Test : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(MoeExpertsFp8Test, MatchesNaiveDequantizedExperts) {
+  const auto [I_full, start, len] = GetParam();
+  std::mt19937 rng(static_cast<unsigned>(I_full + start * 7 + len));
+  const int64_t H = 200;                            // partial last block of the hidden dimension
+  const int first = 1, num = 4, top_k = 2, n = 11;  // 6 global experts
+  Fp8Experts experts = MakeFp8Experts(first, num, H, I_full, start, len, rng);
+  // Local expert 1 (global 2) gets no token, local 2 (global 3) exactly one (token 0), the
+  // others many; global 0 and 5 belong to other ranks (the last token's only experts).
+  std::vector<int32_t> ids(n * top_k);
+  for (int t = 0; t < n; ++t) {
+    ids[t * top_k] = t == 0 ? 3 : (t % 3 == 0 ? 0 : 1);
+    ids[t * top_k + 1] = t % 2 == 0 ? 4 : 5;
+  }
+  ids[(n - 1) * top_k] = 0;  // the last token: other ranks' experts only
+  ids[(n - 1) * top_k + 1] = 5;
+  std::vector<float> weights = testing::RandomVector(n * top_k, rng, 0.1f, 1.0f);
+  std::vector<float> x = testing::RandomVector(n * H, rng);
+  auto backend = MakeCpuBackend();
+  ASSERT_TRUE(backend->MoeExpertsFp8Supported(experts.view));
+  std::vector<float> got(n * H, NAN);
+  backend->MoeExpertsFp8(x.data(), n, ids.data(), weights.data(), top_k, experts.view, got.data());
+
+  std::vector<double> ref(n * H, 0.0);
+  for (int t = 0; t < n; ++t) {
+    for (int s = 0; s < top_k; ++s) {
+      const int e = ids[t * top_k + s] - first;
+      if (e < 0 || e >= num) continue;
+      std::vector<double> act(len);
+      for (int64_t i = 0; i < len; ++i) {
+        double g = 0.0, u = 0.0;
+        for (int64_t j = 0; j < H; ++j) {
+          g += experts.gate[e][(start + i) * H + j] * x[t * H + j];
+          u += experts.up[e][(start + i) * H + j] * x[t * H + j];
+        }
+        act[i] = g / (1.0 + std::exp(-g)) * u;
+      }
+      for (int64_t o = 0; o < H; ++o) {
+        double y = 0.0;
+        for (int64_t i = 0; i < len; ++i) y += experts.dn[e][o * I_full + start + i] * act[i];
+        ref[t * H + o] += weights[t * top_k + s] * y;
+      }
+    }
+  }
+  testing::ExpectClose(got, ref, 1e-5, 1e-4);
+  for (int64_t o = 0; o < H; ++o) EXPECT_EQ(got[(n - 1) * H + o], 0.0f) << "token of other ranks";
+
+  // The model's fallback (routed experts dequantized, then MoeExperts) gives the same bits.
+  std::vector<float> gu(num * 2 * len * H), dn(num * H * len);
+  backend->DequantizeFp8Weight(experts.view.gate_up, 2 * len, H, num,
+                               experts.view.gate_up_scale_batch_stride, gu.data(), nullptr);
+  backend->DequantizeFp8Weight(experts.view.down, H, len, num, experts.view.down_scale_batch_stride,
+                               dn.data(), nullptr);
+  ExpertWeights bf{first, num, H, len, gu.data(), dn.data()};
+  std::vector<float> fallback(n * H, NAN);
+  backend->MoeExperts(x.data(), n, ids.data(), weights.data(), top_k, bf, fallback.data());
+  EXPECT_EQ(got, fallback);
+}
+
+INSTANTIATE_TEST_SUITE_P(Slices, MoeExpertsFp8Test,
+                         ::testing::Values(std::make_tuple(int64_t{256}, int64_t{0}, int64_t{256}),
+                                           std::make_tuple(int64_t{200}, int64_t{0}, int64_t{200}),
+                                           std::make_tuple(int64_t{384}, int64_t{96}, int64_t{96}),
+                                           std::make_tuple(int64_t{384}, int64_t{192},
+                                                           int64_t{192})));
 
 }  // namespace
 }  // namespace tessera
