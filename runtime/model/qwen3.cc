@@ -659,7 +659,23 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
     alloc(&xq_, n * fp8_max_k_);
     alloc(&xq_scale_, Fp8Blocks(fp8_max_k_) * Fp8ActivationScaleStride(n) * 4);
   }
-  if (fp8_summary_.fp8_expert_layers > 0) {
+  // FP8 experts run fused where the backend takes every FP8 MoE layer's layout;
+  // TESSERA_FP8_MOE=dequantize forces the dequantize-into-scratch path (A/B benchmarks).
+  const char* fp8_moe = std::getenv("TESSERA_FP8_MOE");
+  TESSERA_CHECK(fp8_moe == nullptr || std::string(fp8_moe) == "fused" ||
+                std::string(fp8_moe) == "dequantize")
+      << "TESSERA_FP8_MOE=" << fp8_moe << ": expected fused or dequantize";
+  fp8_fused_experts_ =
+      fp8_summary_.fp8_expert_layers > 0 && (fp8_moe == nullptr || std::string(fp8_moe) == "fused");
+  for (const Layer& layer : layers_) {
+    if (layer.gate_up_fp8.on() && !backend_.MoeExpertsFp8Supported(LocalExpertsFp8(layer))) {
+      fp8_fused_experts_ = false;
+    }
+  }
+  expert_gate_up_ = DeviceBuffer();
+  expert_down_ = DeviceBuffer();
+  expert_used_ = DeviceBuffer();
+  if (fp8_summary_.fp8_expert_layers > 0 && !fp8_fused_experts_) {
     const size_t w = DTypeSize(backend_.weight_dtype());
     alloc(&expert_gate_up_,
           num_local_experts_ * 2 * moe_intermediate_local_ * H * static_cast<int64_t>(w));
@@ -772,12 +788,34 @@ void Qwen3Model::RunLinear(const DeviceBuffer& w, const Fp8Linear& fp8, const vo
   backend_.LinearFp8WeightOnly(x, fp8.w, m, n, k, y);
 }
 
+ExpertWeightsFp8 Qwen3Model::LocalExpertsFp8(const Layer& layer) const {
+  ExpertWeightsFp8 experts;
+  experts.first_expert = static_cast<int>(first_expert_);
+  experts.num_local_experts = static_cast<int>(num_local_experts_);
+  experts.hidden = config_.hidden_size;
+  experts.intermediate = moe_intermediate_local_;
+  experts.gate_up = layer.gate_up_fp8.w;
+  experts.gate_up_scale_batch_stride = layer.gate_up_fp8.scale_batch_stride;
+  experts.down = layer.down_fp8.w;
+  experts.down_scale_batch_stride = layer.down_fp8.scale_batch_stride;
+  return experts;
+}
+
+void Qwen3Model::RunExperts(const Layer& layer, const void* x, int n, const int32_t* ids,
+                            const float* weights, int top_k, void* out) const {
+  if (layer.gate_up_fp8.on() && fp8_fused_experts_) {
+    backend_.MoeExpertsFp8(x, n, ids, weights, top_k, LocalExpertsFp8(layer), out);
+    return;
+  }
+  backend_.MoeExperts(x, n, ids, weights, top_k, LocalExperts(layer, ids, int64_t{n} * top_k), out);
+}
+
 ExpertWeights Qwen3Model::LocalExperts(const Layer& layer, const int32_t* ids,
                                        int64_t num_ids) const {
   if (layer.gate_up_fp8.on()) {
-    // NOTE: no grouped FP8 expert GEMM yet: the experts this step routes to are dequantized into
-    // one layer's W scratch and run by the bf16 grouped GEMMs (weights stay FP8 in memory; an
-    // expert no token chose is skipped, which is most of them at decode batch sizes).
+    // NOTE: the fallback where MoeExpertsFp8 does not take the layout: the experts this step
+    // routes to are dequantized into one layer's W scratch and run by the bf16 grouped GEMMs
+    // (weights stay FP8 in memory; an expert no token chose is skipped).
     const int64_t H = config_.hidden_size, I = moe_intermediate_local_;
     const int64_t E = num_local_experts_;
     auto* used = expert_used_.as<int32_t>();
@@ -890,10 +928,8 @@ void Qwen3Model::ExpertParallelMoe(const Layer& layer) {
     const int received = ep_block_rows_ > 0 ? ep_exchange_->DispatchLowLatency(slice, ids, weights,
                                                                                m, ep_block_rows_)
                                             : ep_exchange_->Dispatch(slice, ids, weights, m);
-    backend_.MoeExperts(ep_exchange_->recv_x(), received, ep_exchange_->recv_ids(),
-                        ep_exchange_->recv_weights(), k,
-                        LocalExperts(layer, ep_exchange_->recv_ids(), int64_t{received} * k),
-                        ep_exchange_->recv_y());
+    RunExperts(layer, ep_exchange_->recv_x(), received, ep_exchange_->recv_ids(),
+               ep_exchange_->recv_weights(), k, ep_exchange_->recv_y());
     ep_exchange_->Combine(out);
   } else {
     AllGatherExchange(layer, slice, out);
@@ -922,8 +958,8 @@ void Qwen3Model::AllGatherExchange(const Layer& layer, const void* slice, void* 
 
   // This rank's experts over all S * M rows: each row's partial sum over the experts held here
   // (0 for rows none of whose experts are here).
-  backend_.MoeExperts(ep_x_.data(), S * M, ep_ids_.as<int32_t>(), ep_weights_.as<float>(), k,
-                      LocalExperts(layer, ep_ids_.as<int32_t>(), int64_t{S} * M * k), ep_y_.data());
+  RunExperts(layer, ep_x_.data(), S * M, ep_ids_.as<int32_t>(), ep_weights_.as<float>(), k,
+             ep_y_.data());
 
   // Combine: block r of the partial sums belongs to rank r's slice; summed over the owners.
   ep.ReduceScatterSum(ep_y_.data(), out, static_cast<size_t>(M) * H, act);
@@ -1011,9 +1047,8 @@ void Qwen3Model::RunStage(int n, const AttentionBatch& attn_batch, KvCache& kv) 
                         router_logits_.data());
         backend_.RouterTopK(router_logits_.data(), n, num_experts, top_k, c.norm_topk_prob,
                             topk_ids_.as<int32_t>(), topk_weights_.as<float>());
-        backend_.MoeExperts(hidden_.data(), n, topk_ids_.as<int32_t>(), topk_weights_.as<float>(),
-                            top_k, LocalExperts(layer, topk_ids_.as<int32_t>(), int64_t{n} * top_k),
-                            proj_.data());
+        RunExperts(layer, hidden_.data(), n, topk_ids_.as<int32_t>(), topk_weights_.as<float>(),
+                   top_k, proj_.data());
       }
       TpAllReduce(proj_.data(), n * H);  // experts split along their intermediate dimension
     }

@@ -204,6 +204,13 @@ class Qwen3Model {
   // The experts of `layer` this rank holds, as MoeExperts takes them; FP8 experts that `ids`
   // (int32 [num_ids] on the device: the step's routed expert ids) route to are dequantized first.
   ExpertWeights LocalExperts(const Layer& layer, const int32_t* ids, int64_t num_ids) const;
+  // The FP8 experts of `layer` as MoeExpertsFp8 takes them.
+  ExpertWeightsFp8 LocalExpertsFp8(const Layer& layer) const;
+  // out A[n, H] = this rank's experts of `layer` over x A[n, H] routed by ids / weights
+  // [n, top_k]: FP8 experts through MoeExpertsFp8 where the backend takes them
+  // (fp8_fused_experts_), else LocalExperts + MoeExperts.
+  void RunExperts(const Layer& layer, const void* x, int n, const int32_t* ids,
+                  const float* weights, int top_k, void* out) const;
   // Forward's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the
   // device; on TP rank 0, ids of the rows sampled on the device and the logits of the others.
   void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
@@ -299,8 +306,9 @@ class Qwen3Model {
   std::vector<SamplingPenaltyRow> host_penalty_rows_;
   std::vector<int32_t> host_penalty_entries_;
   // FP8 (PlanWorkspace sizes these from what loading found): a step's activations quantized for a
-  // W8A8 linear, and one MoE layer's local experts dequantized to the weight dtype (the grouped
-  // expert GEMMs take W; no grouped FP8 expert kernel exists yet).
+  // W8A8 linear, and, only where the backend's grouped FP8 expert GEMMs do not take the experts'
+  // layout (or TESSERA_FP8_MOE=dequantize), one MoE layer's local experts dequantized to the
+  // weight dtype for the bf16 grouped GEMMs.
   bool quantize_fp8_ = false;  // --quantization fp8: block-quantize the linears at load
   Fp8Summary fp8_summary_;
   int64_t fp8_max_k_ = 0;        // the largest k of an FP8 GEMM linear on this rank
@@ -309,6 +317,8 @@ class Qwen3Model {
   DeviceBuffer expert_gate_up_;  // W [E_local, 2 * I_moe_local, H]
   DeviceBuffer expert_down_;     // W [E_local, H, I_moe_local]
   DeviceBuffer expert_used_;     // int32 [E_local]: which of them this step routes to
+  // FP8 experts run by MoeExpertsFp8 (then the three buffers above stay empty).
+  bool fp8_fused_experts_ = false;
   // Expert-parallel exchange over all-to-all (the default), for slices of up to
   // ceil(tokens / tp_size) rows per rank; null with TESSERA_EP_EXCHANGE=allgather.
   bool ep_allgather_ = false;

@@ -10,6 +10,8 @@
     quantization (NAME_bf16) printed (median and max) and bounded by the median.
   - `--quantization fp8` on NAME_bf16 reproduces NAME bit for bit (same quantizer as
     transformers): identical logits.
+  - The MoE model's experts run by the grouped FP8 op (MoeExpertsFp8, the default) equal the
+    dequantize-into-scratch fallback (TESSERA_FP8_MOE=dequantize) bit for bit, W8A16 and W8A8.
   - A bad FP8 checkpoint (a scale of the wrong shape) fails before any weight is read.
 
 usage: fp8_golden_test.py TESSERA_BINARY
@@ -89,6 +91,14 @@ try:
         check(f"{name} --quantization fp8 == the FP8 checkpoint",
               np.array_equal(quantized, w8a8) and q_tokens == w8a8_tokens,
               f"rel L2 {rel_l2(quantized, w8a8):.2e}")
+        if name == "fp8_moe":
+            for mode, flags, tokens, logits in (("W8A16", {"TESSERA_FP8_W8A16": "1"},
+                                                  w8a16_tokens, w8a16),
+                                                 ("W8A8", {}, w8a8_tokens, w8a8)):
+                deq_tokens, deq = run(d, out, env=dict(flags, TESSERA_FP8_MOE="dequantize"))
+                check(f"{name} {mode}: grouped FP8 experts == dequantize fallback",
+                      np.array_equal(logits, deq) and tokens == deq_tokens,
+                      f"rel L2 {rel_l2(logits, deq):.2e}")
 
     # A scale tensor of the wrong shape: refused before any weight is read, naming it.
     bad = os.path.join(tmp, "bad")
