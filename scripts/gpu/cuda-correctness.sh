@@ -15,7 +15,7 @@ S=$OUT/summary.txt
 T=$OUT/tests.log
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee -a $S
 start=$(date +%s)
-for t in ${TESTS:-cuda_elementwise_test cuda_norm_test cuda_rope_test cuda_linear_test cuda_attention_test cuda_moe_test cuda_random_test cuda_sampling_test cuda_convert_test cuda_moe_dispatch_test cuda_fp8_test cuda_golden_test cuda_graph_test}; do
+for t in ${TESTS:-cuda_elementwise_test cuda_norm_test cuda_rope_test cuda_linear_test cuda_attention_test cuda_moe_test cuda_random_test cuda_sampling_test cuda_convert_test cuda_moe_dispatch_test cuda_fp8_test cuda_moe_fp8_test cuda_golden_test cuda_graph_test}; do
   echo "===== $t" >> $T
   timeout 300 $B/$t >> $T 2>&1
   echo "$t: exit $? ($(grep -c '^\[       OK' $T) OK so far, $(( $(date +%s) - start )) s)" | tee -a $S

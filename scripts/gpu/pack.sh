@@ -20,7 +20,8 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$dest"
 # BINS (paths under BUILD_DIR) narrows the binaries packed, e.g. BINS=tessera for benchmarks only.
 all=(tessera tests/golden/cuda_golden_test tests/golden/cuda_graph_test
-  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,moe_dispatch,random,sampling,convert,fp8}_test
+  tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,moe_dispatch,random,sampling,convert,fp8,moe_fp8}_test
+  tests/kernels/cuda_moe_bench_test
   tests/parallel/nccl_communicator_test)
 for f in ${BINS:-${all[@]}}; do
   strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
