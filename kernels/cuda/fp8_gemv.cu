@@ -13,23 +13,15 @@
 #include "kernels/base/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/ops.h"
 
 namespace tessera::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kLoadsInFlight = 8;
 constexpr int kVectorsPerBlock = kFp8Block / 16;  // 16-byte vectors per 128-column scale block
-
-__device__ __forceinline__ uint4 LoadStreaming(const uint8_t* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 // 16 e4m3 (4 words, element 4i + b in byte b of word i) -> 16 floats, exactly.
 __device__ __forceinline__ void Unpack16(const uint4& v, float (&f)[16]) {
@@ -107,23 +99,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  __shared__ float partial[kWarps][M * R];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int i = 0; i < M; ++i)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float sum = WarpSum(acc[i][r]);
-      if (lane == 0) partial[warp][i * R + r] = sum;
-    }
-  __syncthreads();
-  if (threadIdx.x < M * R) {
-    const int i = threadIdx.x / R, r = threadIdx.x % R;
-    float sum = 0.0f;
-#pragma unroll
-    for (int q = 0; q < kWarps; ++q) sum += partial[q][threadIdx.x];
-    if (row0 + r < n) y[static_cast<int64_t>(i) * n + row0 + r] = ToBf16(sum);
-  }
+  GemvReduceStore<kThreads>(acc, row0, n, y);
 }
 
 template <int M>

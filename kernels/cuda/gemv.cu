@@ -11,24 +11,14 @@
 #include "kernels/base/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemv.cuh"
 
 namespace tessera::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 // Loads of w in flight per thread per iteration.
 constexpr int kLoadsInFlight = 8;
-
-// NOTE: w is read exactly once: a streaming load that skips L1 keeps L1 for x, which every
-// block re-reads.
-__device__ __forceinline__ uint4 LoadStreaming(const bf16* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
 
 template <int M, int R>
 __global__ void __launch_bounds__(kThreads)
@@ -77,24 +67,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // Fixed-order reduction: xor shuffles within each warp, then the warps in index order.
-  __shared__ float partial[kWarps][M * R];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int i = 0; i < M; ++i)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float s = WarpSum(acc[i][r]);
-      if (lane == 0) partial[warp][i * R + r] = s;
-    }
-  __syncthreads();
-  if (threadIdx.x < M * R) {
-    const int i = threadIdx.x / R, r = threadIdx.x % R;
-    float s = 0.0f;
-#pragma unroll
-    for (int q = 0; q < kWarps; ++q) s += partial[q][threadIdx.x];
-    if (row0 + r < n) y[static_cast<int64_t>(i) * n + row0 + r] = ToBf16(s);
-  }
+  GemvReduceStore<kThreads>(acc, row0, n, y);
 }
 
 template <int M>
