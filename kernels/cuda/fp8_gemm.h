@@ -7,7 +7,9 @@
 // with each 128-k group's products promoted to fp32 and scaled, the semantics of the CPU reference
 // (kernels/cpu/fp8.cc). Scale tables in cuBLASLt's layouts: the weight's [ceil(n/128),
 // Fp8WeightScaleStride(k)], the activations' [ceil(k/128), >= Fp8ActivationScaleStride(m)],
-// tokens fastest. Plans (descriptors and the heuristic's top-1) are cached per (m, n, k).
+// tokens fastest. Plans (descriptors and the heuristic's top-1) are cached per (m, n, k) and
+// alignments in lt_plan.h's cache, shared with the bf16 GEMM; the scale modes are this GEMM's
+// LtOperands hook.
 // Not thread-safe: one instance per backend (one stream).
 #pragma once
 
@@ -16,9 +18,9 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
-#include <map>
-#include <tuple>
 #include <vector>
+
+#include "kernels/cuda/lt_plan.h"
 
 namespace tessera::cuda {
 
@@ -48,23 +50,22 @@ class LtFp8Gemm {
                            cudaStream_t stream);
 
  private:
-  // (m, n, k, alignment of x, w, y in bytes)
-  using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int>;
   struct Plan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
+    LtDescriptors lt;
     cublasLtMatmulAlgo_t algo;
     bool ok = false;  // the heuristic offered an algorithm
-    cublasLtMatmulPreference_t pref = nullptr;
   };
-  std::vector<cublasLtMatmulAlgo_t> Candidates(const Plan& plan);
-  Plan& GetPlan(const Key& key);
+  Plan& GetPlan(const LtKey& key);
+  // Up to `wanted` algorithms of the heuristic for the plan's shape.
+  std::vector<cublasLtMatmulAlgo_t> Candidates(const LtKey& key, const Plan& plan, int wanted);
+  void Run(Plan& plan, const cublasLtMatmulAlgo_t& algo, const uint8_t* x, const float* x_scale,
+           const uint8_t* w, const float* w_scale, __nv_bfloat16* y, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_;
   size_t workspace_bytes_;
   bool hopper_ = false;
-  std::map<Key, Plan> plans_;
+  LtPlanCache<Plan> plans_;
 };
 
 }  // namespace tessera::cuda

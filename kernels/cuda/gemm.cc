@@ -1,8 +1,6 @@
 // cuBLASLt plans for F.linear in bf16, and their autotuning (see gemm.h).
 //
-// Row-major y [m, n] = x [m, k] w [n, k]^T is, in cuBLAS's column-major terms,
-// y^T (n x m, ld n) = w^T (n x k) x^T (k x m), where the row-major w is a column-major k x n
-// matrix (ld k) used transposed and the row-major x is a column-major k x m matrix (ld k).
+// The TN form and the plan cache are lt_plan.h's, bf16 operands throughout.
 #include "kernels/cuda/gemm.h"
 
 #include <algorithm>
@@ -15,16 +13,6 @@
 
 namespace tessera::cuda {
 namespace {
-
-// The largest power of two (<= 256) dividing the address: cuBLASLt's heuristic assumes 256-byte
-// aligned operands unless told otherwise, and slices of activations (expert rows, token ranges)
-// are not.
-int Alignment(const void* p) {
-  const auto addr = reinterpret_cast<uintptr_t>(p);
-  int a = 256;
-  while (a > 2 && addr % a != 0) a /= 2;
-  return a;
-}
 
 bool TuningFromEnvironment() {
   const char* v = std::getenv("TESSERA_GEMM_TUNE");
@@ -57,39 +45,17 @@ LtGemm::LtGemm(void* workspace, size_t workspace_bytes, std::function<void()> dr
     : workspace_(workspace),
       workspace_bytes_(workspace_bytes),
       drain_(std::move(drain)),
-      tuning_(TuningFromEnvironment()) {
+      tuning_(TuningFromEnvironment()),
+      plans_(LtOperands{CUDA_R_16BF, CUDA_R_16BF, {}}) {
   CUBLAS_CHECK(cublasLtCreate(&handle_));
   CUDA_CHECK(cudaEventCreate(&start_));
   CUDA_CHECK(cudaEventCreate(&stop_));
 }
 
 LtGemm::~LtGemm() {
-  for (auto& [key, plan] : plans_) {
-    cublasLtMatrixLayoutDestroy(plan.w_layout);
-    cublasLtMatrixLayoutDestroy(plan.x_layout);
-    cublasLtMatrixLayoutDestroy(plan.y_layout);
-    cublasLtMatmulDescDestroy(plan.desc);
-  }
   cudaEventDestroy(start_);
   cudaEventDestroy(stop_);
   cublasLtDestroy(handle_);
-}
-
-LtGemm::Plan& LtGemm::GetDescriptors(const Key& key) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return it->second;
-  const auto [m, n, k, align_x, align_w, align_y] = key;
-  Plan plan;
-  CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans,
-                                              sizeof(trans)));
-  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans,
-                                              sizeof(no_trans)));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.w_layout, CUDA_R_16BF, k, n, k));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.x_layout, CUDA_R_16BF, k, m, k));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.y_layout, CUDA_R_16BF, n, m, n));
-  return plans_.emplace(key, plan).first->second;
 }
 
 // Without `for_tuning`: the heuristic's top-1 for the exact shape and alignments, any reduction
@@ -103,35 +69,13 @@ std::vector<cublasLtMatmulAlgo_t> LtGemm::Candidates(const Plan& plan, const Key
   const auto [m, n, k, align_x, align_w, align_y] = key;
   std::vector<cublasLtMatmulAlgo_t> algos;
   auto ask = [&](uint32_t reduction_mask, int wanted) {
-    cublasLtMatmulPreference_t pref;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref,
-                                                      CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                      &workspace_bytes_, sizeof(workspace_bytes_)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &reduction_mask, sizeof(reduction_mask)));
-    const uint32_t a_align = align_w, b_align = align_x, cd_align = align_y;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_align, sizeof(a_align)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b_align, sizeof(b_align)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &cd_align, sizeof(cd_align)));
-    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &cd_align, sizeof(cd_align)));
-    std::vector<cublasLtMatmulHeuristicResult_t> results(wanted);
-    int found = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-        handle_, plan.desc, plan.w_layout, plan.x_layout, plan.y_layout, plan.y_layout, pref,
-        wanted, results.data(), &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (status != CUBLAS_STATUS_SUCCESS) return;  // e.g. no split-K algorithm for this shape
-    for (int i = 0; i < found; ++i) {
-      if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
-      const bool seen = std::any_of(algos.begin(), algos.end(),
-                                    [&](const auto& a) { return SameAlgo(a, results[i].algo); });
-      if (!seen) algos.push_back(results[i].algo);
+    cublasLtMatmulPreference_t pref = CreateLtPreference(key, workspace_bytes_, reduction_mask);
+    for (const cublasLtMatmulAlgo_t& algo : LtHeuristic(handle_, plan.lt, pref, wanted)) {
+      const bool seen =
+          std::any_of(algos.begin(), algos.end(), [&](const auto& a) { return SameAlgo(a, algo); });
+      if (!seen) algos.push_back(algo);
     }
+    cublasLtMatmulPreferenceDestroy(pref);
   };
   if (!for_tuning) {
     ask(CUBLASLT_REDUCTION_SCHEME_MASK, 1);
@@ -147,10 +91,8 @@ std::vector<cublasLtMatmulAlgo_t> LtGemm::Candidates(const Plan& plan, const Key
 
 bool LtGemm::Run(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const __nv_bfloat16* x,
                  const __nv_bfloat16* w, __nv_bfloat16* y, cudaStream_t stream) {
-  const float alpha = 1.0f, beta = 0.0f;
-  return cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta, y,
-                        plan.y_layout, y, plan.y_layout, &algo, workspace_, workspace_bytes_,
-                        stream) == CUBLAS_STATUS_SUCCESS;
+  return LtMatmul(handle_, plan.lt, algo, x, w, y, workspace_, workspace_bytes_, stream) ==
+         CUBLAS_STATUS_SUCCESS;
 }
 
 void LtGemm::Tune(Plan& plan, const Key& key, const __nv_bfloat16* x, const __nv_bfloat16* w,
@@ -205,8 +147,8 @@ void LtGemm::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, i
     CUDA_CHECK(cudaMemsetAsync(y, 0, static_cast<size_t>(m) * n * sizeof(*y), stream));
     return;
   }
-  const Key key{m, n, k, Alignment(x), Alignment(w), Alignment(y)};
-  Plan& plan = GetDescriptors(key);
+  const Key key = MakeLtKey(x, w, y, m, n, k);
+  Plan& plan = plans_.Get(key);
   if (!plan.settled) {
     Key bucket = key;
     std::get<0>(bucket) = TuneBucket(m);
@@ -216,8 +158,8 @@ void LtGemm::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, i
     if (winner != winners_.end()) {
       // Another m of the bucket was tuned: take its winner if it fits this shape.
       cublasLtMatmulHeuristicResult_t check;
-      if (cublasLtMatmulAlgoCheck(handle_, plan.desc, plan.w_layout, plan.x_layout, plan.y_layout,
-                                  plan.y_layout, &winner->second,
+      if (cublasLtMatmulAlgoCheck(handle_, plan.lt.desc, plan.lt.w_layout, plan.lt.x_layout,
+                                  plan.lt.y_layout, plan.lt.y_layout, &winner->second,
                                   &check) == CUBLAS_STATUS_SUCCESS &&
           check.workspaceSize <= workspace_bytes_) {
         plan.algo = winner->second;
@@ -233,28 +175,23 @@ void LtGemm::Linear(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, i
       plan.settled = !tuning_;  // else tuned at the next call outside a capture
     }
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
-                              y, plan.y_layout, y, plan.y_layout, &plan.algo, workspace_,
-                              workspace_bytes_, stream));
+  CUBLAS_CHECK(
+      LtMatmul(handle_, plan.lt, plan.algo, x, w, y, workspace_, workspace_bytes_, stream));
 }
 
 int LtGemm::CandidateCount(const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m, int64_t n,
                            int64_t k, const __nv_bfloat16* y) {
-  const Key key{m, n, k, Alignment(x), Alignment(w), Alignment(y)};
-  return static_cast<int>(Candidates(GetDescriptors(key), key, true).size());
+  const Key key = MakeLtKey(x, w, y, m, n, k);
+  return static_cast<int>(Candidates(plans_.Get(key), key, true).size());
 }
 
 void LtGemm::LinearWithCandidate(int i, const __nv_bfloat16* x, const __nv_bfloat16* w, int64_t m,
                                  int64_t n, int64_t k, __nv_bfloat16* y, cudaStream_t stream) {
-  const Key key{m, n, k, Alignment(x), Alignment(w), Alignment(y)};
-  const Plan& plan = GetDescriptors(key);
+  const Key key = MakeLtKey(x, w, y, m, n, k);
+  const Plan& plan = plans_.Get(key);
   const std::vector<cublasLtMatmulAlgo_t> algos = Candidates(plan, key, true);
   TESSERA_CHECK(i >= 0 && i < static_cast<int>(algos.size())) << "candidate " << i;
-  const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, w, plan.w_layout, x, plan.x_layout, &beta,
-                              y, plan.y_layout, y, plan.y_layout, &algos[i], workspace_,
-                              workspace_bytes_, stream));
+  CUBLAS_CHECK(LtMatmul(handle_, plan.lt, algos[i], x, w, y, workspace_, workspace_bytes_, stream));
 }
 
 }  // namespace tessera::cuda

@@ -1,9 +1,10 @@
 // Dense bf16 GEMMs through cuBLASLt: y [m, n] = x [m, k] @ w [n, k]^T (F.linear), fp32 compute.
 //
-// The algorithm is picked once per shape and cached with its descriptors; the workspace is the
-// caller's, allocated once. Operands need no particular alignment: cuBLASLt is told each
-// pointer's (it handles bf16 operands at any even address; tests/kernels/cuda/linear_test.cc
-// covers odd element offsets). Not thread-safe: one instance per backend (one stream).
+// The algorithm is picked once per shape and cached with its descriptors (lt_plan.h's plan cache,
+// shared with the FP8 GEMM); the workspace is the caller's, allocated once. Operands need no
+// particular alignment: cuBLASLt is told each pointer's (it handles bf16 operands at any even
+// address; tests/kernels/cuda/linear_test.cc covers odd element offsets). Not thread-safe: one
+// instance per backend (one stream).
 //
 // Picking by measurement (autotuning), opt-in: TESSERA_GEMM_TUNE=1. The first time a tuning key
 // (n, k, alignments, m rounded up to a bucket: TuneBucket) is seen on a stream that is not
@@ -34,8 +35,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <tuple>
 #include <vector>
+
+#include "kernels/cuda/lt_plan.h"
 
 namespace tessera::cuda {
 
@@ -69,16 +71,13 @@ class LtGemm {
                            int64_t n, int64_t k, __nv_bfloat16* y, cudaStream_t stream);
 
  private:
-  // (m, n, k, alignment of x, w, y in bytes)
-  using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int>;
+  using Key = LtKey;
   struct Plan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
+    LtDescriptors lt;
     cublasLtMatmulAlgo_t algo;
     bool has_algo = false;
     bool settled = false;  // algo is final: tuned, a bucket winner, or tuning is off
   };
-  Plan& GetDescriptors(const Key& key);
   // Heuristic candidates for the plan's shape, best-first, without duplicates: the top-1 alone,
   // or the list tuning times.
   std::vector<cublasLtMatmulAlgo_t> Candidates(const Plan& plan, const Key& key, bool for_tuning);
@@ -94,7 +93,7 @@ class LtGemm {
   bool tuning_;
   bool split_k_candidates_ = true;
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
-  std::map<Key, Plan> plans_;                    // by exact shape
+  LtPlanCache<Plan> plans_;                      // by exact shape
   std::map<Key, cublasLtMatmulAlgo_t> winners_;  // by tuning key (m = TuneBucket(m))
 };
 
