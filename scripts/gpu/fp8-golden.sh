@@ -3,11 +3,11 @@
 # transformers' FP8 (FineGrainedFP8, bf16 compute) on the GPU, `tessera run --device cuda` W8A8
 # and W8A16 against it, cuda_fp8_test, and a dummy-weight bench of a real shape in bf16 and FP8
 # (MODEL=dir with a config.json, e.g. scripts/bench/models/Qwen3-14B; BENCH=0 skips it).
-# MOE_BENCH=1 (default) adds the MoE side (issue 16's 30B-A3B rows): cuda_moe_fp8_test, the grouped
-# FP8 expert GEMMs against bf16 and the dequantize fallback at decode sizes (cuda_moe_bench_test
+# MOE_BENCH=1 adds the MoE side (issue 16's 30B-A3B rows): cuda_moe_fp8_test, the grouped FP8
+# expert GEMMs against bf16 and the dequantize fallback at decode sizes (cuda_moe_bench_test
 # *Fp8*), and `tessera bench` of MOE_MODEL (default Qwen3-30B-A3B) at decode batch 1 and 128 in
 # bf16, FP8 (grouped FP8 experts) and FP8 with TESSERA_FP8_MOE=dequantize (the old path), side by
-# side. MOE_ONLY=1 runs only that part.
+# side. MOE_ONLY=1 runs only that part (fp8-moe.sh: its own checks.sh stage).
 # scripts/gpu/pack.sh prepares .devcarry; run as: bash .devcarry/fp8-golden.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ B=$root/.devcarry/bin
 S=$OUT/summary.txt
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a $S
 [ -x $B/cuda_fp8_test ] && { timeout 300 $B/cuda_fp8_test > $OUT/cuda_fp8_test.log 2>&1; echo "cuda_fp8_test: exit $? ($(grep -c '^\[       OK' $OUT/cuda_fp8_test.log) OK)" | tee -a $S; }
-if [ "${MOE_BENCH:-1}" = 1 ]; then
+if [ "${MOE_BENCH:-0}" = 1 ]; then
   [ -x $B/cuda_moe_fp8_test ] && { timeout 200 $B/cuda_moe_fp8_test > $OUT/cuda_moe_fp8_test.log 2>&1; echo "cuda_moe_fp8_test: exit $? ($(grep -c '^\[       OK' $OUT/cuda_moe_fp8_test.log) OK)" | tee -a $S; grep -E '^\[  FAILED|Failure' $OUT/cuda_moe_fp8_test.log | head -10 | tee -a $S; }
   [ -x $B/cuda_moe_bench_test ] && TESSERA_MOE_BENCH=1 timeout 200 $B/cuda_moe_bench_test --gtest_filter='*Fp8*' 2>&1 | grep -E '^\[moe-fp8-bench\]|FAILED|Failure' | tee -a $S
   mm=${MOE_MODEL:-scripts/bench/models/Qwen3-30B-A3B}
