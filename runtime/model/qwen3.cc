@@ -952,6 +952,20 @@ Qwen3Model::ExpertLoad Qwen3Model::expert_load() const {
   return load;
 }
 
+std::string Qwen3Model::expert_exchange_summary() const {
+  if (!config_.is_moe() || shard_.ep_size <= 1) return "";
+  if (ep_exchange_ == nullptr) {
+    return absl::StrCat("all-gather / reduce-scatter over ", shard_.ep_size,
+                        " ranks (TESSERA_EP_EXCHANGE=allgather)");
+  }
+  const char* mode = ep_mode_ == EpMode::kNormal       ? "normal"
+                     : ep_mode_ == EpMode::kLowLatency ? "low_latency"
+                                                       : "auto";
+  return absl::StrCat("all-to-all over ", shard_.ep_size, " ranks, TESSERA_EP_MODE=", mode,
+                      " (low-latency blocks of up to ", ep_block_capacity_, " rows), ",
+                      ep_fp8_payload_ ? "FP8" : "activation-dtype", " payload");
+}
+
 void Qwen3Model::SyncExpertLoadIfDue() {
   if (ep_exchange_ == nullptr || ep_load_unsynced_ < ep_load_sync_steps_) return;
   ep_exchange_->SyncLoad();

@@ -160,6 +160,10 @@ class Qwen3Model {
     int64_t low_latency_pairs = 0;
   };
   ExpertLoad expert_load() const;
+  // The expert exchange this rank runs, for the load report: "all-to-all over S ranks, ..." (the
+  // default) or "all-gather / reduce-scatter ..." (TESSERA_EP_EXCHANGE=allgather); empty without
+  // expert parallelism. After PlanWorkspace.
+  std::string expert_exchange_summary() const;
 
  private:
   // A linear layer's weight in FP8 on this rank: e4m3 data, fp32 block scales (host-built layout:
