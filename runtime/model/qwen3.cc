@@ -961,9 +961,11 @@ std::string Qwen3Model::expert_exchange_summary() const {
   const char* mode = ep_mode_ == EpMode::kNormal       ? "normal"
                      : ep_mode_ == EpMode::kLowLatency ? "low_latency"
                                                        : "auto";
-  return absl::StrCat("all-to-all over ", shard_.ep_size, " ranks, TESSERA_EP_MODE=", mode,
-                      " (low-latency blocks of up to ", ep_block_capacity_, " rows), ",
-                      ep_fp8_payload_ ? "FP8" : "activation-dtype", " payload");
+  const std::string blocks = ep_block_capacity_ > 0 ? absl::StrCat(" (low-latency blocks of up to ",
+                                                                   ep_block_capacity_, " rows)")
+                                                    : std::string(" (no low-latency blocks)");
+  return absl::StrCat("all-to-all over ", shard_.ep_size, " ranks, TESSERA_EP_MODE=", mode, blocks,
+                      ", ", ep_fp8_payload_ ? "FP8" : "activation-dtype", " payload");
 }
 
 void Qwen3Model::SyncExpertLoadIfDue() {
