@@ -409,10 +409,15 @@ class Backend {
   // block_capacity C > 0 (the low-latency exchange's fixed blocks): rank r's rows start at r * C
   // instead of after rank r - 1's, send_tokens is int32 [S * C] with each block's unused rows -1,
   // and token_slots name those rows; every rank_counts[r] must be <= C (n <= C guarantees it).
+  // valid_rows (int32 [1] on the device; null: n): tokens t >= *valid_rows are padding, as if
+  // their ids were all -1 (a decode graph's padded batch: the count is read on the device, so a
+  // recorded graph serves any batch within its bucket). load (int64 [S + S * experts_per_rank] on
+  // the device; may be null) += this call's rank_counts | per-expert pairs: the low-latency
+  // exchange's expert-load counters, kept on the device so that no host read is needed.
   virtual void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
                                  int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,
-                                 int32_t* send_tokens, int32_t* token_slots,
-                                 int block_capacity) = 0;
+                                 int32_t* send_tokens, int32_t* token_slots, int block_capacity,
+                                 const int32_t* valid_rows, int64_t* load) = 0;
   // The `rows` send rows in layout order: send_x A[rows, H] = x A[n, H][send_tokens[i]], and the
   // token's ids int32 [rows, top_k] and weights fp32 [rows, top_k]; a row whose send_tokens entry
   // is < 0 gets zeros, ids -1 and weights 0 (routed nowhere).

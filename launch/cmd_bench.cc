@@ -383,7 +383,8 @@ absl::StatusOr<int> Bench(MpiSession& mpi, BenchFlags& f) {
     executor.Shutdown();
   }
   // Expert load over everything above (this stage's MoE layers, all EP ranks): how far the
-  // busiest expert and the busiest rank are above the mean.
+  // busiest expert and the busiest rank are above the mean, in either exchange mode (low-latency
+  // steps up to the last sync: Qwen3Model::ExpertLoad), and the (token, expert) pairs by mode.
   const Qwen3Model::ExpertLoad load = executor.model().expert_load();
   if (!load.tokens_per_expert.empty()) {
     auto max_over_mean = [](const std::vector<int64_t>& v) {
@@ -399,8 +400,14 @@ absl::StatusOr<int> Bench(MpiSession& mpi, BenchFlags& f) {
     result["expert_load"] = {{"max_over_mean_expert", experts},
                              {"max_over_mean_rank", ranks},
                              {"tokens_per_expert", load.tokens_per_expert},
-                             {"rows_per_rank", load.rows_per_rank}};
-    std::fprintf(stderr, "expert load (max/mean): experts %.3f, EP ranks %.3f\n", experts, ranks);
+                             {"rows_per_rank", load.rows_per_rank},
+                             {"pairs_normal", load.normal_pairs},
+                             {"pairs_low_latency", load.low_latency_pairs}};
+    std::fprintf(stderr,
+                 "expert load (max/mean): experts %.3f, EP ranks %.3f (pairs: %lld normal mode, "
+                 "%lld low-latency)\n",
+                 experts, ranks, static_cast<long long>(load.normal_pairs),
+                 static_cast<long long>(load.low_latency_pairs));
   }
   if (f.json) std::printf("%s\n", result.dump(1).c_str());
   const bool failed =

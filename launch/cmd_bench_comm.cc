@@ -198,6 +198,10 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
   DeviceBuffer ids = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(int32_t));
   DeviceBuffer weights = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(float));
   DeviceBuffer counts = backend.Allocate((shape.layout_ranks + E) * sizeof(int32_t));
+  // The low-latency layout's expert-load counters, int64 [S + E], as the exchange keeps them.
+  const std::vector<int64_t> zero_load(shape.layout_ranks + E, 0);
+  DeviceBuffer load = backend.Allocate(zero_load.size() * sizeof(int64_t));
+  backend.CopyToDevice(load.data(), zero_load.data(), zero_load.size() * sizeof(int64_t));
   DeviceBuffer send_tokens = backend.Allocate(rows_cap * sizeof(int32_t));
   DeviceBuffer token_slots = backend.Allocate(static_cast<size_t>(max_m) * k * sizeof(int32_t));
   DeviceBuffer rows_a = backend.Allocate(static_cast<size_t>(rows_cap) * H * es);
@@ -227,7 +231,8 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
     auto* c = counts.as<int32_t>();
     auto run_layout = [&] {
       backend.MoeDispatchLayout(ids.as<int32_t>(), m, k, S, E / S, c, c + S,
-                                send_tokens.as<int32_t>(), token_slots.as<int32_t>(), 0);
+                                send_tokens.as<int32_t>(), token_slots.as<int32_t>(), 0,
+                                /*valid_rows=*/nullptr, /*load=*/nullptr);
     };
     const double t_layout = timer.Seconds(warm, rep, run_layout);
     std::vector<int32_t> rank_rows(S);
@@ -242,10 +247,12 @@ json BenchMoeDispatch(Backend& backend, Communicator& comm, Timer& timer, const 
     const double t_combine = timer.Seconds(warm, rep, [&] {
       backend.MoeCombineRanks(rows_b.data(), token_slots.as<int32_t>(), m, k, H, x.data());
     });
-    // Low-latency blocks of m rows: the layout and the pack of all S * m rows (unused ones zeroed).
+    // Low-latency blocks of m rows: the layout (counting the load, as the exchange does) and the
+    // pack of all S * m rows (unused ones zeroed).
     const double t_blocks = timer.Seconds(warm, rep, [&] {
       backend.MoeDispatchLayout(ids.as<int32_t>(), m, k, S, E / S, c, nullptr,
-                                send_tokens.as<int32_t>(), token_slots.as<int32_t>(), m);
+                                send_tokens.as<int32_t>(), token_slots.as<int32_t>(), m,
+                                /*valid_rows=*/nullptr, load.as<int64_t>());
       backend.MoeDispatchPack(x.data(), ids.as<int32_t>(), weights.as<float>(),
                               send_tokens.as<int32_t>(), S * m, H, k, rows_a.data(),
                               rows_ids.as<int32_t>(), rows_w.as<float>());

@@ -258,6 +258,8 @@ absl::Status LoadRank(MpiSession& mpi, const RankOptions& options, const StepLim
   spdlog::info("KV cache: {} blocks of {} tokens per replica, {:.2f} GiB per rank",
                rank.num_kv_blocks, options.block_size,
                static_cast<double>(rank.num_kv_blocks * rank.kv_block_bytes) / (1 << 30));
+  const std::string exchange = executor.model().expert_exchange_summary();
+  if (!exchange.empty()) spdlog::info("expert exchange: {}", exchange);
   return absl::OkStatus();
 }
 

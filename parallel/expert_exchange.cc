@@ -1,6 +1,7 @@
 #include "parallel/expert_exchange.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 
 #include "kernels/base/check.h"
@@ -46,6 +47,15 @@ ExpertExchange::ExpertExchange(Communicator& ep, Backend& backend, const ExpertE
     alloc(&recv_q_, recv_capacity_ * shape.hidden);
     alloc(&recv_scale_, recv_capacity_ * G * static_cast<int64_t>(sizeof(float)));
   }
+  const int64_t load_size = S + shape.num_experts;
+  alloc(&load_, load_size * static_cast<int64_t>(sizeof(int64_t)));
+  alloc(&load_all_, S * load_size * static_cast<int64_t>(sizeof(int64_t)));
+  alloc(&valid_rows_, sizeof(int32_t));
+  const std::vector<int64_t> zeros(static_cast<size_t>(load_size), 0);
+  backend_.CopyToDevice(load_.data(), zeros.data(), zeros.size() * sizeof(int64_t));
+  SetValidRows(INT32_MAX);
+  synced_load_.assign(static_cast<size_t>(load_size), 0);
+  host_load_.resize(static_cast<size_t>(S * load_size));
   ll_rows_.resize(S);
   ll_first_.resize(S);
   host_counts_.resize(static_cast<size_t>(S) * (S + shape.num_experts));
@@ -70,7 +80,8 @@ int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* wei
   const int row = S + E;  // one rank's counts: rows for each rank | pairs for each expert
   int32_t* counts = counts_.as<int32_t>();
   backend_.MoeDispatchLayout(ids, m, k, S, experts_per_rank_, counts, counts + S,
-                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>(), 0);
+                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>(), 0,
+                             /*valid_rows=*/nullptr, /*load=*/nullptr);
   ep_.AllGather(counts, counts + row, static_cast<size_t>(row), DType::kI32);
   backend_.CopyToHost(host_counts_.data(), counts + row, host_counts_.size() * sizeof(int32_t));
   // after this loop: rows to and from each peer, and where they sit (send rows grouped by
@@ -86,7 +97,10 @@ int ExpertExchange::Dispatch(const void* x, const int32_t* ids, const float* wei
     sent += send_rows_[r];
     received += recv_rows_[r];
     for (int d = 0; d < S; ++d) rows_per_rank_[d] += theirs[d];
-    for (int e = 0; e < E; ++e) tokens_per_expert_[e] += theirs[S + e];
+    for (int e = 0; e < E; ++e) {
+      tokens_per_expert_[e] += theirs[S + e];
+      normal_pairs_ += theirs[S + e];
+    }
   }
   TESSERA_CHECK_LE(static_cast<int64_t>(received), recv_capacity_)
       << "rows received by the expert exchange (planned for " << shape_.max_tokens << " per rank)";
@@ -135,9 +149,11 @@ int ExpertExchange::DispatchLowLatency(const void* x, const int32_t* ids, const 
   TESSERA_CHECK(m >= 0 && m <= C && C <= shape_.block_capacity)
       << m << " rows to dispatch in low-latency blocks of " << C << " rows (planned for "
       << shape_.block_capacity << ")";
-  // Block d of the send rows: this rank's rows for rank d, then zeros with ids -1 up to C.
+  // Block d of the send rows: this rank's rows for rank d, then zeros with ids -1 up to C; the
+  // counts added to the load counters on the device.
   backend_.MoeDispatchLayout(ids, m, k, S, experts_per_rank_, counts_.as<int32_t>(), nullptr,
-                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>(), C);
+                             send_tokens_.as<int32_t>(), token_slots_.as<int32_t>(), C,
+                             valid_rows_.as<int32_t>(), load_.as<int64_t>());
   backend_.MoeDispatchPack(x, ids, weights, send_tokens_.as<int32_t>(), S * C, H, k, send_x_.data(),
                            send_ids_.as<int32_t>(), send_w_.as<float>());
   const size_t rows = static_cast<size_t>(C);
@@ -162,6 +178,32 @@ int ExpertExchange::DispatchLowLatency(const void* x, const int32_t* ids, const 
   block_rows_ = C;
   received_ = S * C;
   return received_;
+}
+
+void ExpertExchange::SetValidRows(int rows) {
+  const int32_t value = rows;
+  backend_.CopyToDevice(valid_rows_.data(), &value, sizeof(value));
+}
+
+void ExpertExchange::SyncLoad() {
+  const int S = ranks_, E = shape_.num_experts;
+  const size_t row = static_cast<size_t>(S + E);
+  ep_.AllGather(load_.data(), load_all_.data(), row, DType::kI64);
+  backend_.CopyToHost(host_load_.data(), load_all_.data(), host_load_.size() * sizeof(int64_t));
+  // after this loop: the totals include every rank's low-latency counts up to this call, each
+  // added once (the counters only grow; what the last sync saw is subtracted).
+  for (size_t i = 0; i < row; ++i) {
+    int64_t total = 0;
+    for (int r = 0; r < S; ++r) total += host_load_[r * row + i];
+    const int64_t added = total - synced_load_[i];
+    synced_load_[i] = total;
+    if (i < static_cast<size_t>(S)) {
+      rows_per_rank_[i] += added;
+    } else {
+      tokens_per_expert_[i - S] += added;
+      low_latency_pairs_ += added;
+    }
+  }
 }
 
 void ExpertExchange::QuantizeBlocks(const std::vector<size_t>& rows,

@@ -38,9 +38,15 @@
 // receiver's MoeExperts reads on the device (such rows take no expert and return zeros), so no
 // separate count header is exchanged. The receiver computes all S * B rows (as the all-gather
 // exchange does its S * M); combine returns the S blocks the same way and sums in rank order as
-// in normal mode, so both modes give the same bits. Low-latency dispatches are not in
-// tokens_per_expert() / rows_per_rank() (counting them would need the host read this mode
-// avoids).
+// in normal mode, so both modes give the same bits.
+//
+// Expert load: normal mode adds the gathered counts on the host at each Dispatch. Low-latency
+// mode cannot (no host read), so its layout adds this rank's counts (rows per destination |
+// pairs per expert) to int64 counters on the device, which a recorded graph updates on every
+// replay; SyncLoad (a collective outside any graph: an all-gather of S + E int64 and one host
+// read) folds the group's totals into tokens_per_expert() / rows_per_rank(). The model calls it
+// every few low-latency steps (TESSERA_EP_LOAD_SYNC_STEPS). SetValidRows marks a decode graph's
+// padding tokens on the device: they are routed nowhere, so not counted either.
 //
 // FP8 payload (fp8_payload; TESSERA_EP_PAYLOAD=fp8 for the model): the dispatched rows travel as
 // e4m3 with one fp32 scale per 1 x 128 group (Backend::QuantizeFp8, block by block so that each
@@ -88,6 +94,10 @@ class ExpertExchange {
   // CUDA graph, and returns S * block_rows, the rows past each block's count having ids -1.
   int DispatchLowLatency(const void* x, const int32_t* ids, const float* weights, int m,
                          int block_rows);
+  // Low-latency mode only: the rows of later dispatches from `rows` on are padding (routed
+  // nowhere, not counted), until the next call. Enqueued (a 4-byte upload), read on the device at
+  // each dispatch, so a recorded graph follows it; the default counts every row.
+  void SetValidRows(int rows);
 
   // The rows received by the last Dispatch: recv_x A[received, H], recv_ids int32 [received, k],
   // recv_weights fp32 [received, k]; recv_y A[received, H] is for the caller's expert outputs.
@@ -101,11 +111,19 @@ class ExpertExchange {
   // increasing rank order.
   void Combine(void* out);
 
-  // Expert load over the whole group (the same on every rank), summed over every Dispatch since
-  // construction: (token, expert) pairs routed to each expert [E], and rows each rank received
-  // [S] (a token counts once per rank however many of its experts live there).
+  // Expert load over the whole group (the same on every rank), summed over every normal-mode
+  // Dispatch since construction and every low-latency one before the last SyncLoad: (token,
+  // expert) pairs routed to each expert [E], and rows each rank received [S] (a token counts once
+  // per rank however many of its experts live there). The pairs by mode: load_pairs(false) normal,
+  // load_pairs(true) low latency.
   const std::vector<int64_t>& tokens_per_expert() const { return tokens_per_expert_; }
   const std::vector<int64_t>& rows_per_rank() const { return rows_per_rank_; }
+  int64_t load_pairs(bool low_latency) const {
+    return low_latency ? low_latency_pairs_ : normal_pairs_;
+  }
+  // Collective over `ep`, never inside a recorded graph: the low-latency counters of every rank
+  // all-gathered and read by the host (waits for the stream) into the totals above.
+  void SyncLoad();
 
   // Device bytes held by the exchange's buffers.
   size_t workspace_bytes() const { return workspace_bytes_; }
@@ -137,6 +155,11 @@ class ExpertExchange {
   DeviceBuffer send_scale_;  // fp32 [send_capacity * G]
   DeviceBuffer recv_q_;      // e4m3 [recv_capacity, H]
   DeviceBuffer recv_scale_;  // fp32 [recv_capacity * G]
+  // Low-latency expert load: this rank's counters since construction, every rank's gathered by
+  // SyncLoad, and the dispatches' valid-row count.
+  DeviceBuffer load_;        // int64 [S + E]: rows sent to each rank | pairs per expert
+  DeviceBuffer load_all_;    // int64 [S, S + E]
+  DeviceBuffer valid_rows_;  // int32 [1]
   size_t workspace_bytes_ = 0;
 
   // The last Dispatch: rows per peer (counts and displacements), and m.
@@ -156,6 +179,9 @@ class ExpertExchange {
 
   std::vector<int64_t> tokens_per_expert_;
   std::vector<int64_t> rows_per_rank_;
+  std::vector<int64_t> synced_load_;  // [S + E]: the group's low-latency totals at the last sync
+  std::vector<int64_t> host_load_;    // [S, S + E]: SyncLoad's gathered counters
+  int64_t normal_pairs_ = 0, low_latency_pairs_ = 0;
 };
 
 }  // namespace tessera

@@ -122,9 +122,10 @@ class CpuBackend final : public Backend {
   }
   void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                          int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
-                         int32_t* token_slots, int block_capacity) override {
+                         int32_t* token_slots, int block_capacity, const int32_t* valid_rows,
+                         int64_t* load) override {
     cpu::MoeDispatchLayout(ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts,
-                           send_tokens, token_slots, block_capacity);
+                           send_tokens, token_slots, block_capacity, valid_rows, load);
   }
   void MoeDispatchPack(const void* x, const int32_t* ids, const float* weights,
                        const int32_t* send_tokens, int rows, int64_t hidden, int top_k,

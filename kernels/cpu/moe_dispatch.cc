@@ -13,20 +13,24 @@ namespace tessera::cpu {
 
 void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                        int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
-                       int32_t* token_slots, int block_capacity) {
+                       int32_t* token_slots, int block_capacity, const int32_t* valid_rows,
+                       int64_t* load) {
   const int S = num_ranks;
   const int64_t num_experts = static_cast<int64_t>(S) * experts_per_rank;
   std::fill(rank_counts, rank_counts + S, 0);
   if (expert_counts != nullptr) std::fill(expert_counts, expert_counts + num_experts, 0);
+  // Tokens from `valid` on are padding: routed nowhere.
+  const int valid = valid_rows != nullptr ? std::clamp(*valid_rows, 0, n) : n;
   // has[t, r]: token t has an expert on rank r.
   std::vector<uint8_t> has(static_cast<size_t>(n) * S, 0);
-  for (int t = 0; t < n; ++t) {
+  for (int t = 0; t < valid; ++t) {
     for (int k = 0; k < top_k; ++k) {
       const int32_t id = ids[static_cast<int64_t>(t) * top_k + k];
       if (id < 0) continue;
       TESSERA_CHECK_LT(id, num_experts) << "expert id of token " << t;
       has[static_cast<size_t>(t) * S + id / experts_per_rank] = 1;
       if (expert_counts != nullptr) ++expert_counts[id];
+      if (load != nullptr) ++load[S + id];
     }
   }
   // after this loop: row_of[t, r] = the send row of (t, r); rows grouped by rank, tokens ascending
@@ -45,6 +49,7 @@ void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int 
     }
     if (block_capacity > 0)
       std::fill(send_tokens + row, send_tokens + (r + 1) * block_capacity, -1);
+    if (load != nullptr) load[r] += rank_counts[r];
   }
   for (int t = 0; t < n; ++t) {
     int32_t* slots = token_slots + static_cast<int64_t>(t) * top_k;

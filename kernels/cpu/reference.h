@@ -54,7 +54,8 @@ void MoeExpertsWith(const float* x, int n, const int32_t* ids, const float* weig
 // MoeCombineRanks in kernels/ops.h have the layout).
 void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                        int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
-                       int32_t* token_slots, int block_capacity);
+                       int32_t* token_slots, int block_capacity, const int32_t* valid_rows,
+                       int64_t* load);
 void MoeDispatchPack(const float* x, const int32_t* ids, const float* weights,
                      const int32_t* send_tokens, int rows, int64_t hidden, int top_k, float* send_x,
                      int32_t* send_ids, float* send_weights);

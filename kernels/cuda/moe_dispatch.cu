@@ -8,7 +8,10 @@
 // increasing order. Block r also counts its own experts' pairs (shared-memory integer atomics:
 // exact in any order), and block 0 marks each token's unused slots -1. With a block capacity C
 // (the low-latency exchange's fixed blocks) r's rows start at r * C instead (pass 1's sum is not
-// used) and block r marks its block's unused rows -1.
+// used) and block r marks its block's unused rows -1. Tokens from *valid_rows on (a decode graph's
+// padding; the count is read on the device) take part in nothing but get slots -1. With `load`,
+// block r adds its row count and its experts' pairs to the counters (each block its own entries:
+// no atomics across blocks), so a recorded graph counts every replay.
 //
 // Pack: one block per send row, a row copy 8 bf16 per thread access, plus the token's ids and
 // weights (a row of no token: zeros, ids -1). Combine: one block per token, each thread 8 columns,
@@ -85,22 +88,31 @@ __global__ void __launch_bounds__(kLayoutThreads)
     MoeDispatchLayoutKernel(const int32_t* __restrict__ ids, int n, int top_k, int num_ranks,
                             int experts_per_rank, int32_t* __restrict__ rank_counts,
                             int32_t* __restrict__ expert_counts, int32_t* __restrict__ send_tokens,
-                            int32_t* __restrict__ token_slots, int block_capacity) {
-  extern __shared__ int local_counts[];  // [experts_per_rank] when expert_counts
+                            int32_t* __restrict__ token_slots, int block_capacity,
+                            const int32_t* __restrict__ valid_rows, int64_t* __restrict__ load) {
+  extern __shared__ int local_counts[];  // [experts_per_rank] when expert_counts or load
   __shared__ int scratch[kLayoutThreads / 32];
   const int r = blockIdx.x;
   const int first = r * experts_per_rank;
-  if (expert_counts != nullptr) {
+  const bool count_experts = expert_counts != nullptr || load != nullptr;
+  const int valid = valid_rows != nullptr ? min(max(*valid_rows, 0), n) : n;
+  if (count_experts) {
     for (int e = threadIdx.x; e < experts_per_rank; e += kLayoutThreads) local_counts[e] = 0;
     __syncthreads();
   }
   int lower = 0;
   for (int t = threadIdx.x; t < n; t += kLayoutThreads) {
+    if (t >= valid) {  // padding: no rows, no slots
+      if (r == 0) {
+        for (int k = 0; k < top_k; ++k) token_slots[static_cast<int64_t>(t) * top_k + k] = -1;
+      }
+      continue;
+    }
     const int32_t* t_ids = ids + static_cast<int64_t>(t) * top_k;
     int below = 0;
     TokenRanks(t_ids, top_k, experts_per_rank, r, &below);
     lower += below;
-    if (expert_counts != nullptr) {
+    if (count_experts) {
       for (int k = 0; k < top_k; ++k) {
         const int local = t_ids[k] - first;
         if (t_ids[k] >= 0 && local >= 0 && local < experts_per_rank)
@@ -118,11 +130,11 @@ __global__ void __launch_bounds__(kLayoutThreads)
   const int base = block_capacity > 0 ? r * block_capacity : below_r;
   // after this loop: rows [base, next) hold r's tokens in increasing order.
   int next = base;
-  for (int t0 = 0; t0 < n; t0 += kLayoutThreads) {
+  for (int t0 = 0; t0 < valid; t0 += kLayoutThreads) {
     const int t = t0 + threadIdx.x;
     int below = 0;
-    const bool has = t < n && TokenRanks(ids + static_cast<int64_t>(t) * top_k, top_k,
-                                         experts_per_rank, r, &below);
+    const bool has = t < valid && TokenRanks(ids + static_cast<int64_t>(t) * top_k, top_k,
+                                             experts_per_rank, r, &below);
     int count = 0;
     const int row = next + BlockExclusiveCount(has, scratch, &count);
     if (has) {
@@ -131,15 +143,20 @@ __global__ void __launch_bounds__(kLayoutThreads)
     }
     next += count;
   }
-  if (threadIdx.x == 0) rank_counts[r] = next - base;
+  if (threadIdx.x == 0) {
+    rank_counts[r] = next - base;
+    if (load != nullptr) load[r] += next - base;
+  }
   if (block_capacity > 0) {
     for (int i = next + threadIdx.x; i < base + block_capacity; i += kLayoutThreads)
       send_tokens[i] = -1;
   }
-  if (expert_counts != nullptr) {
+  if (count_experts) {
     __syncthreads();
-    for (int e = threadIdx.x; e < experts_per_rank; e += kLayoutThreads)
-      expert_counts[first + e] = local_counts[e];
+    for (int e = threadIdx.x; e < experts_per_rank; e += kLayoutThreads) {
+      if (expert_counts != nullptr) expert_counts[first + e] = local_counts[e];
+      if (load != nullptr) load[num_ranks + first + e] += local_counts[e];
+    }
   }
 }
 
@@ -264,7 +281,7 @@ void LaunchDequantizeFp8(const uint8_t* data, const float* scale, int64_t scale_
 void LaunchMoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
                              int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,
                              int32_t* send_tokens, int32_t* token_slots, int block_capacity,
-                             cudaStream_t stream) {
+                             const int32_t* valid_rows, int64_t* load, cudaStream_t stream) {
   TESSERA_CHECK(num_ranks >= 1 && num_ranks < 65536) << num_ranks << " ranks";
   TESSERA_CHECK(top_k >= 1 && top_k <= kMaxTopK) << "top_k " << top_k;
   TESSERA_CHECK(experts_per_rank >= 1 && experts_per_rank <= kMaxExpertsPerRank)
@@ -274,10 +291,11 @@ void LaunchMoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks
                 (n <= block_capacity &&
                  static_cast<int64_t>(num_ranks) * block_capacity < (int64_t{1} << 31)))
       << n << " tokens for blocks of " << block_capacity;
-  const size_t smem = expert_counts != nullptr ? experts_per_rank * sizeof(int) : 0;
+  const size_t smem =
+      expert_counts != nullptr || load != nullptr ? experts_per_rank * sizeof(int) : 0;
   MoeDispatchLayoutKernel<<<num_ranks, kLayoutThreads, smem, stream>>>(
       ids, n, top_k, num_ranks, experts_per_rank, rank_counts, expert_counts, send_tokens,
-      token_slots, block_capacity);
+      token_slots, block_capacity, valid_rows, load);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -14,11 +14,12 @@ namespace tessera::cuda {
 
 // rank_counts [S], expert_counts [S * experts_per_rank] (may be null), send_tokens
 // [n * min(top_k, S)] (or [S * block_capacity] when block_capacity > 0) and token_slots
-// [n, top_k] from ids [n, top_k], as Backend::MoeDispatchLayout.
+// [n, top_k] from ids [n, top_k], the tokens before *valid_rows (int32 [1]; null: all n) only, and
+// load int64 [S + S * experts_per_rank] (may be null) += the counts, as Backend::MoeDispatchLayout.
 void LaunchMoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks,
                              int experts_per_rank, int32_t* rank_counts, int32_t* expert_counts,
                              int32_t* send_tokens, int32_t* token_slots, int block_capacity,
-                             cudaStream_t stream);
+                             const int32_t* valid_rows, int64_t* load, cudaStream_t stream);
 
 // send_x [rows, hidden] = x[send_tokens[i]], send_ids / send_weights [rows, top_k] likewise; rows
 // with send_tokens[i] < 0 get zeros, ids -1, weights 0.

@@ -172,10 +172,12 @@ std::string Metrics::Render() const {
                     Labels(absl::StrCat("code=\"", code, "\"")), " ", n, "\n");
   }
   if (!expert_tokens_.empty()) {
-    absl::StrAppend(&out,
-                    "# HELP tessera:moe_expert_tokens_total (Token, expert) pairs routed to each "
-                    "expert of the first stage's MoE layers, summed over layers.\n",
-                    "# TYPE tessera:moe_expert_tokens_total counter\n");
+    absl::StrAppend(
+        &out,
+        "# HELP tessera:moe_expert_tokens_total (Token, expert) pairs routed to each "
+        "expert of the first stage's MoE layers, summed over layers (low-latency steps as "
+        "of the last sync, every TESSERA_EP_LOAD_SYNC_STEPS).\n",
+        "# TYPE tessera:moe_expert_tokens_total counter\n");
     for (size_t e = 0; e < expert_tokens_.size(); ++e) {
       absl::StrAppend(&out, "tessera:moe_expert_tokens_total{expert=\"", e, "\"} ",
                       expert_tokens_[e], "\n");

@@ -197,6 +197,11 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, Backend& backend, const ShardS
     TESSERA_CHECK(!ep_fp8_payload_ || backend.fp8_mode() != Fp8Mode::kNone)
         << "TESSERA_EP_PAYLOAD=fp8 needs a backend with FP8 ops";
   }
+  const char* sync = std::getenv("TESSERA_EP_LOAD_SYNC_STEPS");
+  if (sync != nullptr && *sync != '\0') {
+    ep_load_sync_steps_ = std::atoi(sync);
+    TESSERA_CHECK(ep_load_sync_steps_ >= 1) << "TESSERA_EP_LOAD_SYNC_STEPS=" << sync;
+  }
   const int tp = shard.tp_size;
   q_heads_local_ = config.num_attention_heads / tp;
   kv_heads_local_ = std::max<int64_t>(1, config.num_key_value_heads / tp);
@@ -714,6 +719,7 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
         shape.block_capacity = ep_block_capacity_;
         shape.fp8_payload = ep_fp8_payload_;
         ep_exchange_ = std::make_unique<ExpertExchange>(*shard_.ep, backend_, shape);
+        ep_load_unsynced_ = 0;
         total += ep_exchange_->workspace_bytes();
       }
     }
@@ -868,7 +874,13 @@ void Qwen3Model::PrepareExpertParallel(int n, const std::vector<int>& replica_to
   // padded micro-batch fits (padding stays within token_capacity_).
   ep_block_rows_ = ep_exchange_ != nullptr && blocks <= ep_block_capacity_ ? blocks : 0;
   SetExpertSlice(n);
-  if (ep_exchange_ != nullptr) return;  // no padding: each rank sends exactly its slice
+  if (ep_exchange_ != nullptr) {  // no padding: each rank sends exactly its slice
+    if (ep_block_rows_ > 0 && rows > 0) {
+      ep_exchange_->SetValidRows(ep_count_);
+      ++ep_load_unsynced_;
+    }
+    return;
+  }
   TESSERA_CHECK_LE(static_cast<int64_t>(S) * rows, ep_capacity_)
       << "expert-parallel rows of one step (planned workspace)";
   // The M rows sent from hidden_ start at the slice: within the planned tokens (ceil(c / T) +
@@ -970,8 +982,32 @@ Qwen3Model::ExpertLoad Qwen3Model::expert_load() const {
   if (ep_exchange_ != nullptr) {
     load.tokens_per_expert = ep_exchange_->tokens_per_expert();
     load.rows_per_rank = ep_exchange_->rows_per_rank();
+    load.normal_pairs = ep_exchange_->load_pairs(/*low_latency=*/false);
+    load.low_latency_pairs = ep_exchange_->load_pairs(/*low_latency=*/true);
   }
   return load;
+}
+
+std::string Qwen3Model::expert_exchange_summary() const {
+  if (!config_.is_moe() || shard_.ep_size <= 1) return "";
+  if (ep_exchange_ == nullptr) {
+    return absl::StrCat("all-gather / reduce-scatter over ", shard_.ep_size,
+                        " ranks (TESSERA_EP_EXCHANGE=allgather)");
+  }
+  const char* mode = ep_mode_ == EpMode::kNormal       ? "normal"
+                     : ep_mode_ == EpMode::kLowLatency ? "low_latency"
+                                                       : "auto";
+  const std::string blocks = ep_block_capacity_ > 0 ? absl::StrCat(" (low-latency blocks of up to ",
+                                                                   ep_block_capacity_, " rows)")
+                                                    : std::string(" (no low-latency blocks)");
+  return absl::StrCat("all-to-all over ", shard_.ep_size, " ranks, TESSERA_EP_MODE=", mode, blocks,
+                      ", ", ep_fp8_payload_ ? "FP8" : "activation-dtype", " payload");
+}
+
+void Qwen3Model::SyncExpertLoadIfDue() {
+  if (ep_exchange_ == nullptr || ep_load_unsynced_ < ep_load_sync_steps_) return;
+  ep_exchange_->SyncLoad();
+  ep_load_unsynced_ = 0;
 }
 
 // Embedding (or the previous stage's hidden states), this stage's layers, and the hand-off to
@@ -1131,6 +1167,9 @@ void Qwen3Model::RunDecodeGraph(const StepBatch& batch, KvCache& kv) {
   // rows route like any token; their outputs are never read).
   const bool ep = config_.is_moe() && shard_.ep_size > 1;
   if (ep) SetExpertSlice(b);
+  // The slice's tokens past the batch are padding: routed nowhere, not counted in the load.
+  if (ep && ep_exchange_ != nullptr)
+    ep_exchange_->SetValidRows(std::clamp(n - ep_begin_, 0, ep_count_));
   const std::tuple<int, int, int> key(b, cap, ep ? ep_block_rows_ : 0);
   auto it = graphs_.find(key);
   if (it != graphs_.end()) {
@@ -1217,7 +1256,10 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     attn_batch.block_size = kv.block_size();
 
     RunStage(n, attn_batch, kv);
-    if (!last_stage() || r == 0) return;
+    if (!last_stage() || r == 0) {
+      SyncExpertLoadIfDue();
+      return;
+    }
     backend_.CopyToDevice(logit_rows_.data(), batch.logit_tokens.data(), r * sizeof(int32_t));
     RunHead(r);
   }
@@ -1225,6 +1267,7 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
   // Tokens sampled on the device, or logits to the host with the vocabulary shards gathered.
   tokens->assign(r, -1);
   SampleOrDownload(batch, logits, tokens);
+  SyncExpertLoadIfDue();  // after the step's own wait for its results
 }
 
 void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,

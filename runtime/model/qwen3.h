@@ -149,13 +149,21 @@ class Qwen3Model {
   size_t workspace_bytes() const { return workspace_bytes_; }
 
   // Expert load of this stage's MoE layers (all layers and steps since the plan, every rank of
-  // the stage alike): (token, expert) pairs per expert and rows each EP rank received. Empty
-  // without expert parallelism or on the all-gather exchange.
+  // the stage alike): (token, expert) pairs per expert and rows each EP rank received, and the
+  // pairs by exchange mode. Low-latency steps reach it every TESSERA_EP_LOAD_SYNC_STEPS of them
+  // (default 16; ExpertExchange::SyncLoad). Empty without expert parallelism or on the
+  // all-gather exchange.
   struct ExpertLoad {
     std::vector<int64_t> tokens_per_expert;  // [E]
     std::vector<int64_t> rows_per_rank;      // [ep_size]
+    int64_t normal_pairs = 0;
+    int64_t low_latency_pairs = 0;
   };
   ExpertLoad expert_load() const;
+  // The expert exchange this rank runs, for the load report: "all-to-all over S ranks, ..." (the
+  // default) or "all-gather / reduce-scatter ..." (TESSERA_EP_EXCHANGE=allgather); empty without
+  // expert parallelism. After PlanWorkspace.
+  std::string expert_exchange_summary() const;
 
  private:
   // A linear layer's weight in FP8 on this rank: e4m3 data, fp32 block scales (host-built layout:
@@ -222,6 +230,9 @@ class Qwen3Model {
   // This rank's slice of an n-token micro-batch (ep_begin_, ep_count_, ep_tp_counts_); a decode
   // graph sets it again for its padded batch.
   void SetExpertSlice(int n);
+  // At the end of a forward: ExpertExchange::SyncLoad once ep_load_sync_steps_ forwards have run
+  // low-latency dispatches since the last (every rank of the stage counts the same forwards).
+  void SyncExpertLoadIfDue();
   // MoE layer with experts spread over the stage (ep_size > 1), all on the device: route this
   // rank's slice of the tokens, send each token to the ranks owning its experts (ExpertExchange,
   // all-to-all; or, with TESSERA_EP_EXCHANGE=allgather, all-gather every rank's M rows over the
@@ -331,6 +342,10 @@ class Qwen3Model {
   EpMode ep_mode_ = EpMode::kAuto;
   int ep_block_capacity_ = 0;  // the exchange's block_capacity (0: no low-latency mode)
   int ep_block_rows_ = 0;      // this micro-batch's low-latency blocks; 0: normal mode
+  // TESSERA_EP_LOAD_SYNC_STEPS: low-latency forwards between expert-load syncs (each is a small
+  // all-gather and a host wait after the step, outside any graph).
+  int ep_load_sync_steps_ = 16;
+  int ep_load_unsynced_ = 0;
   // TESSERA_EP_PAYLOAD=fp8: dispatched rows as e4m3 with 1x128 scales (bf16, the default: the
   // activation dtype).
   bool ep_fp8_payload_ = false;

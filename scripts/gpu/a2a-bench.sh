@@ -5,7 +5,9 @@
 # experts, 1..4096 tokens per rank): the layout kernels (packed and low-latency blocks), the FP8
 # payload's quantize + dequantize, and the exchange with one rank (every block a local copy through
 # the same calls) in normal and low-latency modes, bf16 and FP8 payloads, low-latency replayed
-# from a CUDA graph, beside the all-gather exchange. With 2 GPUs or more it runs again over them.
+# from a CUDA graph, beside the all-gather exchange. With 2 GPUs or more it runs again over them,
+# and checks the expert-load counters at EP2 with decode steps in CUDA graphs (a padded batch
+# included: tests/launch/bench_expert_load_test.py, exact totals in both exchange modes).
 # Logs and JSON under $OUT (a2a-bench.log, a2a-<n>gpu.json).
 #   on this machine: BINS="tessera tests/kernels/cuda_moe_dispatch_test" scripts/gpu/pack.sh BUILD .
 #   on the device:   bash .devcarry/a2a-bench.sh   (with carry [".devcarry"])
@@ -35,6 +37,9 @@ if [ "$gpus" -ge 2 ]; then
   echo "===== bench-comm, $gpus GPUs" | tee -a "$L"
   timeout 400 $MPI -np "$gpus" "$B/tessera" bench-comm "${flags[@]}" \
     > "$OUT/a2a-${gpus}gpu.json" 2>> "$L" || status=1
+  echo "===== expert load, EP2, decode graphs" | tee -a "$L"
+  BENCH_DEVICE=cuda timeout 400 python3 .devcarry/bench_expert_load_test.py "$B/tessera" \
+    tests/golden/fixtures $MPI >> "$L" 2>&1 || status=1
 fi
 sed -n '/MoE dispatch kernels/,$p' "$L"
 exit $status

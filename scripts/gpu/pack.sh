@@ -33,5 +33,5 @@ cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/
   "$here/load-bench.sh" "$here/load_bench.py" "$here/serve-bench.sh" "$here/a2a-bench.sh" \
   "$here/fp8-golden.sh" "$here/fp8-moe.sh" "$here/fp8_golden.py" "$here/checks.sh" \
   "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \
-  "$dest/"
+  "$here/../../tests/launch/bench_expert_load_test.py" "$dest/"
 du -sh "$dest"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Parallel layouts on the CUDA backend (NCCL between GPUs) against transformers' golden logits and
 tokens, through `mpirun ... tessera run --device cuda`, one rank per GPU. Exits 77 (ctest: skipped)
-on a machine without a GPU.
+on a machine without a GPU. Expert-parallel layouts must say in the load report that they ran the
+all-to-all exchange (over NCCL).
 
 bf16 tolerances as tests/golden/bf16_golden.h derives them: the median prompt row within 2.5e-2 of
 transformers' fp32 logits; every row within 0.25 (the CLI cannot tell which tokens a router near-tie
@@ -46,6 +47,17 @@ LAYOUTS = [
 ]
 
 
+def check_exchange(flags, env, stderr):
+    """An expert-parallel layout says which exchange it ran (the load report): all-to-all unless
+    TESSERA_EP_EXCHANGE=allgather asks for the fallback."""
+    if "--ep" not in flags:
+        return
+    fallback = (env or {}).get("TESSERA_EP_EXCHANGE") == "allgather"
+    want = "expert exchange: all-gather" if fallback else "expert exchange: all-to-all"
+    if want not in stderr:
+        raise RuntimeError(f"expected {want!r} in the log:\n{stderr}")
+
+
 def run(fixture, ranks, flags, out, device="cuda", prompt=None, new_tokens=None, env=None):
     d = os.path.join(FIXTURES, fixture)
     expected = json.load(open(os.path.join(d, "expected.json")))
@@ -61,6 +73,8 @@ def run(fixture, ranks, flags, out, device="cuda", prompt=None, new_tokens=None,
                           env=dict(os.environ, **(env or {})))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr}")
+    if device == "cuda":
+        check_exchange(flags, env, proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1]), np.load(out), expected
 
 

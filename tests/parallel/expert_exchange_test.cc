@@ -2,10 +2,13 @@
 // the owners of their experts by MPI_Alltoallv, the experts run where they live, the partial sums
 // combined at home, against MoeExperts over all experts on one rank. A rank with no tokens (an
 // idle DP replica) joins every call; repeated calls reuse the buffers; the load counters add up.
-// Low-latency mode (fixed blocks, no host read) gives normal mode's bits, interleaved with it. The
-// FP8 payload gives exactly the exchange of the rows quantized and dequantized, in both modes.
+// Low-latency mode (fixed blocks, no host read) gives normal mode's bits, interleaved with it, and
+// its load counters (on the device, gathered by SyncLoad) add up as normal mode's do; rows past
+// SetValidRows are routed nowhere and not counted. The FP8 payload gives exactly the exchange of
+// the rows quantized and dequantized, in both modes.
 #include <mpi.h>
 
+#include <algorithm>
 #include <numeric>
 #include <random>
 
@@ -154,6 +157,37 @@ TEST(ExpertExchangeTest, LowLatencyGivesNormalModesBits) {
     for (size_t i = 0; i < low.size(); ++i)
       ASSERT_NEAR(low[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i])) << "call " << call;
   }
+
+  // Load: low-latency dispatches reach the totals at SyncLoad, each once; the same routing went
+  // through both modes, so each mode holds half of every total.
+  const std::vector<int64_t> experts_normal = exchange.tokens_per_expert();
+  const std::vector<int64_t> ranks_normal = exchange.rows_per_rank();
+  EXPECT_GT(exchange.load_pairs(/*low_latency=*/false), 0);
+  EXPECT_EQ(exchange.load_pairs(/*low_latency=*/true), 0);
+  exchange.SyncLoad();
+  exchange.SyncLoad();  // nothing new since the last: nothing added twice
+  for (int e = 0; e < E; ++e) EXPECT_EQ(exchange.tokens_per_expert()[e], 2 * experts_normal[e]);
+  for (int r = 0; r < S; ++r) EXPECT_EQ(exchange.rows_per_rank()[r], 2 * ranks_normal[r]);
+  EXPECT_EQ(exchange.load_pairs(true), exchange.load_pairs(false));
+
+  // Valid rows (a decode graph's padding): tokens from 2 on are routed nowhere, give zeros and
+  // are not counted.
+  const int64_t before = exchange.load_pairs(true);
+  exchange.SetValidRows(2);
+  const auto x = Random(static_cast<size_t>(cap) * H, rng);
+  const auto wt = Random(static_cast<size_t>(cap) * k, rng, 0.1f, 1.0f);
+  auto ids = Routing(cap, E, k, rng);
+  const auto got = run(x, ids, wt, cap, cap);
+  std::fill(ids.begin() + 2 * k, ids.end(), -1);
+  std::vector<float> want(static_cast<size_t>(cap) * H);
+  cpu::MoeExperts(x.data(), cap, ids.data(), wt.data(), k, 0, E, H, I, gate_up.data(), down.data(),
+                  want.data());
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i])) << "valid rows, at " << i;
+  int64_t valid_pairs = std::count_if(ids.begin(), ids.end(), [](int id) { return id >= 0; });
+  w.AllReduceSum(&valid_pairs, 1, DType::kI64);
+  exchange.SyncLoad();
+  EXPECT_EQ(exchange.load_pairs(true) - before, valid_pairs);
 }
 
 TEST(ExpertExchangeTest, Fp8PayloadIsQuantizeDequantizeExactly) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Every parallel layout gives the single-rank logits (relative L2 per row <= 1e-5), the golden
 logits (<= 1e-4) and the golden greedy tokens, through `mpirun ... tessera run` on the CPU
-backend (activations over MPI). Prints each layout's max error.
+backend (activations over MPI). Prints each layout's max error. Expert-parallel layouts must say
+in the load report that they ran the all-to-all exchange (the all-gather one only when asked).
 
 usage: parity_test.py TESSERA_BINARY FIXTURES_DIR MPIRUN [MPIRUN_FLAGS...]
 """
@@ -68,6 +69,17 @@ def rel_l2(got, want):
     return float(np.max(np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)))
 
 
+def check_exchange(flags, env, stderr):
+    """An expert-parallel layout says which exchange it ran (the load report): all-to-all unless
+    TESSERA_EP_EXCHANGE=allgather asks for the fallback."""
+    if "--ep" not in flags:
+        return
+    fallback = (env or {}).get("TESSERA_EP_EXCHANGE") == "allgather"
+    want = "expert exchange: all-gather" if fallback else "expert exchange: all-to-all"
+    if want not in stderr:
+        raise RuntimeError(f"expected {want!r} in the log:\n{stderr}")
+
+
 def run(fixture, ranks, flags, out, extra_env=None):
     d = os.path.join(FIXTURES, fixture)
     expected = json.load(open(os.path.join(d, "expected.json")))
@@ -84,6 +96,7 @@ def run(fixture, ranks, flags, out, extra_env=None):
     lines = proc.stdout.strip().splitlines()
     if len(lines) != 1:
         raise RuntimeError(f"expected one JSON line from rank 0, got {proc.stdout!r}")
+    check_exchange(flags, extra_env, proc.stderr)
     return json.loads(lines[0]), np.load(out), expected
 
 

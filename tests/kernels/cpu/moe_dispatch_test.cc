@@ -38,7 +38,8 @@ Layout MakeLayout(const std::vector<int32_t>& ids, int n, int top_k, int ranks, 
   l.send_tokens.assign(static_cast<size_t>(n) * std::min(top_k, ranks), -7);
   l.token_slots.assign(static_cast<size_t>(n) * top_k, -7);
   cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, l.rank_counts.data(),
-                         l.expert_counts.data(), l.send_tokens.data(), l.token_slots.data(), 0);
+                         l.expert_counts.data(), l.send_tokens.data(), l.token_slots.data(), 0,
+                         nullptr, nullptr);
   return l;
 }
 
@@ -100,7 +101,7 @@ TEST(DispatchLayoutTest, FixedBlocksMovePackedRows) {
     l.send_tokens.assign(static_cast<size_t>(ranks) * cap, -7);
     l.token_slots.assign(static_cast<size_t>(n) * top_k, -7);
     cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, l.rank_counts.data(), nullptr,
-                           l.send_tokens.data(), l.token_slots.data(), cap);
+                           l.send_tokens.data(), l.token_slots.data(), cap, nullptr, nullptr);
     EXPECT_EQ(l.rank_counts, packed.rank_counts);
     std::vector<int32_t> moved(packed.send_tokens.size(), -1);  // packed row -> block row
     int begin = 0;
@@ -131,6 +132,43 @@ TEST(DispatchLayoutTest, FixedBlocksMovePackedRows) {
         EXPECT_EQ(si[i * top_k + k], t < 0 ? -1 : ids[t * top_k + k]);
         EXPECT_EQ(sw[i * top_k + k], t < 0 ? 0.0f : w[t * top_k + k]);
       }
+    }
+  }
+}
+
+// valid_rows: the tokens past it are padding (the layout of the leading tokens alone, slots -1),
+// and the load counters add up the counts over calls, in either layout.
+TEST(DispatchLayoutTest, ValidRowsAndLoadCounters) {
+  const int n = 19, ranks = 3, per_rank = 5, top_k = 4, experts = ranks * per_rank;
+  std::mt19937 rng(5);
+  for (int cap : {0, n}) {
+    std::vector<int64_t> load(ranks + experts, 0), want_load(ranks + experts, 0);
+    for (int valid : {n, 11, 0, n + 4}) {
+      const auto ids = RandomRouting(n, experts, top_k, rng, 6);
+      const int used = std::min(valid, n);
+      // The reference: the first `used` tokens with the rest routed nowhere.
+      std::vector<int32_t> padded = ids;
+      std::fill(padded.begin() + used * top_k, padded.end(), -1);
+      const Layout want = MakeLayout(padded, n, top_k, ranks, per_rank);
+      Layout l;
+      l.rank_counts.assign(ranks, -7);
+      l.expert_counts.assign(experts, -7);
+      l.send_tokens.assign(cap > 0 ? ranks * cap : n * std::min(top_k, ranks), -7);
+      l.token_slots.assign(n * top_k, -7);
+      cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, l.rank_counts.data(),
+                             l.expert_counts.data(), l.send_tokens.data(), l.token_slots.data(),
+                             cap, &valid, load.data());
+      EXPECT_EQ(l.rank_counts, want.rank_counts) << "valid " << valid << " cap " << cap;
+      EXPECT_EQ(l.expert_counts, want.expert_counts) << "valid " << valid << " cap " << cap;
+      if (cap == 0) {
+        EXPECT_EQ(l.token_slots, want.token_slots) << "valid " << valid;
+      }
+      for (int t = used; t < n; ++t) {
+        for (int k = 0; k < top_k; ++k) EXPECT_EQ(l.token_slots[t * top_k + k], -1);
+      }
+      for (int r = 0; r < ranks; ++r) want_load[r] += want.rank_counts[r];
+      for (int e = 0; e < experts; ++e) want_load[ranks + e] += want.expert_counts[e];
+      EXPECT_EQ(load, want_load) << "valid " << valid << " cap " << cap;
     }
   }
 }

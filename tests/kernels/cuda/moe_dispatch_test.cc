@@ -2,8 +2,9 @@
 // (rank counts, expert counts, send tokens, slots) over rank counts 1..64 and odd token counts
 // with padding rows, the pack exactly (a copy), and the combine within one bf16 rounding (fp32
 // sums of bf16 rows, rounded once), unaligned widths included; each shape also in the fixed-block
-// layout of the low-latency exchange (block capacity n, and n + 3: blocks with unused rows). The
-// FP8 payload's dequantize bit for bit against the CPU reference rounded to bf16.
+// layout of the low-latency exchange (block capacity n, and n + 3: blocks with unused rows), and
+// with a valid-row count on the device (the tail as padding) and the expert-load counters added to.
+// The FP8 payload's dequantize bit for bit against the CPU reference rounded to bf16.
 #include <algorithm>
 #include <numeric>
 
@@ -31,23 +32,36 @@ std::vector<int32_t> RandomRouting(int n, int experts, int top_k, std::mt19937& 
 // n, ranks, experts per rank, top_k, hidden
 class CudaDispatchTest : public testing::CudaParamTest<std::tuple<int, int, int, int, int>> {};
 
-void CheckDispatch(Backend& gpu, int n, int ranks, int per_rank, int top_k, int hidden, int cap) {
-  std::mt19937 rng(n * 5 + ranks * 3 + per_rank + top_k + hidden + cap);
+// valid < 0: no valid-row count and no load counters.
+void CheckDispatch(Backend& gpu, int n, int ranks, int per_rank, int top_k, int hidden, int cap,
+                   int valid) {
+  std::mt19937 rng(n * 5 + ranks * 3 + per_rank + top_k + hidden + cap + valid);
   const auto ids = RandomRouting(n, ranks * per_rank, top_k, rng);
   const size_t send_cap = cap > 0 ? static_cast<size_t>(std::max(ranks * cap, 1))
                                   : static_cast<size_t>(std::max(n, 1)) * std::min(top_k, ranks);
 
   std::vector<int32_t> rc(ranks), ec(ranks * per_rank), st(send_cap, -7), ts(n * top_k);
+  // The counters start from earlier calls' totals (past 2^31: int64 on the device).
+  std::vector<int64_t> load(ranks + ranks * per_rank);
+  for (size_t i = 0; i < load.size(); ++i)
+    load[i] = (int64_t{1} << 32) + 3 * static_cast<int64_t>(i);
+  const std::vector<int64_t> load_before = load;
   cpu::MoeDispatchLayout(ids.data(), n, top_k, ranks, per_rank, rc.data(), ec.data(), st.data(),
-                         ts.data(), cap);
+                         ts.data(), cap, valid >= 0 ? &valid : nullptr,
+                         valid >= 0 ? load.data() : nullptr);
+  DeviceBuffer d_valid = testing::UploadRaw(gpu, std::vector<int32_t>{valid});
+  DeviceBuffer d_load = testing::UploadRaw(gpu, load_before);
   DeviceBuffer d_ids = testing::UploadRaw(gpu, ids);
   DeviceBuffer d_rc = testing::UploadRaw(gpu, std::vector<int32_t>(ranks, -7));
   DeviceBuffer d_ec = testing::UploadRaw(gpu, std::vector<int32_t>(ranks * per_rank, -7));
   DeviceBuffer d_st = testing::UploadRaw(gpu, std::vector<int32_t>(send_cap, -7));
   DeviceBuffer d_ts = testing::UploadRaw(gpu, std::vector<int32_t>(std::max(n * top_k, 1), -7));
   gpu.MoeDispatchLayout(d_ids.as<int32_t>(), n, top_k, ranks, per_rank, d_rc.as<int32_t>(),
-                        d_ec.as<int32_t>(), d_st.as<int32_t>(), d_ts.as<int32_t>(), cap);
+                        d_ec.as<int32_t>(), d_st.as<int32_t>(), d_ts.as<int32_t>(), cap,
+                        valid >= 0 ? d_valid.as<int32_t>() : nullptr,
+                        valid >= 0 ? d_load.as<int64_t>() : nullptr);
   EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, d_rc, ranks), rc);
+  EXPECT_EQ(testing::DownloadRaw<int64_t>(gpu, d_load, load.size()), load);
   EXPECT_EQ(testing::DownloadRaw<int32_t>(gpu, d_ec, ranks * per_rank), ec);
   // Packed: the first sum(rc) rows; fixed blocks: all S * cap rows (unused ones -1).
   const int rows = cap > 0 ? ranks * cap : std::accumulate(rc.begin(), rc.end(), 0);
@@ -91,8 +105,10 @@ TEST_P(CudaDispatchTest, LayoutExactPackExactCombineClose) {
   const auto [n, ranks, per_rank, top_k, hidden] = GetParam();
   for (int cap : {0, n, n + 3}) {
     if (cap == n && n == 0) continue;  // 0 is the packed layout, checked first
-    SCOPED_TRACE(::testing::Message() << "block capacity " << cap);
-    CheckDispatch(gpu(), n, ranks, per_rank, top_k, hidden, cap);
+    for (int valid : {-1, n - n / 3}) {
+      SCOPED_TRACE(::testing::Message() << "block capacity " << cap << ", valid rows " << valid);
+      CheckDispatch(gpu(), n, ranks, per_rank, top_k, hidden, cap, valid);
+    }
   }
 }
 
