@@ -234,6 +234,11 @@ class Backend {
   virtual bool MemoryInfo(size_t* /*free_bytes*/, size_t* /*total_bytes*/) { return false; }
   virtual void CopyToDevice(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
+  // Enqueues the copy of `bytes` from `src` to `host_dst` (AllocateStaging memory) and returns:
+  // it has landed once an event recorded after this call has passed. The default copies now.
+  virtual void CopyToHostAsync(void* host_dst, const void* src, size_t bytes) {
+    CopyToHost(host_dst, src, bytes);
+  }
   // Uploads float32 host values as `dtype` (weight_dtype() or activation_dtype()).
   virtual void UploadFloat(void* dst, DType dtype, const float* host_src, size_t count) = 0;
   // Downloads `count` values of `dtype` as float32.
@@ -440,6 +445,13 @@ class Backend {
   virtual void SampleTokens(const void* logits, int rows, int64_t vocab, int shards,
                             const SamplingRowParams* params, const SamplingPenalties* penalties,
                             int32_t* tokens) = 0;
+  // ids[t] = sampled[from[t]] for every t < n with from[t] >= 0 (others untouched); all int32 on
+  // the device, `sampled` [num_sampled] as SampleTokens wrote it. A step planned before the host
+  // read the previous step's ids takes its decode inputs from them this way (async scheduling,
+  // runtime/engine/ENGINE.md). The default reads `from` and `sampled` back and uploads the ids
+  // (synchronous; the CPU backend's reference).
+  virtual void TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                              int32_t* ids);
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

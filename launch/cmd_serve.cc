@@ -143,6 +143,11 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
                "detokenise, match stop strings and stream on the output thread while the next "
                "step runs (default on; a stop string is then seen one step late, its extra token "
                "discarded)");
+  app.add_flag("--async-scheduling,!--no-async-scheduling", f->engine.async_scheduling,
+               "with one pipeline stage, schedule and launch the next step before reading this "
+               "one's sampled ids (default on; the next step's decode inputs are taken on the "
+               "device; an EOS or stop id is then seen one step late, its extra token "
+               "discarded); pipeline stages always run synchronously");
   app.add_option("--step-trace", f->engine.step_trace_path,
                  "write the engine's step timeline (Chrome trace JSON, for Perfetto) to this file "
                  "when serving ends (default: $TESSERA_STEP_TRACE)")

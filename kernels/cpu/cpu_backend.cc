@@ -252,6 +252,21 @@ class PassedEvent final : public DeviceEvent {
 
 std::unique_ptr<DeviceEvent> Backend::CreateEvent() { return std::make_unique<PassedEvent>(); }
 
+void Backend::TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                             int32_t* ids) {
+  if (n == 0) return;
+  std::vector<int32_t> host_sampled(num_sampled), host_from(n), host_ids(n);
+  CopyToHost(host_from.data(), from, n * sizeof(int32_t));
+  CopyToHost(host_ids.data(), ids, n * sizeof(int32_t));
+  if (num_sampled > 0) CopyToHost(host_sampled.data(), sampled, num_sampled * sizeof(int32_t));
+  for (int t = 0; t < n; ++t) {
+    if (host_from[t] < 0) continue;
+    TESSERA_CHECK_LT(host_from[t], num_sampled) << "token " << t << " takes a sampled id";
+    host_ids[t] = host_sampled[host_from[t]];
+  }
+  CopyToDevice(ids, host_ids.data(), n * sizeof(int32_t));
+}
+
 void Backend::QuantizeFp8(const void*, int64_t, int64_t, const Fp8Activations&) {
   TESSERA_CHECK(false) << "this backend has no FP8 ops (fp8_mode() is kNone)";
 }

@@ -132,6 +132,9 @@ class CudaBackend final : public Backend {
     if (bytes > 0) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     Synchronize();
   }
+  void CopyToHostAsync(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  }
   void UploadFloat(void* dst, DType dtype, const float* src, size_t count) override {
     if (dtype == DType::kF32) {
       CopyToDevice(dst, src, count * sizeof(float));
@@ -377,6 +380,10 @@ class CudaBackend final : public Backend {
                     int32_t* tokens) override {
     TESSERA_CHECK(shards >= 1 && vocab % shards == 0) << "vocab " << vocab << ", shards " << shards;
     cuda::LaunchSampleTokens(B(logits), rows, vocab, shards, params, penalties, tokens, stream_);
+  }
+  void TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                      int32_t* ids) override {
+    cuda::LaunchTakeSampledIds(sampled, num_sampled, from, n, ids, stream_);
   }
 
  private:

@@ -346,7 +346,25 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One thread per token: ids[t] = sampled[from[t]] where from[t] names a sampled row.
+__global__ void TakeSampledIdsKernel(const int32_t* __restrict__ sampled, int num_sampled,
+                                     const int32_t* __restrict__ from, int n,
+                                     int32_t* __restrict__ ids) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= n) return;
+  const int32_t f = from[t];
+  if (f >= 0 && f < num_sampled) ids[t] = sampled[f];
+}
+
 }  // namespace
+
+void LaunchTakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                          int32_t* ids, cudaStream_t stream) {
+  if (n == 0) return;
+  TakeSampledIdsKernel<<<(n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(sampled, num_sampled,
+                                                                               from, n, ids);
+  CUDA_CHECK_LAUNCH();
+}
 
 void LaunchSampleTokens(const bf16* logits, int rows, int64_t vocab, int shards,
                         const SamplingRowParams* params, const SamplingPenalties* penalties,

@@ -18,4 +18,8 @@ void LaunchSampleTokens(const __nv_bfloat16* logits, int rows, int64_t vocab, in
                         const SamplingRowParams* params, const SamplingPenalties* penalties,
                         int32_t* tokens, cudaStream_t stream);
 
+// ids[t] = sampled[from[t]] for t < n where 0 <= from[t] < num_sampled (Backend::TakeSampledIds).
+void LaunchTakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                          int32_t* ids, cudaStream_t stream);
+
 }  // namespace tessera::cuda

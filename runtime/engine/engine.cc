@@ -90,7 +90,13 @@ struct Engine::Sequence {
   Clock::time_point arrived, first_token, last_token;
   std::vector<int32_t> tokens;  // prompt, then generated
   int prompt_len = 0;
-  int num_computed = 0;  // tokens whose KV is in the cache
+  int num_computed = 0;  // tokens whose KV is in the cache (or will be, once launched steps run)
+  // Async scheduling: tokens sampled by launched steps, not yet in `tokens` (0 or 1 when a step is
+  // scheduled); the newest one's logit row in its replica's micro-batch; launched steps that
+  // hold the sequence and are not yet collected (it is freed only after them).
+  int pending = 0;
+  int pending_row = -1;
+  int in_flight = 0;
   std::vector<int32_t> blocks;
   int num_registered = 0;
   int cached_tokens = 0;
@@ -106,6 +112,8 @@ struct Engine::Sequence {
   bool output_ended = false;
 
   int generated() const { return static_cast<int>(tokens.size()) - prompt_len; }
+  // Its length once the pending tokens are in.
+  int length() const { return static_cast<int>(tokens.size()) + pending; }
   // Scheduling order: priority, then arrival (FCFS).
   bool Before(const Sequence& o) const {
     return req.priority != o.req.priority ? req.priority < o.req.priority : arrival < o.arrival;
@@ -362,7 +370,8 @@ void Engine::RemoveEnded() {
     auto keep = list->begin();
     for (auto it = list->begin(); it != list->end(); ++it) {
       if ((*it)->ended) {
-        retired_.push_back(std::move(*it));
+        // A launched step still names it: freed once that step is collected.
+        ((*it)->in_flight > 0 ? limbo_ : retired_).push_back(std::move(*it));
       } else {
         if (keep != it) *keep = std::move(*it);
         ++keep;
@@ -424,7 +433,13 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
   // Running sequences first, in order: decodes (1 token) and unfinished prefills (a chunk).
   for (size_t i = 0; i < replica.running.size() && budget > 0;) {
     Sequence* s = replica.running[i].get();
-    const int need = static_cast<int>(s->tokens.size()) - s->num_computed;
+    if (s->pending > 0 && (s->generated() + s->pending >= s->req.max_tokens ||
+                           s->length() >= options_.max_model_len)) {
+      ++i;  // its pending token is its last (max_tokens, the context): it ends when collected
+      continue;
+    }
+    // A pending token is one decode whose input is on the device (the previous step's sample).
+    const int need = s->length() - s->num_computed;
     const int n = std::min(need, ChunkLimit(budget));
     bool self_preempted = false;
     while (!bm.Reserve(&s->blocks, s->num_computed + n)) {
@@ -451,6 +466,7 @@ bool Engine::Schedule(Replica& replica, std::vector<std::pair<Sequence*, int>>* 
   while (!preempted && budget > 0 && !replica.waiting.empty() &&
          static_cast<int>(replica.running.size()) < options_.max_num_seqs) {
     Sequence* s = replica.waiting.front().get();
+    if (s->pending > 0) break;  // preempted with a token in flight: readmitted once it is in
     if (WaitsForSibling(replica, *s)) break;
     if (s->blocks.empty() && s->num_computed == 0) {
       s->num_computed = bm.MatchPrefix(s->tokens, 1, &s->blocks);
@@ -490,6 +506,11 @@ void Engine::Step(StepRecord* rec) {
   for (int d = 0; d < dp; ++d) any |= Schedule(*replicas_[d], &scheduled[d]);
   rec->End(StepPhase::kSchedule);
   if (!any) {
+    if (!in_flight_.empty()) {
+      // Nothing new to run before the step in flight is in (every sequence waits for its token).
+      CollectStep(rec);
+      return;
+    }
     // Nothing to run: finish the output work still pending (ends from Intake, the last step's).
     JoinOutputs();
     FlushOutputs(-1);
@@ -510,8 +531,10 @@ void Engine::Step(StepRecord* rec) {
     micro = std::max(micro, std::min<int>(pp, static_cast<int>(scheduled[d].size())));
   StepPlan plan;
   plan.replicas.assign(dp, std::vector<StepBatch>(micro));
-  // row_owner[k] = the sequence whose logits are row k of the result.
-  std::vector<Sequence*> row_owner;
+  InFlight step;
+  // Overlapped (async scheduling) unless a row needs the host's sampler or every token (penalties).
+  bool overlapped = options_.async_scheduling && pp == 1;
+  std::vector<int> new_rows;  // [row_owner]: the row's index in its replica's micro-batch
   for (int d = 0; d < dp; ++d) {
     const auto& list = scheduled[d];
     int total = 0;
@@ -531,57 +554,92 @@ void Engine::Step(StepRecord* rec) {
     }
     for (int m = 0; m < micro; ++m) {
       StepBatchBuilder b(bs);
+      int rows = 0;
       for (const auto& [s, n] : groups[m]) {
-        b.AddSequence(s->tokens, s->blocks, s->num_computed, s->num_computed + n);
+        if (s->pending > 0) {
+          // Its input is the token the step in flight samples for it: taken on the device.
+          TESSERA_CHECK(n == 1 && s->pending == 1 && s->num_computed == s->length() - 1);
+          b.AddPendingToken(s->blocks, s->num_computed, s->pending_row);
+        } else {
+          b.AddSequence(s->tokens, s->blocks, s->num_computed, s->num_computed + n);
+        }
         // A sequence whose computed tokens reach its end gives a logit row: its next token.
-        if (s->num_computed + n < static_cast<int>(s->tokens.size())) continue;
+        if (s->num_computed + n < s->length()) continue;
         LogitRowSampling row;  // host-sampled rows (logprobs) return their logits
         if (!s->host_sampled) {
           row = DeviceSampledRow(s->req.sampling, options_.seed + s->arrival, s->tokens,
-                                 s->prompt_len, options_.sampleable_vocab);
+                                 s->prompt_len, options_.sampleable_vocab, s->pending);
         }
+        overlapped &= !s->host_sampled && !HasPenalties(s->req.sampling);
         b.AddLogitRow(b.num_tokens() - 1, row);
-        row_owner.push_back(s);
+        step.row_owner.push_back(s);
+        new_rows.push_back(rows++);
       }
       plan.replicas[d][m] = std::move(b).Build();
     }
   }
+  plan.overlapped = overlapped;
   rec->pure_decode = true;
   for (int d = 0; d < dp; ++d) {
     for (const auto& [s, n] : scheduled[d]) {
       ++rec->seqs;
-      const bool decode = s->num_computed + n == static_cast<int>(s->tokens.size()) && n == 1 &&
-                          s->num_computed >= s->prompt_len;
+      const bool decode =
+          s->num_computed + n == s->length() && n == 1 && s->num_computed >= s->prompt_len;
       (decode ? rec->decode_tokens : rec->prefill_tokens) += n;
       rec->pure_decode &= decode;
     }
   }
   rec->End(StepPhase::kPlan);
 
-  const auto step_start = std::chrono::steady_clock::now();
-  const StepOutput result = executor_.Execute(plan, rec);
+  step.launched = Clock::now();
+  executor_.Launch(plan, rec);
   rec->step = steps_++;
-  if (metrics_ != nullptr) {
-    metrics_->ObserveEngineStep(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count());
+  step.step = rec->step;
+  // The launched step's effects, as if done: the scheduler plans the next step from them.
+  for (int d = 0; d < dp; ++d) {
+    for (const auto& [s, n] : scheduled[d]) {
+      s->num_computed += n;
+      ++s->in_flight;
+      step.scheduled.push_back(s);
+      // Full blocks of known tokens only (a pending token's block is registered once it is in).
+      replicas_[d]->manager.Register(s->tokens, s->blocks,
+                                     std::min<int>(s->num_computed, s->tokens.size()),
+                                     &s->num_registered);
+    }
   }
+  for (size_t k = 0; k < step.row_owner.size(); ++k) {
+    ++step.row_owner[k]->pending;
+    step.row_owner[k]->pending_row = new_rows[k];
+  }
+  in_flight_.push_back(std::move(step));
+  // The step before, overlapped with this one, is read now; this one too unless it overlaps.
+  if (in_flight_.size() == 2) CollectStep(rec);
+  if (!overlapped) CollectStep(rec);
+}
+
+void Engine::CollectStep(StepRecord* rec) {
+  InFlight step = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  const StepOutput result = executor_.Collect(rec);
+  rec->collected = step.step;
+  const auto now = Clock::now();
+  if (metrics_ != nullptr) {
+    // The step's time: from its launch, or from the previous step's results if it ran behind it.
+    metrics_->ObserveEngineStep(Seconds(now - std::max(step.launched, last_collected_)));
+  }
+  last_collected_ = now;
   // The output work of the previous step ran beside this forward; what it ended (stop strings,
   // slow readers) is freed now, and such a sequence's token of this step is discarded.
   rec->Begin(StepPhase::kOutputWait);
   JoinOutputs();
   rec->End(StepPhase::kOutputWait);
   rec->Begin(StepPhase::kSample);
+  const std::vector<Sequence*>& row_owner = step.row_owner;
   TESSERA_CHECK_EQ(result.tokens.size(), row_owner.size());
   size_t host_rows = 0;
   for (Sequence* s : row_owner) host_rows += s->host_sampled ? 1 : 0;
   TESSERA_CHECK_EQ(result.logits.size(), host_rows * static_cast<size_t>(vocab_));
-
-  for (int d = 0; d < dp; ++d) {
-    for (const auto& [s, n] : scheduled[d]) {
-      s->num_computed += n;
-      replicas_[d]->manager.Register(s->tokens, s->blocks, s->num_computed, &s->num_registered);
-    }
-  }
+  for (Sequence* s : step.scheduled) --s->in_flight;
   if (metrics_) {
     const Qwen3Model::ExpertLoad load = executor_.model().expert_load();
     if (!load.tokens_per_expert.empty()) {
@@ -592,18 +650,36 @@ void Engine::Step(StepRecord* rec) {
   for (size_t k = 0; k < row_owner.size(); ++k) {
     Sequence* s = row_owner[k];
     const float* row = s->host_sampled ? result.logits.data() + h++ * vocab_ : nullptr;
-    if (s->ended) continue;  // ended by the previous step's output work
+    --s->pending;
+    // Ended since the step was planned (the output work's stop string, a cancel, an id-based end
+    // of the step before): the token is discarded.
+    if (s->ended) continue;
     if (!s->host_sampled) {
       TESSERA_CHECK(result.tokens[k] >= 0 && result.tokens[k] < options_.sampleable_vocab)
           << "device sampled id " << result.tokens[k];
       Accept(s, result.tokens[k], nullptr);
-      continue;
+    } else {
+      const std::vector<int32_t> generated(s->tokens.begin() + s->prompt_len, s->tokens.end());
+      const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_),
+                                               options_.sampleable_vocab, s->tokens, generated);
+      Accept(s, token, row);
     }
-    const std::vector<int32_t> generated(s->tokens.begin() + s->prompt_len, s->tokens.end());
-    const int32_t token = s->sampler->Sample(absl::MakeConstSpan(row, vocab_),
-                                             options_.sampleable_vocab, s->tokens, generated);
-    Accept(s, token, row);
+    if (!s->ended && !s->blocks.empty()) {
+      replicas_[s->replica]->manager.Register(s->tokens, s->blocks,
+                                              std::min<int>(s->num_computed, s->tokens.size()),
+                                              &s->num_registered);
+    }
   }
+  // Ended sequences no launched step names any more are freed like any other.
+  auto keep = limbo_.begin();
+  for (auto it = limbo_.begin(); it != limbo_.end(); ++it) {
+    if ((*it)->in_flight == 0) {
+      retired_.push_back(std::move(*it));
+    } else {
+      *keep++ = std::move(*it);
+    }
+  }
+  limbo_.erase(keep, limbo_.end());
   rec->End(StepPhase::kSample);
   rec->output_async = out_thread_.joinable();
   if (!rec->output_async) rec->Begin(StepPhase::kOutput);
@@ -898,7 +974,7 @@ void Engine::Run() {
   for (;;) {
     // Sequences still in the lists (or output work not joined) keep the loop stepping, so that
     // what their output ended is freed before the loop idles.
-    bool pending = handed_ || !outputs_.empty();
+    bool pending = handed_ || !outputs_.empty() || !in_flight_.empty();
     for (const auto& r : replicas_) pending |= !r->running.empty() || !r->waiting.empty();
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -935,16 +1011,21 @@ void Engine::Run() {
     Intake();
     rec.End(StepPhase::kIntake);
     Step(&rec);
-    if (rec.end_ns[static_cast<int>(StepPhase::kForward)] != 0) {
-      // A forward ran: its host time is the loop's time outside the forward.
+    const auto took = [&rec](StepPhase p) {
+      return rec.end_ns[static_cast<int>(p)] - rec.begin_ns[static_cast<int>(p)];
+    };
+    if (rec.end_ns[static_cast<int>(StepPhase::kForward)] != 0 ||
+        rec.end_ns[static_cast<int>(StepPhase::kCollect)] != 0) {
+      // A forward ran or was collected: the host time is the loop's time outside the forward and
+      // the wait for results.
+      if (rec.end_ns[static_cast<int>(StepPhase::kForward)] == 0) rec.step = rec.collected;
       int64_t last = 0;
       for (int p = 0; p < static_cast<int>(StepPhase::kCount); ++p) {
         if (!(rec.output_async && p == static_cast<int>(StepPhase::kOutput)))
           last = std::max(last, rec.end_ns[p]);
       }
       const int64_t host = last - rec.begin_ns[static_cast<int>(StepPhase::kIntake)] -
-                           (rec.end_ns[static_cast<int>(StepPhase::kForward)] -
-                            rec.begin_ns[static_cast<int>(StepPhase::kForward)]);
+                           took(StepPhase::kForward) - took(StepPhase::kCollect);
       if (metrics_) metrics_->ObserveEngineHost(static_cast<double>(host) / 1e9);
       if (trace_) trace_->Add(rec);
     }
@@ -955,6 +1036,12 @@ void Engine::Run() {
     std::lock_guard<std::mutex> lock(mu_);
     stop_status =
         stop_status_.ok() ? absl::UnavailableError("the server is shutting down") : stop_status_;
+  }
+  // A step in flight is collected first (unless a rank failed: then nothing answers).
+  if (failed_) in_flight_.clear();
+  while (!in_flight_.empty()) {
+    StepRecord rec;
+    CollectStep(&rec);
   }
   // The output thread's work ends first; from here on outputs are pushed on this thread.
   JoinOutputs();
@@ -976,6 +1063,7 @@ void Engine::Run() {
     replica->running.clear();
     replica->waiting.clear();
   }
+  limbo_.clear();
   by_id_.clear();
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -150,6 +150,11 @@ struct EngineOptions {
   // is then seen one step late: the sequence's token of that next step is discarded (its KV
   // written, never output). Ids-based ends (EOS, stop ids, max_tokens, the context) stay exact.
   bool async_output = true;
+  // Async scheduling (serve --async-scheduling): with one pipeline stage, rank 0 schedules,
+  // plans and launches step N+1 before it reads step N's sampled ids; N+1's decode inputs come
+  // from N's ids on the device. Ends decided from ids (EOS, stop ids) are then seen one step
+  // late: the sequence's token of N+1 is discarded (ENGINE.md, "Scheduling").
+  bool async_scheduling = true;
 };
 
 // The largest step an Engine with `options` plans (per replica and micro-batch), for an executor
@@ -203,6 +208,13 @@ class Engine {
   struct Sequence;
   struct Replica;
   struct OutputItem;
+  // A launched step not yet collected: whose logit rows it has, whom it schedules.
+  struct InFlight {
+    int64_t step = 0;
+    std::vector<Sequence*> row_owner;  // [logit rows], plan order
+    std::vector<Sequence*> scheduled;
+    std::chrono::steady_clock::time_point launched;
+  };
 
   absl::Status Validate(const EngineRequest& request) const;
   void Intake();
@@ -213,6 +225,8 @@ class Engine {
   int SiblingReplica(const Sequence& seq) const;
   bool WaitsForSibling(const Replica& replica, const Sequence& seq) const;
   void Step(StepRecord* record);
+  // Reads the oldest launched step's results: appends its tokens (Accept), then its output work.
+  void CollectStep(StepRecord* record);
   // The engine thread's part of a new token: appends it, times it, decides the ids-based ends,
   // and queues its output work. `logits`: the row's logits for host-sampled rows, else null.
   void Accept(Sequence* seq, int32_t token, const float* logits);
@@ -256,6 +270,9 @@ class Engine {
   std::unique_ptr<StepTrace> trace_;                // null without options_.step_trace_path
   std::vector<OutputItem> outputs_;                 // output work of this step, in order
   std::vector<std::unique_ptr<Sequence>> retired_;  // ended; freed once no output work names them
+  std::vector<std::unique_ptr<Sequence>> limbo_;    // ended, named by a launched step
+  std::deque<InFlight> in_flight_;  // launched, not collected (at most one between steps)
+  std::chrono::steady_clock::time_point last_collected_;
   std::vector<std::unique_ptr<Sequence>> retired_handed_;  // freed when the output thread is done
   bool any_ended_ = false;                                 // some sequence in the lists has ended
   bool handed_ = false;                     // a batch is with the output thread, not joined

@@ -89,27 +89,56 @@ absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(
   return e;
 }
 
-void Executor::Run(const StepPlan& plan, StepOutput* output) {
+Executor::Pending Executor::LaunchLocal(const StepPlan& plan) {
   const ParallelConfig& p = parallel_;
   TESSERA_CHECK_EQ(plan.replicas.size(), static_cast<size_t>(p.dp));
   const std::vector<StepBatch>& mine = plan.replicas[p.dp_rank()];
   const int num_micro = static_cast<int>(mine.size());
   for (const auto& replica : plan.replicas) TESSERA_CHECK_EQ(replica.size(), mine.size());
+  TESSERA_CHECK(!plan.overlapped || (p.pp == 1 && num_micro == 1))
+      << "only single-stage steps of one micro-batch overlap";
 
-  // Pipeline schedule: micro-batches in order; each Forward receives from the previous stage and
-  // sends to the next, so stage s runs micro-batch m while stage s + 1 runs m - 1.
-  const bool reports = model_->last_stage() && p.tp_rank() == 0;
-  std::vector<std::vector<float>> my_logits(num_micro);
-  std::vector<std::vector<int32_t>> my_tokens(num_micro);
+  Pending pending;
+  pending.overlapped = plan.overlapped;
+  pending.logits.resize(num_micro);
+  pending.tokens.resize(num_micro);
+  // Rank 0 receives every replica's results: their row and logit counts, in plan order.
+  pending.sizes.resize(p.dp);
+  for (int d = 0; d < p.dp; ++d) {
+    for (const StepBatch& batch : plan.replicas[d]) {
+      pending.sizes[d].push_back(
+          {batch.logit_tokens.size(),
+           NumLogitRowsReturned(batch) * static_cast<size_t>(config_.vocab_size)});
+    }
+  }
   // The expert exchange is sized from every replica's micro-batch, which the plan gives all ranks.
   std::vector<int> replica_tokens(p.dp);
-  for (int m = 0; m < num_micro; ++m) {
+  const auto tokens_of = [&](int m) {
     for (int d = 0; d < p.dp; ++d)
       replica_tokens[d] = static_cast<int>(plan.replicas[d][m].token_ids.size());
-    model_->Forward(mine[m], *kv_, &my_logits[m], &my_tokens[m], replica_tokens);
+    return replica_tokens;
+  };
+  if (num_micro == 1 && p.pp == 1) {
+    model_->Launch(mine[0], *kv_, tokens_of(0));
+    pending.launched = true;
+    return pending;
   }
+  // Pipeline schedule: micro-batches in order; each Forward receives from the previous stage and
+  // sends to the next, so stage s runs micro-batch m while stage s + 1 runs m - 1.
+  for (int m = 0; m < num_micro; ++m)
+    model_->Forward(mine[m], *kv_, &pending.logits[m], &pending.tokens[m], tokens_of(m));
+  return pending;
+}
+
+void Executor::CollectLocal(Pending& pending, StepOutput* output) {
+  const ParallelConfig& p = parallel_;
+  if (pending.launched) model_->Collect(&pending.logits[0], &pending.tokens[0]);
+  const int num_micro = static_cast<int>(pending.tokens.size());
+  const std::vector<std::vector<float>>& my_logits = pending.logits;
+  const std::vector<std::vector<int32_t>>& my_tokens = pending.tokens;
   // NOTE: results go to the coordinator only after the whole schedule: sending one mid-schedule
   // could block this stage while rank 0 still waits to hand it the next micro-batch.
+  const bool reports = model_->last_stage() && p.tp_rank() == 0;
   if (p.rank != 0) {
     if (reports) {
       for (int m = 0; m < num_micro; ++m) {
@@ -125,14 +154,11 @@ void Executor::Run(const StepPlan& plan, StepOutput* output) {
   // Rank 0: gather every replica's ids and logits in plan order.
   output->tokens.clear();
   output->logits.clear();
-  const int64_t vocab = config_.vocab_size;
   const int last = p.pp - 1;
   for (int d = 0; d < p.dp; ++d) {
     const int source = p.RankOf(last, d, 0);
     for (int m = 0; m < num_micro; ++m) {
-      const StepBatch& batch = plan.replicas[d][m];
-      const size_t rows = batch.logit_tokens.size();
-      const size_t count = NumLogitRowsReturned(batch) * static_cast<size_t>(vocab);
+      const auto [rows, count] = pending.sizes[d][m];
       if (rows == 0) continue;
       if (source == 0) {
         TESSERA_CHECK_EQ(my_tokens[m].size(), rows);
@@ -152,23 +178,52 @@ void Executor::Run(const StepPlan& plan, StepOutput* output) {
   }
 }
 
-StepOutput Executor::Execute(const StepPlan& plan, StepRecord* record) {
+bool Executor::multi_rank() const { return world_ != nullptr && parallel_.world_size > 1; }
+
+void Executor::Broadcast(const StepPlan& plan, StepRecord* record) {
+  if (!multi_rank()) return;
+  if (record != nullptr) record->Begin(StepPhase::kBroadcast);
+  std::vector<uint8_t> bytes = SerializeStepPlan(plan);
+  world_->BroadcastBytes(&bytes, 0);
+  if (record != nullptr) record->End(StepPhase::kBroadcast);
+}
+
+void Executor::Launch(const StepPlan& plan, StepRecord* record) {
   TESSERA_CHECK_EQ(parallel_.rank, 0);
-  if (world_ != nullptr && parallel_.world_size > 1) {
-    if (record != nullptr) record->Begin(StepPhase::kBroadcast);
-    std::vector<uint8_t> bytes = SerializeStepPlan(plan);
-    world_->BroadcastBytes(&bytes, 0);
-    if (record != nullptr) record->End(StepPhase::kBroadcast);
-  }
+  TESSERA_CHECK(in_flight_.empty() || (in_flight_.size() == 1 && in_flight_.front().overlapped))
+      << "a step launched while a step that does not overlap is uncollected";
+  Broadcast(plan, record);
   if (record != nullptr) record->Begin(StepPhase::kForward);
-  StepOutput output;
-  Run(plan, &output);
+  in_flight_.push_back(LaunchLocal(plan));
   if (record != nullptr) record->End(StepPhase::kForward);
+}
+
+StepOutput Executor::Collect(StepRecord* record) {
+  TESSERA_CHECK_EQ(parallel_.rank, 0);
+  TESSERA_CHECK(!in_flight_.empty()) << "Collect without a launched step";
+  if (in_flight_.size() == 1 && in_flight_.front().overlapped) {
+    // The workers wait for the next plan before they report an overlapped step: tell them.
+    StepPlan collect;
+    collect.kind = StepPlan::Kind::kCollect;
+    Broadcast(collect, nullptr);
+  }
+  if (record != nullptr) record->Begin(StepPhase::kCollect);
+  StepOutput output;
+  CollectLocal(in_flight_.front(), &output);
+  in_flight_.pop_front();
+  if (record != nullptr) record->End(StepPhase::kCollect);
   return output;
+}
+
+StepOutput Executor::Execute(const StepPlan& plan, StepRecord* record) {
+  TESSERA_CHECK(!plan.overlapped);
+  Launch(plan, record);
+  return Collect(record);
 }
 
 void Executor::Shutdown() {
   TESSERA_CHECK_EQ(parallel_.rank, 0);
+  TESSERA_CHECK(in_flight_.empty()) << "shutdown with a step uncollected";
   if (world_ == nullptr || parallel_.world_size == 1) return;
   StepPlan plan;
   plan.kind = StepPlan::Kind::kShutdown;
@@ -178,6 +233,7 @@ void Executor::Shutdown() {
 
 void Executor::Heartbeat() {
   TESSERA_CHECK_EQ(parallel_.rank, 0);
+  TESSERA_CHECK(in_flight_.empty()) << "heartbeat with a step uncollected";
   if (world_ == nullptr || parallel_.world_size == 1) return;
   StepPlan plan;
   plan.kind = StepPlan::Kind::kHeartbeat;
@@ -190,18 +246,38 @@ void Executor::Heartbeat() {
 
 void Executor::RunWorker() {
   TESSERA_CHECK(parallel_.rank != 0);
+  // Rank 0's order, mirrored: an overlapped step is reported after the next plan (a forward, or
+  // kCollect) has been launched; any other step as soon as it is launched.
+  std::deque<Pending> in_flight;
   for (;;) {
     std::vector<uint8_t> bytes;
     world_->BroadcastBytes(&bytes, 0);
     absl::StatusOr<StepPlan> plan = DeserializeStepPlan(bytes);
     TESSERA_CHECK(plan.ok()) << plan.status();
-    if (plan->kind == StepPlan::Kind::kShutdown) return;
+    if (plan->kind == StepPlan::Kind::kShutdown) {
+      TESSERA_CHECK(in_flight.empty()) << "shutdown with a step uncollected";
+      return;
+    }
     if (plan->kind == StepPlan::Kind::kHeartbeat) {
+      TESSERA_CHECK(in_flight.empty()) << "heartbeat with a step uncollected";
       world_->Barrier();  // rank 0 waits for every rank's answer (Heartbeat)
       continue;
     }
-    StepOutput unused;
-    Run(*plan, &unused);
+    if (plan->kind == StepPlan::Kind::kCollect) {
+      TESSERA_CHECK_EQ(in_flight.size(), 1u) << "kCollect without an overlapped step";
+      CollectLocal(in_flight.front(), nullptr);
+      in_flight.pop_front();
+      continue;
+    }
+    in_flight.push_back(LaunchLocal(*plan));
+    if (in_flight.size() == 2) {  // the overlapped step before this one
+      CollectLocal(in_flight.front(), nullptr);
+      in_flight.pop_front();
+    }
+    if (!plan->overlapped) {
+      CollectLocal(in_flight.front(), nullptr);
+      in_flight.pop_front();
+    }
   }
 }
 

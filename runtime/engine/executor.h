@@ -1,14 +1,17 @@
 // The Executor: this rank's share of the model and KV cache, and the loop that runs step plans.
 //
-// Every rank owns one. Rank 0 (the coordinator) calls Execute(plan) for each step; it broadcasts
-// the plan, runs its own part, and collects the logits. Every other rank calls RunWorker(), which
+// Every rank owns one. Rank 0 (the coordinator) calls Execute(plan) for each step (or, with async
+// scheduling, Launch(plan) and later Collect()); it broadcasts the plan, runs its own part, and
+// collects the logits. Every other rank calls RunWorker(), which
 // receives plans and executes them until a shutdown plan arrives. Within a step, each pipeline
 // stage runs its replica's micro-batches in order: stage s works on micro-batch m at tick s + m,
 // so the stages overlap; the last stage's TP rank 0 of each replica sends its sampled ids (and the
 // logits of rows that need them) to rank 0.
 #pragma once
 
+#include <deque>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -65,8 +68,19 @@ class Executor {
 
   // Rank 0 only. Broadcasts and runs `plan`; returns every replica's logit rows in plan order:
   // the ids of rows sampled on the device, the logits of the others (StepOutput). `record`, if
-  // given, gets the times of the broadcast and of the forward (with the wait for its results).
+  // given, gets the times of the broadcast, the forward and the wait for its results.
+  // `plan.overlapped` must be false. Execute = Launch, then Collect.
   StepOutput Execute(const StepPlan& plan, StepRecord* record = nullptr);
+  // Rank 0 only: async scheduling's halves. Launch broadcasts `plan` and launches rank 0's part
+  // (Qwen3Model::Launch; with pipeline stages or several micro-batches it runs them to the end).
+  // Collect returns the results of the oldest launched step. An overlapped plan
+  // (`plan.overlapped`: one stage, one micro-batch per replica) lets one more step be launched
+  // before it is collected; when none is, Collect first tells the workers (a kCollect plan).
+  // A plan that is not overlapped is collected before the next launch.
+  void Launch(const StepPlan& plan, StepRecord* record = nullptr);
+  StepOutput Collect(StepRecord* record = nullptr);
+  // Launched steps not yet collected (rank 0).
+  int in_flight() const { return static_cast<int>(in_flight_.size()); }
   // Rank 0 only: tells the workers to return from RunWorker().
   void Shutdown();
   // Rank 0 only: an empty plan that keeps idle workers' watchdogs quiet, then a barrier: it
@@ -77,7 +91,20 @@ class Executor {
   void RunWorker();
 
  private:
-  void Run(const StepPlan& plan, StepOutput* output);
+  // A launched step on this rank: what rank 0 will receive, and this rank's results.
+  struct Pending {
+    bool overlapped = false;
+    bool launched = false;  // Qwen3Model::Launch, not yet collected (else results are here)
+    std::vector<std::vector<std::pair<size_t, size_t>>> sizes;  // [dp][micro]: rows, logit floats
+    std::vector<std::vector<float>> logits;                     // [micro]
+    std::vector<std::vector<int32_t>> tokens;                   // [micro]
+  };
+  Pending LaunchLocal(const StepPlan& plan);
+  // Waits for this rank's results of `pending`, then reports them: the last stage's TP rank 0
+  // of each replica sends them to rank 0, which gathers every replica's into `output`.
+  void CollectLocal(Pending& pending, StepOutput* output);
+  void Broadcast(const StepPlan& plan, StepRecord* record);
+  bool multi_rank() const;
   ShardSpec MakeShard();
 
   ModelConfig config_;
@@ -89,6 +116,7 @@ class Executor {
   std::unique_ptr<Communicator> stage_comm_;  // same stage (the expert-parallel group)
   std::unique_ptr<Qwen3Model> model_;
   std::unique_ptr<KvCache> kv_;
+  std::deque<Pending> in_flight_;  // rank 0: launched, not collected, oldest first
 };
 
 }  // namespace tessera

@@ -32,6 +32,10 @@ struct StepBatch {
   std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq]
   int num_seqs = 0;
   int max_blocks_per_seq = 0;
+  // [num_tokens], or empty (every id is in token_ids). Async scheduling: -1 = token_ids[t]; i >= 0
+  // = the id this rank's model sampled for logit row i of its previous forward, which the engine
+  // had not read back when it planned this step (token_ids[t] is then 0). Decode tokens only.
+  std::vector<int32_t> token_from_row;
   std::vector<int32_t> logit_tokens;  // token indices whose logits are wanted, e.g. each seq's last
   // [logit_tokens.size()], or empty: every row returns logits.
   std::vector<LogitRowSampling> logit_sampling;

@@ -16,11 +16,32 @@ int StepBatchBuilder::AddSequence(absl::Span<const int32_t> tokens,
   const int seq = batch_.num_seqs++;
   blocks_.push_back(blocks);
   for (int p = begin; p < end; ++p) {
+    if (any_pending_) batch_.token_from_row.push_back(-1);
     batch_.token_ids.push_back(tokens[p]);
     batch_.positions.push_back(p);
     batch_.token_seq.push_back(seq);
     batch_.slot_mapping.push_back(blocks[p / block_size_] * block_size_ + p % block_size_);
   }
+  return seq;
+}
+
+int StepBatchBuilder::AddPendingToken(absl::Span<const int32_t> blocks, int position,
+                                      int from_row) {
+  TESSERA_CHECK(position >= 0 && from_row >= 0)
+      << "pending token " << position << ", row " << from_row;
+  TESSERA_CHECK_LT(static_cast<int64_t>(position),
+                   static_cast<int64_t>(blocks.size()) * block_size_)
+      << "KV blocks for the sequence's positions";
+  if (!any_pending_) batch_.token_from_row.assign(batch_.token_ids.size(), -1);
+  any_pending_ = true;
+  const int seq = batch_.num_seqs++;
+  blocks_.push_back(blocks);
+  batch_.token_ids.push_back(0);
+  batch_.positions.push_back(position);
+  batch_.token_seq.push_back(seq);
+  batch_.slot_mapping.push_back(blocks[position / block_size_] * block_size_ +
+                                position % block_size_);
+  batch_.token_from_row.push_back(from_row);
   return seq;
 }
 
@@ -48,12 +69,13 @@ StepBatch StepBatchBuilder::Build() && {
 
 LogitRowSampling DeviceSampledRow(const SamplingParams& params, uint64_t default_seed,
                                   absl::Span<const int32_t> tokens, int prompt_len,
-                                  int64_t sampleable_vocab) {
+                                  int64_t sampleable_vocab, int pending) {
   LogitRowSampling row;
   row.on_device = true;
-  row.params =
-      DeviceSamplingParams(params, default_seed, tokens.size() - prompt_len, sampleable_vocab);
+  row.params = DeviceSamplingParams(params, default_seed, tokens.size() + pending - prompt_len,
+                                    sampleable_vocab);
   if (HasPenalties(params)) {
+    TESSERA_CHECK_EQ(pending, 0) << "penalties count every token: none may be pending";
     row.penalty = DevicePenaltyRow(params);
     row.penalty_entries = PenaltyEntries(tokens, tokens.subspan(prompt_len));
   }

@@ -26,6 +26,11 @@ class StepBatchBuilder {
   int AddSequence(absl::Span<const int32_t> tokens, absl::Span<const int32_t> blocks, int begin,
                   int end);
 
+  // Appends one decode token at `position` whose id is not known on the host yet: the id the model
+  // sampled for logit row `from_row` of its previous forward (StepBatch::token_from_row; async
+  // scheduling). `blocks` cover positions [0, position]. Returns the sequence's index.
+  int AddPendingToken(absl::Span<const int32_t> blocks, int position, int from_row);
+
   // Asks for the logits of token `token_index` of the batch (rows in call order), returned to the
   // host or sampled on the device as `sampling` says.
   void AddLogitRow(int token_index, const LogitRowSampling& sampling = {});
@@ -41,14 +46,16 @@ class StepBatchBuilder {
   StepBatch batch_;
   std::vector<absl::Span<const int32_t>> blocks_;  // [num_seqs]
   bool any_on_device_ = false;
+  bool any_pending_ = false;
 };
 
-// The logit row of a sequence's next token, sampled on the device: draw `tokens.size() -
+// The logit row of a sequence's next token, sampled on the device: draw `tokens.size() + pending -
 // prompt_len` of the request's stream (seeded by `params.seed`, else `default_seed`), with the
 // penalties of `params` over `tokens` (the prompt, then the output). The draw the host Sampler
-// makes for the same row.
+// makes for the same row. `pending`: sampled tokens not yet in `tokens` (async scheduling; only
+// without penalties, which need every token).
 LogitRowSampling DeviceSampledRow(const SamplingParams& params, uint64_t default_seed,
                                   absl::Span<const int32_t> tokens, int prompt_len,
-                                  int64_t sampleable_vocab);
+                                  int64_t sampleable_vocab, int pending = 0);
 
 }  // namespace tessera

@@ -47,6 +47,7 @@ class Reader {
 std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan) {
   Writer w;
   w.U32(static_cast<uint32_t>(plan.kind));
+  w.U32(plan.overlapped ? 1 : 0);
   w.U32(static_cast<uint32_t>(plan.replicas.size()));
   for (const auto& micro_batches : plan.replicas) {
     w.U32(static_cast<uint32_t>(micro_batches.size()));
@@ -56,6 +57,7 @@ std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan) {
       w.Ints(b.token_seq);
       w.Ints(b.slot_mapping);
       w.Ints(b.block_tables);
+      w.Ints(b.token_from_row);
       w.Ints(b.logit_tokens);
       w.U32(static_cast<uint32_t>(b.num_seqs));
       w.U32(static_cast<uint32_t>(b.max_blocks_per_seq));
@@ -74,10 +76,14 @@ std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan) {
 absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes) {
   Reader r(bytes);
   StepPlan plan;
-  uint32_t kind, replicas;
+  uint32_t kind, overlapped, replicas;
   const auto corrupt = absl::DataLossError("corrupt step plan");
-  if (!r.U32(&kind) || kind > 2 || !r.U32(&replicas) || replicas > bytes.size()) return corrupt;
+  if (!r.U32(&kind) || kind > 3 || !r.U32(&overlapped) || overlapped > 1 || !r.U32(&replicas) ||
+      replicas > bytes.size()) {
+    return corrupt;
+  }
   plan.kind = static_cast<StepPlan::Kind>(kind);
+  plan.overlapped = overlapped == 1;
   plan.replicas.resize(replicas);
   for (auto& micro_batches : plan.replicas) {
     uint32_t count;
@@ -86,8 +92,9 @@ absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes) 
     for (StepBatch& b : micro_batches) {
       uint32_t seqs, blocks;
       if (!r.Ints(&b.token_ids) || !r.Ints(&b.positions) || !r.Ints(&b.token_seq) ||
-          !r.Ints(&b.slot_mapping) || !r.Ints(&b.block_tables) || !r.Ints(&b.logit_tokens) ||
-          !r.U32(&seqs) || !r.U32(&blocks)) {
+          !r.Ints(&b.slot_mapping) || !r.Ints(&b.block_tables) || !r.Ints(&b.token_from_row) ||
+          !r.Ints(&b.logit_tokens) || !r.U32(&seqs) || !r.U32(&blocks) ||
+          (!b.token_from_row.empty() && b.token_from_row.size() != b.token_ids.size())) {
         return corrupt;
       }
       b.num_seqs = static_cast<int>(seqs);

@@ -14,8 +14,13 @@ namespace tessera {
 struct StepPlan {
   // kHeartbeat: nothing to run; sent while idle so that a worker waiting for the next plan is
   // never mistaken for a hung rank by its watchdog.
-  enum class Kind : uint8_t { kForward = 0, kShutdown = 1, kHeartbeat = 2 };
+  // kCollect: nothing to run; the ranks finish the overlapped forward in flight (send its ids).
+  enum class Kind : uint8_t { kForward = 0, kShutdown = 1, kHeartbeat = 2, kCollect = 3 };
   Kind kind = Kind::kForward;
+  // kForward, async scheduling: rank 0 broadcasts the next plan (a forward, or kCollect) before
+  // it collects this step's results, so every rank launches that one before it reports this one.
+  // False: every rank reports this step's results as soon as it has them.
+  bool overlapped = false;
   // replicas[d] = the micro-batches of attention data-parallel replica d. Every replica has the
   // same number of micro-batches (padded with empty ones), because the ranks of a stage meet in
   // the expert exchange once per micro-batch and layer (sized from every replica's token count).

@@ -21,6 +21,8 @@ const char* StepPhaseName(StepPhase phase) {
       return "broadcast";
     case StepPhase::kForward:
       return "forward";
+    case StepPhase::kCollect:
+      return "collect";
     case StepPhase::kOutputWait:
       return "output_wait";
     case StepPhase::kSample:
@@ -95,10 +97,10 @@ std::string StepTrace::Json() const {
             ",\n{\"name\":\"step %d\",\"cat\":\"step\",\"ph\":\"X\",\"pid\":0,\"tid\":1,"
             "\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"step\":%d,\"seqs\":%d,\"prefill_tokens\":%d,"
             "\"decode_tokens\":%d,\"running\":%d,\"waiting\":%d,\"pure_decode\":%s,"
-            "\"output_async\":%s}}",
+            "\"output_async\":%s,\"collected\":%d}}",
             r.step, us(begin), static_cast<double>(end - begin) / 1e3, r.step, r.seqs,
             r.prefill_tokens, r.decode_tokens, r.running, r.waiting,
-            r.pure_decode ? "true" : "false", r.output_async ? "true" : "false"));
+            r.pure_decode ? "true" : "false", r.output_async ? "true" : "false", r.collected));
     for (int p = 0; p < static_cast<int>(StepPhase::kCount); ++p) {
       if (r.end_ns[p] == 0) continue;
       const int tid = r.output_async && p == static_cast<int>(StepPhase::kOutput) ? 2 : 1;

@@ -24,7 +24,9 @@ enum class StepPhase : uint8_t {
   kSchedule,    // which sequences run, KV blocks reserved
   kPlan,        // the StepPlan built (token ids, slots, block tables, sampling rows)
   kBroadcast,   // the plan serialised and broadcast to the other ranks
-  kForward,     // rank 0's forward, and the wait for every replica's ids and logits
+  kForward,     // rank 0's forward launched (on the CPU backend: run)
+  kCollect,     // the wait for a launched step's ids and logits, every replica's (async
+                // scheduling: the previous step's, while this one runs)
   kOutputWait,  // waiting for the output thread's previous batch (it did not keep up)
   kSample,      // host bookkeeping after the step: computed tokens, prefix-cache registration,
                 // host sampling, id-based stops
@@ -37,6 +39,7 @@ const char* StepPhaseName(StepPhase phase);
 // not run has begin == end == 0.
 struct StepRecord {
   int64_t step = 0;
+  int64_t collected = -1;  // the step whose results kCollect and kSample took (async: step - 1)
   int64_t begin_ns[static_cast<int>(StepPhase::kCount)] = {};
   int64_t end_ns[static_cast<int>(StepPhase::kCount)] = {};
   int seqs = 0;               // sequences in the step

@@ -1,6 +1,7 @@
 #include "runtime/model/qwen3.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -8,6 +9,7 @@
 #include <iterator>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -728,9 +730,26 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
   alloc(&selected_, r * c.hidden_size * a);
   alloc(&logits_buf_, r * (vocab_end_ - vocab_start_) * a);
   if (shard_.tp_size > 1) alloc(&gathered_logits_, r * c.vocab_size * a);
-  // Sampling happens only on TP rank 0 of the last stage (SampleOrDownload); the other ranks
-  // hold none of its buffers (the penalties' float rows alone are r x vocab x 4 bytes).
+  // Every TP rank of the last stage samples the rows without penalties (async scheduling takes
+  // the next step's decode inputs from them on each rank); penalties are applied on TP rank 0
+  // alone, and only it reports, so the other ranks hold no penalty buffers (the float rows alone
+  // are r x vocab x 4 bytes).
   const bool samples = last_stage() && shard_.tp_rank == 0;
+  if (last_stage()) {
+    alloc(&sample_params_, r * sizeof(SamplingRowParams));
+    alloc(&sampled_ids_, r * sizeof(int32_t));
+    alloc(&token_from_, n * sizeof(int32_t));
+    for (Launched& l : launched_) {
+      l.ids = backend_.AllocateStaging(static_cast<size_t>(r) * sizeof(int32_t));
+      l.done = backend_.CreateEvent();
+    }
+  } else {
+    sample_params_ = DeviceBuffer();
+    sampled_ids_ = DeviceBuffer();
+    token_from_ = DeviceBuffer();
+  }
+  num_launched_ = 0;
+  next_launch_ = 0;
   // Penalties: each row's distinct (id, count) pairs and its float32 copy to apply them to.
   penalty_entries_capacity_ =
       samples ? r * 2 * std::min<int64_t>(c.vocab_size, std::max(limits.max_seq_len, 1)) : 0;
@@ -741,8 +760,6 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
       *buf = DeviceBuffer();
     }
   };
-  alloc_if_sampling(&sample_params_, r * sizeof(SamplingRowParams));
-  alloc_if_sampling(&sampled_ids_, r * sizeof(int32_t));
   alloc_if_sampling(&penalty_rows_, r * sizeof(SamplingPenaltyRow));
   alloc_if_sampling(&penalty_entries_, penalty_entries_capacity_ * sizeof(int32_t));
   alloc_if_sampling(&penalty_scratch_, r * c.vocab_size * sizeof(float));
@@ -1157,6 +1174,7 @@ void Qwen3Model::RunDecodeGraph(const StepBatch& batch, KvCache& kv) {
   }
   const size_t bytes = b * sizeof(int32_t);
   backend_.CopyToDevice(ids_.data(), ids, bytes);
+  TakeSampledIds(batch);
   backend_.CopyToDevice(positions_.data(), positions, bytes);
   backend_.CopyToDevice(token_seq_.data(), seqs, bytes);
   backend_.CopyToDevice(slots_.data(), slots, bytes);
@@ -1216,11 +1234,19 @@ void Qwen3Model::RunHead(int r) {
 
 void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>* logits,
                          std::vector<int32_t>* tokens, const std::vector<int>& replica_tokens) {
+  Launch(batch, kv, replica_tokens);
+  Collect(logits, tokens);
+}
+
+void Qwen3Model::Launch(const StepBatch& batch, KvCache& kv,
+                        const std::vector<int>& replica_tokens) {
   const int n = static_cast<int>(batch.token_ids.size());
   const int r = static_cast<int>(batch.logit_tokens.size());
   TESSERA_CHECK_EQ(batch.positions.size(), static_cast<size_t>(n));
   TESSERA_CHECK_EQ(batch.slot_mapping.size(), static_cast<size_t>(n));
   TESSERA_CHECK_EQ(batch.token_seq.size(), static_cast<size_t>(n));
+  TESSERA_CHECK(batch.token_from_row.empty() ||
+                batch.token_from_row.size() == static_cast<size_t>(n));
   TESSERA_CHECK_EQ(batch.block_tables.size(),
                    static_cast<size_t>(batch.num_seqs) * batch.max_blocks_per_seq);
   TESSERA_CHECK_LE(r, n);
@@ -1229,8 +1255,14 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
       << batch.logit_sampling.size() << " sampling rows for " << r << " logit rows";
   for (int t : batch.logit_tokens)
     TESSERA_CHECK(t >= 0 && t < n) << "logit token " << t << " of " << n;
-  logits->clear();
-  tokens->clear();
+  TESSERA_CHECK_LT(num_launched_, static_cast<int>(std::size(launched_)))
+      << "Qwen3Model: a third step launched before the first was collected";
+  Launched& step = launched_[(next_launch_ + num_launched_) % std::size(launched_)];
+  ++num_launched_;
+  step.rows = 0;
+  step.sampled = false;
+  step.on_device.clear();
+  step.logits.clear();
   if (config_.is_moe() && shard_.ep_size > 1) PrepareExpertParallel(n, replica_tokens);
 
   if (DecodeGraphEligible(batch)) {
@@ -1239,6 +1271,7 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     CheckWithinPlan(n, r, batch.num_seqs, batch.max_blocks_per_seq);
     if (n > 0) {
       backend_.CopyToDevice(ids_.data(), batch.token_ids.data(), n * sizeof(int32_t));
+      TakeSampledIds(batch);
       backend_.CopyToDevice(positions_.data(), batch.positions.data(), n * sizeof(int32_t));
       backend_.CopyToDevice(token_seq_.data(), batch.token_seq.data(), n * sizeof(int32_t));
       backend_.CopyToDevice(slots_.data(), batch.slot_mapping.data(), n * sizeof(int32_t));
@@ -1263,15 +1296,25 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
     backend_.CopyToDevice(logit_rows_.data(), batch.logit_tokens.data(), r * sizeof(int32_t));
     RunHead(r);
   }
-
+  step.rows = r;
   // Tokens sampled on the device, or logits to the host with the vocabulary shards gathered.
-  tokens->assign(r, -1);
-  SampleOrDownload(batch, logits, tokens);
-  SyncExpertLoadIfDue();  // after the step's own wait for its results
+  LaunchSampling(batch, step);
+  // NOTE: a collective with a host wait, every ep_load_sync_steps_ forwards: that step waits for
+  // itself here, so async scheduling does not overlap it.
+  SyncExpertLoadIfDue();
 }
 
-void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
-                                  std::vector<int32_t>* tokens) {
+void Qwen3Model::TakeSampledIds(const StepBatch& batch) {
+  if (batch.token_from_row.empty()) return;
+  const int n = static_cast<int>(batch.token_ids.size());
+  TESSERA_CHECK(last_stage() && sampled_ids_.data() != nullptr)
+      << "a step takes sampled ids on a rank that does not sample";
+  backend_.CopyToDevice(token_from_.data(), batch.token_from_row.data(), n * sizeof(int32_t));
+  backend_.TakeSampledIds(sampled_ids_.as<int32_t>(), last_sampled_rows_, token_from_.as<int32_t>(),
+                          n, ids_.as<int32_t>());
+}
+
+void Qwen3Model::LaunchSampling(const StepBatch& batch, Launched& step) {
   const int r = static_cast<int>(batch.logit_tokens.size());
   const int T = shard_.tp_size;
   const int64_t V = config_.vocab_size, vocab_local = vocab_end_ - vocab_start_;
@@ -1283,22 +1326,24 @@ void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* lo
                          static_cast<size_t>(r) * vocab_local, act);
     full = gathered_logits_.data();
   }
-  // Only TP rank 0 of the last stage reports to the coordinator (Executor::Run); the others
-  // only wait for their step, as a read of the results would.
-  if (shard_.tp_rank != 0) {
-    tokens->clear();
-    backend_.Synchronize();
-    return;
-  }
+  const bool reports = shard_.tp_rank == 0;  // only TP rank 0 reports to the coordinator
   const int returned = NumLogitRowsReturned(batch);
-  if (returned < r) {
+  bool penalties = false;
+  for (const LogitRowSampling& row : batch.logit_sampling)
+    penalties |= row.on_device && !row.penalty_entries.empty();
+  // NOTE: every TP rank samples the same gathered logits with the same counter-based draw, so all
+  // hold the same ids for the next step's TakeSampledIds without a broadcast. Penalised steps are
+  // never overlapped (the engine plans them with every token known), so only TP rank 0 needs them.
+  if (returned < r && (reports || !penalties)) {
     // Rows that return logits are sampled greedily too (cheap) and their ids dropped.
     host_params_.assign(r, SamplingRowParams{});
     host_penalty_rows_.assign(r, SamplingPenaltyRow{});
     host_penalty_entries_.clear();
+    step.on_device.assign(r, false);
     for (int i = 0; i < r; ++i) {
       const LogitRowSampling& row = batch.logit_sampling[i];
       if (!row.on_device) continue;
+      step.on_device[i] = true;
       host_params_[i] = row.params;
       if (row.penalty_entries.empty()) continue;
       SamplingPenaltyRow& pr = host_penalty_rows_[i];
@@ -1310,7 +1355,7 @@ void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* lo
     }
     backend_.CopyToDevice(sample_params_.data(), host_params_.data(),
                           static_cast<size_t>(r) * sizeof(SamplingRowParams));
-    SamplingPenalties penalties;
+    SamplingPenalties pens;
     if (!host_penalty_entries_.empty()) {
       const auto n = static_cast<int64_t>(host_penalty_entries_.size());
       TESSERA_CHECK_LE(n, penalty_entries_capacity_)
@@ -1319,22 +1364,27 @@ void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* lo
                             static_cast<size_t>(r) * sizeof(SamplingPenaltyRow));
       backend_.CopyToDevice(penalty_entries_.data(), host_penalty_entries_.data(),
                             static_cast<size_t>(n) * sizeof(int32_t));
-      penalties = {penalty_rows_.as<SamplingPenaltyRow>(), penalty_entries_.as<int32_t>(),
-                   penalty_scratch_.as<float>()};
+      pens = {penalty_rows_.as<SamplingPenaltyRow>(), penalty_entries_.as<int32_t>(),
+              penalty_scratch_.as<float>()};
     }
     backend_.SampleTokens(full, r, V, T, sample_params_.as<SamplingRowParams>(),
-                          host_penalty_entries_.empty() ? nullptr : &penalties,
+                          host_penalty_entries_.empty() ? nullptr : &pens,
                           sampled_ids_.as<int32_t>());
-    backend_.CopyToHost(tokens->data(), sampled_ids_.data(),
-                        static_cast<size_t>(r) * sizeof(int32_t));
-    for (int i = 0; i < r; ++i) {
-      if (!batch.logit_sampling[i].on_device) (*tokens)[i] = -1;
+    last_sampled_rows_ = r;
+    step.sampled = true;
+    // NOTE: into this launch's own pinned buffer, so the next step's sampling (enqueued before
+    // this one is collected) cannot overwrite the ids on their way to the host.
+    if (reports) {
+      backend_.CopyToHostAsync(step.ids.data(), sampled_ids_.data(),
+                               static_cast<size_t>(r) * sizeof(int32_t));
     }
   }
-  if (returned == 0) return;
-  logits->resize(static_cast<size_t>(returned) * V);
+  step.done->Record();
+  if (!reports || returned == 0) return;
+  // Rows that return logits: downloaded now (such steps are never overlapped).
+  step.logits.resize(static_cast<size_t>(returned) * V);
   if (T == 1 && returned == r) {  // already [r, V]
-    backend_.DownloadFloat(logits->data(), full, act, logits->size());
+    backend_.DownloadFloat(step.logits.data(), full, act, step.logits.size());
     return;
   }
   // The rows that return logits: [T, r, V / T] -> [returned, V].
@@ -1345,10 +1395,41 @@ void Qwen3Model::SampleOrDownload(const StepBatch& batch, std::vector<float>* lo
     if (!batch.logit_sampling.empty() && batch.logit_sampling[i].on_device) continue;
     for (int s = 0; s < T; ++s) {
       const auto src = host_logits_.begin() + (static_cast<int64_t>(s) * r + i) * vocab_local;
-      std::copy(src, src + vocab_local, logits->begin() + h * V + s * vocab_local);
+      std::copy(src, src + vocab_local, step.logits.begin() + h * V + s * vocab_local);
     }
     ++h;
   }
+}
+
+void Qwen3Model::Collect(std::vector<float>* logits, std::vector<int32_t>* tokens) {
+  TESSERA_CHECK(num_launched_ > 0) << "Qwen3Model: Collect without a launched step";
+  Launched& step = launched_[next_launch_];
+  next_launch_ = (next_launch_ + 1) % std::size(launched_);
+  --num_launched_;
+  logits->clear();
+  tokens->clear();
+  if (!last_stage() || step.rows == 0) return;
+  // NOTE: the event, not Synchronize: the next step may already be enqueued behind this one. A
+  // step that takes longer than kEventWait goes to Synchronize, the host wait a communicator
+  // watches for a failed peer (it waits for the next step too, then).
+  constexpr auto kEventWait = std::chrono::seconds(1);
+  const auto give_up = std::chrono::steady_clock::now() + kEventWait;
+  while (!step.done->Query()) {
+    if (std::chrono::steady_clock::now() > give_up) {
+      backend_.Synchronize();
+      break;
+    }
+    std::this_thread::yield();
+  }
+  if (shard_.tp_rank != 0) return;  // only TP rank 0 reports to the coordinator
+  tokens->assign(step.rows, -1);
+  if (step.sampled) {
+    const int32_t* ids = step.ids.as<int32_t>();
+    for (int i = 0; i < step.rows; ++i) {
+      if (step.on_device[i]) (*tokens)[i] = ids[i];
+    }
+  }
+  logits->swap(step.logits);
 }
 
 }  // namespace tessera

@@ -141,6 +141,18 @@ class Qwen3Model {
   void Forward(const StepBatch& batch, KvCache& kv_cache, std::vector<float>* logits,
                std::vector<int32_t>* tokens, const std::vector<int>& replica_tokens = {});
 
+  // Forward's two halves, for async scheduling (Forward = Launch, then Collect). Launch enqueues
+  // the step: its inputs (decode tokens named by `batch.token_from_row` take the ids this rank
+  // sampled in the previous launch, on the device), the layers, and on the last stage the
+  // sampling and the copy of the ids to the host; it returns without waiting on a backend with a
+  // stream, except where the step needs the host anyway (rows that return logits are downloaded
+  // before it returns; the expert exchange's normal mode; pipeline hand-offs). Collect waits for
+  // the oldest uncollected launch and gives its results as Forward does. At most two launches
+  // are uncollected.
+  void Launch(const StepBatch& batch, KvCache& kv_cache,
+              const std::vector<int>& replica_tokens = {});
+  void Collect(std::vector<float>* logits, std::vector<int32_t>* tokens);
+
   // Sizes the step workspace for steps within `limits` (and for the decode graphs such steps
   // replay) and allocates it, replacing any earlier plan. Forward needs a plan.
   void PlanWorkspace(const StepLimits& limits);
@@ -219,10 +231,21 @@ class Qwen3Model {
   // (fp8_fused_experts_), else LocalExperts + MoeExperts.
   void RunExperts(const Layer& layer, const void* x, int n, const int32_t* ids,
                   const float* weights, int top_k, void* out) const;
-  // Forward's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the
-  // device; on TP rank 0, ids of the rows sampled on the device and the logits of the others.
-  void SampleOrDownload(const StepBatch& batch, std::vector<float>* logits,
-                        std::vector<int32_t>* tokens);
+  // A launched step's results on their way to the host (Launch / Collect).
+  struct Launched {
+    int rows = 0;                       // logit rows
+    bool sampled = false;               // SampleTokens ran
+    std::vector<bool> on_device;        // [rows]: the row's id was sampled on the device
+    DeviceBuffer ids;                   // int32 [logit rows], pinned host memory: the sampled ids
+    std::unique_ptr<DeviceEvent> done;  // recorded after the step's last op
+    std::vector<float> logits;          // [rows that return logits, vocab] (TP rank 0)
+  };
+  // Launch's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the device;
+  // every TP rank samples the device rows (TP rank 0 alone when some have penalties), TP rank 0
+  // enqueues the copy of their ids to `step.ids` and downloads the logits of the others.
+  void LaunchSampling(const StepBatch& batch, Launched& step);
+  // ids_ of the decode tokens `batch.token_from_row` names: the previous launch's sampled ids.
+  void TakeSampledIds(const StepBatch& batch);
   // Per step with expert parallelism: this rank's token slice, the padded slice size M of the EP
   // group (from every replica's token count), the exchange's mode (ep_block_rows_), and ids -1 for
   // the padding rows of topk_ids_.
@@ -307,7 +330,12 @@ class Qwen3Model {
   std::vector<int32_t> staged_;
   DeviceBuffer gathered_logits_;  // A [tp, logit rows, vocab_local] when tp > 1
   DeviceBuffer sample_params_;    // SamplingRowParams [logit rows]
-  DeviceBuffer sampled_ids_;      // int32 [logit rows]
+  DeviceBuffer sampled_ids_;      // int32 [logit rows]: the last sampled step's ids (last stage)
+  int last_sampled_rows_ = 0;     // rows of sampled_ids_ the last SampleTokens wrote
+  DeviceBuffer token_from_;       // int32 [n]: StepBatch::token_from_row of the step
+  // Launches not yet collected: a ring of two, the oldest at next_launch_.
+  Launched launched_[2];
+  int num_launched_ = 0, next_launch_ = 0;
   std::vector<SamplingRowParams> host_params_;
   // Penalties of the device-sampled rows (TP rank 0 of the last stage only), packed: rows
   // [logit rows], (id, count) entries (at most min(vocab, max_seq_len) per row), and the float32

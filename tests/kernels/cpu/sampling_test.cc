@@ -215,5 +215,15 @@ TEST(CpuSamplingTest, DrawFollowsTheTemperedSoftmax) {
   }
 }
 
+// TakeSampledIds: rows named by `from` take the sampled id, the others keep theirs.
+TEST(CpuSamplingTest, TakeSampledIdsReplacesOnlyNamedTokens) {
+  auto backend = MakeCpuBackend();
+  const std::vector<int32_t> sampled = {11, 22, 33};
+  const std::vector<int32_t> from = {-1, 2, 0, -1, 2};
+  std::vector<int32_t> ids = {5, 6, 7, 8, 9};
+  backend->TakeSampledIds(sampled.data(), 3, from.data(), 5, ids.data());
+  EXPECT_EQ(ids, (std::vector<int32_t>{5, 33, 11, 8, 33}));
+}
+
 }  // namespace
 }  // namespace tessera

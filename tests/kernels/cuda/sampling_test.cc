@@ -144,6 +144,26 @@ TEST_P(CudaSamplingTest, PenaltiesGiveTheCpuReferenceTokens) {
   }
 }
 
+// TakeSampledIds (async scheduling's decode inputs) against the CPU backend's, odd sizes.
+TEST_F(CudaTest, TakeSampledIdsGivesTheCpuBackendsIds) {
+  auto cpu = MakeCpuBackend();
+  std::mt19937 rng(3);
+  for (const auto& [n, num_sampled] :
+       std::vector<std::pair<int, int>>{{1, 1}, {7, 3}, {300, 257}, {1000, 1}}) {
+    std::vector<int32_t> sampled(num_sampled), from(n), ids(n);
+    for (int32_t& v : sampled) v = std::uniform_int_distribution<int32_t>(0, 151935)(rng);
+    for (int32_t& v : ids) v = std::uniform_int_distribution<int32_t>(0, 151935)(rng);
+    for (int32_t& v : from) v = std::uniform_int_distribution<int32_t>(-2, num_sampled - 1)(rng);
+    std::vector<int32_t> want = ids;
+    cpu->TakeSampledIds(sampled.data(), num_sampled, from.data(), n, want.data());
+    DeviceBuffer d_sampled = UploadRaw(gpu(), sampled), d_from = UploadRaw(gpu(), from);
+    DeviceBuffer d_ids = UploadRaw(gpu(), ids);
+    gpu().TakeSampledIds(d_sampled.as<int32_t>(), num_sampled, d_from.as<int32_t>(), n,
+                         d_ids.as<int32_t>());
+    EXPECT_EQ(DownloadRaw<int32_t>(gpu(), d_ids, n), want) << n << " tokens";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaSamplingTest,
                          ::testing::Values(Shape{16, 151936, 1, 151669},  // Qwen3, padding
                                            Shape{8, 151936, 4, 151669},   // after a TP-4 gather

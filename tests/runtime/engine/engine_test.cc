@@ -1,8 +1,11 @@
 // The engine under load on the CPU backend (random weights at a tiny shape, Qwen3's real
 // tokenizer): many concurrent requests with chunked prefill, preemption, stop strings, max_tokens
-// and cancellations give the same greedy outputs as one request at a time, with the output work
-// on the output thread (async_output, one step late for stop strings) and without it. The step
-// trace of such a run has its phases and the output thread's track.
+// and cancellations give the same greedy outputs as one request at a time, with async scheduling
+// (the next step launched before this one's ids are read, its decode inputs taken from them on
+// the device) on and off, and the output work on the output thread (async_output, one step late
+// for stop strings) and without it. Seeded sampling, penalties and logprobs (which make a step
+// synchronous) give the same tokens with async scheduling on and off. The step trace of such a
+// run has its phases and the output thread's track.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -167,16 +170,19 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
   }
   EXPECT_GE(stopped_by_string, 6) << "the stop strings should end several requests";
 
-  for (bool async_output : {true, false}) {
-    SCOPED_TRACE(async_output ? "async output" : "output on the step loop");
+  for (const auto& [async_scheduling, async_output] : std::vector<std::pair<bool, bool>>{
+           {true, true}, {true, false}, {false, true}, {false, false}}) {
+    SCOPED_TRACE(std::string(async_scheduling ? "async scheduling, " : "synchronous steps, ") +
+                 (async_output ? "async output" : "output on the step loop"));
     Metrics metrics;
     EngineOptions options;
     options.max_num_seqs = 12;
     options.max_num_batched_tokens = 48;  // prompts up to 100 tokens: chunked prefill
     options.async_output = async_output;
+    options.async_scheduling = async_scheduling;
     const std::string trace = ::testing::TempDir() + "/engine-test-steps-" +
-                              std::to_string(async_output) + "-" + std::to_string(getpid()) +
-                              ".json";
+                              std::to_string(async_scheduling) + std::to_string(async_output) +
+                              "-" + std::to_string(getpid()) + ".json";
     options.step_trace_path = trace;
     std::vector<Result> got(requests.size());
     std::vector<Result> cancelled;
@@ -228,9 +234,27 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
     ss << in.rdbuf();
     const std::string json = ss.str();
     EXPECT_EQ(json.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u) << json.size();
-    for (const char* phase : {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"", "\"sample\"",
-                              "\"output_wait\"", "\"output\"", "\"prefill_tokens\":"}) {
+    for (const char* phase :
+         {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"", "\"collect\"", "\"sample\"",
+          "\"output_wait\"", "\"output\"", "\"prefill_tokens\":"}) {
       EXPECT_NE(json.find(phase), std::string::npos) << phase;
+    }
+    // Overlapped steps collect the step before the one they launch; synchronous ones their own.
+    int overlapped = 0, own = 0;
+    for (size_t at = json.find("\"name\":\"step "); at != std::string::npos;
+         at = json.find("\"name\":\"step ", at + 1)) {
+      const size_t step_at = json.find("\"step\":", at) + 7;
+      const size_t collected_at = json.find("\"collected\":", at) + 12;
+      const long step = std::stol(json.substr(step_at)),
+                 collected = std::stol(json.substr(collected_at));
+      overlapped += collected == step - 1;
+      own += collected == step;
+    }
+    if (async_scheduling) {
+      EXPECT_GT(overlapped, own) << "most steps should overlap";
+    } else {
+      EXPECT_EQ(overlapped, 0);
+      EXPECT_GT(own, 0);
     }
     EXPECT_EQ(json.find("\"output_async\":true") != std::string::npos, async_output);
     EXPECT_EQ(json.find("\"tid\":2,\"ts\"") != std::string::npos, async_output);
@@ -291,6 +315,49 @@ TEST_F(EngineLoadTest, LongPrefillThresholdChunksPromptsAndKeepsOutputs) {
       EXPECT_GT(mixed, 0) << "decodes should share steps with prompt chunks";
     }
     std::remove(trace.c_str());
+  }
+}
+
+// Sampling that is not greedy: seeded draws (and unseeded ones, drawn from the engine's seed and
+// the arrival number), penalties and logprobs (those steps run synchronously) under load give
+// the same tokens with async scheduling on and off, and as one request at a time.
+TEST_F(EngineLoadTest, SamplingSameWithAndWithoutAsyncScheduling) {
+  std::vector<EngineRequest> requests = Requests(20);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SamplingParams& p = requests[i].sampling;
+    p.temperature = 0.9f;
+    p.top_k = 50;
+    if (i % 4 != 3) p.seed = 100 + i;
+    if (i % 5 == 1) p.repetition_penalty = 1.3f;
+    if (i % 7 == 2) requests[i].top_logprobs = 2;
+  }
+  std::vector<std::vector<Result>> runs;
+  for (bool async_scheduling : {true, false}) {
+    EngineOptions options;
+    options.max_num_seqs = 8;
+    options.max_num_batched_tokens = 64;
+    options.async_scheduling = async_scheduling;
+    options.seed = 5;
+    auto r = Start(options, 64, nullptr);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const EngineRequest& req : requests) {
+      auto stream = r->engine->Submit(req);
+      ASSERT_TRUE(stream.ok()) << stream.status();
+      streams.push_back(*stream);
+    }
+    std::vector<Result> got;
+    for (auto& stream : streams) got.push_back(Drain(*stream));
+    runs.push_back(std::move(got));
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(runs[0][i].tokens, runs[1][i].tokens) << "request " << i;
+    EXPECT_EQ(runs[0][i].reason, runs[1][i].reason) << "request " << i;
+  }
+  // Seeded requests draw by their own stream: one at a time gives the same tokens.
+  const std::vector<Result> alone = OneAtATime(requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (!requests[i].sampling.seed) continue;
+    EXPECT_EQ(alone[i].tokens, runs[0][i].tokens) << "request " << i;
   }
 }
 
