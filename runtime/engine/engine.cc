@@ -508,6 +508,15 @@ void Engine::Step(StepRecord* rec) {
   if (!any) {
     if (!in_flight_.empty()) {
       // Nothing new to run before the step in flight is in (every sequence waits for its token).
+      // The record only collects: it carries that step's number and composition.
+      const StepRecord& launched = in_flight_.front().record;
+      rec->step = launched.step;
+      rec->seqs = launched.seqs;
+      rec->prefill_tokens = launched.prefill_tokens;
+      rec->decode_tokens = launched.decode_tokens;
+      rec->running = launched.running;
+      rec->waiting = launched.waiting;
+      rec->pure_decode = launched.pure_decode;
       CollectStep(rec);
       return;
     }
@@ -594,7 +603,7 @@ void Engine::Step(StepRecord* rec) {
   step.launched = Clock::now();
   executor_.Launch(plan, rec);
   rec->step = steps_++;
-  step.step = rec->step;
+  step.record = *rec;
   // The launched step's effects, as if done: the scheduler plans the next step from them.
   for (int d = 0; d < dp; ++d) {
     for (const auto& [s, n] : scheduled[d]) {
@@ -621,7 +630,7 @@ void Engine::CollectStep(StepRecord* rec) {
   InFlight step = std::move(in_flight_.front());
   in_flight_.pop_front();
   const StepOutput result = executor_.Collect(rec);
-  rec->collected = step.step;
+  rec->collected = step.record.step;
   const auto now = Clock::now();
   if (metrics_ != nullptr) {
     // The step's time: from its launch, or from the previous step's results if it ran behind it.
@@ -1018,7 +1027,6 @@ void Engine::Run() {
         rec.end_ns[static_cast<int>(StepPhase::kCollect)] != 0) {
       // A forward ran or was collected: the host time is the loop's time outside the forward and
       // the wait for results.
-      if (rec.end_ns[static_cast<int>(StepPhase::kForward)] == 0) rec.step = rec.collected;
       int64_t last = 0;
       for (int p = 0; p < static_cast<int>(StepPhase::kCount); ++p) {
         if (!(rec.output_async && p == static_cast<int>(StepPhase::kOutput)))

@@ -210,7 +210,7 @@ class Engine {
   struct OutputItem;
   // A launched step not yet collected: whose logit rows it has, whom it schedules.
   struct InFlight {
-    int64_t step = 0;
+    StepRecord record;                 // its number and composition (as launched)
     std::vector<Sequence*> row_owner;  // [logit rows], plan order
     std::vector<Sequence*> scheduled;
     std::chrono::steady_clock::time_point launched;

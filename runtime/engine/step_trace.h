@@ -1,7 +1,9 @@
 // The engine's own step timeline: where rank 0's host time goes, step by step, written as Chrome
 // trace-event JSON (open it in Perfetto or chrome://tracing). The GPU machine has no profiler, so
-// the engine times its own phases: intake, schedule, plan, execute (broadcast, then forward and
-// the wait for the sampled ids), the wait for the output thread, sample, and the output work
+// the engine times its own phases: intake, schedule, plan, broadcast, the forward's launch, the
+// wait for a launched step's sampled ids (collect: with async scheduling the previous step's, so
+// a record then launches step N and collects N - 1), the wait for the output thread, sample, and
+// the output work
 // (detokenise, stop strings, streams), which runs on the output thread when outputs are processed
 // asynchronously. Each step carries its composition (sequences, prefill and decode tokens, running
 // and waiting sequences, whether it was pure decode, i.e. eligible for a decode graph).

@@ -9,6 +9,9 @@
 # last TRACE_STEPS steps): $OUT/steps-MODEL.json.gz (Perfetto opens it) and a per-phase summary
 # in serve-bench.txt. SERVE_FLAGS=--no-async-output measures without the output thread;
 # LONG_PREFILL="256 512" repeats concurrency 64 with --long-prefill-token-threshold at each value.
+# A/B of async scheduling in the same call: for each model in AB_MODELS (default Qwen3-14B) the
+# burst runs again on a server started with --no-async-scheduling ("sync" in its label; AB_MODELS=
+# skips it).
 set -u
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -69,6 +72,17 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
       kill -TERM $pid; wait $pid
     done ;;
   esac
+  # The A/B: the burst again with synchronous steps (no trace: the one above is async's).
+  case " ${AB_MODELS-Qwen3-14B} " in *" $model "*)
+    if start --no-async-scheduling; then
+      run "burst ${BURST:-1000}, log-normal 256/128, sync (--no-async-scheduling)" \
+        --num-prompts ${BURST:-1000} --request-rate inf --input-mean 256 --output-mean 128
+      curl -s 127.0.0.1:$mport/metrics | grep -E "^tessera:engine_step" | sed 's/^/sync /' >>$S
+      kill -TERM $pid; wait $pid
+    else
+      echo "$model: serve --no-async-scheduling did not start" | tee -a $S
+    fi ;;
+  esac
   if [ -s /tmp/steps-$model.json ]; then
     python3 - /tmp/steps-$model.json <<'PY' | tee -a $S
 import json, statistics, sys
@@ -79,8 +93,8 @@ for kind, want in (("pure decode", True), ("mixed/prefill", False)):
     if not ids: continue
     seqs = statistics.median(steps[s]["seqs"] for s in ids)
     line = [f"step trace, {kind}: {len(ids)} steps, median {seqs:.0f} seqs; phase p50/mean us:"]
-    for name in ("intake", "schedule", "plan", "broadcast", "forward", "output_wait", "sample",
-                 "output"):
+    for name in ("intake", "schedule", "plan", "broadcast", "forward", "collect", "output_wait",
+                 "sample", "output"):
         d = [e["dur"] for e in ev if e.get("cat") == "phase" and e["name"] == name
              and e["args"]["step"] in ids]
         if d: line.append(f"{name} {statistics.median(d):.0f}/{statistics.mean(d):.0f}")

@@ -130,6 +130,51 @@ TEST(ServeTest, ExpertParallelReplicasEqualOfflineGreedy) {
   }
 }
 
+// Async scheduling (the default) against --no-async-scheduling at TP2: each step's decode inputs
+// come from the previous step's ids, sampled on both TP ranks alike; greedy and seeded sampling
+// must give the same tokens either way, and greedy the offline tokens.
+TEST(ServeTest, AsyncSchedulingGivesTheSynchronousTokens) {
+  std::mt19937 rng(9);
+  constexpr int kStreams = 12;
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < kStreams; ++i) {
+    v1::GenerateRequest r = Greedy(RandomPrompt(rng, 3 + (i * 5) % 30), 5 + i % 7);
+    if (i % 2 == 1) {
+      r.mutable_sampling()->set_temperature(0.9f);
+      r.mutable_sampling()->set_seed(40 + i);
+    }
+    requests.push_back(r);
+  }
+  std::vector<std::vector<Result>> runs;
+  for (const char* flag : {"--async-scheduling", "--no-async-scheduling"}) {
+    ServerJob job(
+        2, {"--model", kFixture, "--dp", "1", "--tp", "2", "--max-num-batched-tokens", "32", flag});
+    std::vector<Result> results(kStreams);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kStreams; ++i) {
+      threads.emplace_back([&, i] {
+        auto client = job.MakeClient();
+        results[i] = Generate(*client, requests[i]);
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < kStreams; ++i) {
+      ASSERT_TRUE(results[i].status.ok())
+          << flag << " " << i << ": " << results[i].status.error_message() << "\nserver log:\n"
+          << job.Log();
+    }
+    runs.push_back(std::move(results));
+  }
+  for (int i = 0; i < kStreams; ++i) {
+    EXPECT_EQ(runs[0][i].tokens, runs[1][i].tokens) << "stream " << i;
+    if (i % 2 == 1) continue;
+    const auto& ids = requests[i].prompt_token_ids();
+    EXPECT_EQ(runs[0][i].tokens,
+              RunOffline(std::vector<int32_t>(ids.begin(), ids.end()), requests[i].max_tokens()))
+        << "stream " << i;
+  }
+}
+
 TEST(ServeTest, PrefixCacheReusesBlocksAndGivesTheSameTokens) {
   ServerJob job(2, {"--model", kFixture, "--dp", "1", "--tp", "2"});
   std::mt19937 rng(5);
