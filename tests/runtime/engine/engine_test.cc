@@ -1,11 +1,11 @@
 // The engine under load on the CPU backend (random weights at a tiny shape, Qwen3's real
-// tokenizer): many concurrent requests with chunked prefill, preemption, stop strings, max_tokens
-// and cancellations give the same greedy outputs as one request at a time, with async scheduling
-// (the next step launched before this one's ids are read, its decode inputs taken from them on
-// the device) on and off, and the output work on the output thread (async_output, one step late
-// for stop strings) and without it. Seeded sampling, penalties and logprobs (which make a step
-// synchronous) give the same tokens with async scheduling on and off. The step trace of such a
-// run has its phases and the output thread's track.
+// tokenizer): many concurrent requests with chunked prefill, preemption, stop strings, stop ids,
+// max_tokens and cancellations give the same greedy outputs as one request at a time, with async
+// scheduling (the next step launched before this one's ids are read, its decode inputs taken from
+// them on the device) on and off, and the output work on the output thread (async_output, one
+// step late for stop strings) and without it. Seeded sampling, penalties and logprobs (which make
+// a step synchronous) give the same tokens with async scheduling on and off. The step trace of
+// such a run has its phases and the output thread's track.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -122,11 +122,12 @@ class EngineLoadTest : public ::testing::Test {
     return requests;
   }
 
-  // One request at a time on a plain engine (no output thread).
+  // One request at a time on a plain engine (no output thread, synchronous steps).
   std::vector<Result> OneAtATime(const std::vector<EngineRequest>& requests) {
     EngineOptions options;
     options.max_num_seqs = 1;
     options.async_output = false;
+    options.async_scheduling = false;
     auto r = Start(options, 64, nullptr);
     std::vector<Result> results;
     for (const EngineRequest& req : requests) {
@@ -155,11 +156,26 @@ void AddStopStrings(std::vector<EngineRequest>* requests, const std::vector<Resu
   }
 }
 
+// The stop ids: for every third request (from the second) the id it generates halfway, an end
+// that async scheduling sees one step late.
+void AddStopIds(std::vector<EngineRequest>* requests, const std::vector<Result>& plain) {
+  for (size_t i = 1; i < requests->size(); i += 3) {
+    (*requests)[i].stop_token_ids = {plain[i].tokens[plain[i].tokens.size() / 2]};
+  }
+}
+
 TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
   std::vector<EngineRequest> requests = Requests(36);
   const std::vector<Result> plain = OneAtATime(requests);
   AddStopStrings(&requests, plain);
+  AddStopIds(&requests, plain);
   const std::vector<Result> expected = OneAtATime(requests);
+  int stopped_by_id = 0;
+  for (size_t i = 1; i < requests.size(); i += 3) {
+    stopped_by_id += expected[i].reason == FinishReason::kStop &&
+                     expected[i].tokens.size() < plain[i].tokens.size();
+  }
+  EXPECT_GE(stopped_by_id, 6) << "the stop ids should end several requests early";
   int stopped_by_string = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     ASSERT_LE(expected[i].tokens.size(), plain[i].tokens.size());
