@@ -175,6 +175,27 @@ TEST(ServeTest, AsyncSchedulingGivesTheSynchronousTokens) {
   }
 }
 
+// Pipeline stages keep synchronous steps (async scheduling is on by default): concurrent streams
+// over PP2 with chunked prefill give the offline tokens.
+TEST(ServeTest, PipelineStagesGiveTheOfflineTokens) {
+  ServerJob job(2, {"--model", kFixture, "--pp", "2", "--max-num-batched-tokens", "32"});
+  std::mt19937 rng(11);
+  constexpr int kStreams = 8;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int> lengths;
+  for (int i = 0; i < kStreams; ++i) {
+    prompts.push_back(RandomPrompt(rng, 3 + (i * 9) % 40));
+    lengths.push_back(4 + i % 6);
+  }
+  const std::vector<Result> results = GenerateConcurrently(job, prompts, lengths);
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(results[i].status.ok())
+        << i << ": " << results[i].status.error_message() << "\nserver log:\n"
+        << job.Log();
+    EXPECT_EQ(results[i].tokens, RunOffline(prompts[i], lengths[i])) << "stream " << i;
+  }
+}
+
 TEST(ServeTest, PrefixCacheReusesBlocksAndGivesTheSameTokens) {
   ServerJob job(2, {"--model", kFixture, "--dp", "1", "--tp", "2"});
   std::mt19937 rng(5);
