@@ -31,7 +31,7 @@ done
 tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
 cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/comm-bench.sh" \
   "$here/load-bench.sh" "$here/load_bench.py" "$here/serve-bench.sh" "$here/a2a-bench.sh" \
-  "$here/fp8-golden.sh" "$here/fp8-moe.sh" "$here/fp8_golden.py" "$here/checks.sh" \
+  "$here/fp8-golden.sh" "$here/fp8-moe.sh" "$here/fp8_golden.py" "$here/checks.sh" "$here/async-check.sh" \
   "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \
   "$here/../../tests/launch/bench_expert_load_test.py" "$dest/"
 du -sh "$dest"
