@@ -69,6 +69,20 @@ Result Drain(RequestStream& stream) {
   }
 }
 
+// Submits every request at once, then reads each stream to its end.
+std::vector<Result> SubmitAll(Engine& engine, const std::vector<EngineRequest>& requests) {
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const EngineRequest& req : requests) {
+    auto stream = engine.Submit(req);
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    if (!stream.ok()) return {};
+    streams.push_back(*stream);
+  }
+  std::vector<Result> results;
+  for (auto& stream : streams) results.push_back(Drain(*stream));
+  return results;
+}
+
 class EngineLoadTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -295,14 +309,9 @@ TEST_F(EngineLoadTest, LongPrefillThresholdChunksPromptsAndKeepsOutputs) {
     std::vector<Result> got;
     {
       auto r = Start(options, 64, nullptr);
-      std::vector<std::shared_ptr<RequestStream>> streams;
-      for (const EngineRequest& req : requests) {
-        auto stream = r->engine->Submit(req);
-        ASSERT_TRUE(stream.ok()) << stream.status();
-        streams.push_back(*stream);
-      }
-      for (auto& s : streams) got.push_back(Drain(*s));
+      got = SubmitAll(*r->engine, requests);
     }
+    ASSERT_EQ(got.size(), requests.size());
     for (size_t i = 0; i < requests.size(); ++i) {
       EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
       EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
@@ -355,14 +364,8 @@ TEST_F(EngineLoadTest, SamplingSameWithAndWithoutAsyncScheduling) {
     options.async_scheduling = async_scheduling;
     options.seed = 5;
     auto r = Start(options, 64, nullptr);
-    std::vector<std::shared_ptr<RequestStream>> streams;
-    for (const EngineRequest& req : requests) {
-      auto stream = r->engine->Submit(req);
-      ASSERT_TRUE(stream.ok()) << stream.status();
-      streams.push_back(*stream);
-    }
-    std::vector<Result> got;
-    for (auto& stream : streams) got.push_back(Drain(*stream));
+    std::vector<Result> got = SubmitAll(*r->engine, requests);
+    ASSERT_EQ(got.size(), requests.size());
     runs.push_back(std::move(got));
   }
   for (size_t i = 0; i < requests.size(); ++i) {
