@@ -86,8 +86,11 @@ std::string CheckNumber(const std::string& value, bool is_unsigned) {
 bool IsNumeric(const CLI::Option& option) {
   const std::string type = option.get_type_name();
   if (type == "INT" || type == "UINT" || type == "FLOAT" || type == "NUMBER") return true;
+  // A text option whose default reads as a non-finite number (bench-serve's --request-rate,
+  // default "inf" = a burst) takes such words on purpose: it is not checked as a number.
   double v;
-  return !option.get_default_str().empty() && absl::SimpleAtod(option.get_default_str(), &v);
+  return !option.get_default_str().empty() && absl::SimpleAtod(option.get_default_str(), &v) &&
+         std::isfinite(v);
 }
 
 }  // namespace

@@ -47,7 +47,8 @@ try:
 
     proc = subprocess.run(
         [TESSERA, "bench-serve", "--address", f"127.0.0.1:{grpc_port}",
-         "--metrics-address", f"127.0.0.1:{metrics_port}", "--num-prompts", "8", "--input-len", "16",
+         "--metrics-address", f"127.0.0.1:{metrics_port}", "--request-rate", "inf",
+         "--num-prompts", "8", "--input-len", "16",
          "--output-len", "8", "--json"],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, f"bench-serve exit {proc.returncode}: {proc.stderr}"

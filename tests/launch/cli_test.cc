@@ -19,6 +19,7 @@ struct Flags {
   int64_t big = 0;
   uint64_t seed = 0;
   std::string name;
+  std::string rate = "inf";  // a text option with a non-finite default (bench-serve's)
 };
 
 // Parses `tessera test ARGS...`; the exit code when parsing ends the command (nullopt: go on).
@@ -30,6 +31,7 @@ std::optional<int> Parse(std::vector<std::string> args, Flags* f) {
   app->add_option("--big", f->big, "an int64");
   app->add_option("--seed", f->seed, "a uint64");
   app->add_option("--name", f->name, "a string");
+  app->add_option("--rate", f->rate, "a number or inf")->capture_default_str();
   args.insert(args.begin(), {"tessera", "test"});
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -73,6 +75,12 @@ TEST(CliTest, KeepsValidNumbers) {
   Flags zero;
   EXPECT_EQ(Parse({"--count", "0", "--ratio", "0.25", "--seconds", "0"}, &zero), std::nullopt);
   EXPECT_EQ(zero.count, 0);
+  // bench-serve's --request-rate: text whose default is "inf" (a burst) takes "inf" and numbers.
+  Flags burst;
+  EXPECT_EQ(Parse({"--rate", "inf"}, &burst), std::nullopt);
+  EXPECT_EQ(burst.rate, "inf");
+  EXPECT_EQ(Parse({"--rate", "8.5"}, &burst), std::nullopt);
+  EXPECT_EQ(burst.rate, "8.5");
 }
 
 TEST(CliTest, BytesAreFinite) {
