@@ -9,7 +9,7 @@ root=$PWD
 python3 -c "import tarfile; tarfile.open('.devcarry/pack.tar.xz').extractall('.devcarry')" || exit 1
 export PATH=$PATH:/usr/local/cuda/bin
 export LD_LIBRARY_PATH=$root/.devcarry/lib NCCL_NVLS_ENABLE=0 OMP_NUM_THREADS=8
-mkdir -p /work && { [ -e /work/wt-cuda ] || ln -s "$root" /work/wt-cuda; }  # TESSERA_SOURCE_DIR
+export TESSERA_SOURCE_DIR=$root  # the fixtures, for tests built in a checkout at another path
 B=$root/.devcarry/bin
 S=$OUT/summary.txt
 T=$OUT/tests.log

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -171,7 +172,11 @@ inline std::unique_ptr<GoldenModel> LoadGoldenModel(const std::string& name, Bac
                                                     int block_size = 16,
                                                     const StepLimits* limits = nullptr) {
   auto f = std::make_unique<GoldenModel>();
-  f->dir = std::string(TESSERA_SOURCE_DIR) + "/tests/golden/fixtures/" + name;
+  // The checkout the test was built in, or TESSERA_SOURCE_DIR from the environment (the GPU
+  // machine runs the binaries in a copy of the tree at another path).
+  const char* source = std::getenv("TESSERA_SOURCE_DIR");
+  f->dir = std::string(source != nullptr && *source != '\0' ? source : TESSERA_SOURCE_DIR) +
+           "/tests/golden/fixtures/" + name;
   std::ifstream in(f->dir + "/expected.json");
   EXPECT_TRUE(in) << f->dir;
   f->expected = nlohmann::json::parse(in);
