@@ -99,6 +99,24 @@ class DeviceEvent {
   virtual void Wait() = 0;
 };
 
+// Times a span of the backend's stream (a step's device time: tessera:engine_step_device_seconds,
+// runtime/engine/ENGINE.md). Begin() and End() mark two points between enqueued ops; Seconds() is
+// the device's time from the first to the second: the span's ops and any idle gap inside it (the
+// device waiting for the host to enqueue the span's next op), not the time before Begin() while
+// earlier work still ran. On CUDA the marks are timing events on the stream, so timing adds no
+// host wait; on host-synchronous backends (the default) the host's clock between the two calls,
+// which there is the ops' own time.
+class DeviceTimer {
+ public:
+  virtual ~DeviceTimer() = default;
+  virtual void Begin() = 0;
+  virtual void End() = 0;
+  // Whether the ops before End() are done (true if never begun). Does not block.
+  virtual bool Query() = 0;
+  // Seconds from Begin() to End(); only once Query() is true (a checked error before).
+  virtual double Seconds() = 0;
+};
+
 // FP8 (OCP E4M3, "e4m3fn") with fp32 block scales, as Qwen3's FP8 checkpoints store linear
 // weights (quantization_config: fmt e4m3, weight_block_size [128, 128], activation_scheme
 // dynamic): value = e4m3 element * the scale of its block. Weights have one scale per 128 x 128
@@ -263,6 +281,19 @@ class Backend {
   virtual bool UploadNeedsScratch(DType /*src_dtype*/, DType /*dst_dtype*/) const { return false; }
   // An event on this backend's stream. The default has always passed.
   virtual std::unique_ptr<DeviceEvent> CreateEvent();
+  // A timer on this backend's stream. The default: the host's clock (host-synchronous backends).
+  virtual std::unique_ptr<DeviceTimer> CreateTimer();
+  // Waits until `passed()` holds (a DeviceEvent's or DeviceTimer's Query(), for work enqueued
+  // before later steps' work): polls, yielding the core between polls, for up to kPollWait, then
+  // waits in Synchronize() (for the whole stream, later work included) and returns. A device
+  // error surfaces in the polls (CUDA's Query checks it: a fatal error at once); a device that
+  // never finishes is bounded only where Synchronize is (SetStreamWait: the NCCL communicator's
+  // wait ends the job after --collective-timeout; a lone GPU's cudaStreamSynchronize is not).
+  // NOTE: polling, not a blocking wait, so a step's results are read the moment they land (the
+  // lowest latency; one core busy while the device runs), and not Synchronize at once, which
+  // would also wait for the step enqueued behind this one (async scheduling).
+  static constexpr double kPollWait = 1.0;  // seconds
+  void WaitUntil(const std::function<bool()>& passed);
   // Replaces how the host waits for the stream in Synchronize() (the default: block until it
   // drains). The NCCL communicator installs a bounded wait that watches its collectives for a
   // dead or hung peer (parallel/nccl_communicator.h), since its collectives are only enqueued and

@@ -98,7 +98,9 @@ struct StepTime {
   bool ok = false;  // false: the endpoint could not be read or does not export them
   double seconds = 0;
   int64_t steps = 0;
-  double host_seconds = 0;  // tessera:engine_step_host_seconds_sum (0 from older servers)
+  double host_seconds = 0;   // tessera:engine_step_host_seconds_sum (0 from older servers)
+  bool have_device = false;  // tessera:engine_step_device_seconds_sum (absent from older servers)
+  double device_seconds = 0;
 };
 
 StepTime ScrapeStepTime(const std::string& address) {
@@ -132,6 +134,10 @@ StepTime ScrapeStepTime(const std::string& address) {
       have_sum = true;
     }
     if (name == "tessera:engine_step_host_seconds_sum") t.host_seconds += value;
+    if (name == "tessera:engine_step_device_seconds_sum") {
+      t.device_seconds += value;
+      t.have_device = true;
+    }
     if (name == "tessera:engine_step_seconds_count") {
       t.steps += static_cast<int64_t>(value);
       have_count = true;
@@ -304,7 +310,15 @@ absl::StatusOr<BenchServeResult> RunBenchServe(const BenchServeOptions& options)
     r.have_bound = true;
     r.engine_step_seconds = after.seconds - before.seconds;
     r.engine_steps = after.steps - before.steps;
-    r.bound_output_throughput = static_cast<double>(r.output_tokens) / r.engine_step_seconds;
+    r.have_device =
+        before.have_device && after.have_device && after.device_seconds > before.device_seconds;
+    double busy = r.engine_step_seconds;  // older servers: the steps' host-side time
+    if (r.have_device) {
+      r.device_busy_seconds = after.device_seconds - before.device_seconds;
+      r.device_utilization = r.device_busy_seconds / duration;
+      busy = r.device_busy_seconds;
+    }
+    r.bound_output_throughput = static_cast<double>(r.output_tokens) / busy;
     r.efficiency = r.output_throughput / r.bound_output_throughput;
     r.engine_host_seconds = after.host_seconds - before.host_seconds;
     if (r.engine_steps > 0) r.host_us_per_step = 1e6 * r.engine_host_seconds / r.engine_steps;
@@ -345,8 +359,15 @@ std::string BenchServeReport(const BenchServeOptions& o, const BenchServeResult&
   if (r.have_bound) {
     line("Engine step time (s), steps",
          absl::StrFormat("%.2f, %d", r.engine_step_seconds, r.engine_steps));
-    line("Bound: output tok/s at zero overhead",
-         absl::StrFormat("%.2f", r.bound_output_throughput));
+    if (r.have_device) {
+      line("Device busy (s), utilization",
+           absl::StrFormat("%.2f, %.1f%%", r.device_busy_seconds, 100 * r.device_utilization));
+      line("Bound: output tok/s, device never idle",
+           absl::StrFormat("%.2f", r.bound_output_throughput));
+    } else {
+      line("Bound: output tok/s (from step times)",
+           absl::StrFormat("%.2f", r.bound_output_throughput));
+    }
     line("Engine efficiency", absl::StrFormat("%.1f%%", 100 * r.efficiency));
     line("Engine host time (s), us per step",
          absl::StrFormat("%.2f, %.0f", r.engine_host_seconds, r.host_us_per_step));
@@ -389,6 +410,10 @@ std::string BenchServeJson(const BenchServeOptions& o, const BenchServeResult& r
     j["engine_steps"] = r.engine_steps;
     j["bound_output_throughput"] = r.bound_output_throughput;
     j["efficiency"] = r.efficiency;
+    if (r.have_device) {
+      j["device_busy_seconds"] = r.device_busy_seconds;
+      j["device_utilization"] = r.device_utilization;
+    }
     j["engine_host_seconds"] = r.engine_host_seconds;
     j["host_us_per_step"] = r.host_us_per_step;
   }

@@ -7,11 +7,15 @@
 // log-normal around a mean as ShareGPT's are (the same draw as `tessera bench`'s throughput run).
 // Every request sets ignore_eos, so it generates exactly its drawn output length.
 //
-// The bound: when the server's metrics endpoint is given, the benchmark reads the engine's own
-// step time (tessera:engine_step_seconds, the time from a step's plan to its sampled ids, summed)
-// before and after the run. Output tokens / summed step time is what the run would reach if the
-// engine spent no time between steps (scheduling, detokenising, streaming); efficiency = achieved
-// output throughput / that bound.
+// The bound: when the server's metrics endpoint is given, the benchmark reads the engine's device
+// time (tessera:engine_step_device_seconds: each step's span on rank 0's device, summed) before
+// and after the measured window. device busy = its growth over the window; bound = output tokens
+// / device busy, what the run would reach if the device never waited between steps (for the
+// host's scheduling, detokenising, streaming, or for requests: a run that does not keep the
+// server full is bounded by its arrivals, not the engine); efficiency = achieved / bound =
+// device busy / the window's wall time (device utilization). Servers without that metric give
+// the older bound from tessera:engine_step_seconds (a step's host-side time: with async
+// scheduling its period, so efficiency reads ~1 whatever happens).
 #pragma once
 
 #include <cstdint>
@@ -61,9 +65,13 @@ struct BenchServeResult {
   double goodput = 0;  // requests / s meeting the SLOs (0 when none given)
   // From the server's metrics (when metrics_address is set and the server exports them).
   bool have_bound = false;
-  double engine_step_seconds = 0;
+  double engine_step_seconds = 0;  // tessera:engine_step_seconds over the window
   int64_t engine_steps = 0;
-  double bound_output_throughput = 0;  // output tokens / engine step seconds
+  // tessera:engine_step_device_seconds over the window (false: the server does not export it).
+  bool have_device = false;
+  double device_busy_seconds = 0;
+  double device_utilization = 0;       // device_busy_seconds / duration_s
+  double bound_output_throughput = 0;  // output tokens / device busy (else / engine step seconds)
   double efficiency = 0;               // output_throughput / bound_output_throughput
   // Rank 0's host time outside the forwards over the run (tessera:engine_step_host_seconds):
   // what the device waits for each step unless the engine overlaps it.

@@ -1,9 +1,11 @@
 // The CPU backend: float32 activations and weights in host memory, ops from reference.h.
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/base/check.h"
@@ -251,6 +253,34 @@ class PassedEvent final : public DeviceEvent {
 }  // namespace
 
 std::unique_ptr<DeviceEvent> Backend::CreateEvent() { return std::make_unique<PassedEvent>(); }
+
+namespace {
+// The host's clock between Begin() and End(): the ops' own time where they run to completion.
+class HostTimer final : public DeviceTimer {
+ public:
+  void Begin() override { begin_ = end_ = Clock::now(); }
+  void End() override { end_ = Clock::now(); }
+  bool Query() override { return true; }
+  double Seconds() override { return std::chrono::duration<double>(end_ - begin_).count(); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point begin_, end_;
+};
+}  // namespace
+
+std::unique_ptr<DeviceTimer> Backend::CreateTimer() { return std::make_unique<HostTimer>(); }
+
+void Backend::WaitUntil(const std::function<bool()>& passed) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::duration<double>(kPollWait);
+  while (!passed()) {
+    if (std::chrono::steady_clock::now() > give_up) {
+      Synchronize();
+      return;
+    }
+    std::this_thread::yield();
+  }
+}
 
 void Backend::TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
                              int32_t* ids) {

@@ -81,6 +81,36 @@ class CudaEvent final : public DeviceEvent {
   cudaEvent_t event_ = nullptr;
 };
 
+// Two timing events (the others are created without timing, which makes them cheaper).
+class CudaTimer final : public DeviceTimer {
+ public:
+  explicit CudaTimer(cudaStream_t stream) : stream_(stream) {
+    CUDA_CHECK(cudaEventCreate(&begin_));
+    CUDA_CHECK(cudaEventCreate(&end_));
+  }
+  ~CudaTimer() override {
+    cudaEventDestroy(begin_);
+    cudaEventDestroy(end_);
+  }
+  void Begin() override { CUDA_CHECK(cudaEventRecord(begin_, stream_)); }
+  void End() override { CUDA_CHECK(cudaEventRecord(end_, stream_)); }
+  bool Query() override {
+    const cudaError_t result = cudaEventQuery(end_);
+    if (result == cudaErrorNotReady) return false;
+    CUDA_CHECK(result);
+    return true;
+  }
+  double Seconds() override {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, begin_, end_));
+    return ms / 1e3;
+  }
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t begin_ = nullptr, end_ = nullptr;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -198,6 +228,9 @@ class CudaBackend final : public Backend {
     return src_dtype != dst_dtype;
   }
   std::unique_ptr<DeviceEvent> CreateEvent() override;
+  std::unique_ptr<DeviceTimer> CreateTimer() override {
+    return std::make_unique<CudaTimer>(stream_);
+  }
   // On the device, bit for bit the host default's values (random.cu), enqueued like any op.
   void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
                   float scale) override {

@@ -635,7 +635,9 @@ void Engine::CollectStep(StepRecord* rec) {
   if (metrics_ != nullptr) {
     // The step's time: from its launch, or from the previous step's results if it ran behind it.
     metrics_->ObserveEngineStep(Seconds(now - std::max(step.launched, last_collected_)));
+    metrics_->ObserveEngineStepDevice(result.device_seconds);
   }
+  rec->collected_device_ns = static_cast<int64_t>(result.device_seconds * 1e9);
   last_collected_ = now;
   // The output work of the previous step ran beside this forward; what it ended (stop strings,
   // slow readers) is freed now, and such a sequence's token of this step is discarded.

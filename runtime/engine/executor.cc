@@ -1,6 +1,7 @@
 #include "runtime/engine/executor.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include "kernels/base/check.h"
 #include "kernels/base/status_macros.h"
@@ -58,10 +59,18 @@ void Executor::AllocateKv(Backend& backend, int num_kv_blocks, int block_size) {
                                   static_cast<int>(config_.head_dim));
 }
 
+void Executor::SetBackend(Backend& backend) {
+  backend_ = &backend;
+  if (parallel_.rank != 0) return;
+  for (auto& timer : timers_) timer = backend.CreateTimer();
+  next_timer_ = 0;
+}
+
 absl::Status Executor::LoadModel(const Checkpoint& checkpoint, Backend& backend,
                                  const StepLimits& limits) {
   ASSIGN_OR_RETURN(model_, Qwen3Model::Load(config_, checkpoint, backend, MakeShard()));
   model_->PlanWorkspace(limits);
+  SetBackend(backend);
   return absl::OkStatus();
 }
 
@@ -76,6 +85,7 @@ absl::Status Executor::LoadDummy(Backend& backend, int num_kv_blocks, int block_
                                  const StepLimits& limits, uint64_t seed) {
   ASSIGN_OR_RETURN(model_, Qwen3Model::LoadDummy(config_, backend, MakeShard(), seed));
   model_->PlanWorkspace(limits);
+  SetBackend(backend);
   AllocateKv(backend, num_kv_blocks, block_size);
   return absl::OkStatus();
 }
@@ -194,7 +204,12 @@ void Executor::Launch(const StepPlan& plan, StepRecord* record) {
       << "a step launched while a step that does not overlap is uncollected";
   Broadcast(plan, record);
   if (record != nullptr) record->Begin(StepPhase::kForward);
+  DeviceTimer* timer = timers_[next_timer_].get();
+  next_timer_ = (next_timer_ + 1) % static_cast<int>(std::size(timers_));
+  timer->Begin();
   in_flight_.push_back(LaunchLocal(plan));
+  timer->End();
+  in_flight_.back().timer = timer;
   if (record != nullptr) record->End(StepPhase::kForward);
 }
 
@@ -210,6 +225,12 @@ StepOutput Executor::Collect(StepRecord* record) {
   if (record != nullptr) record->Begin(StepPhase::kCollect);
   StepOutput output;
   CollectLocal(in_flight_.front(), &output);
+  // NOTE: the timer's end follows the step's last op, which the wait for its results saw pass
+  // (Qwen3Model::Collect), so this returns at once; with pipeline stages rank 0's part ended
+  // before the last stage sent the results.
+  DeviceTimer* timer = in_flight_.front().timer;
+  backend_->WaitUntil([timer] { return timer->Query(); });
+  output.device_seconds = timer->Seconds();
   in_flight_.pop_front();
   if (record != nullptr) record->End(StepPhase::kCollect);
   return output;

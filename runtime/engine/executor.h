@@ -76,7 +76,9 @@ class Executor {
   // Collect returns the results of the oldest launched step. An overlapped plan
   // (`plan.overlapped`: one stage, one micro-batch per replica) lets one more step be launched
   // before it is collected; when none is, Collect first tells the workers (a kCollect plan).
-  // A plan that is not overlapped is collected before the next launch.
+  // A plan that is not overlapped is collected before the next launch. Rank 0's share of each
+  // step is timed on its stream (Backend::CreateTimer, two timers in turn: at most two steps are
+  // in flight); Collect reads the time once the step's results are in (StepOutput::device_seconds).
   void Launch(const StepPlan& plan, StepRecord* record = nullptr);
   StepOutput Collect(StepRecord* record = nullptr);
   // Launched steps not yet collected (rank 0).
@@ -98,6 +100,7 @@ class Executor {
     std::vector<std::vector<std::pair<size_t, size_t>>> sizes;  // [dp][micro]: rows, logit floats
     std::vector<std::vector<float>> logits;                     // [micro]
     std::vector<std::vector<int32_t>> tokens;                   // [micro]
+    DeviceTimer* timer = nullptr;  // rank 0: one of timers_, around LaunchLocal
   };
   Pending LaunchLocal(const StepPlan& plan);
   // Waits for this rank's results of `pending`, then reports them: the last stage's TP rank 0
@@ -106,6 +109,8 @@ class Executor {
   void Broadcast(const StepPlan& plan, StepRecord* record);
   bool multi_rank() const;
   ShardSpec MakeShard();
+  // The backend and, on rank 0, the step timers (after loading).
+  void SetBackend(Backend& backend);
 
   ModelConfig config_;
   ParallelConfig parallel_;
@@ -117,6 +122,11 @@ class Executor {
   std::unique_ptr<Qwen3Model> model_;
   std::unique_ptr<KvCache> kv_;
   std::deque<Pending> in_flight_;  // rank 0: launched, not collected, oldest first
+  Backend* backend_ = nullptr;
+  // Rank 0: each launch takes the next (with at most two steps in flight, the other one is the
+  // step still in flight, if any).
+  std::unique_ptr<DeviceTimer> timers_[2];
+  int next_timer_ = 0;
 };
 
 }  // namespace tessera

@@ -36,8 +36,9 @@ Metrics::Metrics() {
   e2e_.bounds = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
                  30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
   step_.bounds = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0};
+  step_device_.bounds = step_.bounds;
   host_.bounds = {0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5};
-  for (Histogram* h : {&ttft_, &itl_, &tpot_, &e2e_, &step_, &host_}) {
+  for (Histogram* h : {&ttft_, &itl_, &tpot_, &e2e_, &step_, &step_device_, &host_}) {
     h->counts.assign(h->bounds.size() + 1, 0);
   }
 }
@@ -151,8 +152,13 @@ std::string Metrics::Render() const {
                   tpot_, &out);
   RenderHistogram("tessera:e2e_request_latency_seconds", "End-to-end request latency.", e2e_, &out);
   RenderHistogram("tessera:engine_step_seconds",
-                  "Engine step time, from its plan to its sampled ids (no time between steps).",
+                  "Engine step time on rank 0's host, from its launch (or the previous step's "
+                  "results, if later) to its sampled ids (with async scheduling: its period).",
                   step_, &out);
+  RenderHistogram("tessera:engine_step_device_seconds",
+                  "Rank 0's device time per engine step: the span of its forward's ops on the "
+                  "device (CUDA events; the forward's wall time on the CPU backend).",
+                  step_device_, &out);
   RenderHistogram("tessera:engine_step_host_seconds",
                   "Rank 0's host time per forward step outside the forward (intake, scheduling, "
                   "plan, broadcast, sampling, outputs on the step loop).",

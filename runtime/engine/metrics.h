@@ -44,10 +44,16 @@ class Metrics {
   // A request's mean gap between tokens (one observation per request).
   void ObserveTimePerOutputToken(double seconds) { Observe(&tpot_, seconds); }
   void ObserveEndToEnd(double seconds) { Observe(&e2e_, seconds); }
-  // Per engine step: the time from its plan to its sampled ids (Executor::Execute), the
-  // engine's own cost of the step; gaps between steps are scheduling overhead (bench-serve's
-  // bound divides output tokens by this sum).
+  // Per engine step, on rank 0's host: from its launch (or the previous step's results, if
+  // later) to its sampled ids. Synchronous steps: the step's own time; with async scheduling its
+  // period, which includes any idle device time between steps.
   void ObserveEngineStep(double seconds) { Observe(&step_, seconds); }
+  // Per engine step: rank 0's device time of its forward (StepOutput::device_seconds: the span of
+  // the step's ops on the device, timed with events; the forward's wall time on the CPU backend).
+  // Unlike ObserveEngineStep it excludes the device's idle time between steps, also with async
+  // scheduling (where a step's engine_step_seconds is its period): bench-serve's bound divides
+  // output tokens by this sum, and its efficiency is this sum over the wall time.
+  void ObserveEngineStepDevice(double seconds) { Observe(&step_device_, seconds); }
   // Rank 0's host time of one forward step outside its forward: intake, scheduling, the plan,
   // its broadcast, sampling bookkeeping and the output work done on the step loop. On a GPU the
   // device idles for about this long per step (less what the output thread overlaps).
@@ -95,11 +101,11 @@ class Metrics {
       preemptions_{0};
   std::string model_name_ = "tessera";  // set before serving
   std::string cache_config_;            // the cache_config_info labels; set before serving
-  Histogram ttft_, itl_, tpot_, e2e_, step_, host_;  // guarded by mu_
-  std::map<std::string, int64_t> finished_;          // guarded by mu_
-  std::map<std::string, int64_t> errors_;            // guarded by mu_
-  std::vector<int64_t> expert_tokens_;               // guarded by mu_
-  std::vector<int64_t> rank_rows_;                   // guarded by mu_
+  Histogram ttft_, itl_, tpot_, e2e_, step_, step_device_, host_;  // guarded by mu_
+  std::map<std::string, int64_t> finished_;                        // guarded by mu_
+  std::map<std::string, int64_t> errors_;                          // guarded by mu_
+  std::vector<int64_t> expert_tokens_;                             // guarded by mu_
+  std::vector<int64_t> rank_rows_;                                 // guarded by mu_
 };
 
 }  // namespace tessera

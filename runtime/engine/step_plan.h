@@ -32,6 +32,10 @@ struct StepPlan {
 struct StepOutput {
   std::vector<int32_t> tokens;  // [logit rows]: the id sampled on the device, or -1
   std::vector<float> logits;    // [rows with -1 above, vocab] float32
+  // Rank 0's device time of the step (Executor::Collect): its forward's span on rank 0's stream,
+  // from the first op enqueued to the last (sampling and the ids' copy included), by a
+  // DeviceTimer; with pipeline stages all of rank 0's micro-batches. Wall time on the CPU backend.
+  double device_seconds = 0;
 };
 
 std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan);

@@ -42,6 +42,7 @@ const char* StepPhaseName(StepPhase phase);
 struct StepRecord {
   int64_t step = 0;
   int64_t collected = -1;  // the step whose results kCollect and kSample took (async: step - 1)
+  int64_t collected_device_ns = 0;  // that step's device time (StepOutput::device_seconds)
   int64_t begin_ns[static_cast<int>(StepPhase::kCount)] = {};
   int64_t end_ns[static_cast<int>(StepPhase::kCount)] = {};
   int seqs = 0;               // sequences in the step

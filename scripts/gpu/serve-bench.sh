@@ -11,7 +11,8 @@
 # LONG_PREFILL="256 512" repeats concurrency 64 with --long-prefill-token-threshold at each value.
 # A/B of async scheduling in the same call: for each model in AB_MODELS (default Qwen3-14B) the
 # burst runs again on a server started with --no-async-scheduling ("sync" in its label; AB_MODELS=
-# skips it).
+# skips it). bench-serve's efficiency is the GPU's utilization (tessera:engine_step_device_seconds
+# over the window's wall time: device_utilization), so it compares the modes as well.
 set -u
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -52,7 +53,7 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
       --warmup 4 --json "$@" >/tmp/bs.json 2>/tmp/bs.err
     tail -c 1000 /tmp/bs.err >>$S
     python3 -c "import json,sys; r=json.load(open('/tmp/bs.json')); print(json.dumps({'model':'$model','run':'$label','result':r}))" >>$J
-    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','bound_output_throughput','host_us_per_step','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
+    python3 -c "import json; r=json.load(open('/tmp/bs.json')); print({k: r.get(k) for k in ('output_throughput','request_throughput','efficiency','device_utilization','device_busy_seconds','engine_step_seconds','bound_output_throughput','host_us_per_step','failed','completed')}, 'tpot', r.get('tpot_ms'), 'itl', r.get('itl_ms'), 'ttft', r.get('ttft_ms'))" 2>&1 | tee -a $S
   }
   run "burst ${BURST:-1000}, log-normal 256/128" --num-prompts ${BURST:-1000} --request-rate inf \
     --input-mean 256 --output-mean 128
@@ -98,6 +99,10 @@ for kind, want in (("pure decode", True), ("mixed/prefill", False)):
         d = [e["dur"] for e in ev if e.get("cat") == "phase" and e["name"] == name
              and e["args"]["step"] in ids]
         if d: line.append(f"{name} {statistics.median(d):.0f}/{statistics.mean(d):.0f}")
+    # The device time of the step each record collected (older binaries: absent).
+    dev = [a["collected_device_ms"] * 1e3 for s, a in steps.items()
+           if a.get("collected", -1) in ids and "collected_device_ms" in a]
+    if dev: line.append(f"device {statistics.median(dev):.0f}/{statistics.mean(dev):.0f}")
     print(" ".join(line))
 PY
     gzip -c /tmp/steps-$model.json >$OUT/steps-$model.json.gz

@@ -2,8 +2,9 @@
 """`tessera bench-serve` end to end: a real `tessera serve` (the embedded tiny model on the CPU,
 free ports) and the load generator through its gRPC API, with --metrics-address for the engine's
 bound. Checks the JSON report is whole and its figures consistent; speed itself is measured on the
-GPU machine, not here. The server runs with --step-trace: after it drains, the step timeline is
-Chrome trace JSON with every step's phases and composition.
+GPU machine, not here: the bound is the device's busy time (tessera:engine_step_device_seconds),
+at most the window's wall time. The server runs with --step-trace: after it drains, the step
+timeline is Chrome trace JSON with every step's phases and composition.
 
 usage: bench_serve_smoke_test.py TESSERA
 """
@@ -59,14 +60,21 @@ try:
     for name in ("ttft_ms", "tpot_ms"):
         assert r[name]["mean"] > 0 and r[name]["p50"] > 0 and r[name]["p99"] > 0, (name, r[name])
     for name in ("engine_step_seconds", "engine_steps", "bound_output_throughput", "efficiency",
-                 "engine_host_seconds", "host_us_per_step"):
+                 "engine_host_seconds", "host_us_per_step", "device_busy_seconds",
+                 "device_utilization"):
         assert name in r, (name, sorted(r))
     assert r["engine_steps"] > 0 and r["bound_output_throughput"] > 0, r
-    assert 0 < r["efficiency"] <= 1.5, r["efficiency"]
+    # The bound is the device's (here: the forwards' wall time on the CPU): busy at most the
+    # whole window, and efficiency = achieved / bound = busy / wall.
+    busy, util = r["device_busy_seconds"], r["device_utilization"]
+    assert 0 < busy <= r["duration_s"] * 1.01, (busy, r["duration_s"])
+    assert 0 < util <= 1.01, util
+    assert abs(r["efficiency"] - util) < 1e-6 * max(1, util), (r["efficiency"], util)
+    assert abs(r["bound_output_throughput"] * busy - r["total_output_tokens"]) < 1e-3, r
     assert r["output_throughput"] > 0 and r["duration_s"] > 0, r
     print(f"ok   bench-serve: {r['output_throughput']:.0f} output tok/s, TTFT p50 "
           f"{r['ttft_ms']['p50']:.1f} ms, TPOT p50 {r['tpot_ms']['p50']:.2f} ms, "
-          f"efficiency {r['efficiency']:.2f}")
+          f"efficiency {r['efficiency']:.2f} (device busy {busy:.3f} s of {r['duration_s']:.3f})")
 
     assert r["engine_host_seconds"] > 0 and r["host_us_per_step"] > 0, r
 
@@ -90,6 +98,8 @@ try:
     for e in steps:
         a = e["args"]
         assert a["seqs"] >= 1 and a["decode_tokens"] + a["prefill_tokens"] >= a["seqs"], a
+        assert a["collected_device_ms"] >= 0, a
+    assert sum(e["args"]["collected_device_ms"] for e in steps) > 0, steps
     print(f"ok   step trace: {len(steps)} steps, {len(phases)} phases")
     code = 0
 except Exception as e:

@@ -3,8 +3,10 @@
 // No tolerance applies here: the rule (kernels/base/sampling_rule.h) makes the draw a function
 // of the bf16 logits alone, with integer weight sums, so the GPU must return exactly the CPU's
 // ids. Logits are bf16-rounded N(0, sigma) values: at 152K entries bf16 makes many exact ties,
-// which exercises the tie rules of greedy, top-k and top-p.
+// which exercises the tie rules of greedy, top-k and top-p. Also the async-scheduling mechanism
+// beside the sampler: TakeSampledIds, and the step timer (DeviceTimer).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -162,6 +164,31 @@ TEST_F(CudaTest, TakeSampledIdsGivesTheCpuBackendsIds) {
                          d_ids.as<int32_t>());
     EXPECT_EQ(DownloadRaw<int32_t>(gpu(), d_ids, n), want) << n << " tokens";
   }
+}
+
+// The step timer (Backend::CreateTimer: the engine's per-step device time) around enqueued work:
+// passed once the work is (WaitUntil, no Synchronize), positive and within the host's wall time
+// for it; an empty span is ~0.
+TEST_F(CudaTest, TimerGivesTheDeviceTimeOfEnqueuedWork) {
+  constexpr size_t kCount = size_t{64} << 20;  // bf16: 128 MiB per fill
+  DeviceBuffer buffer = gpu().Allocate(kCount * 2);
+  gpu().Synchronize();
+  std::unique_ptr<DeviceTimer> timer = gpu().CreateTimer();
+  const auto begin = std::chrono::steady_clock::now();
+  timer->Begin();
+  for (int i = 0; i < 8; ++i) gpu().FillRandom(buffer.data(), DType::kBF16, kCount, i, 0, 1);
+  timer->End();
+  gpu().WaitUntil([&] { return timer->Query(); });
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const double seconds = timer->Seconds();
+  EXPECT_GT(seconds, 0);
+  EXPECT_LE(seconds, wall);
+  timer->Begin();
+  timer->End();
+  gpu().WaitUntil([&] { return timer->Query(); });
+  EXPECT_GE(timer->Seconds(), 0);
+  EXPECT_LT(timer->Seconds(), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaSamplingTest,

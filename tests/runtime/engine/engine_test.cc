@@ -5,7 +5,8 @@
 // them on the device) on and off, and the output work on the output thread (async_output, one
 // step late for stop strings) and without it. Seeded sampling, penalties and logprobs (which make
 // a step synchronous) give the same tokens with async scheduling on and off. The step trace of
-// such a run has its phases and the output thread's track.
+// such a run has its phases and the output thread's track; its metrics have every step's device
+// time.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -81,6 +82,15 @@ std::vector<Result> SubmitAll(Engine& engine, const std::vector<EngineRequest>& 
   std::vector<Result> results;
   for (auto& stream : streams) results.push_back(Drain(*stream));
   return results;
+}
+
+// The value of sample `name` (a counter, or a histogram's _sum / _count) in Metrics::Render()'s
+// text; -1 when absent.
+double MetricValue(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + "{");
+  if (at == std::string::npos) return -1;
+  const size_t value = text.find("} ", at);
+  return value == std::string::npos ? -1 : std::atof(text.c_str() + value + 2);
 }
 
 class EngineLoadTest : public ::testing::Test {
@@ -216,6 +226,7 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
     options.step_trace_path = trace;
     std::vector<Result> got(requests.size());
     std::vector<Result> cancelled;
+    const auto began = std::chrono::steady_clock::now();
     {
       // 40 blocks of 16 for up to 12 sequences of up to 120 tokens: preemption.
       auto r = Start(options, 40, &metrics);
@@ -247,6 +258,8 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
       EXPECT_EQ(r->engine->stats().free_blocks, 40);
       EXPECT_EQ(r->engine->in_flight(), 0);
     }
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
     for (size_t i = 0; i < requests.size(); ++i) {
       EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
       EXPECT_EQ(got[i].text, expected[i].text) << "request " << i;
@@ -258,6 +271,15 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
     EXPECT_EQ(rendered.find("tessera:num_preemptions_total 0\n"), std::string::npos)
         << "the run should preempt";
     EXPECT_NE(rendered.find("tessera:engine_step_host_seconds_count"), std::string::npos);
+    // Every collected step has its device time (here the forward's wall time): as many
+    // observations as steps, a positive sum, within the run's wall time.
+    const double steps = MetricValue(rendered, "tessera:engine_step_seconds_count");
+    const double device_steps = MetricValue(rendered, "tessera:engine_step_device_seconds_count");
+    const double device = MetricValue(rendered, "tessera:engine_step_device_seconds_sum");
+    EXPECT_GT(steps, 0);
+    EXPECT_EQ(device_steps, steps);
+    EXPECT_GT(device, 0);
+    EXPECT_LE(device, wall);
 
     std::ifstream in(trace);
     std::stringstream ss;
@@ -266,7 +288,7 @@ TEST_F(EngineLoadTest, UnderLoadEqualsOneAtATime) {
     EXPECT_EQ(json.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u) << json.size();
     for (const char* phase :
          {"\"intake\"", "\"schedule\"", "\"plan\"", "\"forward\"", "\"collect\"", "\"sample\"",
-          "\"output_wait\"", "\"output\"", "\"prefill_tokens\":"}) {
+          "\"output_wait\"", "\"output\"", "\"prefill_tokens\":", "\"collected_device_ms\":"}) {
       EXPECT_NE(json.find(phase), std::string::npos) << phase;
     }
     // Overlapped steps collect the step before the one they launch; synchronous ones their own.
