@@ -186,15 +186,27 @@ void ExpertExchange::SetValidRows(int rows) {
 }
 
 void ExpertExchange::SyncLoad() {
+  const size_t row = static_cast<size_t>(ranks_ + shape_.num_experts);
+  ep_.AllGather(load_.data(), load_all_.data(), row, DType::kI64);
+  backend_.CopyToHost(host_load_.data(), load_all_.data(), load_sync_bytes());
+  FinishLoadSync(host_load_.data());
+}
+
+void ExpertExchange::StartLoadSync(void* host) {
+  const size_t row = static_cast<size_t>(ranks_ + shape_.num_experts);
+  ep_.AllGather(load_.data(), load_all_.data(), row, DType::kI64);
+  backend_.CopyToHostAsync(host, load_all_.data(), load_sync_bytes());
+}
+
+void ExpertExchange::FinishLoadSync(const void* host) {
   const int S = ranks_, E = shape_.num_experts;
   const size_t row = static_cast<size_t>(S + E);
-  ep_.AllGather(load_.data(), load_all_.data(), row, DType::kI64);
-  backend_.CopyToHost(host_load_.data(), load_all_.data(), host_load_.size() * sizeof(int64_t));
-  // after this loop: the totals include every rank's low-latency counts up to this call, each
+  const auto* gathered = static_cast<const int64_t*>(host);  // [S, S + E]
+  // after this loop: the totals include every rank's low-latency counts up to the gather, each
   // added once (the counters only grow; what the last sync saw is subtracted).
   for (size_t i = 0; i < row; ++i) {
     int64_t total = 0;
-    for (int r = 0; r < S; ++r) total += host_load_[r * row + i];
+    for (int r = 0; r < S; ++r) total += gathered[r * row + i];
     const int64_t added = total - synced_load_[i];
     synced_load_[i] = total;
     if (i < static_cast<size_t>(S)) {

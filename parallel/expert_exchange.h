@@ -124,6 +124,14 @@ class ExpertExchange {
   // Collective over `ep`, never inside a recorded graph: the low-latency counters of every rank
   // all-gathered and read by the host (waits for the stream) into the totals above.
   void SyncLoad();
+  // SyncLoad in two halves, for a host that must not wait for the stream here (async
+  // scheduling): StartLoadSync (the collective) gathers the counters on the device and enqueues
+  // their copy to `host` (AllocateStaging memory of load_sync_bytes() bytes); FinishLoadSync,
+  // once an event recorded after StartLoadSync has passed, adds that copy to the totals. Finish
+  // them in the order they were started (each adds what grew since the one before).
+  size_t load_sync_bytes() const { return host_load_.size() * sizeof(int64_t); }
+  void StartLoadSync(void* host);
+  void FinishLoadSync(const void* host);
 
   // Device bytes held by the exchange's buffers.
   size_t workspace_bytes() const { return workspace_bytes_; }
@@ -180,7 +188,8 @@ class ExpertExchange {
   std::vector<int64_t> tokens_per_expert_;
   std::vector<int64_t> rows_per_rank_;
   std::vector<int64_t> synced_load_;  // [S + E]: the group's low-latency totals at the last sync
-  std::vector<int64_t> host_load_;    // [S, S + E]: SyncLoad's gathered counters
+  std::vector<int64_t> host_load_;    // [S, S + E]: SyncLoad's gathered counters (its size
+                                      // sizes StartLoadSync's copy too)
   int64_t normal_pairs_ = 0, low_latency_pairs_ = 0;
 };
 

@@ -1,7 +1,6 @@
 #include "runtime/model/qwen3.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -9,7 +8,6 @@
 #include <iterator>
 #include <map>
 #include <set>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -748,6 +746,13 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
     sampled_ids_ = DeviceBuffer();
     token_from_ = DeviceBuffer();
   }
+  // The expert-load read-back (every rank of an expert-parallel stage).
+  for (Launched& l : launched_) {
+    l.load_synced = false;
+    l.load = ep_exchange_ != nullptr ? backend_.AllocateStaging(ep_exchange_->load_sync_bytes())
+                                     : DeviceBuffer();
+    l.load_done = ep_exchange_ != nullptr ? backend_.CreateEvent() : nullptr;
+  }
   num_launched_ = 0;
   next_launch_ = 0;
   // Penalties: each row's distinct (id, count) pairs and its float32 copy to apply them to.
@@ -1021,10 +1026,23 @@ std::string Qwen3Model::expert_exchange_summary() const {
                       ", ", ep_fp8_payload_ ? "FP8" : "activation-dtype", " payload");
 }
 
-void Qwen3Model::SyncExpertLoadIfDue() {
+void Qwen3Model::StartExpertLoadSyncIfDue(Launched& step) {
+  step.load_synced = false;
   if (ep_exchange_ == nullptr || ep_load_unsynced_ < ep_load_sync_steps_) return;
-  ep_exchange_->SyncLoad();
+  ep_exchange_->StartLoadSync(step.load.data());
+  step.load_done->Record();
+  step.load_synced = true;
   ep_load_unsynced_ = 0;
+}
+
+void Qwen3Model::FinishExpertLoadSync(Launched& step) {
+  if (!step.load_synced) return;
+  // NOTE: on the last stage the step's results were awaited first (recorded after this), so this
+  // returns at once; elsewhere the step is synchronous (pipeline stages) or has no rows.
+  DeviceEvent& done = *step.load_done;
+  backend_.WaitUntil([&done] { return done.Query(); });
+  ep_exchange_->FinishLoadSync(step.load.data());
+  step.load_synced = false;
 }
 
 // Embedding (or the previous stage's hidden states), this stage's layers, and the hand-off to
@@ -1290,18 +1308,18 @@ void Qwen3Model::Launch(const StepBatch& batch, KvCache& kv,
 
     RunStage(n, attn_batch, kv);
     if (!last_stage() || r == 0) {
-      SyncExpertLoadIfDue();
+      StartExpertLoadSyncIfDue(step);
       return;
     }
     backend_.CopyToDevice(logit_rows_.data(), batch.logit_tokens.data(), r * sizeof(int32_t));
     RunHead(r);
   }
+  // NOTE: before the sampling, so that the event Collect waits on is recorded after the load's
+  // copy as well (the load is read there with no further wait).
+  StartExpertLoadSyncIfDue(step);
   step.rows = r;
   // Tokens sampled on the device, or logits to the host with the vocabulary shards gathered.
   LaunchSampling(batch, step);
-  // NOTE: a collective with a host wait, every ep_load_sync_steps_ forwards: that step waits for
-  // itself here, so async scheduling does not overlap it.
-  SyncExpertLoadIfDue();
 }
 
 void Qwen3Model::TakeSampledIds(const StepBatch& batch) {
@@ -1408,19 +1426,16 @@ void Qwen3Model::Collect(std::vector<float>* logits, std::vector<int32_t>* token
   --num_launched_;
   logits->clear();
   tokens->clear();
-  if (!last_stage() || step.rows == 0) return;
-  // NOTE: the event, not Synchronize: the next step may already be enqueued behind this one. A
-  // step that takes longer than kEventWait goes to Synchronize, the host wait a communicator
-  // watches for a failed peer (it waits for the next step too, then).
-  constexpr auto kEventWait = std::chrono::seconds(1);
-  const auto give_up = std::chrono::steady_clock::now() + kEventWait;
-  while (!step.done->Query()) {
-    if (std::chrono::steady_clock::now() > give_up) {
-      backend_.Synchronize();
-      break;
-    }
-    std::this_thread::yield();
+  if (!last_stage() || step.rows == 0) {
+    FinishExpertLoadSync(step);
+    return;
   }
+  // NOTE: the event, not Synchronize: the next step may already be enqueued behind this one
+  // (Backend::WaitUntil: polls for up to a second, then the host wait a communicator watches for
+  // a failed peer, which waits for the next step too).
+  DeviceEvent& done = *step.done;
+  backend_.WaitUntil([&done] { return done.Query(); });
+  FinishExpertLoadSync(step);
   if (shard_.tp_rank != 0) return;  // only TP rank 0 reports to the coordinator
   tokens->assign(step.rows, -1);
   if (step.sampled) {

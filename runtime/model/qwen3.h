@@ -239,6 +239,11 @@ class Qwen3Model {
     DeviceBuffer ids;                   // int32 [logit rows], pinned host memory: the sampled ids
     std::unique_ptr<DeviceEvent> done;  // recorded after the step's last op
     std::vector<float> logits;          // [rows that return logits, vocab] (TP rank 0)
+    // The expert-load read-back this launch started (StartExpertLoadSyncIfDue; every rank of an
+    // expert-parallel stage): int64 [ep_size, ep_size + E] in pinned host memory, and its event.
+    bool load_synced = false;
+    DeviceBuffer load;
+    std::unique_ptr<DeviceEvent> load_done;
   };
   // Launch's tail on the last stage: the vocabulary shards of logits_buf_ gathered on the device;
   // every TP rank samples the device rows (TP rank 0 alone when some have penalties), TP rank 0
@@ -253,9 +258,14 @@ class Qwen3Model {
   // This rank's slice of an n-token micro-batch (ep_begin_, ep_count_, ep_tp_counts_); a decode
   // graph sets it again for its padded batch.
   void SetExpertSlice(int n);
-  // At the end of a forward: ExpertExchange::SyncLoad once ep_load_sync_steps_ forwards have run
-  // low-latency dispatches since the last (every rank of the stage counts the same forwards).
-  void SyncExpertLoadIfDue();
+  // After a forward's layers (before its sampling): once ep_load_sync_steps_ forwards have run
+  // low-latency dispatches since the last (every rank of the stage counts the same forwards),
+  // the expert-load counters' gather and their copy into `step.load`
+  // (ExpertExchange::StartLoadSync), read when the step is collected
+  // (FinishExpertLoadSync, after the wait for its results): no host wait in Launch, so async
+  // scheduling overlaps that step too.
+  void StartExpertLoadSyncIfDue(Launched& step);
+  void FinishExpertLoadSync(Launched& step);
   // MoE layer with experts spread over the stage (ep_size > 1), all on the device: route this
   // rank's slice of the tokens, send each token to the ranks owning its experts (ExpertExchange,
   // all-to-all; or, with TESSERA_EP_EXCHANGE=allgather, all-gather every rank's M rows over the
