@@ -76,6 +76,11 @@ class Profiler final : public ProfilingBackend {
     return b_.UploadNeedsScratch(st, dt);
   }
   std::unique_ptr<DeviceEvent> CreateEvent() override { return b_.CreateEvent(); }
+  std::unique_ptr<DeviceTimer> CreateTimer() override { return b_.CreateTimer(); }
+  void SetStreamWait(std::function<void()> wait) override { b_.SetStreamWait(std::move(wait)); }
+  void CopyToHostAsync(void* d, const void* s, size_t n) override {
+    Time("CopyToHostAsync", [&] { b_.CopyToHostAsync(d, s, n); });
+  }
   void FillRandom(void* dst, DType dtype, size_t count, uint64_t seed, float mean,
                   float scale) override {
     b_.FillRandom(dst, dtype, count, seed, mean, scale);
@@ -207,6 +212,10 @@ class Profiler final : public ProfilingBackend {
                     int32_t* tokens) override {
     Time("SampleTokens",
          [&] { b_.SampleTokens(logits, rows, vocab, shards, params, penalties, tokens); });
+  }
+  void TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                      int32_t* ids) override {
+    Time("TakeSampledIds", [&] { b_.TakeSampledIds(sampled, num_sampled, from, n, ids); });
   }
 
  private:

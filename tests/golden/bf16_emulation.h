@@ -38,6 +38,10 @@ class Bf16EmulationBackend final : public Backend {
     cpu_->DownloadFloat(dst, src, dtype, count);
   }
   void Synchronize() override {}
+  void CopyToHostAsync(void* dst, const void* src, size_t bytes) override {
+    cpu_->CopyToHostAsync(dst, src, bytes);
+  }
+  std::unique_ptr<DeviceTimer> CreateTimer() override { return cpu_->CreateTimer(); }
 
   void Embedding(const void* table, int64_t vocab_start, int64_t vocab_end, int64_t hidden,
                  const int32_t* ids, int n, void* out) override {
@@ -116,6 +120,21 @@ class Bf16EmulationBackend final : public Backend {
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {
     cpu_->SampleTokens(logits, rows, vocab, shards, params, penalties, tokens);
+  }
+  void TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                      int32_t* ids) override {
+    cpu_->TakeSampledIds(sampled, num_sampled, from, n, ids);
+  }
+  // FP8 experts: the CPU reference's fp32 result, rounded once (MoeExperts' per-expert roundings
+  // are not emulated). The model loads FP8 weights only where fp8_mode() is not kNone, and this
+  // backend's is kNone, so it does not reach here; forwarded so the wrapper hides no op.
+  bool MoeExpertsFp8Supported(const ExpertWeightsFp8& e) const override {
+    return cpu_->MoeExpertsFp8Supported(e);
+  }
+  void MoeExpertsFp8(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                     const ExpertWeightsFp8& e, void* out) override {
+    cpu_->MoeExpertsFp8(x, n, ids, weights, top_k, e, out);
+    Round(out, static_cast<int64_t>(n) * e.hidden);
   }
   void MoeExperts(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
                   const ExpertWeights& e, void* out) override {

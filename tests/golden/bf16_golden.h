@@ -74,6 +74,14 @@ class RoutingRecorder final : public Backend {
     b_.DownloadFloat(d, s, t, n);
   }
   void Synchronize() override { b_.Synchronize(); }
+  // The async mechanism as the inner backend has it: pinned staging, copies completed by events
+  // on its stream, the communicator's stream wait, timers.
+  DeviceBuffer AllocateStaging(size_t bytes) override { return b_.AllocateStaging(bytes); }
+  void CopyToHostAsync(void* d, const void* s, size_t n) override { b_.CopyToHostAsync(d, s, n); }
+  std::unique_ptr<DeviceEvent> CreateEvent() override { return b_.CreateEvent(); }
+  std::unique_ptr<DeviceTimer> CreateTimer() override { return b_.CreateTimer(); }
+  void SetStreamWait(std::function<void()> wait) override { b_.SetStreamWait(std::move(wait)); }
+  void* stream() const override { return b_.stream(); }
   void Embedding(const void* table, int64_t start, int64_t end, int64_t hidden, const int32_t* ids,
                  int n, void* out) override {
     b_.Embedding(table, start, end, hidden, ids, n, out);
@@ -129,6 +137,13 @@ class RoutingRecorder final : public Backend {
                   const ExpertWeights& experts, void* out) override {
     b_.MoeExperts(x, n, ids, weights, top_k, experts, out);
   }
+  bool MoeExpertsFp8Supported(const ExpertWeightsFp8& experts) const override {
+    return b_.MoeExpertsFp8Supported(experts);
+  }
+  void MoeExpertsFp8(const void* x, int n, const int32_t* ids, const float* weights, int top_k,
+                     const ExpertWeightsFp8& experts, void* out) override {
+    b_.MoeExpertsFp8(x, n, ids, weights, top_k, experts, out);
+  }
   void MoeDispatchLayout(const int32_t* ids, int n, int top_k, int num_ranks, int experts_per_rank,
                          int32_t* rank_counts, int32_t* expert_counts, int32_t* send_tokens,
                          int32_t* token_slots, int block_capacity, const int32_t* valid_rows,
@@ -150,6 +165,10 @@ class RoutingRecorder final : public Backend {
                     const SamplingRowParams* params, const SamplingPenalties* penalties,
                     int32_t* tokens) override {
     b_.SampleTokens(logits, rows, vocab, shards, params, penalties, tokens);
+  }
+  void TakeSampledIds(const int32_t* sampled, int num_sampled, const int32_t* from, int n,
+                      int32_t* ids) override {
+    b_.TakeSampledIds(sampled, num_sampled, from, n, ids);
   }
 
  private:
