@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <set>
@@ -88,46 +89,51 @@ std::vector<Result> GenerateConcurrently(ServerJob& job,
   return results;
 }
 
-TEST(ServeTest, ConcurrentStreamsEqualOfflineGreedy) {
-  ServerJob job(2, {"--model", kFixture, "--max-num-batched-tokens", "64"});
-  std::mt19937 rng(1);
-  constexpr int kStreams = 32;
+// `count` greedy streams at once through a 2-rank `tessera serve --model model <flags>` job, each
+// equal to `tessera run` on `model`: stream i has a random prompt (drawn from `seed`) of
+// prompt_len(i) tokens and asks for max_tokens(i) tokens. `also(i, result)`, if given, checks
+// more of each result.
+void ExpectConcurrentStreamsEqualOffline(
+    const std::string& model, std::vector<std::string> flags, unsigned seed, int count,
+    const std::function<int(int)>& prompt_len, const std::function<int(int)>& max_tokens,
+    const std::function<void(int, const Result&)>& also = nullptr) {
+  flags.insert(flags.begin(), {"--model", model});
+  ServerJob job(2, flags);
+  std::mt19937 rng(seed);
   std::vector<std::vector<int32_t>> prompts;
   std::vector<int> lengths;
-  for (int i = 0; i < kStreams; ++i) {
-    prompts.push_back(RandomPrompt(rng, 3 + (i * 7) % 40));
-    lengths.push_back(4 + i % 9);
+  for (int i = 0; i < count; ++i) {
+    prompts.push_back(RandomPrompt(rng, prompt_len(i)));
+    lengths.push_back(max_tokens(i));
   }
   const std::vector<Result> results = GenerateConcurrently(job, prompts, lengths);
-  for (int i = 0; i < kStreams; ++i) {
+  for (int i = 0; i < count; ++i) {
     ASSERT_TRUE(results[i].status.ok())
         << i << ": " << results[i].status.error_message() << "\nserver log:\n"
         << job.Log();
-    EXPECT_EQ(results[i].tokens, RunOffline(prompts[i], lengths[i])) << "stream " << i;
-    EXPECT_EQ(results[i].finish, v1::FINISH_REASON_LENGTH);
-    EXPECT_EQ(results[i].chunks, lengths[i]);  // one chunk per token: streamed, not batched up
+    EXPECT_EQ(results[i].tokens, RunOffline(prompts[i], lengths[i], model)) << "stream " << i;
+    if (also) also(i, results[i]);
   }
+}
+
+TEST(ServeTest, ConcurrentStreamsEqualOfflineGreedy) {
+  const auto length = [](int i) { return 4 + i % 9; };
+  ExpectConcurrentStreamsEqualOffline(
+      kFixture, {"--max-num-batched-tokens", "64"}, /*seed=*/1, /*count=*/32,
+      [](int i) { return 3 + (i * 7) % 40; }, length,
+      [&](int i, const Result& r) {
+        EXPECT_EQ(r.finish, v1::FINISH_REASON_LENGTH) << "stream " << i;
+        // One chunk per token: streamed, not batched up.
+        EXPECT_EQ(r.chunks, length(i)) << "stream " << i;
+      });
 }
 
 // Attention DP2 x EP2: both replicas busy with different token counts in most steps, so the
 // expert exchange pads unequal slices (and empty ones when a replica idles).
 TEST(ServeTest, ExpertParallelReplicasEqualOfflineGreedy) {
-  ServerJob job(2, {"--model", kMoeFixture, "--ep", "2", "--max-num-batched-tokens", "32"});
-  std::mt19937 rng(2);
-  constexpr int kStreams = 8;
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<int> lengths;
-  for (int i = 0; i < kStreams; ++i) {
-    prompts.push_back(RandomPrompt(rng, 2 + (i * 11) % 37));
-    lengths.push_back(3 + i % 5);
-  }
-  const std::vector<Result> results = GenerateConcurrently(job, prompts, lengths);
-  for (int i = 0; i < kStreams; ++i) {
-    ASSERT_TRUE(results[i].status.ok())
-        << i << ": " << results[i].status.error_message() << "\nserver log:\n"
-        << job.Log();
-    EXPECT_EQ(results[i].tokens, RunOffline(prompts[i], lengths[i], kMoeFixture)) << "stream " << i;
-  }
+  ExpectConcurrentStreamsEqualOffline(
+      kMoeFixture, {"--ep", "2", "--max-num-batched-tokens", "32"}, /*seed=*/2, /*count=*/8,
+      [](int i) { return 2 + (i * 11) % 37; }, [](int i) { return 3 + i % 5; });
 }
 
 // Async scheduling (the default) against --no-async-scheduling at TP2: each step's decode inputs
@@ -178,22 +184,9 @@ TEST(ServeTest, AsyncSchedulingGivesTheSynchronousTokens) {
 // Pipeline stages keep synchronous steps (async scheduling is on by default): concurrent streams
 // over PP2 with chunked prefill give the offline tokens.
 TEST(ServeTest, PipelineStagesGiveTheOfflineTokens) {
-  ServerJob job(2, {"--model", kFixture, "--pp", "2", "--max-num-batched-tokens", "32"});
-  std::mt19937 rng(11);
-  constexpr int kStreams = 8;
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<int> lengths;
-  for (int i = 0; i < kStreams; ++i) {
-    prompts.push_back(RandomPrompt(rng, 3 + (i * 9) % 40));
-    lengths.push_back(4 + i % 6);
-  }
-  const std::vector<Result> results = GenerateConcurrently(job, prompts, lengths);
-  for (int i = 0; i < kStreams; ++i) {
-    ASSERT_TRUE(results[i].status.ok())
-        << i << ": " << results[i].status.error_message() << "\nserver log:\n"
-        << job.Log();
-    EXPECT_EQ(results[i].tokens, RunOffline(prompts[i], lengths[i])) << "stream " << i;
-  }
+  ExpectConcurrentStreamsEqualOffline(
+      kFixture, {"--pp", "2", "--max-num-batched-tokens", "32"}, /*seed=*/11, /*count=*/8,
+      [](int i) { return 3 + (i * 9) % 40; }, [](int i) { return 4 + i % 6; });
 }
 
 TEST(ServeTest, PrefixCacheReusesBlocksAndGivesTheSameTokens) {
