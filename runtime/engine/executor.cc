@@ -225,9 +225,10 @@ StepOutput Executor::Collect(StepRecord* record) {
   if (record != nullptr) record->Begin(StepPhase::kCollect);
   StepOutput output;
   CollectLocal(in_flight_.front(), &output);
-  // NOTE: the timer's end follows the step's last op, which the wait for its results saw pass
-  // (Qwen3Model::Collect), so this returns at once; with pipeline stages rank 0's part ended
-  // before the last stage sent the results.
+  // NOTE: the timer's end directly follows the event the wait for the step's ids saw pass
+  // (Qwen3Model::Collect), so this returns at once. Where rank 0 waited for no ids of its own (no
+  // logit rows: a prompt chunk; pipeline stages, whose results come from the last stage) it waits
+  // for its part of the step here.
   DeviceTimer* timer = in_flight_.front().timer;
   backend_->WaitUntil([timer] { return timer->Query(); });
   output.device_seconds = timer->Seconds();
