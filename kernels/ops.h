@@ -287,8 +287,8 @@ class Backend {
   // before later steps' work): polls, yielding the core between polls, for up to kPollWait, then
   // waits in Synchronize() (for the whole stream, later work included) and returns. A device
   // error surfaces in the polls (CUDA's Query checks it: a fatal error at once); a device that
-  // never finishes is bounded only where Synchronize is (SetStreamWait: the NCCL communicator's
-  // wait ends the job after --collective-timeout; a lone GPU's cudaStreamSynchronize is not).
+  // never finishes is bounded where Synchronize is (SetStreamWait: launch installs a watched wait
+  // on every GPU, which ends the job after --collective-timeout).
   // NOTE: polling, not a blocking wait, so a step's results are read the moment they land (the
   // lowest latency; one core busy while the device runs), and not Synchronize at once, which
   // would also wait for the step enqueued behind this one (async scheduling).

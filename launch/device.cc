@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "launch/log.h"
+#include "parallel/watchdog.h"
 
 #if defined(TESSERA_HAVE_NCCL)
 #include "parallel/nccl_communicator.h"
@@ -59,6 +60,9 @@ absl::StatusOr<RankCompute> SetUpRankCompute(const std::string& requested, MpiSe
     compute.world = compute.device_world.get();
   }
 #endif
+  // A lone GPU's host waits under the watchdog too (the NCCL communicator watches its own): a
+  // device that never finishes ends the job after --collective-timeout.
+  if (compute.device_world == nullptr) WatchStreamWaits(*compute.backend);
   return compute;
 #else
   return absl::InvalidArgumentError(

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -115,5 +116,26 @@ CollectiveGuard::CollectiveGuard(const std::string& comm, const char* op, size_t
   Watchdog::Get().Enter(comm, op, count);
 }
 CollectiveGuard::~CollectiveGuard() { Watchdog::Get().Leave(); }
+
+std::function<void()> WatchedStreamWait(std::shared_ptr<DeviceEvent> event) {
+  return [event] {
+    event->Record();
+    if (event->Query()) return;
+    CollectiveGuard guard("device", "stream wait", 0);
+    const auto start = std::chrono::steady_clock::now();
+    while (!event->Query()) {
+      // NOTE: as the NCCL communicator's wait: a decode step ends within the yield phase.
+      if (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(50)) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    }
+  };
+}
+
+void WatchStreamWaits(Backend& backend) {
+  backend.SetStreamWait(WatchedStreamWait(std::shared_ptr<DeviceEvent>(backend.CreateEvent())));
+}
 
 }  // namespace tessera
