@@ -129,8 +129,19 @@ inline int64_t Fp8Blocks(int64_t elements) { return (elements + kFp8Block - 1) /
 // NOTE: cuBLASLt's 128x128 block-scale layout (16-byte rows); the loader pads the checkpoint's
 // [ceil(n/128), ceil(k/128)] table to it (a no-op for Qwen3's k, all multiples of 512).
 inline int64_t Fp8WeightScaleStride(int64_t k) { return (Fp8Blocks(k) + 3) / 4 * 4; }
-// The row stride of an activation scale table: m rounded up to 4 (cuBLASLt's 1x128 layout).
-inline int64_t Fp8ActivationScaleStride(int64_t m) { return (m + 3) / 4 * 4; }
+// The rows an FP8 linear's activations and output span for m tokens (LinearFp8): m rounded up
+// to 16. NOTE: cuBLASLt's block-scaled FP8 GEMM lists no algorithm for most m that are not a
+// multiple of 8 (H100: none for m = 1, 3, 17, 100, 333); the CUDA backend runs it on the padded
+// rows instead, so callers size x and y for them. Each output row depends only on its own input
+// row: what the padded rows hold never reaches the first m.
+inline int64_t Fp8PaddedRows(int64_t m) { return (m + 15) / 16 * 16; }
+// The row stride of an activation scale table: Fp8PaddedRows(m) (cuBLASLt's 1x128 layout for the
+// padded rows: tokens fastest, a multiple of 4).
+inline int64_t Fp8ActivationScaleStride(int64_t m) { return Fp8PaddedRows(m); }
+// A W8A8 backend runs linears of up to this many rows weight-only (Backend::Fp8WeightOnly): at
+// decode batch sizes one pass over the weight bounds the time, and the W8A16 GEMV skips the
+// activations' quantization (and is numerically at least as close to bf16).
+constexpr int64_t kFp8WeightOnlyMaxRows = 8;
 
 // A block-scaled FP8 weight W[n, k] = data[i, j] * scale[i / 128][j / 128].
 //
@@ -167,7 +178,7 @@ inline int64_t Fp8ScaleIndex(const Fp8Weight& w, int64_t i, int64_t j) {
 struct Fp8Activations {
   void* data = nullptr;      // e4m3 [m, k], row-major
   float* scale = nullptr;    // fp32 [ceil(k / 128), scale_stride]
-  int64_t scale_stride = 0;  // >= Fp8ActivationScaleStride(m)
+  int64_t scale_stride = 0;  // >= m; LinearFp8 takes Fp8ActivationScaleStride(m) exactly
 };
 
 // Which FP8 linear a backend runs: none, weights only (W8A16: bf16 activations, FP8 weights
@@ -376,9 +387,15 @@ class Backend {
   virtual void SiluMulQuantizeFp8(const void* gate_up, int64_t m, int64_t intermediate,
                                   const Fp8Activations& out);
   // W8A8: y A[m, n] = X @ W^T with X and W dequantized, products summed in fp32 and scaled per
-  // 128-k group. x as QuantizeFp8 leaves it (the same m and k).
+  // 128-k group. x as QuantizeFp8 leaves it (the same m and k) with scale_stride
+  // Fp8ActivationScaleStride(m); x.data and y span Fp8PaddedRows(m) rows: the rows past m may
+  // hold anything, and the backend may overwrite y's (their values are unspecified).
   virtual void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n,
                          int64_t k, void* y);
+  // Whether an FP8 linear of m rows should run weight-only (LinearFp8WeightOnly on the unquantized
+  // activations) rather than QuantizeFp8 + LinearFp8. This default: wherever fp8_mode() is not
+  // kW8A8; the CPU and CUDA backends also wherever m <= kFp8WeightOnlyMaxRows.
+  virtual bool Fp8WeightOnly(int64_t /*m*/) const { return fp8_mode() != Fp8Mode::kW8A8; }
   // W8A16: y A[m, n] = x A[m, k] @ W^T, x unquantized, W dequantized.
   virtual void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n,
                                    int64_t k, void* y);

@@ -131,6 +131,7 @@ class Profiler final : public ProfilingBackend {
     });
   }
   Fp8Mode fp8_mode() const override { return b_.fp8_mode(); }
+  bool Fp8WeightOnly(int64_t m) const override { return b_.Fp8WeightOnly(m); }
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     Time("QuantizeFp8", [&] { b_.QuantizeFp8(x, m, k, out); });
   }

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <string>
 #include <thread>
@@ -140,8 +141,13 @@ class CpuBackend final : public Backend {
     cpu::MoeCombineRanks(F(y), token_slots, n, top_k, hidden, F(out));
   }
   // FP8: activations are float32 here; weights are e4m3 bytes with fp32 scales, as on the GPU.
-  // W8A8 as on Hopper; TESSERA_FP8_W8A16=1 forces the weight-only path, as on the CUDA backend.
+  // W8A8 as on Hopper, with the CUDA backend's choices: weight-only at decode sizes (m <=
+  // kFp8WeightOnlyMaxRows), LinearFp8's y padded to Fp8PaddedRows(m) rows (filled with NaN here,
+  // so a caller that reads them fails its tests); TESSERA_FP8_W8A16=1 forces the weight-only path.
   Fp8Mode fp8_mode() const override { return fp8_mode_; }
+  bool Fp8WeightOnly(int64_t m) const override {
+    return fp8_mode_ != Fp8Mode::kW8A8 || m <= kFp8WeightOnlyMaxRows;
+  }
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
     cpu::QuantizeFp8(F(x), m, k, static_cast<uint8_t*>(out.data), out.scale, out.scale_stride);
@@ -158,8 +164,11 @@ class CpuBackend final : public Backend {
                  void* y) override {
     TESSERA_CHECK(w.scale_stride >= Fp8Blocks(k) && Fp8Aligned(w))
         << "weight scale stride " << w.scale_stride << " (aligned weights only)";
+    TESSERA_CHECK(x.scale_stride == Fp8ActivationScaleStride(m))
+        << "LinearFp8: activation scale stride " << x.scale_stride << " for m=" << m;
     cpu::LinearFp8(static_cast<const uint8_t*>(x.data), x.scale, x.scale_stride,
                    static_cast<const uint8_t*>(w.data), w.scale, w.scale_stride, m, n, k, F(y));
+    std::fill(F(y) + m * n, F(y) + Fp8PaddedRows(m) * n, std::numeric_limits<float>::quiet_NaN());
   }
   void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n, int64_t k,
                            void* y) override {

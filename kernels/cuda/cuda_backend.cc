@@ -10,10 +10,13 @@
 // DownloadFloat run on the host (round to nearest even, as torch); the weight loader's
 // UploadStaged converts on the device (convert.cu), from pinned staging buffers.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <set>
+#include <tuple>
 #include <vector>
 
 #include "kernels/base/check.h"
@@ -267,9 +270,15 @@ class CudaBackend final : public Backend {
     gemm_->Linear(B(x), B(w), m, n, k, B(y), stream_);
   }
 
-  // FP8: W8A8 on Hopper (cuBLASLt's block-scaled GEMM, the mma.sync kernel where cuBLASLt has no
-  // algorithm), W8A16 elsewhere (sm_80+) and wherever TESSERA_FP8_W8A16=1 forces it.
+  // FP8: W8A8 on Hopper (cuBLASLt's block-scaled GEMM on Fp8PaddedRows(m) rows, the mma.sync
+  // kernel where cuBLASLt has no algorithm), weight-only at decode sizes (m <=
+  // kFp8WeightOnlyMaxRows: the GEMV), W8A16 elsewhere (sm_80+) and wherever TESSERA_FP8_W8A16=1
+  // forces it. The first call of each (path, n, k) is logged, with its m.
+  static_assert(kFp8WeightOnlyMaxRows <= cuda::kFp8GemvMaxRows, "the GEMV covers them");
   Fp8Mode fp8_mode() const override { return fp8_mode_; }
+  bool Fp8WeightOnly(int64_t m) const override {
+    return fp8_mode_ != Fp8Mode::kW8A8 || m <= kFp8WeightOnlyMaxRows;
+  }
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     cuda::LaunchQuantizeFp8(B(x), m, k, static_cast<uint8_t*>(out.data), out.scale,
                             out.scale_stride, stream_);
@@ -289,10 +298,16 @@ class CudaBackend final : public Backend {
     TESSERA_CHECK(Fp8Aligned(w)) << "LinearFp8: aligned weights only (DequantizeFp8Weight)";
     const auto* xq = static_cast<const uint8_t*>(x.data);
     const auto* wq = static_cast<const uint8_t*>(w.data);
-    if (fp8_gemm_->Supported(xq, wq, B(y), m, n, k, w.scale_stride, x.scale_stride)) {
-      fp8_gemm_->Linear(xq, x.scale, wq, w.scale, m, n, k, B(y), stream_);
+    // NOTE: cuBLASLt lists no block-scaled algorithm for most m off a multiple of 8; it runs on
+    // the padded rows (x and y span them: kernels/ops.h), whose outputs nobody reads.
+    const int64_t rows = Fp8PaddedRows(m);
+    if (fp8_gemm_->Supported(xq, wq, B(y), rows, n, k, w.scale_stride, x.scale_stride)) {
+      LogFp8Path(rows == m ? "W8A8 cuBLASLt" : "W8A8 cuBLASLt, m padded to a multiple of 16", m, n,
+                 k);
+      fp8_gemm_->Linear(xq, x.scale, wq, w.scale, rows, n, k, B(y), stream_);
       return;
     }
+    LogFp8Path("W8A8 mma.sync (cuBLASLt has no algorithm)", m, n, k);
     cuda::LaunchFp8MmaW8A8(xq, x.scale, x.scale_stride, wq, w.scale, w.scale_stride, m, n, k, B(y),
                            stream_);
   }
@@ -303,9 +318,13 @@ class CudaBackend final : public Backend {
     const auto* wq = static_cast<const uint8_t*>(w.data);
     // NOTE: decode batches stream w once: the GEMV; larger m: the mma.sync kernel.
     if (cuda::Fp8GemvSupported(B(x), wq, m, k)) {
+      LogFp8Path(cuda::Fp8GemvDefaultVariant() == cuda::Fp8GemvVariant::kV2 ? "W8A16 GEMV v2"
+                                                                            : "W8A16 GEMV v1",
+                 m, n, k);
       cuda::LaunchFp8Gemv(B(x), wq, w.scale, w.scale_stride, m, n, k, B(y), stream_);
       return;
     }
+    LogFp8Path("W8A16 mma.sync", m, n, k);
     cuda::LaunchFp8MmaW8A16(B(x), wq, w.scale, w.scale_stride, m, n, k, B(y), stream_);
   }
   void DequantizeFp8Weight(const Fp8Weight& w, int64_t n, int64_t k, int64_t batch,
@@ -434,6 +453,18 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::LtGemm> gemm_;
   std::unique_ptr<cuda::LtFp8Gemm> fp8_gemm_;
   Fp8Mode fp8_mode_ = Fp8Mode::kNone;
+  // (path literal, n, k) already logged. NOTE: keyed by the literal's address: a hit allocates
+  // nothing (every prefill step passes here).
+  std::set<std::tuple<const char*, int64_t, int64_t>> fp8_paths_logged_;
+
+  void LogFp8Path(const char* path, int64_t m, int64_t n, int64_t k) {
+    const auto key = std::make_tuple(path, n, k);
+    if (fp8_paths_logged_.count(key) > 0) return;
+    fp8_paths_logged_.insert(key);
+    std::fprintf(stderr, "tessera: FP8 linear n=%lld k=%lld: %s (first at m=%lld)\n",
+                 static_cast<long long>(n), static_cast<long long>(k), path,
+                 static_cast<long long>(m));
+  }
 
   static Fp8Mode Fp8ModeFor(int device) {
     int major = 0;

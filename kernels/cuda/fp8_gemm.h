@@ -6,10 +6,11 @@
 // weight, _VEC128_32F for the activations; Blackwell takes MX formats instead): wgmma FP8 tiles
 // with each 128-k group's products promoted to fp32 and scaled, the semantics of the CPU reference
 // (kernels/cpu/fp8.cc). Scale tables in cuBLASLt's layouts: the weight's [ceil(n/128),
-// Fp8WeightScaleStride(k)], the activations' [ceil(k/128), >= Fp8ActivationScaleStride(m)],
-// tokens fastest. Plans (descriptors and the heuristic's top-1) are cached per (m, n, k) and
-// alignments in lt_plan.h's cache, shared with the bf16 GEMM; the scale modes are this GEMM's
-// LtOperands hook.
+// Fp8WeightScaleStride(k)], the activations' [ceil(k/128), Fp8ActivationScaleStride(m)],
+// tokens fastest. (On an H100 it lists algorithms for m a multiple of 8 but not for 1, 3, 17, 100,
+// 333: CudaBackend::LinearFp8 passes m = Fp8PaddedRows(m), kernels/ops.h.) Plans (descriptors
+// and the heuristic's top-1) are cached per (m, n, k) and alignments in lt_plan.h's cache, shared
+// with the bf16 GEMM; the scale modes are this GEMM's LtOperands hook.
 // Not thread-safe: one instance per backend (one stream).
 #pragma once
 

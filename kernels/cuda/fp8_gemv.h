@@ -6,11 +6,18 @@
 // e4m3 halves W's bytes against bf16 (Qwen3-14B's 14 GB of linear weights become 7 GB per token).
 // Activations stay bf16 (no quantization error on x, nothing to quantize per step).
 //
-// Layout of the work (fp8_gemv.cu), as the bf16 GEMV (gemv.h): a block of 8 warps owns R rows of W
-// (2 or 4); thread t reads the 16-byte vectors (16 e4m3) t, t + 256, ... of each row, 8 loads in
-// flight; each vector's dot product with x is scaled by its block's scale and added in fp32.
-// Fixed-order reduction (shuffles, then warps in index order): repeats bit for bit. No workspace,
-// graph-capturable.
+// Two variants (fp8_gemv.cu), both with a fixed-order reduction (repeats bit for bit), no
+// workspace, graph-capturable:
+//   v1 (CUDA cores), as the bf16 GEMV (gemv.h): a block of 8 warps owns R rows of W (2 or 4);
+//     thread t reads the 16-byte vectors t, t + 256, ... of each row, widens each e4m3 to fp32
+//     (cvt) and dots it with x; a block-wide reduction. On an H100 it reaches 1.6-2.4 TB/s
+//     (docs/perf/2026-12-07-fp8-kernels.md): issue-bound on 1.5 quarter-rate conversions a
+//     weight.
+//   v2 (tensor cores): a block of 8 warps owns 16 rows of W and splits k between its warps; each
+//     warp multiplies its 16 x k-slice with x's (up to 8) rows on mma.sync m16n8k16 (bf16 in,
+//     fp32 out), the e4m3 widened to bf16 by bit moves (no conversion instruction), every 128-k
+//     group's sums scaled once; the warps' partial sums meet in shared memory.
+// TESSERA_FP8_GEMV=v1|v2 (read once) picks the variant LaunchFp8Gemv runs by default.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,12 +33,19 @@ constexpr int64_t kFp8GemvMaxRows = 8;
 // aligned.
 bool Fp8GemvSupported(const __nv_bfloat16* x, const uint8_t* w, int64_t m, int64_t k);
 
+enum class Fp8GemvVariant { kDefault, kV1, kV2 };
+// NOTE: v1, the variant measured on an H100, until a GPU run of cuda_fp8_bench_test times v2.
+constexpr Fp8GemvVariant kFp8GemvDefault = Fp8GemvVariant::kV1;
+
+// The variant kDefault stands for: TESSERA_FP8_GEMV (v1 or v2), read once, else kFp8GemvDefault.
+Fp8GemvVariant Fp8GemvDefaultVariant();
+
 // y [m, n] = x [m, k] @ (w [n, k] * scale [ceil(n/128), scale_stride] per 128x128 block)^T.
-// `rows_per_block` 0 picks by k; else 2 or 4. e4m3 becomes fp32 by the hardware's cvt
-// (e4m3x2 -> f16x2 -> f32); a bit-move unpacking measured no faster on an H100
-// (docs/perf/2026-12-07-fp8-kernels.md) and was dropped.
+// `rows_per_block` (v1 only) 0 picks by k; else 2 or 4. `blocks_in_flight` (v2 only): 128-k
+// groups each warp loads before using any, 0 = 2; else 1, 2 or 4.
 void LaunchFp8Gemv(const __nv_bfloat16* x, const uint8_t* w, const float* scale,
                    int64_t scale_stride, int64_t m, int64_t n, int64_t k, __nv_bfloat16* y,
-                   cudaStream_t stream, int rows_per_block = 0);
+                   cudaStream_t stream, Fp8GemvVariant variant = Fp8GemvVariant::kDefault,
+                   int rows_per_block = 0, int blocks_in_flight = 0);
 
 }  // namespace tessera::cuda

@@ -653,15 +653,19 @@ void Qwen3Model::PlanWorkspace(const StepLimits& limits) {
   alloc(&positions_, n * sizeof(int32_t));
   alloc(&token_seq_, n * sizeof(int32_t));
   alloc(&slots_, n * sizeof(int32_t));
+  // A W8A8 linear's quantized input and its output (RunLinear's y: qkv_buf_, proj_, gate_up_buf_)
+  // span Fp8PaddedRows(tokens) rows (Backend::LinearFp8): the largest step's padded rows.
+  const bool w8a8 = fp8_max_k_ > 0 && backend_.fp8_mode() == Fp8Mode::kW8A8;
+  const int64_t ny = w8a8 ? Fp8PaddedRows(n) : n;
   alloc(&residual_, n * H * a);
   alloc(&hidden_, n * H * a);
-  alloc(&qkv_buf_, n * (q_heads_local_ + 2 * kv_heads_local_) * D * a);
+  alloc(&qkv_buf_, ny * (q_heads_local_ + 2 * kv_heads_local_) * D * a);
   alloc(&attn_, n * q_heads_local_ * D * a);
-  alloc(&proj_, n * H * a);
-  alloc(&gate_up_buf_, n * 2 * I * a);
+  alloc(&proj_, ny * H * a);
+  alloc(&gate_up_buf_, ny * 2 * I * a);
   alloc(&act_, n * I * a);
-  if (fp8_max_k_ > 0 && backend_.fp8_mode() == Fp8Mode::kW8A8) {
-    alloc(&xq_, n * fp8_max_k_);
+  if (w8a8) {
+    alloc(&xq_, ny * fp8_max_k_);
     alloc(&xq_scale_, Fp8Blocks(fp8_max_k_) * Fp8ActivationScaleStride(n) * 4);
   }
   // FP8 experts run fused where the backend takes every FP8 MoE layer's layout;
@@ -795,8 +799,11 @@ void Qwen3Model::RunLinear(const DeviceBuffer& w, const Fp8Linear& fp8, const vo
     backend_.Linear(x, w.data(), m, n, k, y);
     return;
   }
-  if (backend_.fp8_mode() == Fp8Mode::kW8A8) {
-    // NOTE: the activation scale stride is m's own (cuBLASLt's layout is exact), not the plan's.
+  // NOTE: decode sizes run weight-only on a W8A8 backend too (Backend::Fp8WeightOnly): one pass
+  // over the weight bounds the time there, and nothing needs quantizing.
+  if (!backend_.Fp8WeightOnly(m)) {
+    // NOTE: the activation scale stride is m's own (cuBLASLt's layout is exact), not the plan's;
+    // x's data and y span Fp8PaddedRows(m) rows (PlanWorkspace sized them for the largest step).
     Fp8Activations xq;
     xq.data = xq_.data();
     xq.scale = xq_scale_.as<float>();

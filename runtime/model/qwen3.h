@@ -206,9 +206,9 @@ class Qwen3Model {
   Qwen3Model(const ModelConfig& config, Backend& backend, const ShardSpec& shard);
   absl::Status LoadWeights(WeightSource& source);
   // y A[m, n] = x A[m, k] @ W^T through the layer's FP8 weight when it has one (W8A8: activations
-  // quantized per token into xq_, fused with SiluMul when `silu_mul` (x is then gate_up [m, 2k]);
-  // W8A16 on backends whose fp8_mode() says so), else Linear (after SiluMul into act_ when
-  // `silu_mul`).
+  // quantized per token into xq_, fused with SiluMul when `silu_mul` (x is then gate_up [m, 2k]),
+  // y spanning Fp8PaddedRows(m) rows; weight-only where Backend::Fp8WeightOnly(m) says so), else
+  // Linear (after SiluMul into act_ when `silu_mul`).
   void RunLinear(const DeviceBuffer& w, const Fp8Linear& fp8, const void* x, int64_t m, int64_t n,
                  int64_t k, void* y, bool silu_mul = false);
   // Checks that a step fits the planned workspace (a failed check names the limit).
@@ -316,10 +316,12 @@ class Qwen3Model {
   // Activations, in the backend's activation dtype (A):
   DeviceBuffer residual_;  // A [n, H]: the residual stream, whole on every TP rank
   DeviceBuffer hidden_;    // A [n, H]: the normed input of attention and MLP; RunHead: [r, H]
-  DeviceBuffer qkv_buf_;   // A [n, (q_heads_local + 2 * kv_heads_local) * D] per shard: q | k | v
-  DeviceBuffer attn_;      // A [n, q_heads_local * D] per shard: attention output
-  DeviceBuffer proj_;      // A [n, H]: o_proj / MLP output, per-rank partial sums until reduced
-  DeviceBuffer gate_up_buf_;  // A [n, 2 * I_local] per shard, I_local = the larger of
+  // RunLinear's outputs below (qkv_buf_, proj_, gate_up_buf_) hold n_pad = Fp8PaddedRows(n) rows
+  // with W8A8 linears (Backend::LinearFp8 may write the padded rows), else n.
+  DeviceBuffer qkv_buf_;  // A [n_pad, (q_heads_local + 2 * kv_heads_local) * D] per shard: q|k|v
+  DeviceBuffer attn_;     // A [n, q_heads_local * D] per shard: attention output
+  DeviceBuffer proj_;     // A [n_pad, H]: o_proj / MLP output, per-rank partial sums until reduced
+  DeviceBuffer gate_up_buf_;  // A [n_pad, 2 * I_local] per shard, I_local = the larger of
                               //   intermediate_local_ and moe_intermediate_local_: dense gate | up
   DeviceBuffer act_;          // A [n, I_local] per shard: silu(gate) * up
   DeviceBuffer router_logits_;  // A [n, E] (MoE; with EP, rows of this rank's token slice)
@@ -361,7 +363,7 @@ class Qwen3Model {
   bool quantize_fp8_ = false;  // --quantization fp8: block-quantize the linears at load
   Fp8Summary fp8_summary_;
   int64_t fp8_max_k_ = 0;        // the largest k of an FP8 GEMM linear on this rank
-  DeviceBuffer xq_;              // e4m3 [n, fp8_max_k_]
+  DeviceBuffer xq_;              // e4m3 [n_pad, fp8_max_k_]
   DeviceBuffer xq_scale_;        // fp32 [ceil(fp8_max_k_ / 128), Fp8ActivationScaleStride(n)]
   DeviceBuffer expert_gate_up_;  // W [E_local, 2 * I_moe_local, H]
   DeviceBuffer expert_down_;     // W [E_local, H, I_moe_local]

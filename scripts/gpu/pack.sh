@@ -10,6 +10,7 @@
 #   and/or bash .devcarry/a2a-bench.sh (expert-exchange kernels and modes, issue 17)
 #   and/or bash .devcarry/fp8-moe.sh (grouped FP8 expert GEMMs and 30B-A3B decode, issue 16)
 #   and/or bash .devcarry/step-timer-check.sh (the engine's per-step device time, issue 15)
+#   and/or bash .devcarry/fp8-dispatch.sh (FP8 linears at every m, the decode GEMVs, issue 16)
 #
 # BUILD_DIR: a build of this tree, e.g. cmake -B build-cuda90a -DCMAKE_CUDA_ARCHITECTURES=90a.
 # CHECKOUT: the checkout the device tool sends (its .devcarry/ must be git-ignored).
@@ -23,7 +24,7 @@ mkdir -p "$stage/bin" "$dest"
 # BINS (paths under BUILD_DIR) narrows the binaries packed, e.g. BINS=tessera for benchmarks only.
 all=(tessera tests/golden/cuda_golden_test tests/golden/cuda_graph_test
   tests/kernels/cuda_{linear,norm,rope,attention,elementwise,moe,moe_dispatch,random,sampling,convert,fp8,moe_fp8}_test
-  tests/kernels/cuda_moe_bench_test
+  tests/kernels/cuda_moe_bench_test tests/kernels/cuda_fp8_bench_test
   tests/parallel/nccl_communicator_test)
 for f in ${BINS:-${all[@]}}; do
   strip --strip-debug -o "$stage/bin/$(basename "$f")" "$build/$f"
@@ -32,8 +33,8 @@ done
 tar -C "$stage" -cf - bin lib | xz -T2 -6 >"$dest/pack.tar.xz"
 cp "$here/cuda-correctness.sh" "$here/hf_bf16.py" "$here/compare_npy.py" "$here/comm-bench.sh" \
   "$here/load-bench.sh" "$here/load_bench.py" "$here/serve-bench.sh" "$here/a2a-bench.sh" \
-  "$here/fp8-golden.sh" "$here/fp8-moe.sh" "$here/fp8_golden.py" "$here/checks.sh" "$here/async-check.sh" \
-  "$here/step-timer-check.sh" \
+  "$here/fp8-golden.sh" "$here/fp8-moe.sh" "$here/fp8-dispatch.sh" "$here/fp8_golden.py" \
+  "$here/checks.sh" "$here/async-check.sh" "$here/step-timer-check.sh" \
   "$here/../../tests/parallel/cuda_parity_test.py" "$here/../../tests/parallel/nccl_fault_test.py" \
   "$here/../../tests/launch/bench_expert_load_test.py" "$dest/"
 du -sh "$dest"

@@ -1,12 +1,14 @@
 // The FP8 CPU reference (kernels/cpu/fp8.cc): E4M3 rounding against a brute-force nearest-value
 // search and known bit patterns, per-token 1x128 quantization (scales, layout, error bound, zero
 // groups), and the W8A8 / W8A16 products against dequantize-then-fp32-GEMM, at odd sizes (k and n
-// not multiples of 128, m not a multiple of 4); the CPU backend's FP8 ops; and MoeExpertsFp8
+// not multiples of 128, m not a multiple of 4); the CPU backend's FP8 ops (LinearFp8's padded
+// rows, Fp8WeightOnly's choice at decode sizes, as the CUDA backend's on Hopper); and MoeExpertsFp8
 // against a naive dequantize + fp32 expert MLP, TP slices inside a block included.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -83,7 +85,7 @@ TEST(Fp8Test, QuantizeActivations) {
   auto x = testing::RandomVector(m * k, rng, -3.0f, 3.0f);
   for (int64_t j = 128; j < 256; ++j) x[2 * k + j] = 0.0f;  // an all-zero group: scale 1
   const int64_t stride = Fp8ActivationScaleStride(m);
-  ASSERT_EQ(stride, 8);
+  ASSERT_EQ(stride, 16);  // Fp8PaddedRows(5): the rows cuBLASLt runs on
   std::vector<uint8_t> q(m * k);
   std::vector<float> s(Fp8Blocks(k) * stride, NAN);
   cpu::QuantizeFp8(x.data(), m, k, q.data(), s.data(), stride);
@@ -281,8 +283,16 @@ TEST(Fp8BackendTest, CpuOpsMatchReference) {
   const Fp8Activations act{xq.data(), xscale.data(), xs};
   cpu_backend->QuantizeFp8(x.data(), m, k, act);
   const Fp8Weight w{wq.data(), wscale.data(), ws};
-  std::vector<float> y(m * n), ref(m * n);
+  // LinearFp8's y spans Fp8PaddedRows(m) rows: the padded ones NaN here (so a caller reading them
+  // fails), one row past them untouched.
+  const int64_t rows = Fp8PaddedRows(m);
+  ASSERT_EQ(rows, 16);
+  std::vector<float> y((rows + 1) * n, 7.0f), ref(m * n);
   cpu_backend->LinearFp8(act, w, m, n, k, y.data());
+  for (int64_t i = m * n; i < rows * n; ++i)
+    ASSERT_TRUE(std::isnan(y[i])) << "padded element " << i;
+  for (int64_t i = rows * n; i < (rows + 1) * n; ++i) ASSERT_EQ(y[i], 7.0f) << "past the padding";
+  y.resize(m * n);
   std::vector<uint8_t> xq_ref(m * k);
   std::vector<float> xscale_ref(Fp8Blocks(k) * xs);
   cpu::QuantizeFp8(x.data(), m, k, xq_ref.data(), xscale_ref.data(), xs);
@@ -293,6 +303,25 @@ TEST(Fp8BackendTest, CpuOpsMatchReference) {
   cpu_backend->LinearFp8WeightOnly(x.data(), w, m, n, k, y.data());
   cpu::LinearFp8WeightOnly(x.data(), wq.data(), wscale.data(), ws, m, n, k, ref.data());
   EXPECT_EQ(y, ref);
+}
+
+// The dispatch the CUDA backend makes on Hopper, mirrored: W8A8 runs decode sizes (m <=
+// kFp8WeightOnlyMaxRows) weight-only; TESSERA_FP8_W8A16=1 runs everything weight-only.
+TEST(Fp8BackendTest, WeightOnlyAtDecodeSizes) {
+  auto w8a8 = MakeCpuBackend();
+  ASSERT_EQ(w8a8->fp8_mode(), Fp8Mode::kW8A8);
+  for (int64_t m = 1; m <= kFp8WeightOnlyMaxRows; ++m) EXPECT_TRUE(w8a8->Fp8WeightOnly(m)) << m;
+  for (int64_t m : {kFp8WeightOnlyMaxRows + 1, int64_t{17}, int64_t{4096}}) {
+    EXPECT_FALSE(w8a8->Fp8WeightOnly(m)) << m;
+  }
+  setenv("TESSERA_FP8_W8A16", "1", 1);
+  auto w8a16 = MakeCpuBackend();
+  unsetenv("TESSERA_FP8_W8A16");
+  ASSERT_EQ(w8a16->fp8_mode(), Fp8Mode::kW8A16);
+  EXPECT_TRUE(w8a16->Fp8WeightOnly(4096));
+  EXPECT_EQ(Fp8PaddedRows(1), 16);
+  EXPECT_EQ(Fp8PaddedRows(16), 16);
+  EXPECT_EQ(Fp8PaddedRows(4095), 4096);
 }
 
 // One MoE layer's FP8 experts as a rank holds them: `num` local experts of intermediate slice

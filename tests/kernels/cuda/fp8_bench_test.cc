@@ -3,10 +3,14 @@
 // Prefill: y [4096, 5120] = x [4096, 17408] @ W^T (Qwen3-14B's down projection at 4096 tokens)
 // in bf16 (Backend::Linear), W8A8 through cuBLASLt's block-scaled GEMM (with and without the
 // activation quantization), and the mma.sync kernels (W8A8 and W8A16). Decode: Qwen3-14B's four
-// projections (qkv 7168x5120, o 5120x5120, gate_up 34816x5120, down 5120x17408) at m = 1, 16, 64
-// with every path that runs the shape, and at m = 1 the sum over the model's 40 layers (the linear
-// layers' share of a decode step). Weights rotate through copies larger than L2, so every call
-// reads them from memory. One line per measurement, "FP8BENCH ..." (grep-able), median of 5 runs.
+// projections (qkv 7168x5120, o 5120x5120, gate_up 34816x5120, down 5120x17408) at m = 1, 8, 16,
+// 64 with every path that runs the shape (at m <= 8 both GEMV variants, v2 with 2 and 4 groups in
+// flight), and per m the sum over the model's 40 layers (the linear layers' share of a decode
+// step). Padding: m off a multiple of 16 (17, 100, 333, 1000 at 5120x5120; 4095 at the prefill
+// shape), where cuBLASLt runs on Fp8PaddedRows(m) rows, against the mma.sync kernel it replaced.
+// "W8A8 LinearFp8" is the backend's op (whichever path it picks; the stderr log says which).
+// Weights rotate through copies larger than L2, so every call reads them from memory. One line
+// per measurement, "FP8BENCH ..." (grep-able), median of 5 runs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -100,10 +104,11 @@ class CudaFp8Bench : public testing::CudaTest {
     std::map<std::string, float> us;
     const Weights w = MakeWeights(gpu(), n, k, true);
     const int copies = static_cast<int>(w.fp8.size());
-    DeviceBuffer x = gpu().Allocate(m * k * 2), y = gpu().Allocate(m * n * 2);
+    const int64_t rows = Fp8PaddedRows(m);  // x's and y's rows for cuBLASLt
+    DeviceBuffer x = gpu().Allocate(m * k * 2), y = gpu().Allocate(rows * n * 2);
     gpu().FillRandom(x.data(), DType::kBF16, m * k, 7, 0, 1.0f);
     const int64_t xs_stride = Fp8ActivationScaleStride(m);
-    DeviceBuffer xq = gpu().Allocate(m * k), xs = gpu().Allocate(Fp8Blocks(k) * xs_stride * 4);
+    DeviceBuffer xq = gpu().Allocate(rows * k), xs = gpu().Allocate(Fp8Blocks(k) * xs_stride * 4);
     const Fp8Activations act{xq.data(), xs.as<float>(), xs_stride};
     gpu().QuantizeFp8(x.data(), m, k, act);
     auto* yb = y.as<__nv_bfloat16>();
@@ -123,20 +128,26 @@ class CudaFp8Bench : public testing::CudaTest {
     constexpr size_t kWorkspace = 32u << 20;
     DeviceBuffer workspace = gpu().Allocate(kWorkspace);
     cuda::LtFp8Gemm lt(workspace.data(), kWorkspace);
-    if (lt.Supported(xq.as<uint8_t>(), w.fp8[0].data.as<uint8_t>(), yb, m, n, k, w.stride,
+    const std::string lt_name = rows == m ? "W8A8 cuBLASLt" : "W8A8 cuBLASLt padded";
+    if (lt.Supported(xq.as<uint8_t>(), w.fp8[0].data.as<uint8_t>(), yb, rows, n, k, w.stride,
                      xs_stride)) {
-      us["W8A8 cuBLASLt"] = MedianMicros(
+      us[lt_name] = MedianMicros(
           stream(),
           [&](int c) {
             lt.Linear(xq.as<uint8_t>(), xs.as<float>(), w.fp8[c % copies].data.as<uint8_t>(),
-                      w.fp8[c % copies].scale.as<float>(), m, n, k, yb, stream());
+                      w.fp8[c % copies].scale.as<float>(), rows, n, k, yb, stream());
           },
           run_ms);
-      Report("W8A8 cuBLASLt", m, n, k, fp8_bytes, us["W8A8 cuBLASLt"]);
+      Report(lt_name.c_str(), m, n, k, fp8_bytes, us[lt_name]);
     } else {
-      std::printf("FP8BENCH W8A8 cuBLASLt m=%ld n=%ld k=%ld: not supported\n", long(m), long(n),
-                  long(k));
+      std::printf("FP8BENCH %s m=%ld (rows %ld) n=%ld k=%ld: not supported\n", lt_name.c_str(),
+                  long(m), long(rows), long(n), long(k));
     }
+    us["W8A8 LinearFp8"] = MedianMicros(
+        stream(),
+        [&](int c) { gpu().LinearFp8(act, w.fp8[c % copies].view(w.stride), m, n, k, y.data()); },
+        run_ms);
+    Report("W8A8 LinearFp8", m, n, k, fp8_bytes, us["W8A8 LinearFp8"]);
     us["W8A8 mma"] = MedianMicros(
         stream(),
         [&](int c) {
@@ -156,16 +167,24 @@ class CudaFp8Bench : public testing::CudaTest {
         run_ms);
     Report("W8A16 mma.sync", m, n, k, fp8_bytes, us["W8A16 mma"]);
     if (m <= cuda::kFp8GemvMaxRows) {
-      const std::string name = "W8A16 GEMV";
-      us[name] = MedianMicros(
-          stream(),
-          [&](int c) {
-            cuda::LaunchFp8Gemv(xb, w.fp8[c % copies].data.as<uint8_t>(),
-                                w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
-                                stream());
-          },
-          run_ms);
-      Report(name.c_str(), m, n, k, fp8_bytes, us[name]);
+      struct Gemv {
+        const char* name;
+        cuda::Fp8GemvVariant variant;
+        int in_flight;
+      };
+      for (const Gemv& g : {Gemv{"W8A16 GEMV v1", cuda::Fp8GemvVariant::kV1, 0},
+                            Gemv{"W8A16 GEMV v2", cuda::Fp8GemvVariant::kV2, 2},
+                            Gemv{"W8A16 GEMV v2 x4", cuda::Fp8GemvVariant::kV2, 4}}) {
+        us[g.name] = MedianMicros(
+            stream(),
+            [&](int c) {
+              cuda::LaunchFp8Gemv(xb, w.fp8[c % copies].data.as<uint8_t>(),
+                                  w.fp8[c % copies].scale.as<float>(), w.stride, m, n, k, yb,
+                                  stream(), g.variant, 0, g.in_flight);
+            },
+            run_ms);
+        Report(g.name, m, n, k, fp8_bytes, us[g.name]);
+      }
     }
     return us;
   }
@@ -174,11 +193,12 @@ class CudaFp8Bench : public testing::CudaTest {
 TEST_F(CudaFp8Bench, Prefill) {
   TimeShape(4096, 5120, 17408, 200.0f);
   // Every algorithm cuBLASLt's heuristic lists for the prefill shape.
-  const int64_t m = 4096, n = 5120, k = 17408;
+  constexpr int64_t m = 4096, n = 5120, k = 17408;
   const Weights w = MakeWeights(gpu(), n, k, false);
   const int copies = static_cast<int>(w.fp8.size());
   DeviceBuffer x = gpu().Allocate(m * k * 2), y = gpu().Allocate(m * n * 2);
   gpu().FillRandom(x.data(), DType::kBF16, m * k, 7, 0, 1.0f);
+  static_assert(m % 16 == 0, "no padded rows");
   const int64_t xs_stride = Fp8ActivationScaleStride(m);
   DeviceBuffer xq = gpu().Allocate(m * k), xs = gpu().Allocate(Fp8Blocks(k) * xs_stride * 4);
   gpu().QuantizeFp8(x.data(), m, k, {xq.data(), xs.as<float>(), xs_stride});
@@ -212,7 +232,7 @@ TEST_F(CudaFp8Bench, Decode14B) {
   };
   const Proj projs[] = {
       {"qkv", 7168, 5120}, {"o", 5120, 5120}, {"gate_up", 34816, 5120}, {"down", 5120, 17408}};
-  for (int64_t m : {1, 16, 64}) {
+  for (int64_t m : {1, 8, 16, 64}) {
     std::map<std::string, float> total;
     for (const Proj& p : projs) {
       std::printf("FP8BENCH -- %s\n", p.name);
@@ -223,6 +243,12 @@ TEST_F(CudaFp8Bench, Decode14B) {
                   40 * us / 1000.0f);
     }
   }
+}
+
+// m off a multiple of 16: cuBLASLt on the padded rows against the mma.sync kernel.
+TEST_F(CudaFp8Bench, PaddedRows) {
+  for (int64_t m : {17, 100, 333, 1000}) TimeShape(m, 5120, 5120, 50.0f);
+  TimeShape(4095, 5120, 17408, 200.0f);
 }
 
 }  // namespace

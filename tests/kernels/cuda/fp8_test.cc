@@ -2,11 +2,12 @@
 // random inputs at odd sizes (m not a multiple of 4, n and k not multiples of 128):
 //   - QuantizeFp8: bytes and scales identical to the reference (vector and scalar paths); the
 //     fused SiluMulQuantizeFp8 within exp's last-bit differences;
-//   - the W8A16 GEMV (decode) and mma.sync GEMM, the W8A8 mma.sync GEMM and cuBLASLt's
-//     block-scaled GEMM (Hopper; skipped with a message where cuBLASLt offers no algorithm):
-//     relative L2 within one bf16 rounding of the reference fed the same quantized values;
-//   - the ops table (Backend::QuantizeFp8 / LinearFp8 / LinearFp8WeightOnly) and the
-//     TESSERA_FP8_W8A16=1 switch;
+//   - the W8A16 GEMV (decode; both variants, every m it takes) and mma.sync GEMM, the W8A8
+//     mma.sync GEMM and cuBLASLt's block-scaled GEMM on the padded rows (Hopper; skipped with a
+//     message where cuBLASLt offers no algorithm): relative L2 within one bf16 rounding of the
+//     reference fed the same quantized values; both GEMVs exact on every finite e4m3 code;
+//   - the ops table (Backend::QuantizeFp8 / LinearFp8 / LinearFp8WeightOnly / Fp8WeightOnly),
+//     LinearFp8 leaving y's rows past Fp8PaddedRows(m) alone, and the TESSERA_FP8_W8A16=1 switch;
 //   - DequantizeFp8Weight (offsets, parts, batches) and QuantizeFp8Weight: bit for bit.
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "kernels/base/dtype.h"
@@ -48,7 +50,7 @@ class CudaFp8Test : public testing::CudaParamTest<Shape> {
   Quantized QuantizeOnGpu(const DeviceBuffer& dx, int64_t m, int64_t k) {
     Quantized q;
     q.stride = Fp8ActivationScaleStride(m);
-    q.data = gpu().Allocate(m * k);
+    q.data = gpu().Allocate(Fp8PaddedRows(m) * k);  // LinearFp8 reads the padded rows
     q.scale = gpu().Allocate(Fp8Blocks(k) * q.stride * sizeof(float));
     gpu().QuantizeFp8(dx.data(), m, k, {q.data.data(), q.scale.as<float>(), q.stride});
     q.host_data = testing::DownloadRaw<uint8_t>(gpu(), q.data, m * k);
@@ -126,12 +128,18 @@ TEST_P(CudaFp8Test, WeightOnlyMatchesReference) {
   DeviceBuffer dx = testing::UploadBf16(gpu(), x);
   char what[96];
   if (m <= cuda::kFp8GemvMaxRows) {
-    for (int rows : {2, 4}) {
+    // v1 with 2 and 4 rows per block, v2 with 1, 2 and 4 groups in flight.
+    for (const auto& [variant, param] :
+         {std::pair{cuda::Fp8GemvVariant::kV1, 2}, std::pair{cuda::Fp8GemvVariant::kV1, 4},
+          std::pair{cuda::Fp8GemvVariant::kV2, 1}, std::pair{cuda::Fp8GemvVariant::kV2, 2},
+          std::pair{cuda::Fp8GemvVariant::kV2, 4}}) {
+      const bool v2 = variant == cuda::Fp8GemvVariant::kV2;
       DeviceBuffer dy = testing::PoisonedBf16(gpu(), m * n);
       cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
-                          w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream(), rows);
-      std::snprintf(what, sizeof(what), "FP8 GEMV m=%ld n=%ld k=%ld rows=%d", long(m), long(n),
-                    long(k), rows);
+                          w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream(), variant,
+                          v2 ? 0 : param, v2 ? param : 0);
+      std::snprintf(what, sizeof(what), "FP8 GEMV v%d m=%ld n=%ld k=%ld param=%d", v2 ? 2 : 1,
+                    long(m), long(n), long(k), param);
       testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
     }
   }
@@ -169,26 +177,105 @@ TEST_P(CudaFp8Test, W8A8MatchesReference) {
   std::snprintf(what, sizeof(what), "FP8 mma W8A8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
   testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
 
+  // cuBLASLt on the padded rows (as LinearFp8 runs it); the rows past m are whatever the
+  // padding of x held.
+  const int64_t rows = Fp8PaddedRows(m);
   constexpr size_t kWorkspace = 32u << 20;
   DeviceBuffer workspace = gpu().Allocate(kWorkspace);
   cuda::LtFp8Gemm lt(workspace.data(), kWorkspace);
-  dy = testing::PoisonedBf16(gpu(), m * n);
-  if (lt.Supported(q.data.as<uint8_t>(), dw.data.as<uint8_t>(), dy.as<__nv_bfloat16>(), m, n, k,
+  dy = testing::PoisonedBf16(gpu(), rows * n);
+  if (lt.Supported(q.data.as<uint8_t>(), dw.data.as<uint8_t>(), dy.as<__nv_bfloat16>(), rows, n, k,
                    w.stride, q.stride)) {
     lt.Linear(q.data.as<uint8_t>(), q.scale.as<float>(), dw.data.as<uint8_t>(),
-              dw.scale.as<float>(), m, n, k, dy.as<__nv_bfloat16>(), stream());
-    std::snprintf(what, sizeof(what), "cuBLASLt FP8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
+              dw.scale.as<float>(), rows, n, k, dy.as<__nv_bfloat16>(), stream());
+    std::snprintf(what, sizeof(what), "cuBLASLt FP8 m=%ld (rows %ld) n=%ld k=%ld", long(m),
+                  long(rows), long(n), long(k));
     testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
   } else {
-    std::printf("[cuda] cuBLASLt FP8 m=%ld n=%ld k=%ld: not supported here\n", long(m), long(n),
-                long(k));
+    std::printf("[cuda] cuBLASLt FP8 m=%ld (rows %ld) n=%ld k=%ld: not supported here\n", long(m),
+                long(rows), long(n), long(k));
   }
 
-  dy = testing::PoisonedBf16(gpu(), m * n);
+  // The backend's op: y spans the padded rows, and nothing past them is written.
+  dy = testing::PoisonedBf16(gpu(), (rows + 1) * n);
   gpu().LinearFp8({q.data.data(), q.scale.as<float>(), q.stride}, dw.view(w.stride), m, n, k,
                   dy.data());
+  const std::vector<float> got = testing::DownloadBf16(gpu(), dy, (rows + 1) * n);
   std::snprintf(what, sizeof(what), "LinearFp8 m=%ld n=%ld k=%ld", long(m), long(n), long(k));
-  testing::ExpectRelativeL2(what, testing::DownloadBf16(gpu(), dy, m * n), ref, kOneRounding);
+  testing::ExpectRelativeL2(what, std::vector<float>(got.begin(), got.begin() + m * n), ref,
+                            kOneRounding);
+  EXPECT_EQ(testing::CountNaN(std::vector<float>(got.begin() + rows * n, got.end())),
+            static_cast<size_t>(n))
+      << "LinearFp8 wrote past its Fp8PaddedRows(m) rows";
+}
+
+// The two GEMVs (every m they take) against the reference at odd n and k (k not a multiple of
+// 64: the last 64-k step is partial).
+TEST(CudaFp8GemvTest, VariantsMatchReferenceForEveryM) {
+  TESSERA_REQUIRE_CUDA();
+  auto gpu = MakeCudaBackend(0);
+  const auto stream = static_cast<cudaStream_t>(gpu->stream());
+  for (const auto& [n, k] : {std::pair<int64_t, int64_t>{61, 304}, {300, 1168}, {1031, 5136}}) {
+    std::mt19937 rng(static_cast<unsigned>(n + k));
+    const auto w = testing::RandomFp8Weight(n, k, rng);
+    const auto dw = testing::UploadFp8Weight(*gpu, w);
+    for (int64_t m = 1; m <= cuda::kFp8GemvMaxRows; ++m) {
+      const auto x = testing::RandomBf16(m * k, rng);
+      std::vector<float> ref(m * n);
+      cpu::LinearFp8WeightOnly(x.data(), w.data.data(), w.scale.data(), w.stride, m, n, k,
+                               ref.data());
+      DeviceBuffer dx = testing::UploadBf16(*gpu, x);
+      for (const auto variant : {cuda::Fp8GemvVariant::kV1, cuda::Fp8GemvVariant::kV2}) {
+        DeviceBuffer dy = testing::PoisonedBf16(*gpu, m * n);
+        cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.data.as<uint8_t>(), dw.scale.as<float>(),
+                            w.stride, m, n, k, dy.as<__nv_bfloat16>(), stream, variant);
+        char what[96];
+        std::snprintf(what, sizeof(what), "FP8 GEMV v%d m=%ld n=%ld k=%ld",
+                      variant == cuda::Fp8GemvVariant::kV2 ? 2 : 1, long(m), long(n), long(k));
+        testing::ExpectRelativeL2(what, testing::DownloadBf16(*gpu, dy, m * n), ref, kOneRounding);
+      }
+    }
+  }
+}
+
+// Every finite e4m3 code, in every position of a 16-byte vector and of a 128-k group, through
+// both GEMVs exactly: x's rows are one-hot (row t picks column cols[t]), the scales 1, so
+// y[t, i] = w[i, cols[t]], which bf16 holds exactly. (v2 widens e4m3 by bit moves: signs,
+// subnormals and the largest exponent are where such code goes wrong.)
+TEST(CudaFp8GemvTest, EveryE4m3CodeExact) {
+  TESSERA_REQUIRE_CUDA();
+  auto gpu = MakeCudaBackend(0);
+  const int64_t n = 256, k = 256, m = 8;
+  const int64_t cols[m] = {0, 1, 2, 3, 17, 64, 130, 255};
+  std::vector<uint8_t> wq(n * k);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const uint8_t code = static_cast<uint8_t>((i + j) & 0xff);
+      wq[i * k + j] = (code & 0x7f) == 0x7f ? 0 : code;  // NaN codes: 0
+    }
+  const int64_t stride = Fp8WeightScaleStride(k);
+  std::vector<float> scale(Fp8Blocks(n) * stride, 1.0f);
+  std::vector<float> x(m * k, 0.0f);
+  for (int64_t t = 0; t < m; ++t) x[t * k + cols[t]] = 1.0f;
+  DeviceBuffer dw = testing::UploadRaw(*gpu, wq), ds = testing::UploadRaw(*gpu, scale);
+  DeviceBuffer dx = testing::UploadBf16(*gpu, x);
+  for (const auto variant : {cuda::Fp8GemvVariant::kV1, cuda::Fp8GemvVariant::kV2}) {
+    DeviceBuffer dy = testing::PoisonedBf16(*gpu, m * n);
+    cuda::LaunchFp8Gemv(dx.as<__nv_bfloat16>(), dw.as<uint8_t>(), ds.as<float>(), stride, m, n, k,
+                        dy.as<__nv_bfloat16>(), static_cast<cudaStream_t>(gpu->stream()), variant);
+    const std::vector<float> y = testing::DownloadBf16(*gpu, dy, m * n);
+    int wrong = 0;
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t i = 0; i < n; ++i) {
+        const uint8_t code = wq[i * k + cols[t]];
+        if (y[t * n + i] != F8E4M3ToFloat(code) && wrong++ < 8) {
+          ADD_FAILURE() << "v" << (variant == cuda::Fp8GemvVariant::kV2 ? 2 : 1) << " code 0x"
+                        << std::hex << int(code) << std::dec << " at column " << cols[t] << ": got "
+                        << y[t * n + i] << ", expected " << F8E4M3ToFloat(code);
+        }
+      }
+    EXPECT_EQ(wrong, 0);
+  }
 }
 
 // DequantizeFp8Weight (the MoE experts' per-step path, shards split inside a block): bf16
@@ -332,9 +419,16 @@ TEST(CudaFp8ModeTest, PicksByArchitectureAndFlag) {
   int major = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
   const Fp8Mode expected = major >= 9 ? Fp8Mode::kW8A8 : Fp8Mode::kW8A16;
-  EXPECT_EQ(MakeCudaBackend(0)->fp8_mode(), expected);
+  auto gpu = MakeCudaBackend(0);
+  EXPECT_EQ(gpu->fp8_mode(), expected);
+  // Decode sizes run weight-only on either path; W8A8 above them.
+  for (int64_t m : {1, 8, 9, 17, 4096}) {
+    EXPECT_EQ(gpu->Fp8WeightOnly(m), expected != Fp8Mode::kW8A8 || m <= kFp8WeightOnlyMaxRows)
+        << "m=" << m;
+  }
   setenv("TESSERA_FP8_W8A16", "1", 1);
   EXPECT_EQ(MakeCudaBackend(0)->fp8_mode(), Fp8Mode::kW8A16);
+  EXPECT_TRUE(MakeCudaBackend(0)->Fp8WeightOnly(4096));
   unsetenv("TESSERA_FP8_W8A16");
 }
 
