@@ -435,8 +435,17 @@ absl::StatusOr<int> BenchComm(MpiSession& mpi, const BenchCommFlags& f) {
   }
   ASSIGN_OR_RETURN(RankCompute compute, SetUpRankCompute(device, mpi));
   Backend& backend = *compute.backend;
-  Communicator& comm = *compute.world;  // NCCL on CUDA, MPI on the CPU
   const bool cuda = backend.kind() == DeviceKind::kCuda;
+  // One rank on a GPU: SetUpRankCompute keeps the MPI world there (a model on one GPU exchanges
+  // nothing), but the MoE exchange measured below passes device buffers, which MPI cannot take
+  // (a one-GPU run crashed in MPI_Allgather): an NCCL communicator of one rank carries them.
+  std::unique_ptr<Communicator> lone_gpu;
+#if defined(TESSERA_HAVE_NCCL)
+  if (cuda && compute.device_world == nullptr) {
+    lone_gpu = MakeNcclCommunicator(*mpi.world(), backend, "world-nccl");
+  }
+#endif
+  Communicator& comm = lone_gpu ? *lone_gpu : *compute.world;  // NCCL on CUDA, MPI on the CPU
   const int n = comm.size();
   const DType dtype = backend.activation_dtype();
   const size_t es = DTypeSize(dtype);
