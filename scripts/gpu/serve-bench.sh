@@ -3,7 +3,7 @@
 # dummy weights at the real shapes. For each model in MODELS (default Qwen3-14B and
 # Qwen3-30B-A3B), `tessera serve --load-format dummy` on GPU 0, then `tessera bench-serve` runs
 # against it: a burst of BURST (1000) requests of log-normal lengths around 256 in / 128 out, and
-# for dense models concurrency 64 with 1K in / 1K out (CONC_PROMPTS requests). `tessera bench`
+# for dense models concurrency 64 with 1K in / 1K out (CONC_PROMPTS requests; 0 skips it). `tessera bench`
 # gives the engine's own decode step time at batch 64 beside it. Logs and JSON under $OUT;
 # scripts/gpu/pack.sh prepares .devcarry. The server writes its step timeline (--step-trace, the
 # last TRACE_STEPS steps): $OUT/steps-MODEL.json.gz (Perfetto opens it) and a per-phase summary
@@ -58,7 +58,7 @@ for model in ${MODELS:-Qwen3-14B Qwen3-30B-A3B}; do
   run "burst ${BURST:-1000}, log-normal 256/128" --num-prompts ${BURST:-1000} --request-rate inf \
     --input-mean 256 --output-mean 128
   case $model in *A3B*|*A22B*) ;; *)
-    run "concurrency 64, 1K/1K" --num-prompts ${CONC_PROMPTS:-192} --max-concurrency 64 \
+    [ "${CONC_PROMPTS:-192}" != 0 ] && run "concurrency 64, 1K/1K" --num-prompts ${CONC_PROMPTS:-192} --max-concurrency 64 \
       --input-len 1024 --output-len 1024 ;;
   esac
   curl -s 127.0.0.1:$mport/metrics | grep -E "^tessera:(engine_step|num_preempt|prompt_tokens_total|generation_tokens_total)" >>$S
