@@ -37,6 +37,49 @@ __device__ __forceinline__ void WidenE4M3(const uint4& v, float scale, uint4& lo
   hi = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
+// The same bits as WidenE4M3<true> by bit moves instead of conversion instructions (fp8_gemv.cu's
+// E4m3x4ToBf16, widened to fp32): each byte's sign goes to bit 31 and its exponent and mantissa to
+// bits 20..26 of an fp32, exactly the value times 2^-120 (an e4m3 subnormal becomes the fp32
+// subnormal of the same mantissa). One fp32 multiply by scale * 2^120 (exact while |scale| < 2^8)
+// then rounds the same real product e4m3 * scale once, as the cvt path's multiply does; larger
+// scales take an exact multiply by 2^120 first. Then one round to bf16 as before. Finite e4m3
+// only (the NaN codes 0x7f/0xff become +-480; quantized weights never hold them).
+// NOTE: per 4 bytes 4 bit ops and 4 extracts replace 2 e4m3x2 and 4 f16->f32 conversions.
+template <bool kTwoStep>
+__device__ __forceinline__ void WidenE4M3BitsBy(const uint4& v, float mul, float scale, uint4& lo,
+                                                uint4& hi) {
+  const uint32_t in[4] = {v.x, v.y, v.z, v.w};
+  uint32_t out[8];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t q = in[i], q8 = q << 8;
+    // Halves: odd = (e1, e3), even = (e0, e2), each a bf16 (= fp32 high half) of value * 2^-120.
+    const uint32_t odd = (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
+    const uint32_t even = (q8 & 0x80008000u) | ((q8 & 0x7F007F00u) >> 4);
+    float f[4] = {__uint_as_float(even << 16), __uint_as_float(odd << 16),
+                  __uint_as_float(even & 0xFFFF0000u), __uint_as_float(odd & 0xFFFF0000u)};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      f[j] *= mul;
+      if constexpr (kTwoStep) f[j] *= scale;
+    }
+    const __nv_bfloat162 b01 = __floats2bfloat162_rn(f[0], f[1]);
+    const __nv_bfloat162 b23 = __floats2bfloat162_rn(f[2], f[3]);
+    out[2 * i] = *reinterpret_cast<const uint32_t*>(&b01);
+    out[2 * i + 1] = *reinterpret_cast<const uint32_t*>(&b23);
+  }
+  lo = make_uint4(out[0], out[1], out[2], out[3]);
+  hi = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+__device__ __forceinline__ void WidenE4M3Bits(const uint4& v, float scale, uint4& lo, uint4& hi) {
+  if (fabsf(scale) < 0x1p8f) {
+    WidenE4M3BitsBy<false>(v, scale * 0x1p120f, scale, lo, hi);
+  } else {
+    WidenE4M3BitsBy<true>(v, 0x1p120f, scale, lo, hi);
+  }
+}
+
 // Stores two 16-byte chunks (st.shared.v4) at shared addresses d0 and d1.
 __device__ __forceinline__ void StoreChunks(uint32_t d0, uint32_t d1, const uint4& lo,
                                             const uint4& hi) {

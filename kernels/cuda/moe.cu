@@ -10,6 +10,9 @@
 // fp32 in the order the host listed them (increasing expert id), with no atomics, so the result is
 // the same on every run and every rank layout.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_check.h"
@@ -170,13 +173,15 @@ __global__ void __launch_bounds__(kGroupThreads)
 // tile counts); CTAs past the last tile exit. Operand tiles are [rows, 64] bf16 in shared memory
 // (128-byte rows, XOR-swizzled chunks: mma.cuh's TileAddr), filled by cp.async kStages deep.
 //
-// FP8 weights (kFp8W, W8A16): the stages hold the raw e4m3 weight tile ([kBN, 64] bytes, 4
-// chunks a row); once a stage lands, each thread widens its chunks to bf16, times the chunk's
-// block scale in fp32 and rounded once (the bits DequantizeFp8Weight writes), into one swizzled
-// [kBN, 64] bf16 tile the warps read as they read the bf16 weights' tiles. A chunk of 16 columns
-// lies in one 128-column scale block when col_offset % 16 == 0 (MoeFp8Supported); rows may start
-// anywhere in a block and gate|up may be two parts (Fp8ScaleIndex), so TP slices that split a
-// block run here too. The products are then those of the dequantize-then-bf16 path, bit for bit.
+// FP8 weights (kFp8W, W8A16): the stages (kStages8 of them) hold the raw e4m3 weight tile
+// ([kBN, 64] bytes, 4 chunks a row); once a stage lands, each thread widens its chunks to bf16
+// (by bit moves, fp8.cuh WidenE4M3Bits; kCvtWiden: by conversion instructions, for A/B runs),
+// times the chunk's block scale in fp32 and rounded once (the bits DequantizeFp8Weight writes),
+// into one swizzled [kBN, 64] bf16 tile the warps read as they read the bf16 weights' tiles. A
+// chunk of 16 columns lies in one 128-column scale block when col_offset % 16 == 0
+// (MoeFp8Supported); rows may start anywhere in a block and gate|up may be two parts
+// (Fp8ScaleIndex), so TP slices that split a block run here too. The products are then those of the
+// dequantize-then-bf16 path, bit for bit.
 //
 // A CTA's kBN weight rows are two halves. In the gate|up GEMM (kFused) the first half is gate
 // rows [a0, a0 + kBN/2) and the second the matching up rows [I + a0, ...), so a thread holds
@@ -208,10 +213,11 @@ struct GemmParams {
   Fp8Weight w_layout;
 };
 
-template <int kBM_, int kWarpsM_, int kWarpsN_, int kNH_, int kStages_, int kMinBlocks_>
+template <int kBM_, int kWarpsM_, int kWarpsN_, int kNH_, int kStages_, int kMinBlocks_,
+          int kStages8_ = kStages_>
 struct GemmConfig {
   static constexpr int kBM = kBM_, kWarpsM = kWarpsM_, kWarpsN = kWarpsN_, kNH = kNH_;
-  static constexpr int kStages = kStages_, kMinBlocks = kMinBlocks_;
+  static constexpr int kStages = kStages_, kMinBlocks = kMinBlocks_, kStages8 = kStages8_;
   static constexpr int kThreads = kWarpsM * kWarpsN * 32;
   static constexpr int kHalf = kWarpsN * 8 * kNH;  // weight rows per half
   static constexpr int kBN = 2 * kHalf;
@@ -225,15 +231,17 @@ struct GemmConfig {
   // FP8 weights: e4m3 weight tiles in the stages, plus the one widened bf16 weight tile.
   static constexpr int kB8Chunks = kBN * 4 / kThreads;  // 16-byte e4m3 chunks per thread
   static constexpr int kStageBytes8 = (2 * kBM + kBN) * kBK;
-  static constexpr int kSmemBytes8 = kStages * kStageBytes8 + kBN * kBK * 2 + 16;
+  static constexpr int kSmemBytes8 = kStages8 * kStageBytes8 + kBN * kBK * 2 + 16;
   static_assert(kB8Chunks >= 1 && kBN * 4 == kB8Chunks * kThreads, "e4m3 chunks split evenly");
   static_assert(kMI >= 1 && kBM == kMI * 16 * kWarpsM, "whole m16 fragments per warp");
   static_assert(kAChunks >= 1 && kBM * 8 == kAChunks * kThreads, "A tile chunks split evenly");
   static_assert(kBChunks >= 1 && kBN * 8 == kBChunks * kThreads, "B tile chunks split evenly");
 };
-using DecodeGemm = GemmConfig<32, 1, 4, 1, 4, 4>;    // 32 x 64 tiles, 128 threads
-using MediumGemm = GemmConfig<64, 2, 4, 2, 4, 2>;    // 64 x 128 tiles, 256 threads
-using PrefillGemm = GemmConfig<128, 2, 4, 2, 4, 1>;  // 128 x 128 tiles, 256 threads
+// NOTE: an FP8 stage is half a bf16 stage's weight bytes, so the decode tiles keep 5 FP8 stages
+// in flight: 49 KB a CTA, still 4 CTAs an SM on Hopper (3 on A100, as with 4 stages).
+using DecodeGemm = GemmConfig<32, 1, 4, 1, 4, 4, 5>;  // 32 x 64 tiles, 128 threads
+using MediumGemm = GemmConfig<64, 2, 4, 2, 4, 2>;     // 64 x 128 tiles, 256 threads
+using PrefillGemm = GemmConfig<128, 2, 4, 2, 4, 1>;   // 128 x 128 tiles, 256 threads
 
 // 8 bf16 of row `src` from column `col` into the 16-byte chunk at `dst`, zero past `k` or when
 // !valid. kAligned: one cp.async (k % 8 == 0 and 16-byte aligned rows); else scalar loads.
@@ -262,17 +270,18 @@ __device__ __forceinline__ float SiluTimes(float g, float u) {
   return g / (1.0f + expf(-g)) * u;  // as elementwise.cu's SiluMul
 }
 
-template <typename Cfg, bool kFused, bool kAligned, bool kFp8W>
+template <typename Cfg, bool kFused, bool kAligned, bool kFp8W, bool kCvtWiden>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     MoeGemmKernel(const GemmParams p) {
   static_assert(!kFp8W || kAligned, "FP8 weights take the cp.async path only");
+  constexpr int kStages = kFp8W ? Cfg::kStages8 : Cfg::kStages;
   constexpr int kStageBytes = kFp8W ? Cfg::kStageBytes8 : Cfg::kStageBytes;
   constexpr int kWideBytes = kFp8W ? Cfg::kBN * kBK * 2 : 0;  // the widened weight tile
   constexpr int kBLoads = kFp8W ? Cfg::kB8Chunks : Cfg::kBChunks;
   constexpr int kRowChunks = kFp8W ? 4 : 8;  // 16-byte chunks per weight row of a k tile
   extern __shared__ __align__(128) unsigned char smem[];
-  int& tile_expert = reinterpret_cast<int*>(smem + Cfg::kStages * kStageBytes + kWideBytes)[0];
-  int& tile_row = reinterpret_cast<int*>(smem + Cfg::kStages * kStageBytes + kWideBytes)[1];
+  int& tile_expert = reinterpret_cast<int*>(smem + kStages * kStageBytes + kWideBytes)[0];
+  int& tile_row = reinterpret_cast<int*>(smem + kStages * kStageBytes + kWideBytes)[1];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   // Which expert and row tile blockIdx.y is: warp 0 scans the experts' tile counts.
@@ -346,7 +355,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   [[maybe_unused]] const uint32_t b_wide =
-      smem_base + Cfg::kStages * kStageBytes;  // FP8: bf16 [kBN, 64]
+      smem_base + kStages * kStageBytes;  // FP8: bf16 [kBN, 64]
   auto load_stage = [&](int stage, int64_t k0) {
     const uint32_t a_tile = smem_base + stage * kStageBytes;
     const uint32_t b_tile = a_tile + Cfg::kBM * kBK * 2;
@@ -381,23 +390,23 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   float acc[Cfg::kMI][2][Cfg::kNH][4] = {};  // [m16 fragment][gate, up half][n8 fragment][4]
   const int k_tiles = static_cast<int>((p.k + kBK - 1) / kBK);
 #pragma unroll
-  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+  for (int s = 0; s < kStages - 1; ++s) {
     if (s < k_tiles) load_stage(s, static_cast<int64_t>(s) * kBK);
     CpAsyncCommit();
   }
   for (int kt = 0; kt < k_tiles; ++kt) {
-    CpAsyncWait<Cfg::kStages - 2>();
+    CpAsyncWait<kStages - 2>();
     __syncthreads();  // stage kt landed for all threads; stage kt - 1 is free to refill
-    const int next = kt + Cfg::kStages - 1;
-    if (next < k_tiles) load_stage(next % Cfg::kStages, static_cast<int64_t>(next) * kBK);
+    const int next = kt + kStages - 1;
+    if (next < k_tiles) load_stage(next % kStages, static_cast<int64_t>(next) * kBK);
     CpAsyncCommit();
 
-    const uint32_t a_tile = smem_base + (kt % Cfg::kStages) * kStageBytes;
+    const uint32_t a_tile = smem_base + (kt % kStages) * kStageBytes;
     uint32_t b_tile = a_tile + Cfg::kBM * kBK * 2;
     if constexpr (kFp8W) {
       // Widen this stage's e4m3 tile, each chunk times its block's scale. The barrier above also
       // ended the previous tile's reads of b_wide.
-      const unsigned char* b_raw = smem + (kt % Cfg::kStages) * kStageBytes + Cfg::kBM * kBK * 2;
+      const unsigned char* b_raw = smem + (kt % kStages) * kStageBytes + Cfg::kBM * kBK * 2;
       const int64_t k0 = static_cast<int64_t>(kt) * kBK;
 #pragma unroll
       for (int i = 0; i < kBLoads; ++i) {
@@ -406,9 +415,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
         const float scale = b_row[i] >= 0 && col < p.k
                                 ? __ldg(b_scale[i] + (col + p.w_layout.col_offset) / kFp8Block)
                                 : 0.0f;
+        const uint4 raw = *reinterpret_cast<const uint4*>(b_raw + row * kBK + ch * 16);
         uint4 lo, hi;
-        WidenE4M3<true>(*reinterpret_cast<const uint4*>(b_raw + row * kBK + ch * 16), scale, lo,
-                        hi);
+        if constexpr (kCvtWiden) {
+          WidenE4M3<true>(raw, scale, lo, hi);
+        } else {
+          WidenE4M3Bits(raw, scale, lo, hi);
+        }
         StoreChunks(TileAddr<kBK>(b_wide, row, 2 * ch), TileAddr<kBK>(b_wide, row, 2 * ch + 1), lo,
                     hi);
       }
@@ -546,7 +559,7 @@ int RowTileBound(int max_rows, int bm, int num_experts) {
   return std::min<int64_t>(max_rows, max_rows / bm + num_experts);
 }
 
-template <typename Cfg, bool kFused, bool kAligned, bool kFp8W = false>
+template <typename Cfg, bool kFused, bool kAligned, bool kFp8W = false, bool kCvtWiden = false>
 void LaunchGemm(const GemmParams& p, int max_rows, cudaStream_t stream) {
   const int64_t cols = kFused ? p.n : p.w_rows;
   const int64_t col_tiles =
@@ -554,7 +567,7 @@ void LaunchGemm(const GemmParams& p, int max_rows, cudaStream_t stream) {
   const int row_tiles = RowTileBound(max_rows, Cfg::kBM, p.num_experts);
   TESSERA_CHECK(col_tiles < (int64_t{1} << 31) && row_tiles < 65536)
       << col_tiles << " x " << row_tiles << " MoE GEMM tiles";
-  auto* kernel = MoeGemmKernel<Cfg, kFused, kAligned, kFp8W>;
+  auto* kernel = MoeGemmKernel<Cfg, kFused, kAligned, kFp8W, kCvtWiden>;
   constexpr int kSmem = kFp8W ? Cfg::kSmemBytes8 : Cfg::kSmemBytes;
   AllowDynamicSmem(reinterpret_cast<const void*>(kernel), kSmem);
   kernel<<<dim3(static_cast<unsigned>(col_tiles), row_tiles), Cfg::kThreads, kSmem, stream>>>(p);
@@ -584,8 +597,8 @@ void LaunchGroupedGemm(const GemmParams& p, int max_rows, cudaStream_t stream) {
 }
 
 // FP8 weights: the same tile choice, cp.async only (MoeFp8Supported).
-template <bool kFused>
-void LaunchGroupedGemmFp8(const GemmParams& p, int max_rows, cudaStream_t stream) {
+template <bool kFused, bool kCvtWiden>
+void LaunchGroupedGemmFp8Widen(const GemmParams& p, int max_rows, cudaStream_t stream) {
   if (max_rows == 0) return;
   TESSERA_CHECK(p.num_experts >= 1) << p.num_experts << " local experts";
   TESSERA_CHECK(MoeFp8Supported(p.w_layout, p.k) && IsAligned(p.a, 16))
@@ -595,15 +608,41 @@ void LaunchGroupedGemmFp8(const GemmParams& p, int max_rows, cudaStream_t stream
   TESSERA_CHECK(p.w_layout.scale_stride >= 1 && p.w_scale != nullptr) << "FP8 expert scales";
   const int64_t per_expert = max_rows / p.num_experts;
   if (per_expert <= 24) {
-    LaunchGemm<DecodeGemm, kFused, true, true>(p, max_rows, stream);
+    LaunchGemm<DecodeGemm, kFused, true, true, kCvtWiden>(p, max_rows, stream);
   } else if (per_expert <= 96) {
-    LaunchGemm<MediumGemm, kFused, true, true>(p, max_rows, stream);
+    LaunchGemm<MediumGemm, kFused, true, true, kCvtWiden>(p, max_rows, stream);
   } else {
-    LaunchGemm<PrefillGemm, kFused, true, true>(p, max_rows, stream);
+    LaunchGemm<PrefillGemm, kFused, true, true, kCvtWiden>(p, max_rows, stream);
+  }
+}
+
+std::atomic<MoeFp8Widen> moe_fp8_widen{MoeFp8Widen::kDefault};
+
+template <bool kFused>
+void LaunchGroupedGemmFp8(const GemmParams& p, int max_rows, cudaStream_t stream) {
+  MoeFp8Widen how = moe_fp8_widen.load(std::memory_order_relaxed);
+  if (how == MoeFp8Widen::kDefault) how = MoeFp8DefaultWiden();
+  if (how == MoeFp8Widen::kCvt) {
+    LaunchGroupedGemmFp8Widen<kFused, true>(p, max_rows, stream);
+  } else {
+    LaunchGroupedGemmFp8Widen<kFused, false>(p, max_rows, stream);
   }
 }
 
 }  // namespace
+
+MoeFp8Widen MoeFp8DefaultWiden() {
+  static const MoeFp8Widen how = [] {
+    const char* env = std::getenv("TESSERA_MOE_FP8_WIDEN");
+    if (env == nullptr || *env == 0) return MoeFp8Widen::kBits;
+    TESSERA_CHECK(std::strcmp(env, "cvt") == 0 || std::strcmp(env, "bits") == 0)
+        << "TESSERA_MOE_FP8_WIDEN=" << env << ": expected cvt or bits";
+    return std::strcmp(env, "cvt") == 0 ? MoeFp8Widen::kCvt : MoeFp8Widen::kBits;
+  }();
+  return how;
+}
+
+void SetMoeFp8Widen(MoeFp8Widen how) { moe_fp8_widen.store(how, std::memory_order_relaxed); }
 
 bool MoeFp8Supported(const Fp8Weight& w, int64_t k) {
   return k > 0 && k % 16 == 0 && w.col_offset % 16 == 0 && IsAligned(w.data, 16);

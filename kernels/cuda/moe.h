@@ -60,6 +60,14 @@ void LaunchMoeDownFp8(const __nv_bfloat16* act, const int32_t* offsets, int num_
                       int max_rows, const Fp8Weight& down, int64_t scale_batch_stride,
                       int64_t hidden, int64_t intermediate, __nv_bfloat16* y, cudaStream_t stream);
 
+// How the FP8 expert GEMMs widen e4m3 to bf16 (same bits either way): kBits by bit moves and one
+// fp32 multiply (fp8.cuh WidenE4M3Bits), kCvt by conversion instructions (WidenE4M3), kept for
+// one-GPU A/B runs. TESSERA_MOE_FP8_WIDEN=cvt|bits (read once) sets the default (bits);
+// SetMoeFp8Widen overrides it process-wide for later launches (benchmarks; kDefault clears it).
+enum class MoeFp8Widen { kDefault, kCvt, kBits };
+MoeFp8Widen MoeFp8DefaultWiden();
+void SetMoeFp8Widen(MoeFp8Widen how);
+
 // out [n, hidden] = sum over the token's local slots, in increasing expert id, of
 // weights[t, k] * y[pair_row[t, k]], in fp32 (the CPU reference's order: deterministic on every
 // run and rank layout); 0 for a token with no local expert.

@@ -26,6 +26,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cuda/moe.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace tessera {
@@ -119,8 +120,9 @@ class MoeBench : public testing::CudaTest {
   }
 
   // FP8 experts (128x128 block scales, quantized from random bf16 weights) at decode sizes,
-  // three ways side by side: the bf16 experts (MoeExperts), the grouped FP8 GEMMs
-  // (MoeExpertsFp8) and the dequantize-into-scratch fallback (MarkExperts + DequantizeFp8Weight
+  // four ways side by side: the bf16 experts (MoeExperts), the grouped FP8 GEMMs
+  // (MoeExpertsFp8; fp8-cvt: the same widening e4m3 by conversion instructions, the previous
+  // default) and the dequantize-into-scratch fallback (MarkExperts + DequantizeFp8Weight
   // of the routed experts + MoeExperts), each recorded in a graph. GB/s counts each path's
   // expert weight bytes (bf16: 2 per element; FP8: 1) of the distinct experts hit.
   void RunFp8(const char* model, int64_t hidden, int64_t inter) {
@@ -177,6 +179,13 @@ class MoeBench : public testing::CudaTest {
       const std::pair<const char*, std::function<void()>> paths[] = {
           {"bf16", [&] { gpu().MoeExperts(x.data(), n, id, w, kTopK, bf16, out.data()); }},
           {"fp8", [&] { gpu().MoeExpertsFp8(x.data(), n, id, w, kTopK, fp8, out.data()); }},
+          // The same kernels widening e4m3 by conversion instructions (the previous default).
+          {"fp8-cvt",
+           [&] {
+             cuda::SetMoeFp8Widen(cuda::MoeFp8Widen::kCvt);
+             gpu().MoeExpertsFp8(x.data(), n, id, w, kTopK, fp8, out.data());
+             cuda::SetMoeFp8Widen(cuda::MoeFp8Widen::kDefault);
+           }},
           {"fp8-deq",
            [&] {
              gpu().MarkExperts(id, int64_t{n} * kTopK, 0, kExperts, used.as<int32_t>());

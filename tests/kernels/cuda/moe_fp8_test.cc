@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/cpu/reference.h"
+#include "kernels/cuda/moe.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/kernels/cuda/fp8_test_util.h"
 
@@ -135,6 +136,17 @@ TEST_P(CudaMoeFp8Test, MatchesDequantizedPathAndReference) {
   // Bit for bit the dequantize-then-bf16 path (the same widened weights, the same GEMMs).
   const auto fallback = Fallback(gpu(), experts.device, dx, c.n, dids, dw, c.top_k);
   for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], fallback[i]) << c.name << " at " << i;
+  // Both widenings (bit moves, the default; conversion instructions, kept for A/B runs) give
+  // the same bits.
+  for (cuda::MoeFp8Widen how : {cuda::MoeFp8Widen::kCvt, cuda::MoeFp8Widen::kBits}) {
+    DeviceBuffer other = testing::PoisonedBf16(gpu(), got.size());
+    cuda::SetMoeFp8Widen(how);
+    gpu().MoeExpertsFp8(dx.data(), c.n, dids.as<int32_t>(), dw.as<float>(), c.top_k, experts.device,
+                        other.data());
+    cuda::SetMoeFp8Widen(cuda::MoeFp8Widen::kDefault);
+    EXPECT_EQ(testing::DownloadBf16(gpu(), other, got.size()), got)
+        << c.name << " widening " << static_cast<int>(how);
+  }
 
   // Close to the CPU reference (exact dequantization, fp32 throughout).
   auto cpu_backend = MakeCpuBackend();
