@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "kernels/base/fp8_bits.h"
+
 namespace tessera::cuda {
 
 // 16 e4m3 bytes -> 16 bf16 (two 16-byte chunks). Unscaled (kScaled false): exact, every e4m3
@@ -37,14 +39,12 @@ __device__ __forceinline__ void WidenE4M3(const uint4& v, float scale, uint4& lo
   hi = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
-// The same bits as WidenE4M3<true> by bit moves instead of conversion instructions (fp8_gemv.cu's
-// E4m3x4ToBf16, widened to fp32): each byte's sign goes to bit 31 and its exponent and mantissa to
-// bits 20..26 of an fp32, exactly the value times 2^-120 (an e4m3 subnormal becomes the fp32
-// subnormal of the same mantissa). One fp32 multiply by scale * 2^120 (exact while |scale| < 2^8)
-// then rounds the same real product e4m3 * scale once, as the cvt path's multiply does; larger
-// scales take an exact multiply by 2^120 first. Then one round to bf16 as before. Finite e4m3
-// only (the NaN codes 0x7f/0xff become +-480; quantized weights never hold them).
-// NOTE: per 4 bytes 4 bit ops and 4 extracts replace 2 e4m3x2 and 4 f16->f32 conversions.
+// The same bits as WidenE4M3<true> by bit moves instead of conversion instructions
+// (kernels/base/fp8_bits.h: each e4m3 as an fp32 of its value times 2^-120, subnormals included),
+// then one fp32 multiply by scale * 2^120 (E4m3ScaleFolds; larger scales multiply by 2^120 first),
+// which rounds the same real product e4m3 * scale once as the cvt path's multiply does, then one
+// round to bf16 as before. Finite e4m3 only (quantized weights never hold the NaN codes).
+// NOTE: per 4 bytes ~6 integer ops replace 2 e4m3x2->f16x2 and 4 f16->f32 conversions.
 template <bool kTwoStep>
 __device__ __forceinline__ void WidenE4M3BitsBy(const uint4& v, float mul, float scale, uint4& lo,
                                                 uint4& hi) {
@@ -52,15 +52,12 @@ __device__ __forceinline__ void WidenE4M3BitsBy(const uint4& v, float mul, float
   uint32_t out[8];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const uint32_t q = in[i], q8 = q << 8;
-    // Halves: odd = (e1, e3), even = (e0, e2), each a bf16 (= fp32 high half) of value * 2^-120.
-    const uint32_t odd = (q & 0x80008000u) | ((q & 0x7F007F00u) >> 4);
-    const uint32_t even = (q8 & 0x80008000u) | ((q8 & 0x7F007F00u) >> 4);
-    float f[4] = {__uint_as_float(even << 16), __uint_as_float(odd << 16),
-                  __uint_as_float(even & 0xFFFF0000u), __uint_as_float(odd & 0xFFFF0000u)};
+    uint32_t bits[4];
+    E4m3x4ToF32Bits(in[i], bits);
+    float f[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      f[j] *= mul;
+      f[j] = __uint_as_float(bits[j]) * mul;
       if constexpr (kTwoStep) f[j] *= scale;
     }
     const __nv_bfloat162 b01 = __floats2bfloat162_rn(f[0], f[1]);
@@ -73,10 +70,10 @@ __device__ __forceinline__ void WidenE4M3BitsBy(const uint4& v, float mul, float
 }
 
 __device__ __forceinline__ void WidenE4M3Bits(const uint4& v, float scale, uint4& lo, uint4& hi) {
-  if (fabsf(scale) < 0x1p8f) {
-    WidenE4M3BitsBy<false>(v, scale * 0x1p120f, scale, lo, hi);
+  if (E4m3ScaleFolds(scale)) {
+    WidenE4M3BitsBy<false>(v, scale * kE4m3BitsUnscale, scale, lo, hi);
   } else {
-    WidenE4M3BitsBy<true>(v, 0x1p120f, scale, lo, hi);
+    WidenE4M3BitsBy<true>(v, kE4m3BitsUnscale, scale, lo, hi);
   }
 }
 
