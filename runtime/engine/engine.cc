@@ -503,7 +503,14 @@ void Engine::Step(StepRecord* rec) {
   RemoveEnded();
   std::vector<std::vector<std::pair<Sequence*, int>>> scheduled(dp);
   bool any = false;
-  for (int d = 0; d < dp; ++d) any |= Schedule(*replicas_[d], &scheduled[d]);
+  for (int d = 0; d < dp; ++d) {
+    any |= Schedule(*replicas_[d], &scheduled[d]);
+    // One-token sequences (decodes, 1-token chunks) first, stably: the batches are built in this
+    // order (rows, logit rows, row owners), so the model's attention gives those rows its decode
+    // kernel (StepBatch::single_token_seqs). Only the order changes, not what runs.
+    std::stable_partition(scheduled[d].begin(), scheduled[d].end(),
+                          [](const std::pair<Sequence*, int>& e) { return e.second == 1; });
+  }
   rec->End(StepPhase::kSchedule);
   if (!any) {
     if (!in_flight_.empty()) {
@@ -514,6 +521,8 @@ void Engine::Step(StepRecord* rec) {
       rec->seqs = launched.seqs;
       rec->prefill_tokens = launched.prefill_tokens;
       rec->decode_tokens = launched.decode_tokens;
+      rec->one_token_seqs = launched.one_token_seqs;
+      rec->single_token_seqs = launched.single_token_seqs;
       rec->running = launched.running;
       rec->waiting = launched.waiting;
       rec->pure_decode = launched.pure_decode;
@@ -596,7 +605,9 @@ void Engine::Step(StepRecord* rec) {
           s->num_computed + n == s->length() && n == 1 && s->num_computed >= s->prompt_len;
       (decode ? rec->decode_tokens : rec->prefill_tokens) += n;
       rec->pure_decode &= decode;
+      rec->one_token_seqs += n == 1;
     }
+    for (const StepBatch& b : plan.replicas[d]) rec->single_token_seqs += b.single_token_seqs;
   }
   rec->End(StepPhase::kPlan);
 

@@ -32,6 +32,10 @@ struct StepBatch {
   std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq]
   int num_seqs = 0;
   int max_blocks_per_seq = 0;
+  // How many leading sequences have exactly one token in this step (token t is then sequence t,
+  // for t < single_token_seqs); 0 = none or unknown. The engine orders a step's one-token
+  // sequences first so that the model's attention runs them on its decode kernel.
+  int single_token_seqs = 0;
   // [num_tokens], or empty (every id is in token_ids). Async scheduling: -1 = token_ids[t]; i >= 0
   // = the id this rank's model sampled for logit row i of its previous forward, which the engine
   // had not read back when it planned this step (token_ids[t] is then 0). Decode tokens only.

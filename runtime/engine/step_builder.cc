@@ -14,6 +14,7 @@ int StepBatchBuilder::AddSequence(absl::Span<const int32_t> tokens,
   TESSERA_CHECK_LE(static_cast<int64_t>(end), static_cast<int64_t>(blocks.size()) * block_size_)
       << "KV blocks for the sequence's positions";
   const int seq = batch_.num_seqs++;
+  if (end - begin == 1 && batch_.single_token_seqs == seq) ++batch_.single_token_seqs;
   blocks_.push_back(blocks);
   for (int p = begin; p < end; ++p) {
     if (any_pending_) batch_.token_from_row.push_back(-1);
@@ -35,6 +36,7 @@ int StepBatchBuilder::AddPendingToken(absl::Span<const int32_t> blocks, int posi
   if (!any_pending_) batch_.token_from_row.assign(batch_.token_ids.size(), -1);
   any_pending_ = true;
   const int seq = batch_.num_seqs++;
+  if (batch_.single_token_seqs == seq) ++batch_.single_token_seqs;
   blocks_.push_back(blocks);
   batch_.token_ids.push_back(0);
   batch_.positions.push_back(position);

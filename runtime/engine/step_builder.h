@@ -37,6 +37,9 @@ class StepBatchBuilder {
 
   int num_tokens() const { return static_cast<int>(batch_.token_ids.size()); }
 
+  // The batch's StepBatch::single_token_seqs counts the one-token sequences added before the first
+  // sequence with another count: add those first for the model's decode attention path.
+
   // The batch: block tables as wide as the longest block list. `logit_sampling` is left empty when
   // no row is sampled on the device (the contract's "every row returns logits").
   StepBatch Build() &&;

@@ -61,6 +61,7 @@ std::vector<uint8_t> SerializeStepPlan(const StepPlan& plan) {
       w.Ints(b.logit_tokens);
       w.U32(static_cast<uint32_t>(b.num_seqs));
       w.U32(static_cast<uint32_t>(b.max_blocks_per_seq));
+      w.U32(static_cast<uint32_t>(b.single_token_seqs));
       w.U32(static_cast<uint32_t>(b.logit_sampling.size()));
       for (const LogitRowSampling& row : b.logit_sampling) {
         w.U32(row.on_device ? 1 : 0);
@@ -90,15 +91,17 @@ absl::StatusOr<StepPlan> DeserializeStepPlan(const std::vector<uint8_t>& bytes) 
     if (!r.U32(&count) || count > bytes.size()) return corrupt;
     micro_batches.resize(count);
     for (StepBatch& b : micro_batches) {
-      uint32_t seqs, blocks;
+      uint32_t seqs, blocks, single;
       if (!r.Ints(&b.token_ids) || !r.Ints(&b.positions) || !r.Ints(&b.token_seq) ||
           !r.Ints(&b.slot_mapping) || !r.Ints(&b.block_tables) || !r.Ints(&b.token_from_row) ||
-          !r.Ints(&b.logit_tokens) || !r.U32(&seqs) || !r.U32(&blocks) ||
+          !r.Ints(&b.logit_tokens) || !r.U32(&seqs) || !r.U32(&blocks) || !r.U32(&single) ||
+          single > seqs ||
           (!b.token_from_row.empty() && b.token_from_row.size() != b.token_ids.size())) {
         return corrupt;
       }
       b.num_seqs = static_cast<int>(seqs);
       b.max_blocks_per_seq = static_cast<int>(blocks);
+      b.single_token_seqs = static_cast<int>(single);
       uint32_t sampled;
       if (!r.U32(&sampled) || sampled > bytes.size()) return corrupt;
       b.logit_sampling.resize(sampled);

@@ -96,12 +96,13 @@ std::string StepTrace::Json() const {
         absl::StrFormat(
             ",\n{\"name\":\"step %d\",\"cat\":\"step\",\"ph\":\"X\",\"pid\":0,\"tid\":1,"
             "\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"step\":%d,\"seqs\":%d,\"prefill_tokens\":%d,"
-            "\"decode_tokens\":%d,\"running\":%d,\"waiting\":%d,\"pure_decode\":%s,"
+            "\"decode_tokens\":%d,\"one_token_seqs\":%d,\"single_token_seqs\":%d,"
+            "\"running\":%d,\"waiting\":%d,\"pure_decode\":%s,"
             "\"output_async\":%s,\"collected\":%d,\"collected_device_ms\":%.3f}}",
             r.step, us(begin), static_cast<double>(end - begin) / 1e3, r.step, r.seqs,
-            r.prefill_tokens, r.decode_tokens, r.running, r.waiting,
-            r.pure_decode ? "true" : "false", r.output_async ? "true" : "false", r.collected,
-            static_cast<double>(r.collected_device_ns) / 1e6));
+            r.prefill_tokens, r.decode_tokens, r.one_token_seqs, r.single_token_seqs, r.running,
+            r.waiting, r.pure_decode ? "true" : "false", r.output_async ? "true" : "false",
+            r.collected, static_cast<double>(r.collected_device_ns) / 1e6));
     for (int p = 0; p < static_cast<int>(StepPhase::kCount); ++p) {
       if (r.end_ns[p] == 0) continue;
       const int tid = r.output_async && p == static_cast<int>(StepPhase::kOutput) ? 2 : 1;

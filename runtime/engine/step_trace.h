@@ -48,6 +48,8 @@ struct StepRecord {
   int seqs = 0;               // sequences in the step
   int prefill_tokens = 0;     // tokens of prompt chunks (and recomputation after preemption)
   int decode_tokens = 0;      // one per decoding sequence
+  int one_token_seqs = 0;     // sequences with one token in the step (decodes, 1-token chunks)
+  int single_token_seqs = 0;  // of those, the ones leading their micro-batch (StepBatch's count)
   int running = 0;            // sequences running after scheduling, all replicas
   int waiting = 0;            // sequences waiting after scheduling, all replicas
   bool pure_decode = false;   // every micro-batch one token per sequence: decode-graph eligible

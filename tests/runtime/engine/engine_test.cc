@@ -365,6 +365,60 @@ TEST_F(EngineLoadTest, LongPrefillThresholdChunksPromptsAndKeepsOutputs) {
   }
 }
 
+// Mixed steps put their one-token sequences (decodes, and the last token of a 17-token prompt
+// chunked by 16) first: in every step's trace the micro-batch's leading one-token count
+// (StepBatch::single_token_seqs) is every one-token sequence of the step, some steps mix them
+// with longer chunks, some hold a 1-token prompt chunk, and the greedy outputs are unchanged.
+TEST_F(EngineLoadTest, OneTokenSequencesLeadMixedSteps) {
+  std::vector<EngineRequest> requests = Requests(12);
+  for (size_t i = 0; i < requests.size(); i += 3) requests[i].prompt.resize(17);
+  const std::vector<Result> expected = OneAtATime(requests);
+  for (bool async_scheduling : {true, false}) {
+    SCOPED_TRACE(async_scheduling ? "async scheduling" : "synchronous steps");
+    EngineOptions options;
+    options.max_num_seqs = 6;
+    options.long_prefill_token_threshold = 16;
+    options.async_scheduling = async_scheduling;
+    const std::string trace = ::testing::TempDir() + "/engine-test-one-token-" +
+                              std::to_string(async_scheduling) + "-" + std::to_string(getpid()) +
+                              ".json";
+    options.step_trace_path = trace;
+    std::vector<Result> got;
+    {
+      auto r = Start(options, 64, nullptr);
+      got = SubmitAll(*r->engine, requests);
+    }
+    ASSERT_EQ(got.size(), requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
+      EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
+    }
+    std::ifstream in(trace);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string json = ss.str();
+    auto field = [&json](size_t at, const std::string& name) {
+      const size_t f = json.find("\"" + name + "\":", at);
+      EXPECT_NE(f, std::string::npos) << name;
+      return f == std::string::npos ? -1 : std::atoi(json.c_str() + f + name.size() + 3);
+    };
+    int steps = 0, mixed = 0, one_token_chunks = 0;
+    for (size_t at = json.find("\"name\":\"step "); at != std::string::npos;
+         at = json.find("\"name\":\"step ", at + 1)) {
+      const int seqs = field(at, "seqs"), one = field(at, "one_token_seqs"),
+                single = field(at, "single_token_seqs"), decode = field(at, "decode_tokens");
+      EXPECT_EQ(single, one) << "step " << field(at, "step") << ": one-token sequences lead";
+      mixed += 0 < single && single < seqs;
+      one_token_chunks += one > decode;
+      ++steps;
+    }
+    ASSERT_GT(steps, 0) << json.size();
+    EXPECT_GT(mixed, 0) << "decodes should share steps with prompt chunks";
+    EXPECT_GT(one_token_chunks, 0) << "17-token prompts chunked by 16 end in a 1-token chunk";
+    std::remove(trace.c_str());
+  }
+}
+
 // Sampling that is not greedy: seeded draws (and unseeded ones, drawn from the engine's seed and
 // the arrival number), penalties and logprobs (those steps run synchronously) under load give
 // the same tokens with async scheduling on and off, and as one request at a time.

@@ -32,12 +32,29 @@ TEST(StepBatchBuilderTest, PrefillChunkAndDecode) {
   // slot = block * block_size + position % block_size.
   EXPECT_THAT(b.slot_mapping, ElementsAre(22, 23, 4, 5, 6, 32));
   EXPECT_EQ(b.num_seqs, 2);
+  EXPECT_EQ(b.single_token_seqs, 0);  // the decode follows a chunk: it does not lead
   EXPECT_EQ(b.max_blocks_per_seq, 3);
   EXPECT_THAT(b.block_tables, ElementsAre(5, 1, 0, 3, 8, 2));
   EXPECT_THAT(b.logit_tokens, ElementsAre(5));
   // No row is sampled on the device: every row returns logits.
   EXPECT_TRUE(b.logit_sampling.empty());
   EXPECT_EQ(NumLogitRowsReturned(b), 1);
+}
+
+// single_token_seqs counts the one-token sequences (decodes, pending tokens, 1-token chunks)
+// before the first longer one, not those after it.
+TEST(StepBatchBuilderTest, CountsLeadingOneTokenSequences) {
+  const std::vector<int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8};
+  const std::vector<int32_t> blocks = {0, 1};
+  StepBatchBuilder builder(4);
+  builder.AddSequence(tokens, blocks, 7, 8);
+  builder.AddPendingToken(blocks, 6, 0);
+  builder.AddSequence(tokens, blocks, 3, 4);
+  builder.AddSequence(tokens, blocks, 0, 5);
+  builder.AddSequence(tokens, blocks, 7, 8);
+  const StepBatch b = std::move(builder).Build();
+  EXPECT_EQ(b.num_seqs, 5);
+  EXPECT_EQ(b.single_token_seqs, 3);
 }
 
 TEST(StepBatchBuilderTest, DeviceRowsKeepOneSamplingEntryPerRow) {
