@@ -74,6 +74,10 @@ struct AttentionBatch {
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] physical block ids
   int max_blocks_per_seq = 0;
   int block_size = 0;
+  // Leading sequences with exactly one token each (tokens [0, num_single) are sequences
+  // [0, num_single)); the rest may have any count. 0 = unknown. Lets a backend send those rows to
+  // its decode kernel when the batch also holds prefill chunks (StepBatch::single_token_seqs).
+  int num_single = 0;
 };
 
 // Which experts of a MoE layer this rank holds, and their weights.

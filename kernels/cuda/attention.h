@@ -25,6 +25,9 @@ struct PagedAttentionArgs {
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
   int num_tokens = 0;
   int num_seqs = 0;
+  // Leading one-token sequences (AttentionBatch::num_single): token t < num_single is sequence t
+  // at its only row. 0 = unknown.
+  int num_single = 0;
   int max_blocks_per_seq = 0;
   int block_size = 0;
   int q_heads = 0;

@@ -373,6 +373,7 @@ class CudaBackend final : public Backend {
     a.block_tables = batch.block_tables;
     a.num_tokens = batch.num_tokens;
     a.num_seqs = batch.num_seqs;
+    a.num_single = batch.num_single;
     a.max_blocks_per_seq = batch.max_blocks_per_seq;
     a.block_size = batch.block_size;
     a.q_heads = q_heads;

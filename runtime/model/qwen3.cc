@@ -1263,6 +1263,22 @@ void Qwen3Model::Forward(const StepBatch& batch, KvCache& kv, std::vector<float>
   Collect(logits, tokens);
 }
 
+namespace {
+
+// batch.single_token_seqs where it holds (token t is sequence t's only token for every t below
+// it), else 0: the attention kernels split the batch there, so a wrong count is refused here.
+int LeadingSingleTokenSeqs(const StepBatch& batch) {
+  const int s = batch.single_token_seqs;
+  const int n = static_cast<int>(batch.token_seq.size());
+  if (s <= 0 || s > batch.num_seqs || s > n) return 0;
+  for (int t = 0; t < s; ++t)
+    if (batch.token_seq[t] != t) return 0;
+  if (s < n && batch.token_seq[s] == s - 1) return 0;
+  return s;
+}
+
+}  // namespace
+
 void Qwen3Model::Launch(const StepBatch& batch, KvCache& kv,
                         const std::vector<int>& replica_tokens) {
   const int n = static_cast<int>(batch.token_ids.size());
@@ -1312,6 +1328,8 @@ void Qwen3Model::Launch(const StepBatch& batch, KvCache& kv,
     attn_batch.block_tables = tables_.as<int32_t>();
     attn_batch.max_blocks_per_seq = batch.max_blocks_per_seq;
     attn_batch.block_size = kv.block_size();
+    // Trusted only when it holds: the leading tokens are one per sequence, in sequence order.
+    attn_batch.num_single = LeadingSingleTokenSeqs(batch);
 
     RunStage(n, attn_batch, kv);
     if (!last_stage() || r == 0) {

@@ -6,7 +6,10 @@
 // batches (one token per sequence) run the split-KV kernel (decode_attention.cu); its split plan
 // is also tested on its own, without a GPU. Batches with prefill rows and head_dim 64 or 128 take
 // the tensor-core kernel (flash_prefill.cu; on sm_90 at head_dim 128 the wgmma one,
-// flash_prefill_sm90.cu, and both are also tested directly); the rest the fp32 one. Every case runs
+// flash_prefill_sm90.cu, and both are also tested directly); the rest the fp32 one. A batch whose
+// leading sequences are one token each, with AttentionBatch::num_single saying so, runs those on
+// the split-KV kernel and the rest on the tensor-core one (the whole batch on the old path where
+// either declines). Every case runs
 // twice and the two outputs must be bit-identical. TESSERA_ATTN_BENCH=1 adds a timing of long
 // causal prefills (off by default).
 #include <cuda_runtime_api.h>
@@ -56,6 +59,8 @@ struct Case {
   // Block-table entries per sequence beyond those its context needs: a key capacity far above
   // every context, as a CUDA graph captured for the longest context sees at shorter ones.
   int spare_blocks = 0;
+  // AttentionBatch::num_single: the leading one-token sequences (0 = not said).
+  int num_single = 0;
 };
 
 // One case's inputs on the GPU (the cache written by WriteKvCache from the same rows, NaN in
@@ -148,6 +153,7 @@ Problem Build(Backend& gpu, const Case& c) {
   pr.d_tables = testing::UploadRaw(gpu, tables);
   pr.batch.num_tokens = pr.n;
   pr.batch.num_seqs = num_seqs;
+  pr.batch.num_single = c.num_single;
   pr.batch.positions = pr.d_pos.as<int32_t>();
   pr.batch.token_seq = pr.d_seq.as<int32_t>();
   pr.batch.block_tables = pr.d_tables.as<int32_t>();
@@ -233,7 +239,43 @@ INSTANTIATE_TEST_SUITE_P(
              128,
              16,
              {{100, 1}, {1, 1}, {2000, 1}},
-             /*spare_blocks=*/4000}),
+             /*spare_blocks=*/4000},
+        // Mixed steps with their one-token sequences first (num_single): decodes of varied
+        // contexts on the split-KV kernel, then prefill chunks of odd lengths on the flash one,
+        // whose token_seq values still index the whole block table.
+        Case{"mixed_single_decodes_then_chunks_d128",
+             32,
+             4,
+             128,
+             16,
+             {{40, 1}, {1, 1}, {257, 1}, {1000, 1}, {3, 1}, {90, 30}, {25, 25}, {77, 13}},
+             /*spare_blocks=*/0,
+             /*num_single=*/5},
+        Case{"mixed_single_d64_group8_block7",
+             8,
+             1,
+             64,
+             7,
+             {{300, 1}, {2, 1}, {31, 1}, {45, 20}, {9, 9}, {130, 3}},
+             /*spare_blocks=*/0,
+             /*num_single=*/3},
+        Case{"mixed_single_one_chunk_token_d128",
+             40,
+             8,
+             128,
+             16,
+             {{17, 1}, {513, 1}, {200, 129}},
+             /*spare_blocks=*/0,
+             /*num_single=*/2},
+        // head_dim 80: the flash kernel declines the rest, so the whole batch takes the old path.
+        Case{"mixed_single_fallback_d80_block7",
+             10,
+             5,
+             80,
+             7,
+             {{61, 1}, {29, 1}, {40, 13}},
+             /*spare_blocks=*/0,
+             /*num_single=*/2}),
     CaseName);
 
 // The split plan (host code, runs without a GPU): whole tiles, no split past the capacity,
