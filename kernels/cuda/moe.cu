@@ -634,7 +634,9 @@ void LaunchGroupedGemmFp8(const GemmParams& p, int max_rows, cudaStream_t stream
 MoeFp8Widen MoeFp8DefaultWiden() {
   static const MoeFp8Widen how = [] {
     const char* env = std::getenv("TESSERA_MOE_FP8_WIDEN");
-    if (env == nullptr || *env == 0) return MoeFp8Widen::kBits;
+    // NOTE: cvt until a GPU run of cuda_moe_fp8_test passes with bits (none could be made the
+    // session the bit-move widening was written).
+    if (env == nullptr || *env == 0) return MoeFp8Widen::kCvt;
     TESSERA_CHECK(std::strcmp(env, "cvt") == 0 || std::strcmp(env, "bits") == 0)
         << "TESSERA_MOE_FP8_WIDEN=" << env << ": expected cvt or bits";
     return std::strcmp(env, "cvt") == 0 ? MoeFp8Widen::kCvt : MoeFp8Widen::kBits;

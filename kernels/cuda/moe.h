@@ -62,7 +62,8 @@ void LaunchMoeDownFp8(const __nv_bfloat16* act, const int32_t* offsets, int num_
 
 // How the FP8 expert GEMMs widen e4m3 to bf16 (same bits either way): kBits by bit moves and one
 // fp32 multiply (fp8.cuh WidenE4M3Bits), kCvt by conversion instructions (WidenE4M3), kept for
-// one-GPU A/B runs. TESSERA_MOE_FP8_WIDEN=cvt|bits (read once) sets the default (bits);
+// one-GPU A/B runs. TESSERA_MOE_FP8_WIDEN=cvt|bits (read once) sets the default: cvt until a GPU
+// run has checked bits (cuda_moe_fp8_test compares both with the dequantize path);
 // SetMoeFp8Widen overrides it process-wide for later launches (benchmarks; kDefault clears it).
 enum class MoeFp8Widen { kDefault, kCvt, kBits };
 MoeFp8Widen MoeFp8DefaultWiden();
