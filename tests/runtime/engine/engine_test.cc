@@ -162,6 +162,31 @@ class EngineLoadTest : public ::testing::Test {
     return results;
   }
 
+  // Serves `requests` on an engine with `options` and a step trace (file `name` + pid in the
+  // test's temp dir), expects each result to equal `expected`'s, and returns the trace's JSON.
+  std::string ServeTracedExpecting(EngineOptions options, const std::string& name,
+                                   const std::vector<EngineRequest>& requests,
+                                   const std::vector<Result>& expected) {
+    const std::string trace =
+        ::testing::TempDir() + "/engine-test-" + name + "-" + std::to_string(getpid()) + ".json";
+    options.step_trace_path = trace;
+    std::vector<Result> got;
+    {
+      auto r = Start(options, 64, nullptr);
+      got = SubmitAll(*r->engine, requests);
+    }
+    EXPECT_EQ(got.size(), requests.size());
+    for (size_t i = 0; i < got.size() && i < expected.size(); ++i) {
+      EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
+      EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
+    }
+    std::ifstream in(trace);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::remove(trace.c_str());
+    return ss.str();
+  }
+
   static const Tokenizer* tokenizer_;
   static Backend* backend_;
 };
@@ -325,23 +350,8 @@ TEST_F(EngineLoadTest, LongPrefillThresholdChunksPromptsAndKeepsOutputs) {
     EngineOptions options;
     options.max_num_seqs = max_seqs;
     options.long_prefill_token_threshold = 16;
-    const std::string trace = ::testing::TempDir() + "/engine-test-long-prefill-" +
-                              std::to_string(max_seqs) + "-" + std::to_string(getpid()) + ".json";
-    options.step_trace_path = trace;
-    std::vector<Result> got;
-    {
-      auto r = Start(options, 64, nullptr);
-      got = SubmitAll(*r->engine, requests);
-    }
-    ASSERT_EQ(got.size(), requests.size());
-    for (size_t i = 0; i < requests.size(); ++i) {
-      EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
-      EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
-    }
-    std::ifstream in(trace);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string json = ss.str();
+    const std::string json = ServeTracedExpecting(
+        options, "long-prefill-" + std::to_string(max_seqs), requests, expected);
     int largest = 0, steps = 0, mixed = 0;
     const std::string key = "\"prefill_tokens\":", decode_key = "\"decode_tokens\":";
     for (size_t at = json.find(key); at != std::string::npos; at = json.find(key, at + 1)) {
@@ -361,7 +371,6 @@ TEST_F(EngineLoadTest, LongPrefillThresholdChunksPromptsAndKeepsOutputs) {
       EXPECT_LE(largest, 16 * max_seqs);
       EXPECT_GT(mixed, 0) << "decodes should share steps with prompt chunks";
     }
-    std::remove(trace.c_str());
   }
 }
 
@@ -379,24 +388,8 @@ TEST_F(EngineLoadTest, OneTokenSequencesLeadMixedSteps) {
     options.max_num_seqs = 6;
     options.long_prefill_token_threshold = 16;
     options.async_scheduling = async_scheduling;
-    const std::string trace = ::testing::TempDir() + "/engine-test-one-token-" +
-                              std::to_string(async_scheduling) + "-" + std::to_string(getpid()) +
-                              ".json";
-    options.step_trace_path = trace;
-    std::vector<Result> got;
-    {
-      auto r = Start(options, 64, nullptr);
-      got = SubmitAll(*r->engine, requests);
-    }
-    ASSERT_EQ(got.size(), requests.size());
-    for (size_t i = 0; i < requests.size(); ++i) {
-      EXPECT_EQ(got[i].tokens, expected[i].tokens) << "request " << i;
-      EXPECT_EQ(got[i].reason, expected[i].reason) << "request " << i;
-    }
-    std::ifstream in(trace);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string json = ss.str();
+    const std::string json = ServeTracedExpecting(
+        options, "one-token-" + std::to_string(async_scheduling), requests, expected);
     auto field = [&json](size_t at, const std::string& name) {
       const size_t f = json.find("\"" + name + "\":", at);
       EXPECT_NE(f, std::string::npos) << name;
@@ -415,7 +408,6 @@ TEST_F(EngineLoadTest, OneTokenSequencesLeadMixedSteps) {
     ASSERT_GT(steps, 0) << json.size();
     EXPECT_GT(mixed, 0) << "decodes should share steps with prompt chunks";
     EXPECT_GT(one_token_chunks, 0) << "17-token prompts chunked by 16 end in a 1-token chunk";
-    std::remove(trace.c_str());
   }
 }
 
