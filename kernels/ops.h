@@ -397,9 +397,11 @@ class Backend {
   virtual void LinearFp8(const Fp8Activations& x, const Fp8Weight& w, int64_t m, int64_t n,
                          int64_t k, void* y);
   // Whether an FP8 linear of m rows should run weight-only (LinearFp8WeightOnly on the unquantized
-  // activations) rather than QuantizeFp8 + LinearFp8. This default: wherever fp8_mode() is not
-  // kW8A8; the CPU and CUDA backends also wherever m <= kFp8WeightOnlyMaxRows.
-  virtual bool Fp8WeightOnly(int64_t /*m*/) const { return fp8_mode() != Fp8Mode::kW8A8; }
+  // activations) rather than QuantizeFp8 + LinearFp8: wherever fp8_mode() is not kW8A8, and at
+  // decode sizes (m <= kFp8WeightOnlyMaxRows) on a W8A8 backend too.
+  virtual bool Fp8WeightOnly(int64_t m) const {
+    return fp8_mode() != Fp8Mode::kW8A8 || m <= kFp8WeightOnlyMaxRows;
+  }
   // W8A16: y A[m, n] = x A[m, k] @ W^T, x unquantized, W dequantized.
   virtual void LinearFp8WeightOnly(const void* x, const Fp8Weight& w, int64_t m, int64_t n,
                                    int64_t k, void* y);

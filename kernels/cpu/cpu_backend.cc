@@ -145,9 +145,6 @@ class CpuBackend final : public Backend {
   // kFp8WeightOnlyMaxRows), LinearFp8's y padded to Fp8PaddedRows(m) rows (filled with NaN here,
   // so a caller that reads them fails its tests); TESSERA_FP8_W8A16=1 forces the weight-only path.
   Fp8Mode fp8_mode() const override { return fp8_mode_; }
-  bool Fp8WeightOnly(int64_t m) const override {
-    return fp8_mode_ != Fp8Mode::kW8A8 || m <= kFp8WeightOnlyMaxRows;
-  }
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     TESSERA_CHECK(out.scale_stride >= m) << "activation scale stride " << out.scale_stride;
     cpu::QuantizeFp8(F(x), m, k, static_cast<uint8_t*>(out.data), out.scale, out.scale_stride);

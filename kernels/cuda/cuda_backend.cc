@@ -286,9 +286,6 @@ class CudaBackend final : public Backend {
   // forces it. The first call of each (path, n, k) is logged, with its m.
   static_assert(kFp8WeightOnlyMaxRows <= cuda::kFp8GemvMaxRows, "the GEMV covers them");
   Fp8Mode fp8_mode() const override { return fp8_mode_; }
-  bool Fp8WeightOnly(int64_t m) const override {
-    return fp8_mode_ != Fp8Mode::kW8A8 || m <= kFp8WeightOnlyMaxRows;
-  }
   void QuantizeFp8(const void* x, int64_t m, int64_t k, const Fp8Activations& out) override {
     cuda::LaunchQuantizeFp8(B(x), m, k, static_cast<uint8_t*>(out.data), out.scale,
                             out.scale_stride, stream_);
